@@ -1,0 +1,140 @@
+//! Workload authentication: who is asking.
+//!
+//! - [`jwt`]: JWTs from trusted issuers (Kubernetes service-account tokens, other OIDC
+//!   issuers), verified against each issuer's JWKS.
+//! - [`jwks`]: fetching, caching and refreshing JWKS (OIDC discovery or a file).
+//! - [`bootstrap`]: single-use bootstrap tokens (random 256-bit, stored hashed).
+
+pub mod bootstrap;
+pub mod jwks;
+pub mod jwt;
+
+use serde::Serialize;
+
+/// Issuer name recorded for identities proven with a bootstrap token.
+pub const BOOTSTRAP_ISSUER: &str = "lanyard:bootstrap";
+
+/// An authenticated workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The issuer that vouched for it: an OIDC issuer URL, or [`BOOTSTRAP_ISSUER`].
+    pub issuer: String,
+    /// The workload's name: the token's `sub` (for Kubernetes
+    /// `system:serviceaccount:<namespace>:<name>`), or `bootstrap:<token id>`.
+    pub subject: String,
+    /// Kubernetes claims, when the token is a projected service-account token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesIdentity>,
+    /// The binding of the bootstrap token it redeemed, if it used one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapBinding>,
+}
+
+impl Identity {
+    /// A short, log-safe description, e.g. `system:serviceaccount:shop:api`.
+    pub fn display_name(&self) -> &str {
+        &self.subject
+    }
+}
+
+/// Claims of a Kubernetes projected service-account token (`kubernetes.io`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubernetesIdentity {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Service account name.
+    pub service_account: String,
+    /// Pod name, when the token is bound to a pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Pod UID, when the token is bound to a pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+/// What a bootstrap token was bound to when it was minted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootstrapBinding {
+    /// Public id of the token.
+    pub token_id: String,
+    /// Roles the token may be used for.
+    pub roles: Vec<String>,
+    /// Image digest the token was bound to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Why authentication failed. The HTTP answer is always the same opaque 401; the reason goes
+/// to the audit log and metrics (as [`AuthnError::reason`], a bounded label set).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthnError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer credential")]
+    Missing,
+    /// Too large to parse.
+    #[error("credential too large")]
+    TooLarge,
+    /// Not a well-formed JWT (segments, base64, JSON).
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The `alg` is not on the allow-list (`none`, HMAC, ...).
+    #[error("algorithm not allowed: {0}")]
+    AlgorithmNotAllowed(String),
+    /// `iss` is not a trusted issuer.
+    #[error("untrusted issuer")]
+    UntrustedIssuer,
+    /// No key with that `kid` even after refreshing the JWKS.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` or `iat` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` does not name an allowed audience.
+    #[error("audience not allowed")]
+    WrongAudience,
+    /// Required claims are missing or have the wrong type.
+    #[error("missing or invalid claim: {0}")]
+    InvalidClaims(String),
+    /// The issuer's keys could not be fetched and none are cached.
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
+    /// Bootstrap token not found (never minted, or revoked).
+    #[error("unknown bootstrap token")]
+    UnknownToken,
+    /// Bootstrap token already redeemed.
+    #[error("bootstrap token already used")]
+    TokenReused,
+    /// Bootstrap token past its expiry.
+    #[error("bootstrap token expired")]
+    TokenExpired,
+}
+
+impl AuthnError {
+    /// A stable, low-cardinality reason for metrics and audit records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_credential",
+            Self::TooLarge => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongAudience => "wrong_audience",
+            Self::InvalidClaims(_) => "invalid_claims",
+            Self::KeysUnavailable => "keys_unavailable",
+            Self::UnknownToken => "unknown_token",
+            Self::TokenReused => "token_reused",
+            Self::TokenExpired => "token_expired",
+        }
+    }
+}

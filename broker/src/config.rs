@@ -1,0 +1,415 @@
+//! Broker configuration: a YAML/TOML/JSON file plus `LANYARD_*` environment overrides
+//! (`LANYARD_LISTEN`, `LANYARD_STORE__SQLITE_PATH`; `__` separates nested keys), parsed
+//! straight into these types. A bad file fails at start naming the file and the field.
+//! `docs/CONFIG.md` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest allowed JWT leeway cap, in seconds: leeways above this are refused.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The broker's public base URL (`iss` of the JWTs it signs, and its discovery document).
+    pub public_url: String,
+    /// Server TLS.
+    pub tls: TlsConfig,
+    /// Directory of policy files.
+    pub policies_dir: PathBuf,
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Bootstrap tokens.
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Persistent state.
+    pub store: StoreConfig,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Broker-signed JWTs (the `jwt` backend).
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// Size and rate bounds.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// How often policy, certificate and JWKS files are checked for changes.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval_seconds: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_reload_interval() -> u64 {
+    5
+}
+
+/// Server TLS: PEM files, reloaded when they change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// CA for admin client certificates (mTLS). When set, clients presenting a certificate
+    /// signed by it are admins.
+    #[serde(default)]
+    pub admin_client_ca_file: Option<PathBuf>,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum JwksSource {
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery,
+    /// A JWKS URL.
+    Url(String),
+    /// A JWKS file on disk (re-read when it changes).
+    File(PathBuf),
+}
+
+/// Signature algorithms the broker accepts. `none` and HMAC are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// A trusted JWT issuer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Where the keys come from (default: OIDC discovery).
+    #[serde(default = "default_jwks_source")]
+    pub jwks: JwksSource,
+    /// CA bundle (PEM) for fetching discovery/JWKS over TLS, in addition to system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Allowed algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp`/`nbf`/`iat`, at most [`MAX_LEEWAY_SECONDS`].
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Background JWKS refresh period.
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval_seconds: u64,
+    /// Minimum gap between refreshes triggered by an unknown `kid`.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub min_refresh_interval_seconds: u64,
+}
+
+fn default_jwks_source() -> JwksSource {
+    JwksSource::Discovery
+}
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_jwks_min_refresh() -> u64 {
+    10
+}
+
+/// Bootstrap tokens and the sessions they start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// Default redeemable window of a minted token.
+    #[serde(default = "default_bootstrap_ttl")]
+    pub default_ttl_seconds: u64,
+    /// Longest redeemable window a mint may ask for.
+    #[serde(default = "default_bootstrap_max_ttl")]
+    pub max_ttl_seconds: u64,
+    /// Lifetime of each session token returned after redemption.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_seconds: u64,
+    /// A session (renewed on each fetch) ends this long after the token was redeemed.
+    #[serde(default = "default_session_max")]
+    pub session_max_lifetime_seconds: u64,
+}
+
+fn default_bootstrap_ttl() -> u64 {
+    600
+}
+fn default_bootstrap_max_ttl() -> u64 {
+    86_400
+}
+fn default_session_ttl() -> u64 {
+    3_600
+}
+fn default_session_max() -> u64 {
+    86_400
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: default_bootstrap_ttl(),
+            max_ttl_seconds: default_bootstrap_max_ttl(),
+            session_ttl_seconds: default_session_ttl(),
+            session_max_lifetime_seconds: default_session_max(),
+        }
+    }
+}
+
+/// The admin API's credential.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the admin bearer token (re-read when it changes).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Persistent state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file (created if missing).
+    pub sqlite_path: PathBuf,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout`, or a file path (appended to).
+    #[serde(default = "default_audit_sink")]
+    pub sink: String,
+}
+
+fn default_audit_sink() -> String {
+    "stdout".into()
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: default_audit_sink(),
+        }
+    }
+}
+
+/// Signing keys for broker-issued JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// `ES256` or `EdDSA`.
+    #[serde(default = "default_signing_alg")]
+    pub algorithm: Algorithm,
+    /// A new key is created when the newest is older than this.
+    #[serde(default = "default_rotate")]
+    pub rotate_after_seconds: u64,
+    /// Old keys stay published (for verification) this long after a newer key takes over.
+    /// Must exceed every role's `max_ttl_seconds`.
+    #[serde(default = "default_overlap")]
+    pub overlap_seconds: u64,
+}
+
+fn default_signing_alg() -> Algorithm {
+    Algorithm::ES256
+}
+fn default_rotate() -> u64 {
+    86_400
+}
+fn default_overlap() -> u64 {
+    2 * 86_400
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: default_signing_alg(),
+            rotate_after_seconds: default_rotate(),
+            overlap_seconds: default_overlap(),
+        }
+    }
+}
+
+/// Bounds on untrusted input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body.
+    #[serde(default = "default_body")]
+    pub max_request_body_bytes: usize,
+    /// Largest bearer credential (JWT) accepted before parsing.
+    #[serde(default = "default_token")]
+    pub max_token_bytes: usize,
+    /// Largest JWKS or discovery document fetched.
+    #[serde(default = "default_jwks_bytes")]
+    pub max_jwks_bytes: usize,
+}
+
+fn default_body() -> usize {
+    lanyard::wire::MAX_REQUEST_BODY_BYTES
+}
+fn default_token() -> usize {
+    16 * 1024
+}
+fn default_jwks_bytes() -> usize {
+    256 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: default_body(),
+            max_token_bytes: default_token(),
+            max_jwks_bytes: default_jwks_bytes(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration in {file}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl BrokerConfig {
+    /// Loads `file` (format by extension: `.yaml`/`.yml`, `.toml`, `.json`) with `LANYARD_*`
+    /// environment overrides from `env`, then checks cross-field rules. Relative paths in the
+    /// file are resolved against the file's directory.
+    pub fn load(
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            message,
+        };
+        if !file.is_file() {
+            return Err(err("file not found or not a regular file".into()));
+        }
+        let env_map: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LANYARD_"))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from(file))
+            .add_source(
+                config::Environment::with_prefix("LANYARD")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env_map)),
+            )
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let mut cfg: BrokerConfig = built.try_deserialize().map_err(|e| err(e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate().map_err(err)?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.cert_file);
+        fix(&mut self.tls.key_file);
+        if let Some(p) = self.tls.admin_client_ca_file.as_mut() {
+            fix(p);
+        }
+        fix(&mut self.policies_dir);
+        fix(&mut self.store.sqlite_path);
+        if let Some(p) = self.admin.token_file.as_mut() {
+            fix(p);
+        }
+        if self.audit.sink != "stdout" {
+            let mut p = PathBuf::from(&self.audit.sink);
+            fix(&mut p);
+            self.audit.sink = p.to_string_lossy().into_owned();
+        }
+        for iss in &mut self.issuers {
+            if let JwksSource::File(p) = &mut iss.jwks {
+                fix(p);
+            }
+            if let Some(p) = iss.ca_file.as_mut() {
+                fix(p);
+            }
+        }
+    }
+
+    /// Cross-field checks that types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
+            return Err(format!(
+                "field `public_url`: `{}` must be an http(s) URL",
+                self.public_url
+            ));
+        }
+        if !matches!(self.signing.algorithm, Algorithm::ES256 | Algorithm::EdDSA) {
+            return Err("field `signing.algorithm`: must be ES256 or EdDSA".into());
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            if iss.leeway_seconds > MAX_LEEWAY_SECONDS {
+                return Err(format!(
+                    "field `issuers[{i}].leeway_seconds`: {} is above the maximum {MAX_LEEWAY_SECONDS}",
+                    iss.leeway_seconds
+                ));
+            }
+            if iss.audiences.is_empty() {
+                return Err(format!(
+                    "field `issuers[{i}].audiences`: list at least one audience for `{}`",
+                    iss.issuer
+                ));
+            }
+            if iss.algorithms.is_empty() {
+                return Err(format!(
+                    "field `issuers[{i}].algorithms`: must not be empty"
+                ));
+            }
+        }
+        if self.bootstrap.default_ttl_seconds > self.bootstrap.max_ttl_seconds {
+            return Err(
+                "field `bootstrap.default_ttl_seconds`: above `bootstrap.max_ttl_seconds`".into(),
+            );
+        }
+        if self.reload_interval_seconds == 0 {
+            return Err("field `reload_interval_seconds`: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

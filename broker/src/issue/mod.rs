@@ -1,0 +1,140 @@
+//! Issuing credentials: the [`Backend`] trait and its implementations.
+//!
+//! - [`jwt`]: broker-signed JWTs, with rotating signing keys and a published JWKS.
+//!
+//! The trait is shaped for the backends that follow: AWS STS (no renew or revoke; expiry from
+//! the session) and Vault (leases with renew and revoke, upstream failures).
+
+pub mod jwt;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lanyard::Secret;
+
+use crate::authn::Identity;
+use crate::policy::Role;
+
+/// Everything a backend needs to issue one credential.
+#[derive(Debug)]
+pub struct IssueRequest<'a> {
+    /// Who it is for.
+    pub identity: &'a Identity,
+    /// The role granted (backend settings, scope, cap).
+    pub role: &'a Role,
+    /// Lifetime already clamped to the role's cap.
+    pub ttl: Duration,
+    /// Now, from the broker's clock.
+    pub now: SystemTime,
+    /// The broker's request id, for upstream correlation.
+    pub request_id: &'a str,
+    /// The broker's lease id for this credential (the `jti` of a broker-signed JWT).
+    pub lease_id: &'a str,
+}
+
+/// A credential a backend issued.
+#[derive(Debug)]
+pub struct Issued {
+    /// Secret fields, e.g. `token`.
+    pub data: BTreeMap<String, Secret>,
+    /// When it stops working. Never later than `now + ttl`; earlier if upstream says so.
+    pub expires_at: SystemTime,
+    /// The upstream lease or session id (Vault `lease_id`, STS assumed-role id), if any.
+    pub upstream_lease: Option<String>,
+    /// Whether [`Backend::renew`] can extend it.
+    pub renewable: bool,
+}
+
+/// What the broker knows of a lease when it asks a backend to renew or revoke it.
+#[derive(Debug, Clone)]
+pub struct LeaseRef<'a> {
+    /// The broker's lease id.
+    pub lease_id: &'a str,
+    /// The backend's own id, if it returned one.
+    pub upstream_lease: Option<&'a str>,
+    /// The role it was issued for.
+    pub role: &'a str,
+}
+
+/// Backend failures. Mapped to HTTP in `error.rs` (upstream → 503, config → 500).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The upstream service failed or is unreachable. The message is a summary that never
+    /// echoes request bodies or secrets.
+    #[error("{backend} upstream failed: {message}")]
+    Upstream {
+        /// Backend kind.
+        backend: &'static str,
+        /// Summary.
+        message: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
+    /// The role's settings are unusable (caught at policy load where possible).
+    #[error("role misconfigured: {0}")]
+    Config(String),
+    /// The backend cannot do this (e.g. renew an STS session).
+    #[error("{0} is not supported by this backend")]
+    Unsupported(&'static str),
+    /// A local failure (key material, serialization).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A credential backend.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// The kind named by roles' `backend` field.
+    fn kind(&self) -> &'static str;
+
+    /// Checks a role's `scope` and `settings` at policy load. The error says what to fix.
+    fn validate_role(&self, role: &Role) -> Result<(), String>;
+
+    /// Issues a credential.
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError>;
+
+    /// Extends a renewable lease to `ttl` from now.
+    async fn renew(
+        &self,
+        _lease: &LeaseRef<'_>,
+        _ttl: Duration,
+    ) -> Result<SystemTime, BackendError> {
+        Err(BackendError::Unsupported("renew"))
+    }
+
+    /// Revokes a lease upstream. Backends without upstream revocation return `Ok(false)`:
+    /// the credential stays valid until it expires.
+    async fn revoke(&self, _lease: &LeaseRef<'_>) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+}
+
+/// The configured backends by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Backends(BTreeMap<&'static str, Arc<dyn Backend>>);
+
+impl Backends {
+    /// Adds a backend.
+    pub fn insert(&mut self, backend: Arc<dyn Backend>) {
+        self.0.insert(backend.kind(), backend);
+    }
+
+    /// The backend of a kind.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Backend>> {
+        self.0.get(kind)
+    }
+
+    /// Checks a role against its backend (for policy loading).
+    pub fn validate_role(&self, role: &Role) -> Result<(), String> {
+        match self.get(&role.backend) {
+            Some(b) => b.validate_role(role),
+            None => Err(format!(
+                "unknown backend `{}` (configured: {})",
+                role.backend,
+                self.0.keys().copied().collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics. Names follow `lanyard_<thing>_<unit>`, counters end in `_total`, and
+//! every label takes values from a bounded set (role names come from policy files, reasons
+//! from fixed enums — never identities or request data).
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// All broker metrics, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `lanyard_issuances_total{role,backend}`.
+    pub issuances: IntCounterVec,
+    /// `lanyard_denials_total{role,reason}` (role `-` when none applies).
+    pub denials: IntCounterVec,
+    /// `lanyard_request_duration_seconds{route,status}`.
+    pub request_duration: HistogramVec,
+    /// `lanyard_backend_duration_seconds{backend,outcome}`.
+    pub backend_duration: HistogramVec,
+    /// `lanyard_jwks_refresh_total{issuer,result}` (issuer as configured; result ok|error).
+    pub jwks_refresh: IntCounterVec,
+    /// `lanyard_tls_cert_expiry_timestamp_seconds{file}`.
+    pub tls_cert_expiry: GaugeVec,
+    /// `lanyard_policy_reloads_total{result}`.
+    pub policy_reloads: IntCounterVec,
+    /// `lanyard_policy_rules` — rules in the active policy set.
+    pub policy_rules: IntGauge,
+    /// `lanyard_bootstrap_tokens_total{event}` (minted|redeemed|rejected|revoked).
+    pub bootstrap_tokens: IntCounterVec,
+    /// `lanyard_audit_records_total{event}`.
+    pub audit_records: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let issuances = counter(
+            "lanyard_issuances_total",
+            "Credentials issued, by role and backend.",
+            &["role", "backend"],
+        );
+        let denials = counter(
+            "lanyard_denials_total",
+            "Requests refused, by role and reason.",
+            &["role", "reason"],
+        );
+        let request_duration = histogram(
+            "lanyard_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            &["route", "status"],
+        );
+        let backend_duration = histogram(
+            "lanyard_backend_duration_seconds",
+            "Backend issue latency by backend and outcome.",
+            &["backend", "outcome"],
+        );
+        let jwks_refresh = counter(
+            "lanyard_jwks_refresh_total",
+            "JWKS refreshes by issuer and result.",
+            &["issuer", "result"],
+        );
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "lanyard_tls_cert_expiry_timestamp_seconds",
+                "notAfter of the serving certificate, as a Unix timestamp.",
+            ),
+            &["file"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_cert_expiry.clone()))
+            .expect("unique metric");
+        let policy_reloads = counter(
+            "lanyard_policy_reloads_total",
+            "Policy reloads by result (ok|error).",
+            &["result"],
+        );
+        let policy_rules = IntGauge::new("lanyard_policy_rules", "Rules in the active policy set.")
+            .expect("valid metric");
+        registry
+            .register(Box::new(policy_rules.clone()))
+            .expect("unique metric");
+        let bootstrap_tokens = counter(
+            "lanyard_bootstrap_tokens_total",
+            "Bootstrap token events (minted|redeemed|rejected|revoked).",
+            &["event"],
+        );
+        let audit_records = counter(
+            "lanyard_audit_records_total",
+            "Audit records written, by event.",
+            &["event"],
+        );
+        Self {
+            registry,
+            issuances,
+            denials,
+            request_duration,
+            backend_duration,
+            jwks_refresh,
+            tls_cert_expiry,
+            policy_reloads,
+            policy_rules,
+            bootstrap_tokens,
+            audit_records,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

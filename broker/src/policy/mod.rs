@@ -1,0 +1,129 @@
+//! Policies: which identities get which roles. Deny by default.
+//!
+//! Policies live in `*.yaml` files in one directory (see `policies/` and
+//! `docs/POLICIES.md`). Each file may declare `roles` (a backend, a scope, a TTL cap) and
+//! `rules` (identity selectors → role names). Role names are unique across the directory.
+//!
+//! - [`load`]: reading and validating a directory, with `file:line` errors.
+//! - [`eval`]: the pure decision (`evaluate`) and the explanation (`explain`).
+
+pub mod eval;
+pub mod load;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
+pub use load::{PolicyError, PolicyErrors, load_dir};
+
+/// Where something was declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    /// The policy file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A role: what a granted identity receives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Role {
+    /// Unique name.
+    pub name: String,
+    /// Backend kind: `jwt` (later `aws-sts`, `vault`).
+    pub backend: String,
+    /// Scope passed to the backend (for `jwt`: the `scope` claim, space-joined).
+    pub scope: Vec<String>,
+    /// Upper bound on the credential's lifetime.
+    pub max_ttl_seconds: u64,
+    /// Lifetime when the request does not ask for one (≤ `max_ttl_seconds`).
+    pub default_ttl_seconds: u64,
+    /// Backend-specific settings (for `jwt`: `audience`), checked by the backend at load.
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Where the role was declared.
+    pub location: Location,
+}
+
+/// A rule: identities matching every set field of `selector` may receive `roles`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    /// Name, for explanations and audit reasons.
+    pub name: String,
+    /// Which identities match.
+    pub selector: Selector,
+    /// Roles granted.
+    pub roles: Vec<String>,
+    /// Where the rule was declared.
+    pub location: Location,
+}
+
+/// Identity selector. Every field that is set must match; an empty selector is rejected at
+/// load (it would grant to everyone).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Selector {
+    /// Exact issuer URL (or `lanyard:bootstrap`).
+    pub issuer: Option<String>,
+    /// Kubernetes namespace, glob (`*`, `?`, `[..]`).
+    pub namespace: Option<Pattern>,
+    /// Kubernetes service account name, glob.
+    pub service_account: Option<Pattern>,
+    /// Subject, glob (e.g. `system:serviceaccount:shop:*`).
+    pub subject: Option<Pattern>,
+    /// Matches identities that redeemed a bootstrap token minted for this role.
+    pub bootstrap_role: Option<String>,
+}
+
+/// A compiled glob pattern that remembers its source text.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// The pattern as written.
+    pub source: String,
+    /// The compiled matcher.
+    pub matcher: globset::GlobMatcher,
+}
+
+impl Pattern {
+    /// Compiles a glob. `*` matches any run of characters including `:` and `/`.
+    pub fn new(source: &str) -> Result<Self, globset::Error> {
+        let glob = globset::GlobBuilder::new(source)
+            .literal_separator(false)
+            .build()?;
+        Ok(Self {
+            source: source.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    /// Whether `value` matches.
+    pub fn is_match(&self, value: &str) -> bool {
+        self.matcher.is_match(value)
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// A validated, loaded set of policies.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    /// Roles by name.
+    pub roles: BTreeMap<String, Role>,
+    /// Rules in load order (files sorted by name, then document order).
+    pub rules: Vec<Rule>,
+    /// Files it was loaded from.
+    pub files: Vec<PathBuf>,
+    /// SHA-256 (hex) over the files' names and contents, to tell versions apart.
+    pub digest: String,
+}

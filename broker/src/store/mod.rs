@@ -1,0 +1,150 @@
+//! Persistent state: bootstrap tokens, leases, signing keys, the audit chain head.
+//!
+//! [`Store`] is a trait so PostgreSQL can back replicas later; [`sqlite`] is the embedded
+//! default (one replica, nothing to install). Every operation that must be atomic across
+//! replicas (redeeming a bootstrap token) is a single store call.
+
+pub mod sqlite;
+
+use std::time::SystemTime;
+
+use lanyard::Secret;
+
+/// A minted bootstrap token. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapTokenRecord {
+    /// Public id (`bt_` + 16 hex), safe to log.
+    pub token_id: String,
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    /// Roles it may be redeemed for.
+    pub roles: Vec<String>,
+    /// Image digest it is bound to.
+    pub image: Option<String>,
+    /// Mint time.
+    pub created_at: SystemTime,
+    /// Last moment it can be redeemed.
+    pub expires_at: SystemTime,
+}
+
+/// The result of trying to redeem a bootstrap token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    /// This call redeemed it; no other call ever will.
+    Redeemed(BootstrapTokenRecord),
+    /// No token with that hash (never minted, or revoked).
+    Unknown,
+    /// It exists but expired.
+    Expired(BootstrapTokenRecord),
+    /// It was already redeemed.
+    AlreadyUsed(BootstrapTokenRecord),
+}
+
+/// A credential the broker issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The broker's lease id (`ls_` + 24 hex).
+    pub lease_id: String,
+    /// Role name.
+    pub role: String,
+    /// Backend kind.
+    pub backend: String,
+    /// Identity subject it was issued to.
+    pub subject: String,
+    /// Identity issuer.
+    pub issuer: String,
+    /// Issue time.
+    pub issued_at: SystemTime,
+    /// Expiry.
+    pub expires_at: SystemTime,
+    /// The backend's own lease/session id.
+    pub upstream_lease: Option<String>,
+    /// Credential fingerprint (as in the audit log).
+    pub fingerprint: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<SystemTime>,
+}
+
+/// A JWT signing key held by the broker.
+#[derive(Debug, Clone)]
+pub struct SigningKeyRecord {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// `ES256` or `EdDSA`.
+    pub alg: String,
+    /// PKCS#8 DER of the private key, base64 (standard) encoded.
+    pub pkcs8: Secret,
+    /// When it was created; the newest active key signs.
+    pub created_at: SystemTime,
+}
+
+/// The last record of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Sequence number of the last record (1-based).
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed (I/O, locked, corrupt).
+    #[error("store: {0}")]
+    Backend(String),
+    /// A record could not be decoded.
+    #[error("store holds an invalid record: {0}")]
+    Corrupt(String),
+    /// An insert collided with an existing key.
+    #[error("store: duplicate {0}")]
+    Duplicate(String),
+}
+
+/// Persistent broker state.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Saves a newly minted bootstrap token.
+    async fn insert_bootstrap_token(&self, rec: &BootstrapTokenRecord) -> Result<(), StoreError>;
+
+    /// Atomically redeems the token with this hash: exactly one caller ever gets
+    /// [`RedeemOutcome::Redeemed`], however many race.
+    async fn redeem_bootstrap_token(
+        &self,
+        token_hash: &str,
+        now: SystemTime,
+    ) -> Result<RedeemOutcome, StoreError>;
+
+    /// Revokes an unredeemed token. Returns whether a token was revoked.
+    async fn revoke_bootstrap_token(&self, token_id: &str) -> Result<bool, StoreError>;
+
+    /// Saves an issued lease.
+    async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError>;
+
+    /// Looks up a lease.
+    async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>, StoreError>;
+
+    /// Marks a lease revoked. Returns false if it did not exist or was already revoked.
+    async fn mark_lease_revoked(&self, lease_id: &str, now: SystemTime)
+    -> Result<bool, StoreError>;
+
+    /// Signing keys, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Adds a signing key.
+    async fn insert_signing_key(&self, rec: &SigningKeyRecord) -> Result<(), StoreError>;
+
+    /// Deletes a signing key (after it has been retired long enough).
+    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
+
+    /// The audit chain head, if any record was written.
+    async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// Records the audit chain head.
+    async fn set_audit_head(&self, head: &ChainHead) -> Result<(), StoreError>;
+
+    /// A named random secret of `len` bytes, created on first use and stable afterwards
+    /// (e.g. the key for credential fingerprints).
+    async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError>;
+}

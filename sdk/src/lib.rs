@@ -1,0 +1,31 @@
+//! # lanyard
+//!
+//! Short-lived, scoped credentials for containers, so that images hold none. This crate is
+//! the SDK applications use to fetch credentials from a lanyard broker, and it owns the wire
+//! types shared by the broker, the sidecar and applications.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lanyard::Error> {
+//! let client = lanyard::Client::from_env()?;
+//! let creds = client.fetch().await?;
+//! for c in &creds.credentials {
+//!     println!("{} expires at {}", c.role, c.expires_at);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`secret`]: [`Secret`], a value that redacts itself and is zeroized on drop.
+//! - [`wire`]: request, response and error bodies of the broker's HTTP API.
+//! - [`clock`]: the injected [`Clock`](clock::Clock); nothing else reads the system time.
+//! - [`refresh`]: when to refresh a credential and how to back off (shared with the sidecar).
+//! - [`client`]: [`Client`], its builder and `from_env`.
+
+pub mod client;
+pub mod clock;
+pub mod refresh;
+pub mod secret;
+pub mod wire;
+
+pub use client::{Client, ClientBuilder, Error, TokenSource};
+pub use secret::Secret;

@@ -1,0 +1,223 @@
+//! The broker's HTTP API on the wire. These types are the contract between the broker, the
+//! sidecar and applications; `docs/API.md` documents them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// Path of the issuance endpoint.
+pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+/// Largest request body the broker accepts, in bytes.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024;
+/// Largest response body a client accepts, in bytes.
+pub const MAX_RESPONSE_BODY_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/credentials` body. Both fields narrow what the policy grants; neither widens it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    /// Only these roles (default: every role the policy grants this identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// A TTL shorter than each role's cap (default: the role's default TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/credentials` success body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialResponse {
+    /// The broker's id for this request (also in its audit log and logs).
+    pub request_id: String,
+    /// The workload identity the broker authenticated.
+    pub identity: String,
+    /// One entry per granted role.
+    pub credentials: Vec<Credential>,
+    /// When the request authenticated with a single-use bootstrap token: a broker-signed
+    /// session token to authenticate later refreshes with (the bootstrap token is spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
+}
+
+/// A broker-issued session token, returned after a bootstrap token is redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Bearer token for the next `POST /v1/credentials`.
+    pub token: Secret,
+    /// When it stops being accepted (RFC 3339).
+    pub expires_at: String,
+}
+
+/// One issued credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Role name from the policy.
+    pub role: String,
+    /// Backend kind that issued it: `jwt`, `aws-sts`, `vault`.
+    pub kind: String,
+    /// The secret material, by field name (e.g. `token`; `access_key_id`,
+    /// `secret_access_key`, `session_token`).
+    pub data: BTreeMap<String, Secret>,
+    /// When the credential stops working (RFC 3339, UTC).
+    pub expires_at: String,
+    /// When a client should fetch a new one (RFC 3339, UTC).
+    pub refresh_after: String,
+    /// Granted lifetime in seconds.
+    pub ttl_seconds: u64,
+    /// The broker's lease id, for revocation and audit lookups.
+    pub lease_id: String,
+    /// True when the requested TTL was above the role's cap and was lowered to it.
+    #[serde(default)]
+    pub ttl_clamped: bool,
+}
+
+/// Error body: `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// Details of an error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation; never holds a secret.
+    pub message: String,
+    /// The broker's request id, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Whether retrying later may succeed.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// Stable error codes. New codes may be added; clients treat unknown ones by HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 401: no credential, or it is invalid, expired, reused or unknown.
+    Unauthenticated,
+    /// 403: the identity is valid but policy grants none of the requested roles.
+    Forbidden,
+    /// 404: no such resource (lease, route).
+    NotFound,
+    /// 413: the request body is too large.
+    PayloadTooLarge,
+    /// 429: too many requests.
+    RateLimited,
+    /// 503: an upstream (STS, Vault, JWKS endpoint) failed; retry later.
+    UpstreamUnavailable,
+    /// 503: the broker is not ready (e.g. no valid policy loaded).
+    NotReady,
+    /// 500: a bug or an unexpected local failure.
+    Internal,
+    /// Any code this client does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::NotReady => "not_ready",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The HTTP status the broker sends with this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
+            Self::UpstreamUnavailable | Self::NotReady => 503,
+            Self::Internal | Self::Unknown => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Admin API: `POST /v1/admin/tokens` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintTokenRequest {
+    /// Roles the token may redeem (policy must also grant them via `bootstrap_role`).
+    pub roles: Vec<String>,
+    /// How long the token stays redeemable.
+    pub ttl_seconds: u64,
+    /// Image digest (`sha256:…`) the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Admin API: `POST /v1/admin/tokens` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintTokenResponse {
+    /// Public id of the token (safe to log; used to revoke it).
+    pub token_id: String,
+    /// The bootstrap token itself. Shown once; the broker keeps only its hash.
+    pub token: Secret,
+    /// When it stops being redeemable (RFC 3339).
+    pub expires_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_error_codes_parse() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"}}"#).expect("parse");
+        assert_eq!(body.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CredentialRequest>(r#"{"rolez":["a"]}"#)
+            .expect_err("typo'd field must fail");
+        assert!(err.to_string().contains("rolez"), "{err}");
+    }
+
+    #[test]
+    fn credential_debug_redacts_data() {
+        let mut data = BTreeMap::new();
+        data.insert("token".to_owned(), Secret::new("eyJsecret"));
+        let c = Credential {
+            role: "r".into(),
+            kind: "jwt".into(),
+            data,
+            expires_at: "x".into(),
+            refresh_after: "y".into(),
+            ttl_seconds: 1,
+            lease_id: "l".into(),
+            ttl_clamped: false,
+        };
+        assert!(!format!("{c:?}").contains("eyJsecret"));
+    }
+}
