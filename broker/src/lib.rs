@@ -19,9 +19,13 @@
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
 
 pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod error;
 pub mod authn;
 pub mod config;
 pub mod issue;
 pub mod metrics;
 pub mod policy;
+pub mod server;
 pub mod store;

@@ -38,17 +38,30 @@ pub async fn mint(
     Err(StoreError::Backend("stub".into()))
 }
 
-/// Redeems a token. On failure also returns the token id when the token was known (for the
-/// audit record); the caller answers every failure with the same opaque 401.
+/// Why a redemption failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// The token was refused (unknown, expired, reused, malformed). Answer with an opaque 401.
+    #[error("{error}")]
+    Rejected {
+        /// Why.
+        error: AuthnError,
+        /// The token id, when the token was known.
+        token_id: Option<String>,
+    },
+    /// The store failed: not the caller's fault (500/503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Redeems a token.
 pub async fn redeem(
     _store: &dyn Store,
     _clock: &dyn Clock,
     _token: &str,
-) -> Result<Identity, (AuthnError, Option<String>)> {
-    Err((AuthnError::UnknownToken, None))
-}
-
-/// Errors of [`redeem`] that are the store's fault, not the caller's.
-pub fn store_failure(e: StoreError) -> String {
-    e.to_string()
+) -> Result<Identity, RedeemError> {
+    Err(RedeemError::Rejected {
+        error: AuthnError::UnknownToken,
+        token_id: None,
+    })
 }

@@ -138,3 +138,37 @@ impl Backends {
         }
     }
 }
+
+/// A backend that only validates roles (for offline `policy check` / `policy explain`).
+#[derive(Debug)]
+struct ValidateOnly {
+    kind: &'static str,
+    validate: fn(&Role) -> Result<(), String>,
+}
+
+#[async_trait::async_trait]
+impl Backend for ValidateOnly {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn validate_role(&self, role: &Role) -> Result<(), String> {
+        (self.validate)(role)
+    }
+
+    async fn issue(&self, _req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
+        Err(BackendError::Internal(
+            "offline validation backend cannot issue".into(),
+        ))
+    }
+}
+
+/// Every backend kind, able to validate roles but not to issue: for offline policy tools.
+pub fn offline_backends() -> Backends {
+    let mut b = Backends::default();
+    b.insert(Arc::new(ValidateOnly {
+        kind: "jwt",
+        validate: jwt::validate_role,
+    }));
+    b
+}

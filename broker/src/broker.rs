@@ -1,0 +1,860 @@
+//! The request pipeline: authenticate → authorize → issue → audit. HTTP lives in
+//! [`crate::server`]; this module is the broker's behaviour, callable in-process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use lanyard::clock::{Clock, rfc3339, unix_seconds};
+use lanyard::refresh::REFRESH_FRACTION;
+use lanyard::wire::{
+    Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse, Session,
+};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::audit::{AuditLog, AuditRecord, AuditSink, Decision, Event, Fingerprinter};
+use crate::authn::bootstrap::{self, RedeemError};
+use crate::authn::jwt::JwtVerifier;
+use crate::authn::{AuthnError, BOOTSTRAP_ISSUER, BootstrapBinding, Identity};
+use crate::config::BrokerConfig;
+use crate::error::ApiError;
+use crate::issue::jwt::{JwtBackend, KeyRing};
+use crate::issue::{Backends, IssueRequest, LeaseRef};
+use crate::metrics::Metrics;
+use crate::policy::{self, Explanation, PolicyErrors, PolicySet};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{LeaseRecord, Store};
+
+/// Audience of the session tokens the broker hands out after a bootstrap token is redeemed.
+pub const SESSION_AUDIENCE: &str = "lanyard:session";
+
+/// Why the broker could not start. Each names the file or field to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("cannot open store {path}: {message}")]
+    Store {
+        /// Database path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The policies do not load.
+    #[error("policies in {dir} are invalid:\n{errors}")]
+    Policy {
+        /// Directory.
+        dir: String,
+        /// Every problem, `file:line: message`.
+        errors: PolicyErrors,
+    },
+    /// An issuer's configuration is unusable.
+    #[error("issuer configuration: {0}")]
+    Issuer(String),
+    /// The audit log cannot be opened or resumed.
+    #[error("audit log {sink}: {message}")]
+    Audit {
+        /// Sink.
+        sink: String,
+        /// Why.
+        message: String,
+    },
+    /// Signing keys cannot be loaded or created.
+    #[error("signing keys: {0}")]
+    Keys(String),
+    /// TLS material is unusable.
+    #[error("{0}")]
+    Tls(String),
+    /// Anything else at start-up.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Outcome of a policy reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The files did not change.
+    Unchanged,
+    /// A new set is active.
+    Reloaded {
+        /// Its digest.
+        digest: String,
+        /// Number of rules.
+        rules: usize,
+    },
+}
+
+/// The broker: configuration, state and the request pipeline.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
+    verifier: JwtVerifier,
+    policy: ArcSwap<PolicySet>,
+    backends: Backends,
+    keys: Arc<KeyRing>,
+    audit: AuditLog,
+    fingerprinter: Fingerprinter,
+    metrics: Metrics,
+    policy_ok: AtomicBool,
+}
+
+/// The result of [`Broker::issue`]: the response and the identity for logs.
+#[derive(Debug)]
+pub struct Issuance {
+    /// Body to send.
+    pub response: CredentialResponse,
+}
+
+/// A request id: `req_` + 16 hex characters.
+pub fn new_request_id() -> String {
+    format!("req_{:016x}", fastrand::u64(..))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SystemRandom failing means the OS RNG is broken; fall back is not acceptable.
+    aws_lc_rs::rand::fill(&mut buf).expect("operating system random number generator");
+    hex::encode(buf)
+}
+
+impl Broker {
+    /// Builds a broker from a validated configuration: opens the store, loads policies
+    /// (fails on any error), loads or creates signing keys, opens and resumes the audit
+    /// chain, and prepares the issuers' JWKS caches.
+    pub async fn new(
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, StartError> {
+        // MERGE: restore SqliteStore::open once the store lands.
+        let store: Arc<dyn Store> = return Err(StartError::Other(format!("{:?}", SqliteStore)));
+        Self::with_store(config, clock, metrics, store).await
+    }
+
+    /// Like [`Broker::new`] with a given store.
+    pub async fn with_store(
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Self>, StartError> {
+        let keys = Arc::new(
+            KeyRing::load_or_create(store.clone(), clock.clone(), config.signing.clone())
+                .await
+                .map_err(|e| StartError::Keys(e.to_string()))?,
+        );
+        let mut backends = Backends::default();
+        backends.insert(Arc::new(JwtBackend::new(
+            keys.clone(),
+            config.public_url.clone(),
+        )));
+        let set = policy::load_dir(&config.policies_dir, &|r| backends.validate_role(r)).map_err(
+            |errors| StartError::Policy {
+                dir: config.policies_dir.display().to_string(),
+                errors,
+            },
+        )?;
+        metrics.policy_rules.set(set.rules.len() as i64);
+        let verifier = JwtVerifier::new(
+            &config.issuers,
+            &config.limits,
+            clock.clone(),
+            metrics.clone(),
+        )
+        .map_err(StartError::Issuer)?;
+        let sink = AuditSink::from_config(&config.audit.sink);
+        let audit = AuditLog::open(sink, store.clone())
+            .await
+            .map_err(|e| StartError::Audit {
+                sink: config.audit.sink.clone(),
+                message: e.to_string(),
+            })?;
+        let fingerprinter = Fingerprinter::load(store.as_ref())
+            .await
+            .map_err(|e| StartError::Store {
+                path: config.store.sqlite_path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        info!(
+            rules = set.rules.len(),
+            roles = set.roles.len(),
+            digest = %set.digest,
+            "policies loaded"
+        );
+        Ok(Arc::new(Self {
+            config,
+            clock,
+            store,
+            verifier,
+            policy: ArcSwap::from_pointee(set),
+            backends,
+            keys,
+            audit,
+            fingerprinter,
+            metrics,
+            policy_ok: AtomicBool::new(true),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The JWT verifier (for background refresh).
+    pub fn verifier(&self) -> &JwtVerifier {
+        &self.verifier
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// The active policy set.
+    pub fn policy(&self) -> Arc<PolicySet> {
+        self.policy.load_full()
+    }
+
+    /// The OIDC discovery document for broker-signed tokens.
+    pub fn discovery_document(&self) -> serde_json::Value {
+        let base = self.config.public_url.trim_end_matches('/');
+        serde_json::json!({
+            "issuer": self.config.public_url,
+            "jwks_uri": format!("{base}/v1/jwks"),
+            "id_token_signing_alg_values_supported": [format!("{:?}", self.config.signing.algorithm)],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        })
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    async fn audit(&self, rec: AuditRecord) -> Result<(), ApiError> {
+        let event = serde_json::to_value(rec.event)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.audit.append(rec).await?;
+        self.metrics.audit_records.with_label_values(&[&event]).inc();
+        Ok(())
+    }
+
+    fn record(&self, event: Event, decision: Decision, reason: impl Into<String>) -> AuditRecord {
+        AuditRecord::new(rfc3339(self.now()), event, decision, reason)
+    }
+
+    /// Authenticates a bearer credential: a JWT from a trusted issuer, a broker session
+    /// token, or a bootstrap token (redeemed — single use). Every failure is audited and
+    /// answered with the same opaque 401.
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        request_id: &str,
+    ) -> Result<Authenticated, ApiError> {
+        let result = match bearer {
+            None => Err((AuthnError::Missing, None)),
+            Some(token) if token.len() > self.config.limits.max_token_bytes => {
+                Err((AuthnError::TooLarge, None))
+            }
+            Some(token) if bootstrap::looks_like_bootstrap_token(token) => {
+                match bootstrap::redeem(self.store.as_ref(), self.clock.as_ref(), token).await {
+                    Ok(identity) => {
+                        self.metrics
+                            .bootstrap_tokens
+                            .with_label_values(&["redeemed"])
+                            .inc();
+                        let binding = identity.bootstrap.clone();
+                        let mut rec = self.record(Event::TokenRedeem, Decision::Allow, "redeemed");
+                        rec.request_id = Some(request_id.to_owned());
+                        rec.identity = Some(identity.subject.clone());
+                        rec.issuer = Some(identity.issuer.clone());
+                        rec.token_id = binding.as_ref().map(|b| b.token_id.clone());
+                        rec.image = binding.as_ref().and_then(|b| b.image.clone());
+                        self.audit(rec).await?;
+                        return Ok(Authenticated {
+                            identity,
+                            new_session: true,
+                            session_started: Some(self.now()),
+                        });
+                    }
+                    Err(RedeemError::Store(e)) => return Err(ApiError::from(e)),
+                    Err(RedeemError::Rejected { error, token_id }) => {
+                        self.metrics
+                            .bootstrap_tokens
+                            .with_label_values(&["rejected"])
+                            .inc();
+                        Err((error, token_id))
+                    }
+                }
+            }
+            Some(token) if self.is_session_token(token) => {
+                self.verify_session(token).map_err(|e| (e, None))
+            }
+            Some(token) => self
+                .verifier
+                .verify(token)
+                .await
+                .map(|identity| Authenticated {
+                    identity,
+                    new_session: false,
+                    session_started: None,
+                })
+                .map_err(|e| (e, None)),
+        };
+        match result {
+            Ok(a) => Ok(a),
+            Err((error, token_id)) => {
+                self.metrics
+                    .denials
+                    .with_label_values(&["-", error.reason()])
+                    .inc();
+                let mut rec = self.record(
+                    Event::Deny,
+                    Decision::Deny,
+                    format!("authentication failed: {}", error.reason()),
+                );
+                rec.request_id = Some(request_id.to_owned());
+                rec.token_id = token_id;
+                self.audit(rec).await?;
+                Err(ApiError::Unauthenticated(error))
+            }
+        }
+    }
+
+    /// Whether a bearer token's unverified `iss` is this broker (a session token).
+    fn is_session_token(&self, token: &str) -> bool {
+        peek_issuer(token).as_deref() == Some(self.config.public_url.as_str())
+    }
+
+    fn verify_session(&self, token: &str) -> Result<Authenticated, AuthnError> {
+        let claims =
+            self.keys
+                .verify(token, &self.config.public_url, SESSION_AUDIENCE, self.now())?;
+        let session = claims
+            .get("lanyard_session")
+            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session".into()))?;
+        let token_id = session
+            .get("token_id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.token_id".into()))?
+            .to_owned();
+        let roles = session
+            .get("roles")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.roles".into()))?;
+        let image = session
+            .get("image")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let started = session
+            .get("started_at")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.started_at".into()))?;
+        Ok(Authenticated {
+            identity: Identity {
+                issuer: BOOTSTRAP_ISSUER.to_owned(),
+                subject: format!("bootstrap:{token_id}"),
+                kubernetes: None,
+                bootstrap: Some(BootstrapBinding {
+                    token_id,
+                    roles,
+                    image,
+                }),
+            },
+            new_session: true,
+            session_started: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(started)),
+        })
+    }
+
+    fn mint_session(
+        &self,
+        identity: &Identity,
+        started: SystemTime,
+    ) -> Result<Option<Session>, ApiError> {
+        let Some(binding) = &identity.bootstrap else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let hard_end =
+            started + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
+        let exp = (now + Duration::from_secs(self.config.bootstrap.session_ttl_seconds)).min(hard_end);
+        if exp <= now {
+            return Ok(None);
+        }
+        let claims = serde_json::json!({
+            "iss": self.config.public_url,
+            "aud": SESSION_AUDIENCE,
+            "sub": identity.subject,
+            "iat": unix_seconds(now),
+            "nbf": unix_seconds(now),
+            "exp": unix_seconds(exp),
+            "lanyard_session": {
+                "token_id": binding.token_id,
+                "roles": binding.roles,
+                "image": binding.image,
+                "started_at": unix_seconds(started),
+            }
+        });
+        let token = self.keys.sign(&claims)?;
+        Ok(Some(Session {
+            token: lanyard::Secret::new(token),
+            expires_at: rfc3339(exp),
+        }))
+    }
+
+    /// Issues credentials to an authenticated identity: policy decides the roles, each
+    /// role's backend issues, each issuance is stored as a lease and audited.
+    pub async fn issue(
+        &self,
+        auth: &Authenticated,
+        req: &CredentialRequest,
+        request_id: &str,
+    ) -> Result<CredentialResponse, ApiError> {
+        let identity = &auth.identity;
+        if req.ttl_seconds == Some(0) {
+            return Err(ApiError::BadRequest("ttl_seconds must be at least 1".into()));
+        }
+        if let Some(roles) = &req.roles {
+            if roles.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "roles, when given, must name at least one role".into(),
+                ));
+            }
+            if roles.len() > 64 {
+                return Err(ApiError::BadRequest("at most 64 roles per request".into()));
+            }
+        }
+        let set = self.policy.load_full();
+        let decision = policy::evaluate(&set, identity, req.roles.as_deref());
+        if !decision.denied.is_empty() || decision.granted.is_empty() {
+            let mut reasons = Vec::new();
+            for d in &decision.denied {
+                let role_label = if set.roles.contains_key(&d.role) {
+                    d.role.as_str()
+                } else {
+                    "-"
+                };
+                self.metrics
+                    .denials
+                    .with_label_values(&[role_label, d.reason])
+                    .inc();
+                let mut rec = self.record(Event::Deny, Decision::Deny, format!("{}: {}", d.reason, d.detail));
+                rec.request_id = Some(request_id.to_owned());
+                rec.identity = Some(identity.subject.clone());
+                rec.issuer = Some(identity.issuer.clone());
+                rec.role = Some(d.role.clone());
+                self.audit(rec).await?;
+                reasons.push(format!("role `{}`: {}", d.role, d.reason));
+            }
+            if decision.denied.is_empty() {
+                self.metrics
+                    .denials
+                    .with_label_values(&["-", "no_roles_granted"])
+                    .inc();
+                let mut rec = self.record(Event::Deny, Decision::Deny, "no_roles_granted");
+                rec.request_id = Some(request_id.to_owned());
+                rec.identity = Some(identity.subject.clone());
+                rec.issuer = Some(identity.issuer.clone());
+                self.audit(rec).await?;
+                reasons.push("no policy grants any role to this identity".into());
+            }
+            return Err(ApiError::Forbidden(format!(
+                "denied: {} (ask an operator to run `lanyard-broker policy explain`)",
+                reasons.join("; ")
+            )));
+        }
+
+        let mut credentials = Vec::with_capacity(decision.granted.len());
+        for grant in &decision.granted {
+            let Some(role) = set.roles.get(&grant.role) else {
+                return Err(ApiError::Internal(format!(
+                    "policy granted undefined role {}",
+                    grant.role
+                )));
+            };
+            let wanted = req.ttl_seconds.unwrap_or(role.default_ttl_seconds);
+            let ttl_clamped = wanted > role.max_ttl_seconds;
+            let ttl_seconds = wanted.min(role.max_ttl_seconds).max(1);
+            let Some(backend) = self.backends.get(&role.backend) else {
+                return Err(ApiError::Internal(format!(
+                    "role {} names backend {} which is not configured",
+                    role.name, role.backend
+                )));
+            };
+            let lease_id = format!("ls_{}", random_hex(12));
+            let now = self.now();
+            let started = Instant::now();
+            let issued = backend
+                .issue(&IssueRequest {
+                    identity,
+                    role,
+                    ttl: Duration::from_secs(ttl_seconds),
+                    now,
+                    request_id,
+                    lease_id: &lease_id,
+                })
+                .await;
+            let outcome = if issued.is_ok() { "ok" } else { "error" };
+            self.metrics
+                .backend_duration
+                .with_label_values(&[backend.kind(), outcome])
+                .observe(started.elapsed().as_secs_f64());
+            let issued = match issued {
+                Ok(i) => i,
+                Err(e) => {
+                    let err = ApiError::from(e);
+                    self.metrics
+                        .denials
+                        .with_label_values(&[&role.name, "backend_error"])
+                        .inc();
+                    let mut rec = self.record(Event::Deny, Decision::Deny, format!("backend_error: {err}"));
+                    rec.request_id = Some(request_id.to_owned());
+                    rec.identity = Some(identity.subject.clone());
+                    rec.issuer = Some(identity.issuer.clone());
+                    rec.role = Some(role.name.clone());
+                    rec.backend = Some(role.backend.clone());
+                    self.audit(rec).await?;
+                    return Err(err);
+                }
+            };
+            // Never hand out more than the cap, whatever the backend says.
+            let cap = now + Duration::from_secs(ttl_seconds);
+            let expires_at = issued.expires_at.min(cap);
+            let lifetime = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
+            let refresh_after = now + lifetime.mul_f64(REFRESH_FRACTION);
+            let fingerprint = self.fingerprinter.fingerprint(&issued.data);
+            self.store
+                .insert_lease(&LeaseRecord {
+                    lease_id: lease_id.clone(),
+                    role: role.name.clone(),
+                    backend: role.backend.clone(),
+                    subject: identity.subject.clone(),
+                    issuer: identity.issuer.clone(),
+                    issued_at: now,
+                    expires_at,
+                    upstream_lease: issued.upstream_lease.clone(),
+                    fingerprint: fingerprint.clone(),
+                    revoked_at: None,
+                })
+                .await?;
+            let mut rec = self.record(
+                Event::Issue,
+                Decision::Allow,
+                format!(
+                    "granted by rule {} ({}){}",
+                    grant.rule,
+                    grant.location,
+                    if ttl_clamped { "; ttl clamped to role cap" } else { "" }
+                ),
+            );
+            rec.request_id = Some(request_id.to_owned());
+            rec.identity = Some(identity.subject.clone());
+            rec.issuer = Some(identity.issuer.clone());
+            rec.role = Some(role.name.clone());
+            rec.backend = Some(role.backend.clone());
+            rec.ttl_seconds = Some(lifetime.as_secs());
+            rec.ttl_clamped = ttl_clamped;
+            rec.expires_at = Some(rfc3339(expires_at));
+            rec.lease_id = Some(lease_id.clone());
+            rec.fingerprint = Some(fingerprint);
+            rec.image = identity.bootstrap.as_ref().and_then(|b| b.image.clone());
+            self.audit(rec).await?;
+            self.metrics
+                .issuances
+                .with_label_values(&[&role.name, &role.backend])
+                .inc();
+            info!(role = %role.name, backend = %role.backend, lease_id = %lease_id, ttl_seconds = lifetime.as_secs(), ttl_clamped, "credential issued");
+            credentials.push(Credential {
+                role: role.name.clone(),
+                kind: role.backend.clone(),
+                data: issued.data,
+                expires_at: rfc3339(expires_at),
+                refresh_after: rfc3339(refresh_after),
+                ttl_seconds: lifetime.as_secs(),
+                lease_id,
+                ttl_clamped,
+            });
+        }
+        let session = match (auth.new_session, auth.session_started) {
+            (true, Some(started)) => self.mint_session(identity, started)?,
+            _ => None,
+        };
+        Ok(CredentialResponse {
+            request_id: request_id.to_owned(),
+            identity: identity.subject.clone(),
+            credentials,
+            session,
+        })
+    }
+
+    /// Mints a bootstrap token (admin).
+    pub async fn mint_token(
+        &self,
+        req: &MintTokenRequest,
+        request_id: &str,
+    ) -> Result<MintTokenResponse, ApiError> {
+        if req.roles.is_empty() {
+            return Err(ApiError::BadRequest("roles: name at least one role".into()));
+        }
+        let set = self.policy.load_full();
+        if let Some(unknown) = req.roles.iter().find(|r| !set.roles.contains_key(*r)) {
+            return Err(ApiError::BadRequest(format!(
+                "role `{unknown}` is not defined in the policies (known: {})",
+                set.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if req.ttl_seconds == 0 || req.ttl_seconds > self.config.bootstrap.max_ttl_seconds {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_seconds must be between 1 and {} (bootstrap.max_ttl_seconds)",
+                self.config.bootstrap.max_ttl_seconds
+            )));
+        }
+        let minted = bootstrap::mint(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            req.roles.clone(),
+            Duration::from_secs(req.ttl_seconds),
+            req.image.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Backend(m) | crate::store::StoreError::Corrupt(m) => {
+                ApiError::Internal(m)
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+        self.metrics
+            .bootstrap_tokens
+            .with_label_values(&["minted"])
+            .inc();
+        let mut rec = self.record(Event::TokenMint, Decision::Allow, "minted by admin");
+        rec.request_id = Some(request_id.to_owned());
+        rec.token_id = Some(minted.token_id.clone());
+        rec.role = Some(req.roles.join(","));
+        rec.image = req.image.clone();
+        rec.ttl_seconds = Some(req.ttl_seconds);
+        rec.expires_at = Some(rfc3339(minted.expires_at));
+        self.audit(rec).await?;
+        Ok(MintTokenResponse {
+            token_id: minted.token_id,
+            token: minted.token,
+            expires_at: rfc3339(minted.expires_at),
+        })
+    }
+
+    /// Revokes an unredeemed bootstrap token (admin).
+    pub async fn revoke_token(&self, token_id: &str, request_id: &str) -> Result<(), ApiError> {
+        if !self.store.revoke_bootstrap_token(token_id).await? {
+            return Err(ApiError::NotFound(format!(
+                "no unredeemed bootstrap token `{token_id}`"
+            )));
+        }
+        self.metrics
+            .bootstrap_tokens
+            .with_label_values(&["revoked"])
+            .inc();
+        let mut rec = self.record(Event::TokenRevoke, Decision::Allow, "revoked by admin");
+        rec.request_id = Some(request_id.to_owned());
+        rec.token_id = Some(token_id.to_owned());
+        self.audit(rec).await
+    }
+
+    /// Revokes a lease: by an admin, or by the workload it was issued to.
+    pub async fn revoke_lease(
+        &self,
+        lease_id: &str,
+        by: Option<&Identity>,
+        request_id: &str,
+    ) -> Result<RevokeResult, ApiError> {
+        let Some(lease) = self.store.get_lease(lease_id).await? else {
+            return Err(ApiError::NotFound(format!("no lease `{lease_id}`")));
+        };
+        if let Some(identity) = by
+            && (identity.subject != lease.subject || identity.issuer != lease.issuer)
+        {
+            // Do not reveal that the lease exists.
+            return Err(ApiError::NotFound(format!("no lease `{lease_id}`")));
+        }
+        let backend = self.backends.get(&lease.backend).ok_or_else(|| {
+            ApiError::Internal(format!("lease backend {} not configured", lease.backend))
+        })?;
+        let upstream_revoked = backend
+            .revoke(&LeaseRef {
+                lease_id,
+                upstream_lease: lease.upstream_lease.as_deref(),
+                role: &lease.role,
+            })
+            .await?;
+        let newly = self
+            .store
+            .mark_lease_revoked(lease_id, self.now())
+            .await?;
+        let mut rec = self.record(
+            Event::LeaseRevoke,
+            Decision::Allow,
+            if upstream_revoked {
+                "revoked upstream"
+            } else {
+                "recorded; the credential stays valid until it expires (backend cannot revoke)"
+            },
+        );
+        rec.request_id = Some(request_id.to_owned());
+        rec.identity = Some(lease.subject.clone());
+        rec.issuer = Some(lease.issuer.clone());
+        rec.role = Some(lease.role.clone());
+        rec.backend = Some(lease.backend.clone());
+        rec.lease_id = Some(lease_id.to_owned());
+        rec.fingerprint = Some(lease.fingerprint.clone());
+        self.audit(rec).await?;
+        Ok(RevokeResult {
+            lease_id: lease_id.to_owned(),
+            already_revoked: !newly,
+            upstream_revoked,
+            expires_at: rfc3339(lease.expires_at),
+        })
+    }
+
+    /// Explains the decision for an identity and a role.
+    pub fn explain(&self, identity: &Identity, role: &str) -> Explanation {
+        policy::explain(&self.policy.load(), identity, role)
+    }
+
+    /// Re-reads the policy directory. A bad set is refused (and audited) and the last good
+    /// one stays active.
+    pub async fn reload_policies(&self) -> Result<ReloadOutcome, PolicyErrors> {
+        let loaded = policy::load_dir(&self.config.policies_dir, &|r| {
+            self.backends.validate_role(r)
+        });
+        match loaded {
+            Ok(set) => {
+                if set.digest == self.policy.load().digest {
+                    self.policy_ok.store(true, Ordering::Relaxed);
+                    return Ok(ReloadOutcome::Unchanged);
+                }
+                let outcome = ReloadOutcome::Reloaded {
+                    digest: set.digest.clone(),
+                    rules: set.rules.len(),
+                };
+                self.metrics.policy_rules.set(set.rules.len() as i64);
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                info!(digest = %set.digest, rules = set.rules.len(), "policies reloaded");
+                let rec = self.record(
+                    Event::PolicyReload,
+                    Decision::Allow,
+                    format!("loaded {} rules, digest {}", set.rules.len(), set.digest),
+                );
+                self.policy.store(Arc::new(set));
+                self.policy_ok.store(true, Ordering::Relaxed);
+                if let Err(e) = self.audit(rec).await {
+                    warn!(error = %e, "could not audit policy reload");
+                }
+                Ok(outcome)
+            }
+            Err(errors) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                self.policy_ok.store(false, Ordering::Relaxed);
+                warn!(errors = %errors, "policy reload rejected; keeping the last good set");
+                let rec = self.record(
+                    Event::PolicyReload,
+                    Decision::Deny,
+                    format!(
+                        "rejected ({} problems, first: {}); last good set kept",
+                        errors.0.len(),
+                        errors.0.first().map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                );
+                if let Err(e) = self.audit(rec).await {
+                    warn!(error = %e, "could not audit policy reload");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Whether the last policy reload succeeded.
+    pub fn policy_healthy(&self) -> bool {
+        self.policy_ok.load(Ordering::Relaxed)
+    }
+
+    /// Readiness checks, by name.
+    pub async fn readiness(&self) -> BTreeMap<&'static str, Result<(), String>> {
+        let mut checks = BTreeMap::new();
+        checks.insert(
+            "store",
+            self.store
+                .audit_head()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+        checks.insert("policy", Ok(()));
+        checks
+    }
+}
+
+/// An authenticated request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who.
+    pub identity: Identity,
+    /// Whether a session token should be returned (bootstrap and session identities).
+    pub new_session: bool,
+    /// When the bootstrap session started.
+    pub session_started: Option<SystemTime>,
+}
+
+/// Outcome of a lease revocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokeResult {
+    /// The lease.
+    pub lease_id: String,
+    /// It had been revoked before.
+    pub already_revoked: bool,
+    /// The backend revoked it upstream (else it lives until `expires_at`).
+    pub upstream_revoked: bool,
+    /// Its expiry.
+    pub expires_at: String,
+}
+
+/// The `iss` claim of a JWT, read without verifying anything (bounded by the caller).
+fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}

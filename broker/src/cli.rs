@@ -1,0 +1,572 @@
+//! The `lanyard-broker` command line. `main.rs` only calls [`main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lanyard::clock::{Clock, SystemClock};
+use lanyard::wire::{ErrorBody, MintTokenRequest, MintTokenResponse};
+
+use crate::audit::{self, Decision, Event};
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::server::routes::{ExplainRequest, IdentitySpec};
+
+const EXAMPLES: &str = "\
+Examples:
+  lanyard-broker dev                                  # everything embedded, on https://127.0.0.1:8443
+  lanyard-broker serve --config /etc/lanyard/broker.yaml
+  lanyard-broker policy check policies/
+  lanyard-broker policy explain --dir policies/ --issuer https://kubernetes.default.svc.cluster.local \\
+      --subject system:serviceaccount:shop:api --namespace shop --service-account api --role orders-api
+  lanyard-broker token create --role dev-app --ttl 10m   # needs LANYARD_BROKER_URL, LANYARD_CA_FILE, LANYARD_ADMIN_TOKEN_FILE
+  lanyard-broker audit verify /var/lib/lanyard/audit.log
+  lanyard-broker audit query /var/lib/lanyard/audit.log --decision deny --since 2026-11-01T00:00:00Z
+
+Exit codes: 0 success, 1 failure (invalid policy, broken audit chain, refused request), 2 usage error.
+Docs: docs/ARCHITECTURE.md, docs/CONFIG.md, docs/POLICIES.md, docs/API.md";
+
+/// lanyard broker: short-lived, scoped credentials for workloads, so images hold none.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard-broker", version, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanyard_broker=debug`.
+    #[arg(long, global = true, env = "LANYARD_LOG", default_value = "info")]
+    log: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, env = "LANYARD_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker from a configuration file.
+    Serve {
+        /// Configuration file (YAML, TOML or JSON); `LANYARD_*` variables override keys
+        /// (`LANYARD_STORE__SQLITE_PATH=...`). See docs/CONFIG.md.
+        #[arg(long, short, env = "LANYARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run everything embedded for local development: broker, dev CA, store, sidecar.
+    Dev {
+        /// Directory for the dev CA, keys, store, audit log and secrets (kept across runs).
+        #[arg(long, default_value = ".lanyard-dev")]
+        dir: PathBuf,
+        /// Listen address (`127.0.0.1:0` picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Policy directory (default: ./policies if it exists, else a built-in example).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Role for the dev bootstrap token and sidecar.
+        #[arg(long, default_value = "dev-app")]
+        role: String,
+        /// Do not run the in-process sidecar.
+        #[arg(long)]
+        no_sidecar: bool,
+    },
+    /// Bootstrap tokens (admin API).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Leases (admin API).
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Ask a running broker to reload its policies now (admin API).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Check and explain policies, offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Verify and search audit logs, offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// Broker URL.
+    #[arg(long, env = "LANYARD_BROKER_URL")]
+    broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long, env = "LANYARD_CA_FILE")]
+    ca: PathBuf,
+    /// File holding the admin token.
+    #[arg(long, env = "LANYARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a single-use bootstrap token; prints the token on stdout (and its id on stderr).
+    Create {
+        /// Role the token may be redeemed for (repeatable).
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        /// How long the token stays redeemable, e.g. `10m`, `1h`.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Bind the token to an image digest (`sha256:<64 hex>`).
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the full JSON answer instead of the bare token.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an unredeemed bootstrap token by id.
+    Revoke {
+        /// Token id (`bt_...`).
+        token_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Revoke a lease (upstream where the backend supports it; always recorded and audited).
+    Revoke {
+        /// Lease id (`ls_...`).
+        lease_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory; prints `file:line: problem` for each error.
+    Check {
+        /// Policy directory.
+        dir: PathBuf,
+    },
+    /// Say which rule allows or denies a role to an identity.
+    Explain {
+        /// Policy directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Issuer URL of the identity (`lanyard:bootstrap` for bootstrap tokens).
+        #[arg(long, default_value = "")]
+        issuer: String,
+        /// Subject (`sub`), e.g. `system:serviceaccount:shop:api`.
+        #[arg(long)]
+        subject: String,
+        /// Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Kubernetes service account.
+        #[arg(long)]
+        service_account: Option<String>,
+        /// Roles a bootstrap token was minted for (repeatable).
+        #[arg(long)]
+        bootstrap_role: Vec<String>,
+        /// The role to explain.
+        #[arg(long)]
+        role: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; reports the first edited, dropped or reordered record.
+    Verify {
+        /// Audit log file.
+        file: PathBuf,
+        /// The broker's SQLite store: also checks the file ends at the recorded chain head
+        /// (detects a truncated tail).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Print the records matching every given filter (JSON lines).
+    Query {
+        /// Audit log file.
+        file: PathBuf,
+        /// Records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Identity glob, e.g. `system:serviceaccount:shop:*`.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Role name.
+        #[arg(long)]
+        role: Option<String>,
+        /// allow or deny.
+        #[arg(long, value_parser = parse_decision)]
+        decision: Option<Decision>,
+        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload.
+        #[arg(long, value_parser = parse_event)]
+        event: Option<Event>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (use e.g. 90s, 10m, 1h)"))
+}
+
+fn parse_decision(s: &str) -> Result<Decision, String> {
+    serde_json::from_value(serde_json::Value::from(s)).map_err(|_| "use allow or deny".to_owned())
+}
+
+fn parse_event(s: &str) -> Result<Event, String> {
+    serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
+        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke or policy_reload"
+            .to_owned()
+    })
+}
+
+fn parse_time(flag: &str, s: &Option<String>) -> Result<Option<std::time::SystemTime>, String> {
+    match s {
+        None => Ok(None),
+        Some(s) => lanyard::clock::parse_rfc3339(s)
+            .map(Some)
+            .ok_or_else(|| format!("--{flag} `{s}`: expected RFC 3339, e.g. 2026-11-22T08:00:00Z")),
+    }
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Entry point: parses arguments, runs the command, returns the exit code.
+pub async fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli.log, cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("lanyard-broker: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Serve { config } => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let cfg = BrokerConfig::load(&config, env).map_err(|e| e.to_string())?;
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let listen = cfg.listen;
+            let broker = Broker::new(cfg, clock, Metrics::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            crate::server::run(listener, broker, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev {
+            dir,
+            listen,
+            policies,
+            role,
+            no_sidecar,
+        } => {
+            crate::dev::run(
+                crate::dev::DevOptions {
+                    dir,
+                    listen,
+                    policies,
+                    role,
+                    sidecar: !no_sidecar,
+                },
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            ttl,
+            image,
+            json,
+            admin,
+        }) => {
+            let req = MintTokenRequest {
+                roles: role,
+                ttl_seconds: ttl.as_secs().max(1),
+                image,
+            };
+            let body = admin_call(&admin, reqwest::Method::POST, "/v1/admin/tokens", Some(&req)).await?;
+            let resp: MintTokenResponse = serde_json::from_slice(&body)
+                .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?
+                );
+            } else {
+                eprintln!(
+                    "minted bootstrap token {} (single use, redeemable until {})",
+                    resp.token_id, resp.expires_at
+                );
+                println!("{}", resp.token.expose());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Revoke { token_id, admin }) => {
+            admin_call::<()>(
+                &admin,
+                reqwest::Method::DELETE,
+                &format!("/v1/admin/tokens/{token_id}"),
+                None,
+            )
+            .await?;
+            eprintln!("revoked bootstrap token {token_id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lease(LeaseCommand::Revoke { lease_id, admin }) => {
+            let body = admin_call::<()>(
+                &admin,
+                reqwest::Method::POST,
+                &format!("/v1/leases/{lease_id}/revoke"),
+                None,
+            )
+            .await?;
+            println!("{}", String::from_utf8_lossy(&body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { admin } => {
+            let body =
+                admin_call::<()>(&admin, reqwest::Method::POST, "/v1/admin/reload", None).await?;
+            println!("{}", String::from_utf8_lossy(&body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            let backends = known_backends();
+            match crate::policy::load_dir(&dir, &|r| backends.validate_role(r)) {
+                Ok(set) => {
+                    println!(
+                        "{}: ok ({} files, {} roles, {} rules, digest {})",
+                        dir.display(),
+                        set.files.len(),
+                        set.roles.len(),
+                        set.rules.len(),
+                        &set.digest[..set.digest.len().min(12)]
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        println!("{e}");
+                    }
+                    eprintln!("{}: {} problem(s)", dir.display(), errors.0.len());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Policy(PolicyCommand::Explain {
+            dir,
+            issuer,
+            subject,
+            namespace,
+            service_account,
+            bootstrap_role,
+            role,
+            json,
+        }) => {
+            let backends = known_backends();
+            let set = crate::policy::load_dir(&dir, &|r| backends.validate_role(r))
+                .map_err(|e| format!("policies in {} are invalid:\n{e}", dir.display()))?;
+            let req = ExplainRequest {
+                identity: IdentitySpec {
+                    issuer,
+                    subject,
+                    namespace,
+                    service_account,
+                    bootstrap_roles: (!bootstrap_role.is_empty()).then_some(bootstrap_role),
+                },
+                role,
+            };
+            let explanation = crate::policy::explain(&set, &req.identity.to_identity(), &req.role);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&explanation).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{explanation}");
+            }
+            Ok(if explanation.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit(AuditCommand::Verify { file, store }) => {
+            let expected = match store {
+                None => None,
+                Some(path) => {
+                    use crate::store::Store as _;
+                    let s = crate::store::sqlite::SqliteStore::open(&path)
+                        .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+                    s.audit_head().await.map_err(|e| e.to_string())?
+                }
+            };
+            let f = std::fs::File::open(&file)
+                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            match audit::verify::verify(std::io::BufReader::new(f), expected.as_ref()) {
+                Ok(report) => {
+                    println!(
+                        "{}: ok, {} records, chain intact{}",
+                        file.display(),
+                        report.records,
+                        report
+                            .head
+                            .map(|h| format!(" (head seq {} {})", h.seq, &h.hash[..12.min(h.hash.len())]))
+                            .unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    println!("{}: TAMPERED: {failure}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Query {
+            file,
+            since,
+            until,
+            identity,
+            role,
+            decision,
+            event,
+        }) => {
+            let filter = audit::query::Filter {
+                since: parse_time("since", &since)?,
+                until: parse_time("until", &until)?,
+                identity,
+                role,
+                decision,
+                event,
+            };
+            let f = std::fs::File::open(&file)
+                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            let reader = std::io::BufReader::new(f);
+            let mut out = std::io::stdout().lock();
+            let mut print = |line: &str| {
+                use std::io::Write as _;
+                let _ = writeln!(out, "{line}");
+            };
+            let n = audit::query::query(reader, &filter, &mut print)
+                .map_err(|e| e.to_string())?;
+            eprintln!("{n} matching record(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Backends known to offline policy tools: validation only, no keys.
+fn known_backends() -> crate::issue::Backends {
+    crate::issue::offline_backends()
+}
+
+async fn admin_call<T: serde::Serialize>(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&T>,
+) -> Result<Vec<u8>, String> {
+    let ca = std::fs::read(&admin.ca)
+        .map_err(|e| format!("cannot read CA file {}: {e}", admin.ca.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&ca)
+        .map_err(|e| format!("CA file {} is not PEM: {e}", admin.ca.display()))?;
+    let token = std::fs::read_to_string(&admin.admin_token_file).map_err(|e| {
+        format!(
+            "cannot read admin token file {}: {e}",
+            admin.admin_token_file.display()
+        )
+    })?;
+    let client = reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+    let url = format!("{}{path}", admin.broker.trim_end_matches('/'));
+    let mut req = client.request(method, &url).bearer_auth(token.trim());
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach broker at {}: {e}", admin.broker))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the broker's answer: {e}"))?;
+    if status.is_success() {
+        return Ok(bytes.to_vec());
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(e) => Err(format!(
+            "broker refused ({} {}): {}",
+            status.as_u16(),
+            e.error.code,
+            e.error.message
+        )),
+        Err(_) => Err(format!("broker answered {status}")),
+    }
+}

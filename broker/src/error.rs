@@ -1,0 +1,169 @@
+//! The one place errors become HTTP answers.
+//!
+//! Whose fault it is decides the status: the caller's (4xx: bad request, failed
+//! authentication, policy denial), an upstream's (503, retryable: STS, Vault, an issuer's
+//! JWKS), or ours (500). Every answer is `{"error":{"code","message","request_id","retryable"}}`
+//! with a stable [`ErrorCode`]. Authentication failures all get the same opaque message; the
+//! real reason goes to the audit log and metrics only.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lanyard::wire::{ErrorBody, ErrorCode, ErrorInfo};
+
+use crate::audit::AuditError;
+use crate::authn::AuthnError;
+use crate::issue::BackendError;
+use crate::store::StoreError;
+
+/// An error on its way to becoming an HTTP response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Authentication failed (401). The reason is never sent to the caller.
+    #[error("authentication failed")]
+    Unauthenticated(AuthnError),
+    /// Authenticated, but policy grants nothing asked for (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Body above the limit (413).
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// An upstream failed (503, retryable).
+    #[error("{0}")]
+    Upstream(String),
+    /// The broker cannot serve yet (503).
+    #[error("{0}")]
+    NotReady(String),
+    /// Our fault (500). The detail is logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::Upstream(_) => ErrorCode::UpstreamUnavailable,
+            Self::NotReady(_) => ErrorCode::NotReady,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// A stable, low-cardinality reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(e) => e.reason(),
+            other => other.code().as_str(),
+        }
+    }
+
+    /// The body sent to the caller.
+    pub fn body(&self, request_id: Option<&str>) -> ErrorBody {
+        let code = self.code();
+        ErrorBody {
+            error: ErrorInfo {
+                code,
+                message: self.to_string(),
+                request_id: request_id.map(str::to_owned),
+                retryable: matches!(code, ErrorCode::UpstreamUnavailable | ErrorCode::NotReady),
+            },
+        }
+    }
+
+    /// The full HTTP response.
+    pub fn into_response_with_id(self, request_id: Option<&str>) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, axum::Json(self.body(request_id))).into_response();
+        if code == ErrorCode::Unauthenticated {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(code, ErrorCode::UpstreamUnavailable | ErrorCode::NotReady) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_response_with_id(None)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        Self::Internal(format!("audit: {e}"))
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Upstream { .. } => Self::Upstream(e.to_string()),
+            BackendError::Unsupported(what) => {
+                Self::BadRequest(format!("{what} is not supported for this credential"))
+            }
+            BackendError::Config(_) | BackendError::Internal(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentication_failures_are_opaque() {
+        for e in [
+            AuthnError::Expired,
+            AuthnError::TokenReused,
+            AuthnError::UnknownToken,
+            AuthnError::BadSignature,
+        ] {
+            let body = ApiError::Unauthenticated(e).body(Some("req_1"));
+            assert_eq!(body.error.message, "authentication failed");
+            assert_eq!(body.error.code, ErrorCode::Unauthenticated);
+        }
+    }
+
+    #[test]
+    fn statuses_follow_fault() {
+        assert_eq!(ApiError::BadRequest("x".into()).code().http_status(), 400);
+        assert_eq!(ApiError::Forbidden("x".into()).code().http_status(), 403);
+        let up: ApiError = BackendError::Upstream {
+            backend: "vault",
+            message: "down".into(),
+            retryable: true,
+        }
+        .into();
+        assert_eq!(up.code().http_status(), 503);
+        assert!(up.body(None).error.retryable);
+        let internal = ApiError::Internal("disk full at /secret/path".into());
+        assert_eq!(internal.code().http_status(), 500);
+        assert_eq!(internal.body(None).error.message, "internal error");
+    }
+}

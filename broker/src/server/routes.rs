@@ -1,0 +1,380 @@
+//! The HTTP API. Handlers parse, call [`Broker`], and turn errors into responses through
+//! [`ApiError`] — nothing else decides a status code. `docs/API.md` documents every route.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json};
+use lanyard::wire::{CredentialRequest, MintTokenRequest};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+
+use super::ConnInfo;
+use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
+use crate::broker::{Broker, new_request_id};
+use crate::error::ApiError;
+
+type AppState = Arc<Broker>;
+
+/// Builds the router.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let limit = broker.config().limits.max_request_body_bytes;
+    Router::new()
+        .route("/v1/credentials", post(issue_credentials))
+        .route("/v1/leases/{lease_id}/revoke", post(revoke_lease))
+        .route("/v1/jwks", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/v1/admin/tokens", post(mint_token))
+        .route("/v1/admin/tokens/{token_id}", delete(revoke_token))
+        .route("/v1/admin/explain", post(explain))
+        .route("/v1/admin/reload", post(reload))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route; see docs/API.md".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(broker.clone(), observe))
+        .with_state(broker)
+}
+
+/// Times every request by route and status.
+async fn observe(State(broker): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    broker
+        .metrics()
+        .request_duration
+        .with_label_values(&[&route, resp.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    allow_empty: bool,
+) -> Result<Option<T>, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return if allow_empty {
+            Ok(None)
+        } else {
+            Err(ApiError::BadRequest("request body is empty; send JSON".into()))
+        };
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn issue_credentials(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        route = "/v1/credentials",
+        identity = tracing::field::Empty
+    );
+    async {
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: CredentialRequest = match body_json(body, limit, true) {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => return e.into_response_with_id(Some(&request_id)),
+        };
+        let auth = match broker.authenticate(bearer(&headers), &request_id).await {
+            Ok(a) => a,
+            Err(e) => return e.into_response_with_id(Some(&request_id)),
+        };
+        tracing::Span::current().record("identity", auth.identity.subject.as_str());
+        match broker.issue(&auth, &req, &request_id).await {
+            Ok(resp) => (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(resp),
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::info!(code = %e.code(), reason = e.reason(), "request refused");
+                e.into_response_with_id(Some(&request_id))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn revoke_lease(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(lease_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        if is_admin(&broker, &conn, &headers) {
+            return broker.revoke_lease(&lease_id, None, &request_id).await;
+        }
+        let auth = broker.authenticate(bearer(&headers), &request_id).await?;
+        broker
+            .revoke_lease(&lease_id, Some(&auth.identity), &request_id)
+            .await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn jwks(State(broker): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(broker.keys().jwks()),
+    )
+        .into_response()
+}
+
+async fn discovery(State(broker): State<AppState>) -> Response {
+    Json(broker.discovery_document()).into_response()
+}
+
+async fn readyz(State(broker): State<AppState>) -> Response {
+    let checks = broker.readiness().await;
+    let ready = checks.values().all(Result::is_ok);
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                match v {
+                    Ok(()) => serde_json::Value::from("ok"),
+                    Err(e) => serde_json::Value::from(e),
+                },
+            )
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(serde_json::json!({ "ready": ready, "checks": body }))).into_response()
+}
+
+async fn metrics(State(broker): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        broker.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Whether the request carries the admin credential: a client certificate from the admin
+/// CA, or the admin bearer token (compared in constant time; the file is re-read so a
+/// rotated token takes effect at once).
+fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
+    if conn.admin_cert {
+        return true;
+    }
+    let (Some(file), Some(presented)) = (broker.config().admin.token_file.as_ref(), bearer(headers))
+    else {
+        return false;
+    };
+    let Ok(expected) = std::fs::read_to_string(file) else {
+        tracing::warn!(file = %file.display(), "cannot read the admin token file");
+        return false;
+    };
+    let expected = expected.trim();
+    !expected.is_empty()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(
+            expected.as_bytes(),
+            presented.as_bytes(),
+        )
+        .is_ok()
+}
+
+fn require_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> Result<(), ApiError> {
+    if is_admin(broker, conn, headers) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthenticated(crate::authn::AuthnError::Missing))
+    }
+}
+
+async fn mint_token(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(&broker, &conn, &headers)?;
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: MintTokenRequest = body_json(body, limit, false)?
+            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        broker.mint_token(&req, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(r) => (StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(r)).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn revoke_token(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(token_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(&broker, &conn, &headers)?;
+        broker.revoke_token(&token_id, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// An identity described by hand, for `explain`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Issuer URL (or `lanyard:bootstrap`).
+    pub issuer: String,
+    /// Subject.
+    pub subject: String,
+    /// Kubernetes namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Kubernetes service account.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Roles a bootstrap token was minted for.
+    #[serde(default)]
+    pub bootstrap_roles: Option<Vec<String>>,
+}
+
+impl IdentitySpec {
+    /// The identity this describes.
+    pub fn to_identity(&self) -> Identity {
+        let kubernetes = match (&self.namespace, &self.service_account) {
+            (Some(ns), Some(sa)) => Some(KubernetesIdentity {
+                namespace: ns.clone(),
+                service_account: sa.clone(),
+                pod_name: None,
+                pod_uid: None,
+            }),
+            _ => None,
+        };
+        let bootstrap = self.bootstrap_roles.as_ref().map(|roles| BootstrapBinding {
+            token_id: self
+                .subject
+                .strip_prefix("bootstrap:")
+                .unwrap_or("explain")
+                .to_owned(),
+            roles: roles.clone(),
+            image: None,
+        });
+        Identity {
+            issuer: if bootstrap.is_some() && self.issuer.is_empty() {
+                BOOTSTRAP_ISSUER.to_owned()
+            } else {
+                self.issuer.clone()
+            },
+            subject: self.subject.clone(),
+            kubernetes,
+            bootstrap,
+        }
+    }
+}
+
+/// `POST /v1/admin/explain` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// Who.
+    pub identity: IdentitySpec,
+    /// Which role.
+    pub role: String,
+}
+
+async fn explain(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(&broker, &conn, &headers)?;
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: ExplainRequest = body_json(body, limit, false)?
+            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        Ok::<_, ApiError>(broker.explain(&req.identity.to_identity(), &req.role))
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn reload(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    if let Err(e) = require_admin(&broker, &conn, &headers) {
+        return e.into_response_with_id(Some(&request_id));
+    }
+    match broker.reload_policies().await {
+        Ok(crate::broker::ReloadOutcome::Unchanged) => {
+            Json(serde_json::json!({"reloaded": false, "reason": "unchanged"})).into_response()
+        }
+        Ok(crate::broker::ReloadOutcome::Reloaded { digest, rules }) => {
+            Json(serde_json::json!({"reloaded": true, "digest": digest, "rules": rules}))
+                .into_response()
+        }
+        Err(errors) => ApiError::BadRequest(format!(
+            "policies rejected, last good set kept:\n{errors}"
+        ))
+        .into_response_with_id(Some(&request_id)),
+    }
+}
