@@ -1,16 +1,1134 @@
-//! SQLite store. STUB.
+//! The embedded SQLite store: one file, nothing to install.
+//!
+//! Every trait method runs its SQL on tokio's blocking pool over one connection guarded by a
+//! mutex. The file is opened in WAL mode with a 5 s busy timeout, so several handles (several
+//! broker replicas on one host sharing the file) can use it at once; every operation that
+//! must be atomic across them is a single SQL statement or an `IMMEDIATE` transaction.
+//!
+//! Times are stored as Unix seconds, roles as a JSON list of strings, secrets as text. The
+//! schema version lives in `PRAGMA user_version`; [`MIGRATIONS`] are applied in order on open.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use super::StoreError;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use lanyard::Secret;
+use lanyard::clock::unix_seconds;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use zeroize::Zeroizing;
 
-/// SQLite-backed store.
-#[derive(Debug)]
-pub struct SqliteStore;
+use super::{
+    BootstrapTokenRecord, ChainHead, LeaseRecord, RedeemOutcome, SigningKeyRecord, Store,
+    StoreError,
+};
+
+/// How long a statement waits for another connection's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest secret [`Store::local_secret`] creates, in bytes.
+pub const MAX_LOCAL_SECRET_BYTES: usize = 1024;
+
+/// Schema migrations; entry `i` takes the schema from version `i` to version `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // v1
+    "CREATE TABLE bootstrap_tokens (
+        token_id    TEXT PRIMARY KEY NOT NULL,
+        token_hash  TEXT NOT NULL UNIQUE,
+        roles       TEXT NOT NULL,
+        image       TEXT,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        redeemed_at INTEGER
+    );
+    CREATE TABLE leases (
+        lease_id       TEXT PRIMARY KEY NOT NULL,
+        role           TEXT NOT NULL,
+        backend        TEXT NOT NULL,
+        subject        TEXT NOT NULL,
+        issuer         TEXT NOT NULL,
+        issued_at      INTEGER NOT NULL,
+        expires_at     INTEGER NOT NULL,
+        upstream_lease TEXT,
+        fingerprint    TEXT NOT NULL,
+        revoked_at     INTEGER
+    );
+    CREATE INDEX leases_expires_at ON leases (expires_at);
+    CREATE TABLE signing_keys (
+        kid        TEXT PRIMARY KEY NOT NULL,
+        alg        TEXT NOT NULL,
+        pkcs8      TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE audit_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TABLE local_secrets (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );",
+];
+
+/// The SQLite-backed [`Store`]. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    /// Where the database lives (`None` in memory), for error messages.
+    path: Option<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
 
 impl SqliteStore {
-    /// Opens (creating) the database.
-    pub fn open(_path: &Path) -> Result<Self, StoreError> {
-        Err(StoreError::Backend("stub".into()))
+    /// Opens (creating if missing, with mode 0600 and its parent directory) the database at
+    /// `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir_private(parent).map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot create the directory {} for the database {shown}: {e}; create it \
+                     or point the store at a writable path",
+                    parent.display()
+                ))
+            })?;
+        }
+        create_file_private(path).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create the database file {shown}: {e}; check that the broker user may \
+                 write there"
+            ))
+        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("cannot open the database {shown}: {e}")))?;
+        Self::init(conn, Some(path.to_path_buf()))
+    }
+
+    /// A private in-memory database, empty and gone when dropped. For tests and dev mode.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|e| StoreError::Backend(format!("cannot open an in-memory database: {e}")))?;
+        Self::init(conn, None)
+    }
+
+    /// The database file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.run("schema_version", |conn| {
+            user_version(conn).map_err(sql_error("schema_version"))
+        })
+        .await
+    }
+
+    fn init(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
+        let whence = match &path {
+            Some(p) => p.display().to_string(),
+            None => ":memory:".to_owned(),
+        };
+        let fail = |what: &str, e: rusqlite::Error| {
+            StoreError::Backend(format!("database {whence}: {what}: {e}"))
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| fail("setting busy_timeout", e))?;
+        // In memory the journal mode stays `memory`; on a file this answers `wal`.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| fail("enabling WAL journal mode", e))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(|e| fail("enabling foreign keys", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| fail("setting synchronous", e))?;
+        migrate(&mut conn).map_err(|e| match e {
+            StoreError::Backend(m) => StoreError::Backend(format!("database {whence}: {m}")),
+            other => other,
+        })?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("{op}: store task failed: {e}")))?
+    }
+}
+
+/// Applies the migrations the database has not seen yet, in one `IMMEDIATE` transaction so
+/// that handles opening the same file at once apply each exactly once.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error("starting the migration transaction"))?;
+    let current = user_version(&tx).map_err(sql_error("reading the schema version"))?;
+    let known = MIGRATIONS.len();
+    let current_idx = usize::try_from(current).unwrap_or(usize::MAX);
+    if current_idx > known {
+        return Err(StoreError::Backend(format!(
+            "schema version {current} is newer than this broker understands ({known}); run a \
+             broker at least as new as the one that last wrote this database"
+        )));
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(current_idx) {
+        let to = idx + 1;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Backend(format!("migrating to schema v{to}: {e}")))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(|e| StoreError::Backend(format!("recording schema v{to}: {e}")))?;
+        tracing::info!(version = to, "store schema migrated");
+    }
+    tx.commit()
+        .map_err(sql_error("committing the migration transaction"))
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+#[cfg(unix)]
+fn create_dir_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_dir_private(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Creates the file with mode 0600 if it does not exist; leaves an existing file alone.
+fn create_file_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+            "the store file is readable by other users; chmod 600 it"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_shared(_path: &Path) {}
+
+/// Maps a SQLite error to a [`StoreError`] naming the operation. SQLite's messages name
+/// tables and columns, never bound values, so no secret reaches the message.
+fn sql_error(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(format!("{op}: {e}")),
+        other => StoreError::Backend(format!("{op}: {other}")),
+    }
+}
+
+/// Like [`sql_error`], but a uniqueness violation becomes [`StoreError::Duplicate`] of `what`.
+fn insert_error(op: &'static str, what: String) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                ) =>
+        {
+            StoreError::Duplicate(what.clone())
+        }
+        _ => sql_error(op)(e),
+    }
+}
+
+fn to_unix(t: SystemTime) -> Result<i64, StoreError> {
+    i64::try_from(unix_seconds(t))
+        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
+}
+
+fn from_unix(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
+    u64::try_from(v)
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
+}
+
+fn opt_from_unix(
+    v: Option<i64>,
+    what: &dyn fmt::Display,
+) -> Result<Option<SystemTime>, StoreError> {
+    v.map(|v| from_unix(v, what)).transpose()
+}
+
+/// A `bootstrap_tokens` row as stored.
+struct TokenRow {
+    token_id: String,
+    token_hash: String,
+    roles: String,
+    image: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    redeemed_at: Option<i64>,
+}
+
+const TOKEN_COLUMNS: &str =
+    "token_id, token_hash, roles, image, created_at, expires_at, redeemed_at";
+
+impl TokenRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            token_id: r.get(0)?,
+            token_hash: r.get(1)?,
+            roles: r.get(2)?,
+            image: r.get(3)?,
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            redeemed_at: r.get(6)?,
+        })
+    }
+
+    fn decode(self) -> Result<BootstrapTokenRecord, StoreError> {
+        let what = format!("bootstrap token {}", self.token_id);
+        let roles: Vec<String> = serde_json::from_str(&self.roles).map_err(|e| {
+            StoreError::Corrupt(format!("{what}: roles are not a JSON list of strings: {e}"))
+        })?;
+        Ok(BootstrapTokenRecord {
+            created_at: from_unix(self.created_at, &what)?,
+            expires_at: from_unix(self.expires_at, &what)?,
+            token_id: self.token_id,
+            token_hash: self.token_hash,
+            roles,
+            image: self.image,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_bootstrap_token(&self, rec: &BootstrapTokenRecord) -> Result<(), StoreError> {
+        let roles = serde_json::to_string(&rec.roles)
+            .map_err(|e| StoreError::Backend(format!("encoding roles: {e}")))?;
+        let created_at = to_unix(rec.created_at)?;
+        let expires_at = to_unix(rec.expires_at)?;
+        let rec = rec.clone();
+        self.run("insert_bootstrap_token", move |conn| {
+            conn.execute(
+                "INSERT INTO bootstrap_tokens \
+                 (token_id, token_hash, roles, image, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    rec.token_id,
+                    rec.token_hash,
+                    roles,
+                    rec.image,
+                    created_at,
+                    expires_at
+                ],
+            )
+            .map_err(insert_error(
+                "insert_bootstrap_token",
+                format!("bootstrap token (id {} or its hash)", rec.token_id),
+            ))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn redeem_bootstrap_token(
+        &self,
+        token_hash: &str,
+        now: SystemTime,
+    ) -> Result<RedeemOutcome, StoreError> {
+        let now = to_unix(now)?;
+        let hash = token_hash.to_owned();
+        self.run("redeem_bootstrap_token", move |conn| {
+            // One statement: SQLite takes the write lock for it, so of all the connections
+            // racing on this row exactly one sees `redeemed_at IS NULL` and sets it.
+            let won = conn
+                .query_row(
+                    &format!(
+                        "UPDATE bootstrap_tokens SET redeemed_at = ?1 \
+                         WHERE token_hash = ?2 AND redeemed_at IS NULL AND expires_at > ?1 \
+                         RETURNING {TOKEN_COLUMNS}"
+                    ),
+                    params![now, hash],
+                    TokenRow::from_row,
+                )
+                .optional()
+                .map_err(sql_error("redeem_bootstrap_token"))?;
+            if let Some(row) = won {
+                return Ok(RedeemOutcome::Redeemed(row.decode()?));
+            }
+            let row = conn
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens WHERE token_hash = ?1"),
+                    params![hash],
+                    TokenRow::from_row,
+                )
+                .optional()
+                .map_err(sql_error("redeem_bootstrap_token (classifying)"))?;
+            Ok(match row {
+                None => RedeemOutcome::Unknown,
+                Some(row) if row.redeemed_at.is_some() => RedeemOutcome::AlreadyUsed(row.decode()?),
+                Some(row) => RedeemOutcome::Expired(row.decode()?),
+            })
+        })
+        .await
+    }
+
+    async fn revoke_bootstrap_token(&self, token_id: &str) -> Result<bool, StoreError> {
+        let token_id = token_id.to_owned();
+        self.run("revoke_bootstrap_token", move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM bootstrap_tokens WHERE token_id = ?1 AND redeemed_at IS NULL",
+                    params![token_id],
+                )
+                .map_err(sql_error("revoke_bootstrap_token"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError> {
+        let issued_at = to_unix(rec.issued_at)?;
+        let expires_at = to_unix(rec.expires_at)?;
+        let revoked_at = rec.revoked_at.map(to_unix).transpose()?;
+        let rec = rec.clone();
+        self.run("insert_lease", move |conn| {
+            conn.execute(
+                "INSERT INTO leases (lease_id, role, backend, subject, issuer, issued_at, \
+                 expires_at, upstream_lease, fingerprint, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    rec.lease_id,
+                    rec.role,
+                    rec.backend,
+                    rec.subject,
+                    rec.issuer,
+                    issued_at,
+                    expires_at,
+                    rec.upstream_lease,
+                    rec.fingerprint,
+                    revoked_at
+                ],
+            )
+            .map_err(insert_error(
+                "insert_lease",
+                format!("lease id {}", rec.lease_id),
+            ))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>, StoreError> {
+        let lease_id = lease_id.to_owned();
+        self.run("get_lease", move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT lease_id, role, backend, subject, issuer, issued_at, expires_at, \
+                     upstream_lease, fingerprint, revoked_at FROM leases WHERE lease_id = ?1",
+                    params![lease_id],
+                    |r| {
+                        Ok((
+                            (
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, String>(4)?,
+                            ),
+                            (
+                                r.get::<_, i64>(5)?,
+                                r.get::<_, i64>(6)?,
+                                r.get::<_, Option<String>>(7)?,
+                                r.get::<_, String>(8)?,
+                                r.get::<_, Option<i64>>(9)?,
+                            ),
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(sql_error("get_lease"))?;
+            let Some((
+                (lease_id, role, backend, subject, issuer),
+                (issued_at, expires_at, upstream_lease, fingerprint, revoked_at),
+            )) = row
+            else {
+                return Ok(None);
+            };
+            let what = format!("lease {lease_id}");
+            Ok(Some(LeaseRecord {
+                issued_at: from_unix(issued_at, &what)?,
+                expires_at: from_unix(expires_at, &what)?,
+                revoked_at: opt_from_unix(revoked_at, &what)?,
+                lease_id,
+                role,
+                backend,
+                subject,
+                issuer,
+                upstream_lease,
+                fingerprint,
+            }))
+        })
+        .await
+    }
+
+    async fn mark_lease_revoked(
+        &self,
+        lease_id: &str,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let now = to_unix(now)?;
+        let lease_id = lease_id.to_owned();
+        self.run("mark_lease_revoked", move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE leases SET revoked_at = ?1 \
+                     WHERE lease_id = ?2 AND revoked_at IS NULL",
+                    params![now, lease_id],
+                )
+                .map_err(sql_error("mark_lease_revoked"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.run("signing_keys", |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT kid, alg, pkcs8, created_at FROM signing_keys \
+                     ORDER BY created_at, rowid",
+                )
+                .map_err(sql_error("signing_keys"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        Zeroizing::new(r.get::<_, String>(2)?),
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(sql_error("signing_keys"))?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let (kid, alg, pkcs8, created_at) = row.map_err(sql_error("signing_keys"))?;
+                let what = format!("signing key {kid}");
+                keys.push(SigningKeyRecord {
+                    created_at: from_unix(created_at, &what)?,
+                    pkcs8: Secret::new(pkcs8.as_str()),
+                    kid,
+                    alg,
+                });
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn insert_signing_key(&self, rec: &SigningKeyRecord) -> Result<(), StoreError> {
+        let created_at = to_unix(rec.created_at)?;
+        let rec = rec.clone();
+        self.run("insert_signing_key", move |conn| {
+            conn.execute(
+                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![rec.kid, rec.alg, rec.pkcs8.expose(), created_at],
+            )
+            .map_err(insert_error(
+                "insert_signing_key",
+                format!("signing key id {}", rec.kid),
+            ))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.run("delete_signing_key", move |conn| {
+            conn.execute("DELETE FROM signing_keys WHERE kid = ?1", params![kid])
+                .map_err(sql_error("delete_signing_key"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
+        self.run("audit_head", |conn| {
+            let row = conn
+                .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(sql_error("audit_head"))?;
+            row.map(|(seq, hash)| {
+                let seq = u64::try_from(seq).map_err(|_| {
+                    StoreError::Corrupt(format!("audit chain head: negative sequence {seq}"))
+                })?;
+                Ok(ChainHead { seq, hash })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn set_audit_head(&self, head: &ChainHead) -> Result<(), StoreError> {
+        let seq = i64::try_from(head.seq).map_err(|_| {
+            StoreError::Backend(format!(
+                "set_audit_head: sequence {} does not fit in 63 bits",
+                head.seq
+            ))
+        })?;
+        let hash = head.hash.clone();
+        self.run("set_audit_head", move |conn| {
+            conn.execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                params![seq, hash],
+            )
+            .map_err(sql_error("set_audit_head"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError> {
+        if len == 0 || len > MAX_LOCAL_SECRET_BYTES {
+            return Err(StoreError::Backend(format!(
+                "local_secret {name}: length {len} is out of range; ask for 1 to \
+                 {MAX_LOCAL_SECRET_BYTES} bytes"
+            )));
+        }
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        SystemRandom::new().fill(&mut bytes).map_err(|_| {
+            StoreError::Backend(format!(
+                "local_secret {name}: the system random number generator failed"
+            ))
+        })?;
+        let fresh = Zeroizing::new(hex::encode(&*bytes));
+        let name = name.to_owned();
+        self.run("local_secret", move |conn| {
+            // Whoever inserts first wins; everyone then reads the same value back.
+            conn.execute(
+                "INSERT OR IGNORE INTO local_secrets (name, value) VALUES (?1, ?2)",
+                params![name, fresh.as_str()],
+            )
+            .map_err(sql_error("local_secret"))?;
+            let stored: Zeroizing<String> = conn
+                .query_row(
+                    "SELECT value FROM local_secrets WHERE name = ?1",
+                    params![name],
+                    |r| r.get::<_, String>(0),
+                )
+                .map(Zeroizing::new)
+                .map_err(sql_error("local_secret"))?;
+            let valid_hex = stored
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !valid_hex {
+                return Err(StoreError::Corrupt(format!(
+                    "local secret {name} is not lowercase hex"
+                )));
+            }
+            if stored.len() != len * 2 {
+                return Err(StoreError::Corrupt(format!(
+                    "local secret {name} holds {} bytes but {len} were asked for",
+                    stored.len() / 2
+                )));
+            }
+            Ok(Secret::new(stored.as_str()))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn token(id: &str, hash: &str, expires: u64) -> BootstrapTokenRecord {
+        BootstrapTokenRecord {
+            token_id: id.to_owned(),
+            token_hash: hash.to_owned(),
+            roles: vec!["db-read".to_owned(), "metrics".to_owned()],
+            image: Some(format!("sha256:{}", "ab".repeat(32))),
+            created_at: t(1_000),
+            expires_at: t(expires),
+        }
+    }
+
+    fn lease(id: &str) -> LeaseRecord {
+        LeaseRecord {
+            lease_id: id.to_owned(),
+            role: "db-read".to_owned(),
+            backend: "jwt".to_owned(),
+            subject: "system:serviceaccount:shop:api".to_owned(),
+            issuer: "https://kubernetes.default.svc".to_owned(),
+            issued_at: t(2_000),
+            expires_at: t(2_900),
+            upstream_lease: Some("vault-lease-1".to_owned()),
+            fingerprint: "fp:0123".to_owned(),
+            revoked_at: None,
+        }
+    }
+
+    fn key(kid: &str, created: u64) -> SigningKeyRecord {
+        SigningKeyRecord {
+            kid: kid.to_owned(),
+            alg: "ES256".to_owned(),
+            pkcs8: Secret::new(format!("pkcs8-of-{kid}")),
+            created_at: t(created),
+        }
+    }
+
+    #[tokio::test]
+    async fn bootstrap_token_redeems_once_then_reports_used() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        let rec = token("bt_1", "h1", 1_600);
+        s.insert_bootstrap_token(&rec).await.expect("insert");
+
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(1_100))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Redeemed(rec.clone())
+        );
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(1_101))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::AlreadyUsed(rec.clone())
+        );
+        // Used stays used, even once it would also have expired.
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(9_999))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::AlreadyUsed(rec)
+        );
+        assert_eq!(
+            s.redeem_bootstrap_token("nope", t(1_100))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Unknown
+        );
+    }
+
+    #[tokio::test]
+    async fn bootstrap_token_expires_at_its_expiry_second() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        let rec = token("bt_1", "h1", 1_600);
+        s.insert_bootstrap_token(&rec).await.expect("insert");
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(1_600))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Expired(rec.clone())
+        );
+        // An expired token is not consumed by the failed attempt, and stays expired.
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(1_700))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Expired(rec.clone())
+        );
+
+        let rec2 = token("bt_2", "h2", 1_600);
+        s.insert_bootstrap_token(&rec2).await.expect("insert");
+        assert_eq!(
+            s.redeem_bootstrap_token("h2", t(1_599))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Redeemed(rec2)
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_bootstrap_token_is_refused() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+            .await
+            .expect("insert");
+        let same_id = s.insert_bootstrap_token(&token("bt_1", "h2", 1_600)).await;
+        assert!(
+            matches!(same_id, Err(StoreError::Duplicate(_))),
+            "{same_id:?}"
+        );
+        let same_hash = s.insert_bootstrap_token(&token("bt_2", "h1", 1_600)).await;
+        assert!(
+            matches!(same_hash, Err(StoreError::Duplicate(_))),
+            "{same_hash:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn revoke_deletes_only_unredeemed_tokens() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+            .await
+            .expect("insert");
+        s.insert_bootstrap_token(&token("bt_2", "h2", 1_600))
+            .await
+            .expect("insert");
+
+        assert!(s.revoke_bootstrap_token("bt_1").await.expect("revoke"));
+        assert_eq!(
+            s.redeem_bootstrap_token("h1", t(1_100))
+                .await
+                .expect("redeem"),
+            RedeemOutcome::Unknown
+        );
+        assert!(
+            !s.revoke_bootstrap_token("bt_1")
+                .await
+                .expect("revoke again")
+        );
+        assert!(!s.revoke_bootstrap_token("bt_none").await.expect("revoke"));
+
+        assert!(matches!(
+            s.redeem_bootstrap_token("h2", t(1_100)).await,
+            Ok(RedeemOutcome::Redeemed(_))
+        ));
+        assert!(!s.revoke_bootstrap_token("bt_2").await.expect("revoke used"));
+        assert!(matches!(
+            s.redeem_bootstrap_token("h2", t(1_100)).await,
+            Ok(RedeemOutcome::AlreadyUsed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn leases_round_trip_and_revoke_once() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        let mut l = lease("ls_1");
+        s.insert_lease(&l).await.expect("insert");
+        assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l.clone()));
+        assert_eq!(s.get_lease("ls_2").await.expect("get"), None);
+
+        let dup = s.insert_lease(&l).await;
+        assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+
+        assert!(
+            s.mark_lease_revoked("ls_1", t(2_500))
+                .await
+                .expect("revoke")
+        );
+        assert!(!s.mark_lease_revoked("ls_1", t(2_600)).await.expect("again"));
+        assert!(
+            !s.mark_lease_revoked("ls_2", t(2_600))
+                .await
+                .expect("missing")
+        );
+        l.revoked_at = Some(t(2_500));
+        assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
+
+        let mut bare = lease("ls_3");
+        bare.upstream_lease = None;
+        bare.revoked_at = Some(t(2_100));
+        s.insert_lease(&bare).await.expect("insert");
+        assert_eq!(s.get_lease("ls_3").await.expect("get"), Some(bare));
+    }
+
+    #[tokio::test]
+    async fn signing_keys_listed_oldest_first_and_deleted() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        assert!(s.signing_keys().await.expect("list").is_empty());
+        s.insert_signing_key(&key("k-new", 300)).await.expect("ins");
+        s.insert_signing_key(&key("k-old", 100)).await.expect("ins");
+        s.insert_signing_key(&key("k-mid", 200)).await.expect("ins");
+        let dup = s.insert_signing_key(&key("k-mid", 250)).await;
+        assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+
+        let keys = s.signing_keys().await.expect("list");
+        let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(kids, ["k-old", "k-mid", "k-new"]);
+        assert_eq!(keys[0].pkcs8.expose(), "pkcs8-of-k-old");
+        assert_eq!(keys[0].alg, "ES256");
+        assert_eq!(keys[0].created_at, t(100));
+
+        s.delete_signing_key("k-mid").await.expect("delete");
+        s.delete_signing_key("k-absent")
+            .await
+            .expect("delete absent");
+        let kids: Vec<String> = s
+            .signing_keys()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(kids, ["k-old", "k-new"]);
+    }
+
+    #[tokio::test]
+    async fn audit_head_is_absent_then_overwritten() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        assert_eq!(s.audit_head().await.expect("head"), None);
+        let h1 = ChainHead {
+            seq: 1,
+            hash: "aa".to_owned(),
+        };
+        s.set_audit_head(&h1).await.expect("set");
+        assert_eq!(s.audit_head().await.expect("head"), Some(h1));
+        let h2 = ChainHead {
+            seq: 2,
+            hash: "bb".to_owned(),
+        };
+        s.set_audit_head(&h2).await.expect("set");
+        assert_eq!(s.audit_head().await.expect("head"), Some(h2));
+    }
+
+    #[tokio::test]
+    async fn local_secret_is_created_once_per_name() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        let a = s.local_secret("fingerprint-key", 32).await.expect("a");
+        assert_eq!(a.len(), 64);
+        assert!(a.expose().bytes().all(|b| b.is_ascii_hexdigit()));
+        let again = s.local_secret("fingerprint-key", 32).await.expect("again");
+        assert_eq!(a.expose(), again.expose());
+        let b = s.local_secret("other", 32).await.expect("b");
+        assert_ne!(a.expose(), b.expose());
+
+        let wrong_len = s.local_secret("fingerprint-key", 16).await;
+        assert!(
+            matches!(wrong_len, Err(StoreError::Corrupt(_))),
+            "{wrong_len:?}"
+        );
+        assert!(s.local_secret("zero", 0).await.is_err());
+        assert!(
+            s.local_secret("huge", MAX_LOCAL_SECRET_BYTES + 1)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn undecodable_rows_are_reported_corrupt() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        s.run("test setup", |conn| {
+            conn.execute_batch(
+                "INSERT INTO bootstrap_tokens VALUES ('bt_x','hx','not json',NULL,1,5000,NULL);
+                 INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL);
+                 INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday');
+                 INSERT INTO audit_head VALUES (1, -1, 'h');
+                 INSERT INTO local_secrets VALUES ('n', 'not-hex!');",
+            )
+            .map_err(sql_error("test setup"))
+        })
+        .await
+        .expect("setup");
+        let r = s.redeem_bootstrap_token("hx", t(100)).await;
+        assert!(
+            matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("bt_x")),
+            "{r:?}"
+        );
+        let r = s.get_lease("ls_x").await;
+        assert!(
+            matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("ls_x")),
+            "{r:?}"
+        );
+        let r = s.signing_keys().await;
+        assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+        let r = s.audit_head().await;
+        assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+        let r = s.local_secret("n", 4).await;
+        assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn file_store_persists_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("lanyard.db");
+        let secret = {
+            let s = SqliteStore::open(&path).expect("open");
+            s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+                .await
+                .expect("insert");
+            s.insert_lease(&lease("ls_1")).await.expect("lease");
+            s.insert_signing_key(&key("k1", 100)).await.expect("key");
+            s.set_audit_head(&ChainHead {
+                seq: 7,
+                hash: "cafe".to_owned(),
+            })
+            .await
+            .expect("head");
+            s.local_secret("fp", 32).await.expect("secret")
+        };
+
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(s.path(), Some(path.as_path()));
+        assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(lease("ls_1")));
+        assert_eq!(s.signing_keys().await.expect("keys").len(), 1);
+        assert_eq!(
+            s.audit_head().await.expect("head"),
+            Some(ChainHead {
+                seq: 7,
+                hash: "cafe".to_owned()
+            })
+        );
+        assert_eq!(
+            s.local_secret("fp", 32).await.expect("secret").expose(),
+            secret.expose()
+        );
+        assert!(matches!(
+            s.redeem_bootstrap_token("h1", t(1_100)).await,
+            Ok(RedeemOutcome::Redeemed(_))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn new_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("lanyard.db");
+        let s = SqliteStore::open(&path).expect("open");
+        s.local_secret("x", 8).await.expect("write something");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        let wal = path.with_extension("db-wal");
+        assert!(wal.exists(), "WAL mode should create {}", wal.display());
+        assert_eq!(mode(&wal), 0o600);
+    }
+
+    #[tokio::test]
+    async fn reopening_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let s = SqliteStore::open(&path).expect("open");
+        assert_eq!(
+            s.schema_version().await.expect("v"),
+            MIGRATIONS.len() as u32
+        );
+        s.insert_lease(&lease("ls_1")).await.expect("lease");
+        drop(s);
+        // A second open would fail on `CREATE TABLE` if it re-applied v1.
+        let s = SqliteStore::open(&path).expect("reopen");
+        let s2 = SqliteStore::open(&path).expect("open a second handle");
+        assert_eq!(
+            s.schema_version().await.expect("v"),
+            MIGRATIONS.len() as u32
+        );
+        assert!(s2.get_lease("ls_1").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        {
+            let conn = Connection::open(&path).expect("raw open");
+            conn.pragma_update(None, "user_version", 99).expect("set");
+        }
+        let err = SqliteStore::open(&path).expect_err("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("lanyard.db") && msg.contains("99"), "{msg}");
+    }
+
+    #[test]
+    fn open_errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").expect("write");
+        let path = blocker.join("lanyard.db");
+        let err = SqliteStore::open(&path).expect_err("parent is a file");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 4096]).expect("write");
+        let err = SqliteStore::open(&garbage).expect_err("not a database");
+        assert!(err.to_string().contains("garbage.db"), "{err}");
+    }
+
+    #[test]
+    fn handles_opened_at_once_migrate_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("open");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_use_of_a_local_secret_agrees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let stores: Vec<SqliteStore> = (0..4)
+            .map(|_| SqliteStore::open(&path).expect("open"))
+            .collect();
+        let tasks: Vec<_> = stores
+            .iter()
+            .cycle()
+            .take(16)
+            .map(|s| {
+                let s = s.clone();
+                tokio::spawn(async move { s.local_secret("shared", 32).await })
+            })
+            .collect();
+        let mut values = std::collections::BTreeSet::new();
+        for t in tasks {
+            values.insert(t.await.expect("join").expect("secret").expose().to_owned());
+        }
+        assert_eq!(values.len(), 1);
     }
 }
