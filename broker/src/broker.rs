@@ -132,8 +132,13 @@ impl Broker {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, StartError> {
-        // MERGE: restore SqliteStore::open once the store lands.
-        let store: Arc<dyn Store> = return Err(StartError::Other(format!("{:?}", SqliteStore)));
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.store.sqlite_path).map_err(|e| {
+                StartError::Store {
+                    path: config.store.sqlite_path.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?);
         Self::with_store(config, clock, metrics, store).await
     }
 
@@ -642,10 +647,8 @@ impl Broker {
         )
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::Backend(m) | crate::store::StoreError::Corrupt(m) => {
-                ApiError::Internal(m)
-            }
-            other => ApiError::BadRequest(other.to_string()),
+            bootstrap::MintError::Invalid(m) => ApiError::BadRequest(m),
+            other => ApiError::Internal(other.to_string()),
         })?;
         self.metrics
             .bootstrap_tokens

@@ -23,7 +23,7 @@ pub struct BootstrapTokenRecord {
     pub image: Option<String>,
     /// Mint time.
     pub created_at: SystemTime,
-    /// Last moment it can be redeemed.
+    /// Redeemable while `now < expires_at`.
     pub expires_at: SystemTime,
 }
 

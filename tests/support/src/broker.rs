@@ -1,0 +1,237 @@
+//! [`TestBroker`]: the real broker, in-process, on `127.0.0.1:0` over real TLS, with its own
+//! temp directory (config file, PKI, policies, SQLite store, audit log, admin token).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lanyard_broker::broker::Broker;
+use lanyard_broker::config::BrokerConfig;
+use lanyard_broker::metrics::Metrics;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::{OidcIssuer, TestPki};
+
+/// Policy used when a test does not give one: role `app` (jwt, audience `app`, cap 600 s)
+/// for service account `shop/api` of any issuer, and role `boot` for bootstrap tokens.
+pub const DEFAULT_POLICY: &str = r#"
+roles:
+  app:
+    backend: jwt
+    scope: [app:read]
+    max_ttl_seconds: 600
+    default_ttl_seconds: 300
+    settings: {audience: app}
+  boot:
+    backend: jwt
+    max_ttl_seconds: 120
+    default_ttl_seconds: 60
+rules:
+  - name: shop-api
+    match: {namespace: shop, service_account: api}
+    roles: [app]
+  - name: bootstrap-boot
+    match: {bootstrap_role: boot}
+    roles: [boot]
+"#;
+
+/// Options for [`TestBroker::start_with`].
+#[derive(Debug, Clone)]
+pub struct TestBrokerOptions {
+    /// Policy files: (file name, YAML).
+    pub policies: Vec<(String, String)>,
+    /// Extra YAML appended to the generated config (top-level keys).
+    pub extra_config: String,
+    /// Audience the broker accepts from the test issuer.
+    pub audience: String,
+}
+
+impl Default for TestBrokerOptions {
+    fn default() -> Self {
+        Self {
+            policies: vec![("policy.yaml".into(), DEFAULT_POLICY.into())],
+            extra_config: String::new(),
+            audience: "lanyard".into(),
+        }
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The broker (for in-process calls).
+    pub broker: Arc<Broker>,
+    /// Test PKI (CA for clients).
+    pub pki: TestPki,
+    /// The admin token.
+    pub admin_token: String,
+    /// Generated config file.
+    pub config_file: PathBuf,
+    /// Policy directory.
+    pub policies_dir: PathBuf,
+    /// Audit log file.
+    pub audit_file: PathBuf,
+    /// SQLite file.
+    pub store_file: PathBuf,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// A broker trusting `issuer` (if given) with [`DEFAULT_POLICY`].
+    pub async fn start(issuer: Option<&OidcIssuer>) -> Self {
+        Self::start_with(issuer, TestBrokerOptions::default()).await
+    }
+
+    /// A broker with options.
+    pub async fn start_with(issuer: Option<&OidcIssuer>, opts: TestBrokerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::generate(&dir.path().join("tls"));
+        let policies_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policies_dir).expect("policies dir");
+        for (name, text) in &opts.policies {
+            std::fs::write(policies_dir.join(name), text).expect("write policy");
+        }
+        let admin_token = format!("admin-{}", crate::oidc::random_hex(16));
+        std::fs::write(dir.path().join("admin-token"), &admin_token).expect("admin token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let url = format!("https://{addr}");
+        let issuers = match issuer {
+            Some(i) => format!(
+                "issuers:\n  - issuer: \"{}\"\n    audiences: [\"{}\"]\n",
+                i.url(),
+                opts.audience
+            ),
+            None => String::new(),
+        };
+        let config_text = format!(
+            "listen: \"{addr}\"\npublic_url: \"{url}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n\
+             policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
+             audit:\n  sink: audit.log\nreload_interval_seconds: 1\n{issuers}{extra}\n",
+            cert = pki.cert_path().display(),
+            key = pki.key_path().display(),
+            extra = opts.extra_config,
+        );
+        let config_file = dir.path().join("broker.yaml");
+        std::fs::write(&config_file, config_text).expect("write config");
+        let config = BrokerConfig::load(&config_file, std::iter::empty()).expect("config loads");
+        let broker = Broker::new(
+            config,
+            Arc::new(lanyard::clock::SystemClock),
+            Metrics::new(),
+        )
+        .await
+        .expect("broker starts");
+        let (stop, rx) = watch::channel(false);
+        let b = broker.clone();
+        let task = tokio::spawn(async move {
+            let mut rx = rx;
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            lanyard_broker::server::run(listener, b, shutdown)
+                .await
+                .expect("server runs");
+        });
+        Self {
+            url,
+            addr,
+            broker,
+            pki,
+            admin_token,
+            config_file,
+            policies_dir,
+            audit_file: dir.path().join("audit.log"),
+            store_file: dir.path().join("store.db"),
+            stop,
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// The temp directory holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An HTTPS client trusting only the test CA.
+    pub fn http(&self) -> reqwest::Client {
+        let ca = std::fs::read(self.pki.ca_path()).expect("ca");
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("pem"))
+            .build()
+            .expect("client")
+    }
+
+    /// `POST /v1/credentials` with an optional bearer and a raw body; returns status and JSON
+    /// (or `Value::Null` when the body is not JSON).
+    pub async fn post_credentials(&self, bearer: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = self
+            .http()
+            .post(format!("{}/v1/credentials", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Mints a bootstrap token through the admin API.
+    pub async fn mint(&self, roles: &[&str], ttl_seconds: u64) -> String {
+        let resp = self
+            .http()
+            .post(format!("{}/v1/admin/tokens", self.url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({"roles": roles, "ttl_seconds": ttl_seconds}))
+            .send()
+            .await
+            .expect("mint request");
+        assert_eq!(resp.status().as_u16(), 201, "mint failed");
+        let v: Value = resp.json().await.expect("mint json");
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    /// The audit log's lines.
+    pub fn audit_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Parsed audit records.
+    pub fn audit_records(&self) -> Vec<Value> {
+        self.audit_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
