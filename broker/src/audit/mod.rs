@@ -6,17 +6,22 @@
 //! any record breaks the chain at a point [`verify`] reports. Records hold a fingerprint of
 //! the credential, never the credential.
 //!
-//! - [`chain`]: hashing, the writer ([`AuditLog`]) and its sinks (file or stdout).
+//! - [`chain`]: the writer ([`AuditLog`]), its sinks (file or stdout) and fingerprints.
+//! - [`line`]: the line format, hashing and the bounded line parser ([`parse_line`]).
 //! - [`verify`]: `audit verify FILE`.
 //! - [`query`]: `audit query FILE` filters.
 
 pub mod chain;
+pub mod line;
 pub mod query;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
 pub use chain::{AuditError, AuditLog, AuditSink, Fingerprinter};
+pub use line::{LineError, MAX_LINE_BYTES, ParsedLine, parse_line};
+pub use query::{Filter, QueryError, query};
+pub use verify::{VerifyFailure, VerifyReport, verify};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
