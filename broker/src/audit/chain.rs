@@ -114,12 +114,10 @@ impl AuditLog {
         let (out, head) = match sink {
             AuditSink::Stdout => (Output::Stdout, store_head),
             AuditSink::File(path) => {
-                let (file, head) = {
-                    let path = path.clone();
+                let (file, head) =
                     tokio::task::spawn_blocking(move || open_file(&path, store_head))
                         .await
-                        .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??
-                };
+                        .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??;
                 if let Some(h) = &head.adopt {
                     store.set_audit_head(h).await?;
                 }
@@ -626,5 +624,7 @@ mod tests {
         assert!(!f.contains(key.expose()));
         assert!(!f.contains(&key.expose()[..16]));
         assert!(!f.contains("abc"));
+        let debug = format!("{fp:?}");
+        assert!(!debug.contains(&key.expose()[..16]), "{debug}");
     }
 }

@@ -2,14 +2,15 @@
 //! revocation and policy reload.
 //!
 //! Each line carries `seq`, `prev` (the previous record's hash) and `hash` — SHA-256 over
-//! `prev` and the line's bytes without the `hash` field — so editing, dropping or reordering
-//! any record breaks the chain at a point [`verify`] reports. Records hold a fingerprint of
+//! the line's exact bytes without the `hash` field (so over `seq` and `prev` too) — so
+//! editing, dropping or reordering any record breaks the chain at a point [`fn@verify`]
+//! reports. Records hold a fingerprint of
 //! the credential, never the credential.
 //!
 //! - [`chain`]: the writer ([`AuditLog`]), its sinks (file or stdout) and fingerprints.
-//! - [`line`]: the line format, hashing and the bounded line parser ([`parse_line`]).
-//! - [`verify`]: `audit verify FILE`.
-//! - [`query`]: `audit query FILE` filters.
+//! - [`mod@line`]: the line format, hashing and the bounded line parser ([`parse_line`]).
+//! - [`mod@verify`]: `audit verify FILE`.
+//! - [`mod@query`]: `audit query FILE` filters.
 
 pub mod chain;
 pub mod line;

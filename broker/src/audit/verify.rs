@@ -205,7 +205,7 @@ pub fn verify(
 
     Ok(VerifyReport {
         records,
-        head: (last_seq > 0).then(|| ChainHead {
+        head: (last_seq > 0).then_some(ChainHead {
             seq: last_seq,
             hash: prev_hash,
         }),
