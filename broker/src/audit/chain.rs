@@ -1,12 +1,22 @@
-//! Hash chain, writer and sinks. STUB.
+//! Hash chain, writer and sinks.
+//!
+//! [`AuditLog`] appends one line per record (format in [`super::line`]), flushing (and for
+//! files, `fsync`ing) before it records the new chain head in the store. On open it resumes
+//! from the file's last record and refuses to continue if the store remembers a different
+//! head, so a truncated or replaced file is noticed at start rather than silently forked.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aws_lc_rs::hmac;
 use lanyard::Secret;
 
 use super::AuditRecord;
+use super::line::{
+    BoundedLine, GENESIS_PREV, MAX_LINE_BYTES, build_line, parse_line, read_bounded_line,
+};
 use crate::store::{ChainHead, Store, StoreError};
 
 /// Where records go.
@@ -42,44 +52,579 @@ pub enum AuditError {
     /// The file's last record and the store's chain head disagree.
     #[error("audit chain mismatch: {0}")]
     ChainMismatch(String),
+    /// The audit file's last line cannot be resumed from (cut short, edited, unreadable).
+    #[error("audit file unusable: {0}")]
+    Corrupt(String),
+    /// An earlier write failed part-way; the file may end in a partial line, so no further
+    /// record is appended until the broker is restarted (which re-reads the file's tail).
+    #[error(
+        "audit log stopped after a failed write; restart the broker so it re-reads the audit file's tail"
+    )]
+    Stopped,
 }
 
 /// Writes hash-chained records.
 #[derive(Debug)]
 pub struct AuditLog {
-    _p: (),
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    out: Output,
+    head: Option<ChainHead>,
+    stopped: bool,
+}
+
+#[derive(Debug)]
+enum Output {
+    Stdout,
+    File(Arc<std::fs::File>),
+}
+
+impl Output {
+    /// Writes, flushes and (for files) syncs one line. Blocking; run off the async threads.
+    fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(line)?;
+                out.flush()
+            }
+            Self::File(f) => {
+                let mut w: &std::fs::File = f;
+                w.write_all(line)?;
+                w.flush()?;
+                f.sync_data()
+            }
+        }
+    }
 }
 
 impl AuditLog {
     /// Opens the sink and resumes the chain.
-    pub async fn open(_sink: AuditSink, _store: Arc<dyn Store>) -> Result<Self, AuditError> {
-        Ok(Self { _p: () })
+    pub async fn open(sink: AuditSink, store: Arc<dyn Store>) -> Result<Self, AuditError> {
+        let store_head = store.audit_head().await?;
+        let (out, head) = match sink {
+            AuditSink::Stdout => (Output::Stdout, store_head),
+            AuditSink::File(path) => {
+                let (file, head) =
+                    tokio::task::spawn_blocking(move || open_file(&path, store_head))
+                        .await
+                        .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??;
+                if let Some(h) = &head.adopt {
+                    store.set_audit_head(h).await?;
+                }
+                (Output::File(Arc::new(file)), head.head)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                state: tokio::sync::Mutex::new(State {
+                    out,
+                    head,
+                    stopped: false,
+                }),
+            }),
+        })
+    }
+
+    /// The current chain head (`None` before the first record).
+    pub async fn head(&self) -> Option<ChainHead> {
+        self.inner.state.lock().await.head.clone()
     }
 
     /// Appends a record; returns the new head once it is written and flushed.
-    pub async fn append(&self, _rec: AuditRecord) -> Result<ChainHead, AuditError> {
-        Ok(ChainHead {
-            seq: 0,
-            hash: String::new(),
-        })
+    ///
+    /// The write runs to completion even if the caller stops waiting, so the chain never
+    /// loses track of a line it wrote.
+    pub async fn append(&self, rec: AuditRecord) -> Result<ChainHead, AuditError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.append(rec).await })
+            .await
+            .map_err(|e| {
+                AuditError::Io(io::Error::other(format!("audit write task failed: {e}")))
+            })?
     }
+}
+
+impl Inner {
+    async fn append(&self, rec: AuditRecord) -> Result<ChainHead, AuditError> {
+        let mut state = self.state.lock().await;
+        if state.stopped {
+            return Err(AuditError::Stopped);
+        }
+        let (seq, prev) = match &state.head {
+            Some(h) => (h.seq + 1, h.hash.clone()),
+            None => (1, GENESIS_PREV.to_owned()),
+        };
+        let (mut line, hash) = build_line(seq, &prev, &rec)
+            .map_err(|e| io::Error::other(format!("serialising the audit record: {e}")))?;
+        line.push('\n');
+        let out = match &state.out {
+            Output::Stdout => Output::Stdout,
+            Output::File(f) => Output::File(f.clone()),
+        };
+        let written = tokio::task::spawn_blocking(move || out.write_line(line.as_bytes()))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("audit write task failed: {e}"))));
+        if let Err(e) = written {
+            state.stopped = true;
+            return Err(AuditError::Io(e));
+        }
+        let head = ChainHead { seq, hash };
+        state.head = Some(head.clone());
+        // The line is durable; a failure here leaves the store one step behind, which the
+        // next open tolerates (the store's head is then an ancestor of the file's).
+        self.store.set_audit_head(&head).await?;
+        Ok(head)
+    }
+}
+
+/// What opening a file found.
+struct Resumed {
+    /// The head to continue from.
+    head: Option<ChainHead>,
+    /// A head to save to the store (the store was empty or one step behind).
+    adopt: Option<ChainHead>,
+}
+
+fn open_file(
+    path: &Path,
+    store_head: Option<ChainHead>,
+) -> Result<(std::fs::File, Resumed), AuditError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("creating directory {}: {e}", dir.display()),
+                )
+            })?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+            "audit file is readable by group or others; chmod 600 it"
+        );
+    }
+    let file_head = last_record(&mut file, path)?;
+    let resumed = reconcile(path, file_head, store_head)?;
+    Ok((file, resumed))
+}
+
+/// Reads the file's last record (looking at most `MAX_LINE_BYTES + 1` bytes back).
+fn last_record(file: &mut std::fs::File, path: &Path) -> Result<Option<ChainHead>, AuditError> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let window = (MAX_LINE_BYTES as u64 + 2).min(len);
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut tail = Vec::with_capacity(window as usize);
+    Read::by_ref(file).take(window).read_to_end(&mut tail)?;
+    let corrupt = |what: &str| {
+        AuditError::Corrupt(format!(
+            "{what} in {}; run `lanyard-broker audit verify {}` to see where, then restore the file from a backup (or move it aside together with the store to start a new chain)",
+            path.display(),
+            path.display()
+        ))
+    };
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Err(corrupt(
+            "the last line is incomplete (no newline; a write was cut short or the file was edited)",
+        ));
+    };
+    let start = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if window == len => 0,
+        None => return Err(corrupt("the last line is longer than the 64 KiB limit")),
+    };
+    let last =
+        std::str::from_utf8(&body[start..]).map_err(|_| corrupt("the last line is not UTF-8"))?;
+    let parsed = parse_line(last.strip_suffix('\r').unwrap_or(last))
+        .map_err(|e| corrupt(&format!("the last line is not a valid record ({e})")))?;
+    if !parsed.hash_matches() {
+        return Err(corrupt(&format!(
+            "the last record (seq {}) fails its hash check",
+            parsed.seq
+        )));
+    }
+    Ok(Some(parsed.head()))
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+/// Decides where to resume, given the file's last record and the store's head.
+fn reconcile(
+    path: &Path,
+    file_head: Option<ChainHead>,
+    store_head: Option<ChainHead>,
+) -> Result<Resumed, AuditError> {
+    let p = path.display();
+    match (file_head, store_head) {
+        (None, None) => Ok(Resumed {
+            head: None,
+            adopt: None,
+        }),
+        (Some(f), None) => Ok(Resumed {
+            adopt: Some(f.clone()),
+            head: Some(f),
+        }),
+        (Some(f), Some(s)) if f == s => Ok(Resumed {
+            head: Some(f),
+            adopt: None,
+        }),
+        (Some(f), Some(s)) if f.seq > s.seq && store_head_is_ancestor(path, &s)? => {
+            // The broker stopped between writing a line and saving the head.
+            tracing::warn!(
+                file = %p,
+                file_seq = f.seq,
+                store_seq = s.seq,
+                "audit store head was behind the file; adopting the file's head"
+            );
+            Ok(Resumed {
+                adopt: Some(f.clone()),
+                head: Some(f),
+            })
+        }
+        (None, Some(s)) => Err(AuditError::ChainMismatch(format!(
+            "{p} has no records but the store's chain head is seq {} (hash {}…): the file was truncated, replaced or rotated away. \
+             Restore the file that ends at seq {}; or, to start a new chain, move both aside: the audit file {p} and the broker's store database (it holds the chain head)",
+            s.seq,
+            short(&s.hash),
+            s.seq
+        ))),
+        (Some(f), Some(s)) => Err(AuditError::ChainMismatch(format!(
+            "the last record in {p} is seq {} (hash {}…) but the store's chain head is seq {} (hash {}…): the file was truncated, replaced or rotated away. \
+             Restore the file that ends at seq {}; or, to start a new chain, move both aside: the audit file {p} and the broker's store database (it holds the chain head)",
+            f.seq,
+            short(&f.hash),
+            s.seq,
+            short(&s.hash),
+            s.seq
+        ))),
+    }
+}
+
+/// Whether the file holds the record `head` (by seq and hash). Reads the whole file; only
+/// used in the rare case where the store fell behind.
+fn store_head_is_ancestor(path: &Path, head: &ChainHead) -> Result<bool, AuditError> {
+    let mut reader = io::BufReader::new(std::fs::File::open(path)?);
+    while let Some(line) = read_bounded_line(&mut reader, MAX_LINE_BYTES)? {
+        if let BoundedLine::Line(l) = line
+            && let Ok(p) = parse_line(&l)
+            && p.seq == head.seq
+        {
+            return Ok(p.hash_matches() && p.hash == head.hash);
+        }
+    }
+    Ok(false)
 }
 
 /// Computes credential fingerprints: HMAC-SHA256 under a broker-local key, so a
 /// fingerprint identifies a credential without letting anyone guess low-entropy secrets.
 #[derive(Debug, Clone)]
 pub struct Fingerprinter {
-    _p: (),
+    key: hmac::Key,
 }
+
+/// The store's name for the fingerprint key.
+pub const FINGERPRINT_SECRET_NAME: &str = "audit-fingerprint";
 
 impl Fingerprinter {
     /// Loads (or creates) the key from the store.
-    pub async fn load(_store: &dyn Store) -> Result<Self, StoreError> {
-        Ok(Self { _p: () })
+    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let secret = store.local_secret(FINGERPRINT_SECRET_NAME, 32).await?;
+        Ok(Self::from_key(&secret))
+    }
+
+    /// A fingerprinter with an explicit key.
+    pub fn from_key(key: &Secret) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key.expose().as_bytes()),
+        }
     }
 
     /// Fingerprint of a credential's secret fields: `hmac-sha256:` + 32 hex characters.
-    pub fn fingerprint(&self, _data: &BTreeMap<String, Secret>) -> String {
-        String::new()
+    pub fn fingerprint(&self, data: &BTreeMap<String, Secret>) -> String {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        // BTreeMap iterates sorted by name; each part is length-prefixed so that no two
+        // different maps feed the same bytes.
+        for (name, value) in data {
+            ctx.update(&(name.len() as u64).to_be_bytes());
+            ctx.update(name.as_bytes());
+            ctx.update(&(value.len() as u64).to_be_bytes());
+            ctx.update(value.expose().as_bytes());
+        }
+        let tag = ctx.sign();
+        let mut hex = hex::encode(tag.as_ref());
+        hex.truncate(32);
+        format!("hmac-sha256:{hex}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::{Decision, Event};
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn record(i: u64) -> AuditRecord {
+        AuditRecord {
+            identity: Some(format!("system:serviceaccount:shop:api-{i}")),
+            role: Some("reader".into()),
+            ..AuditRecord::new(
+                format!("2026-01-01T00:00:{:02}Z", i % 60),
+                Event::Issue,
+                Decision::Allow,
+                "rule-a",
+            )
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn appends_chain_and_resume_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("open");
+        let h1 = log.append(record(1)).await.expect("append");
+        let h2 = log.append(record(2)).await.expect("append");
+        assert_eq!((h1.seq, h2.seq), (1, 2));
+        assert_eq!(store.audit_head().await.expect("head"), Some(h2.clone()));
+        drop(log);
+
+        let log = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("reopen");
+        let h3 = log.append(record(3)).await.expect("append");
+        assert_eq!(h3.seq, 3);
+
+        let ls = lines(&path);
+        assert_eq!(ls.len(), 3);
+        let parsed: Vec<_> = ls.iter().map(|l| parse_line(l).expect("parse")).collect();
+        assert_eq!(parsed[0].prev, GENESIS_PREV);
+        assert_eq!(parsed[1].prev, h1.hash);
+        assert_eq!(parsed[2].prev, h2.hash, "resumed from the file's head");
+        assert!(parsed.iter().all(|p| p.hash_matches()));
+        assert_eq!(parsed[2].hash, h3.hash);
+    }
+
+    #[tokio::test]
+    async fn file_is_created_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), store)
+            .await
+            .expect("open");
+        log.append(record(1)).await.expect("append");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_file_with_records_and_an_empty_store_is_adopted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let first: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), first)
+            .await
+            .expect("open");
+        let h = log.append(record(1)).await.expect("append");
+        drop(log);
+
+        let fresh: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), fresh.clone())
+            .await
+            .expect("open");
+        assert_eq!(fresh.audit_head().await.expect("head"), Some(h.clone()));
+        assert_eq!(log.append(record(2)).await.expect("append").seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_file_is_refused_with_both_heads_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("open");
+        for i in 1..=3 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let ls = lines(&path);
+        std::fs::write(&path, format!("{}\n{}\n", ls[0], ls[1])).expect("truncate");
+
+        let err = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect_err("must refuse");
+        let msg = err.to_string();
+        assert!(matches!(err, AuditError::ChainMismatch(_)), "{msg}");
+        assert!(msg.contains("seq 2") && msg.contains("seq 3"), "{msg}");
+        assert!(
+            msg.contains("Restore") && msg.contains("move both aside"),
+            "{msg}"
+        );
+
+        std::fs::write(&path, "").expect("empty");
+        let err = AuditLog::open(AuditSink::File(path.clone()), store)
+            .await
+            .expect_err("must refuse");
+        assert!(matches!(err, AuditError::ChainMismatch(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_store_one_step_behind_is_tolerated_but_a_foreign_head_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("open");
+        let h1 = log.append(record(1)).await.expect("append");
+        let h2 = log.append(record(2)).await.expect("append");
+        drop(log);
+        // Crash between the file write and the store update.
+        store.set_audit_head(&h1).await.expect("set");
+        AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("store behind by one is fine");
+        assert_eq!(store.audit_head().await.expect("head"), Some(h2));
+
+        store
+            .set_audit_head(&ChainHead {
+                seq: 1,
+                hash: "f".repeat(64),
+            })
+            .await
+            .expect("set");
+        assert!(matches!(
+            AuditLog::open(AuditSink::File(path.clone()), store).await,
+            Err(AuditError::ChainMismatch(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_last_line_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, r#"{"seq":1,"prev":"#).expect("write");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let err = AuditLog::open(AuditSink::File(path), store)
+            .await
+            .expect_err("refuse");
+        assert!(matches!(err, AuditError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("incomplete"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_audit_file_never_holds_the_credential() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let fp = Fingerprinter::load(store.as_ref()).await.expect("fp");
+        let planted = "sk-live-PLANTED-5ecr3t-value";
+        let data = BTreeMap::from([("token".to_owned(), Secret::new(planted))]);
+        let log = AuditLog::open(AuditSink::File(path.clone()), store.clone())
+            .await
+            .expect("open");
+        for i in 1..=3 {
+            let rec = AuditRecord {
+                fingerprint: Some(fp.fingerprint(&data)),
+                ..record(i)
+            };
+            log.append(rec).await.expect("append");
+        }
+        let content = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(content.lines().count(), 3);
+        assert!(content.contains("hmac-sha256:"));
+        assert!(!content.contains(planted));
+        assert!(!content.contains("PLANTED"));
+    }
+
+    #[tokio::test]
+    async fn fingerprints_are_stable_keyed_and_unambiguous() {
+        let store = MemoryStore::new();
+        let fp = Fingerprinter::load(&store).await.expect("load");
+        let again = Fingerprinter::load(&store).await.expect("load");
+        let other_key = Fingerprinter::load(&MemoryStore::new())
+            .await
+            .expect("load");
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, Secret> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Secret::new(*v)))
+                .collect()
+        };
+        let a = m(&[("token", "abc")]);
+        let f = fp.fingerprint(&a);
+        assert!(f.starts_with("hmac-sha256:"), "{f}");
+        assert_eq!(f.len(), "hmac-sha256:".len() + 32);
+        assert!(
+            f["hmac-sha256:".len()..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
+        assert_eq!(f, fp.fingerprint(&a), "same data, same fingerprint");
+        assert_eq!(f, again.fingerprint(&a), "key persists in the store");
+        assert_ne!(f, fp.fingerprint(&m(&[("token", "abd")])));
+        assert_ne!(f, other_key.fingerprint(&a), "different key");
+        // Different splits of the same bytes must not collide.
+        assert_ne!(
+            fp.fingerprint(&m(&[("ab", "c")])),
+            fp.fingerprint(&m(&[("a", "bc")]))
+        );
+        assert_ne!(
+            fp.fingerprint(&m(&[("a", "b"), ("c", "d")])),
+            fp.fingerprint(&m(&[("a", "bcd")]))
+        );
+        let key = store
+            .local_secret(FINGERPRINT_SECRET_NAME, 32)
+            .await
+            .expect("key");
+        assert!(!f.contains(key.expose()));
+        assert!(!f.contains(&key.expose()[..16]));
+        assert!(!f.contains("abc"));
+        let debug = format!("{fp:?}");
+        assert!(!debug.contains(&key.expose()[..16]), "{debug}");
     }
 }

@@ -2,21 +2,27 @@
 //! revocation and policy reload.
 //!
 //! Each line carries `seq`, `prev` (the previous record's hash) and `hash` — SHA-256 over
-//! `prev` and the line's bytes without the `hash` field — so editing, dropping or reordering
-//! any record breaks the chain at a point [`verify`] reports. Records hold a fingerprint of
+//! the line's exact bytes without the `hash` field (so over `seq` and `prev` too) — so
+//! editing, dropping or reordering any record breaks the chain at a point [`fn@verify`]
+//! reports. Records hold a fingerprint of
 //! the credential, never the credential.
 //!
-//! - [`chain`]: hashing, the writer ([`AuditLog`]) and its sinks (file or stdout).
-//! - [`verify`]: `audit verify FILE`.
-//! - [`query`]: `audit query FILE` filters.
+//! - [`chain`]: the writer ([`AuditLog`]), its sinks (file or stdout) and fingerprints.
+//! - [`mod@line`]: the line format, hashing and the bounded line parser ([`parse_line`]).
+//! - [`mod@verify`]: `audit verify FILE`.
+//! - [`mod@query`]: `audit query FILE` filters.
 
 pub mod chain;
+pub mod line;
 pub mod query;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
 pub use chain::{AuditError, AuditLog, AuditSink, Fingerprinter};
+pub use line::{LineError, MAX_LINE_BYTES, ParsedLine, parse_line};
+pub use query::{Filter, QueryError, query};
+pub use verify::{VerifyFailure, VerifyReport, verify};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

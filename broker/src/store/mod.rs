@@ -4,6 +4,7 @@
 //! default (one replica, nothing to install). Every operation that must be atomic across
 //! replicas (redeeming a bootstrap token) is a single store call.
 
+pub mod memory;
 pub mod sqlite;
 
 use std::time::SystemTime;

@@ -1,0 +1,338 @@
+//! The audit line format: building a chained line, parsing one back (bounded), and reading
+//! lines from a file without trusting their length.
+//!
+//! A line is one JSON object: `{"seq":N,"prev":"<64 hex>", ...record fields..., "hash":"<64
+//! hex>"}`. `hash` is the SHA-256 of the exact bytes of the line with its final
+//! `,"hash":"…"` member removed, so checking it never depends on JSON canonicalisation and
+//! keeps working when records gain fields.
+
+use std::io::{self, BufRead};
+
+use aws_lc_rs::digest;
+use serde::Deserialize;
+
+use super::AuditRecord;
+use crate::store::ChainHead;
+
+/// Longest audit line accepted, in bytes (without the newline). Longer lines are refused
+/// before any parsing.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The `prev` of the first record of a chain.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Length of the textual suffix `,"hash":"<64 hex>"}`.
+const HASH_SUFFIX_LEN: usize = r#","hash":""}"#.len() + 64;
+
+/// Lowercase hex SHA-256 of `data`.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// Builds the line (without newline) for `rec` chained after `prev` at `seq`, and its hash.
+pub(crate) fn build_line(
+    seq: u64,
+    prev: &str,
+    rec: &AuditRecord,
+) -> Result<(String, String), serde_json::Error> {
+    let fields = serde_json::to_string(rec)?;
+    // `fields` is a JSON object with at least `time`: `{"time":...}`.
+    let fields = fields
+        .strip_prefix('{')
+        .filter(|f| f.len() > 1)
+        .unwrap_or("}");
+    let body = if fields == "}" {
+        format!(r#"{{"seq":{seq},"prev":"{prev}"}}"#)
+    } else {
+        format!(r#"{{"seq":{seq},"prev":"{prev}",{fields}"#)
+    };
+    let hash = sha256_hex(body.as_bytes());
+    let mut line = body;
+    line.pop(); // the closing brace
+    line.push_str(r#","hash":""#);
+    line.push_str(&hash);
+    line.push_str("\"}");
+    Ok((line, hash))
+}
+
+/// One audit line, parsed. The record's own hash has been recomputed but not compared:
+/// [`ParsedLine::hash_matches`] says whether the line is intact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedLine {
+    /// Sequence number (1-based).
+    pub seq: u64,
+    /// Hash of the previous record (64 hex), or 64 zeros for the first.
+    pub prev: String,
+    /// The hash the line claims (64 hex).
+    pub hash: String,
+    /// SHA-256 (hex) of the line's bytes without its `hash` member, as recomputed.
+    pub computed_hash: String,
+    /// The record's fields.
+    pub record: AuditRecord,
+}
+
+impl ParsedLine {
+    /// Whether the stored hash matches the line's content (false: the line was edited).
+    pub fn hash_matches(&self) -> bool {
+        self.hash == self.computed_hash
+    }
+
+    /// The chain head this record represents.
+    pub fn head(&self) -> ChainHead {
+        ChainHead {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// Why a line is not a well-formed audit record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LineError {
+    /// Longer than [`MAX_LINE_BYTES`]; not parsed.
+    #[error(
+        "line is {len} bytes, over the {max} byte limit — the broker never writes such lines; the file was edited or corrupted",
+        max = MAX_LINE_BYTES
+    )]
+    TooLong {
+        /// Its length in bytes (at least `MAX_LINE_BYTES + 1`).
+        len: usize,
+    },
+    /// Not valid UTF-8.
+    #[error("line is not valid UTF-8 — the file was edited or corrupted")]
+    NotUtf8,
+    /// Empty (or only whitespace).
+    #[error("blank line — the broker never writes one; the file was edited")]
+    Blank,
+    /// Not a JSON object.
+    #[error("not a JSON object ({0}) — the line was edited, or a write was cut short")]
+    NotJson(String),
+    /// A required field is absent.
+    #[error("missing field `{0}` — the record was edited or was not written by the broker")]
+    MissingField(String),
+    /// A field has the wrong type or value.
+    #[error("invalid field: {0} — the record was edited or was not written by the broker")]
+    InvalidField(String),
+    /// `seq`, `prev` or `hash` is malformed.
+    #[error("{0} — the chain fields were edited")]
+    BadChainField(String),
+    /// `hash` is not the last member in the form the broker writes.
+    #[error(
+        "the `hash` field is not the line's last member in the broker's format — the line was rewritten (e.g. reformatted)"
+    )]
+    HashNotLast,
+}
+
+#[derive(Deserialize)]
+struct RawLine {
+    seq: u64,
+    prev: String,
+    hash: String,
+    #[serde(flatten)]
+    record: AuditRecord,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Parses one audit line (without its newline). Bounded: lines over [`MAX_LINE_BYTES`] are
+/// refused before parsing. Never panics.
+pub fn parse_line(line: &str) -> Result<ParsedLine, LineError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(LineError::TooLong { len: line.len() });
+    }
+    if line.trim().is_empty() {
+        return Err(LineError::Blank);
+    }
+    // First make sure it is a JSON object at all, so that the error says so plainly.
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| LineError::NotJson(e.to_string()))?;
+    let Some(obj) = value.as_object() else {
+        return Err(LineError::NotJson("not an object".into()));
+    };
+    for field in ["seq", "prev", "hash", "time", "event", "decision", "reason"] {
+        if !obj.contains_key(field) {
+            return Err(LineError::MissingField(field.into()));
+        }
+    }
+    let raw: RawLine =
+        serde_json::from_value(value).map_err(|e| LineError::InvalidField(e.to_string()))?;
+    if raw.seq == 0 {
+        return Err(LineError::BadChainField(
+            "`seq` is 0 but sequence numbers start at 1".into(),
+        ));
+    }
+    if !is_hex64(&raw.prev) {
+        return Err(LineError::BadChainField(
+            "`prev` is not 64 lowercase hex characters".into(),
+        ));
+    }
+    if !is_hex64(&raw.hash) {
+        return Err(LineError::BadChainField(
+            "`hash` is not 64 lowercase hex characters".into(),
+        ));
+    }
+    // The hash member must be the last one, exactly as written: `,"hash":"<hex>"}`.
+    let split = line.len().saturating_sub(HASH_SUFFIX_LEN);
+    let (body, suffix) = match (line.get(..split), line.get(split..)) {
+        (Some(b), Some(s)) => (b, s),
+        _ => return Err(LineError::HashNotLast),
+    };
+    if suffix.get(..9) != Some(r#","hash":""#) || suffix.get(9..73) != Some(raw.hash.as_str()) {
+        return Err(LineError::HashNotLast);
+    }
+    let mut hashed = String::with_capacity(body.len() + 1);
+    hashed.push_str(body);
+    hashed.push('}');
+    Ok(ParsedLine {
+        seq: raw.seq,
+        prev: raw.prev,
+        hash: raw.hash,
+        computed_hash: sha256_hex(hashed.as_bytes()),
+        record: raw.record,
+    })
+}
+
+/// A line read with [`read_bounded_line`].
+#[derive(Debug)]
+pub(crate) enum BoundedLine {
+    /// The line, without its newline (and without a trailing `\r`).
+    Line(String),
+    /// The line exceeded the bound; its length is reported, the bytes were discarded.
+    TooLong(usize),
+    /// Not UTF-8.
+    NotUtf8,
+}
+
+/// Reads one line of at most `max` bytes; longer lines are consumed and reported as
+/// [`BoundedLine::TooLong`] without being held in memory. `Ok(None)` at end of input.
+pub(crate) fn read_bounded_line(
+    reader: &mut impl BufRead,
+    max: usize,
+) -> io::Result<Option<BoundedLine>> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    let mut saw_any = false;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        saw_any = true;
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if len <= max {
+            let room = (max + 1).saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..take.min(room)]);
+        }
+        len = len.saturating_add(take);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            break;
+        }
+    }
+    if !saw_any {
+        return Ok(None);
+    }
+    if len > max {
+        return Ok(Some(BoundedLine::TooLong(len)));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(match String::from_utf8(buf) {
+        Ok(s) => BoundedLine::Line(s),
+        Err(_) => BoundedLine::NotUtf8,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Decision, Event};
+    use super::*;
+
+    fn rec() -> AuditRecord {
+        AuditRecord::new(
+            "2026-01-01T00:00:00Z".into(),
+            Event::Issue,
+            Decision::Allow,
+            "rule-a",
+        )
+    }
+
+    #[test]
+    fn built_lines_parse_back_and_verify() {
+        let (line, hash) = build_line(1, GENESIS_PREV, &rec()).expect("build");
+        assert!(line.starts_with(r#"{"seq":1,"prev":"000"#), "{line}");
+        assert!(line.ends_with(&format!(r#","hash":"{hash}"}}"#)), "{line}");
+        let p = parse_line(&line).expect("parse");
+        assert!(p.hash_matches());
+        assert_eq!(p.seq, 1);
+        assert_eq!(p.record, rec());
+    }
+
+    #[test]
+    fn a_new_field_keeps_the_hash_valid_and_an_edit_breaks_it() {
+        // A newer broker may write fields this one does not know: the hash still checks.
+        let body = format!(
+            r#"{{"seq":1,"prev":"{GENESIS_PREV}","time":"t","event":"deny","decision":"deny","reason":"r","future":[1,2]}}"#
+        );
+        let h = sha256_hex(body.as_bytes());
+        let line = format!(r#"{},"hash":"{h}"}}"#, &body[..body.len() - 1]);
+        assert!(parse_line(&line).expect("parse").hash_matches());
+        let edited = line.replace(r#""reason":"r""#, r#""reason":"s""#);
+        assert!(!parse_line(&edited).expect("parse").hash_matches());
+    }
+
+    #[test]
+    fn malformed_lines_get_distinct_errors() {
+        let (line, _) = build_line(1, GENESIS_PREV, &rec()).expect("build");
+        assert_eq!(parse_line(""), Err(LineError::Blank));
+        assert!(matches!(parse_line("{nope"), Err(LineError::NotJson(_))));
+        assert!(matches!(parse_line("[1]"), Err(LineError::NotJson(_))));
+        let no_reason = line.replace(r#","reason":"rule-a""#, "");
+        assert_eq!(
+            parse_line(&no_reason),
+            Err(LineError::MissingField("reason".into()))
+        );
+        let bad_event = line.replace(r#""event":"issue""#, r#""event":"explode""#);
+        assert!(matches!(
+            parse_line(&bad_event),
+            Err(LineError::InvalidField(_))
+        ));
+        let pretty = line.replace(r#","hash":"#, r#", "hash": "#);
+        assert_eq!(parse_line(&pretty), Err(LineError::HashNotLast));
+        let long = "x".repeat(MAX_LINE_BYTES + 1);
+        assert_eq!(
+            parse_line(&long),
+            Err(LineError::TooLong {
+                len: MAX_LINE_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn bounded_reader_discards_long_lines() {
+        let input = format!("ab\n{}\ncd", "x".repeat(100));
+        let mut r = io::BufReader::with_capacity(8, input.as_bytes());
+        assert!(
+            matches!(read_bounded_line(&mut r, 10), Ok(Some(BoundedLine::Line(s))) if s == "ab")
+        );
+        assert!(matches!(
+            read_bounded_line(&mut r, 10),
+            Ok(Some(BoundedLine::TooLong(100)))
+        ));
+        assert!(
+            matches!(read_bounded_line(&mut r, 10), Ok(Some(BoundedLine::Line(s))) if s == "cd")
+        );
+        assert!(matches!(read_bounded_line(&mut r, 10), Ok(None)));
+    }
+}
