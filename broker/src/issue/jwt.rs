@@ -462,6 +462,39 @@ impl JwtBackend {
     }
 }
 
+/// Checks a `jwt` role's settings (only `audience`) and scope (no empty or whitespace entries).
+pub fn validate_role(role: &Role) -> Result<(), String> {
+    if let Some(unknown) = role
+        .settings
+        .keys()
+        .find(|k| !ROLE_SETTINGS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "role `{}`: unknown setting `{unknown}` for the jwt backend (valid settings: {})",
+            role.name,
+            ROLE_SETTINGS.join(", ")
+        ));
+    }
+    JwtBackend::audience(role)?;
+    for (i, s) in role.scope.iter().enumerate() {
+        if s.is_empty() {
+            return Err(format!(
+                "role `{}`: scope entry {} is empty; remove it",
+                role.name,
+                i + 1
+            ));
+        }
+        if s.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "role `{}`: scope entry {} `{s}` contains whitespace; list each scope as its own entry",
+                role.name,
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Backend for JwtBackend {
     fn kind(&self) -> &'static str {
@@ -469,35 +502,7 @@ impl Backend for JwtBackend {
     }
 
     fn validate_role(&self, role: &Role) -> Result<(), String> {
-        if let Some(unknown) = role
-            .settings
-            .keys()
-            .find(|k| !ROLE_SETTINGS.contains(&k.as_str()))
-        {
-            return Err(format!(
-                "role `{}`: unknown setting `{unknown}` for the jwt backend (valid settings: {})",
-                role.name,
-                ROLE_SETTINGS.join(", ")
-            ));
-        }
-        Self::audience(role)?;
-        for (i, s) in role.scope.iter().enumerate() {
-            if s.is_empty() {
-                return Err(format!(
-                    "role `{}`: scope entry {} is empty; remove it",
-                    role.name,
-                    i + 1
-                ));
-            }
-            if s.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "role `{}`: scope entry {} `{s}` contains whitespace; list each scope as its own entry",
-                    role.name,
-                    i + 1
-                ));
-            }
-        }
-        Ok(())
+        validate_role(role)
     }
 
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
@@ -940,9 +945,4 @@ mod tests {
             .expect_err("empty");
         assert!(err.contains("scope entry 2 is empty"), "{err}");
     }
-}
-
-/// Checks a `jwt` role's settings and scope.
-pub fn validate_role(_role: &Role) -> Result<(), String> {
-    Ok(())
 }

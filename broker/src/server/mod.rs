@@ -76,7 +76,8 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
         let broker = broker.clone();
         let rx = rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            // Also how a replica learns of keys another replica created.
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let stop = stopped(rx);
             tokio::pin!(stop);
