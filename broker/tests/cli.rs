@@ -1,0 +1,189 @@
+//! The `lanyard-broker` binary, as an operator runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use lanyard_test_support::{OidcIssuer, TestBroker, TestPki};
+
+fn broker_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lanyard-broker"));
+    c.env_remove("LANYARD_BROKER_URL")
+        .env_remove("LANYARD_CA_FILE")
+        .env_remove("LANYARD_ADMIN_TOKEN_FILE")
+        .env("LANYARD_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    broker_cmd().args(args).output().expect("run lanyard-broker")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for needle in ["serve", "dev", "policy", "audit", "token", "Examples:", "Exit codes"] {
+        assert!(t.contains(needle), "--help lacks {needle}: {t}");
+    }
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = run(&["policy", "check", dir.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ok"));
+}
+
+#[test]
+fn policy_check_points_at_file_and_line_of_a_typo() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "roles:\n  app:\n    backend: jwt\n    max_ttl_secnds: 60\n",
+    )
+    .expect("write");
+    let out = run(&["policy", "check", dir.path().to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("bad.yaml:4"), "{t}");
+    assert!(t.contains("max_ttl_secnds"), "{t}");
+}
+
+#[test]
+fn policy_explain_names_the_rule() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let d = dir.to_str().expect("utf8");
+    let allowed = run(&[
+        "policy", "explain", "--dir", d,
+        "--issuer", "https://kubernetes.default.svc.cluster.local",
+        "--subject", "system:serviceaccount:shop:api",
+        "--namespace", "shop", "--service-account", "api",
+        "--role", "orders-api",
+    ]);
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    let denied = run(&[
+        "policy", "explain", "--dir", d,
+        "--issuer", "https://kubernetes.default.svc.cluster.local",
+        "--subject", "system:serviceaccount:dev:api",
+        "--namespace", "dev", "--service-account", "api",
+        "--role", "orders-api",
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(text(&denied).contains("namespace"), "{}", text(&denied));
+}
+
+#[test]
+fn serve_refuses_bad_config_and_unreadable_certificates_with_the_file_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::generate(&dir.path().join("tls"));
+    std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        lanyard_test_support::broker::DEFAULT_POLICY,
+    )
+    .expect("policy");
+    let base = format!(
+        "public_url: https://127.0.0.1:1\npolicies_dir: policies\nstore:\n  sqlite_path: s.db\naudit:\n  sink: a.log\nlisten: 127.0.0.1:0\n"
+    );
+    // A typo'd field.
+    let cfg = dir.path().join("typo.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}tls:\n  cert_file: {}\n  key_file: {}\n  client_ca: x\n",
+            pki.cert_path().display(),
+            pki.key_path().display()
+        ),
+    )
+    .expect("write");
+    let out = run(&["serve", "--config", cfg.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("typo.yaml") && t.contains("client_ca"), "{t}");
+
+    // A certificate file that does not exist.
+    let cfg = dir.path().join("nocert.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}tls:\n  cert_file: missing-cert.pem\n  key_file: {}\n",
+            pki.key_path().display()
+        ),
+    )
+    .expect("write");
+    let out = run(&["serve", "--config", cfg.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("missing-cert.pem"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_audit_verify_and_query_against_a_running_broker() {
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start(Some(&issuer)).await;
+    let admin_file = broker.dir().join("admin-token");
+    let mut cmd = broker_cmd();
+    cmd.env("LANYARD_BROKER_URL", &broker.url)
+        .env("LANYARD_CA_FILE", broker.pki.ca_path())
+        .env("LANYARD_ADMIN_TOKEN_FILE", &admin_file)
+        .args(["token", "create", "--role", "boot", "--ttl", "5m"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(token.starts_with("lbt_"), "{token}");
+    let (status, _) = broker.post_credentials(Some(&token), "").await;
+    assert_eq!(status, 200);
+    let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let (status, _) = broker.post_credentials(Some(&sa), "").await;
+    assert_eq!(status, 200);
+    let (status, _) = broker.post_credentials(Some("junk"), "").await;
+    assert_eq!(status, 401);
+    let audit = broker.audit_file.clone();
+    let store = broker.store_file.clone();
+    broker.stop().await;
+
+    let a = audit.to_str().expect("utf8");
+    let out = run(&["audit", "verify", a, "--store", store.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = run(&["audit", "query", a, "--decision", "deny"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<_> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\"deny\""));
+    let out = run(&["audit", "query", a, "--identity", "system:serviceaccount:shop:*", "--event", "issue"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    // Edit one record: verify names the line.
+    let original = std::fs::read_to_string(&audit).expect("read");
+    let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replace("\"allow\"", "\"deny\"");
+    std::fs::write(&audit, lines.join("\n") + "\n").expect("write");
+    let out = run(&["audit", "verify", a]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("line 2"), "{}", text(&out));
+
+    // Drop the last record: only the store's head reveals it.
+    let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
+    lines.pop();
+    std::fs::write(&audit, lines.join("\n") + "\n").expect("write");
+    let out = run(&["audit", "verify", a, "--store", store.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
