@@ -260,7 +260,11 @@ pub fn load_dir(
         let hint = match closest(&reference.role, known.iter().copied()) {
             Some(near) => format!("; did you mean {near:?}?"),
             None if known.is_empty() => "; no roles are defined in any policy file".to_owned(),
-            None => format!("; defined roles: {}", known.join(", ")),
+            None if known.len() <= 10 => format!("; defined roles: {}", known.join(", ")),
+            None => format!(
+                "; {} roles are defined, none with a similar name",
+                known.len()
+            ),
         };
         errors.push(PolicyError {
             location: reference.location.clone(),
@@ -400,7 +404,7 @@ impl FileCx<'_> {
         }
     }
 
-    /// The entries of a mapping node; null counts as empty when `null_ok`.
+    /// The entries of a mapping node, or an error at `line` naming `what`.
     fn mapping<'n>(&mut self, node: &'n Node, line: usize, what: &str) -> Option<&'n [Entry]> {
         match &node.value {
             Value::Map(entries) => Some(entries),
