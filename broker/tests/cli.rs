@@ -187,3 +187,42 @@ async fn token_create_audit_verify_and_query_against_a_running_broker() {
     let out = run(&["audit", "verify", a, "--store", store.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// The README's first command, as a new user runs it: `lanyard-broker dev` with nothing
+/// installed. It must put a credential on disk, refresh-ready, and stop cleanly on Ctrl-C.
+#[test]
+fn dev_mode_writes_a_credential_and_stops_on_ctrl_c() {
+    let work = tempfile::tempdir().expect("tmp");
+    let dev_dir = work.path().join("devdir");
+    let child = broker_cmd()
+        .current_dir(work.path())
+        .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dev_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dev");
+    let token = dev_dir.join("secrets/dev-app/token");
+    let mut waited = 0;
+    while !token.is_file() && waited < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    let written = token.is_file();
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let out = child.wait_with_output().expect("wait");
+    let t = text(&out);
+    assert!(written, "no credential after 30 s: {t}");
+    assert!(out.status.success(), "dev mode exits 0 on Ctrl-C: {t}");
+    assert!(t.contains("lanyard dev broker is running at https://127.0.0.1:"), "{t}");
+    assert!(t.contains("curl --cacert"), "prints how to use it: {t}");
+    for f in ["tls/ca.pem", "admin-token", "store.db", "audit.log", "broker.yaml"] {
+        assert!(dev_dir.join(f).exists(), "{f} missing");
+    }
+    // The generated config is a real one: `serve --config` accepts it (checked by loading).
+    let jwt = std::fs::read_to_string(&token).expect("read token");
+    assert_eq!(jwt.split('.').count(), 3, "a JWT");
+    let out = run(&["audit", "verify", dev_dir.join("audit.log").to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+}
