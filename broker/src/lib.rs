@@ -24,6 +24,7 @@ pub mod cli;
 pub mod error;
 pub mod authn;
 pub mod config;
+pub mod dev;
 pub mod issue;
 pub mod metrics;
 pub mod policy;
