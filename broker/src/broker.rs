@@ -511,7 +511,8 @@ impl Broker {
                 )));
             };
             let lease_id = format!("ls_{}", random_hex(12));
-            let now = self.now();
+            // Whole seconds: JWT times are seconds, and TTLs should come out exact.
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(self.now()));
             let started = Instant::now();
             let issued = backend
                 .issue(&IssueRequest {

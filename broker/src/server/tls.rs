@@ -34,7 +34,10 @@ pub struct TlsError {
     pub message: String,
 }
 
-fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
+/// Modification time and length of a file, to notice replacements.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn file_stamp(p: &Path) -> Stamp {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -99,7 +102,7 @@ pub struct ReloadingCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    stamps: Mutex<(Option<(SystemTime, u64)>, Option<(SystemTime, u64)>)>,
+    stamps: Mutex<(Stamp, Stamp)>,
     metrics: Metrics,
 }
 
