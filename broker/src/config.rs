@@ -413,3 +413,99 @@ impl BrokerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    const MINIMAL: &str = "public_url: https://lanyard.example:8443\ntls:\n  cert_file: tls/cert.pem\n  key_file: tls/key.pem\npolicies_dir: policies\nstore:\n  sqlite_path: data/lanyard.db\n";
+
+    #[test]
+    fn the_documented_example_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/broker.example.yaml");
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("example loads");
+        assert_eq!(cfg.issuers.len(), 1);
+        assert_eq!(cfg.issuers[0].jwks, JwksSource::Discovery);
+        assert_eq!(cfg.signing.algorithm, Algorithm::ES256);
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(cfg.listen, default_listen());
+        assert_eq!(cfg.audit.sink, "stdout");
+        assert_eq!(cfg.tls.cert_file, dir.path().join("tls/cert.pem"));
+        assert_eq!(cfg.store.sqlite_path, dir.path().join("data/lanyard.db"));
+        assert_eq!(cfg.limits.max_request_body_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let env = vec![
+            ("LANYARD_LISTEN".to_owned(), "0.0.0.0:9443".to_owned()),
+            ("LANYARD_STORE__SQLITE_PATH".to_owned(), "/data/x.db".to_owned()),
+            ("LANYARD_LIMITS__MAX_TOKEN_BYTES".to_owned(), "2048".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let cfg = BrokerConfig::load(&file, env).expect("loads");
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(cfg.store.sqlite_path, PathBuf::from("/data/x.db"));
+        assert_eq!(cfg.limits.max_token_bytes, 2048);
+    }
+
+    #[test]
+    fn a_typo_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", &format!("{MINIMAL}polices_dir: x\n"));
+        let err = BrokerConfig::load(&file, std::iter::empty()).expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("b.yaml") && msg.contains("polices_dir"), "{msg}");
+    }
+
+    #[test]
+    fn missing_fields_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", "public_url: https://x\n");
+        let msg = BrokerConfig::load(&file, std::iter::empty())
+            .expect_err("missing")
+            .to_string();
+        assert!(msg.contains("tls"), "{msg}");
+
+        let file = write(
+            dir.path(),
+            "c.yaml",
+            &format!(
+                "{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [lanyard]\n    leeway_seconds: 3600\n"
+            ),
+        );
+        let msg = BrokerConfig::load(&file, std::iter::empty())
+            .expect_err("leeway")
+            .to_string();
+        assert!(msg.contains("issuers[0].leeway_seconds"), "{msg}");
+
+        let file = write(
+            dir.path(),
+            "d.yaml",
+            &format!("{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [x]\n    algorithms: [HS256]\n"),
+        );
+        let msg = BrokerConfig::load(&file, std::iter::empty())
+            .expect_err("hmac")
+            .to_string();
+        assert!(msg.contains("HS256"), "HMAC cannot be configured: {msg}");
+
+        let msg = BrokerConfig::load(&dir.path().join("nope.yaml"), std::iter::empty())
+            .expect_err("missing file")
+            .to_string();
+        assert!(msg.contains("nope.yaml"), "{msg}");
+    }
+}
