@@ -1,1 +1,962 @@
-//! JWKS sources and cache. STUB.
+//! JWKS sources and cache: where an issuer's public keys come from, how they are fetched
+//! (bounded, over rustls with aws-lc-rs), parsed (asymmetric keys only) and kept (the last
+//! good key set survives failed refreshes).
+//!
+//! - [`KeySet`]: a parsed JWKS, keeping only keys the broker can verify with (RSA ≥ 2048
+//!   bits, EC P-256/P-384, Ed25519). Symmetric (`kty: oct`) keys are refused.
+//! - [`IssuerKeys`]: one issuer's source, its cached [`KeySet`] and refresh bookkeeping
+//!   (one refresh in flight at a time, on-demand refreshes rate-limited by the injected
+//!   clock).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use lanyard::clock::Clock;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::config::{Algorithm, IssuerConfig, JwksSource, LimitsConfig};
+use crate::metrics::Metrics;
+
+/// Timeout for one discovery or JWKS request (connect, headers and body).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most keys accepted in one JWKS document.
+pub const MAX_JWKS_KEYS: usize = 64;
+
+/// Smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// How often a JWKS file is checked for changes, at most (the issuer's
+/// `refresh_interval_seconds` applies when it is shorter).
+pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest `kid` echoed in a log line.
+const MAX_LOGGED_KID: usize = 64;
+
+/// The key family of a JWK, which decides the algorithms it may verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `kty: RSA` — RS256, RS384, PS256.
+    Rsa,
+    /// `kty: EC`, `crv: P-256` — ES256.
+    EcP256,
+    /// `kty: EC`, `crv: P-384` — ES384.
+    EcP384,
+    /// `kty: OKP`, `crv: Ed25519` — EdDSA.
+    Ed25519,
+}
+
+impl KeyKind {
+    /// Whether a key of this kind may verify `alg`.
+    pub fn fits(self, alg: Algorithm) -> bool {
+        matches!(
+            (self, alg),
+            (
+                KeyKind::Rsa,
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::PS256
+            ) | (KeyKind::EcP256, Algorithm::ES256)
+                | (KeyKind::EcP384, Algorithm::ES384)
+                | (KeyKind::Ed25519, Algorithm::EdDSA)
+        )
+    }
+}
+
+/// The JOSE name of an algorithm (`RS256`, ..., `EdDSA`).
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::PS256 => "PS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// A public key from a JWKS, ready to verify signatures.
+#[derive(Clone)]
+pub struct VerificationKey {
+    /// The key's `kid`, if it has one.
+    pub kid: Option<String>,
+    /// Its family.
+    pub kind: KeyKind,
+    /// The key's own `alg`, if it names one; the key then verifies only that algorithm.
+    pub alg: Option<String>,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    /// Whether this key may verify a token signed with `alg`: its family fits, and its own
+    /// `alg` (if any) is exactly `alg`.
+    pub fn usable_for(&self, alg: Algorithm) -> bool {
+        self.kind.fits(alg) && self.alg.as_deref().is_none_or(|a| a == alg_name(alg))
+    }
+
+    /// The key for `jsonwebtoken`.
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+}
+
+/// A parsed JWKS: the usable asymmetric keys of one issuer.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<VerificationKey>,
+}
+
+#[derive(Deserialize)]
+struct JwksDocument {
+    keys: Vec<serde_json::Value>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document (`{"keys": [...]}`). Keys the broker cannot or must not use
+    /// (symmetric `oct` keys, `use: enc`, unknown types or curves, RSA below 2048 bits) are
+    /// skipped with a log line that names the issuer and `kid`, never key material. Fails when
+    /// the document is not a JWKS, holds more than [`MAX_JWKS_KEYS`] keys, or no usable key.
+    pub fn parse(bytes: &[u8], issuer: &str, origin: &str) -> Result<Self, JwksError> {
+        let invalid = |reason: String| JwksError::Invalid {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let doc: JwksDocument = serde_json::from_slice(bytes).map_err(|e| {
+            invalid(format!(
+                "not a JWKS document (expected {{\"keys\": [...]}}): {e}"
+            ))
+        })?;
+        if doc.keys.len() > MAX_JWKS_KEYS {
+            return Err(invalid(format!(
+                "{} keys, more than the {MAX_JWKS_KEYS} accepted",
+                doc.keys.len()
+            )));
+        }
+        let total = doc.keys.len();
+        let mut keys = Vec::with_capacity(total);
+        for raw in doc.keys {
+            match parse_key(raw) {
+                Ok(k) => keys.push(k),
+                Err((kid, reason)) => tracing::warn!(
+                    issuer,
+                    kid = %kid.as_deref().map(short).unwrap_or("-"),
+                    "skipping JWKS key: {reason}"
+                ),
+            }
+        }
+        if keys.is_empty() {
+            return Err(invalid(format!(
+                "none of its {total} keys is a usable signing key (RSA >= {MIN_RSA_BITS} bits, EC P-256/P-384, Ed25519)"
+            )));
+        }
+        Ok(Self { keys })
+    }
+
+    /// Number of usable keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are no usable keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> &[VerificationKey] {
+        &self.keys
+    }
+
+    /// Keys whose `kid` is `kid`.
+    pub fn with_kid<'a>(&'a self, kid: &'a str) -> impl Iterator<Item = &'a VerificationKey> {
+        self.keys
+            .iter()
+            .filter(move |k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Keys usable for `alg`.
+    pub fn usable_for(&self, alg: Algorithm) -> impl Iterator<Item = &VerificationKey> {
+        self.keys.iter().filter(move |k| k.usable_for(alg))
+    }
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(MAX_LOGGED_KID) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Parses one JWK; on refusal returns its `kid` (for the log line) and why.
+fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>, String)> {
+    let kid = raw.get("kid").and_then(|v| v.as_str()).map(str::to_owned);
+    let fail = |reason: &str| (kid.clone(), reason.to_owned());
+    let kty = raw.get("kty").and_then(|v| v.as_str()).unwrap_or("");
+    if kty == "oct" {
+        return Err(fail(
+            "symmetric key (kty oct) refused: JWT issuers must publish asymmetric keys",
+        ));
+    }
+    if let Some(u) = raw.get("use")
+        && u.as_str() != Some("sig")
+    {
+        return Err(fail("not a signing key (use is not \"sig\")"));
+    }
+    let alg = match raw.get("alg") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(fail("`alg` is not a string")),
+    };
+    let jwk: Jwk = serde_json::from_value(raw)
+        .map_err(|_| fail("unsupported or malformed key (kty, crv or parameters)"))?;
+    let kind = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = base64_len(&p.n).ok_or_else(|| fail("RSA modulus is not base64url"))?;
+            if n < MIN_RSA_BITS {
+                return Err(fail("RSA key shorter than 2048 bits"));
+            }
+            KeyKind::Rsa
+        }
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => KeyKind::EcP256,
+            EllipticCurve::P384 => KeyKind::EcP384,
+            _ => return Err(fail("unsupported EC curve (P-256 and P-384 are)")),
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => KeyKind::Ed25519,
+            _ => return Err(fail("unsupported OKP curve (Ed25519 is)")),
+        },
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(fail("symmetric key refused"));
+        }
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| fail("key parameters do not decode"))?;
+    Ok(VerificationKey {
+        kid,
+        kind,
+        alg,
+        key,
+    })
+}
+
+/// Bit length of a base64url big-endian integer, without leading zero bytes.
+fn base64_len(b64: &str) -> Option<usize> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .ok()?;
+    let first = bytes.iter().position(|&b| b != 0)?;
+    let lead = bytes[first].leading_zeros() as usize;
+    Some((bytes.len() - first) * 8 - lead)
+}
+
+/// Why a JWKS could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksError {
+    /// The request failed (connection, TLS, timeout).
+    #[error("fetching {url}: {reason}")]
+    Fetch {
+        /// What was fetched.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The server answered with a non-success status.
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        /// What was fetched.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The document is larger than `limits.max_jwks_bytes`.
+    #[error(
+        "{origin} is larger than {limit} bytes; raise `limits.max_jwks_bytes` if it is legitimate"
+    )]
+    TooLarge {
+        /// URL or file.
+        origin: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The document is not a usable discovery document or JWKS.
+    #[error("{origin}: {reason}")]
+    Invalid {
+        /// URL or file.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A JWKS file could not be read.
+    #[error("reading JWKS file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A URL that would fetch keys without TLS from a non-loopback host.
+    #[error("{0}")]
+    Insecure(String),
+}
+
+/// Checks that `url` is `https`, or plain `http` to a loopback host.
+pub fn check_transport(url: &str, what: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("{what} `{url}` is not a valid URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if is_loopback(&parsed) => Ok(parsed),
+        "http" => Err(format!(
+            "{what} `{url}` uses plain http to a non-loopback host, so keys could be swapped in transit; use https (plain http is allowed only for 127.0.0.1, ::1 and localhost)"
+        )),
+        other => Err(format!(
+            "{what} `{url}` has scheme `{other}`; use an https URL"
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Where one issuer's keys come from, resolved from its configuration.
+#[derive(Debug, Clone)]
+enum Source {
+    /// `<issuer>/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery(Url),
+    /// A fixed JWKS URL.
+    Url(Url),
+    /// A file.
+    File(PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct RefreshState {
+    /// When the last refresh (successful or not) started, by the injected clock.
+    last_attempt: Option<SystemTime>,
+    /// SHA-256 of the last JWKS file content loaded, to log changes.
+    file_digest: Option<Vec<u8>>,
+}
+
+/// One issuer's keys: its source, the last good [`KeySet`] and refresh bookkeeping.
+#[derive(Debug)]
+pub struct IssuerKeys {
+    issuer: String,
+    source: Source,
+    client: Option<reqwest::Client>,
+    max_bytes: usize,
+    refresh_interval: Duration,
+    min_refresh_interval: Duration,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    current: RwLock<Option<Arc<KeySet>>>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+    /// Incremented when a refresh finishes, so waiters can tell one happened meanwhile.
+    generation: AtomicU64,
+}
+
+impl IssuerKeys {
+    /// Resolves the issuer's key source and, for a JWKS file, loads it. Fails naming the
+    /// issuer when a URL is unusable or insecure, the CA file or the JWKS file cannot be read.
+    pub fn new(
+        cfg: &IssuerConfig,
+        limits: &LimitsConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        let name = &cfg.issuer;
+        let ctx = |e: String| format!("issuer `{name}`: {e}");
+        // An issuer that looks like a URL must not be plain http to a remote host, whatever
+        // the key source: it names (and for discovery, locates) the trust anchor.
+        if cfg.issuer.starts_with("http://") || matches!(cfg.jwks, JwksSource::Discovery) {
+            check_transport(&cfg.issuer, "issuer URL").map_err(ctx)?;
+        }
+        let source = match &cfg.jwks {
+            JwksSource::Discovery => {
+                let base = cfg.issuer.trim_end_matches('/');
+                let url = format!("{base}/.well-known/openid-configuration");
+                Source::Discovery(check_transport(&url, "discovery URL").map_err(ctx)?)
+            }
+            JwksSource::Url(u) => Source::Url(check_transport(u, "JWKS URL").map_err(ctx)?),
+            JwksSource::File(p) => Source::File(p.clone()),
+        };
+        let client = match &source {
+            Source::File(_) => None,
+            Source::Discovery(u) | Source::Url(u) => {
+                Some(build_client(u, cfg.ca_file.as_deref()).map_err(ctx)?)
+            }
+        };
+        let keys = Self {
+            issuer: cfg.issuer.clone(),
+            source,
+            client,
+            max_bytes: limits.max_jwks_bytes,
+            refresh_interval: Duration::from_secs(cfg.refresh_interval_seconds.max(1)),
+            min_refresh_interval: Duration::from_secs(cfg.min_refresh_interval_seconds),
+            clock,
+            metrics,
+            current: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            generation: AtomicU64::new(0),
+        };
+        if let Source::File(path) = &keys.source {
+            let (set, digest) = load_file(path, keys.max_bytes, &keys.issuer).map_err(|e| {
+                ctx(format!(
+                    "{e}; check the `jwks.file` path and that the broker can read it"
+                ))
+            })?;
+            keys.store(set);
+            // `new` is synchronous and nothing else can hold the lock yet.
+            if let Ok(mut st) = keys.refresh.try_lock() {
+                st.file_digest = Some(digest);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The issuer, as configured.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The last good key set, if any was ever loaded.
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn store(&self, set: KeySet) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
+    }
+
+    /// Refreshes now (waiting for a refresh already in flight, then doing its own). On
+    /// failure the last good key set is kept.
+    pub async fn refresh(&self) -> Result<(), JwksError> {
+        let mut st = self.refresh.lock().await;
+        self.refresh_locked(&mut st).await
+    }
+
+    /// An on-demand refresh (for an unknown `kid` or an empty cache): at most one in flight;
+    /// callers that waited for one in flight use its result; and none starts sooner than
+    /// `min_refresh_interval_seconds` after the previous attempt. Returns whether a refresh
+    /// finished (by this caller or the one it waited for).
+    pub async fn refresh_on_demand(&self) -> bool {
+        let seen = self.generation.load(Ordering::SeqCst);
+        let mut st = self.refresh.lock().await;
+        if self.generation.load(Ordering::SeqCst) != seen {
+            return true;
+        }
+        if let Some(last) = st.last_attempt {
+            // A clock that went backwards does not block refreshes.
+            let since = self
+                .clock
+                .now()
+                .duration_since(last)
+                .unwrap_or(Duration::MAX);
+            if since < self.min_refresh_interval {
+                tracing::debug!(issuer = %self.issuer, "JWKS refresh rate-limited");
+                return false;
+            }
+        }
+        let _ = self.refresh_locked(&mut st).await;
+        true
+    }
+
+    async fn refresh_locked(&self, st: &mut RefreshState) -> Result<(), JwksError> {
+        st.last_attempt = Some(self.clock.now());
+        let result = self.fetch(st).await;
+        let label = match &result {
+            Ok(set) => {
+                tracing::debug!(issuer = %self.issuer, keys = set.len(), "JWKS refreshed");
+                "ok"
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping the last good keys");
+                "error"
+            }
+        };
+        self.metrics
+            .jwks_refresh
+            .with_label_values(&[self.issuer.as_str(), label])
+            .inc();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        result.map(|set| self.store(set))
+    }
+
+    async fn fetch(&self, st: &mut RefreshState) -> Result<KeySet, JwksError> {
+        match &self.source {
+            Source::File(path) => {
+                let path = path.clone();
+                let (max, issuer) = (self.max_bytes, self.issuer.clone());
+                let (set, digest) =
+                    tokio::task::spawn_blocking(move || load_file(&path, max, &issuer))
+                        .await
+                        .map_err(|e| JwksError::File {
+                            path: self.origin_name(),
+                            reason: e.to_string(),
+                        })??;
+                if st.file_digest.as_ref().is_some_and(|d| *d != digest) {
+                    tracing::info!(issuer = %self.issuer, keys = set.len(), "JWKS file changed; reloaded");
+                }
+                st.file_digest = Some(digest);
+                Ok(set)
+            }
+            Source::Url(url) => {
+                let body = self.get(url).await?;
+                KeySet::parse(&body, &self.issuer, url.as_str())
+            }
+            Source::Discovery(url) => {
+                let body = self.get(url).await?;
+                let jwks_uri = parse_discovery(&body, &self.issuer, url.as_str())?;
+                let jwks_url = check_transport(&jwks_uri, "discovered jwks_uri")
+                    .map_err(JwksError::Insecure)?;
+                let body = self.get(&jwks_url).await?;
+                KeySet::parse(&body, &self.issuer, jwks_url.as_str())
+            }
+        }
+    }
+
+    fn origin_name(&self) -> String {
+        match &self.source {
+            Source::File(p) => p.display().to_string(),
+            Source::Url(u) | Source::Discovery(u) => u.to_string(),
+        }
+    }
+
+    /// GET with the body read in chunks and capped at `max_jwks_bytes`.
+    async fn get(&self, url: &Url) -> Result<Vec<u8>, JwksError> {
+        let Some(client) = &self.client else {
+            return Err(JwksError::Fetch {
+                url: url.to_string(),
+                reason: "no HTTP client for a file source".into(),
+            });
+        };
+        let fetch_err = |e: reqwest::Error| JwksError::Fetch {
+            url: url.to_string(),
+            reason: error_chain(&e.without_url()),
+        };
+        let mut resp = client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(fetch_err)?;
+        if !resp.status().is_success() {
+            return Err(JwksError::Status {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+            });
+        }
+        let too_large = || JwksError::TooLarge {
+            origin: url.to_string(),
+            limit: self.max_bytes,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(fetch_err)? {
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Runs the background refresh for this issuer until dropped: every
+    /// `refresh_interval_seconds` (JWKS files: every [`FILE_CHECK_INTERVAL`] at most), sooner
+    /// (`min_refresh_interval_seconds`, at least 1 s) after a failure, and at once if no keys
+    /// are cached yet.
+    pub async fn run_refresh(&self) {
+        let period = match self.source {
+            Source::File(_) => self.refresh_interval.min(FILE_CHECK_INTERVAL),
+            _ => self.refresh_interval,
+        };
+        let retry = self
+            .min_refresh_interval
+            .max(Duration::from_secs(1))
+            .min(period);
+        let mut wait = if self.keys().is_none() {
+            Duration::ZERO
+        } else {
+            period
+        };
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = match self.refresh().await {
+                Ok(()) => period,
+                Err(_) => retry,
+            };
+        }
+    }
+}
+
+fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String, JwksError> {
+    #[derive(Deserialize)]
+    struct Discovery {
+        issuer: Option<String>,
+        jwks_uri: Option<String>,
+    }
+    let invalid = |reason: String| JwksError::Invalid {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let doc: Discovery = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not an OpenID discovery document: {e}")))?;
+    if let Some(iss) = &doc.issuer
+        && iss != issuer
+    {
+        return Err(invalid(format!(
+            "names issuer `{iss}`, not the configured `{issuer}`; the configured issuer must match exactly"
+        )));
+    }
+    doc.jwks_uri
+        .ok_or_else(|| invalid("has no `jwks_uri`".into()))
+}
+
+/// Reads a JWKS file (bounded) and returns the key set and the SHA-256 of the content.
+fn load_file(path: &Path, max: usize, issuer: &str) -> Result<(KeySet, Vec<u8>), JwksError> {
+    use std::io::Read as _;
+    let origin = path.display().to_string();
+    let io_err = |e: std::io::Error| JwksError::File {
+        path: origin.clone(),
+        reason: e.to_string(),
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut buf = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err)?;
+    if buf.len() > max {
+        return Err(JwksError::TooLarge { origin, limit: max });
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf)
+        .as_ref()
+        .to_vec();
+    Ok((KeySet::parse(&buf, issuer, &origin)?, digest))
+}
+
+fn build_client(url: &Url, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(HTTP_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // Follow a few redirects, never to a URL the broker would refuse to configure.
+            if attempt.previous().len() >= 3 {
+                attempt.error("too many redirects")
+            } else if check_transport(attempt.url().as_str(), "redirect target").is_err() {
+                attempt.error("redirect to plain http on a non-loopback host")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .user_agent(concat!("lanyard-broker/", env!("CARGO_PKG_VERSION")));
+    if url.scheme() == "https" {
+        builder = builder.https_only(true);
+    }
+    if is_loopback(url) {
+        builder = builder.no_proxy();
+    }
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("cannot read `ca_file` {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "`ca_file` {} is not a PEM certificate bundle: {e}",
+                ca.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "`ca_file` {} holds no PEM certificate",
+                ca.display()
+            ));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTPS client: {}", error_chain(&e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use lanyard::clock::ManualClock;
+    use lanyard_test_support::OidcIssuer;
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn cfg(issuer: &str, jwks: JwksSource) -> IssuerConfig {
+        IssuerConfig {
+            issuer: issuer.to_owned(),
+            audiences: vec!["aud".into()],
+            jwks,
+            ca_file: None,
+            algorithms: vec![Algorithm::RS256],
+            leeway_seconds: 30,
+            refresh_interval_seconds: 300,
+            min_refresh_interval_seconds: 10,
+        }
+    }
+
+    fn issuer_keys(cfg: &IssuerConfig, max_jwks_bytes: usize) -> Result<IssuerKeys, String> {
+        let limits = LimitsConfig {
+            max_jwks_bytes,
+            ..LimitsConfig::default()
+        };
+        IssuerKeys::new(
+            cfg,
+            &limits,
+            Arc::new(ManualClock::at_unix(1_800_000_000)),
+            Metrics::new(),
+        )
+    }
+
+    async fn real_jwks() -> serde_json::Value {
+        OidcIssuer::start().await.jwks_json()
+    }
+
+    #[tokio::test]
+    async fn symmetric_keys_are_skipped() {
+        let mut doc = real_jwks().await;
+        let keys = doc["keys"].as_array_mut().expect("keys");
+        keys.push(json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0", "alg": "HS256"}));
+        let set = KeySet::parse(doc.to_string().as_bytes(), "iss", "test").expect("parses");
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.with_kid("hmac").count(), 0);
+        // A JWKS of symmetric keys only has nothing usable.
+        let only_oct = json!({"keys": [{"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]});
+        assert!(matches!(
+            KeySet::parse(only_oct.to_string().as_bytes(), "iss", "test"),
+            Err(JwksError::Invalid { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn keys_are_classified_and_alg_pinned() {
+        let set =
+            KeySet::parse(real_jwks().await.to_string().as_bytes(), "iss", "test").expect("parses");
+        let kinds: Vec<KeyKind> = set.keys().iter().map(|k| k.kind).collect();
+        assert_eq!(kinds, [KeyKind::Rsa, KeyKind::EcP256, KeyKind::Ed25519]);
+        let rsa = &set.keys()[0];
+        assert!(rsa.usable_for(Algorithm::RS256));
+        // The JWK says RS256, so it must not verify PS256 even though the family fits.
+        assert!(!rsa.usable_for(Algorithm::PS256));
+        assert!(!set.keys()[1].usable_for(Algorithm::ES384));
+    }
+
+    #[tokio::test]
+    async fn encryption_keys_are_skipped() {
+        let mut doc = real_jwks().await;
+        doc["keys"][0]["use"] = json!("enc");
+        let set = KeySet::parse(doc.to_string().as_bytes(), "iss", "test").expect("parses");
+        assert_eq!(set.len(), 2);
+        assert!(set.keys().iter().all(|k| k.kind != KeyKind::Rsa));
+    }
+
+    #[test]
+    fn short_rsa_keys_are_skipped() {
+        use base64::Engine as _;
+        let mut n = vec![0xffu8; 128]; // 1024 bits
+        n[127] = 0x01;
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&n);
+        let doc = json!({"keys": [
+            {"kty": "RSA", "kid": "short", "n": n, "e": "AQAB"},
+        ]});
+        assert!(KeySet::parse(doc.to_string().as_bytes(), "iss", "test").is_err());
+        assert_eq!(base64_len("AQAB"), Some(17));
+    }
+
+    #[test]
+    fn not_a_jwks_is_invalid() {
+        for body in [&b"{}"[..], b"[]", b"<html>", b"{\"keys\": 5}"] {
+            assert!(matches!(
+                KeySet::parse(body, "iss", "test"),
+                Err(JwksError::Invalid { .. })
+            ));
+        }
+        let many = json!({"keys": vec![json!({"kty": "oct"}); MAX_JWKS_KEYS + 1]});
+        assert!(matches!(
+            KeySet::parse(many.to_string().as_bytes(), "iss", "test"),
+            Err(JwksError::Invalid { reason, .. }) if reason.contains("more than")
+        ));
+    }
+
+    #[tokio::test]
+    async fn url_source_fetches_and_counts_metrics() {
+        let issuer = OidcIssuer::start().await;
+        let keys = issuer_keys(
+            &cfg(&issuer.url(), JwksSource::Url(issuer.jwks_url())),
+            256 * 1024,
+        )
+        .expect("config ok");
+        assert!(keys.keys().is_none());
+        keys.refresh().await.expect("fetch");
+        assert_eq!(keys.keys().map(|k| k.len()), Some(3));
+        assert_eq!(issuer.discovery_fetches(), 0);
+        assert_eq!(
+            keys.metrics
+                .jwks_refresh
+                .with_label_values(&[issuer.url().as_str(), "ok"])
+                .get(),
+            1
+        );
+    }
+
+    /// A one-shot HTTP server that answers with a chunked body of `total` bytes and no
+    /// Content-Length, so only the streaming cap can stop it.
+    async fn chunked_server(total: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = [0u8; 1024];
+            let _ = sock.read(&mut req).await;
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = vec![b' '; 4096];
+            let mut sent = 0;
+            while sent < total {
+                let head = format!("{:x}\r\n", chunk.len());
+                if sock.write_all(head.as_bytes()).await.is_err()
+                    || sock.write_all(&chunk).await.is_err()
+                    || sock.write_all(b"\r\n").await.is_err()
+                {
+                    return;
+                }
+                sent += chunk.len();
+            }
+            let _ = sock.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{addr}/jwks")
+    }
+
+    #[tokio::test]
+    async fn streamed_body_above_the_cap_is_refused_not_truncated() {
+        let url = chunked_server(1 << 20).await;
+        let keys = issuer_keys(
+            &cfg("https://issuer.example.com", JwksSource::Url(url)),
+            64 * 1024,
+        )
+        .expect("config ok");
+        let err = keys.refresh().await.expect_err("too large");
+        assert!(
+            matches!(err, JwksError::TooLarge { limit: 65536, .. }),
+            "{err}"
+        );
+        assert!(keys.keys().is_none());
+    }
+
+    #[tokio::test]
+    async fn jwks_file_above_the_cap_is_refused_at_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, real_jwks().await.to_string()).expect("write");
+        let err = issuer_keys(
+            &cfg("https://issuer.example.com", JwksSource::File(path)),
+            256,
+        )
+        .expect_err("too large");
+        assert!(err.contains("larger than 256 bytes"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_ca_file_is_refused_at_new() {
+        let mut c = cfg("https://issuer.example.com", JwksSource::Discovery);
+        c.ca_file = Some("no/such/ca.pem".into());
+        let err = issuer_keys(&c, 1024).expect_err("missing CA");
+        assert!(
+            err.contains("https://issuer.example.com") && err.contains("no/such/ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_naming_another_issuer_is_refused() {
+        let issuer = OidcIssuer::start().await;
+        // Same server, but configured under a different (loopback) name.
+        let other = issuer.url().replace("127.0.0.1", "localhost");
+        let keys = issuer_keys(&cfg(&other, JwksSource::Discovery), 256 * 1024).expect("ok");
+        let err = keys.refresh().await.expect_err("issuer mismatch");
+        assert!(err.to_string().contains("must match exactly"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn https_discovery_trusts_the_configured_ca_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = lanyard_test_support::TestPki::generate(dir.path());
+        let issuer = OidcIssuer::start_https(&pki).await;
+        assert!(issuer.url().starts_with("https://"));
+
+        let untrusting =
+            issuer_keys(&cfg(&issuer.url(), JwksSource::Discovery), 256 * 1024).expect("config ok");
+        let err = untrusting.refresh().await.expect_err("unknown CA");
+        assert!(matches!(err, JwksError::Fetch { .. }), "{err}");
+        assert_eq!(issuer.jwks_fetches(), 0);
+
+        let mut c = cfg(&issuer.url(), JwksSource::Discovery);
+        c.ca_file = Some(pki.ca_path());
+        let trusting = issuer_keys(&c, 256 * 1024).expect("config ok");
+        trusting.refresh().await.expect("fetch over TLS");
+        assert_eq!(trusting.keys().map(|k| k.len()), Some(3));
+        assert_eq!(issuer.jwks_fetches(), 1);
+    }
+
+    #[test]
+    fn transport_rules() {
+        assert!(check_transport("https://kubernetes.default.svc", "issuer").is_ok());
+        assert!(check_transport("http://127.0.0.2:8080", "issuer").is_ok());
+        assert!(check_transport("http://LOCALHOST", "issuer").is_ok());
+        assert!(check_transport("http://10.0.0.1", "issuer").is_err());
+        assert!(check_transport("http://localhost.evil.com", "issuer").is_err());
+        assert!(check_transport("ftp://x", "issuer").is_err());
+        assert!(check_transport("not a url", "issuer").is_err());
+    }
+}
