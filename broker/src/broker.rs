@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
 use lanyard::clock::{Clock, rfc3339, unix_seconds};
 use lanyard::refresh::REFRESH_FRACTION;
 use lanyard::wire::{
@@ -180,12 +179,13 @@ impl Broker {
                 sink: config.audit.sink.clone(),
                 message: e.to_string(),
             })?;
-        let fingerprinter = Fingerprinter::load(store.as_ref())
-            .await
-            .map_err(|e| StartError::Store {
-                path: config.store.sqlite_path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let fingerprinter =
+            Fingerprinter::load(store.as_ref())
+                .await
+                .map_err(|e| StartError::Store {
+                    path: config.store.sqlite_path.display().to_string(),
+                    message: e.to_string(),
+                })?;
         info!(
             rules = set.rules.len(),
             roles = set.roles.len(),
@@ -259,7 +259,10 @@ impl Broker {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         self.audit.append(rec).await?;
-        self.metrics.audit_records.with_label_values(&[&event]).inc();
+        self.metrics
+            .audit_records
+            .with_label_values(&[&event])
+            .inc();
         Ok(())
     }
 
@@ -347,7 +350,8 @@ impl Broker {
 
     /// Whether a bearer token's unverified `iss` is this broker (a session token).
     fn is_session_token(&self, token: &str) -> bool {
-        peek_issuer(token).as_deref() == Some(self.config.public_url.as_str())
+        peek_issuer(token, self.config.limits.max_token_bytes).as_deref()
+            == Some(self.config.public_url.as_str())
     }
 
     fn verify_session(&self, token: &str) -> Result<Authenticated, AuthnError> {
@@ -406,7 +410,8 @@ impl Broker {
         let now = self.now();
         let hard_end =
             started + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
-        let exp = (now + Duration::from_secs(self.config.bootstrap.session_ttl_seconds)).min(hard_end);
+        let exp =
+            (now + Duration::from_secs(self.config.bootstrap.session_ttl_seconds)).min(hard_end);
         if exp <= now {
             return Ok(None);
         }
@@ -441,7 +446,9 @@ impl Broker {
     ) -> Result<CredentialResponse, ApiError> {
         let identity = &auth.identity;
         if req.ttl_seconds == Some(0) {
-            return Err(ApiError::BadRequest("ttl_seconds must be at least 1".into()));
+            return Err(ApiError::BadRequest(
+                "ttl_seconds must be at least 1".into(),
+            ));
         }
         if let Some(roles) = &req.roles {
             if roles.is_empty() {
@@ -467,7 +474,11 @@ impl Broker {
                     .denials
                     .with_label_values(&[role_label, d.reason])
                     .inc();
-                let mut rec = self.record(Event::Deny, Decision::Deny, format!("{}: {}", d.reason, d.detail));
+                let mut rec = self.record(
+                    Event::Deny,
+                    Decision::Deny,
+                    format!("{}: {}", d.reason, d.detail),
+                );
                 rec.request_id = Some(request_id.to_owned());
                 rec.identity = Some(identity.subject.clone());
                 rec.issuer = Some(identity.issuer.clone());
@@ -537,7 +548,8 @@ impl Broker {
                         .denials
                         .with_label_values(&[&role.name, "backend_error"])
                         .inc();
-                    let mut rec = self.record(Event::Deny, Decision::Deny, format!("backend_error: {err}"));
+                    let mut rec =
+                        self.record(Event::Deny, Decision::Deny, format!("backend_error: {err}"));
                     rec.request_id = Some(request_id.to_owned());
                     rec.identity = Some(identity.subject.clone());
                     rec.issuer = Some(identity.issuer.clone());
@@ -574,7 +586,11 @@ impl Broker {
                     "granted by rule {} ({}){}",
                     grant.rule,
                     grant.location,
-                    if ttl_clamped { "; ttl clamped to role cap" } else { "" }
+                    if ttl_clamped {
+                        "; ttl clamped to role cap"
+                    } else {
+                        ""
+                    }
                 ),
             );
             rec.request_id = Some(request_id.to_owned());
@@ -713,10 +729,7 @@ impl Broker {
                 role: &lease.role,
             })
             .await?;
-        let newly = self
-            .store
-            .mark_lease_revoked(lease_id, self.now())
-            .await?;
+        let newly = self.store.mark_lease_revoked(lease_id, self.now()).await?;
         let mut rec = self.record(
             Event::LeaseRevoke,
             Decision::Allow,
@@ -764,10 +777,7 @@ impl Broker {
                     rules: set.rules.len(),
                 };
                 self.metrics.policy_rules.set(set.rules.len() as i64);
-                self.metrics
-                    .policy_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
+                self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 info!(digest = %set.digest, rules = set.rules.len(), "policies reloaded");
                 let rec = self.record(
                     Event::PolicyReload,
@@ -822,6 +832,11 @@ impl Broker {
                 .map_err(|e| e.to_string()),
         );
         checks.insert("policy", Ok(()));
+        let missing = self.verifier.issuers_without_keys();
+        // An issuer without keys only affects its own workloads: report it, stay ready.
+        if !missing.is_empty() {
+            tracing::debug!(issuers = ?missing, "issuers without keys yet");
+        }
         checks
     }
 }
@@ -850,15 +865,8 @@ pub struct RevokeResult {
     pub expires_at: String,
 }
 
-/// The `iss` claim of a JWT, read without verifying anything (bounded by the caller).
-fn peek_issuer(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    if payload.len() > 64 * 1024 {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("iss")?.as_str().map(str::to_owned)
+/// The `iss` claim of a JWT, read without verifying anything (bounded).
+fn peek_issuer(token: &str, max_token_bytes: usize) -> Option<String> {
+    let (_, claims) = crate::authn::jwt::parse_unverified(token, max_token_bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }

@@ -40,7 +40,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "LANYARD_LOG", default_value = "info")]
     log: String,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, env = "LANYARD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "LANYARD_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 }
 
@@ -347,7 +353,13 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 ttl_seconds: ttl.as_secs().max(1),
                 image,
             };
-            let body = admin_call(&admin, reqwest::Method::POST, "/v1/admin/tokens", Some(&req)).await?;
+            let body = admin_call(
+                &admin,
+                reqwest::Method::POST,
+                "/v1/admin/tokens",
+                Some(&req),
+            )
+            .await?;
             let resp: MintTokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
             if json {
@@ -473,7 +485,11 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                         report.records,
                         report
                             .head
-                            .map(|h| format!(" (head seq {} {})", h.seq, &h.hash[..12.min(h.hash.len())]))
+                            .map(|h| format!(
+                                " (head seq {} {})",
+                                h.seq,
+                                &h.hash[..12.min(h.hash.len())]
+                            ))
                             .unwrap_or_default()
                     );
                     Ok(ExitCode::SUCCESS)
@@ -509,8 +525,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 use std::io::Write as _;
                 let _ = writeln!(out, "{line}");
             };
-            let n = audit::query::query(reader, &filter, &mut print)
-                .map_err(|e| e.to_string())?;
+            let n = audit::query::query(reader, &filter, &mut print).map_err(|e| e.to_string())?;
             eprintln!("{n} matching record(s)");
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,22 @@ use serde::{Deserialize, Serialize};
 /// Smallest allowed JWT leeway cap, in seconds: leeways above this are refused.
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
+/// Top-level configuration keys (the only `LANYARD_<KEY>` variables that override the file).
+pub const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "tls",
+    "policies_dir",
+    "issuers",
+    "bootstrap",
+    "admin",
+    "store",
+    "audit",
+    "signing",
+    "limits",
+    "reload_interval_seconds",
+];
+
 /// The whole broker configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,9 +335,16 @@ impl BrokerConfig {
         if !file.is_file() {
             return Err(err("file not found or not a regular file".into()));
         }
+        // Only variables naming a configuration key: `LANYARD_LOG`, `LANYARD_CONFIG` and the
+        // client variables (`LANYARD_BROKER_URL`, ...) belong to the command line.
         let env_map: std::collections::HashMap<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("LANYARD_"))
+            .filter(|(k, _)| {
+                k.strip_prefix("LANYARD_").is_some_and(|rest| {
+                    let top = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                    CONFIG_KEYS.contains(&top.as_str())
+                })
+            })
             .collect();
         let built = config::Config::builder()
             .add_source(config::File::from(file))
@@ -453,9 +476,17 @@ mod tests {
         let file = write(dir.path(), "b.yaml", MINIMAL);
         let env = vec![
             ("LANYARD_LISTEN".to_owned(), "0.0.0.0:9443".to_owned()),
-            ("LANYARD_STORE__SQLITE_PATH".to_owned(), "/data/x.db".to_owned()),
-            ("LANYARD_LIMITS__MAX_TOKEN_BYTES".to_owned(), "2048".to_owned()),
+            (
+                "LANYARD_STORE__SQLITE_PATH".to_owned(),
+                "/data/x.db".to_owned(),
+            ),
+            (
+                "LANYARD_LIMITS__MAX_TOKEN_BYTES".to_owned(),
+                "2048".to_owned(),
+            ),
             ("UNRELATED".to_owned(), "x".to_owned()),
+            ("LANYARD_LOG".to_owned(), "debug".to_owned()),
+            ("LANYARD_BROKER_URL".to_owned(), "https://x".to_owned()),
         ];
         let cfg = BrokerConfig::load(&file, env).expect("loads");
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:9443");
@@ -469,7 +500,10 @@ mod tests {
         let file = write(dir.path(), "b.yaml", &format!("{MINIMAL}polices_dir: x\n"));
         let err = BrokerConfig::load(&file, std::iter::empty()).expect_err("typo");
         let msg = err.to_string();
-        assert!(msg.contains("b.yaml") && msg.contains("polices_dir"), "{msg}");
+        assert!(
+            msg.contains("b.yaml") && msg.contains("polices_dir"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -496,7 +530,9 @@ mod tests {
         let file = write(
             dir.path(),
             "d.yaml",
-            &format!("{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [x]\n    algorithms: [HS256]\n"),
+            &format!(
+                "{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [x]\n    algorithms: [HS256]\n"
+            ),
         );
         let msg = BrokerConfig::load(&file, std::iter::empty())
             .expect_err("hmac")

@@ -66,7 +66,9 @@ pub enum DevError {
     #[error("cannot generate dev certificates: {0}")]
     Cert(String),
     /// The listen address is unavailable.
-    #[error("cannot listen on {addr}: {source} (is another broker running? try --listen 127.0.0.1:0)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another broker running? try --listen 127.0.0.1:0)"
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,

@@ -19,12 +19,12 @@
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
 
 pub mod audit;
+pub mod authn;
 pub mod broker;
 pub mod cli;
-pub mod error;
-pub mod authn;
 pub mod config;
 pub mod dev;
+pub mod error;
 pub mod issue;
 pub mod metrics;
 pub mod policy;

@@ -37,7 +37,9 @@ async fn kubernetes_token_gets_a_verifiable_jwt_and_an_audit_record() {
         .await
         .expect("jwks json");
     let header = jsonwebtoken::decode_header(&token).expect("header");
-    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("kid published");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid published");
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.set_audience(&["app"]);
     validation.set_issuer(&[broker.url.as_str()]);
@@ -81,8 +83,14 @@ async fn kubernetes_token_gets_a_verifiable_jwt_and_an_audit_record() {
             .starts_with("hmac-sha256:")
     );
     let log = std::fs::read_to_string(&broker.audit_file).expect("audit");
-    assert!(!log.contains(&token), "credential leaked into the audit log");
-    assert!(!log.contains(&sa_token), "identity token leaked into the audit log");
+    assert!(
+        !log.contains(&token),
+        "credential leaked into the audit log"
+    );
+    assert!(
+        !log.contains(&sa_token),
+        "identity token leaked into the audit log"
+    );
 
     // Metrics count it.
     let metrics = broker
@@ -127,13 +135,19 @@ async fn hostile_identity_tokens_get_an_opaque_401_and_are_audited() {
 
     let cases = [
         ("alg none", issuer.forge_alg_none(good.clone())),
-        ("HS256 with the RSA public key", issuer.forge_hs256_with_public_key(good.clone())),
+        (
+            "HS256 with the RSA public key",
+            issuer.forge_hs256_with_public_key(good.clone()),
+        ),
         ("expired", issuer.token(Algorithm::RS256, expired)),
         ("not yet valid", issuer.token(Algorithm::ES256, future)),
         ("wrong aud", issuer.token(Algorithm::RS256, wrong_aud)),
         ("wrong iss", issuer.token(Algorithm::RS256, wrong_iss)),
         ("unknown kid", issuer.sign_with_unknown_kid(good.clone())),
-        ("untrusted key", issuer.sign_with_untrusted_key(good.clone())),
+        (
+            "untrusted key",
+            issuer.sign_with_untrusted_key(good.clone()),
+        ),
         ("malformed base64", malformed),
         ("garbage", "not a token at all".to_owned()),
     ];
@@ -144,15 +158,39 @@ async fn hostile_identity_tokens_get_an_opaque_401_and_are_audited() {
         assert_eq!(code(&body), "unauthenticated", "{name}");
         messages.insert(body["error"]["message"].as_str().unwrap_or("").to_owned());
     }
-    assert_eq!(messages.len(), 1, "401 bodies must not reveal why: {messages:?}");
+    assert_eq!(
+        messages.len(),
+        1,
+        "401 bodies must not reveal why: {messages:?}"
+    );
 
-    // A 1 MB bearer never reaches a parser and gets a client error.
+    // A bearer above limits.max_token_bytes is refused before any parsing...
+    let big = format!(
+        "eyJ{}.eyJ{}.sig",
+        "A".repeat(50 * 1024),
+        "A".repeat(50 * 1024)
+    );
+    let (status, body) = broker.post_credentials(Some(&big), "").await;
+    assert_eq!((status, code(&body)), (401, "unauthenticated"));
+    // ...and a 1 MB one is refused by the HTTP layer (431) or the connection is closed:
+    // either way nothing is parsed or issued.
     let huge = format!("eyJ{}", "A".repeat(1024 * 1024));
-    let (status, _) = broker.post_credentials(Some(&huge), "").await;
-    assert!((400..500).contains(&status), "1 MB token: {status}");
+    let sent = broker
+        .http()
+        .post(format!("{}/v1/credentials", broker.url))
+        .bearer_auth(&huge)
+        .send()
+        .await;
+    if let Ok(resp) = sent {
+        let status = resp.status().as_u16();
+        assert!((400..500).contains(&status), "1 MB token: {status}");
+    }
 
     let records = broker.audit_records();
-    assert!(records.iter().all(|r| r["event"] != "issue"), "nothing issued");
+    assert!(
+        records.iter().all(|r| r["event"] != "issue"),
+        "nothing issued"
+    );
     let denials = records.iter().filter(|r| r["event"] == "deny").count();
     assert!(denials >= cases.len(), "every refusal audited: {denials}");
     broker.stop().await;
@@ -190,13 +228,27 @@ async fn a_bootstrap_token_redeems_exactly_once_under_100_concurrent_requests() 
     }
     assert_eq!((ok, unauthorized), (1, 99));
     let records = broker.audit_records();
-    assert_eq!(records.iter().filter(|r| r["event"] == "token_redeem").count(), 1);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "token_redeem")
+            .count(),
+        1
+    );
     let reused = records
         .iter()
-        .filter(|r| r["reason"].as_str().is_some_and(|s| s.contains("token_reused")))
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("token_reused"))
+        })
         .count();
     assert_eq!(reused, 99);
-    assert!(!std::fs::read_to_string(&broker.audit_file).expect("audit").contains(&token));
+    assert!(
+        !std::fs::read_to_string(&broker.audit_file)
+            .expect("audit")
+            .contains(&token)
+    );
     broker.stop().await;
 }
 
@@ -207,7 +259,10 @@ async fn bootstrap_session_allows_refresh_without_the_spent_token() {
     let (status, first) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["credentials"][0]["role"], "boot");
-    let session = first["session"]["token"].as_str().expect("session").to_owned();
+    let session = first["session"]["token"]
+        .as_str()
+        .expect("session")
+        .to_owned();
     let (status, _) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 401, "the bootstrap token is spent");
     let (status, second) = broker.post_credentials(Some(&session), "").await;
@@ -228,12 +283,20 @@ async fn unknown_roles_are_refused_and_ttl_above_the_cap_is_clamped_and_audited(
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(code(&body), "forbidden");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("no-such-role"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-such-role")
+    );
 
     let (status, body) = broker
         .post_credentials(Some(&sa), r#"{"roles":["boot"]}"#)
         .await;
-    assert_eq!(status, 403, "a role policy does not grant to this identity: {body}");
+    assert_eq!(
+        status, 403,
+        "a role policy does not grant to this identity: {body}"
+    );
 
     let (status, body) = broker
         .post_credentials(Some(&sa), r#"{"roles":["app"],"ttl_seconds":100000}"#)
@@ -269,14 +332,24 @@ async fn bad_bodies_get_clear_errors() {
     assert_eq!(status, 413, "{body}");
     assert_eq!(code(&body), "payload_too_large");
 
-    let (status, body) = broker.post_credentials(Some(&sa), r#"{"rolez":["app"]}"#).await;
+    let (status, body) = broker
+        .post_credentials(Some(&sa), r#"{"rolez":["app"]}"#)
+        .await;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("rolez"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rolez"),
+        "{body}"
+    );
 
     let (status, body) = broker.post_credentials(Some(&sa), "{not json").await;
     assert_eq!((status, code(&body)), (400, "bad_request"));
 
-    let (status, body) = broker.post_credentials(Some(&sa), r#"{"ttl_seconds":0}"#).await;
+    let (status, body) = broker
+        .post_credentials(Some(&sa), r#"{"ttl_seconds":0}"#)
+        .await;
     assert_eq!((status, code(&body)), (400, "bad_request"));
 
     let records = broker.audit_records();
@@ -311,15 +384,20 @@ async fn admin_api_needs_the_admin_token() {
         .http()
         .post(format!("{}/v1/admin/explain", broker.url))
         .bearer_auth(&broker.admin_token)
-        .json(&json!({"identity": {"issuer": "https://x", "subject": "system:serviceaccount:dev:api",
-                       "namespace": "dev", "service_account": "api"}, "role": "app"}))
+        .json(
+            &json!({"identity": {"issuer": "https://x", "subject": "system:serviceaccount:dev:api",
+                       "namespace": "dev", "service_account": "api"}, "role": "app"}),
+        )
         .send()
         .await
         .expect("request");
     assert_eq!(resp.status().as_u16(), 200);
     let explanation: Value = resp.json().await.expect("json");
     assert_eq!(explanation["allowed"], false);
-    assert!(explanation.to_string().contains("shop-api"), "{explanation}");
+    assert!(
+        explanation.to_string().contains("shop-api"),
+        "{explanation}"
+    );
 
     // Revoke an unredeemed token: it can no longer be redeemed.
     let resp = broker
@@ -343,9 +421,7 @@ async fn admin_api_needs_the_admin_token() {
         .await
         .expect("request");
     assert_eq!(resp.status().as_u16(), 204);
-    let (status, _) = broker
-        .post_credentials(minted["token"].as_str(), "")
-        .await;
+    let (status, _) = broker.post_credentials(minted["token"].as_str(), "").await;
     assert_eq!(status, 401);
     broker.stop().await;
 }
@@ -357,11 +433,21 @@ async fn a_workload_can_revoke_its_own_lease_and_nobody_elses() {
     let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
     let other = issuer.k8s_token("shop", "worker", "lanyard", 600);
     let (_, body) = broker.post_credentials(Some(&sa), "").await;
-    let lease = body["credentials"][0]["lease_id"].as_str().expect("lease").to_owned();
+    let lease = body["credentials"][0]["lease_id"]
+        .as_str()
+        .expect("lease")
+        .to_owned();
     let revoke = |bearer: String| {
         let client = broker.http();
         let url = format!("{}/v1/leases/{lease}/revoke", broker.url);
-        async move { client.post(url).bearer_auth(bearer).send().await.expect("revoke") }
+        async move {
+            client
+                .post(url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("revoke")
+        }
     };
     assert_eq!(revoke(other).await.status().as_u16(), 404);
     let resp = revoke(sa.clone()).await;
@@ -370,7 +456,11 @@ async fn a_workload_can_revoke_its_own_lease_and_nobody_elses() {
     assert_eq!(v["already_revoked"], false);
     assert_eq!(v["upstream_revoked"], false);
     let records = broker.audit_records();
-    assert!(records.iter().any(|r| r["event"] == "lease_revoke" && r["lease_id"] == lease.as_str()));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "lease_revoke" && r["lease_id"] == lease.as_str())
+    );
     broker.stop().await;
 }
 
@@ -394,13 +484,20 @@ async fn a_broken_policy_change_keeps_the_last_good_set() {
     assert_eq!(resp.status().as_u16(), 400);
     let body: Value = resp.json().await.expect("json");
     let msg = body["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("policy.yaml:4"), "file:line of the typo: {msg}");
+    assert!(
+        msg.contains("policy.yaml:4"),
+        "file:line of the typo: {msg}"
+    );
     assert!(msg.contains("max_ttl_secnds"), "{msg}");
 
     let (status, _) = broker.post_credentials(Some(&sa), "").await;
     assert_eq!(status, 200, "last good policy still serves");
     let records = broker.audit_records();
-    assert!(records.iter().any(|r| r["event"] == "policy_reload" && r["decision"] == "deny"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "policy_reload" && r["decision"] == "deny")
+    );
     broker.stop().await;
 }
 
@@ -408,7 +505,11 @@ async fn a_broken_policy_change_keeps_the_last_good_set() {
 async fn health_and_readiness() {
     let broker = TestBroker::start(None).await;
     let http = broker.http();
-    let healthz = http.get(format!("{}/healthz", broker.url)).send().await.expect("healthz");
+    let healthz = http
+        .get(format!("{}/healthz", broker.url))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(healthz.status().as_u16(), 200);
     let readyz: Value = http
         .get(format!("{}/readyz", broker.url))
@@ -419,7 +520,11 @@ async fn health_and_readiness() {
         .await
         .expect("json");
     assert_eq!(readyz["ready"], true, "{readyz}");
-    let missing = http.get(format!("{}/nope", broker.url)).send().await.expect("404");
+    let missing = http
+        .get(format!("{}/nope", broker.url))
+        .send()
+        .await
+        .expect("404");
     assert_eq!(missing.status().as_u16(), 404);
     broker.stop().await;
 }

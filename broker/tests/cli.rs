@@ -15,7 +15,10 @@ fn broker_cmd() -> Command {
 }
 
 fn run(args: &[&str]) -> Output {
-    broker_cmd().args(args).output().expect("run lanyard-broker")
+    broker_cmd()
+        .args(args)
+        .output()
+        .expect("run lanyard-broker")
 }
 
 fn text(o: &Output) -> String {
@@ -31,7 +34,15 @@ fn help_teaches_with_examples() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let t = text(&out);
-    for needle in ["serve", "dev", "policy", "audit", "token", "Examples:", "Exit codes"] {
+    for needle in [
+        "serve",
+        "dev",
+        "policy",
+        "audit",
+        "token",
+        "Examples:",
+        "Exit codes",
+    ] {
         assert!(t.contains(needle), "--help lacks {needle}: {t}");
     }
     let out = run(&["frobnicate"]);
@@ -66,19 +77,37 @@ fn policy_explain_names_the_rule() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let d = dir.to_str().expect("utf8");
     let allowed = run(&[
-        "policy", "explain", "--dir", d,
-        "--issuer", "https://kubernetes.default.svc.cluster.local",
-        "--subject", "system:serviceaccount:shop:api",
-        "--namespace", "shop", "--service-account", "api",
-        "--role", "orders-api",
+        "policy",
+        "explain",
+        "--dir",
+        d,
+        "--issuer",
+        "https://kubernetes.default.svc.cluster.local",
+        "--subject",
+        "system:serviceaccount:shop:api",
+        "--namespace",
+        "shop",
+        "--service-account",
+        "api",
+        "--role",
+        "orders-api",
     ]);
     assert!(allowed.status.success(), "{}", text(&allowed));
     let denied = run(&[
-        "policy", "explain", "--dir", d,
-        "--issuer", "https://kubernetes.default.svc.cluster.local",
-        "--subject", "system:serviceaccount:dev:api",
-        "--namespace", "dev", "--service-account", "api",
-        "--role", "orders-api",
+        "policy",
+        "explain",
+        "--dir",
+        d,
+        "--issuer",
+        "https://kubernetes.default.svc.cluster.local",
+        "--subject",
+        "system:serviceaccount:dev:api",
+        "--namespace",
+        "dev",
+        "--service-account",
+        "api",
+        "--role",
+        "orders-api",
     ]);
     assert_eq!(denied.status.code(), Some(1));
     assert!(text(&denied).contains("namespace"), "{}", text(&denied));
@@ -154,10 +183,16 @@ async fn token_create_audit_verify_and_query_against_a_running_broker() {
     assert_eq!(status, 401);
     let audit = broker.audit_file.clone();
     let store = broker.store_file.clone();
-    broker.stop().await;
+    let _dir = broker.stop().await;
 
     let a = audit.to_str().expect("utf8");
-    let out = run(&["audit", "verify", a, "--store", store.to_str().expect("utf8")]);
+    let out = run(&[
+        "audit",
+        "verify",
+        a,
+        "--store",
+        store.to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 
     let out = run(&["audit", "query", a, "--decision", "deny"]);
@@ -168,7 +203,15 @@ async fn token_create_audit_verify_and_query_against_a_running_broker() {
         .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("\"deny\""));
-    let out = run(&["audit", "query", a, "--identity", "system:serviceaccount:shop:*", "--event", "issue"]);
+    let out = run(&[
+        "audit",
+        "query",
+        a,
+        "--identity",
+        "system:serviceaccount:shop:*",
+        "--event",
+        "issue",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 
     // Edit one record: verify names the line.
@@ -184,7 +227,13 @@ async fn token_create_audit_verify_and_query_against_a_running_broker() {
     let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
     lines.pop();
     std::fs::write(&audit, lines.join("\n") + "\n").expect("write");
-    let out = run(&["audit", "verify", a, "--store", store.to_str().expect("utf8")]);
+    let out = run(&[
+        "audit",
+        "verify",
+        a,
+        "--store",
+        store.to_str().expect("utf8"),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
@@ -215,14 +264,27 @@ fn dev_mode_writes_a_credential_and_stops_on_ctrl_c() {
     let t = text(&out);
     assert!(written, "no credential after 30 s: {t}");
     assert!(out.status.success(), "dev mode exits 0 on Ctrl-C: {t}");
-    assert!(t.contains("lanyard dev broker is running at https://127.0.0.1:"), "{t}");
+    assert!(
+        t.contains("lanyard dev broker is running at https://127.0.0.1:"),
+        "{t}"
+    );
     assert!(t.contains("curl --cacert"), "prints how to use it: {t}");
-    for f in ["tls/ca.pem", "admin-token", "store.db", "audit.log", "broker.yaml"] {
+    for f in [
+        "tls/ca.pem",
+        "admin-token",
+        "store.db",
+        "audit.log",
+        "broker.yaml",
+    ] {
         assert!(dev_dir.join(f).exists(), "{f} missing");
     }
     // The generated config is a real one: `serve --config` accepts it (checked by loading).
     let jwt = std::fs::read_to_string(&token).expect("read token");
     assert_eq!(jwt.split('.').count(), 3, "a JWT");
-    let out = run(&["audit", "verify", dev_dir.join("audit.log").to_str().expect("utf8")]);
+    let out = run(&[
+        "audit",
+        "verify",
+        dev_dir.join("audit.log").to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -30,24 +30,46 @@ async fn sidecar_binary_init_succeeds_and_fails_with_a_clear_reason() {
     let ok_args = args(&token_file);
     let b = bin;
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(b).args(ok_args).output().expect("run")
+        std::process::Command::new(b)
+            .args(ok_args)
+            .output()
+            .expect("run")
     })
     .await
     .expect("join");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(secrets.join("app/token").is_file());
 
     let bad = work.path().join("bad-token");
-    std::fs::write(&bad, issuer.forge_alg_none(issuer.k8s_claims("shop", "api", "lanyard", lanyard_test_support::now_unix(), 600))).expect("write");
+    std::fs::write(
+        &bad,
+        issuer.forge_alg_none(issuer.k8s_claims(
+            "shop",
+            "api",
+            "lanyard",
+            lanyard_test_support::now_unix(),
+            600,
+        )),
+    )
+    .expect("write");
     let bad_args = args(&bad);
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin).args(bad_args).output().expect("run")
+        std::process::Command::new(bin)
+            .args(bad_args)
+            .output()
+            .expect("run")
     })
     .await
     .expect("join");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("401") || err.contains("unauthenticated"), "{err}");
+    assert!(
+        err.contains("401") || err.contains("unauthenticated"),
+        "{err}"
+    );
     broker.stop().await;
 }
-

@@ -112,8 +112,12 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let tls_cfg = broker.config().tls.clone();
     let cert = Arc::new(
-        tls::ReloadingCert::new(&tls_cfg.cert_file, &tls_cfg.key_file, broker.metrics().clone())
-            .map_err(|e| StartError::Tls(e.to_string()))?,
+        tls::ReloadingCert::new(
+            &tls_cfg.cert_file,
+            &tls_cfg.key_file,
+            broker.metrics().clone(),
+        )
+        .map_err(|e| StartError::Tls(e.to_string()))?,
     );
     let server_config =
         tls::server_config(&tls_cfg, cert.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
@@ -124,6 +128,9 @@ pub async fn run(
     }
     let background = spawn_background(&broker, cert);
     let app = routes::router(broker.clone());
+    let header_limit = u32::try_from(broker.config().limits.max_token_bytes.saturating_mul(8))
+        .unwrap_or(u32::MAX)
+        .max(64 * 1024);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     info!(addr = ?local, "broker listening (https)");
@@ -163,13 +170,20 @@ pub async fn run(
                 .peer_certificates()
                 .is_some_and(|c| !c.is_empty());
             let info = ConnInfo { peer, admin_cert };
-            let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                req
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+            let svc =
+                app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    req
+                });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Let bearer tokens up to a few times `max_token_bytes` reach the broker's own
+            // size check (a clear 401) instead of an HTTP/2 GOAWAY; far larger header blocks
+            // are still refused by the protocol layer.
+            builder.http2().max_header_list_size(header_limit);
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(svc),
+            );
             if let Err(e) = watcher.watch(conn).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -87,7 +87,9 @@ fn body_json<T: serde::de::DeserializeOwned>(
         return if allow_empty {
             Ok(None)
         } else {
-            Err(ApiError::BadRequest("request body is empty; send JSON".into()))
+            Err(ApiError::BadRequest(
+                "request body is empty; send JSON".into(),
+            ))
         };
     }
     serde_json::from_slice(&bytes)
@@ -119,11 +121,7 @@ async fn issue_credentials(
         };
         tracing::Span::current().record("identity", auth.identity.subject.as_str());
         match broker.issue(&auth, &req, &request_id).await {
-            Ok(resp) => (
-                [(header::CACHE_CONTROL, "no-store")],
-                Json(resp),
-            )
-                .into_response(),
+            Ok(resp) => ([(header::CACHE_CONTROL, "no-store")], Json(resp)).into_response(),
             Err(e) => {
                 tracing::info!(code = %e.code(), reason = e.reason(), "request refused");
                 e.into_response_with_id(Some(&request_id))
@@ -189,7 +187,11 @@ async fn readyz(State(broker): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "ready": ready, "checks": body }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "checks": body })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(broker): State<AppState>) -> Response {
@@ -207,7 +209,8 @@ fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
     if conn.admin_cert {
         return true;
     }
-    let (Some(file), Some(presented)) = (broker.config().admin.token_file.as_ref(), bearer(headers))
+    let (Some(file), Some(presented)) =
+        (broker.config().admin.token_file.as_ref(), bearer(headers))
     else {
         return false;
     };
@@ -248,7 +251,12 @@ async fn mint_token(
     }
     .await;
     match result {
-        Ok(r) => (StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(r)).into_response(),
+        Ok(r) => (
+            StatusCode::CREATED,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(r),
+        )
+            .into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
     }
 }
@@ -372,9 +380,9 @@ async fn reload(
             Json(serde_json::json!({"reloaded": true, "digest": digest, "rules": rules}))
                 .into_response()
         }
-        Err(errors) => ApiError::BadRequest(format!(
-            "policies rejected, last good set kept:\n{errors}"
-        ))
-        .into_response_with_id(Some(&request_id)),
+        Err(errors) => {
+            ApiError::BadRequest(format!("policies rejected, last good set kept:\n{errors}"))
+                .into_response_with_id(Some(&request_id))
+        }
     }
 }

@@ -91,7 +91,10 @@ pub fn load_certified_key(
     ck.keys_match().map_err(|e| TlsError {
         what: "private key",
         file: key_file.to_path_buf(),
-        message: format!("does not match the certificate in {}: {e}", cert_file.display()),
+        message: format!(
+            "does not match the certificate in {}: {e}",
+            cert_file.display()
+        ),
     })?;
     Ok((ck, not_after))
 }

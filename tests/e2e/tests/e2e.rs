@@ -78,10 +78,17 @@ async fn sdk_rereads_the_token_file_on_every_fetch() {
     assert_eq!(first.identity, "system:serviceaccount:shop:api");
     assert_eq!(first.credentials[0].role, "app");
     let secret = first.credentials[0].data.get("token").expect("token");
-    assert!(!format!("{first:?}").contains(secret.expose()), "Debug must redact");
+    assert!(
+        !format!("{first:?}").contains(secret.expose()),
+        "Debug must redact"
+    );
 
     // The kubelet rotates the projected token: the next fetch uses the new one.
-    std::fs::write(&token_file, issuer.k8s_token("shop", "other", "lanyard", 600)).expect("write");
+    std::fs::write(
+        &token_file,
+        issuer.k8s_token("shop", "other", "lanyard", 600),
+    )
+    .expect("write");
     match c.fetch().await {
         Err(lanyard::Error::Broker { status: 403, .. }) => {}
         other => panic!("expected a 403 for the rotated identity, got {other:?}"),
@@ -142,13 +149,17 @@ rules:
         seen.len()
     );
     let _ = stop_tx.send(true);
-    run.await.expect("join").expect("run ends cleanly on shutdown");
+    run.await
+        .expect("join")
+        .expect("run ends cleanly on shutdown");
     let redeemed = broker
         .audit_records()
         .iter()
         .filter(|r| r["event"] == "token_redeem")
         .count();
-    assert_eq!(redeemed, 1, "refreshes use the session, not the spent bootstrap token");
+    assert_eq!(
+        redeemed, 1,
+        "refreshes use the session, not the spent bootstrap token"
+    );
     broker.stop().await;
 }
-

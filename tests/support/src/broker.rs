@@ -80,7 +80,7 @@ pub struct TestBroker {
     pub store_file: PathBuf,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -154,13 +154,13 @@ impl TestBroker {
             store_file: dir.path().join("store.db"),
             stop,
             task: Some(task),
-            dir,
+            dir: Some(dir),
         }
     }
 
     /// The temp directory holding everything.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("present until stop").path()
     }
 
     /// An HTTPS client trusting only the test CA.
@@ -186,7 +186,10 @@ impl TestBroker {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Mints a bootstrap token through the admin API.
@@ -221,12 +224,14 @@ impl TestBroker {
             .collect()
     }
 
-    /// Stops the server and waits for it.
-    pub async fn stop(mut self) {
+    /// Stops the server and waits for it. Returns its directory, which lives (with the
+    /// store and audit log) until the returned value is dropped.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        self.dir.take().expect("present until stop")
     }
 }
 

@@ -4,6 +4,8 @@
 //! peers instead of copying fixtures between files.
 //!
 //! # Layout
+//! - [`broker`]: [`TestBroker`], the real broker in-process on `127.0.0.1:0` over TLS, with
+//!   its own temp directory, config, policies, store and audit log.
 //! - [`oidc`]: [`OidcIssuer`], a real OIDC issuer on loopback (discovery document and JWKS
 //!   over plain HTTP) with RSA, EC P-256 and Ed25519 signing keys, token minting (including
 //!   Kubernetes projected service-account tokens) and hostile forgeries.
@@ -13,9 +15,11 @@
 //! These helpers panic on setup failures: they run only in tests, where a panic is the
 //! clearest report.
 
+pub mod broker;
 pub mod oidc;
 pub mod pki;
 
+pub use broker::{TestBroker, TestBrokerOptions};
 pub use jsonwebtoken::Algorithm;
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;

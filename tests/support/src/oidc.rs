@@ -385,7 +385,8 @@ fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
-fn random_hex(n: usize) -> String {
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
     random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
 }
 

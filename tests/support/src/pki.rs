@@ -32,8 +32,9 @@ impl fmt::Debug for TestPki {
 
 impl TestPki {
     /// Generates a CA and a server certificate and writes `ca.pem`, `cert.pem` and `key.pem`
-    /// into `dir` (which must exist).
+    /// into `dir` (created if missing).
     pub fn generate(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
         ca_params.distinguished_name = name("lanyard test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
