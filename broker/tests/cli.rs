@@ -123,9 +123,7 @@ fn serve_refuses_bad_config_and_unreadable_certificates_with_the_file_named() {
         lanyard_test_support::broker::DEFAULT_POLICY,
     )
     .expect("policy");
-    let base = format!(
-        "public_url: https://127.0.0.1:1\npolicies_dir: policies\nstore:\n  sqlite_path: s.db\naudit:\n  sink: a.log\nlisten: 127.0.0.1:0\n"
-    );
+    let base = "public_url: https://127.0.0.1:1\npolicies_dir: policies\nstore:\n  sqlite_path: s.db\naudit:\n  sink: a.log\nlisten: 127.0.0.1:0\n";
     // A typo'd field.
     let cfg = dir.path().join("typo.yaml");
     std::fs::write(

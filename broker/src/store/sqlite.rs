@@ -144,9 +144,22 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| fail("setting busy_timeout", e))?;
         // In memory the journal mode stays `memory`; on a file this answers `wal`.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| fail("enabling WAL journal mode", e))?;
+        // Switching to WAL takes an exclusive lock, and SQLite answers SQLITE_BUSY at once
+        // (without calling the busy handler) when another connection is doing the same, so
+        // retry for up to BUSY_TIMEOUT.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(_mode) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(fail("enabling WAL journal mode", e)),
+            }
+        }
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(|e| fail("enabling foreign keys", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
