@@ -103,13 +103,6 @@ pub struct Broker {
     policy_ok: AtomicBool,
 }
 
-/// The result of [`Broker::issue`]: the response and the identity for logs.
-#[derive(Debug)]
-pub struct Issuance {
-    /// Body to send.
-    pub response: CredentialResponse,
-}
-
 /// A request id: `req_` + 16 hex characters.
 pub fn new_request_id() -> String {
     format!("req_{:016x}", fastrand::u64(..))

@@ -66,14 +66,10 @@ pub fn query(
         .identity
         .as_deref()
         .map(|p| {
-            globset::GlobBuilder::new(p)
-                .literal_separator(false)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| QueryError::BadPattern {
-                    pattern: p.to_owned(),
-                    message: e.kind().to_string(),
-                })
+            crate::policy::Pattern::new(p).map_err(|e| QueryError::BadPattern {
+                pattern: p.to_owned(),
+                message: e.kind().to_string(),
+            })
         })
         .transpose()?;
     let by_time = filter.since.is_some() || filter.until.is_some();

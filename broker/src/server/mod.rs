@@ -43,64 +43,70 @@ struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Resolves once `rx` says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs `tick` every `every` until `rx` says stop.
+fn periodic<F, Fut>(
+    every: Duration,
+    rx: watch::Receiver<bool>,
+    mut tick: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stopped(rx);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    })
+}
+
 fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Background {
     let (stop, rx) = watch::channel(false);
-    let interval = Duration::from_secs(broker.config().reload_interval_seconds.max(1));
-    let mut tasks = Vec::new();
-
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let every = Duration::from_secs(broker.config().reload_interval_seconds.max(1));
+    let reload = {
+        let broker = broker.clone();
+        periodic(every, rx.clone(), move || {
+            let broker = broker.clone();
+            let cert = cert.clone();
+            async move {
+                cert.reload_if_changed();
+                // Errors are logged, audited and counted inside.
+                let _ = broker.reload_policies().await;
+            }
+        })
     };
-
-    {
+    // Rotation is also how a replica learns of keys another replica created.
+    let rotate = {
         let broker = broker.clone();
-        let rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let stop = stopped(rx);
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tick.tick() => {
-                        cert.reload_if_changed();
-                        // Errors are logged, audited and counted inside.
-                        let _ = broker.reload_policies().await;
-                    }
+        periodic(every, rx.clone(), move || {
+            let broker = broker.clone();
+            async move {
+                if let Err(e) = broker.keys().rotate_if_due().await {
+                    warn!(error = %e, "signing key rotation failed; will retry");
                 }
             }
-        }));
-    }
-    {
+        })
+    };
+    let jwks = {
         let broker = broker.clone();
-        let rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            // Also how a replica learns of keys another replica created.
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let stop = stopped(rx);
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = broker.keys().rotate_if_due().await {
-                            warn!(error = %e, "signing key rotation failed; will retry");
-                        }
-                    }
-                }
-            }
-        }));
+        tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })
+    };
+    Background {
+        stop,
+        tasks: vec![reload, rotate, jwks],
     }
-    {
-        let broker = broker.clone();
-        let rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            broker.verifier().run_refresh(stopped(rx)).await;
-        }));
-    }
-    Background { stop, tasks }
 }
 
 /// Serves the broker on `listener` until `shutdown` resolves, then stops accepting, lets

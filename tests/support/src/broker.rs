@@ -45,6 +45,8 @@ pub struct TestBrokerOptions {
     pub extra_config: String,
     /// Audience the broker accepts from the test issuer.
     pub audience: String,
+    /// Trust client certificates from the test CA as admins (mTLS).
+    pub admin_mtls: bool,
 }
 
 impl Default for TestBrokerOptions {
@@ -53,6 +55,7 @@ impl Default for TestBrokerOptions {
             policies: vec![("policy.yaml".into(), DEFAULT_POLICY.into())],
             extra_config: String::new(),
             audience: "lanyard".into(),
+            admin_mtls: false,
         }
     }
 }
@@ -113,8 +116,13 @@ impl TestBroker {
             ),
             None => String::new(),
         };
+        let mtls = if opts.admin_mtls {
+            format!("  admin_client_ca_file: {}\n", pki.ca_path().display())
+        } else {
+            String::new()
+        };
         let config_text = format!(
-            "listen: \"{addr}\"\npublic_url: \"{url}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n\
+            "listen: \"{addr}\"\npublic_url: \"{url}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n{mtls}\
              policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
              audit:\n  sink: audit.log\nreload_interval_seconds: 1\n{issuers}{extra}\n",
             cert = pki.cert_path().display(),
