@@ -462,6 +462,10 @@ impl JwtBackend {
     }
 }
 
+/// Audiences the broker keeps for its own tokens (e.g. `lanyard:session`); roles cannot
+/// mint tokens for them.
+pub const RESERVED_AUDIENCE_PREFIX: &str = "lanyard:";
+
 /// Checks a `jwt` role's settings (only `audience`) and scope (no empty or whitespace entries).
 pub fn validate_role(role: &Role) -> Result<(), String> {
     if let Some(unknown) = role
@@ -475,7 +479,21 @@ pub fn validate_role(role: &Role) -> Result<(), String> {
             ROLE_SETTINGS.join(", ")
         ));
     }
-    JwtBackend::audience(role)?;
+    let audience = JwtBackend::audience(role)?;
+    let reserved = RESERVED_AUDIENCE_PREFIX;
+    let names_reserved = match &audience {
+        Value::String(s) => s.starts_with(reserved),
+        Value::Array(items) => items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| s.starts_with(reserved))),
+        _ => false,
+    };
+    if names_reserved {
+        return Err(format!(
+            "role `{}`: audiences starting with `{reserved}` are reserved for the broker's own tokens; pick another audience",
+            role.name
+        ));
+    }
     for (i, s) in role.scope.iter().enumerate() {
         if s.is_empty() {
             return Err(format!(
@@ -944,5 +962,12 @@ mod tests {
             .validate_role(&role(json!({}), &["ok", ""]))
             .expect_err("empty");
         assert!(err.contains("scope entry 2 is empty"), "{err}");
+    }
+
+    #[test]
+    fn roles_cannot_mint_tokens_for_the_brokers_own_audiences() {
+        let err = validate_role(&role(json!({"audience": ["ok", "lanyard:session"]}), &[]))
+            .expect_err("reserved");
+        assert!(err.contains("reserved"), "{err}");
     }
 }
