@@ -24,6 +24,9 @@ if [[ $quick -eq 0 ]]; then
 
   step "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+
+  step "fuzz targets compile (run them with cargo-fuzz: see fuzz/README.md)"
+  cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 fi
 
 step "dependency policy: one crypto provider (aws-lc-rs), one TLS stack (rustls)"
