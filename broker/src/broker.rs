@@ -642,7 +642,10 @@ impl Broker {
                 set.roles.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        if req.ttl_seconds == 0 || req.ttl_seconds > self.config.bootstrap.max_ttl_seconds {
+        let ttl_seconds = req
+            .ttl_seconds
+            .unwrap_or(self.config.bootstrap.default_ttl_seconds);
+        if ttl_seconds == 0 || ttl_seconds > self.config.bootstrap.max_ttl_seconds {
             return Err(ApiError::BadRequest(format!(
                 "ttl_seconds must be between 1 and {} (bootstrap.max_ttl_seconds)",
                 self.config.bootstrap.max_ttl_seconds
@@ -652,7 +655,7 @@ impl Broker {
             self.store.as_ref(),
             self.clock.as_ref(),
             req.roles.clone(),
-            Duration::from_secs(req.ttl_seconds),
+            Duration::from_secs(ttl_seconds),
             req.image.clone(),
         )
         .await
@@ -669,7 +672,7 @@ impl Broker {
         rec.token_id = Some(minted.token_id.clone());
         rec.role = Some(req.roles.join(","));
         rec.image = req.image.clone();
-        rec.ttl_seconds = Some(req.ttl_seconds);
+        rec.ttl_seconds = Some(ttl_seconds);
         rec.expires_at = Some(rfc3339(minted.expires_at));
         self.audit(rec).await?;
         Ok(MintTokenResponse {

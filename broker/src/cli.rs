@@ -122,9 +122,10 @@ enum TokenCommand {
         /// Role the token may be redeemed for (repeatable).
         #[arg(long, required = true)]
         role: Vec<String>,
-        /// How long the token stays redeemable, e.g. `10m`, `1h`.
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        ttl: Duration,
+        /// How long the token stays redeemable, e.g. `10m`, `1h` (default: the broker's
+        /// `bootstrap.default_ttl_seconds`, 10m unless configured).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
         /// Bind the token to an image digest (`sha256:<64 hex>`).
         #[arg(long)]
         image: Option<String>,
@@ -350,7 +351,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         }) => {
             let req = MintTokenRequest {
                 roles: role,
-                ttl_seconds: ttl.as_secs().max(1),
+                ttl_seconds: ttl.map(|t| t.as_secs().max(1)),
                 image,
             };
             let body = admin_call(

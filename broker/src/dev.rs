@@ -250,7 +250,7 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
         .mint_token(
             &MintTokenRequest {
                 roles: vec![opts.role.clone()],
-                ttl_seconds: 3600,
+                ttl_seconds: Some(3600),
                 image: None,
             },
             &new_request_id(),

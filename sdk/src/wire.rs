@@ -168,8 +168,10 @@ impl fmt::Display for ErrorCode {
 pub struct MintTokenRequest {
     /// Roles the token may redeem (policy must also grant them via `bootstrap_role`).
     pub roles: Vec<String>,
-    /// How long the token stays redeemable.
-    pub ttl_seconds: u64,
+    /// How long the token stays redeemable (default: the broker's
+    /// `bootstrap.default_ttl_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
     /// Image digest (`sha256:…`) the token is bound to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
