@@ -8,4 +8,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<lanyard::wire::CredentialResponse>(data);
     let _ = serde_json::from_slice::<lanyard::wire::ErrorBody>(data);
     let _ = serde_json::from_slice::<lanyard::wire::CredentialRequest>(data);
+    let _ = serde_json::from_slice::<lanyard::wire::MintTokenRequest>(data);
 });

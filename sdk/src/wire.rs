@@ -42,6 +42,30 @@ pub struct CredentialResponse {
     pub session: Option<Session>,
 }
 
+impl CredentialResponse {
+    /// The credential issued for `role`, if it was granted.
+    pub fn credential(&self, role: &str) -> Option<&Credential> {
+        self.credentials.iter().find(|c| c.role == role)
+    }
+}
+
+impl Credential {
+    /// A secret field, e.g. `token`, or `access_key_id`.
+    pub fn secret(&self, field: &str) -> Option<&Secret> {
+        self.data.get(field)
+    }
+
+    /// When the credential stops working (`None` if the broker sent an unparseable time).
+    pub fn expires_at_time(&self) -> Option<std::time::SystemTime> {
+        crate::clock::parse_rfc3339(&self.expires_at)
+    }
+
+    /// When a client should fetch a new one.
+    pub fn refresh_after_time(&self) -> Option<std::time::SystemTime> {
+        crate::clock::parse_rfc3339(&self.refresh_after)
+    }
+}
+
 /// A broker-issued session token, returned after a bootstrap token is redeemed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -204,6 +228,34 @@ mod tests {
         let err = serde_json::from_str::<CredentialRequest>(r#"{"rolez":["a"]}"#)
             .expect_err("typo'd field must fail");
         assert!(err.to_string().contains("rolez"), "{err}");
+    }
+
+    #[test]
+    fn typed_accessors() {
+        let mut data = BTreeMap::new();
+        data.insert("token".to_owned(), Secret::new("t"));
+        let c = Credential {
+            role: "db".into(),
+            kind: "jwt".into(),
+            data,
+            expires_at: "2026-11-22T08:00:00Z".into(),
+            refresh_after: "2026-11-22T07:58:00Z".into(),
+            ttl_seconds: 600,
+            lease_id: "ls_1".into(),
+            ttl_clamped: false,
+        };
+        let resp = CredentialResponse {
+            request_id: "r".into(),
+            identity: "i".into(),
+            credentials: vec![c],
+            session: None,
+        };
+        let c = resp.credential("db").expect("granted");
+        assert!(resp.credential("other").is_none());
+        assert_eq!(c.secret("token").map(Secret::expose), Some("t"));
+        let exp = c.expires_at_time().expect("time");
+        let refresh = c.refresh_after_time().expect("time");
+        assert_eq!(exp.duration_since(refresh).expect("order").as_secs(), 120);
     }
 
     #[test]
