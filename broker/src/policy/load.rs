@@ -118,6 +118,21 @@ pub fn parse_file(
         validate_role,
         out: ParsedFile::default(),
     };
+    // YAML counts a lone `\r` as a line break, editors and `file:line` readers mostly do not:
+    // refuse it so every reported line number means the same thing to everyone.
+    if let Some(pos) = text
+        .char_indices()
+        .find(|&(i, c)| c == '\r' && text.as_bytes().get(i + 1) != Some(&b'\n'))
+        .map(|(i, _)| i)
+    {
+        let line = text[..pos].matches('\n').count() + 1;
+        cx.error(
+            line,
+            "a carriage return (\\r) without a line feed; save the file with \\n or \\r\\n line endings"
+                .to_owned(),
+        );
+        return cx.out;
+    }
     match yaml::parse(text) {
         Err((line, message)) => cx.error(line, message),
         Ok(doc) => {

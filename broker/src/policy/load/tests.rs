@@ -700,3 +700,18 @@ fn parse_file_survives_mangled_input() {
         let _ = parse_file(path, text, &jwt_only);
     }
 }
+
+#[test]
+fn a_lone_carriage_return_is_refused_at_its_line_and_crlf_files_load() {
+    // Found by the policy_parse fuzz target: YAML counts a lone `\r` as a line break, so
+    // line numbers disagreed with what editors show.
+    one_error(
+        &[("p.yaml", "rules: []\n\r!\n")],
+        "p.yaml",
+        2,
+        &["carriage return"],
+    );
+    let crlf = "roles:\r\n  app:\r\n    backend: jwt\r\n    max_ttl_seconds: 60\r\nrules:\r\n  - name: r\r\n    match: {namespace: a}\r\n    roles: [app]\r\n";
+    let set = load(&[("p.yaml", crlf)]).expect("CRLF loads");
+    assert_eq!(set.rules[0].location.line, 6);
+}
