@@ -22,6 +22,7 @@ use crate::authn::{AuthnError, BOOTSTRAP_ISSUER, BootstrapBinding, Identity};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
 use crate::issue::jwt::{JwtBackend, KeyRing};
+use crate::issue::sts::StsBackend;
 use crate::issue::{Backends, IssueRequest, LeaseRef};
 use crate::metrics::Metrics;
 use crate::policy::{self, Explanation, PolicyErrors, PolicySet};
@@ -151,6 +152,11 @@ impl Broker {
             keys.clone(),
             config.public_url.clone(),
         )));
+        if let Some(sts) = &config.backends.aws_sts {
+            backends.insert(Arc::new(
+                StsBackend::from_config(sts, clock.clone(), metrics.clone()).await,
+            ));
+        }
         let set = policy::load_dir(&config.policies_dir, &|r| backends.validate_role(r)).map_err(
             |errors| StartError::Policy {
                 dir: config.policies_dir.display().to_string(),
@@ -552,8 +558,11 @@ impl Broker {
                     return Err(err);
                 }
             };
-            // Never hand out more than the cap, whatever the backend says.
-            let cap = now + Duration::from_secs(ttl_seconds);
+            // Never hand out more than the role's cap, whatever the backend says. A backend may
+            // return less than asked (an upstream lease, a cached credential's remaining
+            // life) or, where the upstream has a floor (STS: 900 s), more than asked but
+            // within the cap; the reported expiry is always the credential's real one.
+            let cap = now + Duration::from_secs(role.max_ttl_seconds);
             let expires_at = issued.expires_at.min(cap);
             let lifetime = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
             let refresh_after = now + lifetime.mul_f64(REFRESH_FRACTION);
@@ -596,6 +605,7 @@ impl Broker {
             rec.expires_at = Some(rfc3339(expires_at));
             rec.lease_id = Some(lease_id.clone());
             rec.fingerprint = Some(fingerprint);
+            rec.upstream_lease = issued.upstream_lease.clone();
             rec.image = identity.bootstrap.as_ref().and_then(|b| b.image.clone());
             self.audit(rec).await?;
             self.metrics
@@ -742,6 +752,7 @@ impl Broker {
         rec.backend = Some(lease.backend.clone());
         rec.lease_id = Some(lease_id.to_owned());
         rec.fingerprint = Some(lease.fingerprint.clone());
+        rec.upstream_lease = lease.upstream_lease.clone();
         self.audit(rec).await?;
         Ok(RevokeResult {
             lease_id: lease_id.to_owned(),

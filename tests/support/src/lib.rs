@@ -9,6 +9,8 @@
 //! - [`oidc`]: [`OidcIssuer`], a real OIDC issuer on loopback (discovery document and JWKS
 //!   over plain HTTP) with RSA, EC P-256 and Ed25519 signing keys, token minting (including
 //!   Kubernetes projected service-account tokens) and hostile forgeries.
+//! - [`moto`]: [`MotoServer`], a real `moto_server` (STS) on loopback behind a recording
+//!   proxy that counts calls and keeps their exact parameters.
 //! - [`pki`]: [`TestPki`], a throwaway CA plus a server certificate for `localhost` /
 //!   `127.0.0.1` (and client certificates), written as PEM files.
 //!
@@ -16,10 +18,12 @@
 //! clearest report.
 
 pub mod broker;
+pub mod moto;
 pub mod oidc;
 pub mod pki;
 
 pub use broker::{TestBroker, TestBrokerOptions};
 pub use jsonwebtoken::Algorithm;
+pub use moto::{MotoServer, StsCall};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
