@@ -23,6 +23,7 @@ use crate::config::BrokerConfig;
 use crate::error::ApiError;
 use crate::issue::jwt::{JwtBackend, KeyRing};
 use crate::issue::sts::StsBackend;
+use crate::issue::vault::VaultBackend;
 use crate::issue::{Backends, IssueRequest, LeaseRef};
 use crate::metrics::Metrics;
 use crate::policy::{self, Explanation, PolicyErrors, PolicySet};
@@ -152,6 +153,11 @@ impl Broker {
             keys.clone(),
             config.public_url.clone(),
         )));
+        if let Some(vault) = &config.backends.vault {
+            let backend = VaultBackend::new(vault, clock.clone(), metrics.clone())
+                .map_err(StartError::Other)?;
+            backends.insert(Arc::new(backend));
+        }
         if let Some(sts) = &config.backends.aws_sts {
             backends.insert(Arc::new(
                 StsBackend::from_config(sts, clock.clone(), metrics.clone()).await,
@@ -760,6 +766,78 @@ impl Broker {
             upstream_revoked,
             expires_at: rfc3339(lease.expires_at),
         })
+    }
+
+    /// Periodic backend upkeep (the Vault backend renews its own token or logs in again).
+    pub async fn maintain_backends(&self) {
+        for backend in self.backends.iter() {
+            if let Err(e) = backend.maintain().await {
+                warn!(backend = backend.kind(), error = %e, "backend upkeep failed; will retry");
+            }
+        }
+    }
+
+    /// Revoke-on-expiry: revokes upstream the expired, unrevoked leases of backends that can
+    /// revoke (Vault), marks them revoked and audits each. Returns how many were revoked;
+    /// failures are logged and retried at the next sweep.
+    pub async fn sweep_expired_leases(&self) -> Result<usize, ApiError> {
+        const BATCH: usize = 100;
+        let mut revoked = 0;
+        for kind in [crate::issue::vault::KIND] {
+            let Some(backend) = self.backends.get(kind) else {
+                continue;
+            };
+            if kind == crate::issue::vault::KIND
+                && !self
+                    .config
+                    .backends
+                    .vault
+                    .as_ref()
+                    .is_some_and(|v| v.revoke_on_expiry)
+            {
+                continue;
+            }
+            let now = self.now();
+            for lease in self.store.expired_leases(kind, now, BATCH).await? {
+                let outcome = backend
+                    .revoke(&LeaseRef {
+                        lease_id: &lease.lease_id,
+                        upstream_lease: lease.upstream_lease.as_deref(),
+                        role: &lease.role,
+                    })
+                    .await;
+                let upstream = match outcome {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        warn!(lease_id = %lease.lease_id, error = %e, "revoke on expiry failed; will retry");
+                        continue;
+                    }
+                };
+                if !self.store.mark_lease_revoked(&lease.lease_id, now).await? {
+                    continue;
+                }
+                revoked += 1;
+                let mut rec = self.record(
+                    Event::LeaseRevoke,
+                    Decision::Allow,
+                    if upstream {
+                        "expired; revoked upstream"
+                    } else {
+                        "expired; nothing to revoke upstream"
+                    },
+                );
+                rec.identity = Some(lease.subject.clone());
+                rec.issuer = Some(lease.issuer.clone());
+                rec.role = Some(lease.role.clone());
+                rec.backend = Some(lease.backend.clone());
+                rec.lease_id = Some(lease.lease_id.clone());
+                rec.fingerprint = Some(lease.fingerprint.clone());
+                rec.upstream_lease = lease.upstream_lease.clone();
+                rec.expires_at = Some(rfc3339(lease.expires_at));
+                self.audit(rec).await?;
+            }
+        }
+        Ok(revoked)
     }
 
     /// Explains the decision for an identity and a role.

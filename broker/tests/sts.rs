@@ -8,15 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard::clock::{Clock, ManualClock, SystemClock, parse_rfc3339, unix_seconds};
-use lanyard::wire::{CredentialRequest, CredentialResponse, ErrorCode};
-use lanyard_broker::authn::{Identity, KubernetesIdentity};
-use lanyard_broker::broker::{Authenticated, Broker};
-use lanyard_broker::config::BrokerConfig;
+use lanyard::clock::{Clock, parse_rfc3339, unix_seconds};
+use lanyard::wire::{CredentialResponse, ErrorCode};
+use lanyard_broker::broker::Authenticated;
 use lanyard_broker::error::ApiError;
-use lanyard_broker::metrics::Metrics;
-use lanyard_broker::store::memory::MemoryStore;
-use lanyard_test_support::{MotoServer, OidcIssuer, TestBroker, TestBrokerOptions};
+use lanyard_test_support::{
+    InProcessBroker, MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, k8s_pod,
+};
 use serde_json::{Value, json};
 
 const ARN: &str = "arn:aws:iam::123456789012:role/app";
@@ -56,76 +54,21 @@ fn require_aws_env() {
     );
 }
 
-/// A broker in-process with a manual clock (started at the real time, since moto stamps
-/// expirations with it) and an in-memory store.
-#[derive(Debug)]
-struct Harness {
-    broker: Arc<Broker>,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
-}
-
-async fn harness(moto: &MotoServer, policy: &str) -> Result<Harness, String> {
+async fn harness(moto: &MotoServer, policy: &str) -> Result<InProcessBroker, String> {
     require_aws_env();
-    let dir = tempfile::tempdir().expect("tmp");
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).expect("dir");
-    std::fs::write(policies.join("aws.yaml"), policy).expect("policy");
-    let file = dir.path().join("broker.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "public_url: https://broker.test\ntls: {{cert_file: c.pem, key_file: k.pem}}\npolicies_dir: policies\nstore: {{sqlite_path: s.db}}\naudit: {{sink: audit.log}}\n{}",
-            sts_config(moto, "")
-        ),
-    )
-    .expect("config");
-    let config = BrokerConfig::load(&file, std::iter::empty()).expect("config loads");
-    let clock = Arc::new(ManualClock::new(SystemClock.now()));
-    let broker = Broker::with_store(
-        config,
-        clock.clone(),
-        Metrics::new(),
-        Arc::new(MemoryStore::new()),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(Harness { broker, clock, dir })
+    InProcessBroker::start(policy, &sts_config(moto, "")).await
 }
 
 fn pod(name: &str) -> Authenticated {
-    Authenticated {
-        identity: Identity {
-            issuer: "https://kubernetes.test".into(),
-            subject: "system:serviceaccount:shop:api".into(),
-            kubernetes: Some(KubernetesIdentity {
-                namespace: "shop".into(),
-                service_account: "api".into(),
-                pod_name: Some(name.into()),
-                pod_uid: Some(format!("uid-{name}")),
-            }),
-            bootstrap: None,
-        },
-        new_session: false,
-        session_started: None,
-    }
+    k8s_pod("shop", "api", name)
 }
 
 async fn issue(
-    h: &Harness,
+    h: &InProcessBroker,
     who: &Authenticated,
     ttl: Option<u64>,
 ) -> Result<CredentialResponse, ApiError> {
-    h.broker
-        .issue(
-            who,
-            &CredentialRequest {
-                roles: None,
-                ttl_seconds: ttl,
-            },
-            "req_test",
-        )
-        .await
+    h.issue(who, ttl).await
 }
 
 fn access_key(r: &CredentialResponse) -> String {
@@ -201,7 +144,7 @@ async fn assume_role_is_sent_exactly_and_its_credentials_work_at_sts() {
     );
 
     // The audit record carries the STS session id, never the credential.
-    let audit = std::fs::read_to_string(h.dir.path().join("audit.log")).expect("audit");
+    let audit = h.audit_log();
     assert!(audit.contains("\"upstream_lease\""), "{audit}");
     for secret in cred.data.values() {
         assert!(!audit.contains(secret.expose()));

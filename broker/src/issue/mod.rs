@@ -13,6 +13,7 @@ pub mod cache;
 pub mod jwt;
 pub mod sts;
 pub mod template;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,6 +124,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, _lease: &LeaseRef<'_>) -> Result<bool, BackendError> {
         Ok(false)
     }
+
+    /// Periodic upkeep (e.g. renewing the broker's own upstream token). Default: nothing.
+    async fn maintain(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// The configured backends by kind.
@@ -133,6 +139,11 @@ impl Backends {
     /// Adds a backend.
     pub fn insert(&mut self, backend: Arc<dyn Backend>) {
         self.0.insert(backend.kind(), backend);
+    }
+
+    /// Every backend.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.0.values()
     }
 
     /// The backend of a kind.
@@ -187,6 +198,10 @@ pub fn offline_backends() -> Backends {
     b.insert(Arc::new(ValidateOnly {
         kind: sts::KIND,
         validate: sts::validate_role,
+    }));
+    b.insert(Arc::new(ValidateOnly {
+        kind: vault::KIND,
+        validate: vault::validate_role,
     }));
     b
 }
