@@ -1142,7 +1142,7 @@ mod tests {
             &["x"],
         ))
         .expect_err("scope");
-        assert!(err.contains("kv2 only"), "{err}");
+        assert!(err.contains("applies to kind `kv2` only"), "{err}");
     }
 
     #[test]
