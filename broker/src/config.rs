@@ -753,6 +753,64 @@ mod tests {
     }
 
     #[test]
+    fn backends_load_with_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(
+            dir.path(),
+            "b.yaml",
+            &format!(
+                "{MINIMAL}backends:\n  aws_sts:\n    endpoint_url: http://127.0.0.1:5000\n  vault:\n    address: https://vault:8200\n    auth:\n      approle: {{role_id: r, secret_id_file: sid}}\n"
+            ),
+        );
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        let sts = cfg.backends.aws_sts.expect("sts");
+        assert_eq!(sts.region, "us-east-1");
+        assert_eq!(sts.role_session_prefix, "lanyard");
+        assert_eq!(sts.limits().cache_refresh_fraction, 0.5);
+        let vault = cfg.backends.vault.expect("vault");
+        assert!(vault.revoke_on_expiry);
+        match vault.auth {
+            VaultAuth::Approle {
+                secret_id_file,
+                mount,
+                ..
+            } => {
+                assert_eq!(
+                    secret_id_file,
+                    dir.path().join("sid"),
+                    "relative to the file"
+                );
+                assert_eq!(mount, "approle");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for (extra, field) in [
+            (
+                "backends:\n  aws_sts:\n    cache_refresh_fraction: 1.0\n",
+                "backends.aws_sts.cache_refresh_fraction",
+            ),
+            (
+                "backends:\n  aws_sts:\n    max_concurrency: 0\n",
+                "backends.aws_sts.max_concurrency",
+            ),
+            (
+                "backends:\n  aws_sts:\n    role_session_prefix: \"a b\"\n",
+                "backends.aws_sts.role_session_prefix",
+            ),
+            (
+                "backends:\n  vault:\n    address: vault:8200\n    auth: {token: {token_file: t}}\n",
+                "backends.vault.address",
+            ),
+        ] {
+            let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
+            let msg = BrokerConfig::load(&file, std::iter::empty())
+                .expect_err(field)
+                .to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
     fn a_typo_names_the_file_and_the_field() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = write(dir.path(), "b.yaml", &format!("{MINIMAL}polices_dir: x\n"));
