@@ -39,6 +39,9 @@ for banned in ring openssl-sys native-tls; do
   fi
 done
 
+step "peers: real servers the tests start on loopback (installed under target/peers/)"
+source tests/peers/moto.sh
+
 step "cargo test (unit, integration, end-to-end)"
 cargo test --workspace --locked
 

@@ -22,6 +22,8 @@ use crate::authn::{AuthnError, BOOTSTRAP_ISSUER, BootstrapBinding, Identity};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
 use crate::issue::jwt::{JwtBackend, KeyRing};
+use crate::issue::sts::StsBackend;
+use crate::issue::vault::VaultBackend;
 use crate::issue::{Backends, IssueRequest, LeaseRef};
 use crate::metrics::Metrics;
 use crate::policy::{self, Explanation, PolicyErrors, PolicySet};
@@ -151,6 +153,16 @@ impl Broker {
             keys.clone(),
             config.public_url.clone(),
         )));
+        if let Some(vault) = &config.backends.vault {
+            let backend = VaultBackend::new(vault, clock.clone(), metrics.clone())
+                .map_err(StartError::Other)?;
+            backends.insert(Arc::new(backend));
+        }
+        if let Some(sts) = &config.backends.aws_sts {
+            backends.insert(Arc::new(
+                StsBackend::from_config(sts, clock.clone(), metrics.clone()).await,
+            ));
+        }
         let set = policy::load_dir(&config.policies_dir, &|r| backends.validate_role(r)).map_err(
             |errors| StartError::Policy {
                 dir: config.policies_dir.display().to_string(),
@@ -552,8 +564,11 @@ impl Broker {
                     return Err(err);
                 }
             };
-            // Never hand out more than the cap, whatever the backend says.
-            let cap = now + Duration::from_secs(ttl_seconds);
+            // Never hand out more than the role's cap, whatever the backend says. A backend may
+            // return less than asked (an upstream lease, a cached credential's remaining
+            // life) or, where the upstream has a floor (STS: 900 s), more than asked but
+            // within the cap; the reported expiry is always the credential's real one.
+            let cap = now + Duration::from_secs(role.max_ttl_seconds);
             let expires_at = issued.expires_at.min(cap);
             let lifetime = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
             let refresh_after = now + lifetime.mul_f64(REFRESH_FRACTION);
@@ -596,6 +611,7 @@ impl Broker {
             rec.expires_at = Some(rfc3339(expires_at));
             rec.lease_id = Some(lease_id.clone());
             rec.fingerprint = Some(fingerprint);
+            rec.upstream_lease = issued.upstream_lease.clone();
             rec.image = identity.bootstrap.as_ref().and_then(|b| b.image.clone());
             self.audit(rec).await?;
             self.metrics
@@ -742,6 +758,7 @@ impl Broker {
         rec.backend = Some(lease.backend.clone());
         rec.lease_id = Some(lease_id.to_owned());
         rec.fingerprint = Some(lease.fingerprint.clone());
+        rec.upstream_lease = lease.upstream_lease.clone();
         self.audit(rec).await?;
         Ok(RevokeResult {
             lease_id: lease_id.to_owned(),
@@ -749,6 +766,78 @@ impl Broker {
             upstream_revoked,
             expires_at: rfc3339(lease.expires_at),
         })
+    }
+
+    /// Periodic backend upkeep (the Vault backend renews its own token or logs in again).
+    pub async fn maintain_backends(&self) {
+        for backend in self.backends.iter() {
+            if let Err(e) = backend.maintain().await {
+                warn!(backend = backend.kind(), error = %e, "backend upkeep failed; will retry");
+            }
+        }
+    }
+
+    /// Revoke-on-expiry: revokes upstream the expired, unrevoked leases of backends that can
+    /// revoke (Vault), marks them revoked and audits each. Returns how many were revoked;
+    /// failures are logged and retried at the next sweep.
+    pub async fn sweep_expired_leases(&self) -> Result<usize, ApiError> {
+        const BATCH: usize = 100;
+        let mut revoked = 0;
+        for kind in [crate::issue::vault::KIND] {
+            let Some(backend) = self.backends.get(kind) else {
+                continue;
+            };
+            if kind == crate::issue::vault::KIND
+                && !self
+                    .config
+                    .backends
+                    .vault
+                    .as_ref()
+                    .is_some_and(|v| v.revoke_on_expiry)
+            {
+                continue;
+            }
+            let now = self.now();
+            for lease in self.store.expired_leases(kind, now, BATCH).await? {
+                let outcome = backend
+                    .revoke(&LeaseRef {
+                        lease_id: &lease.lease_id,
+                        upstream_lease: lease.upstream_lease.as_deref(),
+                        role: &lease.role,
+                    })
+                    .await;
+                let upstream = match outcome {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        warn!(lease_id = %lease.lease_id, error = %e, "revoke on expiry failed; will retry");
+                        continue;
+                    }
+                };
+                if !self.store.mark_lease_revoked(&lease.lease_id, now).await? {
+                    continue;
+                }
+                revoked += 1;
+                let mut rec = self.record(
+                    Event::LeaseRevoke,
+                    Decision::Allow,
+                    if upstream {
+                        "expired; revoked upstream"
+                    } else {
+                        "expired; nothing to revoke upstream"
+                    },
+                );
+                rec.identity = Some(lease.subject.clone());
+                rec.issuer = Some(lease.issuer.clone());
+                rec.role = Some(lease.role.clone());
+                rec.backend = Some(lease.backend.clone());
+                rec.lease_id = Some(lease.lease_id.clone());
+                rec.fingerprint = Some(lease.fingerprint.clone());
+                rec.upstream_lease = lease.upstream_lease.clone();
+                rec.expires_at = Some(rfc3339(lease.expires_at));
+                self.audit(rec).await?;
+            }
+        }
+        Ok(revoked)
     }
 
     /// Explains the decision for an identity and a role.

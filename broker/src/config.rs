@@ -25,6 +25,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "signing",
     "limits",
     "reload_interval_seconds",
+    "backends",
 ];
 
 /// The whole broker configuration.
@@ -63,6 +64,10 @@ pub struct BrokerConfig {
     /// How often policy, certificate and JWKS files are checked for changes.
     #[serde(default = "default_reload_interval")]
     pub reload_interval_seconds: u64,
+    /// Upstream credential backends (`aws-sts`, `vault`). A backend exists only when its
+    /// section is present; `jwt` is always there.
+    #[serde(default)]
+    pub backends: BackendsConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -310,6 +315,216 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Upstream credential backends. Each is registered only when configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    /// The `aws-sts` backend.
+    #[serde(default)]
+    pub aws_sts: Option<AwsStsConfig>,
+    /// The `vault` backend.
+    #[serde(default)]
+    pub vault: Option<VaultConfig>,
+}
+
+/// Limits and caching shared by the upstream backends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpstreamLimits {
+    /// Upstream calls in flight at once; more wait up to `max_queue_wait_ms`, then get 503.
+    pub max_concurrency: usize,
+    /// Upstream calls started per second (token bucket, burst of the same size); more get 503.
+    pub max_requests_per_second: u32,
+    /// How long a call waits for a concurrency slot before 503.
+    pub max_queue_wait_ms: u64,
+    /// Fraction of a cached credential's lifetime during which it is reused (0 disables
+    /// reuse; coalescing of identical concurrent requests still applies).
+    pub cache_refresh_fraction: f64,
+    /// Timeout of one upstream call.
+    pub request_timeout_seconds: u64,
+}
+
+/// The `aws-sts` backend: AssumeRole with the broker's own AWS credentials (standard chain:
+/// environment, web identity, profile, container, instance metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsStsConfig {
+    /// AWS region of the STS endpoint.
+    #[serde(default = "default_aws_region")]
+    pub region: String,
+    /// STS endpoint override (a regional or VPC endpoint; tests point it at moto).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Prefix of every `RoleSessionName` (`<prefix>-<role>`).
+    #[serde(default = "default_session_prefix")]
+    pub role_session_prefix: String,
+    /// See [`UpstreamLimits::max_concurrency`].
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// See [`UpstreamLimits::max_requests_per_second`].
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: u32,
+    /// See [`UpstreamLimits::max_queue_wait_ms`].
+    #[serde(default = "default_queue_wait")]
+    pub max_queue_wait_ms: u64,
+    /// See [`UpstreamLimits::cache_refresh_fraction`].
+    #[serde(default = "default_refresh_fraction")]
+    pub cache_refresh_fraction: f64,
+    /// See [`UpstreamLimits::request_timeout_seconds`].
+    #[serde(default = "default_upstream_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl AwsStsConfig {
+    /// The limits section.
+    pub fn limits(&self) -> UpstreamLimits {
+        UpstreamLimits {
+            max_concurrency: self.max_concurrency,
+            max_requests_per_second: self.max_requests_per_second,
+            max_queue_wait_ms: self.max_queue_wait_ms,
+            cache_refresh_fraction: self.cache_refresh_fraction,
+            request_timeout_seconds: self.request_timeout_seconds,
+        }
+    }
+}
+
+/// How the broker authenticates to Vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultAuth {
+    /// A token read from a file (re-read when it changes); renewed while renewable.
+    Token {
+        /// File holding the token.
+        token_file: PathBuf,
+    },
+    /// AppRole login.
+    Approle {
+        /// The role id (not secret).
+        role_id: String,
+        /// File holding the secret id.
+        secret_id_file: PathBuf,
+        /// Auth mount.
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+    },
+    /// Kubernetes auth with the broker's own service-account token.
+    Kubernetes {
+        /// The Vault role.
+        role: String,
+        /// The service-account token file (re-read at each login).
+        #[serde(default = "default_k8s_jwt_file")]
+        jwt_file: PathBuf,
+        /// Auth mount.
+        #[serde(default = "default_k8s_mount")]
+        mount: String,
+    },
+}
+
+/// The `vault` backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Vault's address, e.g. `https://vault.vault.svc:8200`.
+    pub address: String,
+    /// CA bundle (PEM) for Vault's certificate, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// How the broker logs in.
+    pub auth: VaultAuth,
+    /// Revoke a Vault lease upstream when the broker's lease for it expires.
+    #[serde(default = "default_true")]
+    pub revoke_on_expiry: bool,
+    /// See [`UpstreamLimits::max_concurrency`].
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// See [`UpstreamLimits::max_requests_per_second`].
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: u32,
+    /// See [`UpstreamLimits::max_queue_wait_ms`].
+    #[serde(default = "default_queue_wait")]
+    pub max_queue_wait_ms: u64,
+    /// See [`UpstreamLimits::cache_refresh_fraction`] (applies to `kv2` roles only).
+    #[serde(default = "default_refresh_fraction")]
+    pub cache_refresh_fraction: f64,
+    /// See [`UpstreamLimits::request_timeout_seconds`].
+    #[serde(default = "default_upstream_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl VaultConfig {
+    /// The limits section.
+    pub fn limits(&self) -> UpstreamLimits {
+        UpstreamLimits {
+            max_concurrency: self.max_concurrency,
+            max_requests_per_second: self.max_requests_per_second,
+            max_queue_wait_ms: self.max_queue_wait_ms,
+            cache_refresh_fraction: self.cache_refresh_fraction,
+            request_timeout_seconds: self.request_timeout_seconds,
+        }
+    }
+}
+
+fn default_aws_region() -> String {
+    "us-east-1".into()
+}
+fn default_session_prefix() -> String {
+    "lanyard".into()
+}
+fn default_max_concurrency() -> usize {
+    16
+}
+fn default_max_rps() -> u32 {
+    50
+}
+fn default_queue_wait() -> u64 {
+    2_000
+}
+fn default_refresh_fraction() -> f64 {
+    0.5
+}
+fn default_upstream_timeout() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_k8s_mount() -> String {
+    "kubernetes".into()
+}
+fn default_k8s_jwt_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+fn check_limits(field: &str, l: &UpstreamLimits) -> Result<(), String> {
+    if l.max_concurrency == 0 {
+        return Err(format!(
+            "field `{field}.max_concurrency`: must be at least 1"
+        ));
+    }
+    if l.max_requests_per_second == 0 {
+        return Err(format!(
+            "field `{field}.max_requests_per_second`: must be at least 1"
+        ));
+    }
+    if !(0.0..1.0).contains(&l.cache_refresh_fraction) {
+        return Err(format!(
+            "field `{field}.cache_refresh_fraction`: {} must be in [0, 1) (0.5 reuses a credential for the first half of its life)",
+            l.cache_refresh_fraction
+        ));
+    }
+    if l.request_timeout_seconds == 0 {
+        return Err(format!(
+            "field `{field}.request_timeout_seconds`: must be at least 1"
+        ));
+    }
+    Ok(())
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration in {file}: {message}")]
@@ -385,6 +600,16 @@ impl BrokerConfig {
             fix(&mut p);
             self.audit.sink = p.to_string_lossy().into_owned();
         }
+        if let Some(v) = self.backends.vault.as_mut() {
+            if let Some(p) = v.ca_file.as_mut() {
+                fix(p);
+            }
+            match &mut v.auth {
+                VaultAuth::Token { token_file } => fix(token_file),
+                VaultAuth::Approle { secret_id_file, .. } => fix(secret_id_file),
+                VaultAuth::Kubernetes { jwt_file, .. } => fix(jwt_file),
+            }
+        }
         for iss in &mut self.issuers {
             if let JwksSource::File(p) = &mut iss.jwks {
                 fix(p);
@@ -432,6 +657,39 @@ impl BrokerConfig {
         }
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
+        }
+        if let Some(sts) = &self.backends.aws_sts {
+            check_limits("backends.aws_sts", &sts.limits())?;
+            if let Some(url) = &sts.endpoint_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(format!(
+                    "field `backends.aws_sts.endpoint_url`: `{url}` must be an http(s) URL"
+                ));
+            }
+            if sts.region.trim().is_empty() {
+                return Err("field `backends.aws_sts.region`: must not be empty".into());
+            }
+            let p = &sts.role_session_prefix;
+            if p.is_empty()
+                || p.len() > 32
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+            {
+                return Err(format!(
+                    "field `backends.aws_sts.role_session_prefix`: `{p}` must be 1-32 characters from A-Z a-z 0-9 _+=,.@-"
+                ));
+            }
+        }
+        if let Some(v) = &self.backends.vault {
+            check_limits("backends.vault", &v.limits())?;
+            if !(v.address.starts_with("https://") || v.address.starts_with("http://")) {
+                return Err(format!(
+                    "field `backends.vault.address`: `{}` must be an http(s) URL",
+                    v.address
+                ));
+            }
         }
         Ok(())
     }
@@ -492,6 +750,64 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:9443");
         assert_eq!(cfg.store.sqlite_path, PathBuf::from("/data/x.db"));
         assert_eq!(cfg.limits.max_token_bytes, 2048);
+    }
+
+    #[test]
+    fn backends_load_with_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(
+            dir.path(),
+            "b.yaml",
+            &format!(
+                "{MINIMAL}backends:\n  aws_sts:\n    endpoint_url: http://127.0.0.1:5000\n  vault:\n    address: https://vault:8200\n    auth:\n      approle: {{role_id: r, secret_id_file: sid}}\n"
+            ),
+        );
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        let sts = cfg.backends.aws_sts.expect("sts");
+        assert_eq!(sts.region, "us-east-1");
+        assert_eq!(sts.role_session_prefix, "lanyard");
+        assert_eq!(sts.limits().cache_refresh_fraction, 0.5);
+        let vault = cfg.backends.vault.expect("vault");
+        assert!(vault.revoke_on_expiry);
+        match vault.auth {
+            VaultAuth::Approle {
+                secret_id_file,
+                mount,
+                ..
+            } => {
+                assert_eq!(
+                    secret_id_file,
+                    dir.path().join("sid"),
+                    "relative to the file"
+                );
+                assert_eq!(mount, "approle");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for (extra, field) in [
+            (
+                "backends:\n  aws_sts:\n    cache_refresh_fraction: 1.0\n",
+                "backends.aws_sts.cache_refresh_fraction",
+            ),
+            (
+                "backends:\n  aws_sts:\n    max_concurrency: 0\n",
+                "backends.aws_sts.max_concurrency",
+            ),
+            (
+                "backends:\n  aws_sts:\n    role_session_prefix: \"a b\"\n",
+                "backends.aws_sts.role_session_prefix",
+            ),
+            (
+                "backends:\n  vault:\n    address: vault:8200\n    auth: {token: {token_file: t}}\n",
+                "backends.vault.address",
+            ),
+        ] {
+            let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
+            let msg = BrokerConfig::load(&file, std::iter::empty())
+                .expect_err(field)
+                .to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
     }
 
     #[test]

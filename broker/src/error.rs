@@ -127,6 +127,7 @@ impl From<BackendError> for ApiError {
             BackendError::Unsupported(what) => {
                 Self::BadRequest(format!("{what} is not supported for this credential"))
             }
+            BackendError::Refused(m) => Self::Forbidden(m),
             BackendError::Config(_) | BackendError::Internal(_) => Self::Internal(e.to_string()),
         }
     }

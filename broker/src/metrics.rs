@@ -31,6 +31,16 @@ pub struct Metrics {
     pub bootstrap_tokens: IntCounterVec,
     /// `lanyard_audit_records_total{event}`.
     pub audit_records: IntCounterVec,
+    /// `lanyard_upstream_calls_total{backend,outcome}` (outcome ok|error|rejected): calls to
+    /// STS or Vault, and calls refused by the broker's own concurrency or rate limit.
+    pub upstream_calls: IntCounterVec,
+    /// `lanyard_cache_hits_total{backend}`: credentials served from the upstream cache.
+    pub cache_hits: IntCounterVec,
+    /// `lanyard_coalesced_waiters_total{backend}`: requests that shared another request's
+    /// upstream call instead of making their own.
+    pub coalesced_waiters: IntCounterVec,
+    /// `lanyard_upstream_duration_seconds{backend}`: latency of upstream calls.
+    pub upstream_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -113,8 +123,32 @@ impl Metrics {
             "Audit records written, by event.",
             &["event"],
         );
+        let upstream_calls = counter(
+            "lanyard_upstream_calls_total",
+            "Upstream (STS, Vault) calls by backend and outcome (ok|error|rejected).",
+            &["backend", "outcome"],
+        );
+        let cache_hits = counter(
+            "lanyard_cache_hits_total",
+            "Credentials served from the upstream cache, by backend.",
+            &["backend"],
+        );
+        let coalesced_waiters = counter(
+            "lanyard_coalesced_waiters_total",
+            "Requests that shared another request's upstream call, by backend.",
+            &["backend"],
+        );
+        let upstream_duration = histogram(
+            "lanyard_upstream_duration_seconds",
+            "Latency of upstream (STS, Vault) calls, by backend.",
+            &["backend"],
+        );
         Self {
             registry,
+            upstream_calls,
+            cache_hits,
+            coalesced_waiters,
+            upstream_duration,
             issuances,
             denials,
             request_duration,

@@ -102,6 +102,10 @@ pub struct AuditRecord {
     /// Credential fingerprint (`hmac-sha256:` + 32 hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The upstream's own lease or session id (Vault `lease_id` or token accessor, STS
+    /// assumed-role id). An identifier, never a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_lease: Option<String>,
 }
 
 impl AuditRecord {
@@ -124,6 +128,7 @@ impl AuditRecord {
             token_id: None,
             image: None,
             fingerprint: None,
+            upstream_lease: None,
         }
     }
 }

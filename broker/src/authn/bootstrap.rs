@@ -364,6 +364,14 @@ mod tests {
         ) -> Result<Option<crate::store::LeaseRecord>, StoreError> {
             unreachable!()
         }
+        async fn expired_leases(
+            &self,
+            _: &str,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<crate::store::LeaseRecord>, StoreError> {
+            unreachable!()
+        }
         async fn mark_lease_revoked(&self, _: &str, _: SystemTime) -> Result<bool, StoreError> {
             unreachable!()
         }

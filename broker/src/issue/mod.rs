@@ -1,11 +1,19 @@
 //! Issuing credentials: the [`Backend`] trait and its implementations.
 //!
 //! - [`jwt`]: broker-signed JWTs, with rotating signing keys and a published JWKS.
+//! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
+//! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
+//! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
+//! - [`template`]: safe `{{field}}` substitution of identity values into role settings.
 //!
 //! The trait is shaped for the backends that follow: AWS STS (no renew or revoke; expiry from
 //! the session) and Vault (leases with renew and revoke, upstream failures).
 
+pub mod cache;
 pub mod jwt;
+pub mod sts;
+pub mod template;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +31,7 @@ pub struct IssueRequest<'a> {
     pub identity: &'a Identity,
     /// The role granted (backend settings, scope, cap).
     pub role: &'a Role,
-    /// Lifetime already clamped to the role's cap.
+    /// Requested lifetime, already clamped to the role's cap.
     pub ttl: Duration,
     /// Now, from the broker's clock.
     pub now: SystemTime,
@@ -38,7 +46,9 @@ pub struct IssueRequest<'a> {
 pub struct Issued {
     /// Secret fields, e.g. `token`.
     pub data: BTreeMap<String, Secret>,
-    /// When it stops working. Never later than `now + ttl`; earlier if upstream says so.
+    /// When it stops working: its real expiry. Never later than `now` + the role's cap;
+    /// usually `now + ttl`, earlier if upstream says so (a lease, a cached credential's
+    /// remaining life), later only where upstream has a minimum (STS: 900 s).
     pub expires_at: SystemTime,
     /// The upstream lease or session id (Vault `lease_id`, STS assumed-role id), if any.
     pub upstream_lease: Option<String>,
@@ -57,8 +67,9 @@ pub struct LeaseRef<'a> {
     pub role: &'a str,
 }
 
-/// Backend failures. Mapped to HTTP in `error.rs` (upstream → 503, config → 500).
-#[derive(Debug, thiserror::Error)]
+/// Backend failures. Mapped to HTTP in `error.rs` (upstream → 503, config → 500,
+/// refused → 403).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
     /// The upstream service failed or is unreachable. The message is a summary that never
@@ -81,6 +92,10 @@ pub enum BackendError {
     /// A local failure (key material, serialization).
     #[error("internal: {0}")]
     Internal(String),
+    /// This identity cannot receive this role's credential (e.g. the role's session policy
+    /// needs a Kubernetes namespace the identity does not have). The caller's fault.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A credential backend.
@@ -109,6 +124,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, _lease: &LeaseRef<'_>) -> Result<bool, BackendError> {
         Ok(false)
     }
+
+    /// Periodic upkeep (e.g. renewing the broker's own upstream token). Default: nothing.
+    async fn maintain(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// The configured backends by kind.
@@ -119,6 +139,11 @@ impl Backends {
     /// Adds a backend.
     pub fn insert(&mut self, backend: Arc<dyn Backend>) {
         self.0.insert(backend.kind(), backend);
+    }
+
+    /// Every backend.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.0.values()
     }
 
     /// The backend of a kind.
@@ -169,6 +194,14 @@ pub fn offline_backends() -> Backends {
     b.insert(Arc::new(ValidateOnly {
         kind: "jwt",
         validate: jwt::validate_role,
+    }));
+    b.insert(Arc::new(ValidateOnly {
+        kind: sts::KIND,
+        validate: sts::validate_role,
+    }));
+    b.insert(Arc::new(ValidateOnly {
+        kind: vault::KIND,
+        validate: vault::validate_role,
     }));
     b
 }

@@ -2,7 +2,8 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
-//! key rotation and JWKS refresh — all stop on shutdown.
+//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases — all stop
+//! on shutdown.
 //!
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
 //! - [`routes`]: the HTTP API (public, workload and admin endpoints).
@@ -99,13 +100,26 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
+    // Upstream backends: the broker's own Vault token, and revoke-on-expiry of Vault leases.
+    let backends = {
+        let broker = broker.clone();
+        periodic(every, rx.clone(), move || {
+            let broker = broker.clone();
+            async move {
+                broker.maintain_backends().await;
+                if let Err(e) = broker.sweep_expired_leases().await {
+                    warn!(error = %e, "lease expiry sweep failed; will retry");
+                }
+            }
+        })
+    };
     let jwks = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })
     };
     Background {
         stop,
-        tasks: vec![reload, rotate, jwks],
+        tasks: vec![reload, rotate, backends, jwks],
     }
 }
 

@@ -132,6 +132,29 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn expired_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let mut out: Vec<LeaseRecord> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| {
+                l.backend == backend
+                    && l.expires_at <= now
+                    && l.revoked_at.is_none()
+                    && l.upstream_lease.is_some()
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|l| l.expires_at);
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         let mut keys = self.lock().signing_keys.clone();
         keys.sort_by_key(|k| k.created_at);

@@ -130,6 +130,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn mark_lease_revoked(&self, lease_id: &str, now: SystemTime)
     -> Result<bool, StoreError>;
 
+    /// Up to `limit` leases of `backend` that expired at or before `now`, are not revoked, and
+    /// carry an upstream lease (for revoke-on-expiry), oldest expiry first.
+    async fn expired_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError>;
+
     /// Signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 

@@ -555,6 +555,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expired_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let backend = backend.to_owned();
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .run("expired_leases", move |conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT lease_id FROM leases WHERE backend = ?1 AND expires_at <= ?2 \
+                         AND revoked_at IS NULL AND upstream_lease IS NOT NULL \
+                         ORDER BY expires_at LIMIT ?3",
+                    )
+                    .map_err(sql_error("expired_leases"))?;
+                let rows = stmt
+                    .query_map(params![backend, now, limit], |r| r.get::<_, String>(0))
+                    .map_err(sql_error("expired_leases"))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql_error("expired_leases"))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = self.get_lease(&id).await? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.run("signing_keys", |conn| {
             let mut stmt = conn

@@ -248,3 +248,96 @@ impl Drop for TestBroker {
         let _ = self.stop.send(true);
     }
 }
+
+/// The broker in-process without HTTP: a manual clock (started at the real time, since
+/// upstreams such as moto stamp expirations with it), an in-memory store, an audit log file,
+/// and `policy` as its only policy file. For tests that drive [`Broker::issue`] directly.
+#[derive(Debug)]
+pub struct InProcessBroker {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Its clock.
+    pub clock: Arc<lanyard::clock::ManualClock>,
+    /// Its directory (config, policies, `audit.log`).
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcessBroker {
+    /// Starts one; `extra_config` is appended to the config file (e.g. a `backends:`
+    /// section). Returns the start error's text when the broker refuses to start.
+    pub async fn start(policy: &str, extra_config: &str) -> Result<Self, String> {
+        use lanyard::clock::Clock as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::write(policies.join("policy.yaml"), policy).expect("policy");
+        let file = dir.path().join("broker.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "public_url: https://broker.test\ntls: {{cert_file: c.pem, key_file: k.pem}}\npolicies_dir: policies\nstore: {{sqlite_path: s.db}}\naudit: {{sink: audit.log}}\n{extra_config}"
+            ),
+        )
+        .expect("config");
+        let config = BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())?;
+        let clock = Arc::new(lanyard::clock::ManualClock::new(
+            lanyard::clock::SystemClock.now(),
+        ));
+        let broker = Broker::with_store(
+            config,
+            clock.clone(),
+            Metrics::new(),
+            Arc::new(lanyard_broker::store::memory::MemoryStore::new()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Self { broker, clock, dir })
+    }
+
+    /// The audit log's text.
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+
+    /// Issues every granted role (or `ttl_seconds` each) to `who`.
+    pub async fn issue(
+        &self,
+        who: &lanyard_broker::broker::Authenticated,
+        ttl_seconds: Option<u64>,
+    ) -> Result<lanyard::wire::CredentialResponse, lanyard_broker::error::ApiError> {
+        self.broker
+            .issue(
+                who,
+                &lanyard::wire::CredentialRequest {
+                    roles: None,
+                    ttl_seconds,
+                },
+                "req_test",
+            )
+            .await
+    }
+}
+
+/// An authenticated Kubernetes pod `pod` of service account `namespace/service_account`.
+pub fn k8s_pod(
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+) -> lanyard_broker::broker::Authenticated {
+    use lanyard_broker::authn::{Identity, KubernetesIdentity};
+    lanyard_broker::broker::Authenticated {
+        identity: Identity {
+            issuer: "https://kubernetes.test".into(),
+            subject: format!("system:serviceaccount:{namespace}:{service_account}"),
+            kubernetes: Some(KubernetesIdentity {
+                namespace: namespace.into(),
+                service_account: service_account.into(),
+                pod_name: Some(pod.into()),
+                pod_uid: Some(format!("uid-{pod}")),
+            }),
+            bootstrap: None,
+        },
+        new_session: false,
+        session_started: None,
+    }
+}

@@ -9,6 +9,10 @@
 //! - [`oidc`]: [`OidcIssuer`], a real OIDC issuer on loopback (discovery document and JWKS
 //!   over plain HTTP) with RSA, EC P-256 and Ed25519 signing keys, token minting (including
 //!   Kubernetes projected service-account tokens) and hostile forgeries.
+//! - [`moto`]: [`MotoServer`], a real `moto_server` (STS) on loopback behind a recording
+//!   proxy that counts calls and keeps their exact parameters.
+//! - [`vault`]: [`VaultEmulator`], an emulator of the Vault HTTP API (documented response
+//!   bodies for exactly the paths lanyard calls), since no Vault can be installed here.
 //! - [`pki`]: [`TestPki`], a throwaway CA plus a server certificate for `localhost` /
 //!   `127.0.0.1` (and client certificates), written as PEM files.
 //!
@@ -16,10 +20,14 @@
 //! clearest report.
 
 pub mod broker;
+pub mod moto;
 pub mod oidc;
 pub mod pki;
+pub mod vault;
 
-pub use broker::{TestBroker, TestBrokerOptions};
+pub use broker::{InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
 pub use jsonwebtoken::Algorithm;
+pub use moto::{MotoServer, StsCall};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
+pub use vault::VaultEmulator;

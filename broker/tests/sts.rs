@@ -1,0 +1,295 @@
+//! The `aws-sts` backend against a real STS endpoint: `moto_server` on loopback (installed by
+//! `tests/peers/moto.sh`, run by `./test.sh`), behind a recording proxy that counts calls and
+//! keeps their exact parameters. moto enforces nothing, so these tests check what lanyard
+//! sends and enforces: scoping, tags, SourceIdentity, duration clamping, caching,
+//! coalescing, and serving cached credentials through an outage.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard::clock::{Clock, parse_rfc3339, unix_seconds};
+use lanyard::wire::{CredentialResponse, ErrorCode};
+use lanyard_broker::broker::Authenticated;
+use lanyard_broker::error::ApiError;
+use lanyard_test_support::{
+    InProcessBroker, MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, k8s_pod,
+};
+use serde_json::{Value, json};
+
+const ARN: &str = "arn:aws:iam::123456789012:role/app";
+
+const POLICY: &str = r#"
+roles:
+  aws-read:
+    backend: aws-sts
+    max_ttl_seconds: 3600
+    default_ttl_seconds: 900
+    settings:
+      role_arn: arn:aws:iam::123456789012:role/app
+      session_policy:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: ["s3:GetObject"]
+            Resource: ["arn:aws:s3:::data/{{namespace}}/{{service_account}}/*"]
+rules:
+  - name: shop-api
+    match: {namespace: shop, service_account: api}
+    roles: [aws-read]
+"#;
+
+fn sts_config(moto: &MotoServer, extra: &str) -> String {
+    format!(
+        "backends:\n  aws_sts:\n    endpoint_url: \"{}\"\n    region: us-east-1\n    max_requests_per_second: 1000\n    cache_refresh_fraction: 0.5\n{extra}",
+        moto.url
+    )
+}
+
+fn require_aws_env() {
+    assert!(
+        std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
+        "AWS_ACCESS_KEY_ID is not set: the broker's own AWS credentials come from the standard \
+         chain; run ./test.sh (tests/peers/moto.sh exports dummy keys moto accepts)"
+    );
+}
+
+async fn harness(moto: &MotoServer, policy: &str) -> Result<InProcessBroker, String> {
+    require_aws_env();
+    InProcessBroker::start(policy, &sts_config(moto, "")).await
+}
+
+fn pod(name: &str) -> Authenticated {
+    k8s_pod("shop", "api", name)
+}
+
+async fn issue(
+    h: &InProcessBroker,
+    who: &Authenticated,
+    ttl: Option<u64>,
+) -> Result<CredentialResponse, ApiError> {
+    h.issue(who, ttl).await
+}
+
+fn access_key(r: &CredentialResponse) -> String {
+    r.credentials[0].data["access_key_id"].expose().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_is_sent_exactly_and_its_credentials_work_at_sts() {
+    let moto = MotoServer::start().await;
+    let h = harness(&moto, POLICY).await.expect("broker");
+    let resp = issue(&h, &pod("api-7d9f"), Some(1200))
+        .await
+        .expect("issued");
+    let cred = &resp.credentials[0];
+    assert_eq!(cred.kind, "aws-sts");
+    assert_eq!(
+        cred.data.keys().collect::<Vec<_>>(),
+        ["access_key_id", "secret_access_key", "session_token"]
+    );
+    assert_eq!(cred.ttl_seconds, 1200);
+    let expires = parse_rfc3339(&cred.expires_at).expect("rfc3339");
+    assert_eq!(unix_seconds(expires), unix_seconds(h.clock.now()) + 1200);
+
+    let calls = moto.calls_of("AssumeRole");
+    assert_eq!(calls.len(), 1);
+    let p = &calls[0].params;
+    assert_eq!(p["RoleArn"], ARN);
+    assert_eq!(p["RoleSessionName"], "lanyard-aws-read");
+    assert_eq!(p["DurationSeconds"], "1200");
+    assert_eq!(p["SourceIdentity"], "shop.api");
+    let policy: Value = serde_json::from_str(&p["Policy"]).expect("policy is JSON");
+    assert_eq!(
+        policy,
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::data/shop/api/*"]}]})
+    );
+    let tags: BTreeMap<&str, &str> = (1..=10)
+        .filter_map(|i| {
+            Some((
+                p.get(&format!("Tags.member.{i}.Key"))?.as_str(),
+                p.get(&format!("Tags.member.{i}.Value"))?.as_str(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        BTreeMap::from([
+            ("kubernetes-namespace", "shop"),
+            ("kubernetes-service-account", "api")
+        ]),
+        "pod tags are off by default, so pods of one service account share a session"
+    );
+    assert!(!p.contains_key("ExternalId"));
+
+    // The issued credentials are real session credentials at STS.
+    let creds = aws_sdk_sts::config::Credentials::new(
+        cred.data["access_key_id"].expose(),
+        cred.data["secret_access_key"].expose(),
+        Some(cred.data["session_token"].expose().to_owned()),
+        None,
+        "lanyard",
+    );
+    let sts = aws_sdk_sts::Client::new(&moto.sdk_config_with(creds));
+    let me = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity");
+    let arn = me.arn().expect("arn");
+    assert!(
+        arn.ends_with(":assumed-role/app/lanyard-aws-read"),
+        "caller is the assumed role session: {arn}"
+    );
+
+    // The audit record carries the STS session id, never the credential.
+    let audit = h.audit_log();
+    assert!(audit.contains("\"upstream_lease\""), "{audit}");
+    for secret in cred.data.values() {
+        assert!(!audit.contains(secret.expose()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_are_clamped_by_lanyard_not_by_sts() {
+    let moto = MotoServer::start().await;
+    let h = harness(&moto, POLICY).await.expect("broker");
+    // Below STS's floor: 900 s is asked for, and the real lifetime is reported.
+    let short = issue(&h, &pod("a"), Some(60)).await.expect("short");
+    assert_eq!(short.credentials[0].ttl_seconds, 900);
+    // Above the role's cap: the cap.
+    let long = issue(&h, &pod("a"), Some(99_999)).await.expect("long");
+    assert_eq!(long.credentials[0].ttl_seconds, 3600);
+    assert!(long.credentials[0].ttl_clamped);
+    let durations: Vec<String> = moto
+        .calls_of("AssumeRole")
+        .iter()
+        .map(|c| c.params["DurationSeconds"].clone())
+        .collect();
+    assert_eq!(durations, ["900", "3600"]);
+
+    // A role whose cap is below STS's minimum is refused at load, not silently lengthened.
+    let low_cap = POLICY
+        .replace("max_ttl_seconds: 3600", "max_ttl_seconds: 600")
+        .replace("default_ttl_seconds: 900", "default_ttl_seconds: 300");
+    let err = harness(&moto, &low_cap).await.expect_err("cap below 900");
+    assert!(err.contains("below 900"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_pod_starts_make_one_assume_role_call() {
+    let moto = MotoServer::start().await;
+    let h = Arc::new(harness(&moto, POLICY).await.expect("broker"));
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            access_key(
+                &issue(&h, &pod(&format!("api-{i}")), None)
+                    .await
+                    .expect("issued"),
+            )
+        }));
+    }
+    let mut keys = std::collections::HashSet::new();
+    for t in tasks {
+        keys.insert(t.await.expect("join"));
+    }
+    assert_eq!(keys.len(), 1, "every pod got the same session");
+    assert_eq!(moto.calls_of("AssumeRole").len(), 1);
+    let m = h.broker.metrics();
+    let shared = m.cache_hits.with_label_values(&["aws-sts"]).get()
+        + m.coalesced_waiters.with_label_values(&["aws-sts"]).get();
+    assert_eq!(shared, 999);
+    assert_eq!(
+        m.upstream_calls.with_label_values(&["aws-sts", "ok"]).get(),
+        1
+    );
+
+    // Still inside the reuse window (half of 900 s): cached, with the remaining lifetime.
+    h.clock.advance(Duration::from_secs(449));
+    let cached = issue(&h, &pod("late"), None).await.expect("cached");
+    assert_eq!(cached.credentials[0].ttl_seconds, 451);
+    assert_eq!(moto.calls_of("AssumeRole").len(), 1);
+    // Past the refresh threshold: exactly one more call.
+    h.clock.advance(Duration::from_secs(1));
+    let fresh = issue(&h, &pod("later"), None).await.expect("refreshed");
+    // moto stamps expirations with the real time, which the manual clock has run ahead of,
+    // so the new session's reported lifetime is moto's (shorter), never more than asked.
+    assert!(fresh.credentials[0].ttl_seconds <= 900);
+    assert_ne!(access_key(&fresh), access_key(&cached));
+    assert_eq!(moto.calls_of("AssumeRole").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_outage_serves_cached_credentials_until_they_expire_then_503() {
+    let mut moto = MotoServer::start().await;
+    let h = harness(&moto, POLICY).await.expect("broker");
+    let first = issue(&h, &pod("a"), None).await.expect("issued");
+    h.clock.advance(Duration::from_secs(600)); // refresh due
+    moto.stop();
+    let during = issue(&h, &pod("b"), None).await.expect("served from cache");
+    assert_eq!(access_key(&during), access_key(&first));
+    assert_eq!(
+        during.credentials[0].expires_at,
+        first.credentials[0].expires_at
+    );
+    assert_eq!(during.credentials[0].ttl_seconds, 300);
+
+    h.clock.advance(Duration::from_secs(300)); // the real expiry
+    let err = issue(&h, &pod("c"), None)
+        .await
+        .expect_err("nothing valid left");
+    assert_eq!(err.code(), ErrorCode::UpstreamUnavailable);
+    assert_eq!(err.code().http_status(), 503);
+    let body = err.body(Some("req_test"));
+    assert!(body.error.retryable);
+    assert!(
+        body.error.message.contains("aws-sts"),
+        "{}",
+        body.error.message
+    );
+    let m = h.broker.metrics();
+    assert!(
+        m.upstream_calls
+            .with_label_values(&["aws-sts", "error"])
+            .get()
+            >= 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_kubernetes_pod_gets_aws_credentials() {
+    require_aws_env();
+    let moto = MotoServer::start().await;
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start_with(
+        Some(&issuer),
+        TestBrokerOptions {
+            policies: vec![("aws.yaml".into(), POLICY.into())],
+            extra_config: sts_config(&moto, ""),
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let token = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let (status, body) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["credentials"][0]["kind"], "aws-sts");
+    assert!(body["credentials"][0]["data"]["session_token"].is_string());
+    assert_eq!(moto.calls_of("AssumeRole").len(), 1);
+    let metrics = broker
+        .http()
+        .get(format!("{}/metrics", broker.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("lanyard_upstream_calls_total{backend=\"aws-sts\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+}

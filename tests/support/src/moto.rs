@@ -1,0 +1,230 @@
+//! [`MotoServer`]: a real `moto_server` (PyPI `moto[server]`) on a free loopback port, behind
+//! a small recording proxy so tests can count STS calls and read the exact parameters sent.
+//!
+//! `tests/peers/moto.sh` (run by `./test.sh`) installs moto and exports
+//! `LANYARD_MOTO_SERVER`. moto answers STS's Query API faithfully but enforces nothing (any
+//! role, any duration, credentials that never expire), so duration caps, scoping and expiry
+//! are enforced and tested in lanyard's own code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// One STS call as the proxy saw it: the Query API form parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsCall {
+    /// `Action`, e.g. `AssumeRole`.
+    pub action: String,
+    /// Every form parameter (`RoleArn`, `Policy`, `Tags.member.1.Key`, ...), decoded.
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct ProxyState {
+    upstream: String,
+    calls: Mutex<Vec<StsCall>>,
+    client: reqwest::Client,
+}
+
+/// A running moto server and its recording proxy. Both stop when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    /// The proxy's URL (`http://127.0.0.1:<port>`): point STS clients here.
+    pub url: String,
+    /// moto's own URL, for direct calls that should not be recorded.
+    pub moto_url: String,
+    child: Option<Child>,
+    state: Arc<ProxyState>,
+    proxy: tokio::task::JoinHandle<()>,
+}
+
+/// Where `tests/peers/moto.sh` put `moto_server`; panics with the fix when it is missing.
+pub fn moto_server_path() -> String {
+    match std::env::var("LANYARD_MOTO_SERVER") {
+        Ok(p) if std::path::Path::new(&p).is_file() => p,
+        _ => panic!(
+            "LANYARD_MOTO_SERVER is not set or not a file: these tests need a real moto_server. \
+             Run ./test.sh (it installs moto via tests/peers/moto.sh), or \
+             `source tests/peers/moto.sh` before `cargo test`."
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn forward(
+    State(state): State<Arc<ProxyState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params: BTreeMap<String, String> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if let Some(action) = params.get("Action") {
+        state.calls.lock().expect("calls").push(StsCall {
+            action: action.clone(),
+            params: params.clone(),
+        });
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = state
+        .client
+        .request(method, format!("{}{path}", state.upstream))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let ctype = resp.headers().get("content-type").cloned();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let mut out = (status, bytes).into_response();
+            if let Some(c) = ctype {
+                out.headers_mut().insert("content-type", c);
+            }
+            out
+        }
+        Err(_) => (StatusCode::BAD_GATEWAY, "moto is not running").into_response(),
+    }
+}
+
+impl MotoServer {
+    /// Starts `moto_server -H 127.0.0.1 -p <free port>` and a recording proxy in front of
+    /// it, and waits until moto answers.
+    pub async fn start() -> Self {
+        let bin = moto_server_path();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let moto_url = format!("http://127.0.0.1:{port}");
+        let mut server = {
+            let state = Arc::new(ProxyState {
+                upstream: moto_url.clone(),
+                calls: Mutex::new(Vec::new()),
+                client: reqwest::Client::new(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind proxy");
+            let addr: SocketAddr = listener.local_addr().expect("addr");
+            let app = axum::Router::new()
+                .fallback(forward)
+                .with_state(state.clone());
+            let proxy = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Self {
+                url: format!("http://{addr}"),
+                moto_url,
+                child: Some(child),
+                state,
+                proxy,
+            }
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("moto_server exited at start with {status} (is the port free?)");
+            }
+            if let Ok(r) = client
+                .get(format!("{}/moto-api/", self.moto_url))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every recorded call.
+    pub fn calls(&self) -> Vec<StsCall> {
+        self.state.calls.lock().expect("calls").clone()
+    }
+
+    /// Recorded calls of one action (e.g. `AssumeRole`).
+    pub fn calls_of(&self, action: &str) -> Vec<StsCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+
+    /// Stops moto (the proxy stays up and answers 502, as a dead upstream behind a load
+    /// balancer would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// An AWS SDK configuration for the proxy: region `us-east-1`, static test credentials
+    /// (moto accepts any), no retries.
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        self.sdk_config_with(aws_sdk_sts::config::Credentials::new(
+            "lanyard-test-key",
+            "lanyard-test-secret",
+            None,
+            None,
+            "lanyard-test",
+        ))
+    }
+
+    /// Like [`MotoServer::sdk_config`] with the given credentials (e.g. ones the broker
+    /// issued), talking to moto directly.
+    pub fn sdk_config_with(
+        &self,
+        creds: aws_sdk_sts::config::Credentials,
+    ) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(creds))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build()
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.stop();
+        self.proxy.abort();
+    }
+}
