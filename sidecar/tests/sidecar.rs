@@ -130,8 +130,8 @@ async fn init_reports_a_refusal_and_writes_nothing() {
 
 #[tokio::test]
 async fn run_refreshes_in_place_then_stops_on_shutdown() {
-    // A 1 s lifetime refreshes after the 1 s floor.
-    let (addr, served) = serve(1).await;
+    // A 2 s lifetime refreshes at about 1.4 s, before it expires.
+    let (addr, served) = serve(2).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(addr, dir.path());
     let watched = served.clone();
@@ -185,8 +185,10 @@ async fn binary_entry_point_exit_codes() {
     let usage = lanyard_sidecar::main_with_args(args(&["--broker", &url])).await;
     assert_eq!(usage, ExitCode::from(2));
 
-    // Nobody listens on port 1 of loopback: a failure, exit 1.
+    // Nobody listens on port 1 of loopback: retried until the deadline, then exit 1.
     let unreachable = lanyard_sidecar::main_with_args(args(&[
+        "--deadline-seconds",
+        "1",
         "--broker",
         "http://127.0.0.1:1",
         "--token-file",
