@@ -425,6 +425,11 @@ impl Client {
         &self.inner.base_url
     }
 
+    /// The time on the client's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     /// The request [`fetch`](Self::fetch) sends.
     pub fn request(&self) -> &CredentialRequest {
         &self.inner.request

@@ -29,7 +29,15 @@ Examples:
 
 Files written (mode 0400), for each granted role R and each field F of its credential:
   DIR/R/F      the raw secret value, e.g. DIR/app-db/token
-  DIR/R.json   {\"role\",\"kind\",\"expires_at\",\"refresh_after\",\"lease_id\",\"data\":{...}}
+  DIR/R.json   {\"role\",\"kind\",\"expires_at\",\"refresh_after\",\"lease_id\",\"ttl_seconds\",\"data\":{...}}
+
+With targets (--config FILE, --target KEYS, LANYARD_TARGET_<N>), only the targets are written:
+  --target 'role=db,field=password,path=db/password,mode=0440,uid=1000'
+  --target 'role=db,format=env,prefix=DB_,path=db.env'
+  --target 'role=aws,format=aws,profile=default,path=aws/credentials'
+  --target 'role=db,format=template,path=dsn,template=postgres://app:{{ data.password }}@db/app'
+Formats: raw (one field), env (KEY=value), json, aws (shared-credentials file), template
+(minijinja; undefined values are errors). Paths are relative to --dir; links are refused.
 
 Exit codes: 0 success, 1 failure (broker unreachable or refused, cannot write), 2 usage.
 Logs go to stderr; set LANYARD_LOG (e.g. debug, or lanyard_sidecar=debug) to change the level.";

@@ -2,7 +2,8 @@
 //!
 //! For each credential of role `R` with data fields `F`:
 //! - `DIR/R/F` holds the raw secret value (e.g. `DIR/dev-app/token`);
-//! - `DIR/R.json` holds `{"role","kind","expires_at","refresh_after","lease_id","data":{...}}`.
+//! - `DIR/R.json` holds `{"role","kind","expires_at","refresh_after","lease_id","ttl_seconds",
+//!   "data":{...}}`.
 //!
 //! Every file is written atomically with mode 0400: a temp file `.NAME.tmp-RANDOM` in the same
 //! directory is written, fsynced and renamed over the target, then the directory is fsynced.

@@ -8,7 +8,7 @@
 //! - `env`: `KEY=value` lines, one per field (or only `field=`), keys derived from field
 //!   names (`access_key_id` → `ACCESS_KEY_ID`, with an optional `prefix=`) or given with
 //!   `key=` for a single field; values quoted for POSIX `sh` when they need it.
-//! - `json`: `{"role","kind","expires_at","refresh_after","lease_id","data":{...}}`, the same
+//! - `json`: `{"role","kind","expires_at","refresh_after","lease_id","ttl_seconds","data":{...}}`, the same
 //!   bytes as the default layout's `ROLE.json`.
 //! - `aws`: an AWS shared-credentials file, `[profile]` (default `default`) with
 //!   `aws_access_key_id`, `aws_secret_access_key` and, when present, `aws_session_token`.
@@ -597,6 +597,7 @@ struct RoleJson<'a> {
     expires_at: &'a str,
     refresh_after: &'a str,
     lease_id: &'a str,
+    ttl_seconds: u64,
     data: &'a BTreeMap<String, lanyard::Secret>,
 }
 
@@ -608,6 +609,7 @@ pub fn role_json(c: &Credential) -> Result<Zeroizing<Vec<u8>>, String> {
         expires_at: &c.expires_at,
         refresh_after: &c.refresh_after,
         lease_id: &c.lease_id,
+        ttl_seconds: c.ttl_seconds,
         data: &c.data,
     };
     let mut bytes = Zeroizing::new(
@@ -993,7 +995,7 @@ mod tests {
         let body = rendered("role=db,path=db.json,format=json", &c);
         assert_eq!(
             body,
-            "{\n  \"role\": \"db\",\n  \"kind\": \"jwt\",\n  \"expires_at\": \"2030-01-01T00:10:00Z\",\n  \"refresh_after\": \"2030-01-01T00:07:00Z\",\n  \"lease_id\": \"lease-1\",\n  \"data\": {\n    \"token\": \"eyJ\"\n  }\n}\n"
+            "{\n  \"role\": \"db\",\n  \"kind\": \"jwt\",\n  \"expires_at\": \"2030-01-01T00:10:00Z\",\n  \"refresh_after\": \"2030-01-01T00:07:00Z\",\n  \"lease_id\": \"lease-1\",\n  \"ttl_seconds\": 600,\n  \"data\": {\n    \"token\": \"eyJ\"\n  }\n}\n"
         );
     }
 
