@@ -207,7 +207,7 @@ const KEYS: &[&str] = &[
 pub fn parse_target_keys(s: &str) -> Result<TargetSpec, String> {
     let mut spec = TargetSpec::default();
     let mut seen = BTreeSet::new();
-    let mut rest = s.trim();
+    let mut rest = s.trim_start();
     while !rest.is_empty() {
         let (pair, next) = if rest.starts_with("template=") {
             (rest, "")
@@ -218,7 +218,12 @@ pub fn parse_target_keys(s: &str) -> Result<TargetSpec, String> {
             }
         };
         rest = next.trim_start();
-        let pair = pair.trim();
+        // A template keeps its whitespace (a final newline matters in a file).
+        let pair = if pair.starts_with("template=") {
+            pair
+        } else {
+            pair.trim()
+        };
         if pair.is_empty() {
             continue;
         }
@@ -855,6 +860,9 @@ mod tests {
         let t = target("role=db,path=dsn,format=template,template=a={{ data.user }},b={{ role }}");
         let c = cred(&[("user", "u1")]);
         assert_eq!(render(&t, &c).expect("render").as_slice(), b"a=u1,b=db");
+        // Its whitespace, including a final newline, is kept.
+        let t = target("role=db,path=dsn,format=template,template= {{ role }}\n");
+        assert_eq!(render(&t, &c).expect("render").as_slice(), b" db\n");
     }
 
     #[test]
