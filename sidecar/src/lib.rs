@@ -510,7 +510,8 @@ async fn revoke_all(
 /// The binary's whole `main`: parses `args` (including the program name), sets up logging,
 /// runs `init` or `run`, and returns the exit code (0 ok, 1 failure, 2 usage).
 pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    main_with_env(args, std::env::vars()).await
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    main_with_env(args, env).await
 }
 
 /// [`main_with_args`] with the environment given (for `LANYARD_TARGET_<N>`).
