@@ -187,6 +187,37 @@ mod tests {
         assert!(t.contains("lanyard_sidecar_ready 1\n"), "{t}");
     }
 
+    async fn post_quit_from(peer: &str) -> (StatusCode, bool) {
+        use tower::ServiceExt as _;
+        let status = Arc::new(Status::default());
+        let mut req = axum::http::Request::post("/quitquitquit")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        req.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().expect("addr")));
+        let resp = router(status.clone()).oneshot(req).await.expect("answer");
+        let quit = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            status.quit_requested(),
+        )
+        .await
+        .is_ok();
+        (resp.status(), quit)
+    }
+
+    #[tokio::test]
+    async fn quit_is_only_for_loopback_callers() {
+        assert_eq!(
+            post_quit_from("127.0.0.1:5000").await,
+            (StatusCode::OK, true)
+        );
+        assert_eq!(post_quit_from("[::1]:5000").await, (StatusCode::OK, true));
+        assert_eq!(
+            post_quit_from("10.1.2.3:5000").await,
+            (StatusCode::FORBIDDEN, false)
+        );
+    }
+
     #[tokio::test]
     async fn quit_permit_is_kept_until_awaited() {
         let s = Status::default();
