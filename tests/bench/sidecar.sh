@@ -55,6 +55,7 @@ while (( $(date +%s) < end )); do
   sleep 5
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
   samples+=("$rss"); (( rss > max )) && max=$rss
+  (( ${#samples[@]} % 12 == 0 )) && echo "t=$(( ${#samples[@]} * 5 ))s VmRSS ${rss} KiB threads $(awk '/Threads/ {print $2}' "/proc/$pid/status")"
 done
 read -r utime stime < <(awk '{print $14, $15}' "/proc/$pid/stat")
 hz=$(getconf CLK_TCK)
@@ -62,5 +63,5 @@ kill -TERM "$pid"; wait "$pid" || true
 refreshes=$(grep -c "credential written" "$work/run.log" || true)
 last=${samples[-1]}
 echo "refreshes: $refreshes"
-echo "VmRSS KiB: last $last, max $max"
+echo "VmRSS KiB: first ${samples[0]}, last $last, max $max"
 awk -v u="$utime" -v s="$stime" -v hz="$hz" -v t="$steady" 'BEGIN {cpu=(u+s)/hz; printf "CPU: %.2f s user+sys over %d s = %.3f%% of one core\n", cpu, t, 100*cpu/t}'
