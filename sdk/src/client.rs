@@ -425,6 +425,11 @@ impl Client {
         &self.inner.base_url
     }
 
+    /// The time on the client's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     /// The request [`fetch`](Self::fetch) sends.
     pub fn request(&self) -> &CredentialRequest {
         &self.inner.request
@@ -525,6 +530,63 @@ impl Client {
 
     /// One POST; the answer's body is read under the size cap and then parsed.
     async fn send(&self, token: &Secret, body: Vec<u8>) -> Result<CredentialResponse, Error> {
+        let (status, body) = self.post(&self.inner.endpoint, token, body).await?;
+        if (200..300).contains(&status) {
+            parse_success(&body)
+        } else {
+            Err(parse_failure(status, &body))
+        }
+    }
+
+    /// Revokes a lease this client was issued (`POST /v1/leases/{id}/revoke`),
+    /// authenticating like [`fetch`](Self::fetch): the JWT file, the static token, or the
+    /// live session bought with a bootstrap token (a bootstrap token itself is never spent
+    /// on a revocation). For the `jwt` backend the broker records the revocation but the
+    /// token stays valid until it expires.
+    pub async fn revoke_lease(&self, lease_id: &str) -> Result<(), Error> {
+        if lease_id.is_empty()
+            || lease_id.len() > 256
+            || !lease_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(Error::Config(format!(
+                "lease id {:?} is not a lease id the broker issues",
+                lease_id.escape_default().to_string()
+            )));
+        }
+        let token = match &self.inner.token {
+            TokenSource::JwtFile(path) => read_token_file(path).await?,
+            TokenSource::Static(t) if !is_bootstrap(t) => t.clone(),
+            TokenSource::Static(_) | TokenSource::BootstrapFile(_) => {
+                let state = self.inner.auth.lock().await;
+                let now = self.inner.clock.now();
+                match state.session.as_ref().filter(|s| now < s.expires_at) {
+                    Some(s) => s.token.clone(),
+                    None => {
+                        return Err(Error::BootstrapSpent {
+                            location: self.token_location(),
+                        });
+                    }
+                }
+            }
+        };
+        let url = format!("{}/v1/leases/{lease_id}/revoke", self.inner.base_url);
+        let (status, body) = self.post(&url, &token, b"{}".to_vec()).await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(parse_failure(status, &body))
+        }
+    }
+
+    /// One authenticated POST; returns the status and the body read under the size cap.
+    async fn post(
+        &self,
+        url: &str,
+        token: &Secret,
+        body: Vec<u8>,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), Error> {
         let auth = Zeroizing::new(format!("Bearer {}", token.expose()));
         let mut auth = HeaderValue::from_str(&auth).map_err(|_| {
             Error::Config("the token holds characters not allowed in an HTTP header".to_owned())
@@ -533,7 +595,7 @@ impl Client {
         let resp = self
             .inner
             .http
-            .post(&self.inner.endpoint)
+            .post(url)
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
@@ -544,11 +606,7 @@ impl Client {
             .map_err(|e| self.transport_error(&e))?;
         let status = resp.status().as_u16();
         let body = self.read_body(resp, status).await?;
-        if (200..300).contains(&status) {
-            parse_success(&body)
-        } else {
-            Err(parse_failure(status, &body))
-        }
+        Ok((status, body))
     }
 
     /// Reads the body chunk by chunk, refusing it as soon as it passes the cap.

@@ -19,13 +19,19 @@
 //! - [`wire`]: request, response and error bodies of the broker's HTTP API.
 //! - [`clock`]: the injected [`Clock`](clock::Clock); nothing else reads the system time.
 //! - [`refresh`]: when to refresh a credential and how to back off (shared with the sidecar).
-//! - [`client`]: [`Client`], its builder and `from_env`.
+//! - [`client`]: [`Client`], its builder and `from_env`; fetch and lease revocation.
+//! - [`watch`]: [`Client::watch`], background refresh as a stream of updates.
+//! - [`files`]: [`FileSource`](files::FileSource), reading and watching (inotify) the files
+//!   the sidecar writes.
 
 pub mod client;
 pub mod clock;
+pub mod files;
 pub mod refresh;
 pub mod secret;
+pub mod watch;
 pub mod wire;
 
 pub use client::{Client, ClientBuilder, Error, TokenSource};
 pub use secret::Secret;
+pub use watch::CredentialWatch;

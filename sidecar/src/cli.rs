@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lanyard::{Client, TokenSource};
 
-use crate::{SidecarConfig, SidecarError};
+use crate::notify::{Notify, NotifySpec};
+use crate::targets::{ConfigFile, TargetSpec, check_all, parse_target_keys};
+use crate::{OnExpiry, Options, SidecarConfig, SidecarError};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -27,7 +29,15 @@ Examples:
 
 Files written (mode 0400), for each granted role R and each field F of its credential:
   DIR/R/F      the raw secret value, e.g. DIR/app-db/token
-  DIR/R.json   {\"role\",\"kind\",\"expires_at\",\"refresh_after\",\"lease_id\",\"data\":{...}}
+  DIR/R.json   {\"role\",\"kind\",\"expires_at\",\"refresh_after\",\"lease_id\",\"ttl_seconds\",\"data\":{...}}
+
+With targets (--config FILE, --target KEYS, LANYARD_TARGET_<N>), only the targets are written:
+  --target 'role=db,field=password,path=db/password,mode=0440,uid=1000'
+  --target 'role=db,format=env,prefix=DB_,path=db.env'
+  --target 'role=aws,format=aws,profile=default,path=aws/credentials'
+  --target 'role=db,format=template,path=dsn,template=postgres://app:{{ data.password }}@db/app'
+Formats: raw (one field), env (KEY=value), json, aws (shared-credentials file), template
+(minijinja; undefined values are errors). Paths are relative to --dir; links are refused.
 
 Exit codes: 0 success, 1 failure (broker unreachable or refused, cannot write), 2 usage.
 Logs go to stderr; set LANYARD_LOG (e.g. debug, or lanyard_sidecar=debug) to change the level.";
@@ -98,6 +108,90 @@ pub struct CommonArgs {
     /// Time limit for one request to the broker, in seconds.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub timeout_seconds: u64,
+
+    /// YAML file with `targets:`, `notify:` and `on_expiry:` (see docs/SIDECAR.md).
+    #[arg(long, value_name = "FILE", env = "LANYARD_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// A target, annotation style: `role=db,field=password,format=raw,path=db/password,mode=0400`
+    /// (repeatable; also LANYARD_TARGET_<N> variables, in order of N). Formats: raw, env,
+    /// json, aws, template. Without targets every credential is written in the default layout.
+    #[arg(long = "target", value_name = "KEYS")]
+    pub targets: Vec<String>,
+
+    /// `init`: give up after this many seconds, retrying retryable failures with backoff
+    /// inside it (0: one attempt).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 60,
+        env = "LANYARD_DEADLINE_SECONDS"
+    )]
+    pub deadline_seconds: u64,
+
+    /// `run`: serve /healthz, /readyz, /metrics and POST /quitquitquit on this address,
+    /// e.g. 127.0.0.1:8099 (quitquitquit answers loopback callers only).
+    #[arg(long, value_name = "ADDR", env = "LANYARD_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
+
+    /// After a rotation, send this signal (HUP, USR1, ...) to the process in
+    /// --notify-pid-file or named --notify-process-name.
+    #[arg(long, value_name = "SIG")]
+    pub notify_signal: Option<String>,
+
+    /// File holding the pid to signal.
+    #[arg(long, value_name = "FILE", requires = "notify_signal")]
+    pub notify_pid_file: Option<PathBuf>,
+
+    /// Name of the process(es) to signal (needs a shared process namespace in Kubernetes).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "notify_signal",
+        conflicts_with = "notify_pid_file"
+    )]
+    pub notify_process_name: Option<String>,
+
+    /// After a rotation, run this command: a JSON array (["nginx","-s","reload"]) or words;
+    /// never through a shell. It gets LANYARD_ROTATED_ROLES.
+    #[arg(long, value_name = "CMD")]
+    pub notify_command: Option<String>,
+
+    /// After a rotation, create this file or update its modification time.
+    #[arg(long, value_name = "FILE")]
+    pub notify_touch: Option<PathBuf>,
+
+    /// What to do with the files of a credential that expired without a refresh: remove,
+    /// mark (write FILE.expired next to each) or keep [default: remove].
+    #[arg(long, value_name = "ACTION")]
+    pub on_expiry: Option<String>,
+
+    /// `run`: exit 0 once this file exists (e.g. written by a Job's main container).
+    #[arg(long, value_name = "FILE", env = "LANYARD_EXIT_WHEN_FILE")]
+    pub exit_when_file: Option<PathBuf>,
+
+    /// `run`: revoke the held leases at shutdown (the broker records it; backends that can
+    /// revoke upstream do).
+    #[arg(long)]
+    pub revoke_on_shutdown: bool,
+}
+
+/// `LANYARD_TARGET_<N>` values from `env`, in order of N.
+pub fn env_targets(env: &[(String, String)]) -> Result<Vec<(String, String)>, SidecarError> {
+    let mut found = Vec::new();
+    for (k, v) in env {
+        let Some(n) = k.strip_prefix("LANYARD_TARGET_") else {
+            continue;
+        };
+        let n: u32 = n.parse().map_err(|_| {
+            SidecarError::Usage(format!(
+                "environment variable {k}: the suffix must be a number, e.g. LANYARD_TARGET_1"
+            ))
+        })?;
+        found.push((n, k.clone(), v.clone()));
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, k, v)| (k, v)).collect())
 }
 
 /// Exactly one identity token source.
@@ -159,6 +253,93 @@ impl CommonArgs {
         Ok(SidecarConfig {
             client,
             dir: self.dir.clone(),
+        })
+    }
+
+    /// Builds the [`Options`]: targets from the config file, `--target` and
+    /// `LANYARD_TARGET_<N>` in `env` (in that order), notify actions, expiry handling and
+    /// the rest. Errors are usage errors naming the flag, variable or file.
+    pub fn to_options(
+        &self,
+        is_run: bool,
+        env: &[(String, String)],
+    ) -> Result<Options, SidecarError> {
+        let usage = SidecarError::Usage;
+        let file = match &self.config {
+            Some(p) => ConfigFile::load(p).map_err(usage)?,
+            None => ConfigFile::default(),
+        };
+        let origin = |i: usize| match &self.config {
+            Some(p) => format!("{} targets[{i}]", p.display()),
+            None => format!("targets[{i}]"),
+        };
+        let mut specs: Vec<(String, TargetSpec)> = file
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (origin(i), t.clone()))
+            .collect();
+        for (i, t) in self.targets.iter().enumerate() {
+            let what = format!("--target #{}", i + 1);
+            let spec = parse_target_keys(t).map_err(|e| usage(format!("{what}: {e}")))?;
+            specs.push((what, spec));
+        }
+        for (k, v) in env_targets(env)? {
+            let spec = parse_target_keys(&v).map_err(|e| usage(format!("{k}: {e}")))?;
+            specs.push((k, spec));
+        }
+        let targets = check_all(&specs).map_err(usage)?;
+
+        let mut notify = Vec::new();
+        for (i, n) in file.notify.iter().enumerate() {
+            let what = match &self.config {
+                Some(p) => format!("{} notify[{i}]", p.display()),
+                None => format!("notify[{i}]"),
+            };
+            notify.push(n.check(&what).map_err(usage)?);
+        }
+        if self.notify_signal.is_some() {
+            let spec = NotifySpec {
+                signal: self.notify_signal.clone(),
+                pid_file: self.notify_pid_file.clone(),
+                process_name: self.notify_process_name.clone(),
+                ..NotifySpec::default()
+            };
+            notify.push(
+                spec.check("--notify-signal").map_err(|e| {
+                    usage(format!("{e} (--notify-pid-file or --notify-process-name)"))
+                })?,
+            );
+        }
+        if let Some(c) = &self.notify_command {
+            notify.push(Notify::Command {
+                argv: crate::notify::parse_command(c).map_err(usage)?,
+            });
+        }
+        if let Some(t) = &self.notify_touch {
+            notify.push(Notify::Touch { path: t.clone() });
+        }
+        let on_expiry = match &self.on_expiry {
+            Some(s) => OnExpiry::parse(s).map_err(|e| usage(format!("--on-expiry: {e}")))?,
+            None => file.on_expiry.unwrap_or_default(),
+        };
+        if !is_run
+            && (self.health_listen.is_some()
+                || self.exit_when_file.is_some()
+                || self.revoke_on_shutdown)
+        {
+            return Err(usage(
+                "--health-listen, --exit-when-file and --revoke-on-shutdown apply to `run`, not `init`".to_owned(),
+            ));
+        }
+        Ok(Options {
+            targets,
+            notify,
+            on_expiry,
+            deadline: (!is_run && self.deadline_seconds > 0)
+                .then(|| Duration::from_secs(self.deadline_seconds)),
+            exit_when_file: self.exit_when_file.clone(),
+            revoke_on_shutdown: self.revoke_on_shutdown,
         })
     }
 }

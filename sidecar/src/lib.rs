@@ -24,13 +24,22 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (clap) and how it becomes a [`SidecarConfig`].
-//! - [`files`]: name checks, atomic 0400 writes, the on-disk layout.
+//! - [`files`]: name checks, atomic writes with mode and owner, the default layout and
+//!   targets, expired files.
+//! - [`targets`]: target specs (config file, annotation keys) and the pure rendering of each
+//!   format (raw, env, json, aws, template).
+//! - [`notify`]: telling the application after a rotation (signal, command, touch).
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`, `POST /quitquitquit`.
 //! - [`schedule`]: the pure refresh/backoff decision `run` follows.
-//! - this file: [`init`], [`run`], [`main_with_args`] and the error type.
+//! - this file: [`init`], [`init_with`], [`run`], [`run_with`], [`main_with_args`], the
+//!   options and the error type.
 
 pub mod cli;
 pub mod files;
+pub mod health;
+pub mod notify;
 pub mod schedule;
+pub mod targets;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -38,14 +47,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use lanyard::Client;
-use lanyard::clock::{Clock, SystemClock, rfc3339};
+use lanyard::clock::{Clock, SystemClock, rfc3339, unix_seconds};
 use tracing::{debug, error, info, warn};
 
 pub use files::WrittenCredential;
+pub use notify::Notify;
 use schedule::{Held, Schedule};
+pub use targets::Target;
 
 /// What the sidecar needs: a configured client and the directory to write into.
 #[derive(Debug, Clone)]
@@ -87,6 +99,54 @@ impl Written {
     }
 }
 
+/// What to do with the files of a credential that is past its expiry and could not be
+/// refreshed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// Delete its files, so nothing reads a dead credential (the default).
+    #[default]
+    Remove,
+    /// Keep its files and write `FILE.expired` (holding the expiry time) next to each.
+    Mark,
+    /// Leave the files as they are.
+    Keep,
+}
+
+impl OnExpiry {
+    /// Parses `remove`, `mark` or `keep`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "remove" => Ok(Self::Remove),
+            "mark" => Ok(Self::Mark),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!(
+                "on-expiry {other:?} is not known; use remove, mark or keep"
+            )),
+        }
+    }
+}
+
+/// Everything beyond the broker client and the directory: targets, notifications, expiry
+/// handling, the `init` deadline, exit conditions and revocation. `Options::default()` is
+/// the default layout with no notification.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where and how each credential is written; empty means the default layout.
+    pub targets: Vec<Target>,
+    /// What to do after a rotation.
+    pub notify: Vec<Notify>,
+    /// What to do with the files of an expired credential.
+    pub on_expiry: OnExpiry,
+    /// `init`: give up after this long (retrying retryable failures with backoff inside
+    /// it); `None` tries once.
+    pub deadline: Option<Duration>,
+    /// `run`: exit 0 once this file exists.
+    pub exit_when_file: Option<PathBuf>,
+    /// `run`: revoke the held leases when it stops.
+    pub revoke_on_shutdown: bool,
+}
+
 /// Errors of the sidecar.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,8 +154,9 @@ pub enum SidecarError {
     /// Fetching from the broker failed (unreachable, refused, bad answer, token file).
     #[error(transparent)]
     Fetch(#[from] lanyard::Error),
-    /// The broker's answer cannot be written safely (bad role or field name, bad times).
-    #[error("the broker sent a credential the sidecar will not write: {0}")]
+    /// The broker's answer cannot be written safely (bad role or field name, bad times), or
+    /// a target cannot be rendered from it (missing role or field, template error).
+    #[error("the sidecar will not write this credential: {0}")]
     Invalid(String),
     /// Writing a file or creating a directory failed.
     #[error("cannot write {path}: {source}; check that the directory is writable by this user")]
@@ -104,6 +165,27 @@ pub enum SidecarError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// A path in the secrets directory is unsafe to write (a symbolic link, or not a
+    /// directory where one is needed); nothing was written.
+    #[error("refusing to write {path}: {why}; remove it and restart")]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// `init` ran out of time.
+    #[error(
+        "gave up after {attempts} attempt(s) in {seconds} s (--deadline-seconds); last error: {last}"
+    )]
+    Deadline {
+        /// Attempts made.
+        attempts: u32,
+        /// The deadline, in seconds.
+        seconds: u64,
+        /// The last failure.
+        last: Box<SidecarError>,
     },
     /// The command line or configuration is wrong.
     #[error("{0}")]
@@ -118,25 +200,77 @@ impl SidecarError {
             _ => 1,
         }
     }
+
+    /// Whether trying again later may succeed (the broker was unreachable or answered with
+    /// a retryable error). Refusals, unsafe paths and bad targets are not retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Fetch(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
-/// Fetches once and writes the credentials; returns what was written.
+/// Fetches once and writes the credentials in the default layout; returns what was written.
 pub async fn init(cfg: &SidecarConfig) -> Result<Written, SidecarError> {
-    fetch_and_write(cfg).await
+    fetch_and_write(cfg, &Options::default()).await
 }
 
-async fn fetch_and_write(cfg: &SidecarConfig) -> Result<Written, SidecarError> {
+/// Fetches and writes per `opts`. With a deadline, retryable failures are retried with
+/// backoff (0.25 s doubling to 5 s, jittered) until it passes; anything else fails at once.
+pub async fn init_with(cfg: &SidecarConfig, opts: &Options) -> Result<Written, SidecarError> {
+    let Some(deadline) = opts.deadline else {
+        return fetch_and_write(cfg, opts).await;
+    };
+    let started = tokio::time::Instant::now();
+    let end = started + deadline;
+    let mut backoff =
+        lanyard::refresh::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let last = match tokio::time::timeout_at(end, fetch_and_write(cfg, opts)).await {
+            Ok(Ok(w)) => return Ok(w),
+            Ok(Err(e)) if !e.is_retryable() => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => SidecarError::Fetch(lanyard::Error::Transport(format!(
+                "at {}: no answer before the deadline",
+                cfg.client.broker_url()
+            ))),
+        };
+        let wait = backoff.next_delay(fastrand::f64());
+        let now = tokio::time::Instant::now();
+        if now + wait >= end {
+            return Err(SidecarError::Deadline {
+                attempts,
+                seconds: deadline.as_secs(),
+                last: Box::new(last),
+            });
+        }
+        warn!(error = %last, attempt = attempts, retry_in_seconds = wait.as_secs_f64(), "init failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn fetch_and_write(cfg: &SidecarConfig, opts: &Options) -> Result<Written, SidecarError> {
     let resp = cfg.client.fetch().await?;
     let dir = cfg.dir.clone();
     let request_id = resp.request_id.clone();
     let identity = resp.identity.clone();
+    let targets = opts.targets.clone();
     // fsync and rename block; keep them off the async workers.
-    let credentials = tokio::task::spawn_blocking(move || files::write_response(&dir, &resp))
-        .await
-        .map_err(|e| SidecarError::Write {
-            path: cfg.dir.clone(),
-            source: io::Error::other(format!("writer task failed: {e}")),
-        })??;
+    let credentials = tokio::task::spawn_blocking(move || {
+        if targets.is_empty() {
+            files::write_response(&dir, &resp)
+        } else {
+            files::write_targets(&dir, &targets, &resp)
+        }
+    })
+    .await
+    .map_err(|e| SidecarError::Write {
+        path: cfg.dir.clone(),
+        source: io::Error::other(format!("writer task failed: {e}")),
+    })??;
     Ok(Written {
         request_id,
         identity,
@@ -152,16 +286,72 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut schedule = Schedule::new();
-    info!(broker = %cfg.client.broker_url(), dir = %cfg.dir.display(), "lanyard-sidecar running");
+    run_with(cfg, &Options::default(), None, clock, shutdown).await
+}
+
+/// Why `run` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Quit,
+    ExitFile,
+}
+
+/// Resolves once `path` exists (checked every 200 ms); never without a path.
+async fn file_appears(path: Option<&Path>) {
+    let Some(path) = path else {
+        return std::future::pending().await;
+    };
     loop {
+        if tokio::fs::symlink_metadata(path).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`run`] with options, and a bound listener for the health port (`/healthz`, `/readyz`,
+/// `/metrics`, `POST /quitquitquit`). Ends with `Ok(())` on `shutdown`, on a quit request
+/// and when `opts.exit_when_file` appears.
+pub async fn run_with(
+    cfg: &SidecarConfig,
+    opts: &Options,
+    health: Option<tokio::net::TcpListener>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
+    let status = Arc::new(health::Status::default());
+    let (health_stop, health_rx) = tokio::sync::watch::channel(false);
+    let health_task = health.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "health port listening");
+        }
+        let mut rx = health_rx;
+        tokio::spawn(health::serve(listener, status.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    });
+    let stop = async {
+        tokio::select! {
+            () = shutdown => Stop::Shutdown,
+            () = status.quit_requested() => Stop::Quit,
+            () = file_appears(opts.exit_when_file.as_deref()) => Stop::ExitFile,
+        }
+    };
+    let mut stop = std::pin::pin!(stop);
+    let mut schedule = Schedule::new();
+    // The credentials on disk, by role (expired ones are dropped once handled).
+    let mut held: std::collections::BTreeMap<String, WrittenCredential> = Default::default();
+    let mut expired_roles = std::collections::BTreeSet::new();
+    info!(broker = %cfg.client.broker_url(), dir = %cfg.dir.display(), targets = opts.targets.len(), "lanyard-sidecar running");
+    let why = 'outer: loop {
         let outcome = tokio::select! {
-            () = &mut shutdown => break,
-            outcome = fetch_and_write(cfg) => outcome,
+            why = &mut stop => break 'outer why,
+            outcome = fetch_and_write(cfg, opts) => outcome,
         };
         let decision = match outcome {
             Ok(written) => {
+                let mut rotated = Vec::new();
                 for c in &written.credentials {
                     info!(
                         request_id = %written.request_id,
@@ -169,12 +359,33 @@ pub async fn run(
                         kind = %c.kind,
                         lease_id = %c.lease_id,
                         expires_at = %rfc3339(c.expires_at),
+                        rotated = c.rotated,
                         "credential written"
                     );
+                    // A role whose files were removed at expiry and are back is a
+                    // rotation too.
+                    if c.rotated || expired_roles.remove(&c.role) {
+                        rotated.push(c.role.clone());
+                    }
+                    held.insert(c.role.clone(), c.clone());
+                }
+                status.record_success(
+                    written
+                        .credentials
+                        .iter()
+                        .map(|c| (c.role.clone(), unix_seconds(c.expires_at))),
+                );
+                status.set_ready(true);
+                if !rotated.is_empty() {
+                    tokio::select! {
+                        why = &mut stop => break 'outer why,
+                        () = tell_the_app(&opts.notify, &rotated, clock.now()) => {}
+                    }
                 }
                 schedule.on_success(written.held(), clock.now(), fastrand::f64())
             }
             Err(e) => {
+                status.record_failure();
                 let d = schedule.on_failure(clock.now(), fastrand::f64());
                 warn!(
                     error = %e,
@@ -189,9 +400,6 @@ pub async fn run(
             for (role, left) in &decision.expiring {
                 warn!(role = %role, seconds_left = left.as_secs(), "credential expires soon and has not been refreshed");
             }
-            for role in &decision.expired {
-                error!(role = %role, "credential has expired and could not be refreshed; its files are stale");
-            }
         } else {
             for role in &decision.expired {
                 warn!(role = %role, "the broker issued a credential that has already expired; check the clocks of broker and sidecar");
@@ -202,18 +410,115 @@ pub async fn run(
             due = decision.due.as_deref().unwrap_or("-"),
             "next refresh scheduled"
         );
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(decision.wait) => {}
+        // Sleep until the next fetch, waking at each held credential's expiry on the way.
+        let fetch_at = tokio::time::Instant::now() + decision.wait;
+        loop {
+            let now = clock.now();
+            let expired: Vec<String> = held
+                .values()
+                .filter(|c| c.expires_at <= now)
+                .map(|c| c.role.clone())
+                .collect();
+            for role in expired {
+                if let Some(c) = held.remove(&role) {
+                    expired_roles.insert(role.clone());
+                    handle_expired(&c, opts.on_expiry).await;
+                    status.set_ready(false);
+                }
+            }
+            let until_fetch = fetch_at.saturating_duration_since(tokio::time::Instant::now());
+            if until_fetch.is_zero() {
+                break;
+            }
+            let until_expiry = held
+                .values()
+                .map(|c| c.expires_at.duration_since(now).unwrap_or(Duration::ZERO))
+                .min()
+                .map(|d| d + Duration::from_millis(10));
+            let nap = until_expiry.map_or(until_fetch, |e| e.min(until_fetch));
+            tokio::select! {
+                why = &mut stop => break 'outer why,
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    };
+    info!(reason = ?why, "lanyard-sidecar shutting down");
+    if opts.revoke_on_shutdown {
+        revoke_all(cfg, &held, clock.now()).await;
+    }
+    let _ = health_stop.send(true);
+    if let Some(t) = health_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn tell_the_app(actions: &[Notify], roles: &[String], now: std::time::SystemTime) {
+    for a in actions {
+        match a.fire(roles, now).await {
+            Ok(what) => info!(roles = %roles.join(","), "{what}"),
+            Err(why) => {
+                warn!(roles = %roles.join(","), error = %why, "could not tell the application about the rotation")
+            }
         }
     }
-    info!("lanyard-sidecar shutting down");
-    Ok(())
+}
+
+async fn handle_expired(c: &WrittenCredential, on_expiry: OnExpiry) {
+    let when = rfc3339(c.expires_at);
+    if on_expiry == OnExpiry::Keep {
+        error!(role = %c.role, expired_at = %when, "credential has expired and could not be refreshed; its files are stale (on-expiry keep)");
+        return;
+    }
+    let remove = on_expiry == OnExpiry::Remove;
+    let files = c.files.clone();
+    let w = when.clone();
+    let (done, errors) =
+        tokio::task::spawn_blocking(move || files::expire_files(&files, remove, &w))
+            .await
+            .unwrap_or_else(|e| (Vec::new(), vec![e.to_string()]));
+    error!(
+        role = %c.role,
+        expired_at = %when,
+        files = done.len(),
+        action = if remove { "removed" } else { "marked" },
+        "credential has expired and could not be refreshed"
+    );
+    for e in errors {
+        error!(role = %c.role, error = %e, "could not handle an expired file");
+    }
+}
+
+async fn revoke_all(
+    cfg: &SidecarConfig,
+    held: &std::collections::BTreeMap<String, WrittenCredential>,
+    now: std::time::SystemTime,
+) {
+    for c in held.values().filter(|c| c.expires_at > now) {
+        match tokio::time::timeout(Duration::from_secs(5), cfg.client.revoke_lease(&c.lease_id))
+            .await
+        {
+            Ok(Ok(())) => info!(role = %c.role, lease_id = %c.lease_id, "lease revoked"),
+            Ok(Err(e)) => {
+                warn!(role = %c.role, lease_id = %c.lease_id, error = %e, "could not revoke lease")
+            }
+            Err(_) => warn!(role = %c.role, lease_id = %c.lease_id, "revoking the lease timed out"),
+        }
+    }
 }
 
 /// The binary's whole `main`: parses `args` (including the program name), sets up logging,
 /// runs `init` or `run`, and returns the exit code (0 ok, 1 failure, 2 usage).
 pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    main_with_env(args, env).await
+}
+
+/// [`main_with_args`] with the environment given (for `LANYARD_TARGET_<N>`).
+pub async fn main_with_env(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> ExitCode {
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -227,17 +532,40 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         cli::Command::Init(a) => (false, a),
         cli::Command::Run(a) => (true, a),
     };
-    let cfg = match args.to_config() {
-        Ok(cfg) => cfg,
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let (cfg, opts) = match args
+        .to_config()
+        .and_then(|cfg| Ok((cfg, args.to_options(is_run, &env)?)))
+    {
+        Ok(c) => c,
         Err(e) => return fail(&e),
     };
     if is_run {
-        match run(&cfg, Arc::new(SystemClock), shutdown_signal()).await {
+        let health = match args.health_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    return fail(&SidecarError::Usage(format!(
+                        "--health-listen {addr}: cannot listen: {e}"
+                    )));
+                }
+            },
+            None => None,
+        };
+        match run_with(
+            &cfg,
+            &opts,
+            health,
+            Arc::new(SystemClock),
+            shutdown_signal(),
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         }
     } else {
-        match init(&cfg).await {
+        match init_with(&cfg, &opts).await {
             Ok(written) => {
                 info!(
                     request_id = %written.request_id,

@@ -57,11 +57,32 @@ async fn refuse() -> Response {
     (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
+/// Issues once, then answers 503 like a broker whose backend is down.
+async fn once(state: State<(Arc<Mutex<u32>>, u64)>) -> Response {
+    if *state.0.0.lock().expect("lock") >= 1 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    issue(state).await
+}
+
+async fn garbage() -> Response {
+    (StatusCode::OK, "<html>this is not the broker</html>").into_response()
+}
+
+async fn huge() -> Response {
+    let mut body = b"{\"request_id\":\"".to_vec();
+    body.resize(10 * 1024 * 1024, b'a');
+    (StatusCode::OK, body).into_response()
+}
+
 async fn serve(ttl: u64) -> (SocketAddr, Arc<Mutex<u32>>) {
     let served = Arc::new(Mutex::new(0));
     let app = Router::new()
         .route("/v1/credentials", post(issue))
         .route("/refuse/v1/credentials", post(refuse))
+        .route("/once/v1/credentials", post(once))
+        .route("/garbage/v1/credentials", post(garbage))
+        .route("/huge/v1/credentials", post(huge))
         .with_state((served.clone(), ttl));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -72,8 +93,12 @@ async fn serve(ttl: u64) -> (SocketAddr, Arc<Mutex<u32>>) {
 }
 
 fn config(addr: SocketAddr, dir: &std::path::Path) -> SidecarConfig {
+    config_at(&format!("http://{addr}"), dir)
+}
+
+fn config_at(url: &str, dir: &std::path::Path) -> SidecarConfig {
     let client = Client::builder()
-        .broker_url(format!("http://{addr}"))
+        .broker_url(url)
         .token_source(TokenSource::Static(Secret::new("eyJcaller")))
         .build()
         .expect("client");
@@ -130,8 +155,8 @@ async fn init_reports_a_refusal_and_writes_nothing() {
 
 #[tokio::test]
 async fn run_refreshes_in_place_then_stops_on_shutdown() {
-    // A 1 s lifetime refreshes after the 1 s floor.
-    let (addr, served) = serve(1).await;
+    // A 2 s lifetime refreshes at about 1.4 s, before it expires.
+    let (addr, served) = serve(2).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(addr, dir.path());
     let watched = served.clone();
@@ -185,8 +210,10 @@ async fn binary_entry_point_exit_codes() {
     let usage = lanyard_sidecar::main_with_args(args(&["--broker", &url])).await;
     assert_eq!(usage, ExitCode::from(2));
 
-    // Nobody listens on port 1 of loopback: a failure, exit 1.
+    // Nobody listens on port 1 of loopback: retried until the deadline, then exit 1.
     let unreachable = lanyard_sidecar::main_with_args(args(&[
+        "--deadline-seconds",
+        "1",
         "--broker",
         "http://127.0.0.1:1",
         "--token-file",
@@ -196,4 +223,209 @@ async fn binary_entry_point_exit_codes() {
     ]))
     .await;
     assert_eq!(unreachable, ExitCode::FAILURE);
+}
+
+#[tokio::test]
+async fn garbage_or_a_10_mib_answer_is_a_clear_error_and_keeps_the_old_files() {
+    let (addr, _) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    lanyard_sidecar::init(&config(addr, dir.path()))
+        .await
+        .expect("first init");
+    let token = dir.path().join("dev-app/token");
+    let before = std::fs::read(&token).expect("token");
+    for (path, expect) in [
+        ("garbage", "not a credentials body"),
+        ("huge", "larger than 1 MiB"),
+    ] {
+        let cfg = config_at(&format!("http://{addr}/{path}"), dir.path());
+        let e = lanyard_sidecar::init(&cfg).await.expect_err(path);
+        assert!(
+            matches!(e, SidecarError::Fetch(lanyard::Error::InvalidResponse(_))),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(expect), "{e}");
+        assert!(!e.to_string().contains("<html>"), "{e}");
+        assert_eq!(std::fs::read(&token).expect("kept"), before);
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("dev-app"))
+        .expect("ls")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["token"], "nothing half-written");
+}
+
+#[tokio::test]
+async fn a_credential_past_expiry_is_removed_by_default() {
+    let (addr, served) = serve(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_at(&format!("http://{addr}/once"), dir.path());
+    let token = dir.path().join("dev-app/token");
+    let t = token.clone();
+    let shutdown = async move {
+        // Written, then gone once it expires (the refresh at ~1.4 s fails).
+        while !t.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while t.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        lanyard_sidecar::run(&cfg, Arc::new(SystemClock), shutdown),
+    )
+    .await
+    .expect("the expired files are removed in time")
+    .expect("run ok");
+    assert!(!dir.path().join("dev-app.json").exists());
+    assert_eq!(
+        *served.lock().expect("lock"),
+        1,
+        "only one credential was issued"
+    );
+}
+
+#[tokio::test]
+async fn run_exits_zero_when_the_exit_file_appears() {
+    let (addr, _) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = dir.path().join("main-done");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJfromfile\n").expect("token");
+    let url = format!("http://{addr}");
+    let args: Vec<std::ffi::OsString> = [
+        "lanyard-sidecar",
+        "run",
+        "--broker",
+        &url,
+        "--token-file",
+        token.to_str().expect("utf-8"),
+        "--dir",
+        dir.path().join("secrets").to_str().expect("utf-8"),
+        "--exit-when-file",
+        done.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let run = tokio::spawn(lanyard_sidecar::main_with_args(args));
+    let written = dir.path().join("secrets/dev-app/token");
+    for _ in 0..100 {
+        if written.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(written.exists());
+    assert!(!run.is_finished(), "run keeps going until told");
+    std::fs::write(&done, "").expect("done");
+    let code = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("exits soon after the file appears")
+        .expect("join");
+    assert_eq!(code, ExitCode::SUCCESS);
+}
+
+#[tokio::test]
+async fn bad_targets_are_usage_errors_and_write_nothing() {
+    let (addr, served) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJfromfile\n").expect("token");
+    let secrets = dir.path().join("secrets");
+    let url = format!("http://{addr}");
+    let run = |target: &str, env: Vec<(String, String)>| {
+        let args: Vec<std::ffi::OsString> = [
+            "lanyard-sidecar",
+            "init",
+            "--broker",
+            &url,
+            "--token-file",
+            token.to_str().expect("utf-8"),
+            "--dir",
+            secrets.to_str().expect("utf-8"),
+            "--target",
+            target,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        lanyard_sidecar::main_with_env(args, env)
+    };
+    for bad in [
+        "role=dev-app,path=../../etc/x",
+        "role=dev-app,path=/etc/x",
+        "role=dev-app,path=x,format=template,template={{ nope }}",
+    ] {
+        assert_eq!(run(bad, Vec::new()).await, ExitCode::from(2), "{bad}");
+    }
+    let env = vec![(
+        "LANYARD_TARGET_1".to_owned(),
+        "role=dev-app,path=../x".to_owned(),
+    )];
+    assert_eq!(run("role=dev-app,path=ok", env).await, ExitCode::from(2));
+    assert!(!secrets.exists(), "nothing written");
+    assert_eq!(
+        *served.lock().expect("lock"),
+        0,
+        "the broker was not even asked"
+    );
+
+    // Both sources together, in order: flag, then LANYARD_TARGET_<N> by N.
+    let env = vec![
+        (
+            "LANYARD_TARGET_10".to_owned(),
+            "role=dev-app,path=ten".to_owned(),
+        ),
+        (
+            "LANYARD_TARGET_2".to_owned(),
+            "role=dev-app,format=env,path=two.env".to_owned(),
+        ),
+    ];
+    assert_eq!(run("role=dev-app,path=flag", env).await, ExitCode::SUCCESS);
+    assert_eq!(
+        std::fs::read(secrets.join("flag")).expect("flag"),
+        b"eyJtoken-1"
+    );
+    assert_eq!(
+        std::fs::read(secrets.join("ten")).expect("ten"),
+        b"eyJtoken-1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("two.env")).expect("env"),
+        "TOKEN=eyJtoken-1\n"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_directory_is_a_clear_error() {
+    let (addr, _) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A file where the secrets directory should be: even root cannot write into it.
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, "not a dir").expect("file");
+    let e = lanyard_sidecar::init(&config(addr, &secrets))
+        .await
+        .expect_err("not a dir");
+    assert!(e.to_string().contains("not a directory"), "{e}");
+    // A read-only directory (checked only when not root, who may write anyway).
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    if std::fs::write(ro.join("probe"), "").is_err() {
+        let e = lanyard_sidecar::init(&config(addr, &ro))
+            .await
+            .expect_err("read-only");
+        assert!(matches!(e, SidecarError::Write { .. }), "{e:?}");
+        assert!(e.to_string().contains("writable"), "{e}");
+    } else {
+        // Root: a read-only file system is the real case; /proc stands in for one.
+        let e = lanyard_sidecar::init(&config(addr, std::path::Path::new("/proc/self/lanyard")))
+            .await
+            .expect_err("proc");
+        assert!(matches!(e, SidecarError::Write { .. }), "{e:?}");
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).expect("chmod back");
 }

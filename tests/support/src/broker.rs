@@ -131,25 +131,7 @@ impl TestBroker {
         );
         let config_file = dir.path().join("broker.yaml");
         std::fs::write(&config_file, config_text).expect("write config");
-        let config = BrokerConfig::load(&config_file, std::iter::empty()).expect("config loads");
-        let broker = Broker::new(
-            config,
-            Arc::new(lanyard::clock::SystemClock),
-            Metrics::new(),
-        )
-        .await
-        .expect("broker starts");
-        let (stop, rx) = watch::channel(false);
-        let b = broker.clone();
-        let task = tokio::spawn(async move {
-            let mut rx = rx;
-            let shutdown = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            lanyard_broker::server::run(listener, b, shutdown)
-                .await
-                .expect("server runs");
-        });
+        let (broker, stop, task) = serve(listener, &config_file).await;
         Self {
             url,
             addr,
@@ -164,6 +146,35 @@ impl TestBroker {
             task: Some(task),
             dir: Some(dir),
         }
+    }
+
+    /// Stops serving (the port is closed and connections refused) but keeps the directory,
+    /// store and certificates, so [`resume`](Self::resume) brings the same broker back.
+    pub async fn pause(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Serves again on the same address with the same configuration and store, after
+    /// [`pause`](Self::pause).
+    pub async fn resume(&mut self) {
+        let mut listener = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let listener = listener.expect("rebind the paused broker's address");
+        let (broker, stop, task) = serve(listener, &self.config_file).await;
+        self.broker = broker;
+        self.stop = stop;
+        self.task = Some(task);
     }
 
     /// The temp directory holding everything.
@@ -241,6 +252,37 @@ impl TestBroker {
         }
         self.dir.take().expect("present until stop")
     }
+}
+
+/// Loads the config and runs the server on `listener` until the returned sender says stop.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    config_file: &Path,
+) -> (
+    Arc<Broker>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = BrokerConfig::load(config_file, std::iter::empty()).expect("config loads");
+    let broker = Broker::new(
+        config,
+        Arc::new(lanyard::clock::SystemClock),
+        Metrics::new(),
+    )
+    .await
+    .expect("broker starts");
+    let (stop, rx) = watch::channel(false);
+    let b = broker.clone();
+    let task = tokio::spawn(async move {
+        let mut rx = rx;
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        lanyard_broker::server::run(listener, b, shutdown)
+            .await
+            .expect("server runs");
+    });
+    (broker, stop, task)
 }
 
 impl Drop for TestBroker {
