@@ -93,15 +93,7 @@ async fn kubernetes_token_gets_a_verifiable_jwt_and_an_audit_record() {
     );
 
     // Metrics count it.
-    let metrics = broker
-        .http()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = broker.metrics().await;
     assert!(
         metrics.contains(r#"lanyard_issuances_total{backend="jwt",role="app"} 1"#),
         "{metrics}"

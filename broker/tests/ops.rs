@@ -126,15 +126,7 @@ async fn editing_a_policy_file_takes_effect_without_a_restart() {
             .iter()
             .any(|r| r["event"] == "policy_reload" && r["decision"] == "allow")
     );
-    let metrics = broker
-        .http()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = broker.metrics().await;
     assert!(
         metrics.contains(r#"lanyard_policy_reloads_total{result="ok"} 1"#),
         "{metrics}"

@@ -80,15 +80,7 @@ async fn no_secret_appears_in_logs_audit_metrics_or_errors() {
         assert!(status >= 400);
         bodies.push(b.to_string());
     }
-    let metrics = broker
-        .http()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = broker.metrics().await;
     let audit = std::fs::read_to_string(&broker.audit_file).expect("audit");
     broker.stop().await;
 

@@ -279,15 +279,7 @@ async fn over_https_a_kubernetes_pod_gets_aws_credentials() {
     assert_eq!(body["credentials"][0]["kind"], "aws-sts");
     assert!(body["credentials"][0]["data"]["session_token"].is_string());
     assert_eq!(moto.calls_of("AssumeRole").len(), 1);
-    let metrics = broker
-        .http()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = broker.metrics().await;
     assert!(
         metrics.contains("lanyard_upstream_calls_total{backend=\"aws-sts\",outcome=\"ok\"} 1"),
         "{metrics}"

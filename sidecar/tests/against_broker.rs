@@ -8,11 +8,8 @@ use lanyard_test_support::{OidcIssuer, TestBroker};
 async fn sidecar_binary_init_succeeds_and_fails_with_a_clear_reason() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start(Some(&issuer)).await;
-    let work = tempfile::tempdir().expect("tmp");
-    let token_file = work.path().join("sa-token");
-    std::fs::write(&token_file, issuer.k8s_token("shop", "api", "lanyard", 600)).expect("write");
-    let secrets = work.path().join("secrets");
-    std::fs::create_dir_all(&secrets).expect("mkdir");
+    let work = lanyard_test_support::Workload::kubernetes(&issuer, "shop", "api");
+    let (token_file, secrets) = (work.token_file.clone(), work.secrets.clone());
     let bin = env!("CARGO_BIN_EXE_lanyard-sidecar");
     let args = |token: &Path| {
         vec![

@@ -10,15 +10,6 @@ use lanyard::TokenSource;
 use lanyard::clock::SystemClock;
 use lanyard_test_support::{OidcIssuer, TestBroker, TestBrokerOptions};
 
-fn client(broker: &TestBroker, source: TokenSource) -> lanyard::Client {
-    lanyard::Client::builder()
-        .broker_url(broker.url.clone())
-        .ca_file(broker.pki.ca_path())
-        .token_source(source)
-        .build()
-        .expect("client builds")
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
@@ -27,14 +18,11 @@ fn mode(p: &Path) -> u32 {
 async fn sidecar_init_writes_credentials_from_a_projected_token() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start(Some(&issuer)).await;
-    let work = tempfile::tempdir().expect("tmp");
-    let token_file = work.path().join("sa-token");
-    std::fs::write(&token_file, issuer.k8s_token("shop", "api", "lanyard", 600)).expect("write");
-    let secrets = work.path().join("secrets");
-    std::fs::create_dir_all(&secrets).expect("mkdir");
+    let work = lanyard_test_support::Workload::kubernetes(&issuer, "shop", "api");
+    let (token_file, secrets) = (work.token_file.clone(), work.secrets.clone());
 
     let cfg = lanyard_sidecar::SidecarConfig {
-        client: client(&broker, TokenSource::JwtFile(token_file.clone())),
+        client: broker.client(TokenSource::JwtFile(token_file.clone())),
         dir: secrets.clone(),
     };
     lanyard_sidecar::init(&cfg).await.expect("init succeeds");
@@ -72,7 +60,7 @@ async fn sdk_rereads_the_token_file_on_every_fetch() {
     let work = tempfile::tempdir().expect("tmp");
     let token_file = work.path().join("sa-token");
     std::fs::write(&token_file, issuer.k8s_token("shop", "api", "lanyard", 600)).expect("write");
-    let c = client(&broker, TokenSource::JwtFile(token_file.clone()));
+    let c = broker.client(TokenSource::JwtFile(token_file.clone()));
 
     let first = c.fetch().await.expect("fetch");
     assert_eq!(first.identity, "system:serviceaccount:shop:api");
@@ -122,7 +110,7 @@ rules:
     let secrets = work.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("mkdir");
     let cfg = lanyard_sidecar::SidecarConfig {
-        client: client(&broker, TokenSource::BootstrapFile(token_file)),
+        client: broker.client(TokenSource::BootstrapFile(token_file)),
         dir: secrets.clone(),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -35,16 +35,6 @@ rules:
     roles: [app]
 "#;
 
-fn client(broker: &TestBroker, source: TokenSource) -> lanyard::Client {
-    lanyard::Client::builder()
-        .broker_url(broker.url.clone())
-        .ca_file(broker.pki.ca_path())
-        .token_source(source)
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client builds")
-}
-
 fn targets(keys: &[&str]) -> Vec<lanyard_sidecar::Target> {
     let specs: Vec<_> = keys
         .iter()
@@ -148,7 +138,7 @@ async fn formats_and_templates_are_rendered_byte_for_byte_with_mode_and_owner() 
     std::fs::write(&token_file, issuer.k8s_token("shop", "api", "lanyard", 600)).expect("write");
     let secrets = work.path().join("secrets");
     let cfg = SidecarConfig {
-        client: client(&broker, TokenSource::JwtFile(token_file)),
+        client: broker.client(TokenSource::JwtFile(token_file)),
         dir: secrets.clone(),
     };
     // Root can hand files to another user; anyone else keeps them.
@@ -225,13 +215,10 @@ async fn formats_and_templates_are_rendered_byte_for_byte_with_mode_and_owner() 
 async fn hostile_targets_write_nothing() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start(Some(&issuer)).await;
-    let work = tempfile::tempdir().expect("tmp");
-    let token_file = work.path().join("sa-token");
-    std::fs::write(&token_file, issuer.k8s_token("shop", "api", "lanyard", 600)).expect("write");
-    let secrets = work.path().join("secrets");
-    std::fs::create_dir(&secrets).expect("mkdir");
+    let work = lanyard_test_support::Workload::kubernetes(&issuer, "shop", "api");
+    let (token_file, secrets) = (work.token_file.clone(), work.secrets.clone());
     let cfg = SidecarConfig {
-        client: client(&broker, TokenSource::JwtFile(token_file)),
+        client: broker.client(TokenSource::JwtFile(token_file)),
         dir: secrets.clone(),
     };
     let init = |keys: &[&str]| {
@@ -309,7 +296,7 @@ async fn readiness_flips_only_after_the_write_and_quit_ends_run() {
     let secrets = work.path().join("secrets");
     let cfg = SidecarConfig {
         // The token is not there yet: the first fetches fail.
-        client: client(&broker, TokenSource::BootstrapFile(token_file.clone())),
+        client: broker.client(TokenSource::BootstrapFile(token_file.clone())),
         dir: secrets.clone(),
     };
     let sc = start(
@@ -435,7 +422,7 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
     std::fs::write(&token_file, broker.mint(&["short"], 60).await).expect("token");
     let sc = start(
         SidecarConfig {
-            client: client(&broker, TokenSource::BootstrapFile(token_file)),
+            client: broker.client(TokenSource::BootstrapFile(token_file)),
             dir: secrets.clone(),
         },
         Options {
@@ -457,7 +444,7 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
     // And an SDK app keeps its own credentials fresh with a watch stream.
     let sdk_token = work.path().join("bootstrap-sdk");
     std::fs::write(&sdk_token, broker.mint(&["short"], 60).await).expect("token");
-    let mut watch = client(&broker, TokenSource::BootstrapFile(sdk_token)).watch();
+    let mut watch = broker.client(TokenSource::BootstrapFile(sdk_token)).watch();
     let first = tokio::time::timeout(Duration::from_secs(3), watch.next())
         .await
         .expect("first update")
@@ -530,7 +517,7 @@ async fn broker_outage_keeps_the_old_credential_marks_it_at_expiry_and_recovers(
     std::fs::write(&token_file, broker.mint(&["short"], 60).await).expect("token");
     let sc = start(
         SidecarConfig {
-            client: client(&broker, TokenSource::BootstrapFile(token_file)),
+            client: broker.client(TokenSource::BootstrapFile(token_file)),
             dir: secrets.clone(),
         },
         Options {
@@ -596,7 +583,7 @@ async fn leases_are_revoked_on_shutdown_when_asked() {
     let secrets = work.path().join("secrets");
     let sc = start(
         SidecarConfig {
-            client: client(&broker, TokenSource::JwtFile(token_file)),
+            client: broker.client(TokenSource::JwtFile(token_file)),
             dir: secrets.clone(),
         },
         Options {

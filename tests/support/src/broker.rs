@@ -211,6 +211,28 @@ impl TestBroker {
         )
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// An SDK client for this broker (trusting the test CA) with `source` as its identity.
+    pub fn client(&self, source: lanyard::TokenSource) -> lanyard::Client {
+        lanyard::Client::builder()
+            .broker_url(self.url.clone())
+            .ca_file(self.pki.ca_path())
+            .token_source(source)
+            .build()
+            .expect("client builds")
+    }
+
     /// Mints a bootstrap token through the admin API.
     pub async fn mint(&self, roles: &[&str], ttl_seconds: u64) -> String {
         let resp = self

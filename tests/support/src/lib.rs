@@ -24,6 +24,7 @@ pub mod moto;
 pub mod oidc;
 pub mod pki;
 pub mod vault;
+pub mod workload;
 
 pub use broker::{InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
 pub use jsonwebtoken::Algorithm;
@@ -31,3 +32,4 @@ pub use moto::{MotoServer, StsCall};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
 pub use vault::VaultEmulator;
+pub use workload::Workload;
