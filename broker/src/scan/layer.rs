@@ -802,6 +802,33 @@ impl LayerCtx<'_> {
     }
 }
 
+/// Scans one layer blob held in memory with small limits; returns the number of findings and
+/// of incomplete reasons. For fuzzing the layer reader (`fuzz/fuzz_targets/scan_layer.rs`).
+pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
+    let limits = Limits {
+        max_decompressed_bytes: 64 << 20,
+        max_entries: 10_000,
+        max_path_bytes: 4096,
+        max_file_scan_bytes: 16 << 20,
+        max_nesting: 3,
+    };
+    let budget = Budget::new(
+        limits,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        None,
+    );
+    let info = LayerInfo {
+        index: 0,
+        digest: "sha256:fuzz".into(),
+        history_step: None,
+        verify_raw: None,
+        verify_decoded: None,
+    };
+    let r = scan_layer(blob, &info, RuleSet::builtin(), &budget);
+    (r.findings.len(), r.incomplete.len())
+}
+
 fn count_lines(b: &[u8]) -> u64 {
     b.iter().filter(|&&c| c == b'\n').count() as u64
 }
@@ -1156,6 +1183,33 @@ mod tests {
                 "a".repeat(64)
             )]
         );
+    }
+
+    #[test]
+    fn mangled_layers_never_panic_and_are_never_silently_complete() {
+        let t = token();
+        let tar = build_tar(&[("a/b.txt", b'0', t.as_bytes()), ("c", b'0', b"hello")]);
+        for (plain, blob) in [
+            (true, tar.clone()),
+            (false, gzip(&tar)),
+            (false, zstd(&tar)),
+        ] {
+            // A plain tar cut inside its end-of-archive zero blocks has lost nothing.
+            let end = if plain { blob.len() - 1023 } else { blob.len() };
+            for cut in (0..end).step_by(97) {
+                let (_, incomplete) = scan_layer_bytes(&blob[..cut]);
+                assert!(
+                    incomplete > 0,
+                    "a blob cut at {cut} of {} must be incomplete",
+                    blob.len()
+                );
+            }
+            for i in (0..blob.len()).step_by(61) {
+                let mut m = blob.clone();
+                m[i] ^= 0x5a;
+                let _ = scan_layer_bytes(&m);
+            }
+        }
     }
 
     #[test]
