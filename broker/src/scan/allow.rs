@@ -167,6 +167,7 @@ mod tests {
             fingerprint: fp.into(),
             fingerprint_kind: FingerprintKind::Value,
             test_material: false,
+            package_code: false,
             allowed: None,
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::report::{self, Finding, Location};
-use super::rules::{Confidence, RuleSet, SecretClass, Severity, is_test_material};
+use super::rules::{Confidence, RuleSet, SecretClass, Severity, is_package_path, is_test_material};
 use super::tar::{EntryKind, TarLimits, TarReader};
 use super::{Limits, Progress};
 
@@ -779,10 +779,11 @@ impl LayerCtx<'_> {
         };
         let (fingerprint, fingerprint_kind) =
             report::fingerprint(rule, class, value, &report::location_key(&location));
+        let package_code = !test_material && confidence == Confidence::Low && is_package_path(path);
         Finding {
             rule: rule.to_owned(),
             description: description.to_owned(),
-            severity: if test_material {
+            severity: if test_material || package_code {
                 Severity::Info
             } else {
                 severity
@@ -797,6 +798,7 @@ impl LayerCtx<'_> {
             fingerprint,
             fingerprint_kind,
             test_material,
+            package_code,
             allowed: None,
         }
     }
@@ -1154,6 +1156,42 @@ mod tests {
         assert_eq!(
             r.findings[0].fingerprint_kind,
             report::FingerprintKind::Location
+        );
+    }
+
+    #[test]
+    fn generic_matches_in_package_code_are_info_provider_matches_are_not() {
+        let tar = build_tar(&[
+            (
+                "usr/lib/python3/dist-packages/x/db.py",
+                b'0',
+                b"password = 'Tr0ub4dor&3x'\n",
+            ),
+            (
+                "usr/lib/python3/dist-packages/x/gh.py",
+                b'0',
+                token().as_bytes(),
+            ),
+            ("app/db.py", b'0', b"password = 'Tr0ub4dor&3x'\n"),
+        ]);
+        let r = scan_layer(
+            &tar[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        let got: Vec<(String, Severity, bool)> = r
+            .findings
+            .iter()
+            .map(|f| (f.rule.clone(), f.severity, f.package_code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("generic-password".into(), Severity::Info, true),
+                ("github-pat".into(), Severity::High, false),
+                ("generic-password".into(), Severity::Medium, false),
+            ]
         );
     }
 

@@ -844,6 +844,7 @@ fn make_finding(
         fingerprint_kind: kind,
         location,
         test_material: false,
+        package_code: false,
         allowed: None,
     }
 }

@@ -85,6 +85,10 @@ pub struct Finding {
     pub fingerprint_kind: FingerprintKind,
     /// The path is one where packages ship public test material or documentation.
     pub test_material: bool,
+    /// A generic (low-confidence) match in package-managed code (`usr/lib/`, `node_modules/`,
+    /// `site-packages/`...): reported as `info`.
+    #[serde(default)]
+    pub package_code: bool,
     /// The allowlist entry's reason, when the finding is allowed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub allowed: Option<String>,
@@ -384,6 +388,8 @@ pub fn render_human(report: &Report) -> String {
                 f.fingerprint,
                 if f.test_material {
                     "[test material shipped in a package?] "
+                } else if f.package_code {
+                    "[generic match in package code] "
                 } else {
                     ""
                 },
@@ -528,6 +534,7 @@ mod tests {
             fingerprint: "v1:00".into(),
             fingerprint_kind: FingerprintKind::Value,
             test_material: false,
+            package_code: false,
             allowed: allowed.map(str::to_owned),
         }
     }

@@ -494,8 +494,10 @@ pub struct RuleSet {
     pub version: String,
 }
 
-/// Human name of the rules file format version.
-const RULES_SERIES: &str = "2026.1";
+/// The rule set's series. Patterns are hashed into the version automatically; bump this when the
+/// filters in code change (placeholder, code-reference, overlap, test-material and package
+/// decisions), since they change verdicts too.
+const RULES_SERIES: &str = "2026.2";
 
 impl RuleSet {
     /// The built-in rule set, compiled on first use.
@@ -633,9 +635,13 @@ fn trim_value(v: &[u8]) -> &[u8] {
     v
 }
 
-/// Does a candidate value pass the rule's entropy threshold and the placeholder filter?
+/// Does a candidate value pass the rule's entropy threshold and the placeholder filter (and,
+/// for generic assignment rules, the code-reference filter)?
 pub fn accept_value(def: &RuleDef, value: &[u8]) -> bool {
     if value.is_empty() || is_placeholder(value) {
+        return false;
+    }
+    if def.id.starts_with("generic-") && looks_like_code(value) {
         return false;
     }
     def.min_entropy <= 0.0 || shannon_entropy(&strip_ws(value)) >= def.min_entropy
@@ -770,6 +776,22 @@ pub fn is_placeholder(value: &[u8]) -> bool {
     n <= 2
 }
 
+/// Is this assignment value a reference in code (`self.password`, `typing.Optional`,
+/// `user_password`, `getPass`) rather than a literal? Identifiers without digits and dotted
+/// names are treated as code. Pure.
+pub fn looks_like_code(value: &[u8]) -> bool {
+    let ident = |p: &[u8]| {
+        !p.is_empty()
+            && (p[0].is_ascii_alphabetic() || p[0] == b'_')
+            && p.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    };
+    let parts: Vec<&[u8]> = value.split(|b| *b == b'.').collect();
+    if parts.len() > 1 && parts.iter().all(|p| ident(p)) {
+        return true;
+    }
+    ident(value) && !value.iter().any(u8::is_ascii_digit)
+}
+
 /// Drops matches overlapping a match of a higher-priority rule, and exact duplicates.
 pub fn resolve_overlaps(
     mut matches: Vec<RawMatch>,
@@ -885,6 +907,27 @@ pub fn secret_assignment(name: &str, value: &str) -> bool {
         return false;
     }
     true
+}
+
+/// Is the path one where package managers install code (`usr/lib/`, `site-packages/`,
+/// `node_modules/`...)? A generic (low-confidence) match there is library code, not the image
+/// owner's secret.
+pub fn is_package_path(path: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "usr/lib/",
+        "usr/share/",
+        "usr/libexec/",
+        "lib/",
+        "usr/local/lib/",
+    ];
+    const DIRS: &[&str] = &[
+        "site-packages",
+        "dist-packages",
+        "node_modules",
+        "vendor",
+        "gems",
+    ];
+    PREFIXES.iter().any(|p| path.starts_with(p)) || path.split('/').any(|c| DIRS.contains(&c))
 }
 
 /// Is the path one that packages use for public test material and documentation?
@@ -1600,6 +1643,30 @@ pub(crate) mod tests {
             set.file_kind_value(pg, b"# host:port:db:user:password\n")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn code_references_are_not_literals() {
+        for code in [
+            "self.password",
+            "typing.Optional",
+            "user_password",
+            "getPass",
+            "kwargs",
+        ] {
+            assert!(looks_like_code(code.as_bytes()), "{code}");
+        }
+        for lit in ["hunter22", "Tr0ub4dor&3x", "s3cr3t!value9", "p4ss"] {
+            assert!(!looks_like_code(lit.as_bytes()), "{lit}");
+        }
+        miss("generic-password", "password = self.password\n");
+        miss(
+            "generic-password",
+            "def f(password: typing.Optional[bytes]):\n",
+        );
+        assert!(is_package_path("usr/lib/python3/dist-packages/x.py"));
+        assert!(is_package_path("app/node_modules/x/index.js"));
+        assert!(!is_package_path("app/settings.py"));
     }
 
     #[test]
