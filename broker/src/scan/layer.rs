@@ -672,9 +672,9 @@ impl LayerCtx<'_> {
         let kinds: Vec<usize> = self.rules.file_kinds_for(path).collect();
         let test_material = is_test_material(path);
         loop {
-            buf.resize(carry + CHUNK, 0);
-            let n = read_full(r, &mut buf[carry..])?;
-            buf.truncate(carry + n);
+            // `read_to_end` into the reused buffer: no zeroing of a whole chunk per file.
+            buf.truncate(carry);
+            let n = r.by_ref().take(CHUNK as u64).read_to_end(buf)?;
             if n == 0 && !first {
                 break;
             }

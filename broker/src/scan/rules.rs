@@ -542,9 +542,27 @@ impl RuleSet {
                 CompiledFileKind { def, re }
             })
             .collect();
+        // Non-overlapping search (fast, prefilter-friendly) can hide a keyword inside another
+        // one (`password` inside `_password`), so a keyword also triggers the rules of every
+        // keyword it contains.
+        let keyword_rules: Vec<Vec<usize>> = keywords
+            .iter()
+            .map(|k| {
+                let mut rs: Vec<usize> = keywords
+                    .iter()
+                    .zip(&keyword_rules)
+                    .filter(|(other, _)| k.contains(other.as_str()))
+                    .flat_map(|(_, r)| r.iter().copied())
+                    .collect();
+                rs.sort_unstable();
+                rs.dedup();
+                rs
+            })
+            .collect();
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(&keywords)
             .expect("keywords are plain strings");
         let digest = hasher.finish();
@@ -568,7 +586,7 @@ impl RuleSet {
     pub fn scan(&self, text: &[u8], binary: bool) -> Vec<RawMatch> {
         let mut triggered = vec![false; self.rules.len()];
         let mut any = false;
-        for m in self.ac.find_overlapping_iter(text) {
+        for m in self.ac.find_iter(text) {
             for &r in &self.keyword_rules[m.pattern().as_usize()] {
                 triggered[r] = true;
                 any = true;
