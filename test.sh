@@ -39,8 +39,9 @@ for banned in ring openssl-sys native-tls; do
   fi
 done
 
-step "peers: real servers the tests start on loopback (installed under target/peers/)"
-source tests/peers/moto.sh
+step "peers: real servers and artifacts the tests use (each exports where it is)"
+source tests/peers/moto.sh     # moto_server (STS) and boto3 in a venv under target/peers/
+source tests/peers/images.sh   # buildah test images, two OCI registries (docker-registry)
 
 step "cargo test (unit, integration, end-to-end)"
 cargo test --workspace --locked

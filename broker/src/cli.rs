@@ -26,9 +26,11 @@ Examples:
   lanyard-broker token create --role dev-app --ttl 10m   # needs LANYARD_BROKER_URL, LANYARD_CA_FILE, LANYARD_ADMIN_TOKEN_FILE
   lanyard-broker audit verify /var/lib/lanyard/audit.log
   lanyard-broker audit query /var/lib/lanyard/audit.log --decision deny --since 2026-11-01T00:00:00Z
+  lanyard-broker scan oci-archive:app.oci.tar --format sarif > scan.sarif
 
 Exit codes: 0 success, 1 failure (invalid policy, broken audit chain, refused request), 2 usage error.
-Docs: docs/ARCHITECTURE.md, docs/CONFIG.md, docs/POLICIES.md, docs/API.md";
+`scan`: 0 clean, 1 secrets found, 2 error or incomplete scan.
+Docs: docs/ARCHITECTURE.md, docs/CONFIG.md, docs/POLICIES.md, docs/API.md, docs/SCANNER.md";
 
 /// lanyard broker: short-lived, scoped credentials for workloads, so images hold none.
 #[derive(Debug, Parser)]
@@ -100,6 +102,60 @@ enum Command {
     /// Verify and search audit logs, offline.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Scan a container image for baked-in secrets (config, history, every layer).
+    /// Exit 0 clean, 1 secrets found, 2 error or incomplete. See docs/SCANNER.md.
+    Scan(ScanArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScanArgs {
+    /// docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG] or
+    /// registry://HOST[:PORT]/REPO:TAG|@sha256:DIGEST.
+    source: String,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value = "human")]
+    format: ScanFormat,
+    /// Allowlist file (YAML: `allow:` entries with fingerprint or path, and a reason).
+    #[arg(long)]
+    allowlist: Option<PathBuf>,
+    /// Platform of an image index to scan, e.g. linux/arm64 (default: this machine's).
+    #[arg(long, conflicts_with = "all_platforms")]
+    platform: Option<String>,
+    /// Scan every platform of an image index.
+    #[arg(long)]
+    all_platforms: bool,
+    /// Registry user name (basic auth, or the registry's token flow).
+    #[arg(long, env = "LANYARD_REGISTRY_USERNAME")]
+    registry_username: Option<String>,
+    /// File holding the registry password or access token.
+    #[arg(long, env = "LANYARD_REGISTRY_PASSWORD_FILE")]
+    registry_password_file: Option<PathBuf>,
+    /// File holding a registry bearer token (sent as is).
+    #[arg(
+        long,
+        env = "LANYARD_REGISTRY_TOKEN_FILE",
+        conflicts_with = "registry_username"
+    )]
+    registry_token_file: Option<PathBuf>,
+    /// Use plain HTTP for a registry on a loopback address (127.0.0.1, ::1, localhost).
+    #[arg(long)]
+    insecure_registry: bool,
+    /// Give up after this long, e.g. 10m.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Layers scanned at once (default: CPUs, at most 4).
+    #[arg(long, default_value_t = 0)]
+    parallelism: usize,
+    /// Never show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScanFormat {
+    Human,
+    Json,
+    Sarif,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +361,7 @@ pub async fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCod
 
 async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
+        Command::Scan(args) => Ok(run_scan(args).await),
         Command::Serve { config } => {
             let env: Vec<(String, String)> = std::env::vars().collect();
             let cfg = BrokerConfig::load(&config, env).map_err(|e| e.to_string())?;
@@ -530,6 +587,133 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             eprintln!("{n} matching record(s)");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `lanyard-broker scan`: errors (and incomplete scans) exit 2, findings 1, clean 0.
+async fn run_scan(args: ScanArgs) -> ExitCode {
+    match scan_report(&args).await {
+        Ok((report, out)) => {
+            println!("{out}");
+            ExitCode::from(report.exit_code())
+        }
+        Err(message) => {
+            eprintln!("lanyard-broker scan: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<lanyard::Secret, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if meta.len() > 64 << 10 {
+        return Err(format!("{flag} {}: larger than 64 KiB", path.display()));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    Ok(lanyard::Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
+async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), String> {
+    use crate::scan::{self, PlatformChoice, RegistryAuth, ScanOptions, Source};
+    use std::io::IsTerminal as _;
+    let source = Source::parse(&args.source).map_err(|e| e.to_string())?;
+    let auth = match (
+        &args.registry_username,
+        &args.registry_password_file,
+        &args.registry_token_file,
+    ) {
+        (_, _, Some(t)) => RegistryAuth::Bearer(read_secret_file("--registry-token-file", t)?),
+        (Some(user), Some(p), None) => RegistryAuth::Basic {
+            username: user.clone(),
+            password: read_secret_file("--registry-password-file", p)?,
+        },
+        (Some(user), None, None) => match std::env::var("LANYARD_REGISTRY_PASSWORD") {
+            Ok(p) => RegistryAuth::Basic {
+                username: user.clone(),
+                password: lanyard::Secret::new(p),
+            },
+            Err(_) => {
+                return Err(format!(
+                    "--registry-username {user} needs --registry-password-file (or LANYARD_REGISTRY_PASSWORD)"
+                ));
+            }
+        },
+        (None, Some(_), None) => {
+            return Err("--registry-password-file needs --registry-username".into());
+        }
+        (None, None, None) => RegistryAuth::Anonymous,
+    };
+    let allowlist = match &args.allowlist {
+        Some(p) => Some(Arc::new(scan::Allowlist::load(p)?)),
+        None => None,
+    };
+    let platform = match (&args.platform, args.all_platforms) {
+        (_, true) => PlatformChoice::All,
+        (Some(p), false) => {
+            if p.split('/').count() < 2 || p.split('/').any(str::is_empty) {
+                return Err(format!(
+                    "--platform `{p}`: use OS/ARCH[/VARIANT], e.g. linux/arm64"
+                ));
+            }
+            PlatformChoice::Exact(p.clone())
+        }
+        (None, false) => PlatformChoice::Host,
+    };
+    let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} scanning [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Arc::new(Bar(pb))
+    });
+    let opts = ScanOptions {
+        platform,
+        auth,
+        insecure_loopback_registry: args.insecure_registry,
+        timeout: args.timeout,
+        parallelism: args.parallelism,
+        allowlist,
+        progress: bar.clone().map(|b| b as Arc<dyn scan::Progress>),
+        ..ScanOptions::default()
+    };
+    let result = tokio::select! {
+        r = scan::scan(&source, &opts) => r,
+        _ = shutdown_signal() => {
+            opts.cancel.cancel();
+            Err(scan::ScanError::Cancelled)
+        }
+    };
+    if let Some(b) = &bar {
+        b.0.finish_and_clear();
+    }
+    let report = result.map_err(|e| e.to_string())?;
+    let out = match args.format {
+        ScanFormat::Human => scan::report::render_human(&report),
+        ScanFormat::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+        ScanFormat::Sarif => serde_json::to_string_pretty(&scan::report::render_sarif(
+            &report,
+            &scan::rule_catalog(),
+        ))
+        .map_err(|e| e.to_string())?,
+    };
+    Ok((report, out))
+}
+
+/// A progress bar on stderr.
+#[derive(Debug)]
+struct Bar(indicatif::ProgressBar);
+
+impl crate::scan::Progress for Bar {
+    fn add_total(&self, bytes: u64) {
+        self.0.inc_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
     }
 }
 

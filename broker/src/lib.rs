@@ -16,6 +16,8 @@
 //! - [`error`]: the one mapping from errors to HTTP statuses and stable codes.
 //! - [`broker`]: the request pipeline (authenticate → authorize → issue → audit).
 //! - [`server`]: HTTPS (reloading certificates), routes, admin API, `run(listener, ..)`.
+//! - [`scan`]: the image scanner — secrets in image configs, history and layers (also the
+//!   `lanyard-broker scan` command).
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
 
 pub mod audit;
@@ -28,5 +30,6 @@ pub mod error;
 pub mod issue;
 pub mod metrics;
 pub mod policy;
+pub mod scan;
 pub mod server;
 pub mod store;

@@ -1,0 +1,1261 @@
+//! Reading one layer: magic-byte detection (gzip, zstd, plain), a streaming tar walk, content
+//! scanning in overlapping chunks, nested archives, whiteouts, bounds and digest checks. Runs on
+//! a blocking thread; memory is a few chunk buffers per layer whatever the layer's size.
+
+use std::collections::HashSet;
+use std::io::{self, Cursor, Read};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::report::{self, Finding, Location};
+use super::rules::{Confidence, RuleSet, SecretClass, Severity, is_package_path, is_test_material};
+use super::tar::{EntryKind, TarLimits, TarReader};
+use super::{Limits, Progress};
+
+/// Compression of a blob, from its first bytes (media types are not trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+    /// Anything else: read as-is.
+    None,
+    /// A compression this scanner does not read (bzip2, xz).
+    Unsupported(&'static str),
+}
+
+/// Detects the compression from a blob's first bytes.
+pub fn detect(magic: &[u8]) -> Compression {
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else if magic.starts_with(b"BZh") {
+        Compression::Unsupported("bzip2")
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Compression::Unsupported("xz")
+    } else {
+        Compression::None
+    }
+}
+
+/// Does this block start a ustar / GNU tar archive?
+pub fn looks_like_tar(head: &[u8]) -> bool {
+    head.len() >= 512 && &head[257..262] == b"ustar"
+}
+
+/// A whiteout seen in a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whiteout {
+    /// Layer holding the whiteout.
+    pub layer: usize,
+    /// Deleted path (`.wh.name`) or the directory made opaque (`.wh..wh..opq`).
+    pub path: String,
+    /// Opaque: every lower-layer entry under `path` is hidden, not `path` itself.
+    pub opaque: bool,
+}
+
+/// Is `path` from `layer` deleted by a whiteout in a later layer? Pure.
+pub fn deleted_later(layer: usize, path: &str, whiteouts: &[Whiteout]) -> bool {
+    let path = path.split("!/").next().unwrap_or(path);
+    whiteouts.iter().any(|w| {
+        w.layer > layer
+            && if w.opaque {
+                w.path.is_empty() || path.starts_with(&format!("{}/", w.path))
+            } else {
+                path == w.path || path.starts_with(&format!("{}/", w.path))
+            }
+    })
+}
+
+/// Normalises a tar path: no leading `./` or `/`, no empty or `.` components. `..` is kept
+/// (reported as-is; nothing is ever written to disk).
+pub fn normalize_path(p: &str) -> String {
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Per-image shared counters and stop flags; layers run in parallel against one budget.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pub limits: Limits,
+    pub decompressed: AtomicU64,
+    pub compressed: AtomicU64,
+    pub entries: AtomicU64,
+    pub files: AtomicU64,
+    pub exceeded: Mutex<Option<String>>,
+    /// Set when the scan future is dropped or times out.
+    pub cancel: Arc<AtomicBool>,
+    /// The caller's cancel token.
+    pub user_cancel: Arc<AtomicBool>,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Budget {
+    pub(crate) fn new(
+        limits: Limits,
+        cancel: Arc<AtomicBool>,
+        user_cancel: Arc<AtomicBool>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Self {
+        Budget {
+            limits,
+            decompressed: AtomicU64::new(0),
+            compressed: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            exceeded: Mutex::new(None),
+            cancel,
+            user_cancel,
+            progress,
+        }
+    }
+
+    fn stop(&self, why: String) -> io::Error {
+        let mut e = self.exceeded.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(why.clone());
+        }
+        io::Error::other(why)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.user_cancel.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> Option<String> {
+        if self.cancelled() {
+            return Some("scan cancelled".into());
+        }
+        self.exceeded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Counts decompressed bytes against the budget; stops on cancellation.
+struct Counting<'a, R> {
+    inner: R,
+    budget: &'a Budget,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.budget.cancelled() {
+            return Err(self.budget.stop("scan cancelled".into()));
+        }
+        let n = self.inner.read(buf)?;
+        let total = self
+            .budget
+            .decompressed
+            .fetch_add(n as u64, Ordering::Relaxed)
+            + n as u64;
+        if total > self.budget.limits.max_decompressed_bytes {
+            return Err(self.budget.stop(format!(
+                "decompressed more than {} bytes (limit max_decompressed_bytes; a decompression bomb, or raise the limit)",
+                self.budget.limits.max_decompressed_bytes
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Counts raw blob bytes for progress and stats.
+pub(crate) struct RawCounting<'a, R> {
+    pub inner: R,
+    pub budget: &'a Budget,
+}
+
+impl<R: Read> Read for RawCounting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.budget
+            .compressed
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(p) = &self.budget.progress {
+            p.advance(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// Sets a flag when the wrapped stream fails, so a failure of the layer stream can be told
+/// apart from a failure of a nested archive.
+struct Tripwire<R> {
+    inner: R,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Tripwire<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| {
+            self.tripped.store(true, Ordering::Relaxed);
+        })
+    }
+}
+
+/// SHA-256 of everything read through it.
+pub(crate) struct Hashing<R> {
+    inner: R,
+    ctx: Option<aws_lc_rs::digest::Context>,
+    result: Arc<Mutex<Option<String>>>,
+}
+
+impl<R> Hashing<R> {
+    pub(crate) fn new(inner: R) -> (Self, Arc<Mutex<Option<String>>>) {
+        let result = Arc::new(Mutex::new(None));
+        (
+            Hashing {
+                inner,
+                ctx: Some(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+                result: result.clone(),
+            },
+            result,
+        )
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            if let Some(ctx) = self.ctx.take() {
+                let d = ctx.finish();
+                *self.result.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("sha256:{}", hex::encode(d.as_ref())));
+            }
+        } else if let Some(ctx) = &mut self.ctx {
+            ctx.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// A reader that can tell whether its source is at its end without losing a byte.
+struct PeekReader<R> {
+    inner: R,
+    peeked: Option<u8>,
+}
+
+impl<R: Read> PeekReader<R> {
+    fn at_eof(&mut self) -> io::Result<bool> {
+        if self.peeked.is_some() {
+            return Ok(false);
+        }
+        let mut b = [0u8; 1];
+        if read_full(&mut self.inner, &mut b)? == 0 {
+            return Ok(true);
+        }
+        self.peeked = Some(b[0]);
+        Ok(false)
+    }
+}
+
+impl<R: Read> Read for PeekReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(b) = self.peeked.take() {
+            buf[0] = b;
+            return Ok(1);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Reads every zstd frame of a stream, skipping skippable frames (zstd:chunked metadata).
+struct ZstdFrames<R> {
+    src: PeekReader<R>,
+    decoder: ruzstd::decoding::FrameDecoder,
+    active: bool,
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn new(src: R) -> Self {
+        ZstdFrames {
+            src: PeekReader {
+                inner: src,
+                peeked: None,
+            },
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            active: false,
+        }
+    }
+}
+
+impl<R: Read> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::BlockDecodingStrategy;
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.active {
+                let d = &mut self.decoder;
+                while d.can_collect() < buf.len() && !d.is_finished() {
+                    let want = buf.len() - d.can_collect();
+                    d.decode_blocks(&mut self.src, BlockDecodingStrategy::UptoBytes(want))
+                        .map_err(|e| io::Error::other(format!("zstd: {e}")))?;
+                }
+                let n = d.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if !d.is_finished() {
+                    return Err(io::Error::other("zstd: decoder made no progress"));
+                }
+                self.active = false;
+            }
+            if self.src.at_eof()? {
+                return Ok(0);
+            }
+            match self.decoder.init(&mut self.src) {
+                Ok(()) => self.active = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let skipped = io::copy(
+                        &mut (&mut self.src).take(u64::from(length)),
+                        &mut io::sink(),
+                    )?;
+                    if skipped < u64::from(length) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "zstd: truncated skippable frame",
+                        ));
+                    }
+                }
+                Err(e) => return Err(io::Error::other(format!("zstd: {e}"))),
+            }
+        }
+    }
+}
+
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Wraps `r` in the decoder its first bytes call for.
+fn decoder<'a, R: Read + 'a>(mut r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut head = [0u8; 6];
+    let n = read_full(&mut r, &mut head)?;
+    let comp = detect(&head[..n]);
+    let chained = Cursor::new(head[..n].to_vec()).chain(r);
+    let boxed: Box<dyn Read + 'a> = match comp {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(chained)),
+        Compression::Zstd => Box::new(ZstdFrames::new(chained)),
+        Compression::None => Box::new(chained),
+        Compression::Unsupported(name) => {
+            return Err(io::Error::other(format!(
+                "{name}-compressed data is not supported (gzip, zstd or plain tar only)"
+            )));
+        }
+    };
+    Ok((comp, boxed))
+}
+
+/// What the caller knows about one layer.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerInfo {
+    pub index: usize,
+    pub digest: String,
+    pub history_step: Option<usize>,
+    /// Expected SHA-256 of the raw blob (OCI descriptors, registry).
+    pub verify_raw: Option<String>,
+    /// Expected SHA-256 of the decompressed tar (docker-archive diff_ids).
+    pub verify_decoded: Option<String>,
+}
+
+/// The outcome of scanning one layer.
+#[derive(Debug, Default)]
+pub(crate) struct LayerResult {
+    pub findings: Vec<Finding>,
+    pub whiteouts: Vec<Whiteout>,
+    pub incomplete: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+const CHUNK: usize = 1 << 20;
+const OVERLAP: usize = 16 << 10;
+const HEAD: usize = 8 << 10;
+const MAX_LIST: usize = 50;
+
+struct LayerCtx<'a> {
+    rules: &'a RuleSet,
+    budget: &'a Budget,
+    info: &'a LayerInfo,
+    out: LayerResult,
+    buf: Vec<u8>,
+    outer_failed: Arc<AtomicBool>,
+}
+
+/// Scans one layer blob. Never fails: problems become `incomplete` reasons (with whatever was
+/// found before them) or, for nested archives, warnings.
+pub(crate) fn scan_layer<R: Read>(
+    blob: R,
+    info: &LayerInfo,
+    rules: &RuleSet,
+    budget: &Budget,
+) -> LayerResult {
+    let mut ctx = LayerCtx {
+        rules,
+        budget,
+        info,
+        out: LayerResult::default(),
+        buf: Vec::with_capacity(CHUNK + OVERLAP),
+        outer_failed: Arc::new(AtomicBool::new(false)),
+    };
+    let raw = RawCounting {
+        inner: blob,
+        budget,
+    };
+    let (raw, raw_digest) = Hashing::new(raw);
+    let layer = format!("layer {} ({})", info.index, info.digest);
+    let (comp, decoded) = match decoder(raw) {
+        Ok(d) => d,
+        Err(e) => {
+            ctx.out.incomplete.push(format!("{layer}: {e}"));
+            return ctx.out;
+        }
+    };
+    let _ = comp;
+    let (decoded, decoded_digest) = Hashing::new(decoded);
+    let counted = Counting {
+        inner: decoded,
+        budget,
+    };
+    let trip = Tripwire {
+        inner: counted,
+        tripped: ctx.outer_failed.clone(),
+    };
+    let mut tar = TarReader::new(
+        trip,
+        TarLimits {
+            max_path_bytes: budget.limits.max_path_bytes,
+            ..TarLimits::default()
+        },
+    );
+    match ctx.walk_tar(&mut tar, "", 0) {
+        Ok(()) => {
+            if !tar.clean_end {
+                ctx.out.incomplete.push(format!(
+                    "{layer}: the tar stream ends without an end-of-archive marker (truncated?)"
+                ));
+            }
+            // Read to the end: checks the gzip trailer and lets the digests complete.
+            let mut rest = tar.into_inner();
+            if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
+                ctx.out
+                    .incomplete
+                    .push(format!("{layer}: after the tar stream: {e}"));
+            } else {
+                ctx.check_digest(&layer, "blob", &info.verify_raw, &raw_digest);
+                ctx.check_digest(
+                    &layer,
+                    "uncompressed content (diff_id)",
+                    &info.verify_decoded,
+                    &decoded_digest,
+                );
+            }
+        }
+        Err(e) => {
+            let why = budget.stopped().unwrap_or(e);
+            ctx.out.incomplete.push(format!("{layer}: {why}"));
+        }
+    }
+    ctx.out
+}
+
+impl LayerCtx<'_> {
+    fn check_digest(
+        &mut self,
+        layer: &str,
+        what: &str,
+        expected: &Option<String>,
+        got: &Arc<Mutex<Option<String>>>,
+    ) {
+        let Some(expected) = expected else { return };
+        let got = got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match got {
+            Some(g) if g.eq_ignore_ascii_case(expected) => {}
+            Some(g) => self.out.incomplete.push(format!(
+                "{layer}: {what} digest is {g}, the manifest says {expected}: the image content does not match its manifest"
+            )),
+            None => self
+                .out
+                .incomplete
+                .push(format!("{layer}: could not verify the {what} digest")),
+        }
+    }
+
+    /// Walks a tar stream. `prefix` is `""` for the layer itself and `archive!/` for nested
+    /// archives; errors returned here end this tar.
+    fn walk_tar<R: Read>(
+        &mut self,
+        tar: &mut TarReader<R>,
+        prefix: &str,
+        depth: u32,
+    ) -> Result<(), String> {
+        let limits = self.budget.limits;
+        loop {
+            if let Some(why) = self.budget.stopped() {
+                return Err(why);
+            }
+            let Some(h) = tar.next_entry().map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let n = self.budget.entries.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > limits.max_entries {
+                return Err(self
+                    .budget
+                    .stop(format!(
+                        "more than {} tar entries (limit max_entries)",
+                        limits.max_entries
+                    ))
+                    .to_string());
+            }
+            let path = normalize_path(&h.path);
+            let name = path.rsplit('/').next().unwrap_or(&path);
+            if depth == 0 && name.starts_with(".wh.") {
+                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                let target = &name[4..];
+                let wh = if target == ".wh..opq" {
+                    Whiteout {
+                        layer: self.info.index,
+                        path: dir.to_owned(),
+                        opaque: true,
+                    }
+                } else {
+                    Whiteout {
+                        layer: self.info.index,
+                        path: if dir.is_empty() {
+                            target.to_owned()
+                        } else {
+                            format!("{dir}/{target}")
+                        },
+                        opaque: false,
+                    }
+                };
+                self.out.whiteouts.push(wh);
+                continue;
+            }
+            if h.kind != EntryKind::File || h.size == 0 {
+                continue;
+            }
+            let full = format!("{prefix}{path}");
+            let data = tar.data();
+            self.scan_file(data, &full, depth)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+
+    /// Scans one file's bytes: a nested archive is opened, anything else is content. Errors
+    /// returned here end the enclosing tar.
+    fn scan_file<R: Read>(&mut self, mut r: R, path: &str, depth: u32) -> io::Result<()> {
+        self.budget.files.fetch_add(1, Ordering::Relaxed);
+        let mut head = vec![0u8; HEAD];
+        let n = read_full(&mut r, &mut head)?;
+        head.truncate(n);
+        let comp = detect(&head);
+        let nested = matches!(comp, Compression::Gzip | Compression::Zstd) || looks_like_tar(&head);
+        let chained = Cursor::new(head).chain(r);
+        if !nested {
+            return self.scan_content(chained, path);
+        }
+        if depth >= self.budget.limits.max_nesting {
+            self.note_incomplete(format!(
+                "{path}: archive nested deeper than {} levels not opened (limit max_nesting)",
+                self.budget.limits.max_nesting
+            ));
+            return io::copy(&mut { chained }, &mut io::sink()).map(|_| ());
+        }
+        let result = self.scan_nested(chained, path, depth);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if self.outer_failed.load(Ordering::Relaxed) || self.budget.stopped().is_some() {
+                    return Err(e);
+                }
+                self.note_warning(format!(
+                    "{path}: nested archive unreadable ({e}); scanned up to the error"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    fn scan_nested<R: Read>(&mut self, r: R, path: &str, depth: u32) -> io::Result<()> {
+        let (comp, inner) = decoder(r)?;
+        let mut inner: Box<dyn Read + '_> = if comp == Compression::None {
+            inner
+        } else {
+            Box::new(Counting {
+                inner,
+                budget: self.budget,
+            })
+        };
+        let mut head = vec![0u8; HEAD];
+        let n = read_full(&mut inner, &mut head)?;
+        head.truncate(n);
+        let chained = Cursor::new(head.clone()).chain(inner);
+        if looks_like_tar(&head) {
+            let mut tar = TarReader::new(
+                chained,
+                TarLimits {
+                    max_path_bytes: self.budget.limits.max_path_bytes,
+                    ..TarLimits::default()
+                },
+            );
+            let r = self.walk_tar(&mut tar, &format!("{path}!/"), depth + 1);
+            r.map_err(io::Error::other)?;
+            let mut rest = tar.into_inner();
+            io::copy(&mut rest, &mut io::sink())?;
+            Ok(())
+        } else if comp != Compression::None
+            && depth + 1 < self.budget.limits.max_nesting
+            && matches!(detect(&head), Compression::Gzip | Compression::Zstd)
+        {
+            self.scan_nested(chained, path, depth + 1)
+        } else {
+            self.scan_content(chained, path)
+        }
+    }
+
+    fn note_incomplete(&mut self, s: String) {
+        if self.out.incomplete.len() < MAX_LIST {
+            self.out.incomplete.push(s);
+        }
+    }
+
+    fn note_warning(&mut self, s: String) {
+        if self.out.warnings.len() < MAX_LIST {
+            self.out.warnings.push(s);
+        }
+    }
+
+    /// Scans text or binary content in overlapping chunks.
+    fn scan_content<R: Read>(&mut self, mut r: R, path: &str) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.scan_chunks(&mut r, path, &mut buf);
+        buf.clear();
+        self.buf = buf;
+        result
+    }
+
+    fn scan_chunks<R: Read>(&mut self, r: &mut R, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+        let limit = self.budget.limits.max_file_scan_bytes;
+        let mut carry = 0usize;
+        let mut consumed: u64 = 0; // bytes before buf[0]
+        let mut line_base: u64 = 1;
+        let mut first = true;
+        let mut binary = false;
+        let mut seen: HashSet<(usize, u64)> = HashSet::new();
+        let mut file_findings = 0usize;
+        let mut kind_hit: Option<(usize, Vec<u8>, u64)> = None;
+        let kinds: Vec<usize> = self.rules.file_kinds_for(path).collect();
+        let test_material = is_test_material(path);
+        loop {
+            // `read_to_end` into the reused buffer: no zeroing of a whole chunk per file.
+            buf.truncate(carry);
+            let n = r.by_ref().take(CHUNK as u64).read_to_end(buf)?;
+            if n == 0 && !first {
+                break;
+            }
+            let scanned_to = consumed + buf.len() as u64;
+            if first {
+                binary = buf[..buf.len().min(HEAD)].contains(&0);
+                for &k in &kinds {
+                    if let Some((s, e)) = self.rules.file_kind_value(k, buf) {
+                        let line = line_base + count_lines(&buf[..s]);
+                        kind_hit = Some((k, buf[s..e].to_vec(), line));
+                        break;
+                    }
+                }
+            }
+            for m in self.rules.scan(buf, binary) {
+                if !first && m.end <= carry {
+                    continue;
+                }
+                let abs = consumed + m.start as u64;
+                if !seen.insert((m.rule, abs)) {
+                    continue;
+                }
+                let line = line_base + count_lines(&buf[..m.start]);
+                let def = &self.rules.rules[m.rule].def;
+                let value = &buf[m.start..m.end];
+                let f = self.file_finding(
+                    def.id,
+                    def.description,
+                    def.severity,
+                    def.confidence,
+                    def.class,
+                    value,
+                    path,
+                    line,
+                    test_material,
+                );
+                self.out.findings.push(f);
+                file_findings += 1;
+            }
+            first = false;
+            if n < CHUNK {
+                break;
+            }
+            if scanned_to >= limit {
+                // Drain the rest unscanned and say so.
+                let rest = io::copy(r, &mut io::sink())?;
+                if rest > 0 {
+                    self.note_incomplete(format!(
+                        "{path}: only the first {limit} bytes scanned (limit max_file_scan_bytes)"
+                    ));
+                }
+                break;
+            }
+            let new_carry = OVERLAP.min(buf.len());
+            let cut = buf.len() - new_carry;
+            line_base += count_lines(&buf[..cut]);
+            consumed += cut as u64;
+            buf.copy_within(cut.., 0);
+            buf.truncate(new_carry);
+            carry = new_carry;
+        }
+        if file_findings == 0
+            && let Some((k, value, line)) = kind_hit
+        {
+            let def = &self.rules.file_kinds[k].def;
+            let f = self.file_finding(
+                def.id,
+                def.description,
+                Severity::High,
+                Confidence::Medium,
+                SecretClass::PasswordLike,
+                &value,
+                path,
+                line,
+                test_material,
+            );
+            self.out.findings.push(f);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file_finding(
+        &self,
+        rule: &str,
+        description: &str,
+        severity: Severity,
+        confidence: Confidence,
+        class: SecretClass,
+        value: &[u8],
+        path: &str,
+        line: u64,
+        test_material: bool,
+    ) -> Finding {
+        let location = Location::File {
+            layer_index: self.info.index,
+            layer_digest: self.info.digest.clone(),
+            history_step: self.info.history_step,
+            path: path.to_owned(),
+            line,
+            deleted_later: false,
+        };
+        let (fingerprint, fingerprint_kind) =
+            report::fingerprint(rule, class, value, &report::location_key(&location));
+        let package_code = !test_material && confidence == Confidence::Low && is_package_path(path);
+        Finding {
+            rule: rule.to_owned(),
+            description: description.to_owned(),
+            severity: if test_material || package_code {
+                Severity::Info
+            } else {
+                severity
+            },
+            confidence: if test_material {
+                Confidence::Low
+            } else {
+                confidence
+            },
+            location,
+            preview: report::preview(value, class),
+            fingerprint,
+            fingerprint_kind,
+            test_material,
+            package_code,
+            allowed: None,
+        }
+    }
+}
+
+/// Scans one layer blob held in memory with small limits; returns the number of findings and
+/// of incomplete reasons. For fuzzing the layer reader (`fuzz/fuzz_targets/scan_layer.rs`).
+pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
+    let limits = Limits {
+        max_decompressed_bytes: 64 << 20,
+        max_entries: 10_000,
+        max_path_bytes: 4096,
+        max_file_scan_bytes: 16 << 20,
+        max_nesting: 3,
+    };
+    let budget = Budget::new(
+        limits,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        None,
+    );
+    let info = LayerInfo {
+        index: 0,
+        digest: "sha256:fuzz".into(),
+        history_step: None,
+        verify_raw: None,
+        verify_decoded: None,
+    };
+    let r = scan_layer(blob, &info, RuleSet::builtin(), &budget);
+    (r.findings.len(), r.incomplete.len())
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::tests::{ALNUM, fake};
+    use super::super::tar::build_tar;
+    use super::*;
+    use std::io::Write as _;
+
+    fn info(index: usize) -> LayerInfo {
+        LayerInfo {
+            index,
+            digest: format!("sha256:{}", "a".repeat(64)),
+            history_step: Some(index),
+            verify_raw: None,
+            verify_decoded: None,
+        }
+    }
+
+    fn budget(limits: Limits) -> Budget {
+        Budget::new(
+            limits,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            None,
+        )
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).expect("in memory");
+        e.finish().expect("in memory")
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    fn rules_of(r: &LayerResult) -> Vec<(String, String, u64)> {
+        r.findings
+            .iter()
+            .map(|f| match &f.location {
+                Location::File { path, line, .. } => (f.rule.clone(), path.clone(), *line),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    fn token() -> String {
+        format!("ghp_{}", fake(ALNUM, 36, 7))
+    }
+
+    #[test]
+    fn plain_gzip_and_zstd_layers_give_the_same_findings() {
+        let t = token();
+        let tar = build_tar(&[
+            ("app/", b'5', b""),
+            (
+                "app/config.yml",
+                b'0',
+                format!("a: 1\nb: 2\ngh: {t}\n").as_bytes(),
+            ),
+        ]);
+        let mut two_frames = zstd(&tar[..1024]);
+        two_frames.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        two_frames.extend(zstd(&tar[1024..]));
+        for blob in [tar.clone(), gzip(&tar), zstd(&tar), two_frames] {
+            let r = scan_layer(
+                &blob[..],
+                &info(1),
+                RuleSet::builtin(),
+                &budget(Limits::default()),
+            );
+            assert_eq!(r.incomplete, Vec::<String>::new());
+            assert_eq!(
+                rules_of(&r),
+                vec![("github-pat".into(), "app/config.yml".into(), 3)]
+            );
+        }
+    }
+
+    #[test]
+    fn whiteouts_are_recorded_not_scanned() {
+        let tar = build_tar(&[("app/.wh..env", b'0', b""), ("etc/.wh..wh..opq", b'0', b"")]);
+        let r = scan_layer(
+            &tar[..],
+            &info(2),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert_eq!(
+            r.whiteouts,
+            vec![
+                Whiteout {
+                    layer: 2,
+                    path: "app/.env".into(),
+                    opaque: false
+                },
+                Whiteout {
+                    layer: 2,
+                    path: "etc".into(),
+                    opaque: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn deleted_later_follows_whiteouts() {
+        let w = vec![
+            Whiteout {
+                layer: 2,
+                path: "app/.env".into(),
+                opaque: false,
+            },
+            Whiteout {
+                layer: 3,
+                path: "secrets".into(),
+                opaque: false,
+            },
+            Whiteout {
+                layer: 4,
+                path: "etc/conf".into(),
+                opaque: true,
+            },
+        ];
+        assert!(deleted_later(1, "app/.env", &w));
+        assert!(
+            !deleted_later(2, "app/.env", &w),
+            "same-layer whiteout does not delete"
+        );
+        assert!(!deleted_later(1, "app/.envrc", &w));
+        assert!(deleted_later(1, "secrets/a/b", &w));
+        assert!(deleted_later(3, "etc/conf/x", &w));
+        assert!(
+            !deleted_later(3, "etc/conf", &w),
+            "opaque hides children only"
+        );
+        assert!(deleted_later(0, "secrets/x.tar!/inner", &w));
+    }
+
+    #[test]
+    fn secrets_across_chunk_boundaries_are_found_once_with_the_right_line() {
+        let t = token();
+        let mut content = Vec::new();
+        let mut line = 1u64;
+        while content.len() < CHUNK - 20 {
+            content.extend_from_slice(b"filler line of text\n");
+            line += 1;
+        }
+        content.extend_from_slice(format!("{t}\n").as_bytes());
+        content.resize(content.len() + CHUNK, b'\n');
+        content.extend_from_slice(format!("again {t}\n").as_bytes());
+        let second_line = line + 1 + CHUNK as u64;
+        let tar = build_tar(&[("big.txt", b'0', &content)]);
+        let r = scan_layer(
+            &tar[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert_eq!(
+            rules_of(&r),
+            vec![
+                ("github-pat".into(), "big.txt".into(), line),
+                ("github-pat".into(), "big.txt".into(), second_line)
+            ]
+        );
+    }
+
+    #[test]
+    fn nested_tar_gz_members_are_scanned() {
+        let t = token();
+        let inner = build_tar(&[("deep/cred.txt", b'0', t.as_bytes())]);
+        let outer = build_tar(&[("opt/bundle.tar.gz", b'0', &gzip(&inner))]);
+        let r = scan_layer(
+            &gzip(&outer)[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert_eq!(
+            rules_of(&r),
+            vec![(
+                "github-pat".into(),
+                "opt/bundle.tar.gz!/deep/cred.txt".into(),
+                1
+            )]
+        );
+        let limited = Limits {
+            max_nesting: 0,
+            ..Limits::default()
+        };
+        let r = scan_layer(&outer[..], &info(0), RuleSet::builtin(), &budget(limited));
+        assert!(r.findings.is_empty());
+        assert!(
+            r.incomplete[0].contains("max_nesting"),
+            "{:?}",
+            r.incomplete
+        );
+    }
+
+    #[test]
+    fn corrupt_nested_archive_is_a_warning_corrupt_layer_is_incomplete() {
+        let mut bad = gzip(&build_tar(&[("x", b'0', b"hello")]));
+        let l = bad.len();
+        bad[l / 2] ^= 0xff;
+        bad.truncate(l - 4);
+        let outer = build_tar(&[("a.gz", b'0', &bad), ("b.txt", b'0', token().as_bytes())]);
+        let r = scan_layer(
+            &outer[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert!(r.incomplete.is_empty(), "{:?}", r.incomplete);
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(rules_of(&r).len(), 1, "later files are still scanned");
+        let layer = gzip(&outer);
+        let r = scan_layer(
+            &layer[..layer.len() - 30],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert!(!r.incomplete.is_empty());
+    }
+
+    #[test]
+    fn bounds_make_results_incomplete() {
+        let zeros = vec![0u8; 4 << 20];
+        let tar = build_tar(&[("zeros", b'0', &zeros), ("t", b'0', token().as_bytes())]);
+        let bomb = gzip(&tar);
+        assert!(bomb.len() < 64 << 10);
+        let lim = Limits {
+            max_decompressed_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let r = scan_layer(&bomb[..], &info(0), RuleSet::builtin(), &budget(lim));
+        assert!(
+            r.incomplete[0].contains("max_decompressed_bytes"),
+            "{:?}",
+            r.incomplete
+        );
+        let lim = Limits {
+            max_entries: 1,
+            ..Limits::default()
+        };
+        let r = scan_layer(&tar[..], &info(0), RuleSet::builtin(), &budget(lim));
+        assert!(
+            r.incomplete[0].contains("max_entries"),
+            "{:?}",
+            r.incomplete
+        );
+        let lim = Limits {
+            max_file_scan_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let r = scan_layer(&tar[..], &info(0), RuleSet::builtin(), &budget(lim));
+        assert!(
+            r.incomplete[0].contains("max_file_scan_bytes"),
+            "{:?}",
+            r.incomplete
+        );
+        assert_eq!(r.findings.len(), 1, "the next file is still scanned");
+        let lim = Limits {
+            max_path_bytes: 3,
+            ..Limits::default()
+        };
+        let r = scan_layer(&tar[..], &info(0), RuleSet::builtin(), &budget(lim));
+        assert!(
+            r.incomplete[0].contains("path of 5 bytes"),
+            "{:?}",
+            r.incomplete
+        );
+    }
+
+    #[test]
+    fn digest_mismatch_and_unsupported_compression_are_incomplete() {
+        let tar = build_tar(&[("a", b'0', b"x")]);
+        let mut i = info(0);
+        i.verify_raw = Some(format!("sha256:{}", "0".repeat(64)));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(
+            r.incomplete[0].contains("does not match its manifest"),
+            "{:?}",
+            r.incomplete
+        );
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &tar);
+        i.verify_raw = Some(format!("sha256:{}", hex::encode(d.as_ref())));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(r.incomplete.is_empty(), "{:?}", r.incomplete);
+        let r = scan_layer(
+            &b"BZh91AY&SY"[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert!(r.incomplete[0].contains("bzip2"), "{:?}", r.incomplete);
+    }
+
+    #[test]
+    fn file_kind_reported_only_without_content_findings() {
+        let tar = build_tar(&[
+            ("app/.env", b'0', b"LOG_LEVEL=debug\nAPP_MODE=production\n"),
+            ("srv/.env", b'0', b"LOG_LEVEL=debug\nDB_PASSWORD=hunter22\n"),
+            (
+                "root/.npmrc",
+                b'0',
+                format!("//r/:_authToken=npm_{}\n", fake(ALNUM, 36, 9)).as_bytes(),
+            ),
+        ]);
+        let r = scan_layer(
+            &tar[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        let got: Vec<String> = r.findings.iter().map(|f| f.rule.clone()).collect();
+        assert_eq!(got, vec!["file-dotenv", "generic-password", "npm-token"]);
+        assert_eq!(
+            r.findings[0].fingerprint_kind,
+            report::FingerprintKind::Location
+        );
+    }
+
+    #[test]
+    fn generic_matches_in_package_code_are_info_provider_matches_are_not() {
+        let tar = build_tar(&[
+            (
+                "usr/lib/python3/dist-packages/x/db.py",
+                b'0',
+                b"password = 'Tr0ub4dor&3x'\n",
+            ),
+            (
+                "usr/lib/python3/dist-packages/x/gh.py",
+                b'0',
+                token().as_bytes(),
+            ),
+            ("app/db.py", b'0', b"password = 'Tr0ub4dor&3x'\n"),
+        ]);
+        let r = scan_layer(
+            &tar[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        let got: Vec<(String, Severity, bool)> = r
+            .findings
+            .iter()
+            .map(|f| (f.rule.clone(), f.severity, f.package_code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("generic-password".into(), Severity::Info, true),
+                ("github-pat".into(), Severity::High, false),
+                ("generic-password".into(), Severity::Medium, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_material_is_info() {
+        let tar = build_tar(&[("usr/lib/python3/x/tests/t.py", b'0', token().as_bytes())]);
+        let r = scan_layer(
+            &tar[..],
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert_eq!(r.findings[0].severity, Severity::Info);
+        assert!(r.findings[0].test_material);
+    }
+
+    #[test]
+    fn cancellation_stops_the_layer() {
+        let tar = build_tar(&[("a", b'0', b"x")]);
+        let b = budget(Limits::default());
+        b.cancel.store(true, Ordering::Relaxed);
+        let r = scan_layer(&tar[..], &info(0), RuleSet::builtin(), &b);
+        assert_eq!(
+            r.incomplete,
+            vec![format!(
+                "layer 0 (sha256:{}): scan cancelled",
+                "a".repeat(64)
+            )]
+        );
+    }
+
+    #[test]
+    fn mangled_layers_never_panic_and_are_never_silently_complete() {
+        let t = token();
+        let tar = build_tar(&[("a/b.txt", b'0', t.as_bytes()), ("c", b'0', b"hello")]);
+        for (plain, blob) in [
+            (true, tar.clone()),
+            (false, gzip(&tar)),
+            (false, zstd(&tar)),
+        ] {
+            // A plain tar cut inside its end-of-archive zero blocks has lost nothing.
+            let end = if plain { blob.len() - 1023 } else { blob.len() };
+            for cut in (0..end).step_by(97) {
+                let (_, incomplete) = scan_layer_bytes(&blob[..cut]);
+                assert!(
+                    incomplete > 0,
+                    "a blob cut at {cut} of {} must be incomplete",
+                    blob.len()
+                );
+            }
+            for i in (0..blob.len()).step_by(61) {
+                let mut m = blob.clone();
+                m[i] ^= 0x5a;
+                let _ = scan_layer_bytes(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn detects_magic() {
+        assert_eq!(detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(detect(b"ustar"), Compression::None);
+        assert_eq!(normalize_path("./a//b/./c"), "a/b/c");
+        assert_eq!(normalize_path("/etc/passwd"), "etc/passwd");
+    }
+}
