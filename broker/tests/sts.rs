@@ -40,10 +40,7 @@ rules:
 "#;
 
 fn sts_config(moto: &MotoServer, extra: &str) -> String {
-    format!(
-        "backends:\n  aws_sts:\n    endpoint_url: \"{}\"\n    region: us-east-1\n    max_requests_per_second: 1000\n    cache_refresh_fraction: 0.5\n{extra}",
-        moto.url
-    )
+    format!("{}{extra}", moto.broker_backend_config())
 }
 
 fn require_aws_env() {

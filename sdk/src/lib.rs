@@ -21,9 +21,12 @@
 //! - [`refresh`]: when to refresh a credential and how to back off (shared with the sidecar).
 //! - [`client`]: [`Client`], its builder and `from_env`; fetch and lease revocation.
 //! - [`watch`]: [`Client::watch`], background refresh as a stream of updates.
+//! - [`aws`]: the AWS keys of an `aws-sts` credential, the container-credentials and
+//!   `credential_process` JSON, and (feature `aws`) an AWS SDK credentials provider.
 //! - [`files`]: [`FileSource`](files::FileSource), reading and watching (inotify) the files
 //!   the sidecar writes.
 
+pub mod aws;
 pub mod client;
 pub mod clock;
 pub mod files;

@@ -23,6 +23,12 @@ Examples:
   lanyard-sidecar run --broker https://lanyard.lanyard-system.svc:8443 \\
       --ca /etc/lanyard/ca.pem --token-file /var/run/secrets/tokens/lanyard --dir /run/secrets
 
+  # Unmodified AWS SDKs in the app: serve the AWS container-credentials endpoint
+  # (app env: AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:8098/v1/aws-credentials,
+  #  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/run/secrets/aws-container-token)
+  lanyard-sidecar run --broker https://lanyard.lanyard-system.svc:8443 --ca /etc/lanyard/ca.pem \\
+      --token-file /var/run/secrets/tokens/lanyard --dir /run/secrets --aws-listen 127.0.0.1:8098
+
   # Outside Kubernetes, with a single-use bootstrap token minted by an operator
   lanyard-sidecar init --broker https://broker.example:8443 --ca ca.pem \\
       --bootstrap-token-file ./bootstrap-token --dir ./secrets
@@ -70,11 +76,23 @@ pub enum Command {
     /// Fetch and write, then keep refreshing until SIGTERM or Ctrl-C.
     #[command(after_help = EXAMPLES)]
     Run(CommonArgs),
+    /// Print an aws-sts credential as AWS `credential_process` JSON, for ~/.aws/config.
+    #[command(after_help = PROCESS_EXAMPLES)]
+    CredentialProcess(ProcessArgs),
 }
 
-/// Options shared by `init` and `run`.
+const PROCESS_EXAMPLES: &str = "\
+Example, in the AWS config file (~/.aws/config or AWS_CONFIG_FILE):
+  [profile app]
+  credential_process = lanyard-sidecar credential-process --broker https://lanyard:8443 --ca /etc/lanyard/ca.pem --token-file /var/run/secrets/tokens/lanyard --role aws-read
+
+Prints {\"Version\":1,\"AccessKeyId\",\"SecretAccessKey\",\"SessionToken\",\"Expiration\"} on stdout
+and exits 0; on failure prints the reason on stderr and exits 1 (2 for usage errors). Each
+run asks the broker, which serves the role from its STS cache.";
+
+/// How to reach the broker and prove who we are; shared by every subcommand.
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub struct BrokerArgs {
     /// Broker base URL (https://; http:// only for loopback).
     #[arg(long, value_name = "URL", env = "LANYARD_BROKER_URL")]
     pub broker: String,
@@ -86,6 +104,94 @@ pub struct CommonArgs {
     /// How the sidecar proves who it is.
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// Ask for this lifetime in seconds (the broker lowers it to each role's cap).
+    #[arg(long, value_name = "N", env = "LANYARD_TTL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl_seconds: Option<u64>,
+
+    /// Time limit for one request to the broker, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout_seconds: u64,
+}
+
+impl BrokerArgs {
+    /// The client these options describe, asking for `roles` (empty: every granted role).
+    /// Errors are usage errors.
+    pub fn client(&self, roles: &[String]) -> Result<Client, SidecarError> {
+        if self.broker.trim_start().starts_with("https://") && self.ca.is_none() {
+            return Err(SidecarError::Usage(
+                "--ca FILE (or LANYARD_CA_FILE) is required for an https broker: give the CA \
+                 that signed the broker's certificate"
+                    .to_owned(),
+            ));
+        }
+        let token = match (&self.auth.token_file, &self.auth.bootstrap_token_file) {
+            (Some(f), _) => TokenSource::JwtFile(f.clone()),
+            (None, Some(f)) => TokenSource::BootstrapFile(f.clone()),
+            (None, None) => {
+                return Err(SidecarError::Usage(
+                    "give --token-file or --bootstrap-token-file".to_owned(),
+                ));
+            }
+        };
+        let mut b = Client::builder()
+            .broker_url(self.broker.clone())
+            .token_source(token)
+            .timeout(Duration::from_secs(self.timeout_seconds));
+        if let Some(ca) = &self.ca {
+            b = b.ca_file(ca.clone());
+        }
+        let roles: Vec<String> = roles
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if !roles.is_empty() {
+            b = b.roles(roles);
+        }
+        if let Some(ttl) = self.ttl_seconds {
+            b = b.ttl_seconds(ttl);
+        }
+        b.build().map_err(|e| match e {
+            lanyard::Error::Config(m) => SidecarError::Usage(m),
+            other => SidecarError::Fetch(other),
+        })
+    }
+}
+
+/// Options of `credential-process`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Broker and identity.
+    #[command(flatten)]
+    pub conn: BrokerArgs,
+
+    /// The aws-sts role to print (default: the only AWS credential the policy grants).
+    #[arg(long, value_name = "ROLE", env = "LANYARD_AWS_ROLE")]
+    pub role: Option<String>,
+}
+
+impl ProcessArgs {
+    /// The client; a bootstrap token is refused (the AWS SDK runs the process at every
+    /// refresh, and a bootstrap token works once).
+    pub fn to_client(&self) -> Result<Client, SidecarError> {
+        if self.conn.auth.bootstrap_token_file.is_some() {
+            return Err(SidecarError::Usage(
+                "credential-process runs again at every AWS SDK refresh and a bootstrap token \
+                 works once; use --token-file (e.g. a projected service-account token)"
+                    .to_owned(),
+            ));
+        }
+        self.conn.client(self.role.as_slice())
+    }
+}
+
+/// Options shared by `init` and `run`.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Broker and identity.
+    #[command(flatten)]
+    pub conn: BrokerArgs,
 
     /// Directory to write credentials into (created with mode 0700 if missing).
     #[arg(long, value_name = "DIR", env = "LANYARD_SECRETS_DIR")]
@@ -100,14 +206,6 @@ pub struct CommonArgs {
         value_delimiter = ','
     )]
     pub roles: Vec<String>,
-
-    /// Ask for this lifetime in seconds (the broker lowers it to each role's cap).
-    #[arg(long, value_name = "N", env = "LANYARD_TTL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub ttl_seconds: Option<u64>,
-
-    /// Time limit for one request to the broker, in seconds.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub timeout_seconds: u64,
 
     /// YAML file with `targets:`, `notify:` and `on_expiry:` (see docs/SIDECAR.md).
     #[arg(long, value_name = "FILE", env = "LANYARD_SIDECAR_CONFIG")]
@@ -174,6 +272,44 @@ pub struct CommonArgs {
     /// revoke upstream do).
     #[arg(long)]
     pub revoke_on_shutdown: bool,
+
+    /// `run`: serve the AWS container-credentials endpoint on this loopback address (e.g.
+    /// 127.0.0.1:8098), so unmodified AWS SDKs get the aws-sts credential. Set
+    /// AWS_CONTAINER_CREDENTIALS_FULL_URI=http://ADDR/v1/aws-credentials and
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=DIR/aws-container-token in the app.
+    #[arg(long, value_name = "ADDR", env = "LANYARD_AWS_LISTEN")]
+    pub aws_listen: Option<std::net::SocketAddr>,
+
+    /// The aws-sts role the endpoint serves (default: the only AWS credential granted).
+    #[arg(
+        long,
+        value_name = "ROLE",
+        env = "LANYARD_AWS_ROLE",
+        requires = "aws_listen"
+    )]
+    pub aws_role: Option<String>,
+
+    /// Name, in --dir, of the file the endpoint's random authorization token is written to.
+    #[arg(long, value_name = "NAME", default_value = crate::aws::DEFAULT_TOKEN_FILE, requires = "aws_listen")]
+    pub aws_token_file: String,
+
+    /// Mode of the token file (octal), e.g. 0440 with --aws-token-gid for an app running
+    /// as another user.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "0400",
+        requires = "aws_listen"
+    )]
+    pub aws_token_mode: String,
+
+    /// Owner uid of the token file (needs CAP_CHOWN).
+    #[arg(long, value_name = "UID", requires = "aws_listen")]
+    pub aws_token_uid: Option<u32>,
+
+    /// Owner gid of the token file (needs CAP_CHOWN).
+    #[arg(long, value_name = "GID", requires = "aws_listen")]
+    pub aws_token_gid: Option<u32>,
 }
 
 /// `LANYARD_TARGET_<N>` values from `env`, in order of N.
@@ -211,48 +347,20 @@ pub struct AuthArgs {
 impl CommonArgs {
     /// Builds the client and config these options describe. Errors are usage errors.
     pub fn to_config(&self) -> Result<SidecarConfig, SidecarError> {
-        if self.broker.trim_start().starts_with("https://") && self.ca.is_none() {
-            return Err(SidecarError::Usage(
-                "--ca FILE (or LANYARD_CA_FILE) is required for an https broker: give the CA \
-                 that signed the broker's certificate"
-                    .to_owned(),
-            ));
-        }
-        let token = match (&self.auth.token_file, &self.auth.bootstrap_token_file) {
-            (Some(f), _) => TokenSource::JwtFile(f.clone()),
-            (None, Some(f)) => TokenSource::BootstrapFile(f.clone()),
-            (None, None) => {
-                return Err(SidecarError::Usage(
-                    "give --token-file or --bootstrap-token-file".to_owned(),
-                ));
-            }
-        };
-        let mut b = Client::builder()
-            .broker_url(self.broker.clone())
-            .token_source(token)
-            .timeout(Duration::from_secs(self.timeout_seconds));
-        if let Some(ca) = &self.ca {
-            b = b.ca_file(ca.clone());
-        }
-        let roles: Vec<String> = self
-            .roles
-            .iter()
-            .map(|r| r.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .collect();
-        if !roles.is_empty() {
-            b = b.roles(roles);
-        }
-        if let Some(ttl) = self.ttl_seconds {
-            b = b.ttl_seconds(ttl);
-        }
-        let client = b.build().map_err(|e| match e {
-            lanyard::Error::Config(m) => SidecarError::Usage(m),
-            other => SidecarError::Fetch(other),
-        })?;
         Ok(SidecarConfig {
-            client,
+            client: self.conn.client(&self.roles)?,
             dir: self.dir.clone(),
+        })
+    }
+
+    /// Mode and owner of the AWS endpoint's token file.
+    pub fn aws_token_opts(&self) -> Result<crate::files::FileOpts, SidecarError> {
+        let mode = crate::targets::parse_mode(&self.aws_token_mode)
+            .map_err(|e| SidecarError::Usage(format!("--aws-token-mode: {e}")))?;
+        Ok(crate::files::FileOpts {
+            mode,
+            uid: self.aws_token_uid,
+            gid: self.aws_token_gid,
         })
     }
 
@@ -326,11 +434,20 @@ impl CommonArgs {
         if !is_run
             && (self.health_listen.is_some()
                 || self.exit_when_file.is_some()
-                || self.revoke_on_shutdown)
+                || self.revoke_on_shutdown
+                || self.aws_listen.is_some())
         {
             return Err(usage(
-                "--health-listen, --exit-when-file and --revoke-on-shutdown apply to `run`, not `init`".to_owned(),
+                "--health-listen, --exit-when-file, --revoke-on-shutdown and --aws-listen apply to `run`, not `init`".to_owned(),
             ));
+        }
+        if let Some(addr) = self.aws_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(usage(format!(
+                "--aws-listen {addr}: the endpoint hands out AWS keys over plain HTTP, so it \
+                 listens on loopback only (127.0.0.1 is shared by the containers of a pod)"
+            )));
         }
         Ok(Options {
             targets,
@@ -340,6 +457,7 @@ impl CommonArgs {
                 .then(|| Duration::from_secs(self.deadline_seconds)),
             exit_when_file: self.exit_when_file.clone(),
             revoke_on_shutdown: self.revoke_on_shutdown,
+            aws: None,
         })
     }
 }
@@ -445,6 +563,121 @@ mod tests {
         assert_eq!(cfg.client.request().ttl_seconds, Some(300));
         assert_eq!(cfg.client.request().roles.as_ref().map(Vec::len), Some(3));
         assert_eq!(cfg.dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn aws_endpoint_is_loopback_only_and_run_only() {
+        let base = [
+            "--broker",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/t",
+            "--dir",
+            "/d",
+            "--aws-listen",
+        ];
+        let options = |cmd: &str, addr: &str| {
+            let cli = parse(&[&[cmd][..], &base[..], &[addr][..]].concat()).expect("parse");
+            match cli.command {
+                Command::Init(a) => a.to_options(false, &[]),
+                Command::Run(a) => a.to_options(true, &[]),
+                Command::CredentialProcess(_) => unreachable!("not parsed here"),
+            }
+        };
+        let e = options("run", "0.0.0.0:8098").expect_err("not loopback");
+        assert!(
+            matches!(e, SidecarError::Usage(_)) && e.to_string().contains("loopback"),
+            "{e}"
+        );
+        let e = options("init", "127.0.0.1:8098").expect_err("run only");
+        assert!(e.to_string().contains("--aws-listen"), "{e}");
+        options("run", "127.0.0.1:8098").expect("loopback is fine");
+        options("run", "[::1]:8098").expect("loopback is fine");
+
+        let e = parse(&[
+            "run",
+            "--broker",
+            "http://x",
+            "--token-file",
+            "/t",
+            "--dir",
+            "/d",
+            "--aws-role",
+            "r",
+        ])
+        .expect_err("--aws-role needs --aws-listen");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = parse(
+            &[
+                &["run"][..],
+                &base[..],
+                &[
+                    "127.0.0.1:1",
+                    "--aws-token-mode",
+                    "0440",
+                    "--aws-token-gid",
+                    "7",
+                ][..],
+            ]
+            .concat(),
+        )
+        .expect("parse");
+        let Command::Run(a) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(
+            a.aws_token_opts().expect("opts"),
+            crate::files::FileOpts {
+                mode: 0o440,
+                uid: None,
+                gid: Some(7)
+            }
+        );
+    }
+
+    #[test]
+    fn credential_process_has_help_and_refuses_bootstrap_tokens() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("credential-process")
+            .expect("subcommand")
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("credential_process = lanyard-sidecar credential-process"),
+            "{help}"
+        );
+        let cli = parse(&[
+            "credential-process",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--bootstrap-token-file",
+            "/b",
+        ])
+        .expect("parse");
+        let Command::CredentialProcess(a) = cli.command else {
+            panic!("credential-process")
+        };
+        let e = a.to_client().expect_err("single-use token");
+        assert!(e.to_string().contains("--token-file"), "{e}");
+        let cli = parse(&[
+            "credential-process",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/t",
+            "--role",
+            "aws",
+        ])
+        .expect("parse");
+        let Command::CredentialProcess(a) = cli.command else {
+            panic!("credential-process")
+        };
+        let client = a.to_client().expect("client");
+        assert_eq!(
+            client.request().roles.as_deref(),
+            Some(&["aws".to_owned()][..])
+        );
     }
 
     #[test]

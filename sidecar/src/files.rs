@@ -207,6 +207,37 @@ fn ensure_dir_mode(path: &Path, mode: u32) -> Result<(), SidecarError> {
     }
 }
 
+/// Writes one file `dir/name` that is not a credential (the AWS endpoint's authorization
+/// token): `dir` is created if missing (traversable by others when `opts` lets anyone but
+/// the owner read), links are refused, the write is atomic. `name` must have passed
+/// [`check_name`].
+pub fn write_secret_file(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    opts: FileOpts,
+) -> Result<PathBuf, SidecarError> {
+    let open = opts.uid.is_some() || opts.gid.is_some() || opts.mode & 0o077 != 0;
+    ensure_dir_mode(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
+    write_atomic_opts(dir, name, contents, opts)
+        .map(|(p, _)| p)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::Other
+                if fs::symlink_metadata(dir.join(name))
+                    .is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                SidecarError::Refused {
+                    path: dir.join(name),
+                    why: source.to_string(),
+                }
+            }
+            _ => SidecarError::Write {
+                path: dir.join(name),
+                source,
+            },
+        })
+}
+
 /// What was written for one credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenCredential {

@@ -22,6 +22,7 @@ pub struct Status {
     failures: AtomicU64,
     expiry: Mutex<BTreeMap<String, u64>>,
     quit: tokio::sync::Notify,
+    aws: std::sync::OnceLock<Arc<crate::aws::AwsServer>>,
 }
 
 impl Status {
@@ -46,6 +47,11 @@ impl Status {
     /// Counts a failed refresh.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the AWS endpoint's request counters to `/metrics`.
+    pub fn set_aws(&self, aws: Arc<crate::aws::AwsServer>) {
+        let _ = self.aws.set(aws);
     }
 
     /// Asks `run` to end with exit 0.
@@ -87,6 +93,9 @@ impl Status {
             self.failures.load(Ordering::Relaxed),
             u8::from(self.is_ready()),
         );
+        if let Some(aws) = self.aws.get() {
+            s.push_str(&aws.metrics_text());
+        }
         s
     }
 }

@@ -23,6 +23,8 @@
 //! ```
 //!
 //! # Layout
+//! - [`aws`]: the AWS container-credentials endpoint (`--aws-listen`) for unmodified AWS
+//!   SDKs.
 //! - [`cli`]: the command line (clap) and how it becomes a [`SidecarConfig`].
 //! - [`files`]: name checks, atomic writes with mode and owner, the default layout and
 //!   targets, expired files.
@@ -34,6 +36,7 @@
 //! - this file: [`init`], [`init_with`], [`run`], [`run_with`], [`main_with_args`], the
 //!   options and the error type.
 
+pub mod aws;
 pub mod cli;
 pub mod files;
 pub mod health;
@@ -145,6 +148,9 @@ pub struct Options {
     pub exit_when_file: Option<PathBuf>,
     /// `run`: revoke the held leases when it stops.
     pub revoke_on_shutdown: bool,
+    /// `run`: the AWS container-credentials endpoint to hand each fresh AWS credential to
+    /// (serving it is the caller's: [`aws::serve`]).
+    pub aws: Option<Arc<aws::AwsServer>>,
 }
 
 /// Errors of the sidecar.
@@ -253,7 +259,16 @@ pub async fn init_with(cfg: &SidecarConfig, opts: &Options) -> Result<Written, S
 }
 
 async fn fetch_and_write(cfg: &SidecarConfig, opts: &Options) -> Result<Written, SidecarError> {
-    let resp = cfg.client.fetch().await?;
+    fetch_write_keep(cfg, opts).await.map(|(w, _)| w)
+}
+
+/// [`fetch_and_write`], also returning the broker's answer (for the AWS endpoint).
+async fn fetch_write_keep(
+    cfg: &SidecarConfig,
+    opts: &Options,
+) -> Result<(Written, Arc<lanyard::wire::CredentialResponse>), SidecarError> {
+    let resp = Arc::new(cfg.client.fetch().await?);
+    let kept = resp.clone();
     let dir = cfg.dir.clone();
     let request_id = resp.request_id.clone();
     let identity = resp.identity.clone();
@@ -271,11 +286,14 @@ async fn fetch_and_write(cfg: &SidecarConfig, opts: &Options) -> Result<Written,
         path: cfg.dir.clone(),
         source: io::Error::other(format!("writer task failed: {e}")),
     })??;
-    Ok(Written {
-        request_id,
-        identity,
-        credentials,
-    })
+    Ok((
+        Written {
+            request_id,
+            identity,
+            credentials,
+        },
+        kept,
+    ))
 }
 
 /// Writes the credentials, then keeps them fresh until `shutdown` resolves. Failures are
@@ -321,6 +339,10 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
     let status = Arc::new(health::Status::default());
+    if let Some(aws) = &opts.aws {
+        status.set_aws(aws.clone());
+    }
+    let mut aws_served = false;
     let (health_stop, health_rx) = tokio::sync::watch::channel(false);
     let health_task = health.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -347,10 +369,29 @@ pub async fn run_with(
     let why = 'outer: loop {
         let outcome = tokio::select! {
             why = &mut stop => break 'outer why,
-            outcome = fetch_and_write(cfg, opts) => outcome,
+            outcome = fetch_write_keep(cfg, opts) => outcome,
         };
         let decision = match outcome {
-            Ok(written) => {
+            Ok((written, resp)) => {
+                if let Some(aws) = &opts.aws {
+                    match aws.update(&resp) {
+                        Ok(role) => {
+                            if !aws_served {
+                                info!(role = %role, "AWS container-credentials endpoint is serving");
+                            }
+                            aws_served = true;
+                        }
+                        // Nothing to serve from the start is a configuration error; later,
+                        // keep serving the held credential until it expires.
+                        Err(e) if !aws_served => {
+                            let _ = health_stop.send(true);
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "keeping the AWS credential held until it expires")
+                        }
+                    }
+                }
                 let mut rotated = Vec::new();
                 for c in &written.credentials {
                     info!(
@@ -531,9 +572,10 @@ pub async fn main_with_env(
     let (is_run, args) = match &cli.command {
         cli::Command::Init(a) => (false, a),
         cli::Command::Run(a) => (true, a),
+        cli::Command::CredentialProcess(a) => return credential_process(a).await,
     };
     let env: Vec<(String, String)> = env.into_iter().collect();
-    let (cfg, opts) = match args
+    let (cfg, mut opts) = match args
         .to_config()
         .and_then(|cfg| Ok((cfg, args.to_options(is_run, &env)?)))
     {
@@ -552,6 +594,12 @@ pub async fn main_with_env(
             },
             None => None,
         };
+        if let Some(addr) = args.aws_listen {
+            match start_aws_endpoint(args, addr, &cfg.dir).await {
+                Ok(server) => opts.aws = Some(server),
+                Err(e) => return fail(&e),
+            }
+        }
         match run_with(
             &cfg,
             &opts,
@@ -578,6 +626,74 @@ pub async fn main_with_env(
             }
             Err(e) => fail(&e),
         }
+    }
+}
+
+/// Binds `--aws-listen`, writes the authorization token file and serves the endpoint until
+/// the process ends.
+async fn start_aws_endpoint(
+    args: &cli::CommonArgs,
+    addr: std::net::SocketAddr,
+    dir: &Path,
+) -> Result<Arc<aws::AwsServer>, SidecarError> {
+    let opts = args.aws_token_opts()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| SidecarError::Usage(format!("--aws-listen {addr}: cannot listen: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let token = aws::new_token()?;
+    let token_dir = dir.to_owned();
+    let name = args.aws_token_file.clone();
+    let t = token.clone();
+    let token_path =
+        tokio::task::spawn_blocking(move || aws::write_token(&token_dir, &name, &t, opts))
+            .await
+            .map_err(|e| SidecarError::Write {
+                path: dir.to_owned(),
+                source: io::Error::other(format!("writer task failed: {e}")),
+            })??;
+    let server = Arc::new(aws::AwsServer::new(
+        args.aws_role.clone(),
+        token,
+        Arc::new(SystemClock),
+    ));
+    info!(
+        full_uri = %format!("http://{bound}{}", aws::PATH),
+        token_file = %token_path.display(),
+        "AWS container-credentials endpoint listening: set AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to these in the app"
+    );
+    tokio::spawn(aws::serve(listener, server.clone(), std::future::pending()));
+    Ok(server)
+}
+
+/// `credential-process`: fetch once, print the AWS `credential_process` JSON.
+async fn credential_process(args: &cli::ProcessArgs) -> ExitCode {
+    use std::io::Write as _;
+    let client = match args.to_client() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let resp = match client.fetch().await {
+        Ok(r) => r,
+        Err(e) => return fail(&SidecarError::Fetch(e)),
+    };
+    let json = match lanyard::aws::pick(&resp, args.role.as_deref())
+        .and_then(lanyard::aws::AwsKeys::from_credential)
+    {
+        Ok(keys) => keys.process_json(),
+        Err(e) => return fail(&SidecarError::Invalid(e)),
+    };
+    let mut out = io::stdout().lock();
+    match out
+        .write_all(&json)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&SidecarError::Write {
+            path: PathBuf::from("<stdout>"),
+            source: e,
+        }),
     }
 }
 

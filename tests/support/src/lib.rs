@@ -28,7 +28,7 @@ pub mod workload;
 
 pub use broker::{InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
 pub use jsonwebtoken::Algorithm;
-pub use moto::{MotoServer, StsCall};
+pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
 pub use vault::VaultEmulator;

@@ -24,6 +24,15 @@ pub struct StsCall {
     pub action: String,
     /// Every form parameter (`RoleArn`, `Policy`, `Tags.member.1.Key`, ...), decoded.
     pub params: BTreeMap<String, String>,
+    /// The access key id the call was signed with (from SigV4's `Credential=AKID/...`).
+    pub access_key_id: Option<String>,
+}
+
+/// The access key id of a SigV4 `Authorization` header.
+fn signing_key_id(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let rest = auth.split("Credential=").nth(1)?;
+    rest.split('/').next().map(str::to_owned)
 }
 
 #[derive(Debug)]
@@ -43,6 +52,19 @@ pub struct MotoServer {
     child: Option<Child>,
     state: Arc<ProxyState>,
     proxy: tokio::task::JoinHandle<()>,
+}
+
+/// The Python with boto3 that `tests/peers/moto.sh` installed beside moto; panics with the
+/// fix when it is missing.
+pub fn boto3_python() -> String {
+    match std::env::var("LANYARD_MOTO_PYTHON") {
+        Ok(p) if std::path::Path::new(&p).is_file() => p,
+        _ => panic!(
+            "LANYARD_MOTO_PYTHON is not set or not a file: these tests run boto3 as an \
+             unmodified AWS SDK. Run ./test.sh (tests/peers/moto.sh installs it), or \
+             `source tests/peers/moto.sh` before `cargo test`."
+        ),
+    }
 }
 
 /// Where `tests/peers/moto.sh` put `moto_server`; panics with the fix when it is missing.
@@ -78,6 +100,7 @@ async fn forward(
         state.calls.lock().expect("calls").push(StsCall {
             action: action.clone(),
             params: params.clone(),
+            access_key_id: signing_key_id(&headers),
         });
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -192,6 +215,15 @@ impl MotoServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The broker config block (top-level `backends:`) that points the `aws-sts` backend at
+    /// the proxy, with limits high enough for load tests and a cache refresh at half life.
+    pub fn broker_backend_config(&self) -> String {
+        format!(
+            "backends:\n  aws_sts:\n    endpoint_url: \"{}\"\n    region: us-east-1\n    max_requests_per_second: 1000\n    cache_refresh_fraction: 0.5\n",
+            self.url
+        )
     }
 
     /// An AWS SDK configuration for the proxy: region `us-east-1`, static test credentials
