@@ -5,12 +5,20 @@
 //! cargo test -p lanyard-broker --test bench -- --ignored --nocapture --test-threads 1
 //! ```
 //!
+//! The HTTPS issuance figure wants a release build and `wrk` (`apt-get install wrk`):
+//!
+//! ```text
+//! cargo test --release -p lanyard-broker --test bench -- --ignored --nocapture bench_https
+//! ```
+//!
 //! Results and the machine they came from are in `docs/benchmarks.md`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use lanyard_test_support::{InProcessBroker, MotoServer, k8s_pod};
+use lanyard_test_support::{
+    InProcessBroker, MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, k8s_pod,
+};
 
 const JWT_POLICY: &str = r#"
 roles:
@@ -123,4 +131,179 @@ async fn bench_upstream_calls_per_thousand_pod_starts() {
             moto.calls_of("AssumeRole").len()
         );
     }
+}
+
+/// Verify-plus-sign operations per second over `threads` threads for `secs` seconds: the
+/// crypto one issuance cannot avoid — RS256 verify of a projected service-account token
+/// (the JWKS key, `iss`/`aud`/`exp` checked) and an ES256 signature over a token like the
+/// `jwt` backend's.
+fn crypto_only_per_second(issuer: &OidcIssuer, token: &str, threads: usize, secs: f64) -> f64 {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let jwks = issuer.jwks_json();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["alg"] == "RS256")
+            .expect("an RS256 key")
+            .clone(),
+    )
+    .expect("jwk");
+    let decoding = DecodingKey::from_jwk(&jwk).expect("decoding key");
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .expect("p-256 key");
+    let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&["lanyard"]);
+    validation.set_issuer(&[issuer.url()]);
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while started.elapsed().as_secs_f64() < secs {
+                        let claims = jsonwebtoken::decode::<serde_json::Value>(
+                            token,
+                            &decoding,
+                            &validation,
+                        )
+                        .expect("verify")
+                        .claims;
+                        let out = serde_json::json!({
+                            "iss": "https://127.0.0.1:8443",
+                            "sub": "k8s:shop/api",
+                            "aud": "app",
+                            "scope": "",
+                            "iat": claims["iat"],
+                            "exp": claims["exp"],
+                            "jti": format!("ls_{n:024}"),
+                            "lanyard": {"role": "app", "namespace": "shop", "service_account": "api"},
+                        });
+                        let signed =
+                            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &out, &encoding)
+                                .expect("sign");
+                        std::hint::black_box(signed);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One `wrk` run; returns (requests/s, p50, p99, non-2xx count) and prints its output.
+fn wrk(
+    url: &str,
+    script: &std::path::Path,
+    connections: u32,
+    secs: u32,
+) -> (f64, String, String, u64) {
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+            &script.display().to_string(),
+            url,
+        ])
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .expect("Requests/sec in wrk output");
+    let non2xx = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (
+        rps,
+        field("50%").unwrap_or_default(),
+        field("99%").unwrap_or_default(),
+        non2xx,
+    )
+}
+
+/// The issue-2 figure: `POST /v1/credentials` over TLS keep-alive (JWT auth, `jwt`
+/// backend, SQLite store, file audit log with fsync) with `wrk`, 64 connections, next to
+/// the crypto-only figure measured in the same run. Build with `--release`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release --ignored --nocapture (needs wrk)"]
+async fn bench_https_issuance_vs_crypto_only() {
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start_with(
+        Some(&issuer),
+        TestBrokerOptions {
+            policies: vec![("bench.yaml".into(), JWT_POLICY.into())],
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let token = issuer.k8s_token("shop", "api", "lanyard", 3600);
+    let (status, body) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{body}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("issue.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = \"{{}}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ),
+    )
+    .expect("script");
+    let url = format!("{}/v1/credentials", broker.url);
+
+    // LANYARD_BENCH_CONNECTIONS=16,256 adds runs at other concurrencies (64 is the figure).
+    let extra: Vec<u32> = std::env::var("LANYARD_BENCH_CONNECTIONS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let crypto_1 = crypto_only_per_second(&issuer, &token, 2, 5.0);
+    let crypto_single = crypto_only_per_second(&issuer, &token, 1, 5.0);
+    let u = url.clone();
+    let s = script.clone();
+    tokio::task::spawn_blocking(move || wrk(&u, &s, 64, 3)) // warm up
+        .await
+        .expect("join");
+    let (rps, p50, p99, non2xx) = tokio::task::spawn_blocking(move || wrk(&url, &script, 64, 20))
+        .await
+        .expect("join");
+    for c in extra {
+        let u = format!("{}/v1/credentials", broker.url);
+        let s = dir.path().join("issue.lua");
+        let (r, p50, p99, bad) = tokio::task::spawn_blocking(move || wrk(&u, &s, c, 10))
+            .await
+            .expect("join");
+        println!("BENCH   {c} connections: {r:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {bad}");
+    }
+    let crypto_2 = crypto_only_per_second(&issuer, &token, 2, 5.0);
+    let crypto = f64::midpoint(crypto_1, crypto_2);
+    let audited = broker.audit_lines().len();
+    println!(
+        "BENCH https issuance, wrk -t2 -c64 -d20s, TLS keep-alive, RS256 caller JWT, jwt backend (ES256), SQLite + fsynced audit:\n  \
+         issuance: {rps:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {non2xx}, audit records {audited}\n  \
+         crypto-only (RS256 verify + ES256 sign, 2 threads): {crypto_1:.0}/s before, {crypto_2:.0}/s after; 1 thread: {crypto_single:.0}/s\n  \
+         issuance / crypto-only (2 threads): {:.0}%",
+        100.0 * rps / crypto
+    );
+    assert_eq!(non2xx, 0, "every request must have been issued");
+    broker.stop().await;
 }

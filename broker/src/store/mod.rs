@@ -89,7 +89,7 @@ pub struct ChainHead {
 }
 
 /// Store failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database failed (I/O, locked, corrupt).
