@@ -174,7 +174,7 @@ async fn an_archive_cut_short_is_never_clean() {
         &dir.path().join("whole"),
         &[
             ("manifest.json", m.as_bytes()),
-            ("config.json", config(SOME_DIFF_ID).as_bytes()),
+            ("config.json", config(&sha256(&layer_bytes)).as_bytes()),
             ("layer.tar", &layer_bytes),
         ],
         &[],
