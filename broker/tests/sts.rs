@@ -17,27 +17,7 @@ use lanyard_test_support::{
 };
 use serde_json::{Value, json};
 
-const ARN: &str = "arn:aws:iam::123456789012:role/app";
-
-const POLICY: &str = r#"
-roles:
-  aws-read:
-    backend: aws-sts
-    max_ttl_seconds: 3600
-    default_ttl_seconds: 900
-    settings:
-      role_arn: arn:aws:iam::123456789012:role/app
-      session_policy:
-        Version: "2012-10-17"
-        Statement:
-          - Effect: Allow
-            Action: ["s3:GetObject"]
-            Resource: ["arn:aws:s3:::data/{{namespace}}/{{service_account}}/*"]
-rules:
-  - name: shop-api
-    match: {namespace: shop, service_account: api}
-    roles: [aws-read]
-"#;
+use lanyard_test_support::moto::{STS_POLICY as POLICY, STS_ROLE_ARN as ARN};
 
 fn sts_config(moto: &MotoServer, extra: &str) -> String {
     format!("{}{extra}", moto.broker_backend_config())

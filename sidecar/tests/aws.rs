@@ -8,85 +8,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use lanyard_test_support::{
-    MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, Workload, boto3_python,
-};
+use lanyard_test_support::boto3_python;
+use lanyard_test_support::moto::{ASSUMED_ROLE_ARN_PREFIX, AwsStack};
 use serde_json::Value;
-
-const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
-
-/// `shop/api` gets `aws-read` (aws-sts) and `app` (jwt).
-const POLICY: &str = r#"
-roles:
-  aws-read:
-    backend: aws-sts
-    max_ttl_seconds: 3600
-    default_ttl_seconds: 900
-    settings:
-      role_arn: arn:aws:iam::123456789012:role/app
-      session_policy:
-        Version: "2012-10-17"
-        Statement:
-          - Effect: Allow
-            Action: ["s3:GetObject"]
-            Resource: ["arn:aws:s3:::data/{{namespace}}/*"]
-  app:
-    backend: jwt
-    max_ttl_seconds: 600
-    settings: {audience: app}
-rules:
-  - name: shop-api
-    match: {namespace: shop, service_account: api}
-    roles: [aws-read, app]
-"#;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-sidecar");
 
-/// The whole cast: STS, the OIDC issuer, the broker and a pod's files.
-struct Setup {
-    moto: MotoServer,
-    _issuer: OidcIssuer,
-    broker: TestBroker,
-    work: Workload,
-}
-
-async fn setup() -> Setup {
-    assert!(
-        std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
-        "AWS_ACCESS_KEY_ID is not set: the broker's own AWS credentials come from the standard \
-         chain; run ./test.sh (tests/peers/moto.sh exports dummy keys moto accepts)"
-    );
-    let moto = MotoServer::start().await;
-    let issuer = OidcIssuer::start().await;
-    let broker = TestBroker::start_with(
-        Some(&issuer),
-        TestBrokerOptions {
-            policies: vec![("aws.yaml".into(), POLICY.into())],
-            extra_config: moto.broker_backend_config(),
-            ..TestBrokerOptions::default()
-        },
-    )
-    .await;
-    let work = Workload::kubernetes(&issuer, "shop", "api");
-    Setup {
-        moto,
-        _issuer: issuer,
-        broker,
-        work,
-    }
-}
-
-impl Setup {
-    fn broker_args(&self) -> Vec<String> {
-        vec![
-            "--broker".into(),
-            self.broker.url.clone(),
-            "--ca".into(),
-            self.broker.pki.ca_path().display().to_string(),
-            "--token-file".into(),
-            self.work.token_file.display().to_string(),
-        ]
-    }
+/// `--broker`, `--ca` and `--token-file` for the stack's pod.
+fn broker_args(s: &AwsStack) -> Vec<String> {
+    vec![
+        "--broker".into(),
+        s.broker.url.clone(),
+        "--ca".into(),
+        s.broker.pki.ca_path().display().to_string(),
+        "--token-file".into(),
+        s.work.token_file.display().to_string(),
+    ]
 }
 
 fn free_port() -> u16 {
@@ -186,11 +123,11 @@ async fn wait_ready(health: u16, run: &mut Running) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_boto3_reads_the_container_endpoint_and_calls_sts() {
-    let s = setup().await;
+    let s = AwsStack::start().await;
     let (aws_port, health_port) = (free_port(), free_port());
     let log = s.work.path().join("sidecar.log");
     let mut args = vec!["run".to_owned()];
-    args.extend(s.broker_args());
+    args.extend(broker_args(&s));
     args.extend(
         [
             "--dir",
@@ -273,15 +210,10 @@ async fn unmodified_boto3_reads_the_container_endpoint_and_calls_sts() {
     assert_eq!(v["method"], "container-role", "{v}");
     let arn = v["arn"].as_str().expect("arn");
     assert!(
-        arn.starts_with("arn:aws:sts::123456789012:assumed-role/app/"),
+        arn.starts_with(ASSUMED_ROLE_ARN_PREFIX),
         "GetCallerIdentity must see the assumed role, got {arn}"
     );
-    let calls = s.moto.calls_of("GetCallerIdentity");
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(calls[0].access_key_id.as_deref(), Some(issued_key.as_str()));
-    let assumed = s.moto.calls_of("AssumeRole");
-    assert_eq!(assumed.len(), 1);
-    assert_eq!(assumed[0].params["RoleArn"], ROLE_ARN);
+    s.assert_one_call_signed_with(&issued_key);
 
     let metrics = http
         .get(format!("http://127.0.0.1:{health_port}/metrics"))
@@ -319,9 +251,9 @@ async fn unmodified_boto3_reads_the_container_endpoint_and_calls_sts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_listen_without_an_aws_role_granted_fails_with_a_clear_reason() {
-    let s = setup().await;
+    let s = AwsStack::start().await;
     let mut args = vec!["run".to_owned()];
-    args.extend(s.broker_args());
+    args.extend(broker_args(&s));
     args.extend(
         [
             "--dir",
@@ -348,10 +280,10 @@ async fn aws_listen_without_an_aws_role_granted_fails_with_a_clear_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_process_feeds_boto3_and_fails_clearly() {
-    let s = setup().await;
+    let s = AwsStack::start().await;
     let process = |extra: &[&str]| {
         let mut args = vec!["credential-process".to_owned()];
-        args.extend(s.broker_args());
+        args.extend(broker_args(&s));
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         args
     };
@@ -395,7 +327,7 @@ async fn credential_process_feeds_boto3_and_fails_clearly() {
         v["arn"]
             .as_str()
             .expect("arn")
-            .starts_with("arn:aws:sts::123456789012:assumed-role/app/"),
+            .starts_with(ASSUMED_ROLE_ARN_PREFIX),
         "{v}"
     );
     // Both runs were served from the broker's STS cache: one AssumeRole.

@@ -4,47 +4,16 @@
 
 use lanyard::TokenSource;
 use lanyard::aws::CredentialsProvider;
-use lanyard_test_support::{MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, Workload};
-
-const POLICY: &str = r#"
-roles:
-  aws-read:
-    backend: aws-sts
-    max_ttl_seconds: 3600
-    default_ttl_seconds: 900
-    settings:
-      role_arn: arn:aws:iam::123456789012:role/app
-  app:
-    backend: jwt
-    max_ttl_seconds: 600
-rules:
-  - name: shop-api
-    match: {namespace: shop, service_account: api}
-    roles: [aws-read, app]
-"#;
+use lanyard_test_support::moto::{ASSUMED_ROLE_ARN_PREFIX, AwsStack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aws_sdk_client_uses_the_lanyard_provider() {
     use aws_config::BehaviorVersion;
     use aws_sdk_sts::config::ProvideCredentials as _;
 
-    assert!(
-        std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
-        "run ./test.sh: tests/peers/moto.sh exports the broker's dummy AWS keys"
-    );
-    let moto = MotoServer::start().await;
-    let issuer = OidcIssuer::start().await;
-    let broker = TestBroker::start_with(
-        Some(&issuer),
-        TestBrokerOptions {
-            policies: vec![("aws.yaml".into(), POLICY.into())],
-            extra_config: moto.broker_backend_config(),
-            ..TestBrokerOptions::default()
-        },
-    )
-    .await;
-    let work = Workload::kubernetes(&issuer, "shop", "api");
-    let client = broker.client(TokenSource::JwtFile(work.token_file.clone()));
+    let stack = AwsStack::start().await;
+    let (moto, broker) = (&stack.moto, &stack.broker);
+    let client = broker.client(TokenSource::JwtFile(stack.work.token_file.clone()));
 
     // Two credentials are granted and one carries AWS keys: no role needed to pick it.
     let unnamed = CredentialsProvider::new(client.clone())
@@ -84,10 +53,7 @@ async fn an_aws_sdk_client_uses_the_lanyard_provider() {
         .await
         .expect("GetCallerIdentity");
     let arn = who.arn().expect("arn");
-    assert!(
-        arn.starts_with("arn:aws:sts::123456789012:assumed-role/app/"),
-        "{arn}"
-    );
+    assert!(arn.starts_with(ASSUMED_ROLE_ARN_PREFIX), "{arn}");
     let calls = moto.calls_of("GetCallerIdentity");
     assert_eq!(calls.len(), 1);
     assert_eq!(
@@ -113,5 +79,4 @@ async fn an_aws_sdk_client_uses_the_lanyard_provider() {
         ),
         "{e:?}"
     );
-    broker.stop().await;
 }

@@ -260,3 +260,109 @@ impl Drop for MotoServer {
         self.proxy.abort();
     }
 }
+
+/// The role ARN [`STS_POLICY`] assumes.
+pub const STS_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
+
+/// What moto's GetCallerIdentity answers for a session of [`STS_ROLE_ARN`]:
+/// `<this><session name>`.
+pub const ASSUMED_ROLE_ARN_PREFIX: &str = "arn:aws:sts::123456789012:assumed-role/app/";
+
+/// A policy file granting `shop/api` the `aws-sts` role `aws-read`: AssumeRole of
+/// [`STS_ROLE_ARN`] with a session policy scoped to the namespace and service account, a
+/// 900 s default TTL and a 3600 s cap.
+pub const STS_POLICY: &str = r#"
+roles:
+  aws-read:
+    backend: aws-sts
+    max_ttl_seconds: 3600
+    default_ttl_seconds: 900
+    settings:
+      role_arn: arn:aws:iam::123456789012:role/app
+      session_policy:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: ["s3:GetObject"]
+            Resource: ["arn:aws:s3:::data/{{namespace}}/{{service_account}}/*"]
+rules:
+  - name: shop-api
+    match: {namespace: shop, service_account: api}
+    roles: [aws-read]
+"#;
+
+/// A second policy file for the same identity: the `jwt` role `app`, so a pod holds an AWS
+/// credential and one that is not.
+pub const JWT_APP_POLICY: &str = r#"
+roles:
+  app:
+    backend: jwt
+    max_ttl_seconds: 600
+    settings: {audience: app}
+rules:
+  - name: shop-api-app
+    match: {namespace: shop, service_account: api}
+    roles: [app]
+"#;
+
+/// Everything a zero-code AWS test needs, all real: STS (moto behind the recording proxy),
+/// an OIDC issuer, the broker over TLS trusting both with [`STS_POLICY`] and
+/// [`JWT_APP_POLICY`], and the files of pod `shop/api`.
+#[derive(Debug)]
+pub struct AwsStack {
+    /// STS.
+    pub moto: MotoServer,
+    /// The broker.
+    pub broker: crate::TestBroker,
+    /// The pod's token file and secrets directory.
+    pub work: crate::Workload,
+    /// The issuer of the pod's token.
+    pub issuer: crate::OidcIssuer,
+}
+
+impl AwsStack {
+    /// Starts it all; panics with the fix when `./test.sh`'s AWS environment is missing.
+    pub async fn start() -> Self {
+        assert!(
+            std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
+            "AWS_ACCESS_KEY_ID is not set: the broker's own AWS credentials come from the \
+             standard chain; run ./test.sh (tests/peers/moto.sh exports dummy keys moto accepts)"
+        );
+        let moto = MotoServer::start().await;
+        let issuer = crate::OidcIssuer::start().await;
+        let broker = crate::TestBroker::start_with(
+            Some(&issuer),
+            crate::TestBrokerOptions {
+                policies: vec![
+                    ("aws.yaml".into(), STS_POLICY.into()),
+                    ("app.yaml".into(), JWT_APP_POLICY.into()),
+                ],
+                extra_config: moto.broker_backend_config(),
+                ..crate::TestBrokerOptions::default()
+            },
+        )
+        .await;
+        let work = crate::Workload::kubernetes(&issuer, "shop", "api");
+        Self {
+            moto,
+            broker,
+            work,
+            issuer,
+        }
+    }
+
+    /// Asserts that exactly one GetCallerIdentity reached STS, signed with `access_key_id`,
+    /// and that the broker made exactly one AssumeRole for it.
+    pub fn assert_one_call_signed_with(&self, access_key_id: &str) {
+        let calls = self.moto.calls_of("GetCallerIdentity");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].access_key_id.as_deref(), Some(access_key_id));
+        let assumed = self.moto.calls_of("AssumeRole");
+        assert_eq!(
+            assumed.len(),
+            1,
+            "served from the broker's cache: {assumed:?}"
+        );
+        assert_eq!(assumed[0].params["RoleArn"], STS_ROLE_ARN);
+    }
+}
