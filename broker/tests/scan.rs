@@ -527,3 +527,229 @@ fn cli_exit_codes_formats_and_allowlist() {
     assert_eq!(code, 2);
     assert!(err.contains("docker-archive:PATH"), "{err}");
 }
+
+/// The env-secret image, scanned completely (config and every layer blob fetched).
+fn complete_env_secret(what: &str, report: &Report) {
+    assert_eq!(summary(report), expected("env-secret"), "{what}");
+    assert_eq!(report.verdict, Verdict::Dirty, "{what}");
+    let img = &report.images[0];
+    assert!(img.incomplete.is_empty(), "{what}: {:?}", img.incomplete);
+    assert!(
+        img.stats.layers >= 2 && img.stats.files_scanned > 0,
+        "{what}"
+    );
+}
+
+/// A real distribution registry with token auth (`lanyard_test_support::registry`): oci-client
+/// does the token flow with basic credentials, a pre-obtained token is sent as is, and wrong
+/// credentials or tokens give an error that names neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_token_auth_with_basic_credentials_and_with_a_bearer_token() {
+    use lanyard_test_support::registry::SERVICE;
+    use lanyard_test_support::{TokenRegistry, TokenRequest};
+
+    let reg = TokenRegistry::start().await;
+    let tokens = &reg.token_server;
+    let (user, password) = (reg.username().to_owned(), reg.password().to_owned());
+    let reference = reg.push_test_image("env-secret").await;
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.user.as_deref() == Some(user.as_str())
+                && r.granted
+                    .contains(&"repository:lanyard/env-secret:pull,push".to_owned())),
+        "skopeo pushed through the token flow with push scope: {:?}",
+        tokens.requests()
+    );
+    let source = Source::Registry(reference.clone());
+    let pull_scope = "repository:lanyard/env-secret:pull".to_owned();
+    let since = |n: usize| -> Vec<TokenRequest> { tokens.requests()[n..].to_vec() };
+
+    // (a) Basic credentials: oci-client asks the token server for a pull token, then pulls.
+    let before = tokens.request_count();
+    let basic = ScanOptions {
+        auth: RegistryAuth::Basic {
+            username: user.clone(),
+            password: password.clone().into(),
+        },
+        ..opts()
+    };
+    let report = scan::scan(&source, &basic)
+        .await
+        .unwrap_or_else(|e| panic!("basic credentials through the token flow: {e}"));
+    complete_env_secret("basic credentials", &report);
+    let asked = since(before);
+    assert!(!asked.is_empty(), "the token server was not asked");
+    for r in &asked {
+        assert_eq!(
+            (r.service.as_deref(), r.user.as_deref(), r.status),
+            (Some(SERVICE), Some(user.as_str()), 200),
+            "{r:?}"
+        );
+        assert_eq!(r.scopes, vec![pull_scope.clone()], "pull scope only: {r:?}");
+        assert_eq!(r.granted, vec![pull_scope.clone()]);
+    }
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(!json.contains(&password));
+
+    // (b) A token fetched beforehand, sent as is: the token server is not asked again.
+    let token = tokens
+        .fetch_token(Some((&user, &password)), &[&pull_scope])
+        .await;
+    let before = tokens.request_count();
+    let bearer = ScanOptions {
+        auth: RegistryAuth::Bearer(token.clone().into()),
+        ..opts()
+    };
+    let report = scan::scan(&source, &bearer)
+        .await
+        .unwrap_or_else(|e| panic!("bearer token: {e}"));
+    complete_env_secret("bearer token", &report);
+    assert_eq!(
+        tokens.request_count(),
+        before,
+        "a bearer token is sent as is, not exchanged: {:?}",
+        since(before)
+    );
+
+    // (c) Refusals: an error naming neither the password nor the token, never a verdict.
+    let refused = |what: &str, e: ScanError, secret: &str| {
+        let text = e.to_string();
+        assert!(matches!(e, ScanError::Registry(_)), "{what}: {text}");
+        assert!(text.contains("fetching the manifest"), "{what}: {text}");
+        assert!(!text.contains(secret), "{what}: the error shows the secret");
+        assert!(!format!("{e:?}").contains(secret), "{what}: Debug shows it");
+    };
+    let before = tokens.request_count();
+    let wrong_password = "not-the-token-password-4711";
+    let e = scan::scan(
+        &source,
+        &ScanOptions {
+            auth: RegistryAuth::Basic {
+                username: user.clone(),
+                password: wrong_password.into(),
+            },
+            ..opts()
+        },
+    )
+    .await
+    .expect_err("wrong basic credentials");
+    refused("wrong password", e, wrong_password);
+    assert!(
+        since(before)
+            .iter()
+            .any(|r| r.status == 401 && r.user.as_deref() == Some(user.as_str())),
+        "the token server refused the wrong password: {:?}",
+        since(before)
+    );
+    let garbage = "garbage-bearer-token-0123456789abcdef";
+    let e = scan::scan(
+        &source,
+        &ScanOptions {
+            auth: RegistryAuth::Bearer(garbage.into()),
+            ..opts()
+        },
+    )
+    .await
+    .expect_err("garbage bearer token");
+    refused("garbage token", e, garbage);
+    // A real token for another repository: the registry checks the scope.
+    let other = tokens
+        .fetch_token(Some((&user, &password)), &["repository:lanyard/other:pull"])
+        .await;
+    let e = scan::scan(
+        &source,
+        &ScanOptions {
+            auth: RegistryAuth::Bearer(other.clone().into()),
+            ..opts()
+        },
+    )
+    .await
+    .expect_err("token for another repository");
+    refused("token for another repository", e, &other);
+
+    // Anonymous: the token server grants nothing, so the scan fails; with anonymous pull
+    // allowed, oci-client's anonymous token flow pulls the image.
+    let before = tokens.request_count();
+    let e = scan::scan(&source, &opts())
+        .await
+        .expect_err("anonymous without anonymous pull");
+    assert!(matches!(e, ScanError::Registry(_)), "{e}");
+    assert!(
+        since(before).iter().any(|r| r.user.is_none()
+            && r.scopes == vec![pull_scope.clone()]
+            && r.granted.is_empty()),
+        "{:?}",
+        since(before)
+    );
+    tokens.set_anonymous_pull(true);
+    let report = scan::scan(&source, &opts())
+        .await
+        .unwrap_or_else(|e| panic!("anonymous pull through the token flow: {e}"));
+    complete_env_secret("anonymous pull", &report);
+    tokens.set_anonymous_pull(false);
+
+    // The CLI: --registry-token-file (exit 1: findings), a garbage token file (exit 2, the
+    // token not shown), and basic credentials from a file through the token flow.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good_file = dir.path().join("token");
+    std::fs::write(&good_file, format!("{token}\n")).expect("token file");
+    let bad_file = dir.path().join("garbage");
+    std::fs::write(&bad_file, garbage).expect("garbage token file");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, &password).expect("password file");
+    let url = format!("registry://{reference}");
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&args)
+        })
+        .await
+        .expect("cli task")
+    };
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let (code, out, err) = run(vec![
+        "--registry-token-file".into(),
+        path(&good_file),
+        "--insecure-registry".into(),
+        url.clone(),
+        "--format".into(),
+        "json".into(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    let cli_report: Report = serde_json::from_str(&out).expect("JSON report");
+    complete_env_secret("CLI with --registry-token-file", &cli_report);
+    assert!(!out.contains(&token) && !err.contains(&token));
+    let (code, out, err) = run(vec![
+        "--registry-token-file".into(),
+        path(&bad_file),
+        "--insecure-registry".into(),
+        url.clone(),
+        "--format".into(),
+        "json".into(),
+    ])
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "no report on an error: {out}");
+    assert!(err.contains("fetching the manifest"), "{err}");
+    assert!(!err.contains(garbage), "{err}");
+    let before = tokens.request_count();
+    let (code, out, err) = run(vec![
+        "--registry-username".into(),
+        user.clone(),
+        "--registry-password-file".into(),
+        path(&password_file),
+        "--insecure-registry".into(),
+        url.clone(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("verdict: dirty"), "{out}");
+    assert!(!out.contains(&password) && !err.contains(&password));
+    assert!(
+        tokens.request_count() > before,
+        "the CLI did the token flow"
+    );
+}

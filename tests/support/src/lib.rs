@@ -10,11 +10,15 @@
 //!   over plain HTTP) with RSA, EC P-256 and Ed25519 signing keys, token minting (including
 //!   Kubernetes projected service-account tokens) and hostile forgeries.
 //! - [`moto`]: [`MotoServer`], a real `moto_server` (STS) on loopback behind a recording
-//!   proxy that counts calls and keeps their exact parameters.
+//!   proxy that counts calls and keeps their exact parameters; [`moto::AwsStack`], moto + an
+//!   OIDC issuer + a broker granting an `aws-sts` role, for zero-code AWS SDK tests.
 //! - [`vault`]: [`VaultEmulator`], an emulator of the Vault HTTP API (documented response
 //!   bodies for exactly the paths lanyard calls), since no Vault can be installed here.
 //! - [`pki`]: [`TestPki`], a throwaway CA plus a server certificate for `localhost` /
 //!   `127.0.0.1` (and client certificates), written as PEM files.
+//! - [`registry`]: [`TokenRegistry`], a real `docker-registry` (distribution 2.8) on loopback
+//!   using the Docker/OCI token authentication flow, with its [`TokenServer`] (ES256 JWTs
+//!   signed by a self-signed certificate the registry trusts), and a push of the test images.
 //!
 //! These helpers panic on setup failures: they run only in tests, where a panic is the
 //! clearest report.
@@ -23,6 +27,7 @@ pub mod broker;
 pub mod moto;
 pub mod oidc;
 pub mod pki;
+pub mod registry;
 pub mod vault;
 pub mod workload;
 
@@ -31,5 +36,6 @@ pub use jsonwebtoken::Algorithm;
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
+pub use registry::{TokenRegistry, TokenRequest, TokenServer};
 pub use vault::VaultEmulator;
 pub use workload::Workload;
