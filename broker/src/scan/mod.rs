@@ -952,6 +952,24 @@ mod registry {
             ..Default::default()
         }));
         let a = auth(&opts.auth);
+        if let RegistryAuth::Basic { username, .. } = &opts.auth {
+            // Authenticate first: on a refusal oci-client would fall back to an anonymous
+            // pull and report only "not authorized" for the manifest.
+            match client
+                .auth(&reference, &a, oci_client::RegistryOperation::Pull)
+                .await
+            {
+                Ok(_) => {}
+                Err(oci_client::errors::OciDistributionError::AuthenticationFailure(_)) => {
+                    return Err(ScanError::Registry(format!(
+                        "{host} refused the credentials of user {username:?} for pulling {}: \
+                         check --registry-username and --registry-password-file",
+                        reference.repository()
+                    )));
+                }
+                Err(e) => return Err(reg_err(&format!("authenticating to {host}"), e)),
+            }
+        }
         let (bytes, _) = client
             .pull_manifest_raw(&reference, &a, ACCEPT)
             .await
