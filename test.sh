@@ -25,6 +25,9 @@ if [[ $quick -eq 0 ]]; then
   step "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets --locked -- -D warnings
 
+  step "cargo doc (warnings are errors: broken links, bad HTML in doc comments)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
   step "fuzz targets compile (run them with cargo-fuzz: see fuzz/README.md)"
   cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 fi

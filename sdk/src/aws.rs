@@ -10,7 +10,7 @@
 //! - the **`credential_process`** output ([`AwsKeys::process_json`]), printed by
 //!   `lanyard-sidecar credential-process`.
 //!
-//! With the `aws` cargo feature, [`CredentialsProvider`] implements the AWS SDK for Rust's
+//! With the `aws` cargo feature, `CredentialsProvider` implements the AWS SDK for Rust's
 //! `ProvideCredentials`, so an application's AWS clients get their keys from the broker:
 //!
 //! ```no_run

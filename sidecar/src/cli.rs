@@ -212,7 +212,7 @@ pub struct CommonArgs {
     pub config: Option<PathBuf>,
 
     /// A target, annotation style: `role=db,field=password,format=raw,path=db/password,mode=0400`
-    /// (repeatable; also LANYARD_TARGET_<N> variables, in order of N). Formats: raw, env,
+    /// (repeatable; also `LANYARD_TARGET_<N>` variables, in order of N). Formats: raw, env,
     /// json, aws, template. Without targets every credential is written in the default layout.
     #[arg(long = "target", value_name = "KEYS")]
     pub targets: Vec<String>,
