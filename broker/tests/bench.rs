@@ -135,10 +135,10 @@ async fn bench_upstream_calls_per_thousand_pod_starts() {
 
 /// Verify-plus-sign operations per second over `threads` threads for `secs` seconds: the
 /// crypto one issuance cannot avoid — RS256 verify of a projected service-account token
-/// (the JWKS key, `iss`/`aud`/`exp` checked) and an ES256 signature over a token like the
-/// `jwt` backend's.
+/// (the JWKS key, `iss`/`aud`/`exp` checked) and an ES256 compact JWS over claims like the
+/// `jwt` backend's, with the key parsed once (as the broker's key ring holds it).
 fn crypto_only_per_second(issuer: &OidcIssuer, token: &str, threads: usize, secs: f64) -> f64 {
-    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let jwks = issuer.jwks_json();
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
         jwks["keys"]
@@ -157,7 +157,17 @@ fn crypto_only_per_second(issuer: &OidcIssuer, token: &str, threads: usize, secs
         &rng,
     )
     .expect("p-256 key");
-    let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
+    // Parsed once, as the broker's key ring does.
+    let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+    )
+    .expect("p-256 key pair");
+    let b64 = |b: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    };
+    let header = b64(br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#);
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&["lanyard"]);
     validation.set_issuer(&[issuer.url()]);
@@ -185,10 +195,12 @@ fn crypto_only_per_second(issuer: &OidcIssuer, token: &str, threads: usize, secs
                             "jti": format!("ls_{n:024}"),
                             "lanyard": {"role": "app", "namespace": "shop", "service_account": "api"},
                         });
-                        let signed =
-                            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &out, &encoding)
-                                .expect("sign");
-                        std::hint::black_box(signed);
+                        let msg = format!(
+                            "{header}.{}",
+                            b64(&serde_json::to_vec(&out).expect("claims"))
+                        );
+                        let sig = signer.sign(&rng, msg.as_bytes()).expect("sign");
+                        std::hint::black_box(format!("{msg}.{}", b64(sig.as_ref())));
                         n += 1;
                     }
                     n

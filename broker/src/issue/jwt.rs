@@ -23,7 +23,7 @@ use aws_lc_rs::signature::{
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 use lanyard::Secret;
 use lanyard::clock::{Clock, unix_seconds};
 use serde_json::{Value, json};
@@ -72,12 +72,21 @@ impl KeyAlg {
     }
 }
 
+/// The private half, parsed once at load (signing re-parsing PKCS#8 per token cost more
+/// than the signature itself).
+enum Signer {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
 /// One loaded key: signing and verifying halves plus its public JWK.
 struct SigningKey {
     kid: String,
     alg: KeyAlg,
     created_at: SystemTime,
-    encoding: EncodingKey,
+    signer: Signer,
+    /// `base64url({"alg","kid","typ":"JWT"})`, the JWS header every token of this key has.
+    header_b64: String,
     decoding: DecodingKey,
     /// The public JWK, `kid`, `use` and `alg` included. Never holds private parts.
     jwk: Value,
@@ -98,9 +107,33 @@ fn b64url(data: &[u8]) -> String {
 }
 
 impl SigningKey {
+    /// A compact JWS (`header.claims.signature`) over `claims` with this key: ES256 as the
+    /// fixed-size `r || s` JWS wants, or Ed25519.
+    fn sign(&self, claims: &Value) -> Result<String, BackendError> {
+        let fail = |e: &dyn fmt::Display| {
+            BackendError::Internal(format!("signing with key {}: {e}", self.kid))
+        };
+        let payload = serde_json::to_vec(claims).map_err(|e| fail(&e))?;
+        let mut jws = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 100);
+        jws.push_str(&self.header_b64);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut jws);
+        let signature = match &self.signer {
+            Signer::Es256(kp) => kp
+                .sign(&SystemRandom::new(), jws.as_bytes())
+                .map_err(|e| fail(&e))?
+                .as_ref()
+                .to_vec(),
+            Signer::EdDsa(kp) => kp.sign(jws.as_bytes()).as_ref().to_vec(),
+        };
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
+        Ok(jws)
+    }
+
     /// Builds a key from PKCS#8 DER, computing its `kid`.
     fn from_pkcs8(alg: KeyAlg, der: &[u8], created_at: SystemTime) -> Result<Self, String> {
-        let (thumb_input, mut jwk, decoding) = match alg {
+        let (thumb_input, mut jwk, decoding, signer) = match alg {
             KeyAlg::Es256 => {
                 let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                     .map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?;
@@ -110,21 +143,24 @@ impl SigningKey {
                     return Err("unexpected P-256 public key encoding".into());
                 }
                 let (x, y) = (b64url(&point[1..33]), b64url(&point[33..]));
+                let decoding = DecodingKey::from_ec_der(point);
                 (
                     format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
                     json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
-                    DecodingKey::from_ec_der(point),
+                    decoding,
+                    Signer::Es256(kp),
                 )
             }
             KeyAlg::EdDsa => {
                 let kp = Ed25519KeyPair::from_pkcs8(der)
                     .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
-                let public = kp.public_key().as_ref();
-                let x = b64url(public);
+                let x = b64url(kp.public_key().as_ref());
+                let decoding = DecodingKey::from_ed_der(kp.public_key().as_ref());
                 (
                     format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
                     json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
-                    DecodingKey::from_ed_der(public),
+                    decoding,
+                    Signer::EdDsa(kp),
                 )
             }
         };
@@ -134,15 +170,14 @@ impl SigningKey {
             obj.insert("alg".into(), json!(alg.name()));
             obj.insert("kid".into(), json!(kid));
         }
-        let encoding = match alg {
-            KeyAlg::Es256 => EncodingKey::from_ec_der(der),
-            KeyAlg::EdDsa => EncodingKey::from_ed_der(der),
-        };
+        let header = json!({"alg": alg.name(), "kid": kid, "typ": "JWT"});
+        let header_b64 = b64url(header.to_string().as_bytes());
         Ok(Self {
             kid,
             alg,
             created_at,
-            encoding,
+            signer,
+            header_b64,
             decoding,
             jwk,
         })
@@ -334,11 +369,7 @@ impl KeyRing {
         let key = keys
             .last()
             .ok_or_else(|| BackendError::Internal("no signing key is loaded".into()))?;
-        let mut header = Header::new(key.alg.jwt());
-        header.kid = Some(key.kid.clone());
-        header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|e| BackendError::Internal(format!("signing with key {}: {e}", key.kid)))
+        key.sign(claims)
     }
 
     /// Verifies a token this broker signed (any published key), requiring `iss` and `aud`.
