@@ -647,32 +647,22 @@ mod tests {
             help.contains("credential_process = lanyard-sidecar credential-process"),
             "{help}"
         );
-        let cli = parse(&[
-            "credential-process",
-            "--broker",
-            "http://127.0.0.1:1",
-            "--bootstrap-token-file",
-            "/b",
-        ])
-        .expect("parse");
-        let Command::CredentialProcess(a) = cli.command else {
-            panic!("credential-process")
+        let process = |extra: &[&str]| {
+            let args = [
+                &["credential-process", "--broker", "http://127.0.0.1:1"][..],
+                extra,
+            ]
+            .concat();
+            match parse(&args).expect("parse").command {
+                Command::CredentialProcess(a) => a,
+                _ => panic!("credential-process"),
+            }
         };
-        let e = a.to_client().expect_err("single-use token");
+        let e = process(&["--bootstrap-token-file", "/b"])
+            .to_client()
+            .expect_err("single-use token");
         assert!(e.to_string().contains("--token-file"), "{e}");
-        let cli = parse(&[
-            "credential-process",
-            "--broker",
-            "http://127.0.0.1:1",
-            "--token-file",
-            "/t",
-            "--role",
-            "aws",
-        ])
-        .expect("parse");
-        let Command::CredentialProcess(a) = cli.command else {
-            panic!("credential-process")
-        };
+        let a = process(&["--token-file", "/t", "--role", "aws"]);
         let client = a.to_client().expect("client");
         assert_eq!(
             client.request().roles.as_deref(),
