@@ -316,6 +316,24 @@ mod tests {
         assert!(!format!("{server:?}").contains("tok\""), "{server:?}");
     }
 
+    #[tokio::test]
+    async fn a_refresh_replaces_the_served_keys() {
+        let clock = Arc::new(ManualClock::at_unix(1_900_000_000));
+        let server = Arc::new(AwsServer::new(None, Secret::new("tok"), clock.clone()));
+        server.update(&resp(900, &clock)).expect("first");
+        clock.advance(Duration::from_secs(630));
+        let mut next = resp(900, &clock);
+        next.credentials[0]
+            .data
+            .insert("access_key_id".into(), Secret::new("ASIAROTATED"));
+        server.update(&next).expect("refresh");
+        let (s, body) = get(&server, Some("tok")).await;
+        assert_eq!(s, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["AccessKeyId"], "ASIAROTATED");
+        assert_eq!(v["Expiration"], "2030-03-17T18:12:10Z");
+    }
+
     #[test]
     fn an_answer_without_aws_keys_keeps_the_held_one() {
         let clock = Arc::new(ManualClock::at_unix(1_900_000_000));
