@@ -259,11 +259,27 @@ impl Broker {
     }
 
     async fn audit(&self, rec: AuditRecord) -> Result<(), ApiError> {
+        self.audit_inner(rec, None).await
+    }
+
+    /// [`Self::audit`] for an issuance: the lease row is saved with the record's audit group.
+    async fn audit_with_lease(&self, rec: AuditRecord, lease: LeaseRecord) -> Result<(), ApiError> {
+        self.audit_inner(rec, Some(lease)).await
+    }
+
+    async fn audit_inner(
+        &self,
+        rec: AuditRecord,
+        lease: Option<LeaseRecord>,
+    ) -> Result<(), ApiError> {
         let event = serde_json::to_value(rec.event)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        self.audit.append(rec).await?;
+        match lease {
+            Some(l) => self.audit.append_with_lease(rec, l).await?,
+            None => self.audit.append(rec).await?,
+        };
         self.metrics
             .audit_records
             .with_label_values(&[&event])
@@ -573,20 +589,18 @@ impl Broker {
             let lifetime = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
             let refresh_after = now + lifetime.mul_f64(REFRESH_FRACTION);
             let fingerprint = self.fingerprinter.fingerprint(&issued.data);
-            self.store
-                .insert_lease(&LeaseRecord {
-                    lease_id: lease_id.clone(),
-                    role: role.name.clone(),
-                    backend: role.backend.clone(),
-                    subject: identity.subject.clone(),
-                    issuer: identity.issuer.clone(),
-                    issued_at: now,
-                    expires_at,
-                    upstream_lease: issued.upstream_lease.clone(),
-                    fingerprint: fingerprint.clone(),
-                    revoked_at: None,
-                })
-                .await?;
+            let lease = LeaseRecord {
+                lease_id: lease_id.clone(),
+                role: role.name.clone(),
+                backend: role.backend.clone(),
+                subject: identity.subject.clone(),
+                issuer: identity.issuer.clone(),
+                issued_at: now,
+                expires_at,
+                upstream_lease: issued.upstream_lease.clone(),
+                fingerprint: fingerprint.clone(),
+                revoked_at: None,
+            };
             let mut rec = self.record(
                 Event::Issue,
                 Decision::Allow,
@@ -613,7 +627,8 @@ impl Broker {
             rec.fingerprint = Some(fingerprint);
             rec.upstream_lease = issued.upstream_lease.clone();
             rec.image = identity.bootstrap.as_ref().and_then(|b| b.image.clone());
-            self.audit(rec).await?;
+            // The lease row is saved with the audit group that holds this record.
+            self.audit_with_lease(rec, lease).await?;
             self.metrics
                 .issuances
                 .with_label_values(&[&role.name, &role.backend])

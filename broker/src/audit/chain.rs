@@ -18,7 +18,7 @@ use super::AuditRecord;
 use super::line::{
     BoundedLine, GENESIS_PREV, MAX_LINE_BYTES, build_line, parse_line, read_bounded_line,
 };
-use crate::store::{ChainHead, Store, StoreError};
+use crate::store::{ChainHead, LeaseRecord, Store, StoreError};
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,9 +80,11 @@ pub struct AuditLog {
     head: Arc<std::sync::Mutex<Option<ChainHead>>>,
 }
 
-/// A record waiting for the writer, and where to send its outcome.
+/// A record waiting for the writer (with the lease it records, if any), and where to send
+/// its outcome.
 struct Pending {
     rec: AuditRecord,
+    lease: Option<LeaseRecord>,
     done: tokio::sync::oneshot::Sender<Result<ChainHead, AuditError>>,
 }
 
@@ -171,8 +173,28 @@ impl AuditLog {
         &self,
         rec: AuditRecord,
     ) -> impl std::future::Future<Output = Result<ChainHead, AuditError>> + Send + 'static {
+        self.queue(rec, None)
+    }
+
+    /// Appends the record of an issuance together with its lease: once the line is durable
+    /// the lease row is saved in the same store transaction as the new chain head (one
+    /// hand-off and one transaction per group instead of one per lease). An error means the
+    /// lease was not saved, and the request must fail.
+    pub fn append_with_lease(
+        &self,
+        rec: AuditRecord,
+        lease: LeaseRecord,
+    ) -> impl std::future::Future<Output = Result<ChainHead, AuditError>> + Send + 'static {
+        self.queue(rec, Some(lease))
+    }
+
+    fn queue(
+        &self,
+        rec: AuditRecord,
+        lease: Option<LeaseRecord>,
+    ) -> impl std::future::Future<Output = Result<ChainHead, AuditError>> + Send + 'static {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let queued = self.tx.send(Pending { rec, done }).is_ok();
+        let queued = self.tx.send(Pending { rec, lease, done }).is_ok();
         async move {
             if !queued {
                 return Err(AuditError::Stopped);
@@ -225,7 +247,7 @@ impl Writer {
                     buf.push('\n');
                     let h = ChainHead { seq, hash };
                     head = Some(h.clone());
-                    chained.push((p.done, h));
+                    chained.push((p.done, h, p.lease));
                 }
                 Err(e) => {
                     let _ = p.done.send(Err(AuditError::Io(io::Error::other(format!(
@@ -244,7 +266,7 @@ impl Writer {
         if let Err(e) = written {
             // The file may now end in part of a line: stop until a restart re-reads it.
             self.stopped = true;
-            for (done, _) in chained {
+            for (done, _, _) in chained {
                 let _ = done.send(Err(AuditError::Io(io::Error::new(e.kind(), e.to_string()))));
             }
             return;
@@ -254,16 +276,24 @@ impl Writer {
             .shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last.clone());
-        // The lines are durable; a failure here leaves the store behind the file, which the
-        // next open tolerates (the store's head is then an ancestor of the file's).
-        match self.store.set_audit_head(&last).await {
-            Ok(()) => {
-                for (done, h) in chained {
-                    let _ = done.send(Ok(h));
+        // The lines are durable; save the group's leases and the new head in one store
+        // transaction. A failure leaves the store behind the file, which the next open
+        // tolerates (the store's head is then an ancestor of the file's); the callers whose
+        // lease was not saved get the error.
+        let leases: Vec<LeaseRecord> = chained.iter().filter_map(|(_, _, l)| l.clone()).collect();
+        match self.store.record_group(&leases, &last).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (done, h, lease) in chained {
+                    let saved = match lease {
+                        Some(_) => results.next().unwrap_or(Ok(())),
+                        None => Ok(()),
+                    };
+                    let _ = done.send(saved.map(|()| h).map_err(AuditError::Store));
                 }
             }
             Err(e) => {
-                for (done, _) in chained {
+                for (done, _, _) in chained {
                     let _ = done.send(Err(AuditError::Store(e.clone())));
                 }
             }
@@ -600,6 +630,65 @@ mod tests {
         let file = std::io::BufReader::new(std::fs::File::open(&path).expect("open"));
         let report = super::super::verify::verify(file, Some(&head)).expect("the chain verifies");
         assert_eq!(report.records, 500);
+    }
+
+    fn lease(id: &str) -> LeaseRecord {
+        LeaseRecord {
+            lease_id: id.to_owned(),
+            role: "reader".into(),
+            backend: "jwt".into(),
+            subject: "system:serviceaccount:shop:api".into(),
+            issuer: "https://kubernetes.default.svc".into(),
+            issued_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000),
+            expires_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_600),
+            upstream_lease: None,
+            fingerprint: "fp".into(),
+            revoked_at: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_are_saved_with_their_group_and_a_duplicate_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).expect("store"),
+        );
+        let log = Arc::new(
+            AuditLog::open(AuditSink::File(dir.path().join("audit.log")), store.clone())
+                .await
+                .expect("open"),
+        );
+        store.insert_lease(&lease("ls_taken")).await.expect("seed");
+        let mut tasks = Vec::new();
+        for i in 0..100u64 {
+            let log = log.clone();
+            let id = if i == 50 {
+                "ls_taken".to_owned()
+            } else {
+                format!("ls_{i}")
+            };
+            tasks.push(tokio::spawn(async move {
+                (
+                    id.clone(),
+                    log.append_with_lease(record(i), lease(&id)).await,
+                )
+            }));
+        }
+        let mut failed = Vec::new();
+        for t in tasks {
+            let (id, r) = t.await.expect("join");
+            match r {
+                Ok(_) => assert!(store.get_lease(&id).await.expect("get").is_some(), "{id}"),
+                Err(e) => failed.push((id, e.to_string())),
+            }
+        }
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].1.contains("duplicate"), "{failed:?}");
+        // Every record is in the chain (the duplicate's line was written before its lease
+        // failed), and the store's head is the file's.
+        let head = log.head().await.expect("head");
+        assert_eq!(head.seq, 100);
+        assert_eq!(store.audit_head().await.expect("store head"), Some(head));
     }
 
     #[tokio::test]

@@ -154,6 +154,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records the audit chain head.
     async fn set_audit_head(&self, head: &ChainHead) -> Result<(), StoreError>;
 
+    /// Saves the leases of one committed audit group and its new chain head, as one
+    /// transaction where the store has them. The outer error fails the whole group; the
+    /// inner ones (one per lease, in order) fail only their lease (a duplicate id).
+    async fn record_group(
+        &self,
+        leases: &[LeaseRecord],
+        head: &ChainHead,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            out.push(self.insert_lease(l).await);
+        }
+        self.set_audit_head(head).await?;
+        Ok(out)
+    }
+
     /// A named random secret of `len` bytes, created on first use and stable afterwards
     /// (e.g. the key for credential fingerprints).
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError>;

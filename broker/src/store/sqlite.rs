@@ -286,6 +286,33 @@ fn insert_leases(conn: &mut Connection, leases: &mut Vec<QueuedLease>) {
     }
 }
 
+fn head_row(head: &ChainHead) -> Result<(i64, String), StoreError> {
+    let seq = i64::try_from(head.seq).map_err(|_| {
+        StoreError::Backend(format!(
+            "set_audit_head: sequence {} does not fit in 63 bits",
+            head.seq
+        ))
+    })?;
+    Ok((seq, head.hash.clone()))
+}
+
+fn write_head(conn: &Connection, seq: i64, hash: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .and_then(|mut st| st.execute(params![seq, hash]))
+    .map_err(sql_error("set_audit_head"))?;
+    Ok(())
+}
+
+fn check_lease_times(rec: &LeaseRecord) -> Result<(), StoreError> {
+    to_unix(rec.issued_at)?;
+    to_unix(rec.expires_at)?;
+    rec.revoked_at.map(to_unix).transpose()?;
+    Ok(())
+}
+
 fn insert_lease_row(conn: &Connection, rec: &LeaseRecord) -> Result<(), StoreError> {
     let issued_at = to_unix(rec.issued_at)?;
     let expires_at = to_unix(rec.expires_at)?;
@@ -578,9 +605,7 @@ impl Store for SqliteStore {
 
     async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError> {
         // Check the times here so a bad record fails alone, before it joins a batch.
-        to_unix(rec.issued_at)?;
-        to_unix(rec.expires_at)?;
-        rec.revoked_at.map(to_unix).transpose()?;
+        check_lease_times(rec)?;
         let (done, answer) = tokio::sync::oneshot::channel();
         self.submit(
             "insert_lease",
@@ -777,21 +802,29 @@ impl Store for SqliteStore {
     }
 
     async fn set_audit_head(&self, head: &ChainHead) -> Result<(), StoreError> {
-        let seq = i64::try_from(head.seq).map_err(|_| {
-            StoreError::Backend(format!(
-                "set_audit_head: sequence {} does not fit in 63 bits",
-                head.seq
-            ))
-        })?;
-        let hash = head.hash.clone();
-        self.run("set_audit_head", move |conn| {
-            conn.execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                params![seq, hash],
-            )
-            .map_err(sql_error("set_audit_head"))?;
-            Ok(())
+        let (seq, hash) = head_row(head)?;
+        self.run("set_audit_head", move |conn| write_head(conn, seq, &hash))
+            .await
+    }
+
+    async fn record_group(
+        &self,
+        leases: &[LeaseRecord],
+        head: &ChainHead,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        for l in leases {
+            check_lease_times(l)?;
+        }
+        let (seq, hash) = head_row(head)?;
+        let leases = leases.to_vec();
+        self.run("record_group", move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_error("record_group: begin"))?;
+            let results = leases.iter().map(|l| insert_lease_row(&tx, l)).collect();
+            write_head(&tx, seq, &hash)?;
+            tx.commit().map_err(sql_error("record_group: commit"))?;
+            Ok(results)
         })
         .await
     }
