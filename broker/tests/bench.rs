@@ -290,20 +290,14 @@ async fn bench_https_issuance_vs_crypto_only() {
         .collect();
     let crypto_1 = crypto_only_per_second(&issuer, &token, 2, 5.0);
     let crypto_single = crypto_only_per_second(&issuer, &token, 1, 5.0);
-    let u = url.clone();
-    let s = script.clone();
-    tokio::task::spawn_blocking(move || wrk(&u, &s, 64, 3)) // warm up
-        .await
-        .expect("join");
-    let (rps, p50, p99, non2xx) = tokio::task::spawn_blocking(move || wrk(&url, &script, 64, 20))
-        .await
-        .expect("join");
+    let run = |connections: u32, secs: u32| {
+        let (u, s) = (url.clone(), script.clone());
+        tokio::task::spawn_blocking(move || wrk(&u, &s, connections, secs))
+    };
+    run(64, 3).await.expect("join"); // warm up
+    let (rps, p50, p99, non2xx) = run(64, 20).await.expect("join");
     for c in extra {
-        let u = format!("{}/v1/credentials", broker.url);
-        let s = dir.path().join("issue.lua");
-        let (r, p50, p99, bad) = tokio::task::spawn_blocking(move || wrk(&u, &s, c, 10))
-            .await
-            .expect("join");
+        let (r, p50, p99, bad) = run(c, 10).await.expect("join");
         println!("BENCH   {c} connections: {r:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {bad}");
     }
     let crypto_2 = crypto_only_per_second(&issuer, &token, 2, 5.0);

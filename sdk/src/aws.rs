@@ -76,20 +76,19 @@ pub fn pick<'a>(
         }
         return Ok(c);
     }
-    let mut aws = resp.credentials.iter().filter(|c| is_aws(c));
-    match (aws.next(), aws.next()) {
-        (Some(c), None) => Ok(c),
-        (None, _) => Err(format!(
+    let aws: Vec<&Credential> = resp.credentials.iter().filter(|c| is_aws(c)).collect();
+    match aws.as_slice() {
+        [c] => Ok(c),
+        [] => Err(format!(
             "none of the credentials granted to {} carries AWS keys (granted: {}); \
              grant an aws-sts role in the policy",
             resp.identity,
             granted()
         )),
-        (Some(_), Some(_)) => Err(format!(
+        several => Err(format!(
             "several AWS credentials were granted ({}); name the one to use",
-            resp.credentials
+            several
                 .iter()
-                .filter(|c| is_aws(c))
                 .map(|c| c.role.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -346,6 +346,35 @@ mod tests {
     }
 
     #[test]
+    fn the_token_file_is_written_atomically_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = dir.path().join("secrets");
+        let token = new_token().expect("token");
+        let opts = FileOpts {
+            mode: 0o440,
+            uid: None,
+            gid: None,
+        };
+        let path = write_token(&secrets, DEFAULT_TOKEN_FILE, &token, opts).expect("written");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            token.expose()
+        );
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o440);
+
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").expect("write");
+        std::os::unix::fs::symlink(&target, secrets.join("link")).expect("symlink");
+        let e = write_token(&secrets, "link", &token, opts).expect_err("a link is refused");
+        assert!(matches!(e, SidecarError::Refused { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
+        let e = write_token(&secrets, "../x", &token, opts).expect_err("not a plain name");
+        assert!(matches!(e, SidecarError::Usage(_)), "{e}");
+    }
+
+    #[test]
     fn tokens_are_random_hex() {
         let a = new_token().expect("token");
         let b = new_token().expect("token");

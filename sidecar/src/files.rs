@@ -219,23 +219,17 @@ pub fn write_secret_file(
 ) -> Result<PathBuf, SidecarError> {
     let open = opts.uid.is_some() || opts.gid.is_some() || opts.mode & 0o077 != 0;
     ensure_dir_mode(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
+    let path = dir.join(name);
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(SidecarError::Refused {
+            path,
+            why: "a symbolic link is in the way; the sidecar does not replace or follow links"
+                .to_owned(),
+        });
+    }
     write_atomic_opts(dir, name, contents, opts)
         .map(|(p, _)| p)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::Other
-                if fs::symlink_metadata(dir.join(name))
-                    .is_ok_and(|m| m.file_type().is_symlink()) =>
-            {
-                SidecarError::Refused {
-                    path: dir.join(name),
-                    why: source.to_string(),
-                }
-            }
-            _ => SidecarError::Write {
-                path: dir.join(name),
-                source,
-            },
-        })
+        .map_err(|source| SidecarError::Write { path, source })
 }
 
 /// What was written for one credential.

@@ -94,7 +94,7 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Output {
     Stdout,
     File(Arc<std::fs::File>),
@@ -115,13 +115,6 @@ impl Output {
                 w.flush()?;
                 f.sync_data()
             }
-        }
-    }
-
-    fn share(&self) -> Self {
-        match self {
-            Self::Stdout => Self::Stdout,
-            Self::File(f) => Self::File(f.clone()),
         }
     }
 }
@@ -259,7 +252,7 @@ impl Writer {
         let Some(last) = head.clone().filter(|_| !chained.is_empty()) else {
             return;
         };
-        let out = self.out.share();
+        let out = self.out.clone();
         let written = tokio::task::spawn_blocking(move || out.write_lines(buf.as_bytes()))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(format!("audit write task failed: {e}"))));

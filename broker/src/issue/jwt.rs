@@ -121,13 +121,11 @@ impl SigningKey {
         let signature = match &self.signer {
             Signer::Es256(kp) => kp
                 .sign(&SystemRandom::new(), jws.as_bytes())
-                .map_err(|e| fail(&e))?
-                .as_ref()
-                .to_vec(),
-            Signer::EdDsa(kp) => kp.sign(jws.as_bytes()).as_ref().to_vec(),
+                .map_err(|e| fail(&e))?,
+            Signer::EdDsa(kp) => kp.sign(jws.as_bytes()),
         };
         jws.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
         Ok(jws)
     }
 

@@ -2,10 +2,10 @@
 //!
 //! Every trait method runs its SQL on one dedicated thread that owns the connection, in the
 //! order the calls were made; callers await the answer without holding an async worker.
-//! Lease inserts that queue up while the thread is busy are committed together in one
-//! transaction (each still answered with its own outcome), so a burst of issuances costs
-//! one WAL commit instead of one each. The file is opened in WAL mode with a 5 s busy timeout, so several handles (several
-//! broker replicas on one host sharing the file) can use it at once; every operation that
+//! Issuances reach it through [`Store::record_group`]: the leases of one audit group and the
+//! new chain head in one transaction, so a burst of issuances costs one WAL commit instead of
+//! one each. The file is opened in WAL mode with a 5 s busy timeout, so several handles
+//! (several broker replicas on one host sharing the file) can use it at once; every operation that
 //! must be atomic across them is a single SQL statement or an `IMMEDIATE` transaction.
 //!
 //! Times are stored as Unix seconds, roles as a JSON list of strings, secrets as text. The
@@ -76,26 +76,14 @@ pub const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Most queued jobs the store thread takes in one go (and so most leases per commit).
-const MAX_BATCH: usize = 256;
-
 /// A closure to run on the store thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// What the store thread is asked to do.
-enum Work {
-    Run(Job),
-    InsertLease(
-        Box<LeaseRecord>,
-        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
-    ),
-}
 
 /// The SQLite-backed [`Store`]. Cheap to clone: clones share one connection, owned by one
 /// thread that stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: Arc<mpsc::Sender<Work>>,
+    jobs: Arc<mpsc::Sender<Job>>,
     /// Where the database lives (`None` in memory), for error messages.
     path: Option<PathBuf>,
 }
@@ -211,12 +199,8 @@ impl SqliteStore {
         let job: Job = Box::new(move |conn| {
             let _ = done.send(f(conn));
         });
-        self.submit(op, Work::Run(job))?;
+        self.jobs.send(job).map_err(|_| stopped(op))?;
         answer.await.map_err(|_| stopped(op))?
-    }
-
-    fn submit(&self, op: &'static str, work: Work) -> Result<(), StoreError> {
-        self.jobs.send(work).map_err(|_| stopped(op))
     }
 }
 
@@ -226,63 +210,12 @@ fn stopped(op: &str) -> StoreError {
     ))
 }
 
-/// The store thread: runs jobs in order; consecutive lease inserts share one transaction.
-fn store_thread(mut conn: Connection, rx: &mpsc::Receiver<Work>) {
-    let mut leases = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        for w in batch {
-            match w {
-                Work::InsertLease(rec, done) => leases.push((rec, done)),
-                Work::Run(job) => {
-                    insert_leases(&mut conn, &mut leases);
-                    // A panicking job drops its answer channel (its caller gets an error);
-                    // the thread and the connection carry on.
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
-                }
-            }
-        }
-        insert_leases(&mut conn, &mut leases);
-    }
-}
-
-type QueuedLease = (
-    Box<LeaseRecord>,
-    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
-);
-
-/// Inserts the queued leases in one transaction and answers each; a failed insert (a
-/// duplicate id) fails only its own caller, a failed commit fails them all.
-fn insert_leases(conn: &mut Connection, leases: &mut Vec<QueuedLease>) {
-    if leases.is_empty() {
-        return;
-    }
-    let mut answers = Vec::with_capacity(leases.len());
-    let committed = (|| {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error("insert_lease: begin"))?;
-        for (rec, done) in leases.drain(..) {
-            answers.push((insert_lease_row(&tx, &rec), done));
-        }
-        tx.commit().map_err(sql_error("insert_lease: commit"))
-    })();
-    // Leases not reached (`begin` failed) are answered with the commit's error below.
-    for (_, done) in leases.drain(..) {
-        answers.push((Ok(()), done));
-    }
-    for (result, done) in answers {
-        let _ = done.send(match &committed {
-            Ok(()) => result,
-            Err(e) => Err(e.clone()),
-        });
+/// The store thread: runs jobs in order until every handle is dropped.
+fn store_thread(mut conn: Connection, rx: &mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        // A panicking job drops its answer channel (its caller gets an error); the thread
+        // and the connection carry on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
     }
 }
 
@@ -604,14 +537,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError> {
-        // Check the times here so a bad record fails alone, before it joins a batch.
         check_lease_times(rec)?;
-        let (done, answer) = tokio::sync::oneshot::channel();
-        self.submit(
-            "insert_lease",
-            Work::InsertLease(Box::new(rec.clone()), done),
-        )?;
-        answer.await.map_err(|_| stopped("insert_lease"))?
+        let rec = rec.clone();
+        self.run("insert_lease", move |conn| insert_lease_row(conn, &rec))
+            .await
     }
 
     async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>, StoreError> {
@@ -1038,7 +967,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_lease_inserts_are_committed_together_and_fail_alone() {
+    async fn concurrent_lease_inserts_each_succeed_or_fail_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SqliteStore::open(&dir.path().join("store.db")).expect("open");
         s.insert_lease(&lease("ls_taken")).await.expect("insert");
