@@ -117,6 +117,16 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// A lease id: `ls_`, the issue time in milliseconds (12 hex digits, so ids sort by
+/// time and the store appends to its index instead of writing all over it), then 64
+/// random bits (16 hex digits) so ids issued in the same millisecond never collide.
+fn lease_id(now: SystemTime) -> String {
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("ls_{millis:012x}{}", random_hex(8))
+}
+
 impl Broker {
     /// Builds a broker from a validated configuration: opens the store, loads policies
     /// (fails on any error), loads or creates signing keys, opens and resumes the audit
@@ -542,7 +552,7 @@ impl Broker {
                     role.name, role.backend
                 )));
             };
-            let lease_id = format!("ls_{}", random_hex(12));
+            let lease_id = lease_id(self.now());
             // Whole seconds: JWT times are seconds, and TTLs should come out exact.
             let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(self.now()));
             let started = Instant::now();
@@ -969,4 +979,22 @@ pub struct RevokeResult {
 fn peek_issuer(token: &str, max_token_bytes: usize) -> Option<String> {
     let (_, claims) = crate::authn::jwt::parse_unverified(token, max_token_bytes).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_sort_by_issue_time_and_never_repeat() {
+        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let a = lease_id(t(1_764_000_000_000));
+        let b = lease_id(t(1_764_000_000_001));
+        let c = lease_id(t(1_764_000_000_001));
+        assert!(a < b && a < c, "{a} {b} {c}");
+        assert_ne!(b, c, "same millisecond, different ids");
+        assert_eq!(a.len(), 3 + 12 + 16, "{a}");
+        assert!(a.starts_with("ls_019ab"), "{a}");
+        assert!(a[3..].bytes().all(|x| x.is_ascii_hexdigit()), "{a}");
+    }
 }

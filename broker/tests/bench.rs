@@ -13,6 +13,11 @@
 //!
 //! Results and the machine they came from are in `docs/benchmarks.md`.
 
+/// The allocator `lanyard-broker` runs with (`src/main.rs`), so the broker measured here
+/// allocates the way the binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Instant;
 

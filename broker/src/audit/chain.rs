@@ -139,14 +139,16 @@ impl AuditLog {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(std::sync::Mutex::new(head.clone()));
+        let (recorder, written) = tokio::sync::mpsc::unbounded_channel();
         let writer = Writer {
             out,
-            store,
             head,
             shared: shared.clone(),
             stopped: false,
+            recorder,
         };
         tokio::spawn(writer.run(rx));
+        tokio::spawn(record(store, written));
         Ok(Self { tx, head: shared })
     }
 
@@ -201,13 +203,23 @@ impl AuditLog {
     }
 }
 
-/// The writer task's state.
+/// A written, durable group on its way to the store, with the callers waiting for it.
+struct Written {
+    head: ChainHead,
+    callers: Vec<(Answer, ChainHead, Option<LeaseRecord>)>,
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<ChainHead, AuditError>>;
+
+/// The writer task's state: it chains and writes groups; a second task (the recorder)
+/// saves each written group's leases and head in the store and answers its callers, so the
+/// next group's `write` + `fsync` overlaps the previous group's store transaction.
 struct Writer {
     out: Output,
-    store: Arc<dyn Store>,
     head: Option<ChainHead>,
     shared: Arc<std::sync::Mutex<Option<ChainHead>>>,
     stopped: bool,
+    recorder: tokio::sync::mpsc::UnboundedSender<Written>,
 }
 
 impl Writer {
@@ -218,7 +230,7 @@ impl Writer {
         }
     }
 
-    /// Chains, writes, syncs and records one group, then answers each of its callers.
+    /// Chains, writes and syncs one group, then hands it to the recorder.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         if self.stopped {
             for p in batch.drain(..) {
@@ -228,7 +240,7 @@ impl Writer {
         }
         let mut buf = String::new();
         let mut head = self.head.clone();
-        let mut chained = Vec::with_capacity(batch.len());
+        let mut callers = Vec::with_capacity(batch.len());
         for p in batch.drain(..) {
             let (seq, prev) = match &head {
                 Some(h) => (h.seq + 1, h.hash.clone()),
@@ -240,7 +252,7 @@ impl Writer {
                     buf.push('\n');
                     let h = ChainHead { seq, hash };
                     head = Some(h.clone());
-                    chained.push((p.done, h, p.lease));
+                    callers.push((p.done, h, p.lease));
                 }
                 Err(e) => {
                     let _ = p.done.send(Err(AuditError::Io(io::Error::other(format!(
@@ -249,7 +261,7 @@ impl Writer {
                 }
             }
         }
-        let Some(last) = head.clone().filter(|_| !chained.is_empty()) else {
+        let Some(last) = head.filter(|_| !callers.is_empty()) else {
             return;
         };
         let out = self.out.clone();
@@ -259,7 +271,7 @@ impl Writer {
         if let Err(e) = written {
             // The file may now end in part of a line: stop until a restart re-reads it.
             self.stopped = true;
-            for (done, _, _) in chained {
+            for (done, _, _) in callers {
                 let _ = done.send(Err(AuditError::Io(io::Error::new(e.kind(), e.to_string()))));
             }
             return;
@@ -269,15 +281,37 @@ impl Writer {
             .shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last.clone());
-        // The lines are durable; save the group's leases and the new head in one store
+        if let Err(tokio::sync::mpsc::error::SendError(w)) = self.recorder.send(Written {
+            head: last,
+            callers,
+        }) {
+            for (done, _, _) in w.callers {
+                let _ = done.send(Err(AuditError::Io(io::Error::other(
+                    "the audit recorder task ended before saving the group",
+                ))));
+            }
+        }
+    }
+}
+
+/// The recorder task: saves written groups in order. Groups that queued up while the store
+/// was busy are saved together, in one transaction with the newest head.
+async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Written>) {
+    let mut groups = Vec::new();
+    while rx.recv_many(&mut groups, MAX_BATCH).await > 0 {
+        let Some(head) = groups.last().map(|g| g.head.clone()) else {
+            continue;
+        };
+        let callers: Vec<_> = groups.drain(..).flat_map(|g| g.callers).collect();
+        // The lines are durable; save the leases and the new head in one store
         // transaction. A failure leaves the store behind the file, which the next open
         // tolerates (the store's head is then an ancestor of the file's); the callers whose
         // lease was not saved get the error.
-        let leases: Vec<LeaseRecord> = chained.iter().filter_map(|(_, _, l)| l.clone()).collect();
-        match self.store.record_group(&leases, &last).await {
+        let leases: Vec<LeaseRecord> = callers.iter().filter_map(|(_, _, l)| l.clone()).collect();
+        match store.record_group(&leases, &head).await {
             Ok(results) => {
                 let mut results = results.into_iter();
-                for (done, h, lease) in chained {
+                for (done, h, lease) in callers {
                     let saved = match lease {
                         Some(_) => results.next().unwrap_or(Ok(())),
                         None => Ok(()),
@@ -286,7 +320,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                for (done, _, _) in chained {
+                for (done, _, _) in callers {
                     let _ = done.send(Err(AuditError::Store(e.clone())));
                 }
             }
