@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditRecord, AuditSink, Decision, Event, Fingerprinter};
 use crate::authn::bootstrap::{self, RedeemError};
-use crate::authn::jwt::JwtVerifier;
+use crate::authn::jwt::{self, JwtVerifier};
 use crate::authn::{AuthnError, BOOTSTRAP_ISSUER, BootstrapBinding, Identity};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
@@ -345,19 +345,27 @@ impl Broker {
                     }
                 }
             }
-            Some(token) if self.is_session_token(token) => {
-                self.verify_session(token).map_err(|e| (e, None))
-            }
-            Some(token) => self
-                .verifier
-                .verify(token)
-                .await
-                .map(|identity| Authenticated {
-                    identity,
-                    new_session: false,
-                    session_started: None,
-                })
-                .map_err(|e| (e, None)),
+            // Decoded once: the unverified `iss` tells a broker session token from an
+            // issuer's JWT, and the verifier checks the same decoded claims.
+            Some(token) => match jwt::parse_jwt(token, self.config.limits.max_token_bytes) {
+                Err(e) => Err((e, None)),
+                Ok(parsed)
+                    if parsed.claims.get("iss").and_then(serde_json::Value::as_str)
+                        == Some(self.config.public_url.as_str()) =>
+                {
+                    self.verify_session(token).map_err(|e| (e, None))
+                }
+                Ok(parsed) => self
+                    .verifier
+                    .verify_parsed(parsed)
+                    .await
+                    .map(|identity| Authenticated {
+                        identity,
+                        new_session: false,
+                        session_started: None,
+                    })
+                    .map_err(|e| (e, None)),
+            },
         };
         match result {
             Ok(a) => Ok(a),
@@ -377,12 +385,6 @@ impl Broker {
                 Err(ApiError::Unauthenticated(error))
             }
         }
-    }
-
-    /// Whether a bearer token's unverified `iss` is this broker (a session token).
-    fn is_session_token(&self, token: &str) -> bool {
-        peek_issuer(token, self.config.limits.max_token_bytes).as_deref()
-            == Some(self.config.public_url.as_str())
     }
 
     fn verify_session(&self, token: &str) -> Result<Authenticated, AuthnError> {
@@ -973,12 +975,6 @@ pub struct RevokeResult {
     pub upstream_revoked: bool,
     /// Its expiry.
     pub expires_at: String,
-}
-
-/// The `iss` claim of a JWT, read without verifying anything (bounded).
-fn peek_issuer(token: &str, max_token_bytes: usize) -> Option<String> {
-    let (_, claims) = crate::authn::jwt::parse_unverified(token, max_token_bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

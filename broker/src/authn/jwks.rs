@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use jsonwebtoken::DecodingKey;
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use lanyard::clock::Clock;
 use reqwest::Url;
@@ -87,7 +89,9 @@ pub struct VerificationKey {
     pub kind: KeyKind,
     /// The key's own `alg`, if it names one; the key then verifies only that algorithm.
     pub alg: Option<String>,
-    key: DecodingKey,
+    /// The key parsed once for each algorithm it may verify (an RSA key: up to three), so
+    /// a verification does no key parsing.
+    parsed: Arc<[(Algorithm, ParsedPublicKey)]>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -107,11 +111,46 @@ impl VerificationKey {
         self.kind.fits(alg) && self.alg.as_deref().is_none_or(|a| a == alg_name(alg))
     }
 
-    /// The key for `jsonwebtoken`.
-    pub fn decoding_key(&self) -> &DecodingKey {
-        &self.key
+    /// Whether `signature` over `message` verifies with this key under `alg`. False when
+    /// the key may not verify `alg` at all.
+    pub fn verifies(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
     }
 }
+
+/// The aws-lc-rs verification algorithm for a JOSE `alg` (JWS ECDSA signatures are the
+/// fixed-width `r || s` form).
+fn verification_algorithm(alg: Algorithm) -> &'static dyn VerificationAlgorithm {
+    match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &signature::ED25519,
+    }
+}
+
+fn rsa_parameters(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
+    match alg {
+        Algorithm::RS256 => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::PS256 => Some(&signature::RSA_PSS_2048_8192_SHA256),
+        _ => None,
+    }
+}
+
+const ALL_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 /// A parsed JWKS: the usable asymmetric keys of one issuer.
 #[derive(Debug, Clone, Default)]
@@ -243,21 +282,53 @@ fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>,
             return Err(fail("symmetric key refused"));
         }
     };
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| fail("key parameters do not decode"))?;
+    let bad = || fail("key parameters do not decode");
+    let b64 = |s: &str| {
+        URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .map_err(|_| bad())
+    };
+    // The SEC1 uncompressed point (EC) or the raw key (Ed25519); RSA keys are built from
+    // their components below.
+    let point = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (x, y) = (b64(&p.x)?, b64(&p.y)?);
+            let width = if kind == KeyKind::EcP256 { 32 } else { 48 };
+            if x.len() != width || y.len() != width {
+                return Err(bad());
+            }
+            [&[4u8][..], &x, &y].concat()
+        }
+        AlgorithmParameters::OctetKeyPair(p) => b64(&p.x)?,
+        _ => Vec::new(),
+    };
+    let mut parsed = Vec::new();
+    for a in ALL_ALGORITHMS {
+        if !kind.fits(a) || alg.as_deref().is_some_and(|own| own != alg_name(a)) {
+            continue;
+        }
+        let key = match (&jwk.algorithm, rsa_parameters(a)) {
+            (AlgorithmParameters::RSA(p), Some(params)) => signature::RsaPublicKeyComponents {
+                n: b64(&p.n)?,
+                e: b64(&p.e)?,
+            }
+            .to_parsed_public_key(params),
+            _ => ParsedPublicKey::new(verification_algorithm(a), &point),
+        }
+        .map_err(|_| bad())?;
+        parsed.push((a, key));
+    }
     Ok(VerificationKey {
         kid,
         kind,
         alg,
-        key,
+        parsed: parsed.into(),
     })
 }
 
 /// Bit length of a base64url big-endian integer, without leading zero bytes.
 fn base64_len(b64: &str) -> Option<usize> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(b64.trim_end_matches('='))
-        .ok()?;
+    let bytes = URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).ok()?;
     let first = bytes.iter().position(|&b| b != 0)?;
     let lead = bytes[first].leading_zeros() as usize;
     Some((bytes.len() - first) * 8 - lead)
