@@ -13,7 +13,7 @@ use lanyard::wire::{
     Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse, Session,
 };
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::audit::{AuditLog, AuditRecord, AuditSink, Decision, Event, Fingerprinter};
 use crate::authn::bootstrap::{self, RedeemError};
@@ -645,7 +645,9 @@ impl Broker {
                 .issuances
                 .with_label_values(&[&role.name, &role.backend])
                 .inc();
-            info!(role = %role.name, backend = %role.backend, lease_id = %lease_id, ttl_seconds = lifetime.as_secs(), ttl_clamped, "credential issued");
+            // Debug, not info: the audit log already holds every issuance, and a log line
+            // per issuance cost about 13% of the broker's throughput (docs/benchmarks.md).
+            debug!(role = %role.name, backend = %role.backend, lease_id = %lease_id, ttl_seconds = lifetime.as_secs(), ttl_clamped, "credential issued");
             credentials.push(Credential {
                 role: role.name.clone(),
                 kind: role.backend.clone(),

@@ -38,7 +38,9 @@ Docs: docs/ARCHITECTURE.md, docs/CONFIG.md, docs/POLICIES.md, docs/API.md, docs/
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanyard_broker=debug`.
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanyard_broker=debug`. At
+    /// `info` the broker logs start-up, reloads, refusals and errors; each issuance is in the
+    /// audit log, and in this log only at `debug`.
     #[arg(long, global = true, env = "LANYARD_LOG", default_value = "info")]
     log: String,
     /// Log format on stderr.
@@ -307,16 +309,30 @@ fn parse_time(flag: &str, s: &Option<String>) -> Result<Option<std::time::System
     }
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
+/// Logs go to stderr through a writer thread (`tracing-appender`), so a request never waits
+/// for a `write` to stderr: the thread writes whatever lines queued up in one go. Nothing is
+/// dropped (a full queue makes the logging thread wait, as a blocking stderr would). Colour
+/// only on a terminal. Keep the guard until exit: dropping it flushes what is queued.
+fn init_tracing(filter: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("lanyard-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -349,8 +365,11 @@ pub async fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCod
             return ExitCode::from(code);
         }
     };
-    init_tracing(&cli.log, cli.log_format);
-    match run(cli.command).await {
+    let logs = init_tracing(&cli.log, cli.log_format);
+    let outcome = run(cli.command).await;
+    // Flush queued log lines before the final message, so it comes last.
+    drop(logs);
+    match outcome {
         Ok(code) => code,
         Err(message) => {
             eprintln!("lanyard-broker: {message}");

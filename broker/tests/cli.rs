@@ -242,6 +242,7 @@ fn dev_mode_writes_a_credential_and_stops_on_ctrl_c() {
     let work = tempfile::tempdir().expect("tmp");
     let dev_dir = work.path().join("devdir");
     let child = broker_cmd()
+        .env("LANYARD_LOG", "info")
         .current_dir(work.path())
         .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dev_dir)
@@ -267,6 +268,11 @@ fn dev_mode_writes_a_credential_and_stops_on_ctrl_c() {
         "{t}"
     );
     assert!(t.contains("curl --cacert"), "prints how to use it: {t}");
+    // Logs go through a writer thread: what was queued at exit is flushed, and stderr that
+    // is not a terminal gets no colour codes.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("broker stopped"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "no ANSI escapes in {logs}");
     for f in [
         "tls/ca.pem",
         "admin-token",
