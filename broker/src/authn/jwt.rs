@@ -716,21 +716,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tampered_payload_is_bad_signature() {
-        let s = setup().await;
-        let token = s.issuer.token(Jws::EdDSA, claims(&s.issuer.url()));
-        let mut parts: Vec<&str> = token.split('.').collect();
-        let evil = with(claims(&s.issuer.url()), "sub", json!("admin"));
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&evil).expect("json"));
-        parts[1] = &payload;
-        assert_eq!(
-            s.verifier.verify(&parts.join(".")).await,
-            Err(AuthnError::BadSignature)
-        );
-    }
-
-    #[tokio::test]
-    async fn each_key_type_verifies_and_refuses_a_tampered_payload() {
+    async fn tampered_payload_is_bad_signature_for_each_key_type() {
         let s = setup().await;
         for alg in [Jws::RS256, Jws::ES256, Jws::EdDSA] {
             let token = s.issuer.token(alg, claims(&s.issuer.url()));
