@@ -345,8 +345,9 @@ impl Broker {
                     }
                 }
             }
-            // Decoded once: the unverified `iss` tells a broker session token from an
-            // issuer's JWT, and the verifier checks the same decoded claims.
+            // The unverified `iss` tells a broker session token (checked by the key ring,
+            // which decodes it itself) from an issuer's JWT, whose decoded claims go
+            // straight to the verifier: the hot path decodes the token once.
             Some(token) => match jwt::parse_jwt(token, self.config.limits.max_token_bytes) {
                 Err(e) => Err((e, None)),
                 Ok(parsed)

@@ -121,25 +121,21 @@ impl VerificationKey {
     }
 }
 
-/// The aws-lc-rs verification algorithm for a JOSE `alg` (JWS ECDSA signatures are the
-/// fixed-width `r || s` form).
-fn verification_algorithm(alg: Algorithm) -> &'static dyn VerificationAlgorithm {
-    match alg {
-        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-        Algorithm::EdDSA => &signature::ED25519,
-    }
+/// How aws-lc-rs verifies a JOSE `alg`: RSA keys are built from their components, the
+/// others from their public key bytes (JWS ECDSA signatures are the fixed-width `r || s`).
+enum Verifier {
+    Rsa(&'static signature::RsaParameters),
+    Bytes(&'static dyn VerificationAlgorithm),
 }
 
-fn rsa_parameters(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
+fn verifier(alg: Algorithm) -> Verifier {
     match alg {
-        Algorithm::RS256 => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
-        Algorithm::RS384 => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
-        Algorithm::PS256 => Some(&signature::RSA_PSS_2048_8192_SHA256),
-        _ => None,
+        Algorithm::RS256 => Verifier::Rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Verifier::Rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::PS256 => Verifier::Rsa(&signature::RSA_PSS_2048_8192_SHA256),
+        Algorithm::ES256 => Verifier::Bytes(&signature::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Verifier::Bytes(&signature::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Verifier::Bytes(&signature::ED25519),
     }
 }
 
@@ -307,13 +303,17 @@ fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>,
         if !kind.fits(a) || alg.as_deref().is_some_and(|own| own != alg_name(a)) {
             continue;
         }
-        let key = match (&jwk.algorithm, rsa_parameters(a)) {
-            (AlgorithmParameters::RSA(p), Some(params)) => signature::RsaPublicKeyComponents {
-                n: b64(&p.n)?,
-                e: b64(&p.e)?,
+        let key = match (&jwk.algorithm, verifier(a)) {
+            (AlgorithmParameters::RSA(p), Verifier::Rsa(params)) => {
+                signature::RsaPublicKeyComponents {
+                    n: b64(&p.n)?,
+                    e: b64(&p.e)?,
+                }
+                .to_parsed_public_key(params)
             }
-            .to_parsed_public_key(params),
-            _ => ParsedPublicKey::new(verification_algorithm(a), &point),
+            (_, Verifier::Bytes(algorithm)) => ParsedPublicKey::new(algorithm, &point),
+            // `kind.fits(a)` pairs RSA keys with RSA algorithms only.
+            (_, Verifier::Rsa(_)) => return Err(bad()),
         }
         .map_err(|_| bad())?;
         parsed.push((a, key));
