@@ -54,9 +54,12 @@ pub struct Cli {
     log_format: LogFormat,
 }
 
+/// Log line format (`--log-format`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -313,7 +316,10 @@ fn parse_time(flag: &str, s: &Option<String>) -> Result<Option<std::time::System
 /// for a `write` to stderr: the thread writes whatever lines queued up in one go. Nothing is
 /// dropped (a full queue makes the logging thread wait, as a blocking stderr would). Colour
 /// only on a terminal. Keep the guard until exit: dropping it flushes what is queued.
-fn init_tracing(filter: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_tracing(
+    filter: &str,
+    format: LogFormat,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

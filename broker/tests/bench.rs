@@ -302,18 +302,7 @@ async fn bench_https_issuance_vs_crypto_only() {
     // LANYARD_BENCH_LOG=info logs as `lanyard-broker` does by default (one line per
     // issuance, to stderr through a writer thread); redirect stderr to a file.
     let _logs = std::env::var("LANYARD_BENCH_LOG").ok().map(|level| {
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .finish(std::io::BufWriter::with_capacity(
-                64 * 1024,
-                std::io::stderr(),
-            ));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-            .with_ansi(false)
-            .with_writer(writer)
-            .try_init();
-        guard
+        lanyard_broker::cli::init_tracing(&level, lanyard_broker::cli::LogFormat::Text)
     });
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start_with(

@@ -203,13 +203,12 @@ impl AuditLog {
     }
 }
 
-/// A written, durable group on its way to the store, with the callers waiting for it.
-struct Written {
-    head: ChainHead,
-    callers: Vec<(Answer, ChainHead, Option<LeaseRecord>)>,
-}
-
-type Answer = tokio::sync::oneshot::Sender<Result<ChainHead, AuditError>>;
+/// A caller whose line is written: where to answer, its line's head, the lease to save.
+type Caller = (
+    tokio::sync::oneshot::Sender<Result<ChainHead, AuditError>>,
+    ChainHead,
+    Option<LeaseRecord>,
+);
 
 /// The writer task's state: it chains and writes groups; a second task (the recorder)
 /// saves each written group's leases and head in the store and answers its callers, so the
@@ -219,7 +218,8 @@ struct Writer {
     head: Option<ChainHead>,
     shared: Arc<std::sync::Mutex<Option<ChainHead>>>,
     stopped: bool,
-    recorder: tokio::sync::mpsc::UnboundedSender<Written>,
+    /// Written, durable groups (never empty) on their way to the store.
+    recorder: tokio::sync::mpsc::UnboundedSender<Vec<Caller>>,
 }
 
 impl Writer {
@@ -280,12 +280,9 @@ impl Writer {
         *self
             .shared
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last.clone());
-        if let Err(tokio::sync::mpsc::error::SendError(w)) = self.recorder.send(Written {
-            head: last,
-            callers,
-        }) {
-            for (done, _, _) in w.callers {
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last);
+        if let Err(tokio::sync::mpsc::error::SendError(callers)) = self.recorder.send(callers) {
+            for (done, _, _) in callers {
                 let _ = done.send(Err(AuditError::Io(io::Error::other(
                     "the audit recorder task ended before saving the group",
                 ))));
@@ -296,13 +293,14 @@ impl Writer {
 
 /// The recorder task: saves written groups in order. Groups that queued up while the store
 /// was busy are saved together, in one transaction with the newest head.
-async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Written>) {
+async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Caller>>) {
     let mut groups = Vec::new();
     while rx.recv_many(&mut groups, MAX_BATCH).await > 0 {
-        let Some(head) = groups.last().map(|g| g.head.clone()) else {
+        let callers: Vec<Caller> = groups.drain(..).flatten().collect();
+        // The newest line's head is the group's.
+        let Some(head) = callers.last().map(|(_, h, _)| h.clone()) else {
             continue;
         };
-        let callers: Vec<_> = groups.drain(..).flat_map(|g| g.callers).collect();
         // The lines are durable; save the leases and the new head in one store
         // transaction. A failure leaves the store behind the file, which the next open
         // tolerates (the store's head is then an ancestor of the file's); the callers whose

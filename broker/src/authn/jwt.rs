@@ -55,14 +55,6 @@ pub struct UnverifiedJwt<'a> {
     pub signature: Vec<u8>,
 }
 
-/// [`parse_jwt`] without the signature parts.
-pub fn parse_unverified(
-    token: &str,
-    max_token_bytes: usize,
-) -> Result<(UnverifiedHeader, Value), AuthnError> {
-    parse_jwt(token, max_token_bytes).map(|jwt| (jwt.header, jwt.claims))
-}
-
 /// Splits and decodes a JWT without verifying anything: checks the size bound first (a token
 /// longer than `max_token_bytes` is refused before any decoding), then three segments of at
 /// most [`MAX_SEGMENT_BYTES`], then decodes the header (`alg` string, optional `kid`/`typ`
@@ -505,6 +497,14 @@ mod tests {
 
     use super::*;
     use crate::config::JwksSource;
+
+    /// [`parse_jwt`]'s header and claims, for the parser tests.
+    fn parse_unverified(
+        token: &str,
+        max_token_bytes: usize,
+    ) -> Result<(UnverifiedHeader, Value), AuthnError> {
+        parse_jwt(token, max_token_bytes).map(|jwt| (jwt.header, jwt.claims))
+    }
 
     const T0: u64 = 1_800_000_000;
     const AUD: &str = "lanyard-broker";
