@@ -42,8 +42,8 @@ pub struct UnverifiedHeader {
     pub typ: Option<String>,
 }
 
-/// A JWT split and decoded; nothing in it is verified yet.
-#[derive(Debug)]
+/// A JWT split and decoded; nothing in it is verified yet. Its `Debug` shows the header
+/// only: the signing input and the signature together are the bearer token.
 pub struct UnverifiedJwt<'a> {
     /// The decoded header.
     pub header: UnverifiedHeader,
@@ -53,6 +53,14 @@ pub struct UnverifiedJwt<'a> {
     pub signing_input: &'a str,
     /// The decoded signature.
     pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for UnverifiedJwt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Splits and decodes a JWT without verifying anything: checks the size bound first (a token
@@ -755,6 +763,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_decoded_token_debug_prints_no_part_of_the_token() {
+        let s = setup().await;
+        let token = s.issuer.token(Jws::RS256, claims(&s.issuer.url()));
+        let jwt = parse_jwt(&token, 16 * 1024).expect("parses");
+        let shown = format!("{jwt:?}");
+        assert!(shown.contains("RS256"), "{shown}");
+        for part in token.split('.') {
+            assert!(!shown.contains(part), "{shown}");
+        }
+        assert!(!shown.contains("spiffe"), "no claim in {shown}");
     }
 
     #[tokio::test]
