@@ -149,57 +149,115 @@ enum Verify {
     Parsed,
 }
 
-/// Verify-plus-sign operations per second over `threads` threads for `secs` seconds: the
-/// crypto one issuance cannot avoid — RS256 verify of a projected service-account token
-/// (see [`Verify`]) and an ES256 compact JWS over claims like the `jwt` backend's, with the
-/// key parsed once (as the broker's key ring holds it).
+/// The crypto one issuance cannot avoid — RS256 verify of a projected service-account
+/// token (see [`Verify`]) and an ES256 compact JWS over claims like the `jwt` backend's,
+/// with the key parsed once (as the broker's key ring holds it).
+struct Crypto {
+    decoding: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    keys: lanyard_broker::authn::jwks::KeySet,
+    signer: aws_lc_rs::signature::EcdsaKeyPair,
+    rng: aws_lc_rs::rand::SystemRandom,
+    header: String,
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Crypto {
+    fn new(issuer: &OidcIssuer) -> Self {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let jwks = issuer.jwks_json();
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+            jwks["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .find(|k| k["alg"] == "RS256")
+                .expect("an RS256 key")
+                .clone(),
+        )
+        .expect("jwk");
+        let keys = lanyard_broker::authn::jwks::KeySet::parse(
+            &serde_json::to_vec(&jwks).expect("jwks"),
+            &issuer.url(),
+            "bench",
+        )
+        .expect("key set");
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .expect("p-256 key");
+        // Parsed once, as the broker's key ring does.
+        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+        )
+        .expect("p-256 key pair");
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&["lanyard"]);
+        validation.set_issuer(&[issuer.url()]);
+        Self {
+            decoding: DecodingKey::from_jwk(&jwk).expect("decoding key"),
+            validation,
+            keys,
+            signer,
+            rng,
+            header: b64(br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#),
+        }
+    }
+
+    /// Verifies `token` and signs a credential for it; returns the compact JWS.
+    fn verify_and_sign(&self, token: &str, verify: Verify, n: u64) -> String {
+        let claims = match verify {
+            Verify::Jsonwebtoken => {
+                jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &self.validation)
+                    .expect("verify")
+                    .claims
+            }
+            Verify::Parsed => {
+                let jwt = lanyard_broker::authn::jwt::parse_jwt(token, 16 * 1024).expect("parse");
+                let key = self.keys.keys().first().expect("a key");
+                assert!(key.verifies(
+                    lanyard_broker::config::Algorithm::RS256,
+                    jwt.signing_input.as_bytes(),
+                    &jwt.signature
+                ));
+                jwt.claims
+            }
+        };
+        let out = serde_json::json!({
+            "iss": "https://127.0.0.1:8443",
+            "sub": "k8s:shop/api",
+            "aud": "app",
+            "scope": "",
+            "iat": claims["iat"],
+            "exp": claims["exp"],
+            "jti": format!("ls_{n:024}"),
+            "lanyard": {"role": "app", "namespace": "shop", "service_account": "api"},
+        });
+        let msg = format!(
+            "{}.{}",
+            self.header,
+            b64(&serde_json::to_vec(&out).expect("claims"))
+        );
+        let sig = self.signer.sign(&self.rng, msg.as_bytes()).expect("sign");
+        format!("{msg}.{}", b64(sig.as_ref()))
+    }
+}
+
+/// Verify-plus-sign operations per second over `threads` threads for `secs` seconds.
 fn crypto_only_per_second(
-    issuer: &OidcIssuer,
+    crypto: &Crypto,
     token: &str,
     verify: Verify,
     threads: usize,
     secs: f64,
 ) -> f64 {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-    let jwks = issuer.jwks_json();
-    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
-        jwks["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .find(|k| k["alg"] == "RS256")
-            .expect("an RS256 key")
-            .clone(),
-    )
-    .expect("jwk");
-    let decoding = DecodingKey::from_jwk(&jwk).expect("decoding key");
-    let keys = lanyard_broker::authn::jwks::KeySet::parse(
-        &serde_json::to_vec(&jwks).expect("jwks"),
-        &issuer.url(),
-        "bench",
-    )
-    .expect("key set");
-    let key = keys.keys().first().expect("a key");
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &rng,
-    )
-    .expect("p-256 key");
-    // Parsed once, as the broker's key ring does.
-    let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        pkcs8.as_ref(),
-    )
-    .expect("p-256 key pair");
-    let b64 = |b: &[u8]| {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-    };
-    let header = b64(br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#);
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&["lanyard"]);
-    validation.set_issuer(&[issuer.url()]);
     let started = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -207,41 +265,7 @@ fn crypto_only_per_second(
                 s.spawn(|| {
                     let mut n = 0u64;
                     while started.elapsed().as_secs_f64() < secs {
-                        let claims = match verify {
-                            Verify::Jsonwebtoken => jsonwebtoken::decode::<serde_json::Value>(
-                                token,
-                                &decoding,
-                                &validation,
-                            )
-                            .expect("verify")
-                            .claims,
-                            Verify::Parsed => {
-                                let jwt = lanyard_broker::authn::jwt::parse_jwt(token, 16 * 1024)
-                                    .expect("parse");
-                                assert!(key.verifies(
-                                    lanyard_broker::config::Algorithm::RS256,
-                                    jwt.signing_input.as_bytes(),
-                                    &jwt.signature
-                                ));
-                                jwt.claims
-                            }
-                        };
-                        let out = serde_json::json!({
-                            "iss": "https://127.0.0.1:8443",
-                            "sub": "k8s:shop/api",
-                            "aud": "app",
-                            "scope": "",
-                            "iat": claims["iat"],
-                            "exp": claims["exp"],
-                            "jti": format!("ls_{n:024}"),
-                            "lanyard": {"role": "app", "namespace": "shop", "service_account": "api"},
-                        });
-                        let msg = format!(
-                            "{header}.{}",
-                            b64(&serde_json::to_vec(&out).expect("claims"))
-                        );
-                        let sig = signer.sign(&rng, msg.as_bytes()).expect("sign");
-                        std::hint::black_box(format!("{msg}.{}", b64(sig.as_ref())));
+                        std::hint::black_box(crypto.verify_and_sign(token, verify, n));
                         n += 1;
                     }
                     n
@@ -251,6 +275,79 @@ fn crypto_only_per_second(
         workers.into_iter().map(|w| w.join().expect("worker")).sum()
     });
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A server with the broker's TLS setup and HTTP stack (rustls, hyper's auto builder) but
+/// none of its work: every `POST` gets `body` back, after the crypto when `crypto` is set.
+/// What wrk measures against it is the floor that TLS, HTTP, loopback TCP and wrk itself
+/// put under any broker on this machine. Returns the URL; the server ends with the runtime.
+async fn floor_server(broker: &TestBroker, crypto: Option<Arc<Crypto>>, body: String) -> String {
+    use http_body_util::BodyExt as _;
+    use lanyard_broker::server::tls;
+    let cfg = &broker.broker.config().tls;
+    let cert = tls::ReloadingCert::new(
+        &cfg.cert_file,
+        &cfg.key_file,
+        broker.broker.metrics().clone(),
+    )
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        tls::server_config(cfg, Arc::new(cert)).expect("tls config"),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://{}/v1/credentials",
+        listener.local_addr().expect("addr")
+    );
+    let body = bytes::Bytes::from(body);
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, crypto, body, served) = (
+                acceptor.clone(),
+                crypto.clone(),
+                body.clone(),
+                served.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (crypto, body, served) = (crypto.clone(), body.clone(), served.clone());
+                        async move {
+                            let token = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.strip_prefix("Bearer "))
+                                .map(str::to_owned);
+                            req.into_body().collect().await?;
+                            if let (Some(c), Some(t)) = (crypto, token) {
+                                let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                std::hint::black_box(c.verify_and_sign(&t, Verify::Parsed, n));
+                            }
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(body))
+                                    .expect("response"),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    url
 }
 
 /// One `wrk` run; returns (requests/s, p50, p99, non-2xx count) and prints its output.
@@ -314,8 +411,8 @@ async fn bench_https_issuance_vs_crypto_only() {
     )
     .await;
     let token = issuer.k8s_token("shop", "api", "lanyard", 3600);
-    let (status, body) = broker.post_credentials(Some(&token), "{}").await;
-    assert_eq!(status, 200, "{body}");
+    let (status, issued) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{issued}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("issue.lua");
@@ -334,29 +431,53 @@ async fn bench_https_issuance_vs_crypto_only() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let crypto_jwt = crypto_only_per_second(&issuer, &token, Verify::Jsonwebtoken, 2, 5.0);
-    let crypto_1 = crypto_only_per_second(&issuer, &token, Verify::Parsed, 2, 5.0);
-    let crypto_single = crypto_only_per_second(&issuer, &token, Verify::Parsed, 1, 5.0);
-    let run = |connections: u32, secs: u32| {
-        let (u, s) = (url.clone(), script.clone());
+    let crypto = Arc::new(Crypto::new(&issuer));
+    let crypto_jwt = crypto_only_per_second(&crypto, &token, Verify::Jsonwebtoken, 2, 5.0);
+    let crypto_1 = crypto_only_per_second(&crypto, &token, Verify::Parsed, 2, 5.0);
+    let crypto_single = crypto_only_per_second(&crypto, &token, Verify::Parsed, 1, 5.0);
+    let run = |url: &str, connections: u32, secs: u32| {
+        let (u, s) = (url.to_owned(), script.clone());
         tokio::task::spawn_blocking(move || wrk(&u, &s, connections, secs))
     };
-    run(64, 3).await.expect("join"); // warm up
-    let (rps, p50, p99, non2xx) = run(64, 20).await.expect("join");
+    run(&url, 64, 3).await.expect("join"); // warm up
+    let (rps, p50, p99, non2xx) = run(&url, 64, 20).await.expect("join");
     for c in extra {
-        let (r, p50, p99, bad) = run(c, 10).await.expect("join");
+        let (r, p50, p99, bad) = run(&url, c, 10).await.expect("join");
         println!("BENCH   {c} connections: {r:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {bad}");
     }
-    let crypto_2 = crypto_only_per_second(&issuer, &token, Verify::Parsed, 2, 5.0);
-    let crypto = f64::midpoint(crypto_1, crypto_2);
+    // The floor under any broker here: the same TLS + HTTP stack and wrk, answering with an
+    // issuance-sized body, without and then with the per-request crypto.
+    let mut floors = Vec::new();
+    for with_crypto in [false, true] {
+        let floor_url = floor_server(
+            &broker,
+            with_crypto.then(|| crypto.clone()),
+            issued.to_string(),
+        )
+        .await;
+        run(&floor_url, 64, 2).await.expect("join"); // warm up
+        let (r, p50, p99, bad) = run(&floor_url, 64, 10).await.expect("join");
+        assert_eq!(bad, 0, "the floor server answers every request");
+        floors.push((r, p50, p99));
+    }
+    let crypto_2 = crypto_only_per_second(&crypto, &token, Verify::Parsed, 2, 5.0);
+    let crypto_rate = f64::midpoint(crypto_1, crypto_2);
     let audited = broker.audit_lines().len();
     println!(
         "BENCH https issuance, wrk -t2 -c64 -d20s, TLS keep-alive, RS256 caller JWT, jwt backend (ES256), SQLite + fsynced audit:\n  \
          issuance: {rps:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {non2xx}, audit records {audited}\n  \
          crypto-only (RS256 verify with the key parsed once + ES256 sign, 2 threads): {crypto_1:.0}/s before, {crypto_2:.0}/s after; 1 thread: {crypto_single:.0}/s\n  \
          crypto-only with jsonwebtoken::decode (2 threads): {crypto_jwt:.0}/s\n  \
-         issuance / crypto-only (2 threads): {:.0}%",
-        100.0 * rps / crypto
+         issuance / crypto-only (2 threads): {:.0}%\n  \
+         floor, TLS + HTTP only: {:.0} req/s (p50 {}, p99 {}); floor + crypto: {:.0} req/s (p50 {}, p99 {}) = {:.0}% of crypto-only",
+        100.0 * rps / crypto_rate,
+        floors[0].0,
+        floors[0].1,
+        floors[0].2,
+        floors[1].0,
+        floors[1].1,
+        floors[1].2,
+        100.0 * floors[1].0 / crypto_rate
     );
     assert_eq!(non2xx, 0, "every request must have been issued");
     broker.stop().await;
