@@ -461,11 +461,10 @@ async fn a_broken_policy_change_keeps_the_last_good_set() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start_with(Some(&issuer), TestBrokerOptions::default()).await;
     let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
-    std::fs::write(
-        broker.policies_dir.join("policy.yaml"),
+    broker.write_policy(
+        "policy.yaml",
         "roles:\n  app:\n    backend: jwt\n    max_ttl_secnds: 60\n",
-    )
-    .expect("write");
+    );
     let resp = broker
         .http()
         .post(format!("{}/v1/admin/reload", broker.url))

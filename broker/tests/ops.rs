@@ -105,11 +105,10 @@ async fn editing_a_policy_file_takes_effect_without_a_restart() {
     let worker = issuer.k8s_token("shop", "worker", "lanyard", 600);
     let (status, _) = broker.post_credentials(Some(&worker), "").await;
     assert_eq!(status, 403, "not granted yet");
-    std::fs::write(
-        broker.policies_dir.join("worker.yaml"),
+    broker.write_policy(
+        "worker.yaml",
         "rules:\n  - name: shop-worker\n    match: {namespace: shop, service_account: worker}\n    roles: [app]\n",
-    )
-    .expect("write");
+    );
     let mut granted = false;
     for _ in 0..50 {
         let (status, _) = broker.post_credentials(Some(&worker), "").await;

@@ -181,11 +181,12 @@ async fn serve() -> (SocketAddr, Shared) {
     (addr, seen)
 }
 
+/// A client with the default timeout: a short one would turn the expected outcomes into
+/// timeouts on a loaded machine.
 fn client(addr: SocketAddr, scenario: &str, token: TokenSource) -> Client {
     Client::builder()
         .broker_url(format!("http://{addr}/{scenario}"))
         .token_source(token)
-        .timeout(Duration::from_millis(500))
         .build()
         .expect("client")
 }
@@ -301,11 +302,15 @@ async fn non_lanyard_error_body_is_invalid_and_not_quoted() {
 #[tokio::test]
 async fn slow_broker_times_out() {
     let (addr, _) = serve().await;
+    // The route answers after 5 s: the 2 s timeout must cut it short.
+    let c = Client::builder()
+        .broker_url(format!("http://{addr}/slow"))
+        .token_source(static_token())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
     let started = tokio::time::Instant::now();
-    let e = client(addr, "slow", static_token())
-        .fetch()
-        .await
-        .expect_err("slow");
+    let e = c.fetch().await.expect_err("slow");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(matches!(e, Error::Transport(_)), "{e:?}");
     assert!(e.to_string().contains("timed out"), "{e}");
@@ -313,11 +318,9 @@ async fn slow_broker_times_out() {
 
 #[tokio::test]
 async fn unreachable_broker_is_a_transport_error_naming_the_url() {
-    // Bind then drop a listener to get a port nobody listens on.
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // Nothing listens on port 1 and a bind to port 0 never gets it, unlike a port freed by
+    // dropping a listener, which a parallel test's server could take.
+    let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let e = client(addr, "ok", static_token())
         .fetch()
         .await

@@ -26,11 +26,22 @@ fn broker_args(s: &AwsStack) -> Vec<String> {
     ]
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `N` distinct free loopback ports, free again on return (for a child to bind). Every
+/// listener is held until all are chosen, so no two are the same port.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
+}
+
+/// How often a sidecar is started again on fresh ports when one it was given was taken
+/// (by a parallel test) between choosing it and the sidecar's bind.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Whether the sidecar's stderr says it could not bind a port it was given.
+fn lost_a_port(stderr: &str) -> bool {
+    stderr.contains("cannot listen")
 }
 
 /// Runs boto3's default credential chain with nothing but `env` (no AWS keys, no config
@@ -97,12 +108,17 @@ impl Drop for Running {
     }
 }
 
-async fn wait_ready(health: u16, run: &mut Running) {
-    let http = reqwest::Client::new();
+/// Waits for `/readyz` to answer 200; `Err` with the sidecar's stderr if it exits first.
+async fn wait_ready(health: u16, run: &mut Running) -> Result<(), String> {
     let end = Instant::now() + Duration::from_secs(30);
+    // Per probe: whatever holds the port if the child lost it may never answer.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
     loop {
         if let Ok(Some(st)) = run.child.try_wait() {
-            panic!("sidecar exited with {st}: {}", read(&run.log));
+            return Err(format!("sidecar exited with {st}: {}", read(&run.log)));
         }
         if let Ok(r) = http
             .get(format!("http://127.0.0.1:{health}/readyz"))
@@ -110,7 +126,7 @@ async fn wait_ready(health: u16, run: &mut Running) {
             .await
             && r.status() == 200
         {
-            return;
+            return Ok(());
         }
         assert!(
             Instant::now() < end,
@@ -124,34 +140,42 @@ async fn wait_ready(health: u16, run: &mut Running) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_boto3_reads_the_container_endpoint_and_calls_sts() {
     let s = AwsStack::start().await;
-    let (aws_port, health_port) = (free_port(), free_port());
     let log = s.work.path().join("sidecar.log");
-    let mut args = vec!["run".to_owned()];
-    args.extend(broker_args(&s));
-    args.extend(
-        [
-            "--dir",
-            &s.work.secrets.display().to_string(),
-            "--aws-listen",
-            &format!("127.0.0.1:{aws_port}"),
-            "--aws-role",
-            "aws-read",
-            "--health-listen",
-            &format!("127.0.0.1:{health_port}"),
-        ]
-        .map(str::to_owned),
-    );
-    let mut run = Running {
-        child: Command::new(BIN)
-            .args(&args)
-            .env("LANYARD_LOG", "debug")
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(s.work.path().join("sidecar.err")).expect("log"))
-            .spawn()
-            .expect("start sidecar"),
-        log: s.work.path().join("sidecar.err"),
+    let mut attempt = 0;
+    let (mut run, aws_port, health_port) = loop {
+        attempt += 1;
+        let [aws_port, health_port] = free_ports();
+        let mut args = vec!["run".to_owned()];
+        args.extend(broker_args(&s));
+        args.extend(
+            [
+                "--dir",
+                &s.work.secrets.display().to_string(),
+                "--aws-listen",
+                &format!("127.0.0.1:{aws_port}"),
+                "--aws-role",
+                "aws-read",
+                "--health-listen",
+                &format!("127.0.0.1:{health_port}"),
+            ]
+            .map(str::to_owned),
+        );
+        let mut run = Running {
+            child: Command::new(BIN)
+                .args(&args)
+                .env("LANYARD_LOG", "debug")
+                .stdout(std::fs::File::create(&log).expect("log"))
+                .stderr(std::fs::File::create(s.work.path().join("sidecar.err")).expect("log"))
+                .spawn()
+                .expect("start sidecar"),
+            log: s.work.path().join("sidecar.err"),
+        };
+        match wait_ready(health_port, &mut run).await {
+            Ok(()) => break (run, aws_port, health_port),
+            Err(e) if attempt < PORT_ATTEMPTS && lost_a_port(&e) => {}
+            Err(e) => panic!("{e}"),
+        }
     };
-    wait_ready(health_port, &mut run).await;
 
     let token_file = s.work.secrets.join("aws-container-token");
     let token = read(&token_file);
@@ -252,25 +276,34 @@ async fn unmodified_boto3_reads_the_container_endpoint_and_calls_sts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_listen_without_an_aws_role_granted_fails_with_a_clear_reason() {
     let s = AwsStack::start().await;
-    let mut args = vec!["run".to_owned()];
-    args.extend(broker_args(&s));
-    args.extend(
-        [
-            "--dir",
-            &s.work.secrets.display().to_string(),
-            "--role",
-            "app",
-            "--aws-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ]
-        .map(str::to_owned),
-    );
-    let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output())
-        .await
-        .expect("join")
-        .expect("run");
+    let mut attempt = 0;
+    let (out, err) = loop {
+        attempt += 1;
+        let [aws_port] = free_ports();
+        let mut args = vec!["run".to_owned()];
+        args.extend(broker_args(&s));
+        args.extend(
+            [
+                "--dir",
+                &s.work.secrets.display().to_string(),
+                "--role",
+                "app",
+                "--aws-listen",
+                &format!("127.0.0.1:{aws_port}"),
+            ]
+            .map(str::to_owned),
+        );
+        let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output())
+            .await
+            .expect("join")
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if attempt < PORT_ATTEMPTS && lost_a_port(&err) {
+            continue;
+        }
+        break (out, err);
+    };
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--aws-listen") && err.contains("carries AWS keys"),
         "{err}"

@@ -1052,9 +1052,7 @@ mod tests {
     async fn megabyte_token_is_too_large_without_decoding() {
         let s = setup().await;
         let big = format!("{}.{}.{}", "e".repeat(1 << 19), "e".repeat(1 << 19), "sig");
-        let started = Instant::now();
         assert_eq!(s.verifier.verify(&big).await, Err(AuthnError::TooLarge));
-        assert!(started.elapsed() < Duration::from_millis(50));
         assert_eq!(s.issuer.jwks_fetches() + s.issuer.discovery_fetches(), 0);
     }
 
@@ -1239,11 +1237,10 @@ mod tests {
             })
             .await;
         });
-        // Nothing cached: the loop fetches at once.
-        for _ in 0..200 {
-            if s.issuer.jwks_fetches() > 0 {
-                break;
-            }
+        // Nothing cached: the loop fetches at once (the deadline only allows for a loaded
+        // machine).
+        let end = Instant::now() + Duration::from_secs(10);
+        while s.issuer.jwks_fetches() == 0 && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(s.issuer.jwks_fetches(), 1);

@@ -22,13 +22,16 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use lanyard::Secret;
 use lanyard::clock::Clock;
 use tokio::sync::{OnceCell, Semaphore};
+// tokio's Instant is the monotonic clock at run time, and follows paused time in tests, so
+// the rate limit can be tested without a stall refilling the bucket.
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::{BackendError, Issued};
@@ -320,6 +323,11 @@ impl Upstream {
                     && freshness(cur.issued_at, cur.expires_at, fraction, self.clock.now())
                         == Freshness::Fresh
                 {
+                    // Served from the cache: it counts as a hit, like the check above.
+                    self.metrics
+                        .cache_hits
+                        .with_label_values(&[self.backend])
+                        .inc();
                     return Ok(cur);
                 }
                 let fetched = Arc::new(self.call(fetch).await?);
@@ -597,7 +605,8 @@ mod tests {
         assert!(matches!(err, BackendError::Config(_)));
     }
 
-    #[tokio::test]
+    // Paused time: a stall between the calls must not refill the bucket.
+    #[tokio::test(start_paused = true)]
     async fn limits_refuse_with_a_retryable_upstream_error() {
         let clock = Arc::new(ManualClock::at_unix(T0));
         let mut l = limits(0.5);

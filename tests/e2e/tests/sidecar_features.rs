@@ -324,6 +324,21 @@ async fn readiness_flips_only_after_the_write_and_quit_ends_run() {
         "readyz answers 503 before anything is written"
     );
     assert_eq!(get(&format!("{}/healthz", sc.health)).await.0, 200);
+    // readyz answers 503 before the first fetch has even run: wait until it has failed on
+    // the missing token, so the failure counted below is certain.
+    let metrics = format!("{}/metrics", sc.health);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = get(&metrics).await;
+        if metric(&m, "lanyard_sidecar_refresh_failures_total") >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no failed fetch without the token: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     std::fs::write(&token_file, broker.mint(&["short"], 60).await).expect("token");
     // The first 200 from readyz implies the file is complete on disk.
@@ -338,7 +353,7 @@ async fn readiness_flips_only_after_the_write_and_quit_ends_run() {
         assert!(tokio::time::Instant::now() < end, "never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (_, metrics) = get(&format!("{}/metrics", sc.health)).await;
+    let (_, metrics) = get(&metrics).await;
     assert!(
         metric(&metrics, "lanyard_sidecar_refresh_failures_total") >= 1.0,
         "{metrics}"
@@ -441,6 +456,16 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
     )
     .await;
 
+    // The baseline is read right after the first write: the SDK watch below may take long
+    // enough for the ~2.1 s rotation to happen first. The SIGHUP count is read after it, so
+    // only a later rotation's signal counts.
+    wait_until("the first write", Duration::from_secs(10), || {
+        secrets.join("token").exists()
+    })
+    .await;
+    let before = files.read("token").expect("read");
+    let hups_before = std::fs::read_to_string(&hups).map_or(0, |s| s.lines().count());
+
     // And an SDK app keeps its own credentials fresh with a watch stream.
     let sdk_token = work.path().join("bootstrap-sdk");
     std::fs::write(&sdk_token, broker.mint(&["short"], 60).await).expect("token");
@@ -452,16 +477,11 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
         .expect("fetch ok");
     let first_lease = first.credentials[0].lease_id.clone();
 
-    wait_until("the first write", Duration::from_secs(3), || {
-        secrets.join("token").exists()
-    })
-    .await;
-    let before = files.read("token").expect("read");
     // A 3 s credential is refreshed at about 2.1 s: the app gets a SIGHUP.
     wait_until(
         "a SIGHUP after the rotation",
         Duration::from_secs(6),
-        || std::fs::read_to_string(&hups).is_ok_and(|s| s.lines().count() >= 1),
+        || std::fs::read_to_string(&hups).is_ok_and(|s| s.lines().count() > hups_before),
     )
     .await;
     let after = files.read("token").expect("read");
@@ -534,8 +554,9 @@ async fn broker_outage_keeps_the_old_credential_marks_it_at_expiry_and_recovers(
     broker.pause().await;
 
     // The refresh at ~70% fails, and again after a backoff; the file keeps the old token.
+    // Generous: this is the real clock, and the loop ends as soon as both are counted.
     let metrics = format!("{}/metrics", sc.health);
-    let end = tokio::time::Instant::now() + Duration::from_secs(4);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, m) = get(&metrics).await;
         if metric(&m, "lanyard_sidecar_refresh_failures_total") >= 2.0 {

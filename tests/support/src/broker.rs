@@ -160,17 +160,23 @@ impl TestBroker {
     /// Serves again on the same address with the same configuration and store, after
     /// [`pause`](Self::pause).
     pub async fn resume(&mut self) {
-        let mut listener = None;
-        for _ in 0..50 {
+        // While paused the port is free, so a parallel test's server can bind it; clients
+        // hold this URL, so wait for it to be released rather than move.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let listener = loop {
             match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "cannot rebind the paused broker's address {} within 30 s ({e}): \
+                         another process took the port while the broker was paused",
+                        self.addr
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
-        }
-        let listener = listener.expect("rebind the paused broker's address");
+        };
         let (broker, stop, task) = serve(listener, &self.config_file).await;
         self.broker = broker;
         self.stop = stop;
@@ -180,6 +186,15 @@ impl TestBroker {
     /// The temp directory holding everything.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("present until stop").path()
+    }
+
+    /// Writes (or replaces) policy file `name` atomically while the broker runs.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        // `fs::write` truncates first, and the reload tick could load the empty file; a
+        // dotfile is ignored by the loader until it is renamed into place.
+        let tmp = self.policies_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, self.policies_dir.join(name)).expect("rename policy into place");
     }
 
     /// An HTTPS client trusting only the test CA.

@@ -128,70 +128,89 @@ async fn forward(
     }
 }
 
+/// Waits until the moto at `moto_url` answers; `Err` if `child` exits first (e.g. its port
+/// was taken) or nothing answers within 30 s.
+async fn wait_ready(child: &mut Child, moto_url: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Per probe: whatever holds the port if the child lost it may never answer.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "moto_server exited at start with {status} (is the port free?)"
+            ));
+        }
+        if let Ok(r) = client.get(format!("{moto_url}/moto-api/")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "moto_server did not answer on {moto_url} within 30 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl MotoServer {
     /// Starts `moto_server -H 127.0.0.1 -p <free port>` and a recording proxy in front of
     /// it, and waits until moto answers.
     pub async fn start() -> Self {
+        // moto binds the port itself, after `free_port` released it, so a parallel test can
+        // take it first: moto then exits, and a fresh port is tried.
+        const ATTEMPTS: u32 = 3;
         let bin = moto_server_path();
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let moto_url = format!("http://127.0.0.1:{port}");
-        let mut server = {
-            let state = Arc::new(ProxyState {
-                upstream: moto_url.clone(),
-                calls: Mutex::new(Vec::new()),
-                client: reqwest::Client::new(),
-            });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind proxy");
-            let addr: SocketAddr = listener.local_addr().expect("addr");
-            let app = axum::Router::new()
-                .fallback(forward)
-                .with_state(state.clone());
-            let proxy = tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            });
-            Self {
-                url: format!("http://{addr}"),
-                moto_url,
-                child: Some(child),
-                state,
-                proxy,
+        let mut attempt = 0;
+        let (child, moto_url) = loop {
+            attempt += 1;
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+            let moto_url = format!("http://127.0.0.1:{port}");
+            match wait_ready(&mut child, &moto_url).await {
+                Ok(()) => break (child, moto_url),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(
+                        attempt < ATTEMPTS,
+                        "moto_server did not start in {ATTEMPTS} attempts; last: {why}"
+                    );
+                }
             }
         };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::Client::new();
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("moto_server exited at start with {status} (is the port free?)");
-            }
-            if let Ok(r) = client
-                .get(format!("{}/moto-api/", self.moto_url))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = Arc::new(ProxyState {
+            upstream: moto_url.clone(),
+            calls: Mutex::new(Vec::new()),
+            client: reqwest::Client::new(),
+        });
+        // The proxy keeps its listener from bind to serve, so it has no such race.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let proxy = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}"),
+            moto_url,
+            child: Some(child),
+            state,
+            proxy,
         }
     }
 

@@ -415,6 +415,59 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Waits until the registry on `host` answers `/v2/` with a Bearer challenge naming `realm`;
+/// `Err` if `child` exits first, something else answers (the port was taken), or nothing
+/// answers within 15 s.
+async fn wait_ready(child: &mut Child, host: &str, realm: &str, log: &Path) -> Result<(), String> {
+    let url = format!("http://{host}/v2/");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Per probe: whatever holds the port if the child lost it may never answer.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "docker-registry exited ({status}) before answering:\n{}",
+                read_log(log)
+            ));
+        }
+        if let Ok(resp) = http.get(&url).send().await {
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && challenge.starts_with("Bearer ")
+                && challenge.contains(realm)
+                && challenge.contains(SERVICE)
+            {
+                return Ok(());
+            }
+            return Err(format!(
+                "{url} answered {} with challenge {challenge:?}, not the token-auth registry's \
+                 401 Bearer challenge:\n{}",
+                resp.status(),
+                read_log(log)
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "docker-registry did not answer on {host} within 15 s:\n{}",
+                read_log(log)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl TokenRegistry {
     /// Starts the token server and the registry and waits until the registry answers `/v2/`
     /// with a Bearer challenge naming the token server. Must run inside a tokio runtime.
@@ -443,28 +496,46 @@ impl TokenRegistry {
         std::fs::write(&bundle, token_server.cert_pem()).expect("write rootcertbundle");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("registry storage dir");
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-            storage.display(),
-            token_server.realm(),
-            bundle.display(),
-        );
         let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
         let log = dir.path().join("registry.log");
-        let out = std::fs::File::create(&log).expect("registry log file");
-        let err = out.try_clone().expect("registry log file handle");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting docker-registry: {e}: {MISSING_PEERS}"));
-        let mut reg = Self {
+        // The registry binds the port itself, after `free_port` released it, so a parallel
+        // test can take it first: the registry then exits (or someone else answers), and a
+        // fresh port is tried.
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 0;
+        let (child, host) = loop {
+            attempt += 1;
+            let host = format!("127.0.0.1:{}", free_port());
+            let config = format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                storage.display(),
+                token_server.realm(),
+                bundle.display(),
+            );
+            std::fs::write(&config_path, config).expect("write registry config");
+            let out = std::fs::File::create(&log).expect("registry log file");
+            let err = out.try_clone().expect("registry log file handle");
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting docker-registry: {e}: {MISSING_PEERS}"));
+            match wait_ready(&mut child, &host, &token_server.realm(), &log).await {
+                Ok(()) => break (child, host),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(
+                        attempt < ATTEMPTS,
+                        "docker-registry did not start in {ATTEMPTS} attempts; last: {why}"
+                    );
+                }
+            }
+        };
+        Self {
             token_server,
             host,
             user,
@@ -472,55 +543,12 @@ impl TokenRegistry {
             child,
             log,
             _dir: dir,
-        };
-        reg.wait_ready().await;
-        reg
-    }
-
-    async fn wait_ready(&mut self) {
-        let url = format!("http://{}/v2/", self.host);
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "docker-registry exited ({status}) before answering:\n{}",
-                    self.log_text()
-                );
-            }
-            if let Ok(resp) = http.get(&url).send().await {
-                let challenge = resp
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                assert_eq!(
-                    resp.status(),
-                    StatusCode::UNAUTHORIZED,
-                    "the token-auth registry must refuse an unauthenticated /v2/"
-                );
-                assert!(
-                    challenge.starts_with("Bearer ")
-                        && challenge.contains(&self.token_server.realm())
-                        && challenge.contains(SERVICE),
-                    "unexpected challenge from the registry: {challenge}"
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer on {} within 15 s:\n{}",
-                self.host,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// The registry log so far (for failure messages).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// `127.0.0.1:<port>`.
