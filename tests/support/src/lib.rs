@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`broker`]: [`TestBroker`], the real broker in-process on `127.0.0.1:0` over TLS, with
 //!   its own temp directory, config, policies, store and audit log.
+//! - [`child`]: starting a peer process on a free port it binds itself, retried on a fresh
+//!   port when a parallel test took it first.
 //! - [`oidc`]: [`OidcIssuer`], a real OIDC issuer on loopback (discovery document and JWKS
 //!   over plain HTTP) with RSA, EC P-256 and Ed25519 signing keys, token minting (including
 //!   Kubernetes projected service-account tokens) and hostile forgeries.
@@ -24,6 +26,7 @@
 //! clearest report.
 
 pub mod broker;
+pub mod child;
 pub mod moto;
 pub mod oidc;
 pub mod pki;

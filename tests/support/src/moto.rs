@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::child::Probe;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -79,13 +80,6 @@ pub fn moto_server_path() -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 async fn forward(
     State(state): State<Arc<ProxyState>>,
     method: Method,
@@ -128,67 +122,37 @@ async fn forward(
     }
 }
 
-/// Waits until the moto at `moto_url` answers; `Err` if `child` exits first (e.g. its port
-/// was taken) or nothing answers within 30 s.
-async fn wait_ready(child: &mut Child, moto_url: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Per probe: whatever holds the port if the child lost it may never answer.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "moto_server exited at start with {status} (is the port free?)"
-            ));
-        }
-        if let Ok(r) = client.get(format!("{moto_url}/moto-api/")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "moto_server did not answer on {moto_url} within 30 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 impl MotoServer {
     /// Starts `moto_server -H 127.0.0.1 -p <free port>` and a recording proxy in front of
     /// it, and waits until moto answers.
     pub async fn start() -> Self {
-        // moto binds the port itself, after `free_port` released it, so a parallel test can
-        // take it first: moto then exits, and a fresh port is tried.
-        const ATTEMPTS: u32 = 3;
         let bin = moto_server_path();
-        let mut attempt = 0;
-        let (child, moto_url) = loop {
-            attempt += 1;
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-            let moto_url = format!("http://127.0.0.1:{port}");
-            match wait_ready(&mut child, &moto_url).await {
-                Ok(()) => break (child, moto_url),
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(
-                        attempt < ATTEMPTS,
-                        "moto_server did not start in {ATTEMPTS} attempts; last: {why}"
-                    );
+        let (child, port) = crate::child::spawn_ready(
+            "moto_server",
+            Duration::from_secs(30),
+            |port| {
+                Command::new(&bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+            },
+            |client, port| async move {
+                match client
+                    .get(format!("http://127.0.0.1:{port}/moto-api/"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => Probe::Ready,
+                    _ => Probe::NotYet,
                 }
-            }
-        };
+            },
+            String::new,
+        )
+        .await;
+        let moto_url = format!("http://127.0.0.1:{port}");
         let state = Arc::new(ProxyState {
             upstream: moto_url.clone(),
             calls: Mutex::new(Vec::new()),

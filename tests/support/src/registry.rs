@@ -35,8 +35,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::child::Probe;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -408,64 +409,8 @@ impl Drop for TokenRegistry {
 const MISSING_PEERS: &str = "run ./test.sh, or `source tests/peers/images.sh` before `cargo test` \
      (it installs docker-registry and skopeo, builds the test images and exports LANYARD_TEST_IMAGES)";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 fn read_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// Waits until the registry on `host` answers `/v2/` with a Bearer challenge naming `realm`;
-/// `Err` if `child` exits first, something else answers (the port was taken), or nothing
-/// answers within 15 s.
-async fn wait_ready(child: &mut Child, host: &str, realm: &str, log: &Path) -> Result<(), String> {
-    let url = format!("http://{host}/v2/");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    // Per probe: whatever holds the port if the child lost it may never answer.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "docker-registry exited ({status}) before answering:\n{}",
-                read_log(log)
-            ));
-        }
-        if let Ok(resp) = http.get(&url).send().await {
-            let challenge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            if resp.status() == StatusCode::UNAUTHORIZED
-                && challenge.starts_with("Bearer ")
-                && challenge.contains(realm)
-                && challenge.contains(SERVICE)
-            {
-                return Ok(());
-            }
-            return Err(format!(
-                "{url} answered {} with challenge {challenge:?}, not the token-auth registry's \
-                 401 Bearer challenge:\n{}",
-                resp.status(),
-                read_log(log)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "docker-registry did not answer on {host} within 15 s:\n{}",
-                read_log(log)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 impl TokenRegistry {
@@ -498,43 +443,62 @@ impl TokenRegistry {
         std::fs::create_dir_all(&storage).expect("registry storage dir");
         let config_path = dir.path().join("config.yml");
         let log = dir.path().join("registry.log");
-        // The registry binds the port itself, after `free_port` released it, so a parallel
-        // test can take it first: the registry then exits (or someone else answers), and a
-        // fresh port is tried.
-        const ATTEMPTS: u32 = 3;
-        let mut attempt = 0;
-        let (child, host) = loop {
-            attempt += 1;
-            let host = format!("127.0.0.1:{}", free_port());
-            let config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-                storage.display(),
-                token_server.realm(),
-                bundle.display(),
-            );
-            std::fs::write(&config_path, config).expect("write registry config");
-            let out = std::fs::File::create(&log).expect("registry log file");
-            let err = out.try_clone().expect("registry log file handle");
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting docker-registry: {e}: {MISSING_PEERS}"));
-            match wait_ready(&mut child, &host, &token_server.realm(), &log).await {
-                Ok(()) => break (child, host),
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(
-                        attempt < ATTEMPTS,
-                        "docker-registry did not start in {ATTEMPTS} attempts; last: {why}"
-                    );
+        let realm = token_server.realm();
+        let (child, port) = crate::child::spawn_ready(
+            "docker-registry",
+            Duration::from_secs(15),
+            |port| {
+                let config = format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    storage.display(),
+                    bundle.display(),
+                );
+                std::fs::write(&config_path, config).expect("write registry config");
+                let out = std::fs::File::create(&log).expect("registry log file");
+                let err = out.try_clone().expect("registry log file handle");
+                Command::new("docker-registry")
+                    .arg("serve")
+                    .arg(&config_path)
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("starting docker-registry: {e}: {MISSING_PEERS}"))
+            },
+            // Ready when `/v2/` answers with a Bearer challenge naming this realm; any other
+            // answer means someone else has the port.
+            |client, port| {
+                let realm = realm.clone();
+                async move {
+                    let url = format!("http://127.0.0.1:{port}/v2/");
+                    let Ok(resp) = client.get(&url).send().await else {
+                        return Probe::NotYet;
+                    };
+                    let challenge = resp
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && challenge.starts_with("Bearer ")
+                        && challenge.contains(&realm)
+                        && challenge.contains(SERVICE)
+                    {
+                        Probe::Ready
+                    } else {
+                        Probe::Wrong(format!(
+                            "{url} answered {} with challenge {challenge:?}, not the token-auth \
+                             registry's 401 Bearer challenge",
+                            resp.status()
+                        ))
+                    }
                 }
-            }
-        };
+            },
+            || format!("docker-registry log:\n{}", read_log(&log)),
+        )
+        .await;
+        let host = format!("127.0.0.1:{port}");
         Self {
             token_server,
             host,
