@@ -31,7 +31,7 @@ pub enum Probe {
 }
 
 /// Spawns `what` with `spawn(port)` on a free port and probes it until it is ready, within
-/// `within` per attempt; tries [`ATTEMPTS`] ports. `details` is added to every failure
+/// `within` per attempt; tries 3 ports (`ATTEMPTS`). `details` is added to every failure
 /// (a log file, say). Returns the child and its port.
 pub async fn spawn_ready<Fut: Future<Output = Probe>>(
     what: &str,
