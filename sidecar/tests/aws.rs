@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use lanyard_test_support::boto3_python;
+use lanyard_test_support::child::free_ports;
 use lanyard_test_support::moto::{ASSUMED_ROLE_ARN_PREFIX, AwsStack};
 use serde_json::Value;
 
@@ -24,15 +25,6 @@ fn broker_args(s: &AwsStack) -> Vec<String> {
         "--token-file".into(),
         s.work.token_file.display().to_string(),
     ]
-}
-
-/// `N` distinct free loopback ports, free again on return (for a child to bind). Every
-/// listener is held until all are chosen, so no two are the same port.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// How often a sidecar is started again on fresh ports when one it was given was taken

@@ -287,6 +287,20 @@ impl Upstream {
         result
     }
 
+    /// The slot's credential if it is still fresh, counted as a cache hit.
+    fn fresh_hit(&self, slot: &Slot, fraction: f64) -> Option<Arc<CachedCredential>> {
+        let cur = slot.current.load_full()?;
+        if freshness(cur.issued_at, cur.expires_at, fraction, self.clock.now()) != Freshness::Fresh
+        {
+            return None;
+        }
+        self.metrics
+            .cache_hits
+            .with_label_values(&[self.backend])
+            .inc();
+        Some(cur)
+    }
+
     /// Serves the credential for `key`: from the cache while fresh, else from one upstream
     /// call (`fetch`, run under [`Upstream::call`]) shared by every concurrent request for
     /// the same key. If that call fails with a retryable error, a previous credential that
@@ -302,14 +316,7 @@ impl Upstream {
             .entry(key.to_owned())
             .or_insert_with(|| Arc::new(Slot::default()))
             .clone();
-        if let Some(cur) = slot.current.load_full()
-            && freshness(cur.issued_at, cur.expires_at, fraction, self.clock.now())
-                == Freshness::Fresh
-        {
-            self.metrics
-                .cache_hits
-                .with_label_values(&[self.backend])
-                .inc();
+        if let Some(cur) = self.fresh_hit(&slot, fraction) {
             return Ok(cur.to_issued());
         }
         let flight = slot.flight();
@@ -319,15 +326,7 @@ impl Upstream {
             .get_or_init(|| async {
                 ran.store(true, Ordering::Relaxed);
                 // A flight that finished just before this one began may have refreshed it.
-                if let Some(cur) = slot.current.load_full()
-                    && freshness(cur.issued_at, cur.expires_at, fraction, self.clock.now())
-                        == Freshness::Fresh
-                {
-                    // Served from the cache: it counts as a hit, like the check above.
-                    self.metrics
-                        .cache_hits
-                        .with_label_values(&[self.backend])
-                        .inc();
+                if let Some(cur) = self.fresh_hit(&slot, fraction) {
                     return Ok(cur);
                 }
                 let fetched = Arc::new(self.call(fetch).await?);

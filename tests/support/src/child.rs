@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 /// How many ports [`spawn_ready`] tries before it panics.
 const ATTEMPTS: u32 = 3;
 
-/// A free loopback port (free now; see the module docs).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `N` distinct free loopback ports (free now; see the module docs). Every listener is held
+/// until all are chosen, so no two are the same port.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// What one readiness probe saw.
@@ -46,7 +47,7 @@ pub async fn spawn_ready<Fut: Future<Output = Probe>>(
         .build()
         .expect("http client");
     for attempt in 1..=ATTEMPTS {
-        let port = free_port();
+        let [port] = free_ports();
         let mut child = spawn(port);
         let deadline = Instant::now() + within;
         let why = loop {
