@@ -326,12 +326,21 @@ async fn floor_server(broker: &TestBroker, crypto: Option<Arc<Crypto>>, body: St
                                 .and_then(|v| v.strip_prefix("Bearer "))
                                 .map(str::to_owned);
                             req.into_body().collect().await?;
-                            if let (Some(c), Some(t)) = (crypto, token) {
-                                let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                std::hint::black_box(c.verify_and_sign(&t, Verify::Parsed, n));
-                            }
+                            let status = match (crypto, token) {
+                                (None, _) => 200,
+                                (Some(c), Some(t)) => {
+                                    let n =
+                                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    std::hint::black_box(c.verify_and_sign(&t, Verify::Parsed, n));
+                                    200
+                                }
+                                // No token, no crypto: refused, so wrk counts it as non-2xx
+                                // instead of the floor passing for floor + crypto.
+                                (Some(_), None) => 401,
+                            };
                             Ok::<_, hyper::Error>(
                                 hyper::Response::builder()
+                                    .status(status)
                                     .header("content-type", "application/json")
                                     .body(http_body_util::Full::new(body))
                                     .expect("response"),
