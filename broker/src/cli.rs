@@ -629,14 +629,11 @@ async fn run_scan(args: ScanArgs) -> ExitCode {
     }
 }
 
-fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<lanyard::Secret, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    if meta.len() > 64 << 10 {
-        return Err(format!("{flag} {}: larger than 64 KiB", path.display()));
-    }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    Ok(lanyard::Secret::new(text.trim_end_matches(['\r', '\n'])))
+/// Reads the secret file given to `flag` (see [`crate::secret_file`]); the error names the flag.
+async fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<lanyard::Secret, String> {
+    crate::secret_file::read_secret_file(path)
+        .await
+        .map_err(|e| format!("{flag}: {e}"))
 }
 
 async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), String> {
@@ -648,10 +645,12 @@ async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), S
         &args.registry_password_file,
         &args.registry_token_file,
     ) {
-        (_, _, Some(t)) => RegistryAuth::Bearer(read_secret_file("--registry-token-file", t)?),
+        (_, _, Some(t)) => {
+            RegistryAuth::Bearer(read_secret_file("--registry-token-file", t).await?)
+        }
         (Some(user), Some(p), None) => RegistryAuth::Basic {
             username: user.clone(),
-            password: read_secret_file("--registry-password-file", p)?,
+            password: read_secret_file("--registry-password-file", p).await?,
         },
         (Some(user), None, None) => match std::env::var("LANYARD_REGISTRY_PASSWORD") {
             Ok(p) => RegistryAuth::Basic {
@@ -757,19 +756,14 @@ async fn admin_call<T: serde::Serialize>(
         .map_err(|e| format!("cannot read CA file {}: {e}", admin.ca.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&ca)
         .map_err(|e| format!("CA file {} is not PEM: {e}", admin.ca.display()))?;
-    let token = std::fs::read_to_string(&admin.admin_token_file).map_err(|e| {
-        format!(
-            "cannot read admin token file {}: {e}",
-            admin.admin_token_file.display()
-        )
-    })?;
+    let token = read_secret_file("--admin-token-file", &admin.admin_token_file).await?;
     let client = reqwest::Client::builder()
         .tls_certs_only(certs)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| format!("cannot build HTTP client: {e}"))?;
     let url = format!("{}{path}", admin.broker.trim_end_matches('/'));
-    let mut req = client.request(method, &url).bearer_auth(token.trim());
+    let mut req = client.request(method, &url).bearer_auth(token.expose());
     if let Some(b) = body {
         req = req.json(b);
     }

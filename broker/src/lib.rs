@@ -11,7 +11,9 @@
 //!   ([`policy::load`]) and the pure decision and explanation ([`policy::eval`]).
 //! - [`issue`]: the [`Backend`](issue::Backend) trait and the `jwt` backend.
 //! - [`audit`]: hash-chained audit records, `verify` and `query`.
-//! - [`store`]: the [`Store`](store::Store) trait and its SQLite implementation.
+//! - [`store`]: the [`Store`](store::Store) trait, its SQLite and in-memory implementations.
+//! - [`secret_file`]: the one bounded, non-blocking reader of small secret files (admin token,
+//!   Vault credentials, registry credentials).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: the one mapping from errors to HTTP statuses and stable codes.
 //! - [`broker`]: the request pipeline (authenticate → authorize → issue → audit).
@@ -31,5 +33,6 @@ pub mod issue;
 pub mod metrics;
 pub mod policy;
 pub mod scan;
+pub mod secret_file;
 pub mod server;
 pub mod store;

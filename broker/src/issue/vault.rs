@@ -57,9 +57,6 @@ pub const ROLE_SETTINGS: &[&str] = &[
     "renewable",
 ];
 
-/// Largest token or secret-id file the broker reads.
-const MAX_CREDENTIAL_FILE_BYTES: u64 = 64 * 1024;
-
 /// What a `vault` role issues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VaultKind {
@@ -395,21 +392,12 @@ fn rustify_error(e: rustify::errors::ClientError) -> ClientError {
     ClientError::RestClientError { source: e }
 }
 
-/// Reads a small credential file, trimmed.
-fn read_secret_file(path: &Path) -> Result<Secret, BackendError> {
-    let fail = |why: String| BackendError::Config(format!("{}: {why}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.len() > MAX_CREDENTIAL_FILE_BYTES {
-        return Err(fail(format!(
-            "larger than {MAX_CREDENTIAL_FILE_BYTES} bytes"
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(fail("empty".into()));
-    }
-    Ok(Secret::new(trimmed))
+/// Reads one of the broker's own Vault credential files (token, AppRole secret id, Kubernetes
+/// JWT) through [`crate::secret_file`]: bounded, trimmed, never blocking a worker.
+async fn read_secret_file(path: &Path) -> Result<Secret, BackendError> {
+    crate::secret_file::read_secret_file(path)
+        .await
+        .map_err(|e| BackendError::Config(e.to_string()))
 }
 
 /// The broker's own Vault token, as far as the broker knows it.
@@ -509,7 +497,7 @@ impl VaultBackend {
     async fn login(&self, state: &mut TokenState) -> Result<(), BackendError> {
         match &self.config.auth {
             VaultAuth::Token { token_file } => {
-                let token = read_secret_file(token_file)?;
+                let token = read_secret_file(token_file).await?;
                 self.client.write().await.set_token(token.expose());
                 let looked = {
                     let client = self.client.read().await;
@@ -528,7 +516,7 @@ impl VaultBackend {
                 secret_id_file,
                 mount,
             } => {
-                let secret_id = read_secret_file(secret_id_file)?;
+                let secret_id = read_secret_file(secret_id_file).await?;
                 let auth = {
                     let client = self.client.read().await;
                     vaultrs::auth::approle::login(&*client, mount, role_id, secret_id.expose())
@@ -548,7 +536,7 @@ impl VaultBackend {
                 jwt_file,
                 mount,
             } => {
-                let jwt = read_secret_file(jwt_file)?;
+                let jwt = read_secret_file(jwt_file).await?;
                 let auth = {
                     let client = self.client.read().await;
                     vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.expose())
@@ -587,7 +575,7 @@ impl VaultBackend {
     pub async fn maintain(&self) -> Result<(), BackendError> {
         let mut state = self.token.lock().await;
         if let VaultAuth::Token { token_file } = &self.config.auth
-            && let Ok(current) = read_secret_file(token_file)
+            && let Ok(current) = read_secret_file(token_file).await
             && state
                 .token
                 .as_ref()

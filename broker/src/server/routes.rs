@@ -21,6 +21,7 @@ use super::ConnInfo;
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
 use crate::broker::{Broker, new_request_id};
 use crate::error::ApiError;
+use crate::secret_file::read_secret_file;
 
 type AppState = Arc<Broker>;
 
@@ -140,7 +141,7 @@ async fn revoke_lease(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        if is_admin(&broker, &conn, &headers) {
+        if is_admin(&broker, &conn, &headers).await {
             return broker.revoke_lease(&lease_id, None, &request_id).await;
         }
         let auth = broker.authenticate(bearer(&headers), &request_id).await?;
@@ -204,8 +205,9 @@ async fn metrics(State(broker): State<AppState>) -> Response {
 
 /// Whether the request carries the admin credential: a client certificate from the admin
 /// CA, or the admin bearer token (compared in constant time; the file is re-read so a
-/// rotated token takes effect at once).
-fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
+/// rotated token takes effect at once). An unreadable, empty or oversize token file admits
+/// no one.
+async fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
     if conn.admin_cert {
         return true;
     }
@@ -214,21 +216,26 @@ fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let Ok(expected) = std::fs::read_to_string(file) else {
-        tracing::warn!(file = %file.display(), "cannot read the admin token file");
-        return false;
+    let expected = match read_secret_file(file).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::warn!(%error, "cannot use the admin token file");
+            return false;
+        }
     };
-    let expected = expected.trim();
-    !expected.is_empty()
-        && aws_lc_rs::constant_time::verify_slices_are_equal(
-            expected.as_bytes(),
-            presented.as_bytes(),
-        )
-        .is_ok()
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        expected.expose().as_bytes(),
+        presented.as_bytes(),
+    )
+    .is_ok()
 }
 
-fn require_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> Result<(), ApiError> {
-    if is_admin(broker, conn, headers) {
+async fn require_admin(
+    broker: &Broker,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if is_admin(broker, conn, headers).await {
         Ok(())
     } else {
         Err(ApiError::Unauthenticated(crate::authn::AuthnError::Missing))
@@ -243,7 +250,7 @@ async fn mint_token(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers)?;
+        require_admin(&broker, &conn, &headers).await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: MintTokenRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
@@ -269,7 +276,7 @@ async fn revoke_token(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers)?;
+        require_admin(&broker, &conn, &headers).await?;
         broker.revoke_token(&token_id, &request_id).await
     }
     .await;
@@ -350,7 +357,7 @@ async fn explain(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers)?;
+        require_admin(&broker, &conn, &headers).await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: ExplainRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
@@ -369,7 +376,7 @@ async fn reload(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_request_id();
-    if let Err(e) = require_admin(&broker, &conn, &headers) {
+    if let Err(e) = require_admin(&broker, &conn, &headers).await {
         return e.into_response_with_id(Some(&request_id));
     }
     match broker.reload_policies().await {

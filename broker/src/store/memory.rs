@@ -3,6 +3,9 @@
 //!
 //! **Not persistent**: every bootstrap token, lease, signing key, audit chain head and local
 //! secret is lost when the value is dropped. Use the SQLite store for a real broker.
+//!
+//! It keeps the same contract as every store (the shared suite in `store/suite.rs` checks it),
+//! so a test written against it holds for the real one.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -11,8 +14,8 @@ use std::time::SystemTime;
 use lanyard::Secret;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, RedeemOutcome, SigningKeyRecord, Store,
-    StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
+    SigningKeyRecord, Store, StoreError,
 };
 
 /// A [`Store`] held in process memory (a mutex over hash maps). Not persistent; see the
@@ -84,7 +87,8 @@ impl Store for MemoryStore {
         if *redeemed {
             return Ok(RedeemOutcome::AlreadyUsed(rec.clone()));
         }
-        if now > rec.expires_at {
+        // Redeemable while `now < expires_at`, as in every store.
+        if now >= rec.expires_at {
             return Ok(RedeemOutcome::Expired(rec.clone()));
         }
         *redeemed = true;
@@ -185,8 +189,20 @@ impl Store for MemoryStore {
     }
 
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError> {
+        if len == 0 || len > MAX_LOCAL_SECRET_BYTES {
+            return Err(StoreError::Backend(format!(
+                "local_secret {name}: length {len} is out of range; ask for 1 to \
+                 {MAX_LOCAL_SECRET_BYTES} bytes"
+            )));
+        }
         let mut inner = self.lock();
         if let Some(s) = inner.secrets.get(name) {
+            if s.len() != len * 2 {
+                return Err(StoreError::Corrupt(format!(
+                    "local secret {name} holds {} bytes but {len} were asked for",
+                    s.len() / 2
+                )));
+            }
             return Ok(s.clone());
         }
         let mut bytes = zeroize::Zeroizing::new(vec![0u8; len]);
@@ -195,148 +211,5 @@ impl Store for MemoryStore {
         let secret = Secret::new(hex::encode(&*bytes));
         inner.secrets.insert(name.to_owned(), secret.clone());
         Ok(secret)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::*;
-
-    fn t(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn token(id: &str, hash: &str, expires: u64) -> BootstrapTokenRecord {
-        BootstrapTokenRecord {
-            token_id: id.into(),
-            token_hash: hash.into(),
-            roles: vec!["r".into()],
-            image: None,
-            created_at: t(0),
-            expires_at: t(expires),
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_token_is_redeemed_exactly_once_under_a_race() {
-        let store = Arc::new(MemoryStore::new());
-        store
-            .insert_bootstrap_token(&token("bt_1", "h1", 100))
-            .await
-            .expect("insert");
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                s.redeem_bootstrap_token("h1", t(10)).await
-            }));
-        }
-        let mut redeemed = 0;
-        let mut used = 0;
-        for task in tasks {
-            match task.await.expect("join").expect("redeem") {
-                RedeemOutcome::Redeemed(_) => redeemed += 1,
-                RedeemOutcome::AlreadyUsed(_) => used += 1,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!((redeemed, used), (1, 15));
-    }
-
-    #[tokio::test]
-    async fn redeem_reports_unknown_expired_and_revoked() {
-        let store = MemoryStore::new();
-        store
-            .insert_bootstrap_token(&token("bt_1", "h1", 100))
-            .await
-            .expect("insert");
-        store
-            .insert_bootstrap_token(&token("bt_2", "h2", 100))
-            .await
-            .expect("insert");
-        assert!(matches!(
-            store
-                .insert_bootstrap_token(&token("bt_1", "h9", 100))
-                .await,
-            Err(StoreError::Duplicate(_))
-        ));
-        assert_eq!(
-            store.redeem_bootstrap_token("nope", t(1)).await.expect("r"),
-            RedeemOutcome::Unknown
-        );
-        assert!(matches!(
-            store.redeem_bootstrap_token("h1", t(101)).await.expect("r"),
-            RedeemOutcome::Expired(_)
-        ));
-        assert!(store.revoke_bootstrap_token("bt_2").await.expect("revoke"));
-        assert!(!store.revoke_bootstrap_token("bt_2").await.expect("revoke"));
-        assert_eq!(
-            store.redeem_bootstrap_token("h2", t(1)).await.expect("r"),
-            RedeemOutcome::Unknown
-        );
-    }
-
-    #[tokio::test]
-    async fn leases_signing_keys_head_and_secrets() {
-        let store = MemoryStore::new();
-        let lease = LeaseRecord {
-            lease_id: "ls_1".into(),
-            role: "r".into(),
-            backend: "jwt".into(),
-            subject: "s".into(),
-            issuer: "i".into(),
-            issued_at: t(1),
-            expires_at: t(2),
-            upstream_lease: None,
-            fingerprint: "fp".into(),
-            revoked_at: None,
-        };
-        store.insert_lease(&lease).await.expect("insert");
-        assert!(store.insert_lease(&lease).await.is_err());
-        assert!(store.mark_lease_revoked("ls_1", t(5)).await.expect("rv"));
-        assert!(!store.mark_lease_revoked("ls_1", t(6)).await.expect("rv"));
-        assert!(!store.mark_lease_revoked("ls_x", t(6)).await.expect("rv"));
-        let got = store.get_lease("ls_1").await.expect("get").expect("some");
-        assert_eq!(got.revoked_at, Some(t(5)));
-
-        for (kid, at) in [("b", 20), ("a", 10)] {
-            store
-                .insert_signing_key(&SigningKeyRecord {
-                    kid: kid.into(),
-                    alg: "ES256".into(),
-                    pkcs8: Secret::new("x"),
-                    created_at: t(at),
-                })
-                .await
-                .expect("key");
-        }
-        let kids: Vec<_> = store
-            .signing_keys()
-            .await
-            .expect("keys")
-            .into_iter()
-            .map(|k| k.kid)
-            .collect();
-        assert_eq!(kids, ["a", "b"], "oldest first");
-        store.delete_signing_key("a").await.expect("delete");
-        assert_eq!(store.signing_keys().await.expect("keys").len(), 1);
-
-        assert_eq!(store.audit_head().await.expect("head"), None);
-        let head = ChainHead {
-            seq: 3,
-            hash: "ab".into(),
-        };
-        store.set_audit_head(&head).await.expect("set");
-        assert_eq!(store.audit_head().await.expect("head"), Some(head));
-
-        let s1 = store.local_secret("k", 32).await.expect("secret");
-        let s2 = store.local_secret("k", 32).await.expect("secret");
-        let other = store.local_secret("other", 32).await.expect("secret");
-        assert_eq!(s1.expose().len(), 64);
-        assert_eq!(s1, s2, "stable after first use");
-        assert_ne!(s1, other);
     }
 }

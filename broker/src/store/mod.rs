@@ -1,11 +1,21 @@
-//! Persistent state: bootstrap tokens, leases, signing keys, the audit chain head.
+//! Persistent state: bootstrap tokens, leases, signing keys, the audit chain head, local
+//! secrets.
 //!
-//! [`Store`] is a trait so PostgreSQL can back replicas later; [`sqlite`] is the embedded
-//! default (one replica, nothing to install). Every operation that must be atomic across
-//! replicas (redeeming a bootstrap token) is a single store call.
+//! [`Store`] is a trait so PostgreSQL can back replicas later. Every operation that must be
+//! atomic across replicas (redeeming a bootstrap token) is a single store call.
+//!
+//! # Layout
+//! - this module: the [`Store`] trait, its records and [`StoreError`].
+//! - [`sqlite`]: the embedded default (one file, nothing to install; several replicas on one
+//!   host may share it).
+//! - [`memory`]: in process memory, not persistent (tests, embedding).
+//! - `suite` (tests only): the trait's behavioural contract, written once and run against
+//!   every implementation; a new store joins it with one line.
 
 pub mod memory;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::time::SystemTime;
 
@@ -103,6 +113,9 @@ pub enum StoreError {
     Duplicate(String),
 }
 
+/// Largest secret [`Store::local_secret`] creates, in bytes.
+pub const MAX_LOCAL_SECRET_BYTES: usize = 1024;
+
 /// Persistent broker state.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -170,7 +183,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(out)
     }
 
-    /// A named random secret of `len` bytes, created on first use and stable afterwards
-    /// (e.g. the key for credential fingerprints).
+    /// A named random secret of `len` bytes, as lowercase hex, created on first use and
+    /// stable afterwards (e.g. the key for credential fingerprints). `len` must be 1 to
+    /// [`MAX_LOCAL_SECRET_BYTES`]; asking for an existing secret with another length is
+    /// [`StoreError::Corrupt`], never a secret of the wrong length.
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError>;
 }

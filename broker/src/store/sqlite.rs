@@ -24,15 +24,12 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, RedeemOutcome, SigningKeyRecord, Store,
-    StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
+    SigningKeyRecord, Store, StoreError,
 };
 
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest secret [`Store::local_secret`] creates, in bytes.
-pub const MAX_LOCAL_SECRET_BYTES: usize = 1024;
 
 /// Schema migrations; entry `i` takes the schema from version `i` to version `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -808,307 +805,58 @@ impl Store for SqliteStore {
     }
 }
 
+/// SQLite-only behaviour: files, migrations, several handles on one file, undecodable rows.
+/// What every store promises is checked by the shared contract in `super::suite`.
 #[cfg(test)]
 mod tests {
+    use super::super::suite;
+    use super::super::suite::{key, lease, t, token};
     use super::*;
 
-    fn t(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn token(id: &str, hash: &str, expires: u64) -> BootstrapTokenRecord {
-        BootstrapTokenRecord {
-            token_id: id.to_owned(),
-            token_hash: hash.to_owned(),
-            roles: vec!["db-read".to_owned(), "metrics".to_owned()],
-            image: Some(format!("sha256:{}", "ab".repeat(32))),
-            created_at: t(1_000),
-            expires_at: t(expires),
-        }
-    }
-
-    fn lease(id: &str) -> LeaseRecord {
-        LeaseRecord {
-            lease_id: id.to_owned(),
-            role: "db-read".to_owned(),
-            backend: "jwt".to_owned(),
-            subject: "system:serviceaccount:shop:api".to_owned(),
-            issuer: "https://kubernetes.default.svc".to_owned(),
-            issued_at: t(2_000),
-            expires_at: t(2_900),
-            upstream_lease: Some("vault-lease-1".to_owned()),
-            fingerprint: "fp:0123".to_owned(),
-            revoked_at: None,
-        }
-    }
-
-    fn key(kid: &str, created: u64) -> SigningKeyRecord {
-        SigningKeyRecord {
-            kid: kid.to_owned(),
-            alg: "ES256".to_owned(),
-            pkcs8: Secret::new(format!("pkcs8-of-{kid}")),
-            created_at: t(created),
-        }
-    }
-
-    #[tokio::test]
-    async fn bootstrap_token_redeems_once_then_reports_used() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        let rec = token("bt_1", "h1", 1_600);
-        s.insert_bootstrap_token(&rec).await.expect("insert");
-
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(1_100))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Redeemed(rec.clone())
-        );
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(1_101))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::AlreadyUsed(rec.clone())
-        );
-        // Used stays used, even once it would also have expired.
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(9_999))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::AlreadyUsed(rec)
-        );
-        assert_eq!(
-            s.redeem_bootstrap_token("nope", t(1_100))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Unknown
-        );
-    }
-
-    #[tokio::test]
-    async fn bootstrap_token_expires_at_its_expiry_second() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        let rec = token("bt_1", "h1", 1_600);
-        s.insert_bootstrap_token(&rec).await.expect("insert");
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(1_600))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Expired(rec.clone())
-        );
-        // An expired token is not consumed by the failed attempt, and stays expired.
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(1_700))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Expired(rec.clone())
-        );
-
-        let rec2 = token("bt_2", "h2", 1_600);
-        s.insert_bootstrap_token(&rec2).await.expect("insert");
-        assert_eq!(
-            s.redeem_bootstrap_token("h2", t(1_599))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Redeemed(rec2)
-        );
-    }
-
-    #[tokio::test]
-    async fn duplicate_bootstrap_token_is_refused() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
-            .await
-            .expect("insert");
-        let same_id = s.insert_bootstrap_token(&token("bt_1", "h2", 1_600)).await;
-        assert!(
-            matches!(same_id, Err(StoreError::Duplicate(_))),
-            "{same_id:?}"
-        );
-        let same_hash = s.insert_bootstrap_token(&token("bt_2", "h1", 1_600)).await;
-        assert!(
-            matches!(same_hash, Err(StoreError::Duplicate(_))),
-            "{same_hash:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn revoke_deletes_only_unredeemed_tokens() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
-            .await
-            .expect("insert");
-        s.insert_bootstrap_token(&token("bt_2", "h2", 1_600))
-            .await
-            .expect("insert");
-
-        assert!(s.revoke_bootstrap_token("bt_1").await.expect("revoke"));
-        assert_eq!(
-            s.redeem_bootstrap_token("h1", t(1_100))
-                .await
-                .expect("redeem"),
-            RedeemOutcome::Unknown
-        );
-        assert!(
-            !s.revoke_bootstrap_token("bt_1")
-                .await
-                .expect("revoke again")
-        );
-        assert!(!s.revoke_bootstrap_token("bt_none").await.expect("revoke"));
-
-        assert!(matches!(
-            s.redeem_bootstrap_token("h2", t(1_100)).await,
-            Ok(RedeemOutcome::Redeemed(_))
-        ));
-        assert!(!s.revoke_bootstrap_token("bt_2").await.expect("revoke used"));
-        assert!(matches!(
-            s.redeem_bootstrap_token("h2", t(1_100)).await,
-            Ok(RedeemOutcome::AlreadyUsed(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn concurrent_lease_inserts_each_succeed_or_fail_alone() {
+    /// The contract's concurrent inserts on a file, then a fresh handle sees every committed
+    /// lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lease_inserts_are_seen_by_a_fresh_handle() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        s.insert_lease(&lease("ls_taken")).await.expect("insert");
-        let mut tasks = Vec::new();
-        for i in 0..300 {
-            let s = s.clone();
-            // Every 100th is a duplicate of an existing lease.
-            let id = if i % 100 == 7 {
-                "ls_taken".to_owned()
-            } else {
-                format!("ls_{i}")
-            };
-            tasks.push(tokio::spawn(async move {
-                (id.clone(), s.insert_lease(&lease(&id)).await)
-            }));
-        }
-        let mut dups = 0;
-        for t in tasks {
-            let (id, r) = t.await.expect("join");
-            match r {
-                Ok(()) => assert_eq!(
-                    s.get_lease(&id).await.expect("get").map(|l| l.lease_id),
-                    Some(id)
-                ),
-                Err(StoreError::Duplicate(what)) => {
-                    assert!(what.contains("ls_taken"), "{what}");
-                    dups += 1;
-                }
-                Err(e) => panic!("{id}: {e}"),
-            }
-        }
-        assert_eq!(dups, 3);
-        // A fresh handle on the file sees every committed lease.
-        let again = SqliteStore::open(&dir.path().join("store.db")).expect("reopen");
+        let path = dir.path().join("store.db");
+        let s = SqliteStore::open(&path).expect("open");
+        suite::concurrent_lease_inserts_each_succeed_or_fail_alone(Arc::new(s)).await;
+        let again = SqliteStore::open(&path).expect("reopen");
         assert!(again.get_lease("ls_299").await.expect("get").is_some());
+        assert!(again.get_lease("ls_taken").await.expect("get").is_some());
         assert!(again.get_lease("ls_7").await.expect("get").is_none());
     }
 
-    #[tokio::test]
-    async fn leases_round_trip_and_revoke_once() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        let mut l = lease("ls_1");
-        s.insert_lease(&l).await.expect("insert");
-        assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l.clone()));
-        assert_eq!(s.get_lease("ls_2").await.expect("get"), None);
-
-        let dup = s.insert_lease(&l).await;
-        assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
-
-        assert!(
-            s.mark_lease_revoked("ls_1", t(2_500))
-                .await
-                .expect("revoke")
-        );
-        assert!(!s.mark_lease_revoked("ls_1", t(2_600)).await.expect("again"));
-        assert!(
-            !s.mark_lease_revoked("ls_2", t(2_600))
-                .await
-                .expect("missing")
-        );
-        l.revoked_at = Some(t(2_500));
-        assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
-
-        let mut bare = lease("ls_3");
-        bare.upstream_lease = None;
-        bare.revoked_at = Some(t(2_100));
-        s.insert_lease(&bare).await.expect("insert");
-        assert_eq!(s.get_lease("ls_3").await.expect("get"), Some(bare));
-    }
-
-    #[tokio::test]
-    async fn signing_keys_listed_oldest_first_and_deleted() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        assert!(s.signing_keys().await.expect("list").is_empty());
-        s.insert_signing_key(&key("k-new", 300)).await.expect("ins");
-        s.insert_signing_key(&key("k-old", 100)).await.expect("ins");
-        s.insert_signing_key(&key("k-mid", 200)).await.expect("ins");
-        let dup = s.insert_signing_key(&key("k-mid", 250)).await;
-        assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
-
-        let keys = s.signing_keys().await.expect("list");
-        let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
-        assert_eq!(kids, ["k-old", "k-mid", "k-new"]);
-        assert_eq!(keys[0].pkcs8.expose(), "pkcs8-of-k-old");
-        assert_eq!(keys[0].alg, "ES256");
-        assert_eq!(keys[0].created_at, t(100));
-
-        s.delete_signing_key("k-mid").await.expect("delete");
-        s.delete_signing_key("k-absent")
-            .await
-            .expect("delete absent");
-        let kids: Vec<String> = s
-            .signing_keys()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|k| k.kid)
+    /// Replicas on one host: handles on one file racing to redeem a token, exactly one wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handles_on_one_file_redeem_a_token_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let stores: Vec<SqliteStore> = (0..4)
+            .map(|_| SqliteStore::open(&path).expect("open"))
             .collect();
-        assert_eq!(kids, ["k-old", "k-new"]);
-    }
-
-    #[tokio::test]
-    async fn audit_head_is_absent_then_overwritten() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        assert_eq!(s.audit_head().await.expect("head"), None);
-        let h1 = ChainHead {
-            seq: 1,
-            hash: "aa".to_owned(),
-        };
-        s.set_audit_head(&h1).await.expect("set");
-        assert_eq!(s.audit_head().await.expect("head"), Some(h1));
-        let h2 = ChainHead {
-            seq: 2,
-            hash: "bb".to_owned(),
-        };
-        s.set_audit_head(&h2).await.expect("set");
-        assert_eq!(s.audit_head().await.expect("head"), Some(h2));
-    }
-
-    #[tokio::test]
-    async fn local_secret_is_created_once_per_name() {
-        let s = SqliteStore::open_in_memory().expect("open");
-        let a = s.local_secret("fingerprint-key", 32).await.expect("a");
-        assert_eq!(a.len(), 64);
-        assert!(a.expose().bytes().all(|b| b.is_ascii_hexdigit()));
-        let again = s.local_secret("fingerprint-key", 32).await.expect("again");
-        assert_eq!(a.expose(), again.expose());
-        let b = s.local_secret("other", 32).await.expect("b");
-        assert_ne!(a.expose(), b.expose());
-
-        let wrong_len = s.local_secret("fingerprint-key", 16).await;
-        assert!(
-            matches!(wrong_len, Err(StoreError::Corrupt(_))),
-            "{wrong_len:?}"
-        );
-        assert!(s.local_secret("zero", 0).await.is_err());
-        assert!(
-            s.local_secret("huge", MAX_LOCAL_SECRET_BYTES + 1)
-                .await
-                .is_err()
-        );
+        stores[0]
+            .insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+            .await
+            .expect("insert");
+        let tasks: Vec<_> = stores
+            .iter()
+            .cycle()
+            .take(16)
+            .map(|s| {
+                let s = s.clone();
+                tokio::spawn(async move { s.redeem_bootstrap_token("h1", t(1_100)).await })
+            })
+            .collect();
+        let (mut redeemed, mut used) = (0, 0);
+        for task in tasks {
+            match task.await.expect("join").expect("redeem") {
+                RedeemOutcome::Redeemed(_) => redeemed += 1,
+                RedeemOutcome::AlreadyUsed(_) => used += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((redeemed, used), (1, 15));
     }
 
     #[tokio::test]
@@ -1266,7 +1014,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_first_use_of_a_local_secret_agrees() {
+    async fn concurrent_first_use_of_a_local_secret_agrees_across_handles() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lanyard.db");
         let stores: Vec<SqliteStore> = (0..4)

@@ -1,0 +1,584 @@
+//! The [`Store`] contract, written once and run against every implementation.
+//!
+//! Each case is an `async fn(Arc<dyn Store>)` that gets a fresh, empty store and asserts one
+//! promise of the trait: bootstrap tokens (single-use redemption, also under a race; expiry at
+//! the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
+//! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys,
+//! the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The [`contract!`]
+//! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
+//! a failure names both, e.g. `store::suite::sqlite_file::expired_leases_by_backend_oldest_first`.
+//!
+//! **Adding an implementation is one line** at the bottom: `contract!(name, expression);`,
+//! where the expression (evaluated inside the async test, so it may `.await`) gives a fresh,
+//! empty store, or a [`Fixture`] when something must outlive the test body (a temporary
+//! directory, a database to drop). A PostgreSQL store would add
+//! `contract!(postgres, fresh_postgres().await);`.
+//!
+//! **Adding a case**: write the `async fn` below and add its name to the list in `cases!`.
+//! What only one implementation can show (SQLite's persistence across reopen, several handles
+//! on one file, undecodable rows) stays in that implementation's own tests, which reuse the
+//! record builders here.
+//!
+//! Records carry whole-second times: a store may keep no finer.
+
+use std::any::Any;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lanyard::Secret;
+
+use super::memory::MemoryStore;
+use super::sqlite::SqliteStore;
+use super::{
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
+    SigningKeyRecord, Store, StoreError,
+};
+
+/// A fresh store for one test, with whatever must live as long as it.
+pub(super) struct Fixture {
+    /// The store under test.
+    pub(super) store: Arc<dyn Store>,
+    /// Dropped after the test: e.g. the temporary directory of a file-backed store.
+    _keep: Option<Box<dyn Any + Send>>,
+}
+
+impl Fixture {
+    /// A store that needs `keep` to stay alive (and cleans up when `keep` is dropped).
+    pub(super) fn keeping(store: impl Store + 'static, keep: impl Any + Send) -> Self {
+        Self {
+            store: Arc::new(store),
+            _keep: Some(Box::new(keep)),
+        }
+    }
+}
+
+impl<S: Store + 'static> From<S> for Fixture {
+    fn from(store: S) -> Self {
+        Self {
+            store: Arc::new(store),
+            _keep: None,
+        }
+    }
+}
+
+/// A SQLite store on a file in a fresh temporary directory (the broker's real setup, WAL on).
+fn sqlite_file() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("lanyard.db")).expect("open");
+    Fixture::keeping(store, dir)
+}
+
+/// `secs` after the Unix epoch.
+pub(super) fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// A bootstrap token created at 1 000 s, expiring at `expires`, with two roles and an image.
+pub(super) fn token(id: &str, hash: &str, expires: u64) -> BootstrapTokenRecord {
+    BootstrapTokenRecord {
+        token_id: id.to_owned(),
+        token_hash: hash.to_owned(),
+        roles: vec!["db-read".to_owned(), "metrics".to_owned()],
+        image: Some(format!("sha256:{}", "ab".repeat(32))),
+        created_at: t(1_000),
+        expires_at: t(expires),
+    }
+}
+
+/// A `jwt` lease issued at 2 000 s, expiring at 2 900 s, with an upstream lease.
+pub(super) fn lease(id: &str) -> LeaseRecord {
+    LeaseRecord {
+        lease_id: id.to_owned(),
+        role: "db-read".to_owned(),
+        backend: "jwt".to_owned(),
+        subject: "system:serviceaccount:shop:api".to_owned(),
+        issuer: "https://kubernetes.default.svc".to_owned(),
+        issued_at: t(2_000),
+        expires_at: t(2_900),
+        upstream_lease: Some("vault-lease-1".to_owned()),
+        fingerprint: "fp:0123".to_owned(),
+        revoked_at: None,
+    }
+}
+
+/// An ES256 signing key created at `created`.
+pub(super) fn key(kid: &str, created: u64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.to_owned(),
+        alg: "ES256".to_owned(),
+        pkcs8: Secret::new(format!("pkcs8-of-{kid}")),
+        created_at: t(created),
+    }
+}
+
+pub(super) async fn bootstrap_token_redeems_once_then_reports_used(s: Arc<dyn Store>) {
+    let rec = token("bt_1", "h1", 1_600);
+    s.insert_bootstrap_token(&rec).await.expect("insert");
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(1_100))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Redeemed(rec.clone()),
+        "the record comes back whole"
+    );
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(1_101))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::AlreadyUsed(rec.clone())
+    );
+    // Used stays used, even once it would also have expired.
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(9_999))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::AlreadyUsed(rec)
+    );
+    assert_eq!(
+        s.redeem_bootstrap_token("nope", t(1_100))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Unknown
+    );
+}
+
+pub(super) async fn bootstrap_token_expires_at_its_expiry_second(s: Arc<dyn Store>) {
+    let rec = token("bt_1", "h1", 1_600);
+    s.insert_bootstrap_token(&rec).await.expect("insert");
+    // Redeemable while `now < expires_at`.
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(1_600))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Expired(rec.clone())
+    );
+    // An expired token is not consumed by the failed attempt, and stays expired.
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(1_700))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Expired(rec)
+    );
+
+    let rec2 = token("bt_2", "h2", 1_600);
+    s.insert_bootstrap_token(&rec2).await.expect("insert");
+    assert_eq!(
+        s.redeem_bootstrap_token("h2", t(1_599))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Redeemed(rec2)
+    );
+}
+
+pub(super) async fn a_duplicate_bootstrap_token_id_or_hash_is_refused(s: Arc<dyn Store>) {
+    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+        .await
+        .expect("insert");
+    let same_id = s.insert_bootstrap_token(&token("bt_1", "h2", 1_600)).await;
+    assert!(
+        matches!(same_id, Err(StoreError::Duplicate(_))),
+        "{same_id:?}"
+    );
+    let same_hash = s.insert_bootstrap_token(&token("bt_2", "h1", 1_600)).await;
+    assert!(
+        matches!(same_hash, Err(StoreError::Duplicate(_))),
+        "{same_hash:?}"
+    );
+    // The refused inserts left nothing behind.
+    assert_eq!(
+        s.redeem_bootstrap_token("h2", t(1_100))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Unknown
+    );
+}
+
+pub(super) async fn revoke_deletes_only_unredeemed_tokens(s: Arc<dyn Store>) {
+    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+        .await
+        .expect("insert");
+    s.insert_bootstrap_token(&token("bt_2", "h2", 1_600))
+        .await
+        .expect("insert");
+
+    assert!(s.revoke_bootstrap_token("bt_1").await.expect("revoke"));
+    assert_eq!(
+        s.redeem_bootstrap_token("h1", t(1_100))
+            .await
+            .expect("redeem"),
+        RedeemOutcome::Unknown,
+        "a revoked token is unknown"
+    );
+    assert!(
+        !s.revoke_bootstrap_token("bt_1")
+            .await
+            .expect("revoke again")
+    );
+    assert!(!s.revoke_bootstrap_token("bt_none").await.expect("revoke"));
+
+    assert!(matches!(
+        s.redeem_bootstrap_token("h2", t(1_100)).await,
+        Ok(RedeemOutcome::Redeemed(_))
+    ));
+    assert!(!s.revoke_bootstrap_token("bt_2").await.expect("revoke used"));
+    assert!(matches!(
+        s.redeem_bootstrap_token("h2", t(1_100)).await,
+        Ok(RedeemOutcome::AlreadyUsed(_))
+    ));
+}
+
+/// Many callers racing to redeem one token: exactly one wins, every other one is told it was
+/// used.
+pub(super) async fn a_raced_token_is_redeemed_exactly_once(s: Arc<dyn Store>) {
+    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+        .await
+        .expect("insert");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.redeem_bootstrap_token("h1", t(1_100)).await })
+        })
+        .collect();
+    let (mut redeemed, mut used) = (0, 0);
+    for task in tasks {
+        match task.await.expect("join").expect("redeem") {
+            RedeemOutcome::Redeemed(_) => redeemed += 1,
+            RedeemOutcome::AlreadyUsed(_) => used += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((redeemed, used), (1, 15));
+}
+
+pub(super) async fn leases_round_trip(s: Arc<dyn Store>) {
+    let l = lease("ls_1");
+    s.insert_lease(&l).await.expect("insert");
+    assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l.clone()));
+    assert_eq!(s.get_lease("ls_2").await.expect("get"), None);
+
+    let dup = s.insert_lease(&l).await;
+    assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+
+    // The optional fields round-trip too.
+    let mut bare = lease("ls_3");
+    bare.upstream_lease = None;
+    bare.revoked_at = Some(t(2_100));
+    s.insert_lease(&bare).await.expect("insert");
+    assert_eq!(s.get_lease("ls_3").await.expect("get"), Some(bare));
+}
+
+pub(super) async fn a_lease_is_marked_revoked_once(s: Arc<dyn Store>) {
+    let mut l = lease("ls_1");
+    s.insert_lease(&l).await.expect("insert");
+    assert!(
+        s.mark_lease_revoked("ls_1", t(2_500))
+            .await
+            .expect("revoke")
+    );
+    assert!(!s.mark_lease_revoked("ls_1", t(2_600)).await.expect("again"));
+    assert!(
+        !s.mark_lease_revoked("ls_2", t(2_600))
+            .await
+            .expect("missing")
+    );
+    // The first revocation's time stays.
+    l.revoked_at = Some(t(2_500));
+    assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
+}
+
+/// `expired_leases`: of one backend, expired at or before `now`, not revoked, with an
+/// upstream lease; oldest expiry first; at most `limit`.
+pub(super) async fn expired_leases_by_backend_oldest_first(s: Arc<dyn Store>) {
+    let now = 5_000;
+    let at = |id: &str, backend: &str, expires: u64| LeaseRecord {
+        backend: backend.to_owned(),
+        expires_at: t(expires),
+        ..lease(id)
+    };
+    let mut revoked = at("ls_revoked", "vault", 4_000);
+    revoked.revoked_at = Some(t(4_100));
+    let mut no_upstream = at("ls_no_upstream", "vault", 4_000);
+    no_upstream.upstream_lease = None;
+    for l in [
+        at("ls_c", "vault", 4_500),
+        at("ls_now", "vault", now),
+        at("ls_a", "vault", 3_000),
+        at("ls_future", "vault", now + 1),
+        at("ls_other_backend", "aws-sts", 3_500),
+        at("ls_b", "vault", 4_000),
+        revoked,
+        no_upstream,
+    ] {
+        s.insert_lease(&l).await.expect("insert");
+    }
+    let ids = |v: Vec<LeaseRecord>| v.into_iter().map(|l| l.lease_id).collect::<Vec<_>>();
+
+    let all = s.expired_leases("vault", t(now), 100).await.expect("list");
+    assert_eq!(
+        all.first(),
+        s.get_lease("ls_a").await.expect("get").as_ref(),
+        "whole records"
+    );
+    assert_eq!(ids(all), ["ls_a", "ls_b", "ls_c", "ls_now"]);
+    assert_eq!(
+        ids(s.expired_leases("vault", t(now), 2).await.expect("list")),
+        ["ls_a", "ls_b"]
+    );
+    assert!(
+        s.expired_leases("vault", t(now), 0)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        ids(s
+            .expired_leases("aws-sts", t(now), 100)
+            .await
+            .expect("list")),
+        ["ls_other_backend"]
+    );
+    assert!(
+        s.expired_leases("vault", t(2_999), 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        s.expired_leases("jwt", t(now), 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // Revoking takes a lease off the list.
+    assert!(s.mark_lease_revoked("ls_a", t(now)).await.expect("revoke"));
+    assert_eq!(
+        ids(s.expired_leases("vault", t(now), 2).await.expect("list")),
+        ["ls_b", "ls_c"]
+    );
+}
+
+/// Concurrent lease inserts: each succeeds or fails (a duplicate id) on its own, and every
+/// success can be read back.
+pub(super) async fn concurrent_lease_inserts_each_succeed_or_fail_alone(s: Arc<dyn Store>) {
+    s.insert_lease(&lease("ls_taken")).await.expect("insert");
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let s = s.clone();
+            // Every 100th is a duplicate of an existing lease.
+            let id = if i % 100 == 7 {
+                "ls_taken".to_owned()
+            } else {
+                format!("ls_{i}")
+            };
+            tokio::spawn(async move { (id.clone(), s.insert_lease(&lease(&id)).await) })
+        })
+        .collect();
+    let mut dups = 0;
+    for task in tasks {
+        let (id, r) = task.await.expect("join");
+        match r {
+            Ok(()) => assert_eq!(
+                s.get_lease(&id).await.expect("get").map(|l| l.lease_id),
+                Some(id)
+            ),
+            Err(StoreError::Duplicate(what)) => {
+                assert!(what.contains("ls_taken"), "{what}");
+                dups += 1;
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert_eq!(dups, 3);
+}
+
+pub(super) async fn signing_keys_listed_oldest_first_and_deleted(s: Arc<dyn Store>) {
+    assert!(s.signing_keys().await.expect("list").is_empty());
+    s.insert_signing_key(&key("k-new", 300)).await.expect("ins");
+    s.insert_signing_key(&key("k-old", 100)).await.expect("ins");
+    s.insert_signing_key(&key("k-mid", 200)).await.expect("ins");
+    let dup = s.insert_signing_key(&key("k-mid", 250)).await;
+    assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+
+    let keys = s.signing_keys().await.expect("list");
+    let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
+    assert_eq!(kids, ["k-old", "k-mid", "k-new"]);
+    assert_eq!(keys[0].pkcs8.expose(), "pkcs8-of-k-old");
+    assert_eq!(keys[0].alg, "ES256");
+    assert_eq!(keys[0].created_at, t(100));
+    assert_eq!(
+        keys[1].created_at,
+        t(200),
+        "the refused duplicate changed nothing"
+    );
+
+    s.delete_signing_key("k-mid").await.expect("delete");
+    s.delete_signing_key("k-absent")
+        .await
+        .expect("deleting an absent key is fine");
+    let kids: Vec<String> = s
+        .signing_keys()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["k-old", "k-new"]);
+}
+
+pub(super) async fn audit_head_is_absent_then_overwritten(s: Arc<dyn Store>) {
+    assert_eq!(s.audit_head().await.expect("head"), None);
+    let h1 = ChainHead {
+        seq: 1,
+        hash: "aa".to_owned(),
+    };
+    s.set_audit_head(&h1).await.expect("set");
+    assert_eq!(s.audit_head().await.expect("head"), Some(h1));
+    let h2 = ChainHead {
+        seq: 2,
+        hash: "bb".to_owned(),
+    };
+    s.set_audit_head(&h2).await.expect("set");
+    assert_eq!(s.audit_head().await.expect("head"), Some(h2));
+}
+
+/// `record_group`: every lease saved or refused on its own (in order), the head set either way.
+pub(super) async fn record_group_saves_each_lease_and_the_head(s: Arc<dyn Store>) {
+    s.insert_lease(&lease("ls_taken")).await.expect("insert");
+    let head = ChainHead {
+        seq: 9,
+        hash: "c0ffee".to_owned(),
+    };
+    let group = [lease("ls_1"), lease("ls_taken"), lease("ls_2")];
+    let results = s.record_group(&group, &head).await.expect("group");
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(StoreError::Duplicate(w)) if w.contains("ls_taken")),
+        "{results:?}"
+    );
+    for l in [&group[0], &group[2]] {
+        assert_eq!(
+            s.get_lease(&l.lease_id).await.expect("get").as_ref(),
+            Some(l)
+        );
+    }
+    assert_eq!(s.audit_head().await.expect("head"), Some(head));
+
+    let next = ChainHead {
+        seq: 10,
+        hash: "d00d".to_owned(),
+    };
+    assert!(s.record_group(&[], &next).await.expect("empty").is_empty());
+    assert_eq!(s.audit_head().await.expect("head"), Some(next));
+}
+
+pub(super) async fn local_secret_is_created_once_per_name(s: Arc<dyn Store>) {
+    let a = s.local_secret("fingerprint-key", 32).await.expect("a");
+    assert_eq!(a.len(), 64, "hex of 32 bytes");
+    assert!(
+        a.expose()
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "lowercase hex"
+    );
+    let again = s.local_secret("fingerprint-key", 32).await.expect("again");
+    assert_eq!(a.expose(), again.expose(), "stable after first use");
+    let b = s.local_secret("other", 32).await.expect("b");
+    assert_ne!(a.expose(), b.expose(), "one secret per name");
+    let short = s.local_secret("short", 1).await.expect("one byte");
+    assert_eq!(short.len(), 2);
+}
+
+/// A length out of `1..=MAX_LOCAL_SECRET_BYTES` is refused; asking for an existing secret with
+/// another length is an error, not a secret of the wrong length.
+pub(super) async fn local_secret_refuses_a_wrong_length(s: Arc<dyn Store>) {
+    assert!(s.local_secret("zero", 0).await.is_err());
+    assert!(
+        s.local_secret("huge", MAX_LOCAL_SECRET_BYTES + 1)
+            .await
+            .is_err()
+    );
+    let max = s
+        .local_secret("max", MAX_LOCAL_SECRET_BYTES)
+        .await
+        .expect("the maximum");
+    assert_eq!(max.len(), 2 * MAX_LOCAL_SECRET_BYTES);
+
+    s.local_secret("fingerprint-key", 32).await.expect("create");
+    let wrong_len = s.local_secret("fingerprint-key", 16).await;
+    assert!(
+        matches!(wrong_len, Err(StoreError::Corrupt(_))),
+        "{wrong_len:?}"
+    );
+}
+
+/// Callers racing to create one local secret all get the same value.
+pub(super) async fn concurrent_first_use_of_a_local_secret_agrees(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.local_secret("shared", 32).await })
+        })
+        .collect();
+    let mut values = BTreeSet::new();
+    for task in tasks {
+        values.insert(
+            task.await
+                .expect("join")
+                .expect("secret")
+                .expose()
+                .to_owned(),
+        );
+    }
+    assert_eq!(values.len(), 1);
+}
+
+/// One `#[tokio::test]` per case, each on a fresh store from `$fresh`.
+macro_rules! cases {
+    ($fresh:expr) => {
+        cases!(@each $fresh;
+            bootstrap_token_redeems_once_then_reports_used,
+            bootstrap_token_expires_at_its_expiry_second,
+            a_duplicate_bootstrap_token_id_or_hash_is_refused,
+            revoke_deletes_only_unredeemed_tokens,
+            a_raced_token_is_redeemed_exactly_once,
+            leases_round_trip,
+            a_lease_is_marked_revoked_once,
+            expired_leases_by_backend_oldest_first,
+            concurrent_lease_inserts_each_succeed_or_fail_alone,
+            signing_keys_listed_oldest_first_and_deleted,
+            audit_head_is_absent_then_overwritten,
+            record_group_saves_each_lease_and_the_head,
+            local_secret_is_created_once_per_name,
+            local_secret_refuses_a_wrong_length,
+            concurrent_first_use_of_a_local_secret_agrees,
+        );
+    };
+    (@each $fresh:expr; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let fixture = Fixture::from($fresh);
+            super::$case(fixture.store.clone()).await;
+        }
+    )*};
+}
+
+/// Runs the whole contract against the store `$fresh` makes, as the module `$store`.
+macro_rules! contract {
+    ($store:ident, $fresh:expr) => {
+        mod $store {
+            use super::*;
+            cases!($fresh);
+        }
+    };
+}
+
+// One line per implementation.
+contract!(memory, MemoryStore::new());
+contract!(
+    sqlite_in_memory,
+    SqliteStore::open_in_memory().expect("open")
+);
+contract!(sqlite_file, sqlite_file());
