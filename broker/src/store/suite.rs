@@ -4,7 +4,7 @@
 //! promise of the trait: bootstrap tokens (single-use redemption, also under a race; expiry at
 //! the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
 //! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys,
-//! the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The [`contract!`]
+//! the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
 //! a failure names both, e.g. `store::suite::sqlite_file::expired_leases_by_backend_oldest_first`.
 //!
