@@ -4,8 +4,7 @@
 //! Each line carries `seq`, `prev` (the previous record's hash) and `hash` — SHA-256 over
 //! the line's exact bytes without the `hash` field (so over `seq` and `prev` too) — so
 //! editing, dropping or reordering any record breaks the chain at a point [`fn@verify`]
-//! reports. Records hold a fingerprint of
-//! the credential, never the credential.
+//! reports. Records hold a fingerprint of the credential, never the credential.
 //!
 //! - [`mod@record`]: the record ([`AuditRecord`]) and one constructor per event
 //!   ([`AuditRecord::issue`], [`AuditRecord::policy_denial`], [`AuditRecord::lease_revoke`], …),
