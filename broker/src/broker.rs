@@ -1,5 +1,10 @@
 //! The request pipeline: authenticate → authorize → issue → audit. HTTP lives in
 //! [`crate::server`]; this module is the broker's behaviour, callable in-process.
+//!
+//! It orchestrates; the work of each step lives with its capability: bearer verification in
+//! [`crate::authn`] (session tokens in [`crate::authn::session`]), the decision in
+//! [`crate::policy`], the backends and the credential lifetime in [`crate::issue`]
+//! ([`crate::issue::lifetime`]), each event's audit record in [`crate::audit::record`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,43 +12,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use lanyard::clock::{Clock, rfc3339, unix_seconds};
-use lanyard::refresh::REFRESH_FRACTION;
+use lanyard::clock::{Clock, rfc3339};
 use lanyard::wire::{
     Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse, Session,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::audit::{AuditLog, AuditRecord, AuditSink, Decision, Event, Fingerprinter};
+use crate::audit::{AuditError, AuditLog, AuditRecord, AuditSink, Fingerprinter};
 use crate::authn::bootstrap::{self, RedeemError};
 use crate::authn::jwt::{self, JwtVerifier};
-use crate::authn::{AuthnError, BOOTSTRAP_ISSUER, BootstrapBinding, Identity};
+use crate::authn::{AuthnError, Identity, IssuerConfigError, session};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
-use crate::issue::jwt::{JwtBackend, KeyRing};
-use crate::issue::sts::StsBackend;
-use crate::issue::vault::VaultBackend;
-use crate::issue::{Backends, IssueRequest, LeaseRef};
+use crate::issue::jwt::{KeyError, KeyRing};
+use crate::issue::{
+    self, Backend, BackendError, Backends, IssueRequest, Issued, LeaseRef, lifetime,
+};
 use crate::metrics::Metrics;
-use crate::policy::{self, Explanation, PolicyErrors, PolicySet};
+use crate::policy::{self, Denial, Explanation, Grant, PolicyErrors, PolicySet};
+use crate::server::tls::TlsError;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{LeaseRecord, Store};
-
-/// Audience of the session tokens the broker hands out after a bootstrap token is redeemed.
-pub const SESSION_AUDIENCE: &str = "lanyard:session";
+use crate::store::{LeaseRecord, Store, StoreError};
 
 /// Why the broker could not start. Each names the file or field to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
     /// The store could not be opened.
-    #[error("cannot open store {path}: {message}")]
+    #[error("cannot open store {path}: {source}")]
     Store {
         /// Database path.
         path: String,
         /// Why.
-        message: String,
+        source: StoreError,
     },
     /// The policies do not load.
     #[error("policies in {dir} are invalid:\n{errors}")]
@@ -55,24 +57,24 @@ pub enum StartError {
     },
     /// An issuer's configuration is unusable.
     #[error("issuer configuration: {0}")]
-    Issuer(String),
+    Issuer(#[from] IssuerConfigError),
     /// The audit log cannot be opened or resumed.
-    #[error("audit log {sink}: {message}")]
+    #[error("audit log {sink}: {source}")]
     Audit {
         /// Sink.
         sink: String,
         /// Why.
-        message: String,
+        source: AuditError,
     },
     /// Signing keys cannot be loaded or created.
     #[error("signing keys: {0}")]
-    Keys(String),
+    Keys(#[from] KeyError),
+    /// A configured backend cannot be built (the message names its section).
+    #[error(transparent)]
+    Backend(#[from] issue::SetupError),
     /// TLS material is unusable.
-    #[error("{0}")]
-    Tls(String),
-    /// Anything else at start-up.
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Outcome of a policy reload.
@@ -136,13 +138,12 @@ impl Broker {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, StartError> {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.store.sqlite_path).map_err(|e| {
-                StartError::Store {
-                    path: config.store.sqlite_path.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?);
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.store.sqlite_path).map_err(|source| StartError::Store {
+                path: config.store.sqlite_path.display().to_string(),
+                source,
+            })?,
+        );
         Self::with_store(config, clock, metrics, store).await
     }
 
@@ -154,25 +155,9 @@ impl Broker {
         store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, StartError> {
         let keys = Arc::new(
-            KeyRing::load_or_create(store.clone(), clock.clone(), config.signing.clone())
-                .await
-                .map_err(|e| StartError::Keys(e.to_string()))?,
+            KeyRing::load_or_create(store.clone(), clock.clone(), config.signing.clone()).await?,
         );
-        let mut backends = Backends::default();
-        backends.insert(Arc::new(JwtBackend::new(
-            keys.clone(),
-            config.public_url.clone(),
-        )));
-        if let Some(vault) = &config.backends.vault {
-            let backend = VaultBackend::new(vault, clock.clone(), metrics.clone())
-                .map_err(StartError::Other)?;
-            backends.insert(Arc::new(backend));
-        }
-        if let Some(sts) = &config.backends.aws_sts {
-            backends.insert(Arc::new(
-                StsBackend::from_config(sts, clock.clone(), metrics.clone()).await,
-            ));
-        }
+        let backends = Backends::from_config(&config, keys.clone(), &clock, &metrics).await?;
         let set = policy::load_dir(&config.policies_dir, &|r| backends.validate_role(r)).map_err(
             |errors| StartError::Policy {
                 dir: config.policies_dir.display().to_string(),
@@ -185,22 +170,20 @@ impl Broker {
             &config.limits,
             clock.clone(),
             metrics.clone(),
-        )
-        .map_err(StartError::Issuer)?;
+        )?;
         let sink = AuditSink::from_config(&config.audit.sink);
         let audit = AuditLog::open(sink, store.clone())
             .await
-            .map_err(|e| StartError::Audit {
+            .map_err(|source| StartError::Audit {
                 sink: config.audit.sink.clone(),
-                message: e.to_string(),
+                source,
             })?;
-        let fingerprinter =
-            Fingerprinter::load(store.as_ref())
-                .await
-                .map_err(|e| StartError::Store {
-                    path: config.store.sqlite_path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+        let fingerprinter = Fingerprinter::load(store.as_ref())
+            .await
+            .map_err(|source| StartError::Store {
+                path: config.store.sqlite_path.display().to_string(),
+                source,
+            })?;
         info!(
             rules = set.rules.len(),
             roles = set.roles.len(),
@@ -282,23 +265,13 @@ impl Broker {
         rec: AuditRecord,
         lease: Option<LeaseRecord>,
     ) -> Result<(), ApiError> {
-        let event = serde_json::to_value(rec.event)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let event = rec.event.name();
         match lease {
             Some(l) => self.audit.append_with_lease(rec, l).await?,
             None => self.audit.append(rec).await?,
         };
-        self.metrics
-            .audit_records
-            .with_label_values(&[&event])
-            .inc();
+        self.metrics.audit_records.with_label_values(&[event]).inc();
         Ok(())
-    }
-
-    fn record(&self, event: Event, decision: Decision, reason: impl Into<String>) -> AuditRecord {
-        AuditRecord::new(rfc3339(self.now()), event, decision, reason)
     }
 
     /// Authenticates a bearer credential: a JWT from a trusted issuer, a broker session
@@ -309,165 +282,84 @@ impl Broker {
         bearer: Option<&str>,
         request_id: &str,
     ) -> Result<Authenticated, ApiError> {
-        let result = match bearer {
-            None => Err((AuthnError::Missing, None)),
+        let (error, token_id) = match bearer {
+            None => (AuthnError::Missing, None),
             Some(token) if token.len() > self.config.limits.max_token_bytes => {
-                Err((AuthnError::TooLarge, None))
+                (AuthnError::TooLarge, None)
             }
             Some(token) if bootstrap::looks_like_bootstrap_token(token) => {
-                match bootstrap::redeem(self.store.as_ref(), self.clock.as_ref(), token).await {
-                    Ok(identity) => {
-                        self.metrics
-                            .bootstrap_tokens
-                            .with_label_values(&["redeemed"])
-                            .inc();
-                        let binding = identity.bootstrap.clone();
-                        let mut rec = self.record(Event::TokenRedeem, Decision::Allow, "redeemed");
-                        rec.request_id = Some(request_id.to_owned());
-                        rec.identity = Some(identity.subject.clone());
-                        rec.issuer = Some(identity.issuer.clone());
-                        rec.token_id = binding.as_ref().map(|b| b.token_id.clone());
-                        rec.image = binding.as_ref().and_then(|b| b.image.clone());
-                        self.audit(rec).await?;
-                        return Ok(Authenticated {
-                            identity,
-                            new_session: true,
-                            session_started: Some(self.now()),
-                        });
-                    }
-                    Err(RedeemError::Store(e)) => return Err(ApiError::from(e)),
-                    Err(RedeemError::Rejected { error, token_id }) => {
-                        self.metrics
-                            .bootstrap_tokens
-                            .with_label_values(&["rejected"])
-                            .inc();
-                        Err((error, token_id))
-                    }
+                match self.redeem(token, request_id).await? {
+                    Ok(auth) => return Ok(auth),
+                    Err(refused) => refused,
                 }
             }
-            // The unverified `iss` tells a broker session token (checked by the key ring,
-            // which decodes it itself) from an issuer's JWT, whose decoded claims go
-            // straight to the verifier: the hot path decodes the token once.
-            Some(token) => match jwt::parse_jwt(token, self.config.limits.max_token_bytes) {
-                Err(e) => Err((e, None)),
-                Ok(parsed)
-                    if parsed.claims.get("iss").and_then(serde_json::Value::as_str)
-                        == Some(self.config.public_url.as_str()) =>
-                {
-                    self.verify_session(token).map_err(|e| (e, None))
-                }
-                Ok(parsed) => self
-                    .verifier
-                    .verify_parsed(parsed)
-                    .await
-                    .map(|identity| Authenticated {
-                        identity,
-                        new_session: false,
-                        session_started: None,
-                    })
-                    .map_err(|e| (e, None)),
+            Some(token) => match self.verify_jwt(token).await {
+                Ok(auth) => return Ok(auth),
+                Err(e) => (e, None),
             },
         };
-        match result {
-            Ok(a) => Ok(a),
-            Err((error, token_id)) => {
-                self.metrics
-                    .denials
-                    .with_label_values(&["-", error.reason()])
-                    .inc();
-                let mut rec = self.record(
-                    Event::Deny,
-                    Decision::Deny,
-                    format!("authentication failed: {}", error.reason()),
-                );
-                rec.request_id = Some(request_id.to_owned());
-                rec.token_id = token_id;
-                self.audit(rec).await?;
-                Err(ApiError::Unauthenticated(error))
-            }
-        }
+        self.metrics
+            .denials
+            .with_label_values(&["-", error.reason()])
+            .inc();
+        let rec = AuditRecord::auth_failure(self.now(), request_id, &error, token_id);
+        self.audit(rec).await?;
+        Err(ApiError::Unauthenticated(error))
     }
 
-    fn verify_session(&self, token: &str) -> Result<Authenticated, AuthnError> {
-        let claims =
-            self.keys
-                .verify(token, &self.config.public_url, SESSION_AUDIENCE, self.now())?;
-        let session = claims
-            .get("lanyard_session")
-            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session".into()))?;
-        let token_id = session
-            .get("token_id")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.token_id".into()))?
-            .to_owned();
-        let roles = session
-            .get("roles")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.as_str().map(str::to_owned))
-                    .collect::<Vec<_>>()
-            })
-            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.roles".into()))?;
-        let image = session
-            .get("image")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        let started = session
-            .get("started_at")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| AuthnError::InvalidClaims("lanyard_session.started_at".into()))?;
-        Ok(Authenticated {
-            identity: Identity {
-                issuer: BOOTSTRAP_ISSUER.to_owned(),
-                subject: format!("bootstrap:{token_id}"),
-                kubernetes: None,
-                bootstrap: Some(BootstrapBinding {
-                    token_id,
-                    roles,
-                    image,
-                }),
-            },
-            new_session: true,
-            session_started: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(started)),
-        })
-    }
-
-    fn mint_session(
+    /// Redeems a bootstrap token (audited). A refused token comes back as `Ok(Err(..))`, with
+    /// its id when it was found, for [`Self::authenticate`] to audit like any failure.
+    async fn redeem(
         &self,
-        identity: &Identity,
-        started: SystemTime,
-    ) -> Result<Option<Session>, ApiError> {
-        let Some(binding) = &identity.bootstrap else {
-            return Ok(None);
-        };
-        let now = self.now();
-        let hard_end =
-            started + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
-        let exp =
-            (now + Duration::from_secs(self.config.bootstrap.session_ttl_seconds)).min(hard_end);
-        if exp <= now {
-            return Ok(None);
-        }
-        let claims = serde_json::json!({
-            "iss": self.config.public_url,
-            "aud": SESSION_AUDIENCE,
-            "sub": identity.subject,
-            "iat": unix_seconds(now),
-            "nbf": unix_seconds(now),
-            "exp": unix_seconds(exp),
-            "lanyard_session": {
-                "token_id": binding.token_id,
-                "roles": binding.roles,
-                "image": binding.image,
-                "started_at": unix_seconds(started),
+        token: &str,
+        request_id: &str,
+    ) -> Result<Result<Authenticated, (AuthnError, Option<String>)>, ApiError> {
+        match bootstrap::redeem(self.store.as_ref(), self.clock.as_ref(), token).await {
+            Ok(identity) => {
+                self.metrics
+                    .bootstrap_tokens
+                    .with_label_values(&["redeemed"])
+                    .inc();
+                self.audit(AuditRecord::token_redeem(self.now(), request_id, &identity))
+                    .await?;
+                Ok(Ok(Authenticated {
+                    identity,
+                    new_session: true,
+                    session_started: Some(self.now()),
+                }))
             }
-        });
-        let token = self.keys.sign(&claims)?;
-        Ok(Some(Session {
-            token: lanyard::Secret::new(token),
-            expires_at: rfc3339(exp),
-        }))
+            Err(RedeemError::Store(e)) => Err(ApiError::from(e)),
+            Err(RedeemError::Rejected { error, token_id }) => {
+                self.metrics
+                    .bootstrap_tokens
+                    .with_label_values(&["rejected"])
+                    .inc();
+                Ok(Err((error, token_id)))
+            }
+        }
+    }
+
+    /// Verifies a JWT: a broker session token or an issuer's token.
+    async fn verify_jwt(&self, token: &str) -> Result<Authenticated, AuthnError> {
+        // The unverified `iss` tells a broker session token (checked by the key ring, which
+        // decodes it itself) from an issuer's JWT, whose decoded claims go straight to the
+        // verifier: the hot path decodes the token once.
+        let parsed = jwt::parse_jwt(token, self.config.limits.max_token_bytes)?;
+        let issuer = parsed.claims.get("iss").and_then(serde_json::Value::as_str);
+        if issuer == Some(self.config.public_url.as_str()) {
+            let session = session::verify(&self.keys, &self.config.public_url, token, self.now())?;
+            return Ok(Authenticated {
+                identity: session.identity,
+                new_session: true,
+                session_started: Some(session.started),
+            });
+        }
+        let identity = self.verifier.verify_parsed(parsed).await?;
+        Ok(Authenticated {
+            identity,
+            new_session: false,
+            session_started: None,
+        })
     }
 
     /// Issues credentials to an authenticated identity: policy decides the roles, each
@@ -478,187 +370,21 @@ impl Broker {
         req: &CredentialRequest,
         request_id: &str,
     ) -> Result<CredentialResponse, ApiError> {
+        check_request(req)?;
         let identity = &auth.identity;
-        if req.ttl_seconds == Some(0) {
-            return Err(ApiError::BadRequest(
-                "ttl_seconds must be at least 1".into(),
-            ));
-        }
-        if let Some(roles) = &req.roles {
-            if roles.is_empty() {
-                return Err(ApiError::BadRequest(
-                    "roles, when given, must name at least one role".into(),
-                ));
-            }
-            if roles.len() > 64 {
-                return Err(ApiError::BadRequest("at most 64 roles per request".into()));
-            }
-        }
         let set = self.policy.load_full();
         let decision = policy::evaluate(&set, identity, req.roles.as_deref());
         if !decision.denied.is_empty() || decision.granted.is_empty() {
-            let mut reasons = Vec::new();
-            for d in &decision.denied {
-                let role_label = if set.roles.contains_key(&d.role) {
-                    d.role.as_str()
-                } else {
-                    "-"
-                };
-                self.metrics
-                    .denials
-                    .with_label_values(&[role_label, d.reason])
-                    .inc();
-                let mut rec = self.record(
-                    Event::Deny,
-                    Decision::Deny,
-                    format!("{}: {}", d.reason, d.detail),
-                );
-                rec.request_id = Some(request_id.to_owned());
-                rec.identity = Some(identity.subject.clone());
-                rec.issuer = Some(identity.issuer.clone());
-                rec.role = Some(d.role.clone());
-                self.audit(rec).await?;
-                reasons.push(format!("role `{}`: {}", d.role, d.reason));
-            }
-            if decision.denied.is_empty() {
-                self.metrics
-                    .denials
-                    .with_label_values(&["-", "no_roles_granted"])
-                    .inc();
-                let mut rec = self.record(Event::Deny, Decision::Deny, "no_roles_granted");
-                rec.request_id = Some(request_id.to_owned());
-                rec.identity = Some(identity.subject.clone());
-                rec.issuer = Some(identity.issuer.clone());
-                self.audit(rec).await?;
-                reasons.push("no policy grants any role to this identity".into());
-            }
-            return Err(ApiError::Forbidden(format!(
-                "denied: {} (ask an operator to run `lanyard-broker policy explain`)",
-                reasons.join("; ")
-            )));
+            return Err(self
+                .refuse(&set, identity, &decision.denied, request_id)
+                .await);
         }
-
         let mut credentials = Vec::with_capacity(decision.granted.len());
         for grant in &decision.granted {
-            let Some(role) = set.roles.get(&grant.role) else {
-                return Err(ApiError::Internal(format!(
-                    "policy granted undefined role {}",
-                    grant.role
-                )));
-            };
-            let wanted = req.ttl_seconds.unwrap_or(role.default_ttl_seconds);
-            let ttl_clamped = wanted > role.max_ttl_seconds;
-            let ttl_seconds = wanted.min(role.max_ttl_seconds).max(1);
-            let Some(backend) = self.backends.get(&role.backend) else {
-                return Err(ApiError::Internal(format!(
-                    "role {} names backend {} which is not configured",
-                    role.name, role.backend
-                )));
-            };
-            let lease_id = lease_id(self.now());
-            // Whole seconds: JWT times are seconds, and TTLs should come out exact.
-            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(self.now()));
-            let started = Instant::now();
-            let issued = backend
-                .issue(&IssueRequest {
-                    identity,
-                    role,
-                    ttl: Duration::from_secs(ttl_seconds),
-                    now,
-                    request_id,
-                    lease_id: &lease_id,
-                })
-                .await;
-            let outcome = if issued.is_ok() { "ok" } else { "error" };
-            self.metrics
-                .backend_duration
-                .with_label_values(&[backend.kind(), outcome])
-                .observe(started.elapsed().as_secs_f64());
-            let issued = match issued {
-                Ok(i) => i,
-                Err(e) => {
-                    let err = ApiError::from(e);
-                    self.metrics
-                        .denials
-                        .with_label_values(&[&role.name, "backend_error"])
-                        .inc();
-                    let mut rec =
-                        self.record(Event::Deny, Decision::Deny, format!("backend_error: {err}"));
-                    rec.request_id = Some(request_id.to_owned());
-                    rec.identity = Some(identity.subject.clone());
-                    rec.issuer = Some(identity.issuer.clone());
-                    rec.role = Some(role.name.clone());
-                    rec.backend = Some(role.backend.clone());
-                    self.audit(rec).await?;
-                    return Err(err);
-                }
-            };
-            // Never hand out more than the role's cap, whatever the backend says. A backend may
-            // return less than asked (an upstream lease, a cached credential's remaining
-            // life) or, where the upstream has a floor (STS: 900 s), more than asked but
-            // within the cap; the reported expiry is always the credential's real one.
-            let cap = now + Duration::from_secs(role.max_ttl_seconds);
-            let expires_at = issued.expires_at.min(cap);
-            let lifetime = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
-            let refresh_after = now + lifetime.mul_f64(REFRESH_FRACTION);
-            let fingerprint = self.fingerprinter.fingerprint(&issued.data);
-            let lease = LeaseRecord {
-                lease_id: lease_id.clone(),
-                role: role.name.clone(),
-                backend: role.backend.clone(),
-                subject: identity.subject.clone(),
-                issuer: identity.issuer.clone(),
-                issued_at: now,
-                expires_at,
-                upstream_lease: issued.upstream_lease.clone(),
-                fingerprint: fingerprint.clone(),
-                revoked_at: None,
-            };
-            let mut rec = self.record(
-                Event::Issue,
-                Decision::Allow,
-                format!(
-                    "granted by rule {} ({}){}",
-                    grant.rule,
-                    grant.location,
-                    if ttl_clamped {
-                        "; ttl clamped to role cap"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-            rec.request_id = Some(request_id.to_owned());
-            rec.identity = Some(identity.subject.clone());
-            rec.issuer = Some(identity.issuer.clone());
-            rec.role = Some(role.name.clone());
-            rec.backend = Some(role.backend.clone());
-            rec.ttl_seconds = Some(lifetime.as_secs());
-            rec.ttl_clamped = ttl_clamped;
-            rec.expires_at = Some(rfc3339(expires_at));
-            rec.lease_id = Some(lease_id.clone());
-            rec.fingerprint = Some(fingerprint);
-            rec.upstream_lease = issued.upstream_lease.clone();
-            rec.image = identity.bootstrap.as_ref().and_then(|b| b.image.clone());
-            // The lease row is saved with the audit group that holds this record.
-            self.audit_with_lease(rec, lease).await?;
-            self.metrics
-                .issuances
-                .with_label_values(&[&role.name, &role.backend])
-                .inc();
-            // Debug, not info: the audit log already holds every issuance, and a log line
-            // per issuance cost about 13% of the broker's throughput (docs/benchmarks.md).
-            debug!(role = %role.name, backend = %role.backend, lease_id = %lease_id, ttl_seconds = lifetime.as_secs(), ttl_clamped, "credential issued");
-            credentials.push(Credential {
-                role: role.name.clone(),
-                kind: role.backend.clone(),
-                data: issued.data,
-                expires_at: rfc3339(expires_at),
-                refresh_after: rfc3339(refresh_after),
-                ttl_seconds: lifetime.as_secs(),
-                lease_id,
-                ttl_clamped,
-            });
+            let credential = self
+                .issue_one(&set, identity, grant, req.ttl_seconds, request_id)
+                .await?;
+            credentials.push(credential);
         }
         let session = match (auth.new_session, auth.session_started) {
             (true, Some(started)) => self.mint_session(identity, started)?,
@@ -670,6 +396,179 @@ impl Broker {
             credentials,
             session,
         })
+    }
+
+    /// Audits a refusal — each denied role, or that no role was granted — and returns the
+    /// 403 that names them (or the audit failure).
+    async fn refuse(
+        &self,
+        set: &PolicySet,
+        identity: &Identity,
+        denied: &[Denial],
+        request_id: &str,
+    ) -> ApiError {
+        let mut reasons = Vec::new();
+        for d in denied {
+            let role_label = if set.roles.contains_key(&d.role) {
+                d.role.as_str()
+            } else {
+                "-"
+            };
+            self.metrics
+                .denials
+                .with_label_values(&[role_label, d.reason])
+                .inc();
+            let rec = AuditRecord::policy_denial(self.now(), request_id, identity, d);
+            if let Err(e) = self.audit(rec).await {
+                return e;
+            }
+            reasons.push(format!("role `{}`: {}", d.role, d.reason));
+        }
+        if denied.is_empty() {
+            self.metrics
+                .denials
+                .with_label_values(&["-", "no_roles_granted"])
+                .inc();
+            let rec = AuditRecord::no_roles_granted(self.now(), request_id, identity);
+            if let Err(e) = self.audit(rec).await {
+                return e;
+            }
+            reasons.push("no policy grants any role to this identity".into());
+        }
+        ApiError::Forbidden(format!(
+            "denied: {} (ask an operator to run `lanyard-broker policy explain`)",
+            reasons.join("; ")
+        ))
+    }
+
+    /// Issues one granted role: its backend issues for the planned lifetime, the lease is
+    /// stored with its audit record.
+    async fn issue_one(
+        &self,
+        set: &PolicySet,
+        identity: &Identity,
+        grant: &Grant,
+        requested_ttl_seconds: Option<u64>,
+        request_id: &str,
+    ) -> Result<Credential, ApiError> {
+        let Some(role) = set.roles.get(&grant.role) else {
+            return Err(ApiError::Internal(format!(
+                "policy granted undefined role {}",
+                grant.role
+            )));
+        };
+        let plan = lifetime::plan(
+            requested_ttl_seconds,
+            role.default_ttl_seconds,
+            role.max_ttl_seconds,
+        );
+        let Some(backend) = self.backends.get(&role.backend) else {
+            return Err(ApiError::Internal(format!(
+                "role {} names backend {} which is not configured",
+                role.name, role.backend
+            )));
+        };
+        let lease_id = lease_id(self.now());
+        let now = lifetime::whole_seconds(self.now());
+        let issued = self
+            .call_backend(
+                backend.as_ref(),
+                &IssueRequest {
+                    identity,
+                    role,
+                    ttl: plan.ttl,
+                    now,
+                    request_id,
+                    lease_id: &lease_id,
+                },
+            )
+            .await;
+        let issued = match issued {
+            Ok(i) => i,
+            Err(e) => {
+                let err = ApiError::from(e);
+                self.metrics
+                    .denials
+                    .with_label_values(&[&role.name, "backend_error"])
+                    .inc();
+                let rec = AuditRecord::backend_error(
+                    self.now(),
+                    request_id,
+                    identity,
+                    &role.name,
+                    &role.backend,
+                    &err,
+                );
+                self.audit(rec).await?;
+                return Err(err);
+            }
+        };
+        let granted = plan.grant(now, issued.expires_at);
+        let lease = LeaseRecord {
+            lease_id,
+            role: role.name.clone(),
+            backend: role.backend.clone(),
+            subject: identity.subject.clone(),
+            issuer: identity.issuer.clone(),
+            issued_at: now,
+            expires_at: granted.expires_at,
+            upstream_lease: issued.upstream_lease,
+            fingerprint: self.fingerprinter.fingerprint(&issued.data),
+            revoked_at: None,
+        };
+        let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted);
+        let lease_id = lease.lease_id.clone();
+        // The lease row is saved with the audit group that holds this record.
+        self.audit_with_lease(rec, lease).await?;
+        self.metrics
+            .issuances
+            .with_label_values(&[&role.name, &role.backend])
+            .inc();
+        // Debug, not info: the audit log already holds every issuance, and a log line
+        // per issuance cost about 13% of the broker's throughput (docs/benchmarks.md).
+        debug!(role = %role.name, backend = %role.backend, lease_id = %lease_id, ttl_seconds = granted.ttl_seconds(), ttl_clamped = granted.clamped, "credential issued");
+        Ok(Credential {
+            role: role.name.clone(),
+            kind: role.backend.clone(),
+            data: issued.data,
+            expires_at: rfc3339(granted.expires_at),
+            refresh_after: rfc3339(granted.refresh_after),
+            ttl_seconds: granted.ttl_seconds(),
+            lease_id,
+            ttl_clamped: granted.clamped,
+        })
+    }
+
+    /// One backend call, timed into the backend-duration metric.
+    async fn call_backend(
+        &self,
+        backend: &dyn Backend,
+        req: &IssueRequest<'_>,
+    ) -> Result<Issued, BackendError> {
+        let started = Instant::now();
+        let issued = backend.issue(req).await;
+        let outcome = if issued.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .backend_duration
+            .with_label_values(&[backend.kind(), outcome])
+            .observe(started.elapsed().as_secs_f64());
+        issued
+    }
+
+    /// A new session token for a bootstrap identity, if its session has not ended.
+    fn mint_session(
+        &self,
+        identity: &Identity,
+        started: SystemTime,
+    ) -> Result<Option<Session>, ApiError> {
+        Ok(session::mint(
+            &self.keys,
+            &self.config.public_url,
+            &self.config.bootstrap,
+            identity,
+            started,
+            self.now(),
+        )?)
     }
 
     /// Mints a bootstrap token (admin).
@@ -713,13 +612,7 @@ impl Broker {
             .bootstrap_tokens
             .with_label_values(&["minted"])
             .inc();
-        let mut rec = self.record(Event::TokenMint, Decision::Allow, "minted by admin");
-        rec.request_id = Some(request_id.to_owned());
-        rec.token_id = Some(minted.token_id.clone());
-        rec.role = Some(req.roles.join(","));
-        rec.image = req.image.clone();
-        rec.ttl_seconds = Some(ttl_seconds);
-        rec.expires_at = Some(rfc3339(minted.expires_at));
+        let rec = AuditRecord::token_mint(self.now(), request_id, req, ttl_seconds, &minted);
         self.audit(rec).await?;
         Ok(MintTokenResponse {
             token_id: minted.token_id,
@@ -739,10 +632,8 @@ impl Broker {
             .bootstrap_tokens
             .with_label_values(&["revoked"])
             .inc();
-        let mut rec = self.record(Event::TokenRevoke, Decision::Allow, "revoked by admin");
-        rec.request_id = Some(request_id.to_owned());
-        rec.token_id = Some(token_id.to_owned());
-        self.audit(rec).await
+        self.audit(AuditRecord::token_revoke(self.now(), request_id, token_id))
+            .await
     }
 
     /// Revokes a lease: by an admin, or by the workload it was issued to.
@@ -772,23 +663,7 @@ impl Broker {
             })
             .await?;
         let newly = self.store.mark_lease_revoked(lease_id, self.now()).await?;
-        let mut rec = self.record(
-            Event::LeaseRevoke,
-            Decision::Allow,
-            if upstream_revoked {
-                "revoked upstream"
-            } else {
-                "recorded; the credential stays valid until it expires (backend cannot revoke)"
-            },
-        );
-        rec.request_id = Some(request_id.to_owned());
-        rec.identity = Some(lease.subject.clone());
-        rec.issuer = Some(lease.issuer.clone());
-        rec.role = Some(lease.role.clone());
-        rec.backend = Some(lease.backend.clone());
-        rec.lease_id = Some(lease_id.to_owned());
-        rec.fingerprint = Some(lease.fingerprint.clone());
-        rec.upstream_lease = lease.upstream_lease.clone();
+        let rec = AuditRecord::lease_revoke(self.now(), request_id, &lease, upstream_revoked);
         self.audit(rec).await?;
         Ok(RevokeResult {
             lease_id: lease_id.to_owned(),
@@ -807,28 +682,20 @@ impl Broker {
         }
     }
 
-    /// Revoke-on-expiry: revokes upstream the expired, unrevoked leases of backends that can
-    /// revoke (Vault), marks them revoked and audits each. Returns how many were revoked;
-    /// failures are logged and retried at the next sweep.
+    /// Revoke-on-expiry: revokes upstream the expired, unrevoked leases of the backends that
+    /// declare it ([`Backend::revokes_on_expiry`]: Vault unless its `revoke_on_expiry` is
+    /// off), marks them revoked and audits each. Returns how many were revoked; failures are
+    /// logged and retried at the next sweep.
     pub async fn sweep_expired_leases(&self) -> Result<usize, ApiError> {
         const BATCH: usize = 100;
         let mut revoked = 0;
-        for kind in [crate::issue::vault::KIND] {
-            let Some(backend) = self.backends.get(kind) else {
-                continue;
-            };
-            if kind == crate::issue::vault::KIND
-                && !self
-                    .config
-                    .backends
-                    .vault
-                    .as_ref()
-                    .is_some_and(|v| v.revoke_on_expiry)
-            {
-                continue;
-            }
+        for backend in self.backends.revoking_on_expiry() {
             let now = self.now();
-            for lease in self.store.expired_leases(kind, now, BATCH).await? {
+            for lease in self
+                .store
+                .expired_leases(backend.kind(), now, BATCH)
+                .await?
+            {
                 let outcome = backend
                     .revoke(&LeaseRef {
                         lease_id: &lease.lease_id,
@@ -847,24 +714,8 @@ impl Broker {
                     continue;
                 }
                 revoked += 1;
-                let mut rec = self.record(
-                    Event::LeaseRevoke,
-                    Decision::Allow,
-                    if upstream {
-                        "expired; revoked upstream"
-                    } else {
-                        "expired; nothing to revoke upstream"
-                    },
-                );
-                rec.identity = Some(lease.subject.clone());
-                rec.issuer = Some(lease.issuer.clone());
-                rec.role = Some(lease.role.clone());
-                rec.backend = Some(lease.backend.clone());
-                rec.lease_id = Some(lease.lease_id.clone());
-                rec.fingerprint = Some(lease.fingerprint.clone());
-                rec.upstream_lease = lease.upstream_lease.clone();
-                rec.expires_at = Some(rfc3339(lease.expires_at));
-                self.audit(rec).await?;
+                self.audit(AuditRecord::lease_expired(self.now(), &lease, upstream))
+                    .await?;
             }
         }
         Ok(revoked)
@@ -894,11 +745,7 @@ impl Broker {
                 self.metrics.policy_rules.set(set.rules.len() as i64);
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 info!(digest = %set.digest, rules = set.rules.len(), "policies reloaded");
-                let rec = self.record(
-                    Event::PolicyReload,
-                    Decision::Allow,
-                    format!("loaded {} rules, digest {}", set.rules.len(), set.digest),
-                );
+                let rec = AuditRecord::policy_reload(self.now(), set.rules.len(), &set.digest);
                 self.policy.store(Arc::new(set));
                 self.policy_ok.store(true, Ordering::Relaxed);
                 if let Err(e) = self.audit(rec).await {
@@ -913,15 +760,7 @@ impl Broker {
                     .inc();
                 self.policy_ok.store(false, Ordering::Relaxed);
                 warn!(errors = %errors, "policy reload rejected; keeping the last good set");
-                let rec = self.record(
-                    Event::PolicyReload,
-                    Decision::Deny,
-                    format!(
-                        "rejected ({} problems, first: {}); last good set kept",
-                        errors.0.len(),
-                        errors.0.first().map(|e| e.to_string()).unwrap_or_default()
-                    ),
-                );
+                let rec = AuditRecord::policy_reload_rejected(self.now(), &errors);
                 if let Err(e) = self.audit(rec).await {
                     warn!(error = %e, "could not audit policy reload");
                 }
@@ -954,6 +793,26 @@ impl Broker {
         }
         checks
     }
+}
+
+/// Checks a credential request's shape before policy sees it.
+fn check_request(req: &CredentialRequest) -> Result<(), ApiError> {
+    if req.ttl_seconds == Some(0) {
+        return Err(ApiError::BadRequest(
+            "ttl_seconds must be at least 1".into(),
+        ));
+    }
+    if let Some(roles) = &req.roles {
+        if roles.is_empty() {
+            return Err(ApiError::BadRequest(
+                "roles, when given, must name at least one role".into(),
+            ));
+        }
+        if roles.len() > 64 {
+            return Err(ApiError::BadRequest("at most 64 roles per request".into()));
+        }
+    }
+    Ok(())
 }
 
 /// An authenticated request.

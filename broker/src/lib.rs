@@ -5,18 +5,25 @@
 //!
 //! # Layout
 //! - [`config`]: the configuration file and `LANYARD_*` overrides, parsed into types.
-//! - [`authn`]: who is asking — JWTs from trusted issuers ([`authn::jwt`], [`authn::jwks`])
-//!   and single-use bootstrap tokens ([`authn::bootstrap`]).
+//! - [`authn`]: who is asking — JWTs from trusted issuers ([`authn::jwt`], [`authn::jwks`]),
+//!   single-use bootstrap tokens ([`authn::bootstrap`]) and the session tokens handed out
+//!   after one is redeemed ([`authn::session`]).
 //! - [`policy`]: which roles an identity gets — loading with `file:line` errors
 //!   ([`policy::load`]) and the pure decision and explanation ([`policy::eval`]).
-//! - [`issue`]: the [`Backend`](issue::Backend) trait and the `jwt` backend.
-//! - [`audit`]: hash-chained audit records, `verify` and `query`.
+//! - [`issue`]: the [`Backend`](issue::Backend) trait and its backends (`jwt`, `aws-sts`,
+//!   `vault`) built from the configuration, the upstream cache, and credential lifetimes
+//!   ([`issue::lifetime`]: TTL clamp, role cap, `refresh_after`).
+//! - [`audit`]: hash-chained audit records (one constructor per event, [`audit::record`]),
+//!   `verify` and `query`.
 //! - [`store`]: the [`Store`](store::Store) trait, its SQLite and in-memory implementations.
 //! - [`secret_file`]: the one bounded, non-blocking reader of small secret files (admin token,
 //!   Vault credentials, registry credentials).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: the one mapping from errors to HTTP statuses and stable codes.
-//! - [`broker`]: the request pipeline (authenticate → authorize → issue → audit).
+//! - [`broker`]: the request pipeline (authenticate → authorize → issue → audit), orchestration
+//!   only: each step's work lives in the modules above.
+//! - `gate/` (coming next): the image gate — verdict store, admission records, webhook
+//!   decisions.
 //! - [`server`]: HTTPS (reloading certificates), routes, admin API, `run(listener, ..)`.
 //! - [`scan`]: the image scanner — secrets in image configs, history and layers (also the
 //!   `lanyard-broker scan` command).

@@ -21,6 +21,7 @@ use lanyard::clock::Clock;
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::IssuerConfigError;
 use crate::config::{Algorithm, IssuerConfig, JwksSource, LimitsConfig};
 use crate::metrics::Metrics;
 
@@ -455,9 +456,11 @@ impl IssuerKeys {
         limits: &LimitsConfig,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
-    ) -> Result<Self, String> {
-        let name = &cfg.issuer;
-        let ctx = |e: String| format!("issuer `{name}`: {e}");
+    ) -> Result<Self, IssuerConfigError> {
+        let ctx = |reason: String| IssuerConfigError::KeySource {
+            issuer: cfg.issuer.clone(),
+            reason,
+        };
         // An issuer that looks like a URL must not be plain http to a remote host, whatever
         // the key source: it names (and for discovery, locates) the trust anchor.
         if cfg.issuer.starts_with("http://") || matches!(cfg.jwks, JwksSource::Discovery) {
@@ -812,7 +815,10 @@ mod tests {
         }
     }
 
-    fn issuer_keys(cfg: &IssuerConfig, max_jwks_bytes: usize) -> Result<IssuerKeys, String> {
+    fn issuer_keys(
+        cfg: &IssuerConfig,
+        max_jwks_bytes: usize,
+    ) -> Result<IssuerKeys, IssuerConfigError> {
         let limits = LimitsConfig {
             max_jwks_bytes,
             ..LimitsConfig::default()
@@ -974,7 +980,8 @@ mod tests {
             &cfg("https://issuer.example.com", JwksSource::File(path)),
             256,
         )
-        .expect_err("too large");
+        .expect_err("too large")
+        .to_string();
         assert!(err.contains("larger than 256 bytes"), "{err}");
     }
 
@@ -982,7 +989,7 @@ mod tests {
     fn unreadable_ca_file_is_refused_at_new() {
         let mut c = cfg("https://issuer.example.com", JwksSource::Discovery);
         c.ca_file = Some("no/such/ca.pem".into());
-        let err = issuer_keys(&c, 1024).expect_err("missing CA");
+        let err = issuer_keys(&c, 1024).expect_err("missing CA").to_string();
         assert!(
             err.contains("https://issuer.example.com") && err.contains("no/such/ca.pem"),
             "{err}"

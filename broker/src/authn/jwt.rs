@@ -21,7 +21,7 @@ use lanyard::clock::{Clock, unix_seconds};
 use serde_json::Value;
 
 use super::jwks::{IssuerKeys, VerificationKey, alg_name};
-use super::{AuthnError, Identity, KubernetesIdentity};
+use super::{AuthnError, Identity, IssuerConfigError, KubernetesIdentity};
 use crate::config::{Algorithm, IssuerConfig, LimitsConfig, MAX_LEEWAY_SECONDS};
 use crate::metrics::Metrics;
 
@@ -213,31 +213,25 @@ impl JwtVerifier {
         limits: &LimitsConfig,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IssuerConfigError> {
         let mut states = Vec::with_capacity(issuers.len());
         let mut by_name = HashMap::new();
         for cfg in issuers {
-            let name = &cfg.issuer;
+            let issuer = || cfg.issuer.clone();
             if cfg.leeway_seconds > MAX_LEEWAY_SECONDS {
-                return Err(format!(
-                    "issuer `{name}`: leeway_seconds {} is above the maximum {MAX_LEEWAY_SECONDS}; lower it",
-                    cfg.leeway_seconds
-                ));
+                return Err(IssuerConfigError::Leeway {
+                    issuer: issuer(),
+                    leeway_seconds: cfg.leeway_seconds,
+                });
             }
             if cfg.audiences.is_empty() {
-                return Err(format!(
-                    "issuer `{name}`: list at least one accepted audience in `audiences`"
-                ));
+                return Err(IssuerConfigError::NoAudiences { issuer: issuer() });
             }
             if cfg.algorithms.is_empty() {
-                return Err(format!(
-                    "issuer `{name}`: `algorithms` must list at least one algorithm"
-                ));
+                return Err(IssuerConfigError::NoAlgorithms { issuer: issuer() });
             }
-            if by_name.insert(name.clone(), states.len()).is_some() {
-                return Err(format!(
-                    "issuer `{name}` is configured twice; merge the entries"
-                ));
+            if by_name.insert(issuer(), states.len()).is_some() {
+                return Err(IssuerConfigError::Duplicate { issuer: issuer() });
             }
             let keys = IssuerKeys::new(cfg, limits, clock.clone(), metrics.clone())?;
             states.push(IssuerState {
@@ -872,6 +866,12 @@ mod tests {
         )
         .expect_err("leeway too large");
         assert!(
+            matches!(&err, IssuerConfigError::Leeway { issuer, leeway_seconds }
+                if issuer == "https://issuer.example.com" && *leeway_seconds == MAX_LEEWAY_SECONDS + 1),
+            "{err:?}"
+        );
+        let err = err.to_string();
+        assert!(
             err.contains("https://issuer.example.com") && err.contains("leeway"),
             "{err}"
         );
@@ -1134,6 +1134,11 @@ mod tests {
                 Metrics::new(),
             )
             .expect_err("plain http to a remote host");
+            assert!(
+                matches!(&err, IssuerConfigError::KeySource { issuer: i, .. } if i == issuer),
+                "{err:?}"
+            );
+            let err = err.to_string();
             assert!(err.contains(issuer) && err.contains("use https"), "{err}");
         }
         // Loopback over plain http is fine (tests, sidecar-local issuers).
@@ -1191,6 +1196,11 @@ mod tests {
         )
         .expect_err("missing file");
         assert!(
+            matches!(err, IssuerConfigError::KeySource { .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
+        assert!(
             err.contains("https://issuer.example.com") && err.contains("does/not/exist.json"),
             "{err}"
         );
@@ -1223,7 +1233,13 @@ mod tests {
             Metrics::new(),
         )
         .expect_err("duplicate");
-        assert!(err.contains("twice"), "{err}");
+        assert_eq!(
+            err,
+            IssuerConfigError::Duplicate {
+                issuer: "https://issuer.example.com".into()
+            }
+        );
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[tokio::test]

@@ -4,12 +4,17 @@
 //!   issuers), verified against each issuer's JWKS.
 //! - [`jwks`]: fetching, caching and refreshing JWKS (OIDC discovery or a file).
 //! - [`bootstrap`]: single-use bootstrap tokens (random 256-bit, stored hashed).
+//! - [`session`]: the session tokens handed out after a bootstrap token is redeemed — typed
+//!   claims, minting and verification.
 
 pub mod bootstrap;
 pub mod jwks;
 pub mod jwt;
+pub mod session;
 
 use serde::Serialize;
+
+use crate::config::MAX_LEEWAY_SECONDS;
 
 /// Issuer name recorded for identities proven with a bootstrap token.
 pub const BOOTSTRAP_ISSUER: &str = "lanyard:bootstrap";
@@ -137,4 +142,48 @@ impl AuthnError {
             Self::TokenExpired => "token_expired",
         }
     }
+}
+
+/// Why an issuer's configuration is unusable (found when the verifier is built). Each names
+/// the issuer and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerConfigError {
+    /// `leeway_seconds` is above [`MAX_LEEWAY_SECONDS`].
+    #[error(
+        "issuer `{issuer}`: leeway_seconds {leeway_seconds} is above the maximum {MAX_LEEWAY_SECONDS}; lower it"
+    )]
+    Leeway {
+        /// The issuer.
+        issuer: String,
+        /// The configured leeway.
+        leeway_seconds: u64,
+    },
+    /// `audiences` is empty.
+    #[error("issuer `{issuer}`: list at least one accepted audience in `audiences`")]
+    NoAudiences {
+        /// The issuer.
+        issuer: String,
+    },
+    /// `algorithms` is empty.
+    #[error("issuer `{issuer}`: `algorithms` must list at least one algorithm")]
+    NoAlgorithms {
+        /// The issuer.
+        issuer: String,
+    },
+    /// The same issuer appears twice.
+    #[error("issuer `{issuer}` is configured twice; merge the entries")]
+    Duplicate {
+        /// The issuer.
+        issuer: String,
+    },
+    /// Its keys cannot be fetched or read as configured: an invalid or plain-http URL to a
+    /// non-loopback host, a CA file or JWKS file that cannot be read or parsed.
+    #[error("issuer `{issuer}`: {reason}")]
+    KeySource {
+        /// The issuer.
+        issuer: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
 }

@@ -26,6 +26,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 use lanyard::Secret;
 use lanyard::clock::{Clock, unix_seconds};
+use serde::Serialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -40,6 +41,19 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Settings a `jwt` role may carry.
 pub const ROLE_SETTINGS: &[&str] = &["audience"];
+
+/// Why the key ring cannot load or create its keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The configured algorithm cannot sign broker tokens.
+    #[error("signing.algorithm {0:?} cannot sign broker tokens; use ES256 or EdDSA")]
+    Algorithm(Algorithm),
+    /// The store cannot be read or written, or holds a key that does not decode (the message
+    /// names its `kid`, never its content).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// A signing algorithm the key ring can generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +123,7 @@ fn b64url(data: &[u8]) -> String {
 impl SigningKey {
     /// A compact JWS (`header.claims.signature`) over `claims` with this key: ES256 as the
     /// fixed-size `r || s` JWS wants, or Ed25519.
-    fn sign(&self, claims: &Value) -> Result<String, BackendError> {
+    fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, BackendError> {
         let fail = |e: &dyn fmt::Display| {
             BackendError::Internal(format!("signing with key {}: {e}", self.kid))
         };
@@ -260,15 +274,11 @@ impl KeyRing {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: SigningConfig,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, KeyError> {
         let alg = match config.algorithm {
             Algorithm::ES256 => KeyAlg::Es256,
             Algorithm::EdDSA => KeyAlg::EdDsa,
-            other => {
-                return Err(StoreError::Backend(format!(
-                    "signing.algorithm {other:?} cannot sign broker tokens; use ES256 or EdDSA"
-                )));
-            }
+            other => return Err(KeyError::Algorithm(other)),
         };
         let ring = Self {
             store,
@@ -361,8 +371,9 @@ impl KeyRing {
         json!({"keys": keys.iter().rev().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
     }
 
-    /// Signs claims with the newest key (header carries `kid` and `alg`).
-    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, BackendError> {
+    /// Signs claims (a JSON object, or a type that serializes to one) with the newest key
+    /// (header carries `kid` and `alg`).
+    pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, BackendError> {
         let keys = self.keys.load();
         let key = keys
             .last()
@@ -891,6 +902,24 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("k1"), "{msg}");
         assert!(!msg.contains("bm90LWEta2V5"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn an_algorithm_that_cannot_sign_is_named() {
+        let err = KeyRing::load_or_create(
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::at_unix(T0)),
+            config(Algorithm::RS256),
+        )
+        .await
+        .expect_err("RS256 keys are not generated");
+        assert!(
+            matches!(err, KeyError::Algorithm(Algorithm::RS256)),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("signing.algorithm RS256"), "{msg}");
+        assert!(msg.contains("ES256 or EdDSA"), "{msg}");
     }
 
     #[tokio::test]

@@ -1,16 +1,23 @@
-//! Issuing credentials: the [`Backend`] trait and its implementations.
+//! Issuing credentials: the [`Backend`] trait, its implementations, and the lifetime of what
+//! they issue.
 //!
 //! - [`jwt`]: broker-signed JWTs, with rotating signing keys and a published JWKS.
 //! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
 //! - [`template`]: safe `{{field}}` substitution of identity values into role settings.
+//! - [`lifetime`]: the TTL to ask a backend for and the lifetime handed out (role cap,
+//!   upstream expiry, `refresh_after`), as pure functions.
 //!
-//! The trait is shaped for the backends that follow: AWS STS (no renew or revoke; expiry from
-//! the session) and Vault (leases with renew and revoke, upstream failures).
+//! [`Backends::from_config`] builds the configured backends. Beyond issuing, a backend
+//! declares what it can do: renew and revoke upstream (Vault leases; STS sessions and
+//! broker-signed JWTs cannot be revoked and live until they expire), upkeep of its own
+//! upstream login ([`Backend::maintain`]), and whether the broker should revoke its leases
+//! upstream once they expire ([`Backend::revokes_on_expiry`]).
 
 pub mod cache;
 pub mod jwt;
+pub mod lifetime;
 pub mod sts;
 pub mod template;
 pub mod vault;
@@ -20,8 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lanyard::Secret;
+use lanyard::clock::Clock;
 
+use self::jwt::{JwtBackend, KeyRing};
+use self::sts::StsBackend;
+use self::vault::VaultBackend;
 use crate::authn::Identity;
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
 use crate::policy::Role;
 
 /// Everything a backend needs to issue one credential.
@@ -129,11 +142,55 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn maintain(&self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// Whether the broker should [`revoke`](Backend::revoke) this backend's leases upstream
+    /// once they expire (the revoke-on-expiry sweep). Default: no.
+    fn revokes_on_expiry(&self) -> bool {
+        false
+    }
 }
 
 /// The configured backends by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Backends(BTreeMap<&'static str, Arc<dyn Backend>>);
+
+/// Why the configured backends cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// `backends.vault` is unusable.
+    #[error(transparent)]
+    Vault(#[from] vault::SetupError),
+}
+
+impl Backends {
+    /// The backends `config` enables: `jwt` (signing with `keys`) always, `vault` and
+    /// `aws-sts` when their section is present. Nothing is contacted: Vault logs in at first
+    /// use, so a Vault that is down at start does not stop the broker.
+    pub async fn from_config(
+        config: &BrokerConfig,
+        keys: Arc<KeyRing>,
+        clock: &Arc<dyn Clock>,
+        metrics: &Metrics,
+    ) -> Result<Self, SetupError> {
+        let mut backends = Self::default();
+        backends.insert(Arc::new(JwtBackend::new(keys, config.public_url.clone())));
+        if let Some(cfg) = &config.backends.vault {
+            let backend = VaultBackend::new(cfg, clock.clone(), metrics.clone())?;
+            backends.insert(Arc::new(backend));
+        }
+        if let Some(cfg) = &config.backends.aws_sts {
+            let backend = StsBackend::from_config(cfg, clock.clone(), metrics.clone()).await;
+            backends.insert(Arc::new(backend));
+        }
+        Ok(backends)
+    }
+
+    /// The backends whose leases the broker revokes upstream once they expire.
+    pub fn revoking_on_expiry(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.0.values().filter(|b| b.revokes_on_expiry())
+    }
+}
 
 impl Backends {
     /// Adds a backend.
@@ -204,4 +261,103 @@ pub fn offline_backends() -> Backends {
         validate: vault::validate_role,
     }));
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use lanyard::clock::ManualClock;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::{Algorithm, SigningConfig};
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+
+    fn config(backends: Value) -> BrokerConfig {
+        serde_json::from_value(json!({
+            "public_url": "https://lanyard.example:8443",
+            "tls": {"cert_file": "cert.pem", "key_file": "key.pem"},
+            "policies_dir": "policies",
+            "store": {"sqlite_path": "lanyard.db"},
+            "backends": backends,
+        }))
+        .expect("config")
+    }
+
+    async fn build(backends: Value) -> Result<Backends, SetupError> {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at_unix(1_800_000_000));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let signing = SigningConfig {
+            algorithm: Algorithm::ES256,
+            rotate_after_seconds: 86_400,
+            overlap_seconds: 3600,
+        };
+        let keys = KeyRing::load_or_create(store, clock.clone(), signing)
+            .await
+            .expect("key ring");
+        Backends::from_config(&config(backends), Arc::new(keys), &clock, &Metrics::new()).await
+    }
+
+    fn kinds<'a>(backends: impl Iterator<Item = &'a Arc<dyn Backend>>) -> Vec<&'static str> {
+        backends.map(|b| b.kind()).collect()
+    }
+
+    #[tokio::test]
+    async fn jwt_is_always_built_and_upstreams_when_configured() {
+        let only_jwt = build(json!({})).await.expect("builds");
+        assert_eq!(kinds(only_jwt.iter()), ["jwt"]);
+        assert_eq!(kinds(only_jwt.revoking_on_expiry()), Vec::<&str>::new());
+
+        let all = build(json!({
+            "aws_sts": {"endpoint_url": "http://127.0.0.1:1"},
+            "vault": {"address": "http://127.0.0.1:1", "auth": {"token": {"token_file": "t"}}},
+        }))
+        .await
+        .expect("builds");
+        assert_eq!(kinds(all.iter()), [sts::KIND, "jwt", vault::KIND]);
+    }
+
+    #[tokio::test]
+    async fn only_backends_that_declare_it_revoke_on_expiry() {
+        let vault = |revoke: bool| {
+            json!({
+                "aws_sts": {"endpoint_url": "http://127.0.0.1:1"},
+                "vault": {
+                    "address": "http://127.0.0.1:1",
+                    "auth": {"token": {"token_file": "t"}},
+                    "revoke_on_expiry": revoke,
+                },
+            })
+        };
+        let on = build(vault(true)).await.expect("builds");
+        assert_eq!(kinds(on.revoking_on_expiry()), [vault::KIND]);
+        let off = build(vault(false)).await.expect("builds");
+        assert_eq!(kinds(off.revoking_on_expiry()), Vec::<&str>::new());
+        assert_eq!(off.iter().count(), 3, "still configured, just not swept");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_vault_section_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("no-such-ca.pem");
+        let err = build(json!({
+            "vault": {
+                "address": "https://vault.example:8200",
+                "ca_file": missing,
+                "auth": {"token": {"token_file": "t"}},
+            },
+        }))
+        .await
+        .expect_err("the CA file is missing");
+        assert!(
+            matches!(err, SetupError::Vault(vault::SetupError::Client(_))),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("backends.vault: cannot build the client"),
+            "{msg}"
+        );
+        assert!(msg.contains("no-such-ca.pem"), "{msg}");
+    }
 }

@@ -422,6 +422,18 @@ impl TokenState {
     }
 }
 
+/// Why the Vault client cannot be built from `backends.vault`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The settings are unusable (e.g. the address is not a URL).
+    #[error("backends.vault: {0}")]
+    Settings(#[source] vaultrs::client::VaultClientSettingsBuilderError),
+    /// The HTTP client cannot be built (e.g. a `ca_file` that cannot be read or parsed).
+    #[error("backends.vault: cannot build the client: {0}")]
+    Client(#[source] ClientError),
+}
+
 /// The `vault` backend.
 pub struct VaultBackend {
     config: VaultConfig,
@@ -446,7 +458,7 @@ impl VaultBackend {
         config: &VaultConfig,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let mut settings = VaultClientSettingsBuilder::default();
         settings
             .address(config.address.as_str())
@@ -463,11 +475,8 @@ impl VaultBackend {
         if let Some(ns) = &config.namespace {
             settings.set_namespace(ns.clone());
         }
-        let settings = settings
-            .build()
-            .map_err(|e| format!("backends.vault: {e}"))?;
-        let client = VaultClient::new(settings)
-            .map_err(|e| format!("backends.vault: cannot build the client: {e}"))?;
+        let settings = settings.build().map_err(SetupError::Settings)?;
+        let client = VaultClient::new(settings).map_err(SetupError::Client)?;
         Ok(Self {
             config: config.clone(),
             client: Arc::new(RwLock::new(client)),
@@ -1014,6 +1023,10 @@ impl Backend for VaultBackend {
 
     async fn maintain(&self) -> Result<(), BackendError> {
         VaultBackend::maintain(self).await
+    }
+
+    fn revokes_on_expiry(&self) -> bool {
+        self.config.revoke_on_expiry
     }
 }
 

@@ -137,10 +137,9 @@ pub async fn run(
             &tls_cfg.key_file,
             broker.metrics().clone(),
         )
-        .map_err(|e| StartError::Tls(e.to_string()))?,
+        .map_err(StartError::Tls)?,
     );
-    let server_config =
-        tls::server_config(&tls_cfg, cert.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+    let server_config = tls::server_config(&tls_cfg, cert.clone()).map_err(StartError::Tls)?;
     let acceptor = TlsAcceptor::from(Arc::new(server_config));
     let failures = broker.verifier().refresh_all().await;
     for (issuer, reason) in failures {

@@ -1,0 +1,722 @@
+//! The audit record, and one constructor per event so each event's record carries the same
+//! fields wherever it is written.
+//!
+//! | constructor | event, decision | fields besides `time` and `reason` |
+//! |---|---|---|
+//! | [`AuditRecord::issue`] | `issue`, allow | request, identity, role, backend, TTL, clamped, expiry, lease, fingerprint, upstream lease, image |
+//! | [`AuditRecord::auth_failure`] | `deny`, deny | request, bootstrap token id (if any) |
+//! | [`AuditRecord::policy_denial`] | `deny`, deny | request, identity, role |
+//! | [`AuditRecord::no_roles_granted`] | `deny`, deny | request, identity |
+//! | [`AuditRecord::backend_error`] | `deny`, deny | request, identity, role, backend |
+//! | [`AuditRecord::token_mint`] | `token_mint`, allow | request, token id, roles, image, TTL, expiry |
+//! | [`AuditRecord::token_redeem`] | `token_redeem`, allow | request, identity, token id, image |
+//! | [`AuditRecord::token_revoke`] | `token_revoke`, allow | request, token id |
+//! | [`AuditRecord::lease_revoke`] | `lease_revoke`, allow | request, the lease's identity, role, backend, id, fingerprint, upstream lease |
+//! | [`AuditRecord::lease_expired`] | `lease_revoke`, allow | as `lease_revoke` without request, with expiry |
+//! | [`AuditRecord::policy_reload`], [`AuditRecord::policy_reload_rejected`] | `policy_reload`, allow / deny | — |
+//!
+//! "Identity" is the subject and its issuer.
+
+use std::fmt::Display;
+use std::time::SystemTime;
+
+use lanyard::clock::rfc3339;
+use lanyard::wire::MintTokenRequest;
+use serde::{Deserialize, Serialize};
+
+use crate::authn::bootstrap::MintedToken;
+use crate::authn::{AuthnError, Identity};
+use crate::issue::lifetime::Granted;
+use crate::policy::{Denial, Grant, PolicyErrors};
+use crate::store::LeaseRecord;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A credential was issued.
+    Issue,
+    /// A request was refused (authentication or policy).
+    Deny,
+    /// A bootstrap token was minted.
+    TokenMint,
+    /// A bootstrap token was redeemed.
+    TokenRedeem,
+    /// A bootstrap token was revoked.
+    TokenRevoke,
+    /// A lease was revoked.
+    LeaseRevoke,
+    /// Policies were reloaded (or a reload was rejected).
+    PolicyReload,
+}
+
+impl Event {
+    /// Its name in the log (`issue`, `token_mint`, ...), e.g. for a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Deny => "deny",
+            Self::TokenMint => "token_mint",
+            Self::TokenRedeem => "token_redeem",
+            Self::TokenRevoke => "token_revoke",
+            Self::LeaseRevoke => "lease_revoke",
+            Self::PolicyReload => "policy_reload",
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Allowed / succeeded.
+    Allow,
+    /// Denied / failed.
+    Deny,
+}
+
+/// One audit record, before chaining. Never holds a secret: `fingerprint` is an HMAC of the
+/// credential under a broker-local key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// RFC 3339 time.
+    pub time: String,
+    /// What happened.
+    pub event: Event,
+    /// Allow or deny.
+    pub decision: Decision,
+    /// Why (rule name, denial reason, reload outcome).
+    pub reason: String,
+    /// The request id, when the record comes from an API request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Identity subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Identity issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Role name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Backend kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Granted TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Whether the requested TTL was clamped to the role's cap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ttl_clamped: bool,
+    /// Credential expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Lease id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// Bootstrap token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Image digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Credential fingerprint (`hmac-sha256:` + 32 hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The upstream's own lease or session id (Vault `lease_id` or token accessor, STS
+    /// assumed-role id). An identifier, never a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_lease: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record with the required fields; fill the rest with struct update syntax.
+    pub fn new(time: String, event: Event, decision: Decision, reason: impl Into<String>) -> Self {
+        Self {
+            time,
+            event,
+            decision,
+            reason: reason.into(),
+            request_id: None,
+            identity: None,
+            issuer: None,
+            role: None,
+            backend: None,
+            ttl_seconds: None,
+            ttl_clamped: false,
+            expires_at: None,
+            lease_id: None,
+            token_id: None,
+            image: None,
+            fingerprint: None,
+            upstream_lease: None,
+        }
+    }
+
+    fn at(now: SystemTime, event: Event, decision: Decision, reason: impl Into<String>) -> Self {
+        Self::new(rfc3339(now), event, decision, reason)
+    }
+
+    fn request(mut self, request_id: &str) -> Self {
+        self.request_id = Some(request_id.to_owned());
+        self
+    }
+
+    fn identity(mut self, identity: &Identity) -> Self {
+        self.identity = Some(identity.subject.clone());
+        self.issuer = Some(identity.issuer.clone());
+        self
+    }
+
+    /// The lease's identity, role, backend, ids and fingerprint.
+    fn lease(mut self, lease: &LeaseRecord) -> Self {
+        self.identity = Some(lease.subject.clone());
+        self.issuer = Some(lease.issuer.clone());
+        self.role = Some(lease.role.clone());
+        self.backend = Some(lease.backend.clone());
+        self.lease_id = Some(lease.lease_id.clone());
+        self.fingerprint = Some(lease.fingerprint.clone());
+        self.upstream_lease = lease.upstream_lease.clone();
+        self
+    }
+
+    /// A credential was issued to `identity` under `grant`, stored as `lease`, with the
+    /// lifetime `granted`.
+    pub fn issue(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        grant: &Grant,
+        lease: &LeaseRecord,
+        granted: &Granted,
+    ) -> Self {
+        let clamped = if granted.clamped {
+            "; ttl clamped to role cap"
+        } else {
+            ""
+        };
+        let reason = format!(
+            "granted by rule {} ({}){clamped}",
+            grant.rule, grant.location
+        );
+        let mut rec = Self::at(now, Event::Issue, Decision::Allow, reason)
+            .request(request_id)
+            .lease(lease);
+        rec.ttl_seconds = Some(granted.ttl_seconds());
+        rec.ttl_clamped = granted.clamped;
+        rec.expires_at = Some(rfc3339(granted.expires_at));
+        rec.image = bootstrap_image(identity);
+        rec
+    }
+
+    /// A bearer credential did not authenticate; `token_id` names the bootstrap token when
+    /// one was presented and found.
+    pub fn auth_failure(
+        now: SystemTime,
+        request_id: &str,
+        error: &AuthnError,
+        token_id: Option<String>,
+    ) -> Self {
+        let reason = format!("authentication failed: {}", error.reason());
+        let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id);
+        rec.token_id = token_id;
+        rec
+    }
+
+    /// Policy refused a role to `identity`.
+    pub fn policy_denial(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        denial: &Denial,
+    ) -> Self {
+        let reason = format!("{}: {}", denial.reason, denial.detail);
+        let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason)
+            .request(request_id)
+            .identity(identity);
+        rec.role = Some(denial.role.clone());
+        rec
+    }
+
+    /// No policy grants `identity` any role.
+    pub fn no_roles_granted(now: SystemTime, request_id: &str, identity: &Identity) -> Self {
+        Self::at(now, Event::Deny, Decision::Deny, "no_roles_granted")
+            .request(request_id)
+            .identity(identity)
+    }
+
+    /// The `backend` of `role` failed to issue to `identity`. `error` must not hold a secret
+    /// (backend errors never do).
+    pub fn backend_error(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        role: &str,
+        backend: &str,
+        error: &dyn Display,
+    ) -> Self {
+        let mut rec = Self::at(
+            now,
+            Event::Deny,
+            Decision::Deny,
+            format!("backend_error: {error}"),
+        )
+        .request(request_id)
+        .identity(identity);
+        rec.role = Some(role.to_owned());
+        rec.backend = Some(backend.to_owned());
+        rec
+    }
+
+    /// An admin minted a bootstrap token for `req`, valid `ttl_seconds`.
+    pub fn token_mint(
+        now: SystemTime,
+        request_id: &str,
+        req: &MintTokenRequest,
+        ttl_seconds: u64,
+        minted: &MintedToken,
+    ) -> Self {
+        let mut rec =
+            Self::at(now, Event::TokenMint, Decision::Allow, "minted by admin").request(request_id);
+        rec.token_id = Some(minted.token_id.clone());
+        rec.role = Some(req.roles.join(","));
+        rec.image = req.image.clone();
+        rec.ttl_seconds = Some(ttl_seconds);
+        rec.expires_at = Some(rfc3339(minted.expires_at));
+        rec
+    }
+
+    /// A bootstrap token was redeemed; `identity` carries its binding.
+    pub fn token_redeem(now: SystemTime, request_id: &str, identity: &Identity) -> Self {
+        let mut rec = Self::at(now, Event::TokenRedeem, Decision::Allow, "redeemed")
+            .request(request_id)
+            .identity(identity);
+        rec.token_id = identity.bootstrap.as_ref().map(|b| b.token_id.clone());
+        rec.image = bootstrap_image(identity);
+        rec
+    }
+
+    /// An admin revoked an unredeemed bootstrap token.
+    pub fn token_revoke(now: SystemTime, request_id: &str, token_id: &str) -> Self {
+        let mut rec = Self::at(now, Event::TokenRevoke, Decision::Allow, "revoked by admin")
+            .request(request_id);
+        rec.token_id = Some(token_id.to_owned());
+        rec
+    }
+
+    /// An admin or the workload revoked `lease`; `upstream_revoked` says whether the backend
+    /// revoked it upstream or it stays valid until it expires.
+    pub fn lease_revoke(
+        now: SystemTime,
+        request_id: &str,
+        lease: &LeaseRecord,
+        upstream_revoked: bool,
+    ) -> Self {
+        let reason = if upstream_revoked {
+            "revoked upstream"
+        } else {
+            "recorded; the credential stays valid until it expires (backend cannot revoke)"
+        };
+        Self::at(now, Event::LeaseRevoke, Decision::Allow, reason)
+            .request(request_id)
+            .lease(lease)
+    }
+
+    /// The revoke-on-expiry sweep revoked the expired `lease`.
+    pub fn lease_expired(now: SystemTime, lease: &LeaseRecord, upstream_revoked: bool) -> Self {
+        let reason = if upstream_revoked {
+            "expired; revoked upstream"
+        } else {
+            "expired; nothing to revoke upstream"
+        };
+        let mut rec = Self::at(now, Event::LeaseRevoke, Decision::Allow, reason).lease(lease);
+        rec.expires_at = Some(rfc3339(lease.expires_at));
+        rec
+    }
+
+    /// A new policy set of `rules` rules with `digest` is active.
+    pub fn policy_reload(now: SystemTime, rules: usize, digest: &str) -> Self {
+        let reason = format!("loaded {rules} rules, digest {digest}");
+        Self::at(now, Event::PolicyReload, Decision::Allow, reason)
+    }
+
+    /// A policy reload was refused; the last good set stays active.
+    pub fn policy_reload_rejected(now: SystemTime, errors: &PolicyErrors) -> Self {
+        let reason = format!(
+            "rejected ({} problems, first: {}); last good set kept",
+            errors.0.len(),
+            errors.0.first().map(|e| e.to_string()).unwrap_or_default()
+        );
+        Self::at(now, Event::PolicyReload, Decision::Deny, reason)
+    }
+}
+
+fn bootstrap_image(identity: &Identity) -> Option<String> {
+    identity.bootstrap.as_ref().and_then(|b| b.image.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use lanyard::Secret;
+
+    use super::*;
+    use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, KubernetesIdentity};
+    use crate::policy::{Location, PolicyError};
+
+    const T0: u64 = 1_800_000_000;
+    const NOW: &str = "2027-01-15T08:00:00Z";
+    const IN_10_MIN: &str = "2027-01-15T08:10:00Z";
+    const K8S: &str = "https://kubernetes.default.svc";
+    const SA: &str = "system:serviceaccount:shop:api";
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn workload() -> Identity {
+        Identity {
+            issuer: K8S.into(),
+            subject: SA.into(),
+            kubernetes: Some(KubernetesIdentity {
+                namespace: "shop".into(),
+                service_account: "api".into(),
+                pod_name: None,
+                pod_uid: None,
+            }),
+            bootstrap: None,
+        }
+    }
+
+    fn bootstrapped() -> Identity {
+        Identity {
+            issuer: BOOTSTRAP_ISSUER.into(),
+            subject: "bootstrap:bt_1".into(),
+            kubernetes: None,
+            bootstrap: Some(BootstrapBinding {
+                token_id: "bt_1".into(),
+                roles: vec!["db".into()],
+                image: Some("sha256:abcd".into()),
+            }),
+        }
+    }
+
+    fn lease(upstream: Option<&str>) -> LeaseRecord {
+        LeaseRecord {
+            lease_id: "ls_1".into(),
+            role: "db".into(),
+            backend: "vault".into(),
+            subject: SA.into(),
+            issuer: K8S.into(),
+            issued_at: at(T0),
+            expires_at: at(T0 + 600),
+            upstream_lease: upstream.map(str::to_owned),
+            fingerprint: "hmac-sha256:00ff".into(),
+            revoked_at: None,
+        }
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            role: "db".into(),
+            rule: "shop-db".into(),
+            location: Location {
+                file: PathBuf::from("policies/shop.yaml"),
+                line: 7,
+            },
+        }
+    }
+
+    fn base(event: Event, decision: Decision, reason: &str) -> AuditRecord {
+        AuditRecord::new(NOW.into(), event, decision, reason)
+    }
+
+    #[test]
+    fn event_names_are_their_log_names() {
+        for event in [
+            Event::Issue,
+            Event::Deny,
+            Event::TokenMint,
+            Event::TokenRedeem,
+            Event::TokenRevoke,
+            Event::LeaseRevoke,
+            Event::PolicyReload,
+        ] {
+            assert_eq!(
+                serde_json::to_value(event).expect("serializes"),
+                event.name(),
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_issue_names_the_rule_lease_lifetime_and_image() {
+        let granted = Granted {
+            expires_at: at(T0 + 600),
+            lifetime: Duration::from_secs(600),
+            refresh_after: at(T0 + 420),
+            clamped: false,
+        };
+        let rec = AuditRecord::issue(
+            at(T0),
+            "req_1",
+            &bootstrapped(),
+            &grant(),
+            &lease(Some("database/creds/db/abc")),
+            &granted,
+        );
+        assert_eq!(
+            rec,
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                identity: Some(SA.into()),
+                issuer: Some(K8S.into()),
+                role: Some("db".into()),
+                backend: Some("vault".into()),
+                ttl_seconds: Some(600),
+                ttl_clamped: false,
+                expires_at: Some(IN_10_MIN.into()),
+                lease_id: Some("ls_1".into()),
+                image: Some("sha256:abcd".into()),
+                fingerprint: Some("hmac-sha256:00ff".into()),
+                upstream_lease: Some("database/creds/db/abc".into()),
+                ..base(
+                    Event::Issue,
+                    Decision::Allow,
+                    "granted by rule shop-db (policies/shop.yaml:7)"
+                )
+            }
+        );
+        let clamped = AuditRecord::issue(
+            at(T0),
+            "req_1",
+            &workload(),
+            &grant(),
+            &lease(None),
+            &Granted {
+                clamped: true,
+                ..granted
+            },
+        );
+        assert!(clamped.ttl_clamped);
+        assert_eq!(
+            clamped.reason,
+            "granted by rule shop-db (policies/shop.yaml:7); ttl clamped to role cap"
+        );
+        assert_eq!((clamped.image, clamped.upstream_lease), (None, None));
+    }
+
+    #[test]
+    fn an_authentication_failure_names_the_reason_and_token() {
+        let rec = AuditRecord::auth_failure(
+            at(T0),
+            "req_1",
+            &AuthnError::TokenReused,
+            Some("bt_1".into()),
+        );
+        assert_eq!(
+            rec,
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                token_id: Some("bt_1".into()),
+                ..base(
+                    Event::Deny,
+                    Decision::Deny,
+                    "authentication failed: token_reused"
+                )
+            }
+        );
+    }
+
+    #[test]
+    fn denials_name_the_identity_and_what_was_refused() {
+        let denial = Denial {
+            role: "admin".into(),
+            reason: "no_matching_rule",
+            detail: "no rule grants `admin`".into(),
+        };
+        let who = |rec: AuditRecord| AuditRecord {
+            request_id: Some("req_1".into()),
+            identity: Some(SA.into()),
+            issuer: Some(K8S.into()),
+            ..rec
+        };
+        assert_eq!(
+            AuditRecord::policy_denial(at(T0), "req_1", &workload(), &denial),
+            AuditRecord {
+                role: Some("admin".into()),
+                ..who(base(
+                    Event::Deny,
+                    Decision::Deny,
+                    "no_matching_rule: no rule grants `admin`"
+                ))
+            }
+        );
+        assert_eq!(
+            AuditRecord::no_roles_granted(at(T0), "req_1", &workload()),
+            who(base(Event::Deny, Decision::Deny, "no_roles_granted"))
+        );
+        assert_eq!(
+            AuditRecord::backend_error(
+                at(T0),
+                "req_1",
+                &workload(),
+                "db",
+                "vault",
+                &"vault upstream failed: 503"
+            ),
+            AuditRecord {
+                role: Some("db".into()),
+                backend: Some("vault".into()),
+                ..who(base(
+                    Event::Deny,
+                    Decision::Deny,
+                    "backend_error: vault upstream failed: 503"
+                ))
+            }
+        );
+    }
+
+    #[test]
+    fn bootstrap_token_events_name_the_token() {
+        let req = MintTokenRequest {
+            roles: vec!["db".into(), "orders-read".into()],
+            ttl_seconds: None,
+            image: Some("sha256:abcd".into()),
+        };
+        let minted = MintedToken {
+            token_id: "bt_1".into(),
+            token: Secret::new("lyb_secret"),
+            expires_at: at(T0 + 600),
+        };
+        let rec = AuditRecord::token_mint(at(T0), "req_1", &req, 600, &minted);
+        assert_eq!(
+            rec,
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                token_id: Some("bt_1".into()),
+                role: Some("db,orders-read".into()),
+                image: Some("sha256:abcd".into()),
+                ttl_seconds: Some(600),
+                expires_at: Some(IN_10_MIN.into()),
+                ..base(Event::TokenMint, Decision::Allow, "minted by admin")
+            }
+        );
+        assert!(
+            !serde_json::to_string(&rec)
+                .expect("json")
+                .contains("lyb_secret")
+        );
+
+        assert_eq!(
+            AuditRecord::token_redeem(at(T0), "req_1", &bootstrapped()),
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                identity: Some("bootstrap:bt_1".into()),
+                issuer: Some(BOOTSTRAP_ISSUER.into()),
+                token_id: Some("bt_1".into()),
+                image: Some("sha256:abcd".into()),
+                ..base(Event::TokenRedeem, Decision::Allow, "redeemed")
+            }
+        );
+
+        assert_eq!(
+            AuditRecord::token_revoke(at(T0), "req_1", "bt_1"),
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                token_id: Some("bt_1".into()),
+                ..base(Event::TokenRevoke, Decision::Allow, "revoked by admin")
+            }
+        );
+    }
+
+    fn of_lease(rec: AuditRecord) -> AuditRecord {
+        AuditRecord {
+            identity: Some(SA.into()),
+            issuer: Some(K8S.into()),
+            role: Some("db".into()),
+            backend: Some("vault".into()),
+            lease_id: Some("ls_1".into()),
+            fingerprint: Some("hmac-sha256:00ff".into()),
+            upstream_lease: Some("database/creds/db/abc".into()),
+            ..rec
+        }
+    }
+
+    #[test]
+    fn a_revoked_lease_is_described_by_the_lease() {
+        let lease = lease(Some("database/creds/db/abc"));
+        assert_eq!(
+            AuditRecord::lease_revoke(at(T0), "req_1", &lease, true),
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                ..of_lease(base(
+                    Event::LeaseRevoke,
+                    Decision::Allow,
+                    "revoked upstream"
+                ))
+            }
+        );
+        let recorded = AuditRecord::lease_revoke(at(T0), "req_1", &lease, false);
+        assert_eq!(
+            recorded.reason,
+            "recorded; the credential stays valid until it expires (backend cannot revoke)"
+        );
+        assert_eq!(
+            recorded.expires_at, None,
+            "an admin revocation has no expiry"
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_has_its_expiry_and_no_request() {
+        let lease = lease(Some("database/creds/db/abc"));
+        assert_eq!(
+            AuditRecord::lease_expired(at(T0 + 700), &lease, true),
+            AuditRecord {
+                time: "2027-01-15T08:11:40Z".into(),
+                expires_at: Some(IN_10_MIN.into()),
+                ..of_lease(base(
+                    Event::LeaseRevoke,
+                    Decision::Allow,
+                    "expired; revoked upstream"
+                ))
+            }
+        );
+        assert_eq!(
+            AuditRecord::lease_expired(at(T0), &lease, false).reason,
+            "expired; nothing to revoke upstream"
+        );
+    }
+
+    #[test]
+    fn policy_reloads_carry_only_the_outcome() {
+        assert_eq!(
+            AuditRecord::policy_reload(at(T0), 12, "sha256:feed"),
+            base(
+                Event::PolicyReload,
+                Decision::Allow,
+                "loaded 12 rules, digest sha256:feed"
+            )
+        );
+        let error = |line| PolicyError {
+            location: Location {
+                file: PathBuf::from("policies/shop.yaml"),
+                line,
+            },
+            message: "unknown field `rolez`".into(),
+        };
+        let errors = PolicyErrors(vec![error(3), error(9)]);
+        assert_eq!(
+            AuditRecord::policy_reload_rejected(at(T0), &errors),
+            base(
+                Event::PolicyReload,
+                Decision::Deny,
+                "rejected (2 problems, first: policies/shop.yaml:3: unknown field `rolez`); last good set kept"
+            )
+        );
+    }
+}
