@@ -6,9 +6,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lanyard::{Client, TokenSource};
 
-use crate::notify::{Notify, NotifySpec};
-use crate::targets::{ConfigFile, TargetSpec, check_all, parse_target_keys};
-use crate::{OnExpiry, Options, SidecarConfig, SidecarError};
+use crate::error::SidecarError;
+use crate::notify::Notify;
+use crate::options::{Options, SidecarConfig};
+use crate::spec::{
+    ConfigFile, NotifySpec, TargetSpec, check_all, parse_command, parse_target_keys,
+};
+use crate::target::OnExpiry;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -355,7 +359,7 @@ impl CommonArgs {
 
     /// Mode and owner of the AWS endpoint's token file.
     pub fn aws_token_opts(&self) -> Result<crate::files::FileOpts, SidecarError> {
-        let mode = crate::targets::parse_mode(&self.aws_token_mode)
+        let mode = crate::names::parse_mode(&self.aws_token_mode)
             .map_err(|e| SidecarError::Usage(format!("--aws-token-mode: {e}")))?;
         Ok(crate::files::FileOpts {
             mode,
@@ -421,7 +425,7 @@ impl CommonArgs {
         }
         if let Some(c) = &self.notify_command {
             notify.push(Notify::Command {
-                argv: crate::notify::parse_command(c).map_err(usage)?,
+                argv: parse_command(c).map_err(usage)?,
             });
         }
         if let Some(t) = &self.notify_touch {
