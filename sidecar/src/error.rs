@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SidecarError {
-    /// Fetching from the broker failed (unreachable, refused, bad answer, token file).
+    /// Fetching from the broker failed (unreachable, refused, bad answer, token file). The
+    /// broker's message, which never holds a secret, is part of it.
     #[error(transparent)]
     Fetch(#[from] lanyard::Error),
     /// The broker's answer cannot be written safely (bad role or field name, bad times), or
@@ -65,5 +66,44 @@ impl SidecarError {
             Self::Fetch(e) => e.is_retryable(),
             _ => false,
         }
+    }
+
+    /// Whether the broker refused the fetch: asking again gets the same answer until
+    /// someone fixes the cause (401, 403, an upstream's refusal such as STS `AccessDenied`,
+    /// a spent bootstrap token). `init` fails at once with it; `run` keeps the last good
+    /// files and asks again only minutes later.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Fetch(e) if !e.is_retryable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lanyard::wire::ErrorCode;
+
+    use super::*;
+
+    fn broker(status: u16, code: ErrorCode, retryable: bool) -> SidecarError {
+        SidecarError::Fetch(lanyard::Error::Broker {
+            status,
+            code,
+            message: "m".into(),
+            retryable,
+        })
+    }
+
+    #[test]
+    fn refusals_are_fetches_a_retry_cannot_fix() {
+        let refused = broker(502, ErrorCode::UpstreamRefused, false);
+        assert!(refused.is_refusal() && !refused.is_retryable());
+        assert!(broker(403, ErrorCode::Forbidden, false).is_refusal());
+        let down = broker(503, ErrorCode::UpstreamUnavailable, true);
+        assert!(!down.is_refusal() && down.is_retryable());
+        let unreachable = SidecarError::Fetch(lanyard::Error::Transport("x".into()));
+        assert!(!unreachable.is_refusal());
+        // Local failures are neither: the loop keeps backing off on them as before.
+        let local = SidecarError::Invalid("target needs role db".into());
+        assert!(!local.is_refusal() && !local.is_retryable());
+        assert_eq!(refused.exit_code(), 1);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Writes short-lived credentials from a lanyard broker into a directory and keeps them
 //! fresh. `init` fetches once and exits; `run` writes, then refreshes at about 70% of each
-//! lifetime, backs off while the broker is unreachable and keeps the last good files until
-//! they really expire.
+//! lifetime, backs off while the broker is unreachable, does not retry what the broker
+//! refused, and keeps the last good files until they really expire.
 //!
 //! The library is what the binary runs, and what the broker's dev mode and tests call
 //! in-process:
@@ -115,7 +115,8 @@ pub async fn init(cfg: &SidecarConfig) -> Result<Written, SidecarError> {
 }
 
 /// Fetches and writes per `opts`. With a deadline, retryable failures are retried with
-/// backoff (0.25 s doubling to 5 s, jittered) until it passes; anything else fails at once.
+/// backoff (0.25 s doubling to 5 s, jittered) until it passes; anything else (a refusal, an
+/// unsafe path, a bad target) fails at once, with the broker's reason when it refused.
 pub async fn init_with(cfg: &SidecarConfig, opts: &Options) -> Result<Written, SidecarError> {
     let Some(deadline) = opts.deadline else {
         return fetch_and_write(cfg, opts).await;
@@ -189,7 +190,9 @@ async fn fetch_write_keep(
 }
 
 /// Writes the credentials, then keeps them fresh until `shutdown` resolves. Failures are
-/// logged and retried with backoff; the last good files stay in place. Returns `Ok(())` on
+/// logged and retried with backoff; a refusal ([`SidecarError::is_refusal`]) is logged as an
+/// error with the broker's reason and not retried, only asked again 4 to 5 minutes later.
+/// Either way the last good files stay in place until they expire. Returns `Ok(())` on
 /// shutdown.
 pub async fn run(
     cfg: &SidecarConfig,
@@ -316,6 +319,19 @@ pub async fn run_with(
                     }
                 }
                 schedule.on_success(written.held(), clock.now(), fastrand::f64())
+            }
+            Err(e) if e.is_refusal() => {
+                // Asking again gets the same answer until someone fixes the cause: no
+                // retries, a recheck minutes later, the last good files kept until they expire.
+                status.record_refusal();
+                let d = schedule.on_refusal(clock.now(), fastrand::f64());
+                error!(
+                    error = %e,
+                    failures = d.failures,
+                    ask_again_in_seconds = d.wait.as_secs_f64(),
+                    "the broker refused the refresh; not retrying, keeping the last good files until they expire"
+                );
+                d
             }
             Err(e) => {
                 status.record_failure();
