@@ -61,8 +61,8 @@ Logs go to stderr; set LANYARD_LOG (e.g. debug, or lanyard_sidecar=debug) to cha
     long_about = "Writes short-lived credentials from a lanyard broker into a directory \
                   (e.g. /run/secrets) and keeps them fresh. `init` fetches once and exits; \
                   `run` writes, then refreshes each credential at about 70% of its lifetime, \
-                  backs off when the broker is down and keeps the last good files until they \
-                  expire.",
+                  backs off when the broker is down, asks again only minutes later when it \
+                  refuses, and keeps the last good files until they expire.",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -222,7 +222,7 @@ pub struct CommonArgs {
     pub targets: Vec<String>,
 
     /// `init`: give up after this many seconds, retrying retryable failures with backoff
-    /// inside it (0: one attempt).
+    /// inside it (0: one attempt); a refusal fails at once.
     #[arg(
         long,
         value_name = "N",
