@@ -19,7 +19,6 @@ use crate::target::{Format, OnExpiry, Target};
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 /// Largest config file, in bytes.
 pub const MAX_CONFIG_FILE_BYTES: usize = 1024 * 1024;
-
 /// Most targets in one sidecar.
 pub const MAX_TARGETS: usize = 256;
 
