@@ -1,10 +1,15 @@
 //! The one place errors become HTTP answers.
 //!
 //! Whose fault it is decides the status: the caller's (4xx: bad request, failed
-//! authentication, policy denial), an upstream's (503, retryable: STS, Vault, an issuer's
-//! JWKS), or ours (500). Every answer is `{"error":{"code","message","request_id","retryable"}}`
-//! with a stable [`ErrorCode`]. Authentication failures all get the same opaque message; the
-//! real reason goes to the audit log and metrics only.
+//! authentication, policy denial), an upstream's (STS, Vault, an issuer's JWKS), or ours
+//! (500). An upstream failure that a retry may fix (unreachable, 5xx, throttled, timed out)
+//! is 503 `upstream_unavailable`, retryable, with `Retry-After`; an upstream's refusal
+//! (`BackendError::Upstream { retryable: false }`: STS `AccessDenied`, Vault 403 or 400) is
+//! 502 `upstream_refused`, not retryable and without `Retry-After`, so clients stop asking
+//! instead of retrying what will be refused again. Every answer is
+//! `{"error":{"code","message","request_id","retryable"}}` with a stable [`ErrorCode`].
+//! Authentication failures all get the same opaque message; the real reason goes to the audit
+//! log and metrics only.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,9 +39,14 @@ pub enum ApiError {
     /// Body above the limit (413).
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// An upstream failed (503, retryable).
+    /// An upstream failed in a way a retry may fix (503, retryable, `Retry-After`).
     #[error("{0}")]
     Upstream(String),
+    /// An upstream refused the request (502, not retryable, no `Retry-After`): asking again
+    /// gets the same answer until someone changes the upstream's policy or the role's
+    /// settings. The message is the upstream's summary, which never holds a secret.
+    #[error("{0}")]
+    UpstreamRefused(String),
     /// The broker cannot serve yet (503).
     #[error("{0}")]
     NotReady(String),
@@ -55,6 +65,7 @@ impl ApiError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::Upstream(_) => ErrorCode::UpstreamUnavailable,
+            Self::UpstreamRefused(_) => ErrorCode::UpstreamRefused,
             Self::NotReady(_) => ErrorCode::NotReady,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -123,6 +134,11 @@ impl From<AuditError> for ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
+            BackendError::Upstream {
+                backend,
+                message,
+                retryable: false,
+            } => Self::UpstreamRefused(format!("{backend} upstream refused: {message}")),
             BackendError::Upstream { .. } => Self::Upstream(e.to_string()),
             BackendError::Unsupported(what) => {
                 Self::BadRequest(format!("{what} is not supported for this credential"))
@@ -166,5 +182,55 @@ mod tests {
         let internal = ApiError::Internal("disk full at /secret/path".into());
         assert_eq!(internal.code().http_status(), 500);
         assert_eq!(internal.body(None).error.message, "internal error");
+    }
+
+    fn header(resp: &Response, name: header::HeaderName) -> Option<&str> {
+        resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_retryable_upstream_failure_is_a_503_to_retry_after() {
+        let e: ApiError = BackendError::Upstream {
+            backend: "vault",
+            message: "reading secret/data/app: Vault answered 503: Vault is sealed".into(),
+            retryable: true,
+        }
+        .into();
+        let body = e.body(Some("req_1"));
+        assert_eq!(body.error.code, ErrorCode::UpstreamUnavailable);
+        assert!(body.error.retryable);
+        assert_eq!(
+            body.error.message,
+            "vault upstream failed: reading secret/data/app: Vault answered 503: Vault is sealed"
+        );
+        let resp = e.into_response_with_id(Some("req_1"));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&resp, header::RETRY_AFTER), Some("1"));
+    }
+
+    #[test]
+    fn an_upstream_refusal_is_a_502_not_to_retry() {
+        let e: ApiError = BackendError::Upstream {
+            backend: "aws-sts",
+            message: "AccessDenied (HTTP 403): User: arn:aws:iam::123456789012:user/broker is \
+                      not authorized to perform: sts:AssumeRole"
+                .into(),
+            retryable: false,
+        }
+        .into();
+        assert_eq!(e.reason(), "upstream_refused");
+        let body = e.body(Some("req_2"));
+        assert_eq!(body.error.code, ErrorCode::UpstreamRefused);
+        assert!(!body.error.retryable);
+        assert_eq!(body.error.request_id.as_deref(), Some("req_2"));
+        assert_eq!(
+            body.error.message,
+            "aws-sts upstream refused: AccessDenied (HTTP 403): User: \
+             arn:aws:iam::123456789012:user/broker is not authorized to perform: sts:AssumeRole"
+        );
+        let resp = e.into_response_with_id(Some("req_2"));
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(header(&resp, header::RETRY_AFTER), None);
+        assert_eq!(header(&resp, header::WWW_AUTHENTICATE), None);
     }
 }

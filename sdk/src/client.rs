@@ -108,10 +108,16 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same call later may succeed (network trouble, timeouts, broker
-    /// errors it marks retryable, 5xx and 429).
+    /// errors it marks retryable, 5xx and 429). An upstream's refusal (502
+    /// `upstream_refused`) is not: the broker says asking again gets the same answer until
+    /// someone changes the upstream's policy or the role's settings.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Transport(_) => true,
+            Self::Broker {
+                code: ErrorCode::UpstreamRefused,
+                ..
+            } => false,
             Self::Broker {
                 status, retryable, ..
             } => *retryable || *status >= 500 || *status == 429,
@@ -1029,5 +1035,14 @@ mod tests {
         assert!(broker(429, false).is_retryable());
         assert!(!broker(403, false).is_retryable());
         assert!(broker(400, true).is_retryable());
+        // A 502 is retryable as a 5xx, unless the broker says the upstream refused.
+        assert!(broker(502, false).is_retryable());
+        let refused = Error::Broker {
+            status: 502,
+            code: ErrorCode::UpstreamRefused,
+            message: "aws-sts upstream refused: AccessDenied (HTTP 403)".into(),
+            retryable: false,
+        };
+        assert!(!refused.is_retryable());
     }
 }

@@ -18,7 +18,8 @@
 //! - [`secret`]: [`Secret`], a value that redacts itself and is zeroized on drop.
 //! - [`wire`]: request, response and error bodies of the broker's HTTP API.
 //! - [`clock`]: the injected [`Clock`](clock::Clock); nothing else reads the system time.
-//! - [`refresh`]: when to refresh a credential and how to back off (shared with the sidecar).
+//! - [`refresh`]: when to refresh a credential, how to back off after a failure and how long
+//!   to wait after a refusal (shared with the sidecar).
 //! - [`client`]: [`Client`], its builder and `from_env`; fetch and lease revocation.
 //! - [`watch`]: [`Client::watch`], background refresh as a stream of updates.
 //! - [`aws`]: the AWS keys of an `aws-sts` credential, the container-credentials and

@@ -1,6 +1,6 @@
-//! When to refresh a credential, and how long to wait after a failure. Pure functions of
-//! times and a jitter value so they are tested without sleeping; the sidecar and the SDK's
-//! background refresh share them.
+//! When to refresh a credential, and how long to wait after a failure or a refusal. Pure
+//! functions of times and a jitter value so they are tested without sleeping; the sidecar and
+//! the SDK's background refresh share them.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +13,12 @@ pub const REFRESH_FRACTION: f64 = 0.7;
 /// Spread of the refresh point, as a fraction of the lifetime on each side of
 /// [`REFRESH_FRACTION`].
 pub const REFRESH_SPREAD: f64 = 0.1;
+
+/// How long a background refresh waits after a refusal (an error that is not retryable:
+/// 401, 403, an upstream's refusal, a spent bootstrap token) before it asks again: asking
+/// sooner gets the same answer, and a fix (a policy, an IAM trust policy, a new token) is
+/// picked up without a restart. See [`refused_delay`].
+pub const REFUSED_RECHECK: Duration = Duration::from_secs(300);
 
 /// A jitter value usable in arithmetic: clamped to `[0, 1]`, and 0.5 (no spread) when it is
 /// not a number.
@@ -65,6 +71,13 @@ pub fn issued_at(expires_at: SystemTime, ttl_seconds: u64) -> SystemTime {
     expires_at
         .checked_sub(Duration::from_secs(ttl_seconds))
         .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The wait after a refusal: between 80% and all of [`REFUSED_RECHECK`] (4 to 5 minutes), so
+/// the clients a policy change refused all at once do not ask again all at once. `jitter` is
+/// uniform in `[0, 1)`.
+pub fn refused_delay(jitter: f64) -> Duration {
+    REFUSED_RECHECK.mul_f64(0.8 + 0.2 * sane_jitter(jitter))
 }
 
 /// Bounded exponential backoff with "equal jitter": each wait is between half and all of the
@@ -200,6 +213,21 @@ mod tests {
             ..c
         };
         assert_eq!(parse_times(&bad), None);
+    }
+
+    #[test]
+    fn refusals_wait_four_to_five_minutes() {
+        assert_eq!(refused_delay(0.0), Duration::from_secs(240));
+        assert_eq!(refused_delay(1.0), REFUSED_RECHECK);
+        assert_eq!(refused_delay(0.5), Duration::from_secs(270));
+        assert_eq!(refused_delay(f64::NAN), Duration::from_secs(270));
+        for i in 0..100 {
+            let d = refused_delay(f64::from(i) / 100.0);
+            assert!(
+                d >= Duration::from_secs(240) && d <= Duration::from_secs(300),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

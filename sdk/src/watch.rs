@@ -2,10 +2,15 @@
 //! updates.
 //!
 //! [`Client::watch`] starts a task that fetches at once, then again at about 70% of the
-//! shortest lifetime it holds (±10% jitter, never sooner than a second), and after a failure
-//! backs off from 1 s doubling to 60 s with jitter. Every outcome is published: `Ok` with
-//! the new credentials, `Err` with the failure (the last good credentials stay available
-//! from [`CredentialWatch::current`]). The task stops when the watch is dropped.
+//! shortest lifetime it holds (±10% jitter, never sooner than a second). After a failure a
+//! retry may fix (broker unreachable, 5xx, 429) it backs off from 1 s doubling to 60 s with
+//! jitter. After a refusal (an error that is not [retryable](Error::is_retryable): 401, 403,
+//! an upstream's refusal, a spent bootstrap token) it does not retry: it asks again only
+//! after 4 to 5 minutes ([`REFUSED_RECHECK`](crate::refresh::REFUSED_RECHECK)), so a fix is
+//! picked up without hammering the broker. Every outcome is published: `Ok` with the new
+//! credentials, `Err` with the failure and the broker's reason (the last good credentials
+//! stay available from [`CredentialWatch::current`]). The task stops when the watch is
+//! dropped.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::client::{Client, Error};
-use crate::refresh::{Backoff, issued_at, parse_times, refresh_delay};
+use crate::refresh::{Backoff, issued_at, parse_times, refresh_delay, refused_delay};
 use crate::wire::CredentialResponse;
 
 /// First wait after a failure.
@@ -52,6 +57,17 @@ pub fn next_refresh(
         })
         .min()
         .map_or(EMPTY_RECHECK, |d| d.max(MIN_REFRESH_DELAY))
+}
+
+/// How long to wait after a failed fetch: the next step of `backoff` when a retry may fix
+/// it, else (a refusal) [`refused_delay`], leaving the backoff where it was. `jitter` is
+/// uniform in `[0, 1)`.
+pub fn failure_delay(error: &Error, backoff: &mut Backoff, jitter: f64) -> Duration {
+    if error.is_retryable() {
+        backoff.next_delay(jitter)
+    } else {
+        refused_delay(jitter)
+    }
 }
 
 /// A stream of credential updates from a background refresh task. Dropping it stops the
@@ -117,8 +133,12 @@ impl Client {
                         wait
                     }
                     Err(e) => {
-                        let wait = backoff.next_delay(fastrand::f64());
-                        tracing::warn!(error = %e, failures = backoff.attempts(), retry_in_seconds = wait.as_secs_f64(), "credential refresh failed; keeping the last good credentials");
+                        let wait = failure_delay(&e, &mut backoff, fastrand::f64());
+                        if e.is_retryable() {
+                            tracing::warn!(error = %e, failures = backoff.attempts(), retry_in_seconds = wait.as_secs_f64(), "credential refresh failed; keeping the last good credentials");
+                        } else {
+                            tracing::error!(error = %e, ask_again_in_seconds = wait.as_secs_f64(), "credential refresh refused; not retrying, keeping the last good credentials");
+                        }
                         tx.send_replace(Some(Err(Arc::new(e))));
                         wait
                     }
@@ -144,6 +164,7 @@ mod tests {
 
     use super::*;
     use crate::clock::rfc3339;
+    use crate::refresh::REFUSED_RECHECK;
     use crate::wire::Credential;
 
     fn resp(ttls: &[u64], now: SystemTime) -> CredentialResponse {
@@ -166,6 +187,27 @@ mod tests {
                 .collect(),
             session: None,
         }
+    }
+
+    #[test]
+    fn refusals_are_not_retried_on_the_backoff() {
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
+        let down = Error::Transport("at http://127.0.0.1:1: connection refused".into());
+        let refused = Error::Broker {
+            status: 502,
+            code: crate::wire::ErrorCode::UpstreamRefused,
+            message: "aws-sts upstream refused: AccessDenied (HTTP 403)".into(),
+            retryable: false,
+        };
+        assert_eq!(failure_delay(&down, &mut backoff, 1.0), BACKOFF_BASE);
+        assert_eq!(failure_delay(&refused, &mut backoff, 1.0), REFUSED_RECHECK);
+        assert_eq!(
+            failure_delay(&refused, &mut backoff, 0.0),
+            Duration::from_secs(240)
+        );
+        // The refusals left the backoff where it was: the next retryable failure doubles.
+        assert_eq!(backoff.attempts(), 1);
+        assert_eq!(failure_delay(&down, &mut backoff, 1.0), BACKOFF_BASE * 2);
     }
 
     #[test]

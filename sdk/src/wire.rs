@@ -139,6 +139,10 @@ pub enum ErrorCode {
     RateLimited,
     /// 503: an upstream (STS, Vault, JWKS endpoint) failed; retry later.
     UpstreamUnavailable,
+    /// 502: an upstream (STS, Vault) refused the request (e.g. STS `AccessDenied`, Vault
+    /// `permission denied`); asking again gets the same answer until its policy or the
+    /// role's settings change, so clients do not retry it.
+    UpstreamRefused,
     /// 503: the broker is not ready (e.g. no valid policy loaded).
     NotReady,
     /// 500: a bug or an unexpected local failure.
@@ -159,6 +163,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamRefused => "upstream_refused",
             Self::NotReady => "not_ready",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
@@ -174,6 +179,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
+            Self::UpstreamRefused => 502,
             Self::UpstreamUnavailable | Self::NotReady => 503,
             Self::Internal | Self::Unknown => 500,
         }
@@ -221,6 +227,21 @@ mod tests {
         let body: ErrorBody =
             serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"}}"#).expect("parse");
         assert_eq!(body.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn upstream_refused_is_a_502_on_the_wire() {
+        let body: ErrorBody = serde_json::from_str(
+            r#"{"error":{"code":"upstream_refused","message":"m","retryable":false}}"#,
+        )
+        .expect("parse");
+        assert_eq!(body.error.code, ErrorCode::UpstreamRefused);
+        assert_eq!(body.error.code.http_status(), 502);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::UpstreamRefused).expect("serialize"),
+            serde_json::json!(ErrorCode::UpstreamRefused.as_str())
+        );
+        assert_eq!(ErrorCode::UpstreamRefused.to_string(), "upstream_refused");
     }
 
     #[test]

@@ -26,6 +26,9 @@ struct Seen {
     bodies: Vec<CredentialRequest>,
     spent_bootstrap: Vec<String>,
     sessions_issued: u32,
+    /// Requests to the upstream-refused and upstream-down routes.
+    refused: u32,
+    down: u32,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -125,6 +128,33 @@ async fn bootstrap(State(seen): State<Shared>, headers: HeaderMap) -> Response {
     json(StatusCode::OK, &credentials(Some(session)))
 }
 
+/// The broker's documented answer (docs/API.md) when STS refused its AssumeRole: 502
+/// `upstream_refused`, not retryable, no `Retry-After`.
+async fn upstream_refused(State(seen): State<Shared>) -> Response {
+    seen.lock().expect("lock").refused += 1;
+    (
+        StatusCode::BAD_GATEWAY,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"error":{"code":"upstream_refused","message":"aws-sts upstream refused: AccessDenied (HTTP 403): User: arn:aws:iam::123456789012:user/broker is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/app","request_id":"req_7","retryable":false}}"#,
+    )
+        .into_response()
+}
+
+/// The broker's documented answer when STS could not be reached: 503
+/// `upstream_unavailable`, retryable, `Retry-After: 1`.
+async fn upstream_down(State(seen): State<Shared>) -> Response {
+    seen.lock().expect("lock").down += 1;
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::RETRY_AFTER, "1"),
+        ],
+        r#"{"error":{"code":"upstream_unavailable","message":"aws-sts upstream failed: STS unreachable: connection failed","request_id":"req_8","retryable":true}}"#,
+    )
+        .into_response()
+}
+
 async fn huge() -> Response {
     // 10 MB streamed in 64 KiB chunks without a Content-Length.
     let chunks = (0..160).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024]));
@@ -144,6 +174,8 @@ fn app(seen: Shared) -> Router {
             post(|| async { json(StatusCode::OK, &serde_json::json!({"hello": "world"})) }),
         )
         .route("/huge/v1/credentials", post(huge))
+        .route("/upstream-refused/v1/credentials", post(upstream_refused))
+        .route("/upstream-down/v1/credentials", post(upstream_down))
         .route(
             "/refused/v1/credentials",
             post(|| async {
@@ -285,6 +317,68 @@ async fn error_body_becomes_a_broker_error() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_upstream_refusal_is_reported_and_not_retried() {
+    let (addr, seen) = serve().await;
+    let refused = client(addr, "upstream-refused", static_token());
+    let e = refused.fetch().await.expect_err("502");
+    match &e {
+        Error::Broker {
+            status,
+            code,
+            message,
+            retryable,
+        } => {
+            assert_eq!(
+                (*status, *code, *retryable),
+                (502, ErrorCode::UpstreamRefused, false)
+            );
+            assert!(
+                message.starts_with("aws-sts upstream refused: AccessDenied"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.is_retryable());
+    assert!(
+        e.to_string()
+            .contains("not authorized to perform: sts:AssumeRole"),
+        "{e}"
+    );
+
+    // The background refresh publishes the refusal with its reason and does not retry it;
+    // an upstream outage it retries on the backoff (0.5 to 1 s, then 1 to 2 s).
+    let mut refused_watch = refused.watch();
+    let first = refused_watch
+        .next_update()
+        .await
+        .expect("an update")
+        .expect_err("refused");
+    assert!(!first.is_retryable() && first.to_string().contains("AccessDenied"));
+    let mut down_watch = client(addr, "upstream-down", static_token()).watch();
+    let first = down_watch
+        .next_update()
+        .await
+        .expect("an update")
+        .expect_err("down");
+    assert!(first.is_retryable(), "{first}");
+    // Two retries of the outage take at least 1.5 s, longer than the refusal would have
+    // waited on the backoff (1 s at most).
+    for _ in 0..2 {
+        let retried = down_watch
+            .next_update()
+            .await
+            .expect("an update")
+            .expect_err("still down");
+        assert!(retried.is_retryable(), "{retried}");
+    }
+    assert!(refused_watch.current().is_none());
+    let s = seen.lock().expect("lock");
+    assert!(s.down >= 3, "the outage was asked again: {}", s.down);
+    assert_eq!(s.refused, 2, "one fetch and the watch's first, no retry");
 }
 
 #[tokio::test]

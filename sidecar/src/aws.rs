@@ -34,8 +34,9 @@ use lanyard::clock::Clock;
 use lanyard::wire::{Credential, CredentialResponse};
 use subtle::ConstantTimeEq as _;
 
-use crate::SidecarError;
-use crate::files::{FileOpts, check_name, write_secret_file};
+use crate::error::SidecarError;
+use crate::files::{FileOpts, write_secret_file};
+use crate::names::check_name;
 
 /// Path the endpoint serves.
 pub const PATH: &str = "/v1/aws-credentials";

@@ -6,9 +6,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lanyard::{Client, TokenSource};
 
-use crate::notify::{Notify, NotifySpec};
-use crate::targets::{ConfigFile, TargetSpec, check_all, parse_target_keys};
-use crate::{OnExpiry, Options, SidecarConfig, SidecarError};
+use crate::error::SidecarError;
+use crate::notify::Notify;
+use crate::options::{Options, SidecarConfig};
+use crate::spec::{
+    ConfigFile, NotifySpec, TargetSpec, check_all, parse_command, parse_target_keys,
+};
+use crate::target::OnExpiry;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -57,8 +61,8 @@ Logs go to stderr; set LANYARD_LOG (e.g. debug, or lanyard_sidecar=debug) to cha
     long_about = "Writes short-lived credentials from a lanyard broker into a directory \
                   (e.g. /run/secrets) and keeps them fresh. `init` fetches once and exits; \
                   `run` writes, then refreshes each credential at about 70% of its lifetime, \
-                  backs off when the broker is down and keeps the last good files until they \
-                  expire.",
+                  backs off when the broker is down, asks again only minutes later when it \
+                  refuses, and keeps the last good files until they expire.",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -218,7 +222,7 @@ pub struct CommonArgs {
     pub targets: Vec<String>,
 
     /// `init`: give up after this many seconds, retrying retryable failures with backoff
-    /// inside it (0: one attempt).
+    /// inside it (0: one attempt); a refusal fails at once.
     #[arg(
         long,
         value_name = "N",
@@ -355,7 +359,7 @@ impl CommonArgs {
 
     /// Mode and owner of the AWS endpoint's token file.
     pub fn aws_token_opts(&self) -> Result<crate::files::FileOpts, SidecarError> {
-        let mode = crate::targets::parse_mode(&self.aws_token_mode)
+        let mode = crate::names::parse_mode(&self.aws_token_mode)
             .map_err(|e| SidecarError::Usage(format!("--aws-token-mode: {e}")))?;
         Ok(crate::files::FileOpts {
             mode,
@@ -421,7 +425,7 @@ impl CommonArgs {
         }
         if let Some(c) = &self.notify_command {
             notify.push(Notify::Command {
-                argv: crate::notify::parse_command(c).map_err(usage)?,
+                argv: parse_command(c).map_err(usage)?,
             });
         }
         if let Some(t) = &self.notify_touch {

@@ -1,4 +1,5 @@
-//! The secrets directory: name checks, atomic writes and the on-disk layout.
+//! The writer: atomic writes with mode and owner, the secrets directory's default layout,
+//! targets on disk, and the files of expired credentials.
 //!
 //! For each credential of role `R` with data fields `F`:
 //! - `DIR/R/F` holds the raw secret value (e.g. `DIR/dev-app/token`);
@@ -21,40 +22,13 @@ use lanyard::refresh::{issued_at, parse_times};
 use lanyard::wire::{Credential, CredentialResponse};
 use zeroize::Zeroizing;
 
-use crate::SidecarError;
-use crate::targets::{Target, render, role_json};
+use crate::error::SidecarError;
+use crate::names::{FILE_MODE, check_name};
+use crate::render::{render, role_json};
+use crate::target::Target;
 
-/// Mode of every secret file.
-pub const FILE_MODE: u32 = 0o400;
 /// Mode of directories the sidecar creates (the secrets directory and one per role).
 pub const DIR_MODE: u32 = 0o700;
-/// Longest role or field name accepted, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
-
-/// Checks that `name` is a plain file name: 1 to [`MAX_NAME_BYTES`] of `[A-Za-z0-9._-]`, not
-/// starting with a dot (so never `.`, `..`, a hidden file or one of our temp files). `what`
-/// names the thing in the error ("role", "field").
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err(format!("empty {what} name"));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(format!("{what} name longer than {MAX_NAME_BYTES} bytes"));
-    }
-    if name.starts_with('.') {
-        return Err(format!("{what} name {name:?} starts with a dot"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{what} name {:?} holds {bad:?}; only A-Z a-z 0-9 . _ - are allowed",
-            name.escape_default().to_string()
-        ));
-    }
-    Ok(())
-}
 
 /// Mode and owner of a file the sidecar writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -547,24 +521,6 @@ mod tests {
             credentials,
             session: None,
         }
-    }
-
-    #[test]
-    fn names_must_be_plain() {
-        for bad in [
-            "../x", "a/b", "..", ".", "", ".hidden", "a b", "a\0b", "é", "x\\y",
-        ] {
-            assert!(check_name("role", bad).is_err(), "{bad:?} must be refused");
-        }
-        assert!(check_name("role", &"a".repeat(MAX_NAME_BYTES + 1)).is_err());
-        for good in ["dev-app", "token", "a.b_c-D9", "x..y"] {
-            assert!(
-                check_name("role", good).is_ok(),
-                "{good:?} must be accepted"
-            );
-        }
-        let msg = check_name("field", "a/b").expect_err("slash");
-        assert!(msg.contains("field") && msg.contains("'/'"), "{msg}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct Status {
     ready: AtomicBool,
     refreshes: AtomicU64,
     failures: AtomicU64,
+    refusals: AtomicU64,
     expiry: Mutex<BTreeMap<String, u64>>,
     quit: tokio::sync::Notify,
     aws: std::sync::OnceLock<Arc<crate::aws::AwsServer>>,
@@ -47,6 +48,12 @@ impl Status {
     /// Counts a failed refresh.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed refresh the broker refused (also a failure).
+    pub fn record_refusal(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        self.record_failure();
     }
 
     /// Adds the AWS endpoint's request counters to `/metrics`.
@@ -86,11 +93,15 @@ impl Status {
              # HELP lanyard_sidecar_refresh_failures_total Failed fetch-and-write rounds.\n\
              # TYPE lanyard_sidecar_refresh_failures_total counter\n\
              lanyard_sidecar_refresh_failures_total {}\n\
+             # HELP lanyard_sidecar_refresh_refusals_total Failed rounds the broker refused (not retried; also counted as failures).\n\
+             # TYPE lanyard_sidecar_refresh_refusals_total counter\n\
+             lanyard_sidecar_refresh_refusals_total {}\n\
              # HELP lanyard_sidecar_ready 1 when every target is written with a live credential.\n\
              # TYPE lanyard_sidecar_ready gauge\n\
              lanyard_sidecar_ready {}\n",
             self.refreshes.load(Ordering::Relaxed),
             self.failures.load(Ordering::Relaxed),
+            self.refusals.load(Ordering::Relaxed),
             u8::from(self.is_ready()),
         );
         if let Some(aws) = self.aws.get() {
@@ -191,6 +202,20 @@ mod tests {
         assert!(t.contains("lanyard_sidecar_refreshes_total 2\n"), "{t}");
         assert!(
             t.contains("lanyard_sidecar_refresh_failures_total 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lanyard_sidecar_refresh_refusals_total 0\n"),
+            "{t}"
+        );
+        s.record_refusal();
+        let t = s.metrics_text();
+        assert!(
+            t.contains("lanyard_sidecar_refresh_failures_total 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lanyard_sidecar_refresh_refusals_total 1\n"),
             "{t}"
         );
         assert!(t.contains("lanyard_sidecar_ready 1\n"), "{t}");

@@ -2,8 +2,8 @@
 //!
 //! Writes short-lived credentials from a lanyard broker into a directory and keeps them
 //! fresh. `init` fetches once and exits; `run` writes, then refreshes at about 70% of each
-//! lifetime, backs off while the broker is unreachable and keeps the last good files until
-//! they really expire.
+//! lifetime, backs off while the broker is unreachable, does not retry what the broker
+//! refused, and keeps the last good files until they really expire.
 //!
 //! The library is what the binary runs, and what the broker's dev mode and tests call
 //! in-process:
@@ -23,26 +23,41 @@
 //! ```
 //!
 //! # Layout
+//! From the top down; each module imports only modules listed below it, and only this file
+//! sees them all:
+//! - this file: [`init`], [`init_with`], [`run`], [`run_with`], [`main_with_args`]: the
+//!   fetch-and-write loops and the binary's entry point.
+//! - [`cli`]: the command line (clap) and how it becomes a [`SidecarConfig`] and
+//!   [`Options`].
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`, `POST /quitquitquit`.
+//! - [`options`]: what `init` and `run` are given ([`SidecarConfig`], [`Options`]).
 //! - [`aws`]: the AWS container-credentials endpoint (`--aws-listen`) for unmodified AWS
 //!   SDKs.
-//! - [`cli`]: the command line (clap) and how it becomes a [`SidecarConfig`].
-//! - [`files`]: name checks, atomic writes with mode and owner, the default layout and
-//!   targets, expired files.
-//! - [`targets`]: target specs (config file, annotation keys) and the pure rendering of each
-//!   format (raw, env, json, aws, template).
+//! - [`spec`]: spec parsing: the config file and annotation keys, checked into targets,
+//!   notify actions and the on-expiry choice.
+//! - [`files`]: the writer: atomic writes with mode and owner, the default layout, targets
+//!   on disk, expired files.
+//! - [`render`]: the pure rendering of each format (raw, env, json, aws, template).
 //! - [`notify`]: telling the application after a rotation (signal, command, touch).
-//! - [`health`]: `/healthz`, `/readyz`, `/metrics`, `POST /quitquitquit`.
 //! - [`schedule`]: the pure refresh/backoff decision `run` follows.
-//! - this file: [`init`], [`init_with`], [`run`], [`run_with`], [`main_with_args`], the
-//!   options and the error type.
+//! - [`error`](mod@error): the error type, [`SidecarError`], with exit codes and retryability.
+//! - [`target`]: the checked target types ([`Target`], [`Format`](target::Format),
+//!   [`OnExpiry`]).
+//! - [`names`]: the leaf: plain names, target paths, modes and bounded reads of small
+//!   files.
 
 pub mod aws;
 pub mod cli;
+pub mod error;
 pub mod files;
 pub mod health;
+pub mod names;
 pub mod notify;
+pub mod options;
+pub mod render;
 pub mod schedule;
-pub mod targets;
+pub mod spec;
+pub mod target;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -53,23 +68,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use lanyard::Client;
 use lanyard::clock::{Clock, SystemClock, rfc3339, unix_seconds};
 use tracing::{debug, error, info, warn};
 
+pub use error::SidecarError;
 pub use files::WrittenCredential;
 pub use notify::Notify;
+pub use options::{Options, SidecarConfig};
 use schedule::{Held, Schedule};
-pub use targets::Target;
-
-/// What the sidecar needs: a configured client and the directory to write into.
-#[derive(Debug, Clone)]
-pub struct SidecarConfig {
-    /// The broker client (URL, CA, token source, roles, TTL).
-    pub client: Client,
-    /// The secrets directory.
-    pub dir: PathBuf,
-}
+pub use target::{OnExpiry, Target};
 
 /// What one fetch wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,128 +109,14 @@ impl Written {
     }
 }
 
-/// What to do with the files of a credential that is past its expiry and could not be
-/// refreshed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnExpiry {
-    /// Delete its files, so nothing reads a dead credential (the default).
-    #[default]
-    Remove,
-    /// Keep its files and write `FILE.expired` (holding the expiry time) next to each.
-    Mark,
-    /// Leave the files as they are.
-    Keep,
-}
-
-impl OnExpiry {
-    /// Parses `remove`, `mark` or `keep`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "remove" => Ok(Self::Remove),
-            "mark" => Ok(Self::Mark),
-            "keep" => Ok(Self::Keep),
-            other => Err(format!(
-                "on-expiry {other:?} is not known; use remove, mark or keep"
-            )),
-        }
-    }
-}
-
-/// Everything beyond the broker client and the directory: targets, notifications, expiry
-/// handling, the `init` deadline, exit conditions and revocation. `Options::default()` is
-/// the default layout with no notification.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Where and how each credential is written; empty means the default layout.
-    pub targets: Vec<Target>,
-    /// What to do after a rotation.
-    pub notify: Vec<Notify>,
-    /// What to do with the files of an expired credential.
-    pub on_expiry: OnExpiry,
-    /// `init`: give up after this long (retrying retryable failures with backoff inside
-    /// it); `None` tries once.
-    pub deadline: Option<Duration>,
-    /// `run`: exit 0 once this file exists.
-    pub exit_when_file: Option<PathBuf>,
-    /// `run`: revoke the held leases when it stops.
-    pub revoke_on_shutdown: bool,
-    /// `run`: the AWS container-credentials endpoint to hand each fresh AWS credential to
-    /// (serving it is the caller's: [`aws::serve`]).
-    pub aws: Option<Arc<aws::AwsServer>>,
-}
-
-/// Errors of the sidecar.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SidecarError {
-    /// Fetching from the broker failed (unreachable, refused, bad answer, token file).
-    #[error(transparent)]
-    Fetch(#[from] lanyard::Error),
-    /// The broker's answer cannot be written safely (bad role or field name, bad times), or
-    /// a target cannot be rendered from it (missing role or field, template error).
-    #[error("the sidecar will not write this credential: {0}")]
-    Invalid(String),
-    /// Writing a file or creating a directory failed.
-    #[error("cannot write {path}: {source}; check that the directory is writable by this user")]
-    Write {
-        /// The file or directory.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// A path in the secrets directory is unsafe to write (a symbolic link, or not a
-    /// directory where one is needed); nothing was written.
-    #[error("refusing to write {path}: {why}; remove it and restart")]
-    Refused {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// `init` ran out of time.
-    #[error(
-        "gave up after {attempts} attempt(s) in {seconds} s (--deadline-seconds); last error: {last}"
-    )]
-    Deadline {
-        /// Attempts made.
-        attempts: u32,
-        /// The deadline, in seconds.
-        seconds: u64,
-        /// The last failure.
-        last: Box<SidecarError>,
-    },
-    /// The command line or configuration is wrong.
-    #[error("{0}")]
-    Usage(String),
-}
-
-impl SidecarError {
-    /// The process exit code for this error: 2 for usage errors, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Usage(_) => 2,
-            _ => 1,
-        }
-    }
-
-    /// Whether trying again later may succeed (the broker was unreachable or answered with
-    /// a retryable error). Refusals, unsafe paths and bad targets are not retried.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Fetch(e) => e.is_retryable(),
-            _ => false,
-        }
-    }
-}
-
 /// Fetches once and writes the credentials in the default layout; returns what was written.
 pub async fn init(cfg: &SidecarConfig) -> Result<Written, SidecarError> {
     fetch_and_write(cfg, &Options::default()).await
 }
 
 /// Fetches and writes per `opts`. With a deadline, retryable failures are retried with
-/// backoff (0.25 s doubling to 5 s, jittered) until it passes; anything else fails at once.
+/// backoff (0.25 s doubling to 5 s, jittered) until it passes; anything else (a refusal, an
+/// unsafe path, a bad target) fails at once, with the broker's reason when it refused.
 pub async fn init_with(cfg: &SidecarConfig, opts: &Options) -> Result<Written, SidecarError> {
     let Some(deadline) = opts.deadline else {
         return fetch_and_write(cfg, opts).await;
@@ -297,7 +190,9 @@ async fn fetch_write_keep(
 }
 
 /// Writes the credentials, then keeps them fresh until `shutdown` resolves. Failures are
-/// logged and retried with backoff; the last good files stay in place. Returns `Ok(())` on
+/// logged and retried with backoff; a refusal ([`SidecarError::is_refusal`]) is logged as an
+/// error with the broker's reason and not retried, only asked again 4 to 5 minutes later.
+/// Either way the last good files stay in place until they expire. Returns `Ok(())` on
 /// shutdown.
 pub async fn run(
     cfg: &SidecarConfig,
@@ -424,6 +319,19 @@ pub async fn run_with(
                     }
                 }
                 schedule.on_success(written.held(), clock.now(), fastrand::f64())
+            }
+            Err(e) if e.is_refusal() => {
+                // Asking again gets the same answer until someone fixes the cause: no
+                // retries, a recheck minutes later, the last good files kept until they expire.
+                status.record_refusal();
+                let d = schedule.on_refusal(clock.now(), fastrand::f64());
+                error!(
+                    error = %e,
+                    failures = d.failures,
+                    ask_again_in_seconds = d.wait.as_secs_f64(),
+                    "the broker refused the refresh; not retrying, keeping the last good files until they expire"
+                );
+                d
             }
             Err(e) => {
                 status.record_failure();

@@ -1,14 +1,13 @@
 //! Telling the application after a rotation: send a signal to a process (found by pid file
 //! or by name in a shared process namespace), run a command (an argv, never a shell), or
-//! touch a file. Failures are logged and never stop the sidecar.
+//! touch a file. Failures are logged and never stop the sidecar. The config file's
+//! `notify:` entries are parsed and checked into [`Notify`] by the spec parser.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
-use crate::targets::read_bounded;
+use crate::names::read_bounded;
 
 /// Longest a notify command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -16,24 +15,6 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PID_FILE_BYTES: usize = 64;
 /// Environment variable a notify command receives: the rotated roles, comma-separated.
 pub const ENV_ROTATED_ROLES: &str = "LANYARD_ROTATED_ROLES";
-
-/// One notify action as written in the config file. Exactly one of `pid_file`,
-/// `process_name` (both with `signal`), `command` or `touch`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifySpec {
-    /// Signal name: `HUP`, `USR1`, `USR2`, `TERM`, `INT`, `QUIT`, `WINCH` (with or without
-    /// `SIG`).
-    pub signal: Option<String>,
-    /// File holding the pid to signal.
-    pub pid_file: Option<PathBuf>,
-    /// Process name to signal (every process whose `comm` or `argv[0]` base name matches).
-    pub process_name: Option<String>,
-    /// Command to run: argv, no shell.
-    pub command: Option<Vec<String>>,
-    /// File to create or touch.
-    pub touch: Option<PathBuf>,
-}
 
 /// Signals the sidecar may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,74 +112,6 @@ pub enum Notify {
         /// The file.
         path: PathBuf,
     },
-}
-
-impl NotifySpec {
-    /// Checks the spec. `what` names it in errors.
-    pub fn check(&self, what: &str) -> Result<Notify, String> {
-        let err = |m: &str| format!("{what}: {m}");
-        let kinds = [
-            self.pid_file.is_some(),
-            self.process_name.is_some(),
-            self.command.is_some(),
-            self.touch.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err(err(
-                "give exactly one of pid_file, process_name (each with signal), command or touch",
-            ));
-        }
-        let signal = match &self.signal {
-            Some(s) => Some(SignalName::parse(s).map_err(|e| err(&e))?),
-            None => None,
-        };
-        let need_signal = || signal.ok_or_else(|| err("give signal (e.g. HUP) with it"));
-        if let Some(p) = &self.pid_file {
-            return Ok(Notify::SignalPidFile {
-                signal: need_signal()?,
-                pid_file: p.clone(),
-            });
-        }
-        if let Some(n) = &self.process_name {
-            if n.is_empty() || n.contains('/') || n.len() > 255 {
-                return Err(err("process_name must be a plain program name"));
-            }
-            return Ok(Notify::SignalProcessName {
-                signal: need_signal()?,
-                name: n.clone(),
-            });
-        }
-        if signal.is_some() {
-            return Err(err("signal goes with pid_file or process_name"));
-        }
-        if let Some(argv) = &self.command {
-            if argv.first().is_none_or(|a| a.is_empty()) {
-                return Err(err(
-                    "command needs at least a program, e.g. [\"/bin/reload\"]",
-                ));
-            }
-            return Ok(Notify::Command { argv: argv.clone() });
-        }
-        match &self.touch {
-            Some(p) => Ok(Notify::Touch { path: p.clone() }),
-            None => Err(err("nothing to do")),
-        }
-    }
-}
-
-/// Splits a `--notify-command` value: a JSON array of strings, or words split on whitespace.
-pub fn parse_command(s: &str) -> Result<Vec<String>, String> {
-    let t = s.trim();
-    let argv: Vec<String> = if t.starts_with('[') {
-        serde_json::from_str(t)
-            .map_err(|e| format!("--notify-command {t:?} is not a JSON array of strings ({e})"))?
-    } else {
-        t.split_whitespace().map(str::to_owned).collect()
-    };
-    if argv.first().is_none_or(|a| a.is_empty()) {
-        return Err("--notify-command is empty; give a program and its arguments".to_owned());
-    }
-    Ok(argv)
 }
 
 /// Reads a pid file: one decimal pid above 1.
@@ -327,66 +240,6 @@ impl Notify {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_need_exactly_one_action() {
-        let ok = NotifySpec {
-            signal: Some("sighup".into()),
-            pid_file: Some("/run/app.pid".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            ok.check("notify 1"),
-            Ok(Notify::SignalPidFile {
-                signal: SignalName::Hup,
-                pid_file: "/run/app.pid".into()
-            })
-        );
-        let none = NotifySpec::default().check("notify 1").expect_err("none");
-        assert!(none.contains("exactly one"), "{none}");
-        let both = NotifySpec {
-            touch: Some("/x".into()),
-            command: Some(vec!["/bin/true".into()]),
-            ..Default::default()
-        };
-        assert!(both.check("n").is_err());
-        let no_sig = NotifySpec {
-            process_name: Some("nginx".into()),
-            ..Default::default()
-        };
-        assert!(no_sig.check("n").expect_err("sig").contains("signal"));
-        let bad_sig = NotifySpec {
-            signal: Some("KILL".into()),
-            process_name: Some("nginx".into()),
-            ..Default::default()
-        };
-        assert!(
-            bad_sig
-                .check("n")
-                .expect_err("kill")
-                .contains("not supported")
-        );
-        let stray = NotifySpec {
-            signal: Some("HUP".into()),
-            touch: Some("/x".into()),
-            ..Default::default()
-        };
-        assert!(stray.check("n").is_err());
-    }
-
-    #[test]
-    fn commands_are_argv_json_or_words() {
-        assert_eq!(
-            parse_command(r#"["/bin/echo", "a b", "$HOME"]"#),
-            Ok(vec!["/bin/echo".into(), "a b".into(), "$HOME".into()])
-        );
-        assert_eq!(
-            parse_command("nginx -s reload"),
-            Ok(vec!["nginx".into(), "-s".into(), "reload".into()])
-        );
-        assert!(parse_command("  ").is_err());
-        assert!(parse_command("[1, 2]").is_err());
-    }
 
     #[test]
     fn pid_files_hold_one_pid_above_one() {

@@ -3,13 +3,15 @@
 //!
 //! One fetch renews every role at once, so after a success the next fetch is due at the
 //! earliest per-credential refresh point ([`refresh_delay`], ~70% ±10% of each lifetime).
-//! After a failure the wait comes from a [`Backoff`] of 1 s doubling to 60 s, and the last
-//! good credentials stay on disk; those close to expiry or past it are reported so the loop
-//! can warn.
+//! After a failure a retry may fix, the wait comes from a [`Backoff`] of 1 s doubling to
+//! 60 s; after a refusal (the broker says asking again gets the same answer) there is no
+//! retry, only a recheck 4 to 5 minutes later ([`refused_delay`]). Either way the last good
+//! credentials stay on disk; those close to expiry or past it are reported so the loop can
+//! warn.
 
 use std::time::{Duration, SystemTime};
 
-use lanyard::refresh::{Backoff, refresh_delay};
+use lanyard::refresh::{Backoff, refresh_delay, refused_delay};
 
 /// First wait after a failure (before jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -50,10 +52,12 @@ pub struct Decision {
     pub expired: Vec<String>,
 }
 
-/// The refresh schedule: the credentials held and the backoff state.
+/// The refresh schedule: the credentials held, the backoff state and the refusals since
+/// the last success.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     backoff: Backoff,
+    refusals: u32,
     held: Vec<Held>,
 }
 
@@ -68,6 +72,7 @@ impl Schedule {
     pub fn new() -> Self {
         Self {
             backoff: Backoff::new(BACKOFF_BASE, BACKOFF_MAX),
+            refusals: 0,
             held: Vec::new(),
         }
     }
@@ -81,6 +86,7 @@ impl Schedule {
     /// earliest refresh point. `jitter` is uniform in `[0, 1)`.
     pub fn on_success(&mut self, fresh: Vec<Held>, now: SystemTime, jitter: f64) -> Decision {
         self.backoff.reset();
+        self.refusals = 0;
         self.held = fresh;
         let next = self
             .held
@@ -106,14 +112,28 @@ impl Schedule {
         }
     }
 
-    /// A fetch failed: keep what is held and back off. `jitter` is uniform in `[0, 1)`.
+    /// A fetch failed in a way a retry may fix: keep what is held and back off. `jitter` is
+    /// uniform in `[0, 1)`.
     pub fn on_failure(&mut self, now: SystemTime, jitter: f64) -> Decision {
         let wait = self.backoff.next_delay(jitter);
+        self.after_failure(wait, now)
+    }
+
+    /// The broker refused the fetch (asking again gets the same answer until someone fixes
+    /// the cause): keep what is held, do not retry, and recheck after [`refused_delay`] (4
+    /// to 5 minutes) so a fix is picked up without a restart. The backoff stays where it
+    /// was. `jitter` is uniform in `[0, 1)`.
+    pub fn on_refusal(&mut self, now: SystemTime, jitter: f64) -> Decision {
+        self.refusals = self.refusals.saturating_add(1);
+        self.after_failure(refused_delay(jitter), now)
+    }
+
+    fn after_failure(&self, wait: Duration, now: SystemTime) -> Decision {
         let (expiring, expired) = expiry_status(&self.held, now);
         Decision {
             wait,
             due: None,
-            failures: self.backoff.attempts(),
+            failures: self.backoff.attempts().saturating_add(self.refusals),
             expiring,
             expired,
         }
@@ -247,6 +267,41 @@ mod tests {
         assert_eq!(d.failures, 0);
         assert!(d.expired.is_empty());
         assert_eq!(s.on_failure(clock.now(), 1.0).wait, BACKOFF_BASE);
+    }
+
+    #[test]
+    fn refusals_are_rechecked_minutes_later_and_keep_credentials() {
+        let clock = ManualClock::at_unix(1_900_000_000);
+        let mut s = Schedule::new();
+        let first = s.on_success(vec![held("app", &clock, 1_000)], clock.now(), 0.5);
+        clock.advance(first.wait);
+        // One outage, then refusals: no doubling, a recheck in 4 to 5 minutes each time.
+        assert_eq!(s.on_failure(clock.now(), 1.0).wait, BACKOFF_BASE);
+        let d = s.on_refusal(clock.now(), 1.0);
+        assert_eq!(d.wait, lanyard::refresh::REFUSED_RECHECK);
+        assert_eq!((d.failures, d.due.as_deref()), (2, None));
+        assert_eq!(s.held().len(), 1, "the last good credential is kept");
+        let d = s.on_refusal(clock.now(), 0.0);
+        assert_eq!(d.wait, Duration::from_secs(240));
+        assert_eq!(d.failures, 3);
+        // The backoff was left where the outage put it.
+        assert_eq!(s.on_failure(clock.now(), 1.0).wait, BACKOFF_BASE * 2);
+        // Near and past expiry the refusal reports it like any failure.
+        clock.advance(Duration::from_secs(250));
+        let d = s.on_refusal(clock.now(), 0.5);
+        assert_eq!(
+            d.expiring,
+            vec![("app".to_owned(), Duration::from_secs(50))]
+        );
+        clock.advance(Duration::from_secs(50));
+        assert_eq!(
+            s.on_refusal(clock.now(), 0.5).expired,
+            vec!["app".to_owned()]
+        );
+        // A success clears the count.
+        let d = s.on_success(vec![held("app", &clock, 1_000)], clock.now(), 0.5);
+        assert_eq!(d.failures, 0);
+        assert_eq!(s.on_refusal(clock.now(), 0.5).failures, 1);
     }
 
     #[test]

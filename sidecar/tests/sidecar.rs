@@ -65,6 +65,27 @@ async fn once(state: State<(Arc<Mutex<u32>>, u64)>) -> Response {
     issue(state).await
 }
 
+/// The broker's documented answer (docs/API.md) when STS refused its AssumeRole: 502
+/// `upstream_refused`, not retryable, no `Retry-After`. Counts the request.
+async fn upstream_refused(State((served, _)): State<(Arc<Mutex<u32>>, u64)>) -> Response {
+    *served.lock().expect("lock") += 1;
+    (
+        StatusCode::BAD_GATEWAY,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"error":{"code":"upstream_refused","message":"aws-sts upstream refused: AccessDenied (HTTP 403): User: arn:aws:iam::123456789012:user/broker is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/app","request_id":"req_7","retryable":false}}"#,
+    )
+        .into_response()
+}
+
+/// Issues once, then refuses like a broker whose upstream started to refuse (a changed
+/// trust policy, say).
+async fn once_then_refused(state: State<(Arc<Mutex<u32>>, u64)>) -> Response {
+    if *state.0.0.lock().expect("lock") >= 1 {
+        return upstream_refused(state).await;
+    }
+    issue(state).await
+}
+
 async fn garbage() -> Response {
     (StatusCode::OK, "<html>this is not the broker</html>").into_response()
 }
@@ -81,6 +102,8 @@ async fn serve(ttl: u64) -> (SocketAddr, Arc<Mutex<u32>>) {
         .route("/v1/credentials", post(issue))
         .route("/refuse/v1/credentials", post(refuse))
         .route("/once/v1/credentials", post(once))
+        .route("/upstream-refused/v1/credentials", post(upstream_refused))
+        .route("/once-then-refused/v1/credentials", post(once_then_refused))
         .route("/garbage/v1/credentials", post(garbage))
         .route("/huge/v1/credentials", post(huge))
         .with_state((served.clone(), ttl));
@@ -151,6 +174,125 @@ async fn init_reports_a_refusal_and_writes_nothing() {
     );
     assert_eq!(e.exit_code(), 1);
     assert!(std::fs::read_dir(dir.path()).expect("ls").next().is_none());
+}
+
+#[tokio::test]
+async fn init_stops_at_once_on_an_upstream_refusal_with_the_reason() {
+    let (addr, served) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_at(&format!("http://{addr}/upstream-refused"), dir.path());
+    // A deadline would retry a retryable failure for a minute; a refusal is not retried.
+    let opts = lanyard_sidecar::Options {
+        deadline: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let started = tokio::time::Instant::now();
+    let e = lanyard_sidecar::init_with(&cfg, &opts)
+        .await
+        .expect_err("refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            e,
+            SidecarError::Fetch(lanyard::Error::Broker {
+                status: 502,
+                code: ErrorCode::UpstreamRefused,
+                retryable: false,
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_refusal() && !e.is_retryable());
+    assert_eq!(e.exit_code(), 1);
+    let m = e.to_string();
+    assert!(
+        m.contains("upstream_refused") && m.contains("not authorized to perform: sts:AssumeRole"),
+        "{m}"
+    );
+    assert_eq!(*served.lock().expect("lock"), 1, "asked once");
+    assert!(std::fs::read_dir(dir.path()).expect("ls").next().is_none());
+}
+
+#[tokio::test]
+async fn the_init_binary_exits_1_at_once_naming_the_refusal() {
+    let (addr, served) = serve(600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJfromfile\n").expect("token");
+    let started = tokio::time::Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard-sidecar"))
+        .args(["init", "--deadline-seconds", "60", "--broker"])
+        .arg(format!("http://{addr}/upstream-refused"))
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--dir")
+        .arg(dir.path().join("secrets"))
+        .env("LANYARD_LOG", "off")
+        .output()
+        .await
+        .expect("run the binary");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("502 upstream_refused")
+            && stderr.contains("aws-sts upstream refused: AccessDenied (HTTP 403)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("eyJfromfile"), "{stderr}");
+    assert_eq!(*served.lock().expect("lock"), 1, "asked once");
+    assert!(!dir.path().join("secrets").exists());
+}
+
+#[tokio::test]
+async fn run_does_not_retry_a_refusal_and_keeps_the_files_until_they_expire() {
+    // A 2 s credential: refreshed at ~1.4 s, refused, removed at its expiry at 2 s.
+    let (addr, served) = serve(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_at(&format!("http://{addr}/once-then-refused"), dir.path());
+    let token = dir.path().join("dev-app/token");
+    let watched = served.clone();
+    let t = token.clone();
+    let kept_after_refusal = Arc::new(Mutex::new(false));
+    let kept = kept_after_refusal.clone();
+    let shutdown = async move {
+        while *watched.lock().expect("lock") < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Refused: the file is still there (it has not expired yet)...
+        *kept.lock().expect("lock") = t.exists();
+        // ...until it expires; then give a retry on the backoff (0.5 to 1 s) time to show.
+        while t.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lanyard_sidecar::run(&cfg, Arc::new(SystemClock), shutdown),
+    )
+    .await
+    .expect("run stops on shutdown")
+    .expect("run ok");
+    assert!(
+        *kept_after_refusal.lock().expect("lock"),
+        "the last good file is kept after the refusal"
+    );
+    assert!(!token.exists(), "removed at expiry");
+    assert_eq!(
+        *served.lock().expect("lock"),
+        2,
+        "one issue and one refusal, no retry"
+    );
 }
 
 #[tokio::test]

@@ -12,8 +12,10 @@
 //!   duration), so two requests share a credential exactly when they would have made the same
 //!   upstream call. A cached credential is reused while it is [`Freshness::Fresh`] (the first
 //!   `cache_refresh_fraction` of its life); identical concurrent requests share one upstream
-//!   call (single flight); and when a refresh fails with a retryable error the previous
-//!   credential keeps being served until it really expires.
+//!   call (single flight); and when a refresh fails with a retryable error (the upstream is
+//!   down) the previous credential keeps being served until it really expires. A refusal
+//!   (`retryable: false`, e.g. STS `AccessDenied`) is passed on: the upstream said no, so
+//!   the credential it issued earlier is not served on its behalf.
 //!
 //! The decisions are pure functions ([`freshness`], [`TokenBucket::try_take`]) tested without
 //! a clock or an upstream.
@@ -602,6 +604,24 @@ mod tests {
             .await
             .expect_err("config errors surface");
         assert!(matches!(err, BackendError::Config(_)));
+        // Nor is an upstream's refusal: it is not an outage.
+        let err = up
+            .cached("k", || async {
+                Err::<CachedCredential, _>(BackendError::Upstream {
+                    backend: "aws-sts",
+                    message: "AccessDenied (HTTP 403)".into(),
+                    retryable: false,
+                })
+            })
+            .await
+            .expect_err("refusals surface");
+        assert!(matches!(
+            err,
+            BackendError::Upstream {
+                retryable: false,
+                ..
+            }
+        ));
     }
 
     // Paused time: a stall between the calls must not refill the bucket.

@@ -80,8 +80,8 @@ pub struct LeaseRef<'a> {
     pub role: &'a str,
 }
 
-/// Backend failures. Mapped to HTTP in `error.rs` (upstream → 503, config → 500,
-/// refused → 403).
+/// Backend failures. Mapped to HTTP in `error.rs` (upstream → 503, or 502 when the upstream
+/// refused and a retry cannot help; config → 500; refused → 403).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
@@ -93,7 +93,8 @@ pub enum BackendError {
         backend: &'static str,
         /// Summary.
         message: String,
-        /// Whether a retry may succeed.
+        /// Whether a retry may succeed: `false` for the upstream's refusal (STS
+        /// `AccessDenied`, a Vault 403 or 400), which clients must not retry.
         retryable: bool,
     },
     /// The role's settings are unusable (caught at policy load where possible).

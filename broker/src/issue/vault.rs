@@ -569,13 +569,15 @@ impl VaultBackend {
         Ok(())
     }
 
-    /// Makes sure the broker holds a token (logging in if it has none).
-    async fn ensure_token(&self) -> Result<(), BackendError> {
+    /// Makes sure the broker holds a token (logging in if it has none); says whether it
+    /// logged in just now.
+    async fn ensure_token(&self) -> Result<bool, BackendError> {
         let mut state = self.token.lock().await;
         if state.token.is_none() {
             self.login(&mut state).await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Keeps the broker's own token alive: re-reads a token file that changed, renews a
@@ -615,17 +617,26 @@ impl VaultBackend {
         self.login(&mut state).await
     }
 
-    /// Forgets the token after Vault refused it, so the next call logs in again.
-    async fn on_error(&self, e: &ClientError) {
+    /// Summarises a failed call. Vault answers 403 both when a policy refuses the call and
+    /// when the token expired or was revoked, so with a token the broker logs in for
+    /// (AppRole, Kubernetes) it forgets the token and the next call logs in again. A 403 on
+    /// a token older than this call is then retryable (that next call may succeed); a 403
+    /// on a token logged in for this very call, or on a static token, is a refusal.
+    async fn failed(&self, e: &ClientError, what: &str, fresh_login: bool) -> BackendError {
+        let mut err = summarize(e, what);
         if matches!(e, ClientError::APIError { code: 403, .. })
             && !matches!(self.config.auth, VaultAuth::Token { .. })
         {
             self.token.lock().await.token = None;
+            if !fresh_login && let BackendError::Upstream { retryable, .. } = &mut err {
+                *retryable = true;
+            }
         }
+        err
     }
 
     async fn raw(&self, call: RawCall, what: &str) -> Result<Envelope, BackendError> {
-        self.ensure_token().await?;
+        let fresh_login = self.ensure_token().await?;
         let result = {
             let client = self.client.read().await;
             match call
@@ -645,15 +656,12 @@ impl VaultBackend {
                 message: format!("{what}: unexpected response from Vault"),
                 retryable: true,
             }),
-            Err(e) => {
-                self.on_error(&e).await;
-                Err(summarize(&e, what))
-            }
+            Err(e) => Err(self.failed(&e, what, fresh_login).await),
         }
     }
 
     async fn raw_empty(&self, call: RawCall, what: &str) -> Result<(), BackendError> {
-        self.ensure_token().await?;
+        let fresh_login = self.ensure_token().await?;
         let result = {
             let client = self.client.read().await;
             call.with_middleware(client.middle())
@@ -662,10 +670,10 @@ impl VaultBackend {
                 .map(|_| ())
                 .map_err(rustify_error)
         };
-        if let Err(e) = &result {
-            self.on_error(e).await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(&e, what, fresh_login).await),
         }
-        result.map_err(|e| summarize(&e, what))
     }
 
     async fn vaultrs<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BackendError>
@@ -673,14 +681,11 @@ impl VaultBackend {
         F: FnOnce(tokio::sync::OwnedRwLockReadGuard<VaultClient>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        self.ensure_token().await?;
+        let fresh_login = self.ensure_token().await?;
         let result = f(self.client.clone().read_owned().await).await;
         match result {
             Ok(v) => Ok(v),
-            Err(e) => {
-                self.on_error(&e).await;
-                Err(summarize(&e, what))
-            }
+            Err(e) => Err(self.failed(&e, what, fresh_login).await),
         }
     }
 

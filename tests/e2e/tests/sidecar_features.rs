@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use lanyard::TokenSource;
 use lanyard::clock::SystemClock;
 use lanyard_sidecar::notify::{Notify, SignalName};
-use lanyard_sidecar::targets::{check_all, parse_target_keys};
+use lanyard_sidecar::spec::{check_all, parse_target_keys};
 use lanyard_sidecar::{OnExpiry, Options, SidecarConfig, SidecarError};
 use lanyard_test_support::{OidcIssuer, TestBroker, TestBrokerOptions};
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::child::Probe;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 /// One STS call as the proxy saw it: the Query API form parameters.
@@ -40,7 +40,31 @@ fn signing_key_id(headers: &HeaderMap) -> Option<String> {
 struct ProxyState {
     upstream: String,
     calls: Mutex<Vec<StsCall>>,
+    /// Calls still to refuse with `AccessDenied`, by action.
+    refusals: Mutex<BTreeMap<String, usize>>,
     client: reqwest::Client,
+}
+
+/// STS's answer when the caller may not perform an action: HTTP 403 with the Query API's
+/// documented error body (`ErrorResponse/Error/{Type,Code,Message}`, `RequestId`), as real
+/// STS sends it for an AssumeRole the role's trust policy does not allow.
+fn access_denied(action: &str, params: &BTreeMap<String, String>, call: usize) -> Response {
+    let resource = params.get("RoleArn").map_or("*", String::as_str);
+    let request_id = format!("c6104cbe-af31-11e0-8154-{call:012x}");
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <Error>\n    \
+         <Type>Sender</Type>\n    <Code>AccessDenied</Code>\n    <Message>User: \
+         arn:aws:iam::123456789012:user/lanyard-broker is not authorized to perform: \
+         sts:{action} on resource: {resource}</Message>\n  </Error>\n  \
+         <RequestId>{request_id}</RequestId>\n</ErrorResponse>\n"
+    );
+    let mut resp = (StatusCode::FORBIDDEN, body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("text/xml"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-amzn-requestid", v);
+    }
+    resp
 }
 
 /// A running moto server and its recording proxy. Both stop when dropped.
@@ -91,11 +115,25 @@ async fn forward(
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if let Some(action) = params.get("Action") {
-        state.calls.lock().expect("calls").push(StsCall {
-            action: action.clone(),
-            params: params.clone(),
-            access_key_id: signing_key_id(&headers),
-        });
+        let call = {
+            let mut calls = state.calls.lock().expect("calls");
+            calls.push(StsCall {
+                action: action.clone(),
+                params: params.clone(),
+                access_key_id: signing_key_id(&headers),
+            });
+            calls.len()
+        };
+        let refuse = match state.refusals.lock().expect("refusals").get_mut(action) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        };
+        if refuse {
+            return access_denied(action, &params, call);
+        }
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut req = state
@@ -156,6 +194,7 @@ impl MotoServer {
         let state = Arc::new(ProxyState {
             upstream: moto_url.clone(),
             calls: Mutex::new(Vec::new()),
+            refusals: Mutex::new(BTreeMap::new()),
             client: reqwest::Client::new(),
         });
         // The proxy keeps its listener from bind to serve, so it has no such race.
@@ -189,6 +228,17 @@ impl MotoServer {
             .into_iter()
             .filter(|c| c.action == action)
             .collect()
+    }
+
+    /// Answers the next `calls` calls of `action` (e.g. `AssumeRole`) as STS does when the
+    /// caller is not allowed to make them: 403 `AccessDenied` in STS's documented error XML,
+    /// without reaching moto (which enforces no IAM). The calls are still recorded.
+    pub fn refuse_next(&self, action: &str, calls: usize) {
+        self.state
+            .refusals
+            .lock()
+            .expect("refusals")
+            .insert(action.to_owned(), calls);
     }
 
     /// Stops moto (the proxy stays up and answers 502, as a dead upstream behind a load

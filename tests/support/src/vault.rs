@@ -11,7 +11,9 @@
 //! token_type, orphan}`; errors are `{"errors": [...]}` with Vault's status codes; revocations
 //! answer 204. It checks `X-Vault-Token` (403 `permission denied` otherwise), issues real
 //! X.509 certificates from a throwaway CA, and records every request so tests can assert
-//! what was called. It does not enforce Vault policies, and leases expire only when revoked.
+//! what was called. It does not enforce Vault policies (a test denies a path with
+//! [`VaultEmulator::deny_path`], answered as a policy denial is), and leases expire only when
+//! revoked.
 //!
 //! Paths served (under `/v1/`): `auth/token/{lookup-self, renew-self, create, create/<role>,
 //! revoke-accessor, renew-accessor}`, `auth/<approle mount>/login`,
@@ -102,6 +104,7 @@ pub struct IssuedCert {
 #[derive(Debug, Default)]
 struct Emu {
     down: bool,
+    denied: std::collections::HashSet<String>,
     tokens: HashMap<String, TokenInfo>,
     approle: Option<(String, String, String, u64)>,
     kubernetes: Option<(String, String, String, u64)>,
@@ -334,6 +337,10 @@ async fn handle(
     let Some(caller) = caller else {
         return errors(StatusCode::FORBIDDEN, &["permission denied"]);
     };
+    // A valid token whose policies do not grant this path: Vault's 403.
+    if emu.denied.contains(&path) {
+        return errors(StatusCode::FORBIDDEN, &["permission denied"]);
+    }
 
     match (write, segs.as_slice()) {
         (false, ["auth", "token", "lookup-self"]) => ok(envelope(
@@ -737,6 +744,18 @@ impl VaultEmulator {
     pub fn revoke_token(&self, token: &str) {
         if let Some(t) = self.emu().tokens.get_mut(token) {
             t.revoked = true;
+        }
+    }
+
+    /// Answers requests to `path` (after `/v1/`, e.g. `secret/data/apps/shop/db`) made with a
+    /// valid token as Vault does when the token's policies do not grant it: 403
+    /// `{"errors":["permission denied"]}`, or stops doing so. Requests are still recorded.
+    pub fn deny_path(&self, path: &str, denied: bool) {
+        let mut emu = self.emu();
+        if denied {
+            emu.denied.insert(path.to_owned());
+        } else {
+            emu.denied.remove(path);
         }
     }
 
