@@ -4,15 +4,14 @@
 //! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
-//! - [`template`]: safe `{{field}}` substitution of identity values into role settings.
 //!
-//! The trait is shaped for the backends that follow: AWS STS (no renew or revoke; expiry from
-//! the session) and Vault (leases with renew and revoke, upstream failures).
+//! A role's settings reach a backend already parsed into its own type
+//! ([`RoleSettings`], from `policy::settings`): policy loading
+//! parses them through [`Backends::validate_role`], and `issue` reads typed fields, never JSON.
 
 pub mod cache;
 pub mod jwt;
 pub mod sts;
-pub mod template;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -22,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use lanyard::Secret;
 
 use crate::authn::Identity;
-use crate::policy::Role;
+use crate::policy::{Role, RoleError, RoleSettings, RoleSpec};
 
 /// Everything a backend needs to issue one credential.
 #[derive(Debug)]
@@ -104,9 +103,6 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The kind named by roles' `backend` field.
     fn kind(&self) -> &'static str;
 
-    /// Checks a role's `scope` and `settings` at policy load. The error says what to fix.
-    fn validate_role(&self, role: &Role) -> Result<(), String>;
-
     /// Issues a credential.
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError>;
 
@@ -151,34 +147,39 @@ impl Backends {
         self.0.get(kind)
     }
 
-    /// Checks a role against its backend (for policy loading).
-    pub fn validate_role(&self, role: &Role) -> Result<(), String> {
-        match self.get(&role.backend) {
-            Some(b) => b.validate_role(role),
-            None => Err(format!(
-                "unknown backend `{}` (configured: {})",
-                role.backend,
-                self.0.keys().copied().collect::<Vec<_>>().join(", ")
-            )),
+    /// Parses a role's settings for policy loading: its backend must be configured, and
+    /// the settings must parse as that backend's (the error says what to fix).
+    pub fn validate_role(&self, spec: &RoleSpec<'_>) -> Result<RoleSettings, RoleError> {
+        if self.get(spec.backend).is_none() && RoleSettings::KINDS.contains(&spec.backend) {
+            return Err(RoleError::NotConfigured {
+                backend: spec.backend.to_owned(),
+                configured: self.0.keys().map(|k| (*k).to_owned()).collect(),
+            });
         }
+        RoleSettings::parse(spec)
     }
 }
 
-/// A backend that only validates roles (for offline `policy check` / `policy explain`).
+/// The error for a role whose settings are not of the issuing backend's kind: a bug (the
+/// broker picks the backend by the role's kind), never the caller's fault.
+pub(crate) fn settings_mismatch(backend: &'static str, role: &Role) -> BackendError {
+    BackendError::Internal(format!(
+        "role `{}` has {} settings, not {backend} settings",
+        role.name,
+        role.settings.kind()
+    ))
+}
+
+/// A backend that only parses roles (for offline `policy check` / `policy explain`).
 #[derive(Debug)]
 struct ValidateOnly {
     kind: &'static str,
-    validate: fn(&Role) -> Result<(), String>,
 }
 
 #[async_trait::async_trait]
 impl Backend for ValidateOnly {
     fn kind(&self) -> &'static str {
         self.kind
-    }
-
-    fn validate_role(&self, role: &Role) -> Result<(), String> {
-        (self.validate)(role)
     }
 
     async fn issue(&self, _req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
@@ -188,20 +189,12 @@ impl Backend for ValidateOnly {
     }
 }
 
-/// Every backend kind, able to validate roles but not to issue: for offline policy tools.
+/// Every backend kind, able to parse roles (as the broker does) but not to issue: for
+/// offline policy tools.
 pub fn offline_backends() -> Backends {
     let mut b = Backends::default();
-    b.insert(Arc::new(ValidateOnly {
-        kind: "jwt",
-        validate: jwt::validate_role,
-    }));
-    b.insert(Arc::new(ValidateOnly {
-        kind: sts::KIND,
-        validate: sts::validate_role,
-    }));
-    b.insert(Arc::new(ValidateOnly {
-        kind: vault::KIND,
-        validate: vault::validate_role,
-    }));
+    for kind in RoleSettings::KINDS {
+        b.insert(Arc::new(ValidateOnly { kind }));
+    }
     b
 }
