@@ -5,9 +5,10 @@
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
 //!
-//! A role's settings reach a backend already parsed into its own type
-//! ([`RoleSettings`], from `policy::settings`): policy loading
-//! parses them through [`Backends::validate_role`], and `issue` reads typed fields, never JSON.
+//! A role's settings reach a backend already parsed into its own type ([`RoleSettings`], from
+//! `policy::settings`): policy loading parses them through [`Backends::validate_role`], and
+//! issuance reads typed fields, never JSON. A backend handed another kind's settings returns
+//! [`BackendError::Internal`].
 
 pub mod cache;
 pub mod jwt;
@@ -197,4 +198,52 @@ pub fn offline_backends() -> Backends {
         b.insert(Arc::new(ValidateOnly { kind }));
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::settings::tests::raw;
+
+    #[test]
+    fn roles_parse_only_for_configured_backends() {
+        let mut jwt_only = Backends::default();
+        jwt_only.insert(Arc::new(ValidateOnly { kind: "jwt" }));
+        let arn = "arn:aws:iam::123456789012:role/app";
+        let sts_role = raw("s3", "aws-sts", json!({"role_arn": arn}), &[], 900);
+
+        let settings = jwt_only
+            .validate_role(&raw("app", "jwt", json!({}), &[], 60).spec())
+            .expect("jwt is configured");
+        assert_eq!(settings.kind(), "jwt");
+        assert_eq!(
+            jwt_only.validate_role(&sts_role.spec()),
+            Err(RoleError::NotConfigured {
+                backend: "aws-sts".into(),
+                configured: vec!["jwt".into()],
+            })
+        );
+        assert!(matches!(
+            jwt_only.validate_role(&raw("x", "ldap", json!({}), &[], 60).spec()),
+            Err(RoleError::UnknownBackend { .. })
+        ));
+
+        // Offline, every kind parses, with the same errors as a broker that has it.
+        let offline = offline_backends();
+        assert_eq!(
+            offline
+                .validate_role(&sts_role.spec())
+                .expect("aws-sts offline")
+                .kind(),
+            "aws-sts"
+        );
+        let bad = raw("db", "vault", json!({"kind": "kv3"}), &[], 60);
+        assert_eq!(
+            offline.validate_role(&bad.spec()),
+            RoleSettings::parse(&bad.spec())
+        );
+        assert!(offline.validate_role(&bad.spec()).is_err());
+    }
 }

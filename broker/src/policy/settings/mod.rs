@@ -9,10 +9,9 @@
 //!
 //! # Layout
 //! - [`jwt`]: [`JwtRoleSettings`], the audience and scope claims.
-//! - [`sts`]: [`StsRoleSettings`], the IAM role, session policy, tags,
-//!   source identity and external id.
-//! - [`vault`]: [`VaultRoleSettings`], a kv2, dynamic, pki or token
-//!   role.
+//! - [`sts`]: [`StsRoleSettings`], the IAM role, session policy, tags, source identity and
+//!   external id.
+//! - [`vault`]: [`VaultRoleSettings`], a kv2, dynamic, pki or token role.
 //! - [`template`]: `{{field}}` placeholders, parsed here and filled from an identity at
 //!   issuance.
 //!
