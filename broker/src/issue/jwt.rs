@@ -8,6 +8,9 @@
 //! With several replicas sharing a store, a key one replica creates becomes known to the
 //! others at their next [`KeyRing::rotate_if_due`] (which reloads from the store first), so
 //! call it often (e.g. every `reload_interval_seconds`).
+//!
+//! A role's audience and scope claim arrive parsed at policy load
+//! ([`JwtRoleSettings`](crate::policy::settings::jwt::JwtRoleSettings)).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -1,7 +1,9 @@
 //! The `aws-sts` backend: `AssumeRole` with a scoped-down session.
 //!
-//! For each issuance the broker builds one AssumeRole request from the role and the
-//! identity ([`plan`], a pure function):
+//! For each issuance the broker builds one AssumeRole request from the role (its settings
+//! parsed at policy load into
+//! [`StsRoleSettings`](crate::policy::settings::sts::StsRoleSettings), the session policy into
+//! a template filled by concatenation) and the identity ([`plan`], a pure function):
 //! - `RoleArn` from `settings.role_arn`, `RoleSessionName` = `<role_session_prefix>-<role>`;
 //! - an inline session `Policy` that scopes the session down: `settings.session_policy` (a
 //!   JSON object whose strings may hold `{{namespace}}`, `{{service_account}}`,

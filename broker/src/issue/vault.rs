@@ -1,6 +1,7 @@
 //! The `vault` backend (HashiCorp Vault, through `vaultrs`).
 //!
-//! A role's `settings.kind` picks what it issues:
+//! A role's `settings.kind` picks what it issues (parsed at policy load into
+//! [`VaultKind`]):
 //! - `kv2`: a KV v2 read (`mount`, templated `path`, optional pinned `version`); `scope`, if
 //!   given, lists the keys handed out. No upstream lease; reads are cached and coalesced like
 //!   STS sessions.
