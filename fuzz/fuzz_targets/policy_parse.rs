@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use lanyard_broker::policy::RoleSettings;
 use lanyard_broker::policy::load::{MAX_FILE_BYTES, parse_file};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -15,18 +16,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let parsed = parse_file(Path::new("fuzz.yaml"), text, &|role| {
-        if role.backend == "jwt" {
-            Ok(())
-        } else {
-            Err(format!("unknown backend {:?}", role.backend))
-        }
-    });
+    // Every backend kind's settings parser, as offline `policy check` runs them.
+    let parsed = parse_file(Path::new("fuzz.yaml"), text, &RoleSettings::parse);
     let lines = text.lines().count() + 1;
     for error in &parsed.errors {
         assert!(error.location.line <= lines, "{error}");
     }
     for role in &parsed.roles {
+        assert_eq!(role.settings.kind(), role.backend);
         assert!(role.default_ttl_seconds <= role.max_ttl_seconds);
         assert!(role.max_ttl_seconds >= 1);
     }

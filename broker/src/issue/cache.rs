@@ -67,6 +67,57 @@ impl CachedCredential {
     }
 }
 
+/// Builds a cache key from the fields of an upstream call: the SHA-256 (hex) of the fields in
+/// order, each length-prefixed, so two different lists of fields never hash the same input.
+pub struct CacheKey(aws_lc_rs::digest::Context);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey")
+    }
+}
+
+impl Default for CacheKey {
+    fn default() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+}
+
+impl CacheKey {
+    /// Adds a string.
+    pub fn str(mut self, s: &str) -> Self {
+        self.0.update(&(s.len() as u64).to_be_bytes());
+        self.0.update(s.as_bytes());
+        self
+    }
+
+    /// Adds an optional string (absent and empty differ).
+    pub fn opt(mut self, s: Option<&str>) -> Self {
+        self.0.update(&[u8::from(s.is_some())]);
+        match s {
+            Some(s) => self.str(s),
+            None => self,
+        }
+    }
+
+    /// Adds a number.
+    pub fn u64(mut self, n: u64) -> Self {
+        self.0.update(&n.to_be_bytes());
+        self
+    }
+
+    /// Adds a list of strings.
+    pub fn list<'a>(self, items: impl ExactSizeIterator<Item = &'a str>) -> Self {
+        let len = items.len() as u64;
+        items.fold(self.u64(len), Self::str)
+    }
+
+    /// The key.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finish().as_ref())
+    }
+}
+
 /// Whether a cached credential may be handed out at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -683,5 +734,29 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         up.sweep();
         assert_eq!(up.cached_keys(), 1);
+    }
+
+    #[test]
+    fn cache_keys_tell_every_field_list_apart() {
+        let key = |f: fn(CacheKey) -> CacheKey| f(CacheKey::default()).finish();
+        let keys = [
+            key(|k| k.str("ab").str("c")),
+            key(|k| k.str("a").str("bc")),
+            key(|k| k.str("abc")),
+            key(|k| k.opt(None).str("x")),
+            key(|k| k.opt(Some("")).str("x")),
+            key(|k| k.list(["a", "b"].into_iter()).str("c")),
+            key(|k| k.list(["a"].into_iter()).str("b").str("c")),
+            key(|k| k.u64(1)),
+            key(|k| k.u64(2)),
+            key(|k| k),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            assert_eq!(a.len(), 64);
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(key(|k| k.str("ab").str("c")), keys[0], "deterministic");
     }
 }

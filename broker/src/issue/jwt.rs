@@ -8,6 +8,9 @@
 //! With several replicas sharing a store, a key one replica creates becomes known to the
 //! others at their next [`KeyRing::rotate_if_due`] (which reloads from the store first), so
 //! call it often (e.g. every `reload_interval_seconds`).
+//!
+//! A role's audience and scope claim arrive parsed at policy load
+//! ([`JwtRoleSettings`](crate::policy::settings::jwt::JwtRoleSettings)).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -33,14 +36,12 @@ use zeroize::Zeroizing;
 use super::{Backend, BackendError, IssueRequest, Issued};
 use crate::authn::AuthnError;
 use crate::config::{Algorithm, SigningConfig};
-use crate::policy::Role;
+use crate::policy::RoleSettings;
+pub use crate::policy::settings::jwt::{KIND, RESERVED_AUDIENCE_PREFIX};
 use crate::store::{SigningKeyRecord, Store, StoreError};
 
 /// Largest token [`KeyRing::verify`] accepts before parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// Settings a `jwt` role may carry.
-pub const ROLE_SETTINGS: &[&str] = &["audience"];
 
 /// Why the key ring cannot load or create its keys.
 #[derive(Debug, thiserror::Error)]
@@ -480,91 +481,18 @@ impl JwtBackend {
     pub fn new(keys: Arc<KeyRing>, issuer_url: String) -> Self {
         Self { keys, issuer_url }
     }
-
-    /// The `aud` claim for a role: `settings.audience` (string or list), else the role name.
-    fn audience(role: &Role) -> Result<Value, String> {
-        match role.settings.get("audience") {
-            None => Ok(Value::String(role.name.clone())),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Value::String(s.clone())),
-            Some(Value::Array(items))
-                if !items.is_empty()
-                    && items
-                        .iter()
-                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
-            {
-                Ok(Value::Array(items.clone()))
-            }
-            Some(_) => Err(format!(
-                "role `{}`: `settings.audience` must be a non-empty string or a non-empty list of non-empty strings",
-                role.name
-            )),
-        }
-    }
-}
-
-/// Audiences the broker keeps for its own tokens (e.g. `lanyard:session`); roles cannot
-/// mint tokens for them.
-pub const RESERVED_AUDIENCE_PREFIX: &str = "lanyard:";
-
-/// Checks a `jwt` role's settings (only `audience`) and scope (no empty or whitespace entries).
-pub fn validate_role(role: &Role) -> Result<(), String> {
-    if let Some(unknown) = role
-        .settings
-        .keys()
-        .find(|k| !ROLE_SETTINGS.contains(&k.as_str()))
-    {
-        return Err(format!(
-            "role `{}`: unknown setting `{unknown}` for the jwt backend (valid settings: {})",
-            role.name,
-            ROLE_SETTINGS.join(", ")
-        ));
-    }
-    let audience = JwtBackend::audience(role)?;
-    let reserved = RESERVED_AUDIENCE_PREFIX;
-    let names_reserved = match &audience {
-        Value::String(s) => s.starts_with(reserved),
-        Value::Array(items) => items
-            .iter()
-            .any(|i| i.as_str().is_some_and(|s| s.starts_with(reserved))),
-        _ => false,
-    };
-    if names_reserved {
-        return Err(format!(
-            "role `{}`: audiences starting with `{reserved}` are reserved for the broker's own tokens; pick another audience",
-            role.name
-        ));
-    }
-    for (i, s) in role.scope.iter().enumerate() {
-        if s.is_empty() {
-            return Err(format!(
-                "role `{}`: scope entry {} is empty; remove it",
-                role.name,
-                i + 1
-            ));
-        }
-        if s.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "role `{}`: scope entry {} `{s}` contains whitespace; list each scope as its own entry",
-                role.name,
-                i + 1
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[async_trait::async_trait]
 impl Backend for JwtBackend {
     fn kind(&self) -> &'static str {
-        "jwt"
-    }
-
-    fn validate_role(&self, role: &Role) -> Result<(), String> {
-        validate_role(role)
+        KIND
     }
 
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
-        let aud = Self::audience(req.role).map_err(BackendError::Config)?;
+        let RoleSettings::Jwt(settings) = &req.role.settings else {
+            return Err(super::settings_mismatch(KIND, req.role));
+        };
         let iat = unix_seconds(req.now);
         let exp = iat.saturating_add(req.ttl.as_secs());
         let mut lanyard = serde_json::Map::new();
@@ -576,17 +504,17 @@ impl Backend for JwtBackend {
         let mut claims = json!({
             "iss": self.issuer_url,
             "sub": req.identity.subject,
-            "aud": aud,
+            "aud": settings.audience(),
             "iat": iat,
             "nbf": iat,
             "exp": exp,
             "jti": req.lease_id,
             "lanyard": lanyard,
         });
-        if !req.role.scope.is_empty()
+        if let Some(scope) = settings.scope_claim()
             && let Some(obj) = claims.as_object_mut()
         {
-            obj.insert("scope".into(), json!(req.role.scope.join(" ")));
+            obj.insert("scope".into(), json!(scope));
         }
         let token = self.keys.sign(&claims)?;
         Ok(Issued {
@@ -600,14 +528,13 @@ impl Backend for JwtBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use jsonwebtoken::jwk::JwkSet;
     use lanyard::clock::ManualClock;
 
     use super::*;
     use crate::authn::{Identity, KubernetesIdentity};
-    use crate::policy::Location;
+    use crate::policy::Role;
+    use crate::policy::settings::tests::role as test_role;
     use crate::store::memory::MemoryStore;
 
     const T0: u64 = 1_800_000_000;
@@ -627,19 +554,9 @@ mod tests {
             .expect("key ring")
     }
 
+    /// A `jwt` role, its settings parsed as policy loading parses them.
     fn role(settings: Value, scope: &[&str]) -> Role {
-        Role {
-            name: "orders-read".into(),
-            backend: "jwt".into(),
-            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
-            max_ttl_seconds: 3600,
-            default_ttl_seconds: 600,
-            settings: serde_json::from_value(settings).expect("settings"),
-            location: Location {
-                file: PathBuf::from("policies/orders.yaml"),
-                line: 3,
-            },
-        }
+        test_role("orders-read", KIND, settings, scope, 3600)
     }
 
     fn identity() -> Identity {
@@ -683,7 +600,6 @@ mod tests {
             json!({"audience": "orders-api"}),
             &["orders:read", "orders:list"],
         );
-        backend.validate_role(&role).expect("valid role");
         let id = identity();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
         let issued = backend
@@ -986,46 +902,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn validate_role_names_the_problem() {
+    async fn a_role_with_another_backends_settings_is_an_internal_error() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let ring =
             Arc::new(ring_with(store, Arc::new(ManualClock::at_unix(T0)), Algorithm::ES256).await);
-        let b = JwtBackend::new(ring, ISS.into());
-        b.validate_role(&role(json!({}), &["a:b"]))
-            .expect("no settings");
-        b.validate_role(&role(json!({"audience": ["a", "b"]}), &[]))
-            .expect("list audience");
-
-        let err = b
-            .validate_role(&role(json!({"audiences": "x"}), &[]))
-            .expect_err("unknown key");
+        let backend = JwtBackend::new(ring, ISS.into());
+        let vault_role = test_role(
+            "orders-read",
+            "vault",
+            json!({"kind": "token", "policies": ["p"]}),
+            &[],
+            3600,
+        );
+        let id = identity();
+        let err = backend
+            .issue(&IssueRequest {
+                identity: &id,
+                role: &vault_role,
+                ttl: Duration::from_secs(60),
+                now: SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
+                request_id: "rq",
+                lease_id: "ls",
+            })
+            .await
+            .expect_err("vault settings");
         assert!(
-            err.contains("`audiences`") && err.contains("valid settings: audience"),
+            matches!(&err, BackendError::Internal(m) if m.contains("vault settings")),
             "{err}"
         );
-        for bad in [json!(""), json!([]), json!([1]), json!(["a", ""]), json!(3)] {
-            let err = b
-                .validate_role(&role(json!({"audience": bad}), &[]))
-                .expect_err("bad audience");
-            assert!(err.contains("settings.audience"), "{err}");
-        }
-        let err = b
-            .validate_role(&role(json!({}), &["read write"]))
-            .expect_err("whitespace");
-        assert!(
-            err.contains("whitespace") && err.contains("`read write`"),
-            "{err}"
-        );
-        let err = b
-            .validate_role(&role(json!({}), &["ok", ""]))
-            .expect_err("empty");
-        assert!(err.contains("scope entry 2 is empty"), "{err}");
-    }
-
-    #[test]
-    fn roles_cannot_mint_tokens_for_the_brokers_own_audiences() {
-        let err = validate_role(&role(json!({"audience": ["ok", "lanyard:session"]}), &[]))
-            .expect_err("reserved");
-        assert!(err.contains("reserved"), "{err}");
     }
 }

@@ -5,7 +5,6 @@
 //! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
-//! - [`template`]: safe `{{field}}` substitution of identity values into role settings.
 //! - [`lifetime`]: the TTL to ask a backend for and the lifetime handed out (role cap,
 //!   upstream expiry, `refresh_after`), as pure functions.
 //!
@@ -14,12 +13,16 @@
 //! broker-signed JWTs cannot be revoked and live until they expire), upkeep of its own
 //! upstream login ([`Backend::maintain`]), and whether the broker should revoke its leases
 //! upstream once they expire ([`Backend::revokes_on_expiry`]).
+//!
+//! A role's settings reach a backend already parsed into its own type ([`RoleSettings`], from
+//! `policy::settings`): policy loading parses them through [`Backends::validate_role`], and
+//! issuance reads typed fields, never JSON. A backend handed another kind's settings returns
+//! [`BackendError::Internal`].
 
 pub mod cache;
 pub mod jwt;
 pub mod lifetime;
 pub mod sts;
-pub mod template;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -35,7 +38,7 @@ use self::vault::VaultBackend;
 use crate::authn::Identity;
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::policy::Role;
+use crate::policy::{Role, RoleError, RoleSettings, RoleSpec};
 
 /// Everything a backend needs to issue one credential.
 #[derive(Debug)]
@@ -117,9 +120,6 @@ pub enum BackendError {
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The kind named by roles' `backend` field.
     fn kind(&self) -> &'static str;
-
-    /// Checks a role's `scope` and `settings` at policy load. The error says what to fix.
-    fn validate_role(&self, role: &Role) -> Result<(), String>;
 
     /// Issues a credential.
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError>;
@@ -209,34 +209,39 @@ impl Backends {
         self.0.get(kind)
     }
 
-    /// Checks a role against its backend (for policy loading).
-    pub fn validate_role(&self, role: &Role) -> Result<(), String> {
-        match self.get(&role.backend) {
-            Some(b) => b.validate_role(role),
-            None => Err(format!(
-                "unknown backend `{}` (configured: {})",
-                role.backend,
-                self.0.keys().copied().collect::<Vec<_>>().join(", ")
-            )),
+    /// Parses a role's settings for policy loading: its backend must be configured, and
+    /// the settings must parse as that backend's (the error says what to fix).
+    pub fn validate_role(&self, spec: &RoleSpec<'_>) -> Result<RoleSettings, RoleError> {
+        if self.get(spec.backend).is_none() && RoleSettings::KINDS.contains(&spec.backend) {
+            return Err(RoleError::NotConfigured {
+                backend: spec.backend.to_owned(),
+                configured: self.0.keys().map(|k| (*k).to_owned()).collect(),
+            });
         }
+        RoleSettings::parse(spec)
     }
 }
 
-/// A backend that only validates roles (for offline `policy check` / `policy explain`).
+/// The error for a role whose settings are not of the issuing backend's kind: a bug (the
+/// broker picks the backend by the role's kind), never the caller's fault.
+pub(crate) fn settings_mismatch(backend: &'static str, role: &Role) -> BackendError {
+    BackendError::Internal(format!(
+        "role `{}` has {} settings, not {backend} settings",
+        role.name,
+        role.settings.kind()
+    ))
+}
+
+/// A backend that only parses roles (for offline `policy check` / `policy explain`).
 #[derive(Debug)]
 struct ValidateOnly {
     kind: &'static str,
-    validate: fn(&Role) -> Result<(), String>,
 }
 
 #[async_trait::async_trait]
 impl Backend for ValidateOnly {
     fn kind(&self) -> &'static str {
         self.kind
-    }
-
-    fn validate_role(&self, role: &Role) -> Result<(), String> {
-        (self.validate)(role)
     }
 
     async fn issue(&self, _req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
@@ -246,21 +251,13 @@ impl Backend for ValidateOnly {
     }
 }
 
-/// Every backend kind, able to validate roles but not to issue: for offline policy tools.
+/// Every backend kind, able to parse roles (as the broker does) but not to issue: for
+/// offline policy tools.
 pub fn offline_backends() -> Backends {
     let mut b = Backends::default();
-    b.insert(Arc::new(ValidateOnly {
-        kind: "jwt",
-        validate: jwt::validate_role,
-    }));
-    b.insert(Arc::new(ValidateOnly {
-        kind: sts::KIND,
-        validate: sts::validate_role,
-    }));
-    b.insert(Arc::new(ValidateOnly {
-        kind: vault::KIND,
-        validate: vault::validate_role,
-    }));
+    for kind in RoleSettings::KINDS {
+        b.insert(Arc::new(ValidateOnly { kind }));
+    }
     b
 }
 
@@ -270,6 +267,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::policy::settings::tests::raw;
     use crate::config::{Algorithm, SigningConfig};
     use crate::store::Store;
     use crate::store::memory::MemoryStore;
@@ -360,5 +358,45 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("no-such-ca.pem"), "{msg}");
+    }
+
+    #[test]
+    fn roles_parse_only_for_configured_backends() {
+        let mut jwt_only = Backends::default();
+        jwt_only.insert(Arc::new(ValidateOnly { kind: "jwt" }));
+        let arn = "arn:aws:iam::123456789012:role/app";
+        let sts_role = raw("s3", "aws-sts", json!({"role_arn": arn}), &[], 900);
+
+        let settings = jwt_only
+            .validate_role(&raw("app", "jwt", json!({}), &[], 60).spec())
+            .expect("jwt is configured");
+        assert_eq!(settings.kind(), "jwt");
+        assert_eq!(
+            jwt_only.validate_role(&sts_role.spec()),
+            Err(RoleError::NotConfigured {
+                backend: "aws-sts".into(),
+                configured: vec!["jwt".into()],
+            })
+        );
+        assert!(matches!(
+            jwt_only.validate_role(&raw("x", "ldap", json!({}), &[], 60).spec()),
+            Err(RoleError::UnknownBackend { .. })
+        ));
+
+        // Offline, every kind parses, with the same errors as a broker that has it.
+        let offline = offline_backends();
+        assert_eq!(
+            offline
+                .validate_role(&sts_role.spec())
+                .expect("aws-sts offline")
+                .kind(),
+            "aws-sts"
+        );
+        let bad = raw("db", "vault", json!({"kind": "kv3"}), &[], 60);
+        assert_eq!(
+            offline.validate_role(&bad.spec()),
+            RoleSettings::parse(&bad.spec())
+        );
+        assert!(offline.validate_role(&bad.spec()).is_err());
     }
 }

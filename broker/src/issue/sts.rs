@@ -1,7 +1,9 @@
 //! The `aws-sts` backend: `AssumeRole` with a scoped-down session.
 //!
-//! For each issuance the broker builds one AssumeRole request from the role and the
-//! identity ([`plan`], a pure function):
+//! For each issuance the broker builds one AssumeRole request from the role (its settings
+//! parsed at policy load into
+//! [`StsRoleSettings`](crate::policy::settings::sts::StsRoleSettings), the session policy into
+//! a template filled by concatenation) and the identity ([`plan`], a pure function):
 //! - `RoleArn` from `settings.role_arn`, `RoleSessionName` = `<role_session_prefix>-<role>`;
 //! - an inline session `Policy` that scopes the session down: `settings.session_policy` (a
 //!   JSON object whose strings may hold `{{namespace}}`, `{{service_account}}`,
@@ -31,44 +33,18 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 use lanyard::Secret;
 use lanyard::clock::Clock;
-use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::cache::{CachedCredential, Upstream};
-use super::template::{self, Values};
+use super::cache::{CacheKey, CachedCredential, Upstream};
 use super::{Backend, BackendError, IssueRequest, Issued};
 use crate::config::AwsStsConfig;
 use crate::metrics::Metrics;
-use crate::policy::Role;
-
-/// The backend kind.
-pub const KIND: &str = "aws-sts";
-
-/// Settings an `aws-sts` role may carry.
-pub const ROLE_SETTINGS: &[&str] = &[
-    "role_arn",
-    "session_policy",
-    "resources",
-    "session_tags",
-    "source_identity",
-    "external_id",
-];
-
-/// STS's shortest session.
-pub const MIN_DURATION_SECONDS: u64 = 900;
-/// STS's longest session (role chaining aside; the IAM role's own maximum also applies).
-pub const MAX_DURATION_SECONDS: u64 = 43_200;
-/// Largest inline session policy STS accepts, in characters.
-pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
-
-/// Identity fields that can become session tags, and their tag keys.
-const TAG_FIELDS: &[(&str, &str)] = &[
-    ("namespace", "kubernetes-namespace"),
-    ("service_account", "kubernetes-service-account"),
-    ("pod_name", "kubernetes-pod-name"),
-    ("pod_uid", "kubernetes-pod-uid"),
-];
-const DEFAULT_TAGS: &[&str] = &["namespace", "service_account"];
+use crate::policy::RoleSettings;
+pub use crate::policy::settings::sts::{
+    KIND, MAX_DURATION_SECONDS, MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS,
+};
+use crate::policy::settings::sts::{TagField, is_session_char};
+use crate::policy::settings::template::Values;
 
 /// One AssumeRole request, fully decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,49 +68,19 @@ pub struct AssumeRolePlan {
 impl AssumeRolePlan {
     /// The cache key: a digest of everything sent upstream.
     pub fn cache_key(&self) -> String {
-        let canonical = json!([
-            self.role_arn,
-            self.session_name,
-            self.policy,
-            self.tags,
-            self.source_identity,
-            self.external_id,
-            self.duration_seconds,
-        ]);
-        hex::encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            canonical.to_string().as_bytes(),
-        ))
+        let key = CacheKey::default()
+            .str(&self.role_arn)
+            .str(&self.session_name)
+            .opt(self.policy.as_deref())
+            .u64(self.tags.len() as u64);
+        self.tags
+            .iter()
+            .fold(key, |key, (k, v)| key.str(k).str(v))
+            .opt(self.source_identity.as_deref())
+            .opt(self.external_id.as_deref())
+            .u64(self.duration_seconds)
+            .finish()
     }
-}
-
-/// Whether a string is a valid IAM role ARN.
-fn is_role_arn(s: &str) -> bool {
-    let parts: Vec<&str> = s.splitn(6, ':').collect();
-    let [arn, partition, service, region, account, resource] = parts[..] else {
-        return false;
-    };
-    arn == "arn"
-        && partition.starts_with("aws")
-        && partition
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '-')
-        && service == "iam"
-        && region.is_empty()
-        && account.len() == 12
-        && account.chars().all(|c| c.is_ascii_digit())
-        && resource
-            .strip_prefix("role/")
-            .is_some_and(|name| !name.is_empty() && name.chars().all(is_iam_name_char))
-        && s.len() <= 2048
-}
-
-fn is_iam_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c)
-}
-
-fn is_session_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
 }
 
 /// A valid session-tag value (up to 256 letters, digits, spaces and `_.:/=+-@`).
@@ -142,24 +88,6 @@ pub fn is_tag_value(s: &str) -> bool {
     s.chars().count() <= 256
         && s.chars()
             .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
-}
-
-/// An IAM action: `service:Action` (wildcards allowed in the action part) or `*`.
-fn is_iam_action(s: &str) -> bool {
-    if s == "*" {
-        return true;
-    }
-    let Some((service, action)) = s.split_once(':') else {
-        return false;
-    };
-    !service.is_empty()
-        && service
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !action.is_empty()
-        && action
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '?')
 }
 
 /// Keeps the characters STS allows and cuts to `max` characters.
@@ -170,187 +98,21 @@ fn sanitize(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// Which identity fields a role tags its sessions with.
-fn tag_fields(role: &Role) -> Result<Vec<&'static str>, String> {
-    let name = &role.name;
-    match role.settings.get("session_tags") {
-        None | Some(Value::Bool(true)) => Ok(DEFAULT_TAGS.to_vec()),
-        Some(Value::Bool(false)) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| {
-                let f = i.as_str().unwrap_or_default();
-                TAG_FIELDS
-                    .iter()
-                    .find(|(field, _)| *field == f)
-                    .map(|(field, _)| *field)
-                    .ok_or_else(|| {
-                        format!(
-                            "role `{name}`: `settings.session_tags` entry `{i}` is not one of {}",
-                            TAG_FIELDS
-                                .iter()
-                                .map(|(f, _)| *f)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
-            })
-            .collect(),
-        Some(_) => Err(format!(
-            "role `{name}`: `settings.session_tags` must be true, false, or a list of identity fields"
-        )),
-    }
-}
-
-/// The session policy document a role asks for, placeholders unfilled.
-fn policy_template(role: &Role) -> Result<Option<Value>, String> {
-    let name = &role.name;
-    if let Some(p) = role.settings.get("session_policy") {
-        if !role.scope.is_empty() || role.settings.contains_key("resources") {
-            return Err(format!(
-                "role `{name}`: use either `settings.session_policy` or `scope`/`settings.resources`, not both"
-            ));
-        }
-        let Value::Object(map) = p else {
-            return Err(format!(
-                "role `{name}`: `settings.session_policy` must be a JSON object (an IAM policy document)"
-            ));
-        };
-        if !map.contains_key("Statement") {
-            return Err(format!(
-                "role `{name}`: `settings.session_policy` has no `Statement`"
-            ));
-        }
-        return Ok(Some(p.clone()));
-    }
-    if role.scope.is_empty() {
-        if role.settings.contains_key("resources") {
-            return Err(format!(
-                "role `{name}`: `settings.resources` needs `scope` (the IAM actions to allow)"
-            ));
-        }
-        return Ok(None);
-    }
-    let resources = match role.settings.get("resources") {
-        None => json!("*"),
-        Some(Value::Array(items))
-            if !items.is_empty()
-                && items
-                    .iter()
-                    .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
-        {
-            Value::Array(items.clone())
-        }
-        Some(_) => {
-            return Err(format!(
-                "role `{name}`: `settings.resources` must be a non-empty list of ARNs"
-            ));
-        }
-    };
-    Ok(Some(json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Action": role.scope,
-            "Resource": resources,
-        }]
-    })))
-}
-
-/// Checks an `aws-sts` role at policy load. The error says what to fix.
-pub fn validate_role(role: &Role) -> Result<(), String> {
-    let name = &role.name;
-    if let Some(unknown) = role
-        .settings
-        .keys()
-        .find(|k| !ROLE_SETTINGS.contains(&k.as_str()))
-    {
-        return Err(format!(
-            "role `{name}`: unknown setting `{unknown}` for the aws-sts backend (valid settings: {})",
-            ROLE_SETTINGS.join(", ")
-        ));
-    }
-    match role.settings.get("role_arn") {
-        Some(Value::String(arn)) if is_role_arn(arn) => {}
-        Some(other) => {
-            return Err(format!(
-                "role `{name}`: `settings.role_arn` {other} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
-            ));
-        }
-        None => {
-            return Err(format!(
-                "role `{name}`: the aws-sts backend needs `settings.role_arn` (the IAM role to assume)"
-            ));
-        }
-    }
-    if role.max_ttl_seconds < MIN_DURATION_SECONDS {
-        return Err(format!(
-            "role `{name}`: max_ttl_seconds {} is below {MIN_DURATION_SECONDS}, the shortest session AWS STS can issue; raise it to at least {MIN_DURATION_SECONDS} (the broker will not issue credentials that outlive the cap)",
-            role.max_ttl_seconds
-        ));
-    }
-    for (i, s) in role.scope.iter().enumerate() {
-        if !is_iam_action(s) {
-            return Err(format!(
-                "role `{name}`: scope entry {} `{s}` is not an IAM action (`service:Action`, e.g. `s3:GetObject`)",
-                i + 1
-            ));
-        }
-    }
-    if let Some(doc) = policy_template(role)? {
-        template::check_json(&doc).map_err(|e| format!("role `{name}`: session policy: {e}"))?;
-        let len = doc.to_string().chars().count();
-        if len > MAX_SESSION_POLICY_CHARS {
-            return Err(format!(
-                "role `{name}`: the session policy is {len} characters; STS accepts at most {MAX_SESSION_POLICY_CHARS}"
-            ));
-        }
-    }
-    tag_fields(role)?;
-    match role.settings.get("source_identity") {
-        None | Some(Value::Bool(_)) => {}
-        Some(_) => {
-            return Err(format!(
-                "role `{name}`: `settings.source_identity` must be true or false"
-            ));
-        }
-    }
-    match role.settings.get("external_id") {
-        None => {}
-        Some(Value::String(s))
-            if (2..=1224).contains(&s.len())
-                && s.chars()
-                    .all(|c| is_session_char(c) || c == ':' || c == '/') => {}
-        Some(_) => {
-            return Err(format!(
-                "role `{name}`: `settings.external_id` must be 2-1224 characters from A-Z a-z 0-9 _+=,.@:/-"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Decides the AssumeRole request for an identity and role (pure; no I/O).
 pub fn plan(req: &IssueRequest<'_>, session_prefix: &str) -> Result<AssumeRolePlan, BackendError> {
     let role = req.role;
-    let config = |m: String| BackendError::Config(m);
-    let role_arn = role
-        .settings
-        .get("role_arn")
-        .and_then(Value::as_str)
-        .ok_or_else(|| config(format!("role `{}`: no settings.role_arn", role.name)))?
-        .to_owned();
-    let values = Values::of(req.identity);
-    let policy = match policy_template(role).map_err(config)? {
+    let RoleSettings::AwsSts(settings) = &role.settings else {
+        return Err(super::settings_mismatch(KIND, role));
+    };
+    let policy = match settings.session_policy() {
         None => None,
-        Some(doc) => {
-            let rendered = template::render_json(&doc, &values).map_err(|e| {
+        Some(template) => {
+            let text = template.render(&Values::of(req.identity)).map_err(|e| {
                 BackendError::Refused(format!(
                     "role `{}` cannot be issued to this identity: {e}",
                     role.name
                 ))
             })?;
-            let text = rendered.to_string();
             if text.chars().count() > MAX_SESSION_POLICY_CHARS {
                 return Err(BackendError::Refused(format!(
                     "role `{}`: the session policy for this identity exceeds STS's {MAX_SESSION_POLICY_CHARS} characters",
@@ -362,53 +124,43 @@ pub fn plan(req: &IssueRequest<'_>, session_prefix: &str) -> Result<AssumeRolePl
     };
     let mut tags = Vec::new();
     if let Some(k) = &req.identity.kubernetes {
-        for field in tag_fields(role).map_err(config)? {
+        for field in settings.session_tags() {
             let value = match field {
-                "namespace" => Some(k.namespace.as_str()),
-                "service_account" => Some(k.service_account.as_str()),
-                "pod_name" => k.pod_name.as_deref(),
-                "pod_uid" => k.pod_uid.as_deref(),
-                _ => None,
+                TagField::Namespace => Some(k.namespace.as_str()),
+                TagField::ServiceAccount => Some(k.service_account.as_str()),
+                TagField::PodName => k.pod_name.as_deref(),
+                TagField::PodUid => k.pod_uid.as_deref(),
             };
-            let key = TAG_FIELDS
-                .iter()
-                .find(|(f, _)| *f == field)
-                .map(|(_, key)| *key);
-            if let (Some(key), Some(value)) = (key, value)
+            if let Some(value) = value
                 && !value.is_empty()
                 && is_tag_value(value)
             {
-                tags.push((key.to_owned(), value.to_owned()));
+                tags.push((field.tag_key().to_owned(), value.to_owned()));
             }
         }
     }
     tags.sort();
-    let source_identity = match role.settings.get("source_identity") {
-        Some(Value::Bool(false)) => None,
-        _ => {
-            let raw = match &req.identity.kubernetes {
-                Some(k) => format!("{}.{}", k.namespace, k.service_account),
-                None => req.identity.subject.clone(),
-            };
-            let s = sanitize(&raw, 64);
-            (s.len() >= 2).then_some(s)
-        }
+    let source_identity = if settings.source_identity() {
+        let raw = match &req.identity.kubernetes {
+            Some(k) => format!("{}.{}", k.namespace, k.service_account),
+            None => req.identity.subject.clone(),
+        };
+        let s = sanitize(&raw, 64);
+        (s.len() >= 2).then_some(s)
+    } else {
+        None
     };
     let cap = role
         .max_ttl_seconds
         .clamp(MIN_DURATION_SECONDS, MAX_DURATION_SECONDS);
     let duration_seconds = req.ttl.as_secs().clamp(MIN_DURATION_SECONDS, cap);
     Ok(AssumeRolePlan {
-        role_arn,
+        role_arn: settings.role_arn().to_owned(),
         session_name: sanitize(&format!("{session_prefix}-{}", role.name), 64),
         policy,
         tags,
         source_identity,
-        external_id: role
-            .settings
-            .get("external_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        external_id: settings.external_id().map(str::to_owned),
         duration_seconds,
     })
 }
@@ -590,10 +342,6 @@ impl Backend for StsBackend {
         KIND
     }
 
-    fn validate_role(&self, role: &Role) -> Result<(), String> {
-        validate_role(role)
-    }
-
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
         let plan = plan(req, &self.session_prefix)?;
         let key = plan.cache_key();
@@ -611,25 +359,16 @@ impl Backend for StsBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::authn::{Identity, KubernetesIdentity};
-    use crate::policy::Location;
+    use crate::policy::Role;
+    use crate::policy::settings::tests::role as test_role;
 
+    /// An `aws-sts` role, its settings parsed as policy loading parses them.
     fn role(settings: Value, scope: &[&str], max: u64) -> Role {
-        Role {
-            name: "s3-read".into(),
-            backend: KIND.into(),
-            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
-            max_ttl_seconds: max,
-            default_ttl_seconds: max.min(900),
-            settings: serde_json::from_value(settings).expect("settings"),
-            location: Location {
-                file: PathBuf::from("policies/aws.yaml"),
-                line: 1,
-            },
-        }
+        test_role("s3-read", KIND, settings, scope, max)
     }
 
     const ARN: &str = "arn:aws:iam::123456789012:role/app";
@@ -663,76 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn validation_names_what_to_fix() {
-        validate_role(&role(json!({"role_arn": ARN}), &[], 3600)).expect("minimal");
-        let cases = [
-            (json!({}), 3600, "needs `settings.role_arn`"),
-            (
-                json!({"role_arn": "arn:aws:s3:::x"}),
-                3600,
-                "not an IAM role ARN",
-            ),
-            (
-                json!({"role_arn": ARN, "policy": {}}),
-                3600,
-                "unknown setting `policy`",
-            ),
-            (json!({"role_arn": ARN}), 600, "below 900"),
-            (
-                json!({"role_arn": ARN, "session_policy": "x"}),
-                3600,
-                "JSON object",
-            ),
-            (
-                json!({"role_arn": ARN, "session_policy": {"Version": "2012-10-17"}}),
-                3600,
-                "no `Statement`",
-            ),
-            (
-                json!({"role_arn": ARN, "session_policy": {"Statement": [{"Resource": "{{pod}}"}]}}),
-                3600,
-                "unknown placeholder",
-            ),
-            (
-                json!({"role_arn": ARN, "session_tags": ["namespace", "node"]}),
-                3600,
-                "session_tags",
-            ),
-            (
-                json!({"role_arn": ARN, "session_tags": "yes"}),
-                3600,
-                "session_tags",
-            ),
-            (
-                json!({"role_arn": ARN, "resources": ["arn:aws:s3:::b/*"]}),
-                3600,
-                "needs `scope`",
-            ),
-            (
-                json!({"role_arn": ARN, "external_id": "x"}),
-                3600,
-                "external_id",
-            ),
-        ];
-        for (settings, max, want) in cases {
-            let err = validate_role(&role(settings.clone(), &[], max)).expect_err(want);
-            assert!(err.contains(want), "{settings}: {err}");
-            assert!(err.contains("`s3-read`"), "{err}");
-        }
-        let err = validate_role(&role(json!({"role_arn": ARN}), &["s3 GetObject"], 3600))
-            .expect_err("bad action");
-        assert!(err.contains("not an IAM action"), "{err}");
-        let big = "x".repeat(2100);
-        let err = validate_role(&role(
-            json!({"role_arn": ARN, "session_policy": {"Statement": [{"Sid": big}]}}),
-            &[],
-            3600,
-        ))
-        .expect_err("too long");
-        assert!(err.contains("2048"), "{err}");
-    }
-
-    #[test]
     fn the_plan_scopes_tags_and_clamps() {
         let r = role(
             json!({
@@ -746,7 +415,6 @@ mod tests {
             &[],
             3600,
         );
-        validate_role(&r).expect("valid");
         let p = plan_for(&r, &k8s(Some("api-7d9f")), 1200).expect("plan");
         assert_eq!(p.role_arn, ARN);
         assert_eq!(p.session_name, "lanyard-s3-read");
@@ -811,7 +479,6 @@ mod tests {
             &["s3:GetObject", "s3:List*"],
             3600,
         );
-        validate_role(&r).expect("valid");
         let p = plan_for(&r, &k8s(None), 900).expect("plan");
         let policy: Value =
             serde_json::from_str(p.policy.as_deref().expect("policy")).expect("json");
@@ -858,5 +525,66 @@ mod tests {
         let p = plan_for(&plain, &bootstrap, 900).expect("plan");
         assert_eq!(p.source_identity.as_deref(), Some("bootstrap-bt_1"));
         assert!(p.tags.is_empty());
+    }
+
+    #[test]
+    fn the_cache_key_covers_every_field_sent_upstream() {
+        let base = AssumeRolePlan {
+            role_arn: ARN.into(),
+            session_name: "lanyard-s3-read".into(),
+            policy: Some("{}".into()),
+            tags: vec![("kubernetes-namespace".into(), "shop".into())],
+            source_identity: Some("shop.api".into()),
+            external_id: None,
+            duration_seconds: 900,
+        };
+        let variants = [
+            AssumeRolePlan {
+                role_arn: format!("{ARN}2"),
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                session_name: "lanyard-other".into(),
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                policy: None,
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                tags: vec![("kubernetes-namespace".into(), "shop2".into())],
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                tags: vec![],
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                source_identity: None,
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                external_id: Some("x".into()),
+                ..base.clone()
+            },
+            AssumeRolePlan {
+                duration_seconds: 901,
+                ..base.clone()
+            },
+        ];
+        assert_eq!(base.cache_key(), base.clone().cache_key());
+        for v in &variants {
+            assert_ne!(v.cache_key(), base.cache_key(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_role_with_another_backends_settings_is_an_internal_error() {
+        let jwt_role = test_role("s3-read", "jwt", json!({}), &[], 3600);
+        let err = plan_for(&jwt_role, &k8s(None), 900).expect_err("jwt settings");
+        assert!(
+            matches!(&err, BackendError::Internal(m) if m.contains("jwt settings")),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The `vault` backend (HashiCorp Vault, through `vaultrs`).
 //!
-//! A role's `settings.kind` picks what it issues:
+//! A role's `settings.kind` picks what it issues (parsed at policy load into
+//! [`VaultKind`]):
 //! - `kv2`: a KV v2 read (`mount`, templated `path`, optional pinned `version`); `scope`, if
 //!   given, lists the keys handed out. No upstream lease; reads are cached and coalesced like
 //!   STS sessions.
@@ -17,6 +18,7 @@
 //! again) at two thirds of its TTL. Vault errors are summarised as status and Vault's first
 //! error message, cut short; request bodies and secrets never appear.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::Path;
@@ -33,265 +35,16 @@ use tracing::{info, warn};
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::cache::{CachedCredential, Upstream};
-use super::template::{self, Values};
+use super::cache::{CacheKey, CachedCredential, Upstream};
 use super::{Backend, BackendError, IssueRequest, Issued, LeaseRef};
 use crate::config::{VaultAuth, VaultConfig};
 use crate::metrics::Metrics;
-use crate::policy::Role;
+use crate::policy::RoleSettings;
+use crate::policy::settings::template::{Template, Values};
+use crate::policy::settings::vault::{VaultKind, is_relative_path};
 
-/// The backend kind.
-pub const KIND: &str = "vault";
+pub use crate::policy::settings::vault::KIND;
 
-/// Settings a `vault` role may carry.
-pub const ROLE_SETTINGS: &[&str] = &[
-    "kind",
-    "mount",
-    "path",
-    "version",
-    "role",
-    "common_name",
-    "alt_names",
-    "policies",
-    "token_role",
-    "renewable",
-];
-
-/// What a `vault` role issues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VaultKind {
-    /// A KV v2 read.
-    Kv2 {
-        /// Engine mount (default `secret`).
-        mount: String,
-        /// Secret path (may hold placeholders).
-        path: String,
-        /// A pinned version.
-        version: Option<u64>,
-    },
-    /// Dynamic credentials from `<mount>/creds/<role>`.
-    Dynamic {
-        /// Engine mount, e.g. `database`.
-        mount: String,
-        /// Engine role.
-        role: String,
-    },
-    /// A certificate from `<mount>/issue/<role>`.
-    Pki {
-        /// Engine mount (default `pki`).
-        mount: String,
-        /// PKI role.
-        role: String,
-        /// Common name template.
-        common_name: String,
-        /// Subject alternative name templates.
-        alt_names: Vec<String>,
-    },
-    /// A child token.
-    Token {
-        /// Policies of the token.
-        policies: Vec<String>,
-        /// A token role to create it against.
-        token_role: Option<String>,
-        /// Whether the token may be renewed (up to its explicit max TTL).
-        renewable: bool,
-    },
-}
-
-fn str_setting(role: &Role, key: &str) -> Result<Option<String>, String> {
-    match role.settings.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(format!(
-            "role `{}`: `settings.{key}` must be a non-empty string",
-            role.name
-        )),
-    }
-}
-
-fn list_setting(role: &Role, key: &str) -> Result<Vec<String>, String> {
-    match role.settings.get(key) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| match i.as_str() {
-                Some(s) if !s.is_empty() => Ok(s.to_owned()),
-                _ => Err(format!(
-                    "role `{}`: `settings.{key}` entries must be non-empty strings",
-                    role.name
-                )),
-            })
-            .collect(),
-        Some(_) => Err(format!(
-            "role `{}`: `settings.{key}` must be a list of strings",
-            role.name
-        )),
-    }
-}
-
-fn segment_ok(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('/')
-        && !s.ends_with('/')
-        && !s.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-}
-
-/// Reads a role's settings into a [`VaultKind`], with errors that say what to fix.
-pub fn parse_role(role: &Role) -> Result<VaultKind, String> {
-    let name = &role.name;
-    if let Some(unknown) = role
-        .settings
-        .keys()
-        .find(|k| !ROLE_SETTINGS.contains(&k.as_str()))
-    {
-        return Err(format!(
-            "role `{name}`: unknown setting `{unknown}` for the vault backend (valid settings: {})",
-            ROLE_SETTINGS.join(", ")
-        ));
-    }
-    let allowed = |keys: &[&str], kind: &str| -> Result<(), String> {
-        match role
-            .settings
-            .keys()
-            .find(|k| k.as_str() != "kind" && !keys.contains(&k.as_str()))
-        {
-            Some(k) => Err(format!(
-                "role `{name}`: `settings.{k}` does not apply to kind `{kind}` (it takes: {})",
-                keys.join(", ")
-            )),
-            None => Ok(()),
-        }
-    };
-    let kind = str_setting(role, "kind")?.ok_or_else(|| {
-        format!(
-            "role `{name}`: the vault backend needs `settings.kind`: kv2, dynamic, pki or token"
-        )
-    })?;
-    let mount = |default: Option<&str>| -> Result<String, String> {
-        let m = match (str_setting(role, "mount")?, default) {
-            (Some(m), _) => m,
-            (None, Some(d)) => d.to_owned(),
-            (None, None) => {
-                return Err(format!(
-                    "role `{name}`: kind `{kind}` needs `settings.mount` (e.g. `database`)"
-                ));
-            }
-        };
-        if !segment_ok(&m) || m.contains("{{") {
-            return Err(format!(
-                "role `{name}`: `settings.mount` `{m}` is not a mount path"
-            ));
-        }
-        Ok(m)
-    };
-    let parsed = match kind.as_str() {
-        "kv2" => {
-            allowed(&["mount", "path", "version"], "kv2")?;
-            let path = str_setting(role, "path")?
-                .ok_or_else(|| format!("role `{name}`: kind `kv2` needs `settings.path`"))?;
-            template::placeholders(&path)
-                .map_err(|e| format!("role `{name}`: `settings.path`: {e}"))?;
-            if !segment_ok(&path) {
-                return Err(format!(
-                    "role `{name}`: `settings.path` `{path}` must be a relative path without empty, `.` or `..` segments"
-                ));
-            }
-            let version = match role.settings.get("version") {
-                None => None,
-                Some(v) => Some(v.as_u64().filter(|v| *v > 0).ok_or_else(|| {
-                    format!("role `{name}`: `settings.version` must be a positive integer")
-                })?),
-            };
-            VaultKind::Kv2 {
-                mount: mount(Some("secret"))?,
-                path,
-                version,
-            }
-        }
-        "dynamic" => {
-            allowed(&["mount", "role"], "dynamic")?;
-            let r = str_setting(role, "role")?.ok_or_else(|| {
-                format!("role `{name}`: kind `dynamic` needs `settings.role` (the engine's role)")
-            })?;
-            if !segment_ok(&r) || r.contains('/') || r.contains("{{") {
-                return Err(format!(
-                    "role `{name}`: `settings.role` `{r}` is not a role name"
-                ));
-            }
-            VaultKind::Dynamic {
-                mount: mount(None)?,
-                role: r,
-            }
-        }
-        "pki" => {
-            allowed(&["mount", "role", "common_name", "alt_names"], "pki")?;
-            let r = str_setting(role, "role")?.ok_or_else(|| {
-                format!("role `{name}`: kind `pki` needs `settings.role` (the PKI role)")
-            })?;
-            if r.contains('/') || r.contains("{{") {
-                return Err(format!(
-                    "role `{name}`: `settings.role` `{r}` is not a role name"
-                ));
-            }
-            let common_name = str_setting(role, "common_name")?
-                .unwrap_or_else(|| "{{service_account}}.{{namespace}}.svc".to_owned());
-            let alt_names = list_setting(role, "alt_names")?;
-            for t in std::iter::once(&common_name).chain(&alt_names) {
-                template::placeholders(t).map_err(|e| format!("role `{name}`: {e}"))?;
-            }
-            VaultKind::Pki {
-                mount: mount(Some("pki"))?,
-                role: r,
-                common_name,
-                alt_names,
-            }
-        }
-        "token" => {
-            allowed(&["policies", "token_role", "renewable"], "token")?;
-            let policies = list_setting(role, "policies")?;
-            if policies.is_empty() {
-                return Err(format!(
-                    "role `{name}`: kind `token` needs `settings.policies` (the Vault policies of the child token)"
-                ));
-            }
-            if policies.iter().any(|p| p == "root") {
-                return Err(format!(
-                    "role `{name}`: child tokens cannot carry the `root` policy"
-                ));
-            }
-            let renewable = match role.settings.get("renewable") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(format!(
-                        "role `{name}`: `settings.renewable` must be true or false"
-                    ));
-                }
-            };
-            VaultKind::Token {
-                policies,
-                token_role: str_setting(role, "token_role")?,
-                renewable,
-            }
-        }
-        other => {
-            return Err(format!(
-                "role `{name}`: `settings.kind` `{other}` is not one of kv2, dynamic, pki, token"
-            ));
-        }
-    };
-    if !role.scope.is_empty() && !matches!(parsed, VaultKind::Kv2 { .. }) {
-        return Err(format!(
-            "role `{name}`: `scope` applies to kind `kv2` only (the keys to hand out); remove it"
-        ));
-    }
-    Ok(parsed)
-}
-
-/// Checks a `vault` role at policy load.
-pub fn validate_role(role: &Role) -> Result<(), String> {
-    parse_role(role).map(|_| ())
-}
 
 /// A Vault call whose full response envelope (lease id, duration) the caller needs; `vaultrs`
 /// strips it for these paths.
@@ -751,13 +504,17 @@ fn secrets_from(data: Option<Value>) -> BTreeMap<String, Secret> {
     out
 }
 
-fn render_path(t: &str, values: &Values<'_>, role: &str) -> Result<String, BackendError> {
-    let rendered = template::render(t, values).map_err(|e| {
+fn render_path<'t>(
+    t: &'t Template,
+    values: &Values<'_>,
+    role: &str,
+) -> Result<Cow<'t, str>, BackendError> {
+    let rendered = t.render(values).map_err(|e| {
         BackendError::Refused(format!(
             "role `{role}` cannot be issued to this identity: {e}"
         ))
     })?;
-    if !segment_ok(&rendered) {
+    if !is_relative_path(&rendered) {
         return Err(BackendError::Refused(format!(
             "role `{role}`: the identity makes the Vault path unusable"
         )));
@@ -771,33 +528,33 @@ impl Backend for VaultBackend {
         KIND
     }
 
-    fn validate_role(&self, role: &Role) -> Result<(), String> {
-        validate_role(role)
-    }
-
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
-        let kind = parse_role(req.role).map_err(BackendError::Config)?;
+        let RoleSettings::Vault(settings) = &req.role.settings else {
+            return Err(super::settings_mismatch(KIND, req.role));
+        };
         let values = Values::of(req.identity);
         let now = req.now;
         let ttl = req.ttl;
         let role = &req.role.name;
-        match kind {
+        match settings.kind() {
             VaultKind::Kv2 {
                 mount,
                 path,
                 version,
             } => {
-                let path = render_path(&path, &values, role)?;
-                let key = hex::encode(aws_lc_rs::digest::digest(
-                    &aws_lc_rs::digest::SHA256,
-                    json!([mount, path, version, req.role.scope, ttl.as_secs()])
-                        .to_string()
-                        .as_bytes(),
-                ));
-                let keys = req.role.scope.clone();
+                let path = render_path(path, &values, role)?;
+                let keys = &req.role.scope;
+                // A pinned version is positive, so 0 stands for "latest".
+                let key = CacheKey::default()
+                    .str(mount)
+                    .str(&path)
+                    .u64(version.unwrap_or(0))
+                    .list(keys.iter().map(String::as_str))
+                    .u64(ttl.as_secs())
+                    .finish();
                 self.upstream
                     .cached(&key, || {
-                        self.read_kv2(&mount, &path, version, &keys, now, ttl)
+                        self.read_kv2(mount, &path, *version, keys, now, ttl)
                     })
                     .await
             }
@@ -839,14 +596,14 @@ impl Backend for VaultBackend {
                 common_name,
                 alt_names,
             } => {
-                let cn = template::render(&common_name, &values).map_err(|e| {
+                let cn = common_name.render(&values).map_err(|e| {
                     BackendError::Refused(format!(
                         "role `{role}` cannot be issued to this identity: {e}"
                     ))
                 })?;
                 let alts = alt_names
                     .iter()
-                    .map(|a| template::render(a, &values))
+                    .map(|a| a.render(&values))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| BackendError::Refused(format!("role `{role}`: {e}")))?;
                 let what = format!("issuing from {mount}/issue/{pki_role}");
@@ -912,7 +669,7 @@ impl Backend for VaultBackend {
                                     o.policies(policies.clone())
                                         .ttl(ttl_text.clone())
                                         .explicit_max_ttl(ttl_text.clone())
-                                        .renewable(renewable)
+                                        .renewable(*renewable)
                                         .display_name(display.clone())
                                         .meta(meta.clone());
                                     vaultrs::token::new_role(&*client, tr, Some(&mut o)).await
@@ -922,7 +679,7 @@ impl Backend for VaultBackend {
                                     o.policies(policies.clone())
                                         .ttl(ttl_text.clone())
                                         .explicit_max_ttl(ttl_text.clone())
-                                        .renewable(renewable)
+                                        .renewable(*renewable)
                                         .display_name(display.clone())
                                         .meta(meta.clone());
                                     vaultrs::token::new(&*client, Some(&mut o)).await
@@ -1037,118 +794,46 @@ impl Backend for VaultBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::policy::Location;
+    use crate::authn::Identity;
+    use crate::policy::settings::tests::role as test_role;
 
-    fn role(settings: Value, scope: &[&str]) -> Role {
-        Role {
-            name: "db".into(),
-            backend: KIND.into(),
-            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
-            max_ttl_seconds: 3600,
-            default_ttl_seconds: 600,
-            settings: serde_json::from_value(settings).expect("settings"),
-            location: Location {
-                file: PathBuf::from("policies/vault.yaml"),
-                line: 1,
-            },
-        }
-    }
-
-    #[test]
-    fn kinds_parse_with_defaults() {
-        assert_eq!(
-            parse_role(&role(
-                json!({"kind": "kv2", "path": "apps/{{namespace}}/db", "version": 3}),
-                &["password"]
-            ))
-            .expect("kv2"),
-            VaultKind::Kv2 {
-                mount: "secret".into(),
-                path: "apps/{{namespace}}/db".into(),
-                version: Some(3)
-            }
+    #[tokio::test]
+    async fn a_role_with_another_backends_settings_is_an_internal_error() {
+        // Fails before any call to Vault: nothing listens at this address.
+        let config: VaultConfig = serde_json::from_value(json!({
+            "address": "http://127.0.0.1:9",
+            "auth": {"token": {"token_file": "/nonexistent/token"}}
+        }))
+        .expect("config");
+        let backend = VaultBackend::new(
+            &config,
+            Arc::new(lanyard::clock::ManualClock::at_unix(1_800_000_000)),
+            Metrics::new(),
+        )
+        .expect("backend");
+        let jwt_role = test_role("db", "jwt", json!({}), &[], 3600);
+        let id = Identity {
+            issuer: "https://k8s".into(),
+            subject: "system:serviceaccount:shop:api".into(),
+            kubernetes: None,
+            bootstrap: None,
+        };
+        let err = backend
+            .issue(&IssueRequest {
+                identity: &id,
+                role: &jwt_role,
+                ttl: Duration::from_secs(60),
+                now: SystemTime::UNIX_EPOCH,
+                request_id: "rq",
+                lease_id: "ls",
+            })
+            .await
+            .expect_err("jwt settings");
+        assert!(
+            matches!(&err, BackendError::Internal(m) if m.contains("jwt settings")),
+            "{err}"
         );
-        assert_eq!(
-            parse_role(&role(
-                json!({"kind": "dynamic", "mount": "database", "role": "readonly"}),
-                &[]
-            ))
-            .expect("dynamic"),
-            VaultKind::Dynamic {
-                mount: "database".into(),
-                role: "readonly".into()
-            }
-        );
-        assert_eq!(
-            parse_role(&role(json!({"kind": "pki", "role": "svc"}), &[])).expect("pki"),
-            VaultKind::Pki {
-                mount: "pki".into(),
-                role: "svc".into(),
-                common_name: "{{service_account}}.{{namespace}}.svc".into(),
-                alt_names: vec![]
-            }
-        );
-        assert_eq!(
-            parse_role(&role(
-                json!({"kind": "token", "policies": ["read-db"]}),
-                &[]
-            ))
-            .expect("token"),
-            VaultKind::Token {
-                policies: vec!["read-db".into()],
-                token_role: None,
-                renewable: false
-            }
-        );
-    }
-
-    #[test]
-    fn bad_roles_say_what_to_fix() {
-        let cases = [
-            (json!({}), "needs `settings.kind`"),
-            (json!({"kind": "kv3"}), "not one of kv2"),
-            (json!({"kind": "kv2"}), "needs `settings.path`"),
-            (json!({"kind": "kv2", "path": "a/../b"}), "without empty"),
-            (
-                json!({"kind": "kv2", "path": "a/{{pod}}"}),
-                "unknown placeholder",
-            ),
-            (
-                json!({"kind": "kv2", "path": "a", "version": 0}),
-                "positive integer",
-            ),
-            (
-                json!({"kind": "kv2", "path": "a", "role": "x"}),
-                "does not apply to kind `kv2`",
-            ),
-            (
-                json!({"kind": "dynamic", "role": "r"}),
-                "needs `settings.mount`",
-            ),
-            (
-                json!({"kind": "dynamic", "mount": "database"}),
-                "needs `settings.role`",
-            ),
-            (json!({"kind": "token"}), "needs `settings.policies`"),
-            (json!({"kind": "token", "policies": ["root"]}), "root"),
-            (
-                json!({"kind": "token", "policies": ["a"], "ttl": 3}),
-                "unknown setting `ttl`",
-            ),
-        ];
-        for (settings, want) in cases {
-            let err = validate_role(&role(settings.clone(), &[])).expect_err(want);
-            assert!(err.contains(want), "{settings}: {err}");
-        }
-        let err = validate_role(&role(
-            json!({"kind": "dynamic", "mount": "db", "role": "r"}),
-            &["x"],
-        ))
-        .expect_err("scope");
-        assert!(err.contains("applies to kind `kv2` only"), "{err}");
     }
 
     #[test]

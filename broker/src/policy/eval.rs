@@ -420,7 +420,11 @@ rules:
 ";
 
     fn set() -> PolicySet {
-        let parsed = parse_file(Path::new("p.yaml"), POLICY, &|_| Ok(()));
+        let parsed = parse_file(
+            Path::new("p.yaml"),
+            POLICY,
+            &crate::policy::RoleSettings::parse,
+        );
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         PolicySet {
             roles: parsed

@@ -3,15 +3,20 @@
 //! Every `*.yaml`/`*.yml` file in the directory (hidden files excluded) is read, in file-name
 //! order, each bounded to [`MAX_FILE_BYTES`] before parsing. Every problem is collected, each
 //! with its file and line, so one `policy check` run shows everything to fix.
+//!
+//! Each role's backend-specific part is handed to a [`ParseRole`] (the broker's
+//! `Backends::validate_role`): it parses the settings into their typed form or says, as a
+//! [`RoleError`], what to fix and where (the setting's, scope entry's or cap's line).
 
 mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use super::{Location, Pattern, PolicySet, Role, Rule, Selector};
+use super::{Location, Pattern, PolicySet, Role, RoleError, RoleField, RoleSettings, RoleSpec};
+use super::{Rule, Selector};
 use yaml::{Entry, Node, Value};
 
 /// Largest policy file accepted, in bytes.
@@ -36,6 +41,10 @@ const MATCH_FIELDS: &[&str] = &[
     "subject",
     "bootstrap_role",
 ];
+
+/// Parses a role's settings for its backend at load (for the broker:
+/// `issue::Backends::validate_role`; offline, every backend kind).
+pub type ParseRole<'a> = dyn Fn(&RoleSpec<'_>) -> Result<RoleSettings, RoleError> + 'a;
 
 /// One problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,16 +115,12 @@ pub struct ParsedFile {
 }
 
 /// Parses and checks one policy file's text. `path` is used only to label locations;
-/// `validate_role` checks each otherwise valid role against its backend. Never panics on
+/// `parse_role` parses each otherwise valid role's settings for its backend. Never panics on
 /// any input; the caller bounds `text`'s size.
-pub fn parse_file(
-    path: &Path,
-    text: &str,
-    validate_role: &dyn Fn(&Role) -> Result<(), String>,
-) -> ParsedFile {
+pub fn parse_file(path: &Path, text: &str, parse_role: &ParseRole<'_>) -> ParsedFile {
     let mut cx = FileCx {
         path,
-        validate_role,
+        parse_role,
         out: ParsedFile::default(),
     };
     // YAML counts a lone `\r` as a line break, editors and `file:line` readers mostly do not:
@@ -147,12 +152,9 @@ pub fn parse_file(
     cx.out
 }
 
-/// Loads every `*.yaml`/`*.yml` file in `dir`. `validate_role` checks each role against its
-/// backend.
-pub fn load_dir(
-    dir: &Path,
-    validate_role: &dyn Fn(&Role) -> Result<(), String>,
-) -> Result<PolicySet, PolicyErrors> {
+/// Loads every `*.yaml`/`*.yml` file in `dir`. `parse_role` parses each role's settings for
+/// its backend.
+pub fn load_dir(dir: &Path, parse_role: &ParseRole<'_>) -> Result<PolicySet, PolicyErrors> {
     let whole = |path: &Path, message: String| PolicyError {
         location: Location {
             file: path.to_owned(),
@@ -219,7 +221,7 @@ pub fn load_dir(
             digest.update(&(part.len() as u64).to_be_bytes());
             digest.update(part);
         }
-        parsed.push(parse_file(&path, &text, validate_role));
+        parsed.push(parse_file(&path, &text, parse_role));
         files.push(path);
     }
 
@@ -382,7 +384,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// State while checking one file.
 struct FileCx<'a> {
     path: &'a Path,
-    validate_role: &'a dyn Fn(&Role) -> Result<(), String>,
+    parse_role: &'a ParseRole<'a>,
     out: ParsedFile,
 }
 
@@ -628,6 +630,8 @@ impl FileCx<'_> {
                 None
             }
         };
+        // The line of each kept scope entry, to point at the one a backend refuses.
+        let mut scope_lines = Vec::new();
         let scope = match get("scope") {
             Some(f) if f.value.is_null() => Some(Vec::new()),
             Some(f) => self.string_list(f, &owner).map(|items| {
@@ -644,6 +648,7 @@ impl FileCx<'_> {
                         );
                     } else if !scope.contains(&item) {
                         scope.push(item);
+                        scope_lines.push(item_line);
                     }
                 }
                 scope
@@ -683,39 +688,64 @@ impl FileCx<'_> {
             (Some(f), None) => self.seconds(f, &owner, 1, MAX_TTL_SECONDS),
             (None, max) => max,
         };
-        let settings = match get("settings") {
-            Some(f) if f.value.is_null() => Some(BTreeMap::new()),
-            Some(f) => self
-                .mapping(&f.value, f.key_line, &format!("{owner}: settings"))
-                .map(|entries| {
-                    entries
-                        .iter()
-                        .map(|s| (s.key.clone(), to_json(&s.value)))
-                        .collect::<BTreeMap<_, _>>()
-                }),
-            None => Some(BTreeMap::new()),
+        let settings_entries: &[Entry] = match get("settings") {
+            Some(f) if !f.value.is_null() => {
+                match self.mapping(&f.value, f.key_line, &format!("{owner}: settings")) {
+                    Some(entries) => entries,
+                    None => return,
+                }
+            }
+            _ => &[],
         };
+        let settings: serde_json::Map<String, serde_json::Value> = settings_entries
+            .iter()
+            .map(|s| (s.key.clone(), to_json(&s.value)))
+            .collect();
 
         if self.out.errors.len() != errors_before {
             return;
         }
-        let (Some(backend), Some(scope), Some(max_ttl), Some(default_ttl), Some(settings)) =
-            (backend, scope, max_ttl, default_ttl, settings)
+        let (Some(backend), Some(scope), Some(max_ttl), Some(default_ttl)) =
+            (backend, scope, max_ttl, default_ttl)
         else {
             return;
         };
-        let role = Role {
-            name: name.clone(),
-            backend,
-            scope,
+        let spec = RoleSpec {
+            name,
+            backend: &backend,
+            scope: &scope,
             max_ttl_seconds: max_ttl,
-            default_ttl_seconds: default_ttl,
-            settings,
-            location,
+            settings: &settings,
         };
-        match (self.validate_role)(&role) {
-            Ok(()) => self.out.roles.push(role),
-            Err(message) => self.error(line, format!("{owner}: {message}")),
+        match (self.parse_role)(&spec) {
+            Ok(settings) => self.out.roles.push(Role {
+                name: name.clone(),
+                backend,
+                scope,
+                max_ttl_seconds: max_ttl,
+                default_ttl_seconds: default_ttl,
+                settings,
+                location,
+            }),
+            Err(err) => {
+                // Point at what the backend refuses: the setting (or `settings:` when one is
+                // missing), the scope entry, the cap; the role itself for its backend.
+                let key_line = |key: &str| get(key).map(|f| f.key_line);
+                let at = match err.field() {
+                    RoleField::Backend => None,
+                    RoleField::Setting(name) => settings_entries
+                        .iter()
+                        .find(|s| s.key == name)
+                        .map(|s| s.key_line)
+                        .or_else(|| key_line("settings")),
+                    RoleField::Scope => key_line("scope"),
+                    RoleField::ScopeEntry(i) => {
+                        scope_lines.get(i).copied().or_else(|| key_line("scope"))
+                    }
+                    RoleField::MaxTtl => key_line("max_ttl_seconds"),
+                };
+                self.error(at.unwrap_or(line), format!("{owner}: {err}"));
+            }
         }
     }
 

@@ -4,11 +4,15 @@
 //! `docs/POLICIES.md`). Each file may declare `roles` (a backend, a scope, a TTL cap) and
 //! `rules` (identity selectors → role names). Role names are unique across the directory.
 //!
+//! # Layout
 //! - [`load`]: reading and validating a directory, with `file:line` errors.
+//! - [`settings`]: each backend's role settings, parsed at load into its own type
+//!   ([`RoleSettings`]), and the `{{field}}` templates they may hold.
 //! - [`eval`]: the pure decision (`evaluate`) and the explanation (`explain`).
 
 pub mod eval;
 pub mod load;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +22,7 @@ use serde::Serialize;
 
 pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
 pub use load::{PolicyError, PolicyErrors, load_dir};
+pub use settings::{RoleError, RoleField, RoleSettings, RoleSpec};
 
 /// Where something was declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,20 +40,21 @@ impl fmt::Display for Location {
 }
 
 /// A role: what a granted identity receives.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Role {
     /// Unique name.
     pub name: String,
-    /// Backend kind: `jwt` (later `aws-sts`, `vault`).
+    /// Backend kind: `jwt`, `aws-sts` or `vault` (the kind of `settings`).
     pub backend: String,
-    /// Scope passed to the backend (for `jwt`: the `scope` claim, space-joined).
+    /// Scope passed to the backend (`jwt`: the `scope` claim; `aws-sts`: IAM actions;
+    /// `vault` kv2: the keys handed out).
     pub scope: Vec<String>,
     /// Upper bound on the credential's lifetime.
     pub max_ttl_seconds: u64,
     /// Lifetime when the request does not ask for one (≤ `max_ttl_seconds`).
     pub default_ttl_seconds: u64,
-    /// Backend-specific settings (for `jwt`: `audience`), checked by the backend at load.
-    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Backend-specific settings, parsed by the backend at load.
+    pub settings: RoleSettings,
     /// Where the role was declared.
     pub location: Location,
 }

@@ -1,17 +1,37 @@
+use std::cell::RefCell;
 use std::path::PathBuf;
 
-use super::*;
+use serde_json::json;
 
-/// The backend registry of a broker with only `jwt` configured.
-fn jwt_only(role: &Role) -> Result<(), String> {
-    if role.backend == "jwt" {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown backend {:?}; configured backends: jwt",
-            role.backend
-        ))
+use super::*;
+use crate::policy::settings::jwt::{Audience, JwtRoleSettings, JwtSettingsError};
+use crate::policy::settings::sts::StsSettingsError;
+
+/// Parses roles as a broker with only `jwt` configured does (`issue::Backends::validate_role`).
+fn jwt_only(spec: &RoleSpec<'_>) -> Result<RoleSettings, RoleError> {
+    if spec.backend != "jwt" && RoleSettings::KINDS.contains(&spec.backend) {
+        return Err(RoleError::NotConfigured {
+            backend: spec.backend.to_owned(),
+            configured: vec!["jwt".to_owned()],
+        });
     }
+    RoleSettings::parse(spec)
+}
+
+/// The settings of a `jwt` role with the given audience and scope claim.
+fn jwt_settings(audience: &str, scope: &[&str]) -> RoleSettings {
+    let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
+    let settings = json!({"audience": audience});
+    RoleSettings::Jwt(
+        JwtRoleSettings::parse(&RoleSpec {
+            name: "any",
+            backend: "jwt",
+            scope: &scope,
+            max_ttl_seconds: 60,
+            settings: settings.as_object().expect("object"),
+        })
+        .expect("valid"),
+    )
 }
 
 fn write_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -70,7 +90,7 @@ roles:
     scope: [orders:read]
     max_ttl_seconds: 900
     default_ttl_seconds: 300
-    settings: {audience: orders, leeway: 5, strict: true, tags: [a, 'b']}
+    settings: {audience: orders}
   plain:
     backend: jwt
     max_ttl_seconds: 60
@@ -111,13 +131,19 @@ rules:
     );
     assert_eq!(orders.location.file, dir.path().join("a-roles.yaml"));
     assert_eq!(orders.location.line, 3);
-    assert_eq!(
-        serde_json::Value::Object(orders.settings.clone().into_iter().collect()),
-        serde_json::json!({"audience": "orders", "leeway": 5, "strict": true, "tags": ["a", "b"]})
-    );
+    assert_eq!(orders.settings, jwt_settings("orders", &["orders:read"]));
     let plain = &set.roles["plain"];
     assert_eq!(plain.location.line, 9);
-    assert!(plain.scope.is_empty() && plain.settings.is_empty());
+    assert!(plain.scope.is_empty());
+    let RoleSettings::Jwt(plain_settings) = &plain.settings else {
+        panic!("a jwt role: {:?}", plain.settings);
+    };
+    assert_eq!(
+        plain_settings.audience(),
+        &Audience::One("plain".into()),
+        "the audience defaults to the role name"
+    );
+    assert_eq!(plain_settings.scope_claim(), None);
     assert_eq!(plain.default_ttl_seconds, 60, "default is the cap");
 
     assert_eq!(set.rules.len(), 2);
@@ -520,7 +546,10 @@ fn validate_role_failures_are_reported_at_the_role() {
         &[("p.yaml", text)],
         "p.yaml",
         5,
-        &["role \"s3\": unknown backend \"aws-sts\"; configured backends: jwt"],
+        &[
+            "role \"s3\": backend `aws-sts` is not configured (configured: jwt); add \
+           `backends.aws_sts` to the broker's configuration",
+        ],
     );
 }
 
@@ -632,16 +661,13 @@ fn shipped_policies_load_with_only_the_jwt_backend() {
     let dev = &set.roles["dev-app"];
     assert_eq!(dev.scope, vec!["demo:read"]);
     assert_eq!((dev.max_ttl_seconds, dev.default_ttl_seconds), (300, 120));
-    assert_eq!(
-        dev.settings.get("audience"),
-        Some(&serde_json::json!("demo"))
-    );
+    assert_eq!(dev.settings, jwt_settings("demo", &["demo:read"]));
     let orders = &set.roles["orders-api"];
     assert_eq!(orders.scope, vec!["orders:read", "orders:write"]);
     assert_eq!(orders.max_ttl_seconds, 900);
     assert_eq!(
-        orders.settings.get("audience"),
-        Some(&serde_json::json!("orders"))
+        orders.settings,
+        jwt_settings("orders", &["orders:read", "orders:write"])
     );
     assert!(
         set.rules
@@ -714,4 +740,166 @@ fn a_lone_carriage_return_is_refused_at_its_line_and_crlf_files_load() {
     let crlf = "roles:\r\n  app:\r\n    backend: jwt\r\n    max_ttl_seconds: 60\r\nrules:\r\n  - name: r\r\n    match: {namespace: a}\r\n    roles: [app]\r\n";
     let set = load(&[("p.yaml", crlf)]).expect("CRLF loads");
     assert_eq!(set.rules[0].location.line, 6);
+}
+
+#[test]
+fn settings_reach_the_backend_as_json_with_yaml_scalar_types() {
+    let text = "\
+roles:
+  a:
+    backend: jwt
+    max_ttl_seconds: 60
+    settings: {audience: orders, leeway: 5, ratio: 0.5, strict: true, off: False, none: ~,
+      quoted: '5', tags: [a, 'b'], nested: {k: v}}
+";
+    let seen = RefCell::new(None);
+    let parsed = parse_file(Path::new("p.yaml"), text, &|spec| {
+        *seen.borrow_mut() = Some(serde_json::Value::Object(spec.settings.clone()));
+        RoleSettings::parse(&RoleSpec {
+            settings: &serde_json::Map::new(),
+            ..*spec
+        })
+    });
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(
+        seen.into_inner(),
+        Some(
+            json!({"audience": "orders", "leeway": 5, "ratio": 0.5, "strict": true,
+            "off": false, "none": null, "quoted": "5", "tags": ["a", "b"], "nested": {"k": "v"}})
+        )
+    );
+}
+
+#[test]
+fn a_settings_error_points_at_what_to_fix() {
+    let text = "\
+roles:
+  tok:
+    backend: jwt
+    max_ttl_seconds: 60
+    settings:
+      audience: lanyard:session
+  typo:
+    backend: jwt
+    max_ttl_seconds: 60
+    settings:
+      audience: x
+      audiences: y
+";
+    let errs = errors(&[("p.yaml", text)]);
+    let got: Vec<(usize, &str)> = errs.iter().map(|(_, l, m)| (*l, m.as_str())).collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    // The setting's line, and the message names the role once.
+    assert_eq!(got[0].0, 6);
+    assert_eq!(
+        got[0].1,
+        format!(
+            "role \"tok\": {}",
+            JwtSettingsError::ReservedAudience {
+                audience: "lanyard:session".into()
+            }
+        )
+    );
+    assert_eq!(got[1].0, 12);
+    assert_eq!(
+        got[1].1,
+        "role \"typo\": unknown setting `audiences` for the jwt backend (valid settings: audience)"
+    );
+}
+
+#[test]
+fn every_backend_kind_is_parsed_offline_with_errors_at_their_lines() {
+    let text = "\
+roles:
+  s3:
+    backend: aws-sts
+    max_ttl_seconds: 600
+    settings:
+      role_arn: arn:aws:iam::123456789012:role/app
+  s3-actions:
+    backend: aws-sts
+    max_ttl_seconds: 900
+    scope: [s3:GetObject, s3-GetObject]
+    settings: {role_arn: arn:aws:iam::123456789012:role/app}
+  s3-no-arn:
+    backend: aws-sts
+    max_ttl_seconds: 900
+    settings:
+      external_id: abc
+  s3-bare:
+    backend: aws-sts
+    max_ttl_seconds: 900
+  db:
+    backend: vault
+    max_ttl_seconds: 60
+    settings:
+      kind: kv2
+      path: apps/{{pod}}/db
+  db-ok:
+    backend: vault
+    max_ttl_seconds: 60
+    scope: [password]
+    settings: {kind: kv2, path: 'apps/{{namespace}}/db'}
+";
+    let dir = write_dir(&[("p.yaml", text)]);
+    let errs = load_dir(dir.path(), &RoleSettings::parse)
+        .expect_err("bad roles")
+        .0;
+    let got: Vec<(usize, &str)> = errs
+        .iter()
+        .map(|e| (e.location.line, e.message.as_str()))
+        .collect();
+    let want = [
+        (
+            4,
+            "role \"s3\": max_ttl_seconds 600 is below 900".to_owned(),
+        ),
+        (
+            10,
+            format!(
+                "role \"s3-actions\": {}",
+                StsSettingsError::NotAnIamAction {
+                    index: 1,
+                    entry: "s3-GetObject".into()
+                }
+            ),
+        ),
+        (
+            15,
+            format!("role \"s3-no-arn\": {}", StsSettingsError::MissingRoleArn),
+        ),
+        (
+            17,
+            format!("role \"s3-bare\": {}", StsSettingsError::MissingRoleArn),
+        ),
+        (
+            25,
+            "role \"db\": `settings.path`: unknown placeholder `{{pod}}`".to_owned(),
+        ),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for ((line, msg), (want_line, want_msg)) in got.iter().zip(&want) {
+        assert_eq!(line, want_line, "{msg}");
+        assert!(
+            msg.starts_with(want_msg.as_str()),
+            "{msg:?} vs {want_msg:?}"
+        );
+    }
+
+    let fixed = text
+        .replace("max_ttl_seconds: 600", "max_ttl_seconds: 900")
+        .replace("s3-GetObject", "s3:ListBucket")
+        .replace(
+            "external_id: abc",
+            "role_arn: arn:aws:iam::123456789012:role/x",
+        )
+        .replace("{{pod}}", "{{namespace}}")
+        .replace(
+            "  s3-bare:\n    backend: aws-sts\n    max_ttl_seconds: 900\n",
+            "",
+        );
+    let dir = write_dir(&[("p.yaml", &fixed)]);
+    let set = load_dir(dir.path(), &RoleSettings::parse).expect("loads");
+    assert_eq!(set.roles["s3"].settings.kind(), "aws-sts");
+    assert_eq!(set.roles["db-ok"].settings.kind(), "vault");
 }
