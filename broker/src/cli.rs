@@ -639,8 +639,8 @@ fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<lanyard::Secre
     Ok(lanyard::Secret::new(text.trim_end_matches(['\r', '\n'])))
 }
 
-async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), String> {
-    use crate::scan::{self, PlatformChoice, RegistryAuth, ScanOptions, Source};
+async fn scan_report(args: &ScanArgs) -> Result<(lanyard_scan::Report, String), String> {
+    use lanyard_scan::{self as scan, PlatformChoice, RegistryAuth, ScanOptions, Source};
     use std::io::IsTerminal as _;
     let source = Source::parse(&args.source).map_err(|e| e.to_string())?;
     let auth = match (
@@ -733,7 +733,7 @@ async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), S
 #[derive(Debug)]
 struct Bar(indicatif::ProgressBar);
 
-impl crate::scan::Progress for Bar {
+impl lanyard_scan::Progress for Bar {
     fn add_total(&self, bytes: u64) {
         self.0.inc_length(bytes);
     }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::rules::{Confidence, SecretClass, Severity};
+use crate::rules::{Confidence, RuleDef, SecretClass, Severity};
 
 /// Version of the JSON report schema (`docs/SCANNER.md`). Bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -94,6 +94,30 @@ pub struct Finding {
     pub allowed: Option<String>,
 }
 
+impl Finding {
+    /// A finding of `rule` for `value` at `location`: the rule's id, description, severity and
+    /// confidence, the value's redacted [`preview`] and its [`fingerprint`]. The value itself
+    /// is not kept. Not allowed, not test material, not package code: callers that know
+    /// better set those.
+    pub fn new(rule: &RuleDef, value: &[u8], location: Location) -> Finding {
+        let (fingerprint, fingerprint_kind) =
+            fingerprint(rule.id, rule.class, value, &location_key(&location));
+        Finding {
+            rule: rule.id.to_owned(),
+            description: rule.description.to_owned(),
+            severity: rule.severity,
+            confidence: rule.confidence,
+            location,
+            preview: preview(value, rule.class),
+            fingerprint,
+            fingerprint_kind,
+            test_material: false,
+            package_code: false,
+            allowed: None,
+        }
+    }
+}
+
 /// What a fingerprint hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,7 +203,8 @@ pub struct ImageReport {
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// `lanyard-broker` version that scanned.
+    /// Version of the scanner (`lanyard-scan`; the workspace version, the same as
+    /// `lanyard-broker`'s).
     pub scanner_version: String,
     /// Rule set version; verdicts are keyed by (digest, ruleset_version).
     pub ruleset_version: String,

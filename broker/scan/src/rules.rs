@@ -350,8 +350,20 @@ pub fn builtin_rules() -> Vec<RuleDef> {
 }
 
 /// The assignment-only rule: an environment variable, build argument or label whose name says
-/// it holds a secret, with a real value.
-pub const SECRET_ENV_NAME: &str = "secret-env-name";
+/// it holds a secret, with a real value ([`secret_assignment`] decides; it has no keywords and
+/// no pattern, so it never runs on content).
+pub const SECRET_NAME_RULE: RuleDef = RuleDef {
+    id: "secret-env-name",
+    description: "variable whose name says it holds a secret, with a real value",
+    keywords: &[],
+    pattern: "",
+    severity: Severity::High,
+    confidence: Confidence::Medium,
+    class: SecretClass::PasswordLike,
+    priority: 0,
+    min_entropy: 0.0,
+    text_only: false,
+};
 
 /// A credential file recognised by its path.
 #[derive(Debug, Clone)]
@@ -364,6 +376,27 @@ pub struct FileKindDef {
     pub matches: fn(&str) -> bool,
     /// A value in the file: the group `s` must pass the placeholder filter.
     pub value_pattern: &'static str,
+}
+
+impl FileKindDef {
+    /// The rule a finding of this kind reports: high severity, medium confidence (the path says
+    /// what the file is, the value only that it is not a placeholder), and password-like (the
+    /// value may be guessable: the fingerprint hashes the location). Its pattern is the value
+    /// pattern; it has no keywords, as the path, not the content, selects it.
+    pub const fn rule(&self) -> RuleDef {
+        RuleDef {
+            id: self.id,
+            description: self.description,
+            keywords: &[],
+            pattern: self.value_pattern,
+            severity: Severity::High,
+            confidence: Confidence::Medium,
+            class: SecretClass::PasswordLike,
+            priority: 0,
+            min_entropy: 0.0,
+            text_only: false,
+        }
+    }
 }
 
 fn base(path: &str) -> &str {
@@ -639,6 +672,20 @@ impl RuleSet {
             .filter(move |(_, k)| (k.def.matches)(path))
             .map(|(i, _)| i)
     }
+}
+
+/// Every rule id with its description and severity, content rules first, then file kinds and
+/// the secret-name rule (for SARIF and docs).
+pub fn rule_catalog() -> Vec<(String, String, Severity)> {
+    let set = RuleSet::builtin();
+    let kinds: Vec<RuleDef> = set.file_kinds.iter().map(|k| k.def.rule()).collect();
+    set.rules
+        .iter()
+        .map(|r| &r.def)
+        .chain(&kinds)
+        .chain([&SECRET_NAME_RULE])
+        .map(|d| (d.id.to_owned(), d.description.to_owned(), d.severity))
+        .collect()
 }
 
 fn trim_value(v: &[u8]) -> &[u8] {
@@ -1521,7 +1568,7 @@ pub(crate) mod tests {
             .map(|r| r.id)
             .chain(kinds.iter().map(|k| k.id))
             .collect();
-        ids.push(SECRET_ENV_NAME);
+        ids.push(SECRET_NAME_RULE.id);
         let n = ids.len();
         ids.sort_unstable();
         ids.dedup();
