@@ -1,6 +1,7 @@
-//! Reading one layer: magic-byte detection (gzip, zstd, plain), a streaming tar walk, content
-//! scanning in overlapping chunks, nested archives, whiteouts, bounds and digest checks. Runs on
-//! a blocking thread; memory is a few chunk buffers per layer whatever the layer's size.
+//! Reading one layer: the decompressor its magic bytes call for (gzip, zstd, plain), a
+//! streaming tar walk, content scanning in overlapping chunks, nested archives, whiteouts,
+//! bounds and digest checks. Runs on a blocking thread; memory is a few chunk buffers per layer
+//! whatever the layer's size.
 
 use std::collections::HashSet;
 use std::io::{self, Cursor, Read};

@@ -82,7 +82,7 @@ impl CancelToken {
         CancelToken::default()
     }
     /// Stops the scan at the next read; [`scan`](crate::scan) returns
-    /// [`ScanError::Cancelled`](crate::ScanError::Cancelled).
+    /// [`ScanError::Cancelled`](crate::error::ScanError::Cancelled).
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
@@ -124,7 +124,7 @@ pub struct ScanOptions {
     pub auth: RegistryAuth,
     /// Allow plain HTTP to a loopback registry (tests, local registries).
     pub insecure_loopback_registry: bool,
-    /// Give up after this long ([`ScanError::Timeout`](crate::ScanError::Timeout)).
+    /// Give up after this long ([`ScanError::Timeout`](crate::error::ScanError::Timeout)).
     pub timeout: Option<Duration>,
     /// Cancel from elsewhere.
     pub cancel: CancelToken,

@@ -286,3 +286,74 @@ pub(crate) fn planned(
         config,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planned_image_attributes_layers_to_history_and_checks_blob_digests() {
+        let config = br#"{"architecture":"arm64","os":"linux","variant":"v8",
+            "rootfs":{"type":"layers","diff_ids":["sha256:x","sha256:y"]},
+            "history":[{"created_by":"base"},{"created_by":"ENV A=1","empty_layer":true},{"created_by":"COPY"}]}"#;
+        let layer = |i: usize, c: char| {
+            let d = format!("sha256:{}", c.to_string().repeat(64));
+            (format!("blobs/{i}"), i, d, 10 * i as u64)
+        };
+        let img = planned(
+            "sha256:m".into(),
+            None,
+            vec!["app:1".into()],
+            vec![layer(0, 'a'), layer(1, 'b')],
+            config.to_vec(),
+        )
+        .expect("valid config");
+        assert_eq!(img.config_digest, sha256_digest(config));
+        assert_eq!(
+            (img.digest.as_str(), img.digest_kind),
+            ("sha256:m", "manifest")
+        );
+        assert_eq!(
+            img.platform.as_deref(),
+            Some("linux/arm64/v8"),
+            "from the config"
+        );
+        for (_, info, _) in &img.layers {
+            assert_eq!(info.verify_raw.as_deref(), Some(info.digest.as_str()));
+            assert_eq!(info.verify_decoded, None);
+        }
+        let digests: Vec<&str> = img.layers.iter().map(|l| l.1.digest.as_str()).collect();
+        assert_eq!(
+            digests,
+            vec![
+                format!("sha256:{}", "a".repeat(64)),
+                format!("sha256:{}", "b".repeat(64))
+            ]
+        );
+        let layers: Vec<(&str, usize, Option<usize>, u64)> = img
+            .layers
+            .iter()
+            .map(|(name, info, size)| (name.as_str(), info.index, info.history_step, *size))
+            .collect();
+        assert_eq!(
+            layers,
+            vec![("blobs/0", 0, Some(0), 0), ("blobs/1", 1, Some(2), 10)]
+        );
+        let given = planned(
+            "sha256:m".into(),
+            Some("linux/amd64".into()),
+            vec![],
+            vec![],
+            config.to_vec(),
+        )
+        .expect("valid config");
+        assert_eq!(
+            given.platform.as_deref(),
+            Some("linux/amd64"),
+            "the index's wins"
+        );
+        let e =
+            planned("sha256:m".into(), None, vec![], vec![], b"{".to_vec()).expect_err("not JSON");
+        assert!(e.to_string().contains("image sha256:m"), "{e}");
+    }
+}

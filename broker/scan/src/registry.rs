@@ -308,7 +308,51 @@ impl tokio::io::AsyncWrite for Bounded {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_channel_reader_reads_across_chunks_and_stops_its_pump_when_dropped() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
+        let (alive, stopped) = tokio::sync::oneshot::channel::<()>();
+        let pump = tokio::spawn(async move {
+            let _alive = alive;
+            for chunk in [&b"hel"[..], b"", b"lo wor", b"ld"] {
+                tx.send(Ok(bytes::Bytes::from_static(chunk)))
+                    .await
+                    .expect("reader alive");
+            }
+            tx.send(Err(io::Error::other("registry: reset")))
+                .await
+                .expect("reader alive");
+            std::future::pending::<()>().await;
+        });
+        let mut r = ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+            pump,
+        };
+        let (got, err, r) = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4];
+            let err = loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            (got, err, r)
+        })
+        .await
+        .expect("reader task");
+        assert_eq!(got, b"hello world");
+        assert_eq!(err.as_deref(), Some("registry: reset"));
+        drop(r);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), stopped)
+            .await
+            .expect("the pump stops when the reader is dropped");
+        assert!(outcome.is_err(), "aborted, not finished");
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -565,6 +565,64 @@ mod tests {
     }
 
     #[test]
+    fn a_new_finding_takes_the_rule_and_keeps_no_secret() {
+        let key = RuleDef {
+            id: "test-key",
+            description: "a test key",
+            keywords: &["tk_"],
+            pattern: "tk_[a-z]+",
+            severity: Severity::Critical,
+            confidence: Confidence::High,
+            class: SecretClass::HighEntropy,
+            priority: 2,
+            min_entropy: 0.0,
+            text_only: false,
+        };
+        let value = b"tk_abcdefghijklmnopq";
+        let at = |name: &str| Location::Env { name: name.into() };
+        let f = Finding::new(&key, value, at("A"));
+        assert_eq!(
+            (f.rule.as_str(), f.description.as_str()),
+            ("test-key", "a test key")
+        );
+        assert_eq!(
+            (f.severity, f.confidence),
+            (Severity::Critical, Confidence::High)
+        );
+        assert_eq!(f.location, at("A"));
+        assert_eq!(f.preview, preview(value, SecretClass::HighEntropy));
+        assert_eq!(
+            (f.fingerprint.clone(), f.fingerprint_kind),
+            fingerprint("test-key", SecretClass::HighEntropy, value, "env\0A")
+        );
+        assert!(f.allowed.is_none() && !f.test_material && !f.package_code);
+        assert!(!format!("{f:?}").contains("abcdefghijklmnopq"));
+        // A value fingerprint is the same wherever the value is.
+        assert_eq!(
+            Finding::new(&key, value, at("B")).fingerprint,
+            f.fingerprint
+        );
+        // A password-like rule fingerprints the location, never the value.
+        let password = RuleDef {
+            class: SecretClass::PasswordLike,
+            confidence: Confidence::Low,
+            ..key
+        };
+        let p = Finding::new(&password, value, at("A"));
+        assert_eq!(p.fingerprint_kind, FingerprintKind::Location);
+        assert_eq!(p.confidence, Confidence::Low);
+        assert_eq!(p.preview, "tk…");
+        assert_eq!(
+            Finding::new(&password, b"another-value", at("A")).fingerprint,
+            p.fingerprint
+        );
+        assert_ne!(
+            Finding::new(&password, value, at("B")).fingerprint,
+            p.fingerprint
+        );
+    }
+
+    #[test]
     fn verdict_rules() {
         assert_eq!(verdict(&[], true), Verdict::Clean);
         assert_eq!(verdict(&[], false), Verdict::Incomplete);

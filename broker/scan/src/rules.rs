@@ -1560,6 +1560,78 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_catalog_lists_every_rule_once_with_its_severity() {
+        let set = RuleSet::builtin();
+        let catalog = rule_catalog();
+        assert_eq!(catalog.len(), set.rules.len() + set.file_kinds.len() + 1);
+        let mut ids: Vec<&str> = catalog.iter().map(|(id, _, _)| id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), catalog.len(), "duplicate ids in the catalog");
+        for r in &set.rules {
+            assert!(
+                catalog.contains(&(
+                    r.def.id.to_owned(),
+                    r.def.description.to_owned(),
+                    r.def.severity
+                )),
+                "{}",
+                r.def.id
+            );
+        }
+        for k in &set.file_kinds {
+            assert!(
+                catalog.contains(&(
+                    k.def.id.to_owned(),
+                    k.def.description.to_owned(),
+                    Severity::High
+                )),
+                "{}",
+                k.def.id
+            );
+        }
+        assert_eq!(
+            catalog.last(),
+            Some(&(
+                "secret-env-name".to_owned(),
+                "variable whose name says it holds a secret, with a real value".to_owned(),
+                Severity::High
+            ))
+        );
+    }
+
+    #[test]
+    fn file_kinds_and_the_secret_name_rule_report_password_like_findings() {
+        for k in builtin_file_kinds() {
+            let r = k.rule();
+            assert_eq!((r.id, r.description), (k.id, k.description));
+            assert_eq!(r.pattern, k.value_pattern);
+            assert_eq!(
+                (r.severity, r.confidence, r.class),
+                (
+                    Severity::High,
+                    Confidence::Medium,
+                    SecretClass::PasswordLike
+                ),
+                "{}",
+                k.id
+            );
+            assert!(r.keywords.is_empty(), "{}: selected by path only", k.id);
+        }
+        let s = SECRET_NAME_RULE;
+        assert_eq!(
+            (s.severity, s.confidence, s.class, s.priority),
+            (
+                Severity::High,
+                Confidence::Medium,
+                SecretClass::PasswordLike,
+                0
+            )
+        );
+        assert!(s.keywords.is_empty(), "never runs on content");
+    }
+
+    #[test]
     fn at_least_sixty_kinds_with_unique_ids() {
         let rules = builtin_rules();
         let kinds = builtin_file_kinds();
