@@ -9,8 +9,8 @@
 //! Secrets never leave this crate: findings carry a redacted preview and a fingerprint only.
 //!
 //! # Layout
-//! Each module imports only modules listed after it, never one above, so none imports one that
-//! imports it back; this file imports them all and none imports it.
+//! From the top down: each module imports only modules listed after it, so none imports one
+//! that imports it back; none imports this file (it only declares them and re-exports).
 //! - `image` (private): scanning one planned image — its config, then its layers in parallel on
 //!   blocking threads against one budget, from a local store or a registry — and the merge
 //!   into an [`ImageReport`].
