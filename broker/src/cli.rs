@@ -636,8 +636,8 @@ async fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<lanyard:
         .map_err(|e| format!("{flag}: {e}"))
 }
 
-async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), String> {
-    use crate::scan::{self, PlatformChoice, RegistryAuth, ScanOptions, Source};
+async fn scan_report(args: &ScanArgs) -> Result<(lanyard_scan::Report, String), String> {
+    use lanyard_scan::{self as scan, PlatformChoice, RegistryAuth, ScanOptions, Source};
     use std::io::IsTerminal as _;
     let source = Source::parse(&args.source).map_err(|e| e.to_string())?;
     let auth = match (
@@ -732,7 +732,7 @@ async fn scan_report(args: &ScanArgs) -> Result<(crate::scan::Report, String), S
 #[derive(Debug)]
 struct Bar(indicatif::ProgressBar);
 
-impl crate::scan::Progress for Bar {
+impl lanyard_scan::Progress for Bar {
     fn add_total(&self, bytes: u64) {
         self.0.inc_length(bytes);
     }

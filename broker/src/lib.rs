@@ -1,7 +1,8 @@
 //! # lanyard-broker
 //!
 //! Authenticates workloads, applies policy, issues short-lived credentials and audits every
-//! decision. Read `docs/ARCHITECTURE.md` first.
+//! decision. Read `docs/ARCHITECTURE.md` first. The image scanner behind
+//! `lanyard-broker scan` is its own crate, [`lanyard_scan`].
 //!
 //! # Layout
 //! - [`config`]: the configuration file and `LANYARD_*` overrides, parsed into types.
@@ -25,8 +26,6 @@
 //! - `gate/` (coming next): the image gate — verdict store, admission records, webhook
 //!   decisions.
 //! - [`server`]: HTTPS (reloading certificates), routes, admin API, `run(listener, ..)`.
-//! - [`scan`]: the image scanner — secrets in image configs, history and layers (also the
-//!   `lanyard-broker scan` command).
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
 
 pub mod audit;
@@ -39,7 +38,6 @@ pub mod error;
 pub mod issue;
 pub mod metrics;
 pub mod policy;
-pub mod scan;
 pub mod secret_file;
 pub mod server;
 pub mod store;

@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = lanyard_broker::scan::layer::scan_layer_bytes(data);
+    let _ = lanyard_scan::layer::scan_layer_bytes(data);
 });

@@ -2,17 +2,17 @@
 //! untrusted images.
 #![no_main]
 
-use lanyard_broker::scan::{self, source};
+use lanyard_scan::{config, manifest};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = source::parse_manifest(data);
-    let _ = source::parse_docker_manifest(data);
-    if let Ok(cfg) = source::parse_config(data) {
-        let steps = source::layer_history_steps(&cfg.history, 8);
-        let _ = scan::scan_config(&cfg, scan::rules::RuleSet::builtin(), &steps);
+    let _ = manifest::parse_manifest(data);
+    let _ = manifest::parse_docker_manifest(data);
+    if let Ok(cfg) = manifest::parse_config(data) {
+        let steps = manifest::layer_history_steps(&cfg.history, 8);
+        let _ = config::scan_config(&cfg, lanyard_scan::rules::RuleSet::builtin(), &steps);
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = scan::history_assignments(text);
-        let _ = scan::Source::parse(text);
+        let _ = config::history_assignments(text);
+        let _ = lanyard_scan::Source::parse(text);
     }
 });

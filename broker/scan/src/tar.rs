@@ -281,7 +281,7 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Seeks over what is left of the current entry (for seekable sources).
-    pub(crate) fn seek_past_data(&mut self) -> Result<(), TarError>
+    fn seek_past_data(&mut self) -> Result<(), TarError>
     where
         R: io::Seek,
     {
@@ -294,6 +294,15 @@ impl<R: Read> TarReader<R> {
         self.remaining = 0;
         self.padding = 0;
         Ok(())
+    }
+
+    /// Like [`TarReader::next_entry`] but seeks over the previous entry's data.
+    pub fn next_entry_seeking(&mut self) -> Result<Option<EntryHeader>, TarError>
+    where
+        R: io::Seek,
+    {
+        self.seek_past_data()?;
+        self.next_entry()
     }
 
     fn skip_rest(&mut self) -> Result<(), TarError> {
@@ -525,6 +534,28 @@ mod tests {
             out.push((h, d));
         }
         Ok(out)
+    }
+
+    #[test]
+    fn seeking_reads_the_same_headers_as_streaming() {
+        let tar = build_tar(&[
+            ("a.txt", b'0', b"hello"),
+            ("dir/", b'5', b""),
+            ("dir/b.bin", b'0', &[7u8; 1500]),
+        ]);
+        let streamed: Vec<(String, u64, u64)> = entries(&tar)
+            .expect("valid")
+            .into_iter()
+            .map(|(h, _)| (h.path, h.size, h.data_offset))
+            .collect();
+        let mut r = TarReader::new(io::Cursor::new(&tar[..]), TarLimits::default());
+        let mut seeked = Vec::new();
+        while let Some(h) = r.next_entry_seeking().expect("valid") {
+            seeked.push((h.path, h.size, h.data_offset));
+        }
+        assert_eq!(seeked, streamed);
+        assert_eq!(seeked.len(), 3);
+        assert!(r.clean_end);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lanyard_broker::scan::{ScanOptions, Source, Verdict, scan};
+use lanyard_scan::{ScanOptions, Source, Verdict, scan};
 
 /// An image config whose one layer has this diff id.
 fn config(diff_id: &str) -> String {
@@ -56,7 +56,7 @@ fn docker_archive(dir: &Path, files: &[(&str, &[u8])], links: &[(&str, &str)]) -
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    lanyard_broker::scan::source::sha256_digest(bytes)
+    lanyard_scan::util::sha256_digest(bytes)
 }
 
 fn manifest(layers: &[&str]) -> String {

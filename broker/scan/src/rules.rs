@@ -350,8 +350,20 @@ pub fn builtin_rules() -> Vec<RuleDef> {
 }
 
 /// The assignment-only rule: an environment variable, build argument or label whose name says
-/// it holds a secret, with a real value.
-pub const SECRET_ENV_NAME: &str = "secret-env-name";
+/// it holds a secret, with a real value ([`secret_assignment`] decides; it has no keywords and
+/// no pattern, so it never runs on content).
+pub const SECRET_NAME_RULE: RuleDef = RuleDef {
+    id: "secret-env-name",
+    description: "variable whose name says it holds a secret, with a real value",
+    keywords: &[],
+    pattern: "",
+    severity: Severity::High,
+    confidence: Confidence::Medium,
+    class: SecretClass::PasswordLike,
+    priority: 0,
+    min_entropy: 0.0,
+    text_only: false,
+};
 
 /// A credential file recognised by its path.
 #[derive(Debug, Clone)]
@@ -364,6 +376,27 @@ pub struct FileKindDef {
     pub matches: fn(&str) -> bool,
     /// A value in the file: the group `s` must pass the placeholder filter.
     pub value_pattern: &'static str,
+}
+
+impl FileKindDef {
+    /// The rule a finding of this kind reports: high severity, medium confidence (the path says
+    /// what the file is, the value only that it is not a placeholder), and password-like (the
+    /// value may be guessable: the fingerprint hashes the location). Its pattern is the value
+    /// pattern; it has no keywords, as the path, not the content, selects it.
+    pub const fn rule(&self) -> RuleDef {
+        RuleDef {
+            id: self.id,
+            description: self.description,
+            keywords: &[],
+            pattern: self.value_pattern,
+            severity: Severity::High,
+            confidence: Confidence::Medium,
+            class: SecretClass::PasswordLike,
+            priority: 0,
+            min_entropy: 0.0,
+            text_only: false,
+        }
+    }
 }
 
 fn base(path: &str) -> &str {
@@ -639,6 +672,20 @@ impl RuleSet {
             .filter(move |(_, k)| (k.def.matches)(path))
             .map(|(i, _)| i)
     }
+}
+
+/// Every rule id with its description and severity, content rules first, then file kinds and
+/// the secret-name rule (for SARIF and docs).
+pub fn rule_catalog() -> Vec<(String, String, Severity)> {
+    let set = RuleSet::builtin();
+    let kinds: Vec<RuleDef> = set.file_kinds.iter().map(|k| k.def.rule()).collect();
+    set.rules
+        .iter()
+        .map(|r| &r.def)
+        .chain(&kinds)
+        .chain([&SECRET_NAME_RULE])
+        .map(|d| (d.id.to_owned(), d.description.to_owned(), d.severity))
+        .collect()
 }
 
 fn trim_value(v: &[u8]) -> &[u8] {
@@ -1513,6 +1560,78 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_catalog_lists_every_rule_once_with_its_severity() {
+        let set = RuleSet::builtin();
+        let catalog = rule_catalog();
+        assert_eq!(catalog.len(), set.rules.len() + set.file_kinds.len() + 1);
+        let mut ids: Vec<&str> = catalog.iter().map(|(id, _, _)| id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), catalog.len(), "duplicate ids in the catalog");
+        for r in &set.rules {
+            assert!(
+                catalog.contains(&(
+                    r.def.id.to_owned(),
+                    r.def.description.to_owned(),
+                    r.def.severity
+                )),
+                "{}",
+                r.def.id
+            );
+        }
+        for k in &set.file_kinds {
+            assert!(
+                catalog.contains(&(
+                    k.def.id.to_owned(),
+                    k.def.description.to_owned(),
+                    Severity::High
+                )),
+                "{}",
+                k.def.id
+            );
+        }
+        assert_eq!(
+            catalog.last(),
+            Some(&(
+                "secret-env-name".to_owned(),
+                "variable whose name says it holds a secret, with a real value".to_owned(),
+                Severity::High
+            ))
+        );
+    }
+
+    #[test]
+    fn file_kinds_and_the_secret_name_rule_report_password_like_findings() {
+        for k in builtin_file_kinds() {
+            let r = k.rule();
+            assert_eq!((r.id, r.description), (k.id, k.description));
+            assert_eq!(r.pattern, k.value_pattern);
+            assert_eq!(
+                (r.severity, r.confidence, r.class),
+                (
+                    Severity::High,
+                    Confidence::Medium,
+                    SecretClass::PasswordLike
+                ),
+                "{}",
+                k.id
+            );
+            assert!(r.keywords.is_empty(), "{}: selected by path only", k.id);
+        }
+        let s = SECRET_NAME_RULE;
+        assert_eq!(
+            (s.severity, s.confidence, s.class, s.priority),
+            (
+                Severity::High,
+                Confidence::Medium,
+                SecretClass::PasswordLike,
+                0
+            )
+        );
+        assert!(s.keywords.is_empty(), "never runs on content");
+    }
+
+    #[test]
     fn at_least_sixty_kinds_with_unique_ids() {
         let rules = builtin_rules();
         let kinds = builtin_file_kinds();
@@ -1521,7 +1640,7 @@ pub(crate) mod tests {
             .map(|r| r.id)
             .chain(kinds.iter().map(|k| k.id))
             .collect();
-        ids.push(SECRET_ENV_NAME);
+        ids.push(SECRET_NAME_RULE.id);
         let n = ids.len();
         ids.sort_unstable();
         ids.dedup();

@@ -15,7 +15,7 @@ use std::path::Path;
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
-use super::report::{Finding, Location};
+use crate::report::{Finding, Location};
 
 /// Largest allowlist file accepted.
 pub const MAX_ALLOWLIST_BYTES: u64 = 1 << 20;
@@ -145,9 +145,9 @@ impl Allowlist {
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::FingerprintKind;
-    use super::super::rules::{Confidence, Severity};
     use super::*;
+    use crate::report::FingerprintKind;
+    use crate::rules::{Confidence, Severity};
 
     fn file_finding(rule: &str, path: &str, fp: &str) -> Finding {
         Finding {

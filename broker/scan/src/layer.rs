@@ -1,6 +1,7 @@
-//! Reading one layer: magic-byte detection (gzip, zstd, plain), a streaming tar walk, content
-//! scanning in overlapping chunks, nested archives, whiteouts, bounds and digest checks. Runs on
-//! a blocking thread; memory is a few chunk buffers per layer whatever the layer's size.
+//! Reading one layer: the decompressor its magic bytes call for (gzip, zstd, plain), a
+//! streaming tar walk, content scanning in overlapping chunks, nested archives, whiteouts,
+//! bounds and digest checks. Runs on a blocking thread; memory is a few chunk buffers per layer
+//! whatever the layer's size.
 
 use std::collections::HashSet;
 use std::io::{self, Cursor, Read};
@@ -8,43 +9,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::report::{self, Finding, Location};
-use super::rules::{Confidence, RuleSet, SecretClass, Severity, is_package_path, is_test_material};
-use super::tar::{EntryKind, TarLimits, TarReader};
-use super::{Limits, Progress};
-
-/// Compression of a blob, from its first bytes (media types are not trusted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// gzip (`1f 8b`).
-    Gzip,
-    /// zstd (`28 b5 2f fd`).
-    Zstd,
-    /// Anything else: read as-is.
-    None,
-    /// A compression this scanner does not read (bzip2, xz).
-    Unsupported(&'static str),
-}
-
-/// Detects the compression from a blob's first bytes.
-pub fn detect(magic: &[u8]) -> Compression {
-    if magic.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else if magic.starts_with(b"BZh") {
-        Compression::Unsupported("bzip2")
-    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Compression::Unsupported("xz")
-    } else {
-        Compression::None
-    }
-}
-
-/// Does this block start a ustar / GNU tar archive?
-pub fn looks_like_tar(head: &[u8]) -> bool {
-    head.len() >= 512 && &head[257..262] == b"ustar"
-}
+use crate::options::{Limits, Progress};
+use crate::report::{Finding, Location};
+use crate::rules::{Confidence, RuleDef, RuleSet, Severity, is_package_path, is_test_material};
+use crate::tar::{EntryKind, TarLimits, TarReader};
+use crate::util::{Compression, detect, looks_like_tar, normalize_path, read_full};
 
 /// A whiteout seen in a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,15 +37,6 @@ pub fn deleted_later(layer: usize, path: &str, whiteouts: &[Whiteout]) -> bool {
                 path == w.path || path.starts_with(&format!("{}/", w.path))
             }
     })
-}
-
-/// Normalises a tar path: no leading `./` or `/`, no empty or `.` components. `..` is kept
-/// (reported as-is; nothing is ever written to disk).
-pub fn normalize_path(p: &str) -> String {
-    p.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Per-image shared counters and stop flags; layers run in parallel against one budget.
@@ -337,19 +297,6 @@ impl<R: Read> Read for ZstdFrames<R> {
             }
         }
     }
-}
-
-fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Wraps `r` in the decoder its first bytes call for.
@@ -698,19 +645,9 @@ impl LayerCtx<'_> {
                     continue;
                 }
                 let line = line_base + count_lines(&buf[..m.start]);
-                let def = &self.rules.rules[m.rule].def;
+                let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
-                let f = self.file_finding(
-                    def.id,
-                    def.description,
-                    def.severity,
-                    def.confidence,
-                    def.class,
-                    value,
-                    path,
-                    line,
-                    test_material,
-                );
+                let f = self.file_finding(rule, value, path, line, test_material);
                 self.out.findings.push(f);
                 file_findings += 1;
             }
@@ -739,31 +676,18 @@ impl LayerCtx<'_> {
         if file_findings == 0
             && let Some((k, value, line)) = kind_hit
         {
-            let def = &self.rules.file_kinds[k].def;
-            let f = self.file_finding(
-                def.id,
-                def.description,
-                Severity::High,
-                Confidence::Medium,
-                SecretClass::PasswordLike,
-                &value,
-                path,
-                line,
-                test_material,
-            );
+            let rule = self.rules.file_kinds[k].def.rule();
+            let f = self.file_finding(&rule, &value, path, line, test_material);
             self.out.findings.push(f);
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A finding in a file of this layer. Public test material is `info` with low confidence;
+    /// a generic (low-confidence) match in package-managed code is `info` too.
     fn file_finding(
         &self,
-        rule: &str,
-        description: &str,
-        severity: Severity,
-        confidence: Confidence,
-        class: SecretClass,
+        rule: &RuleDef,
         value: &[u8],
         path: &str,
         line: u64,
@@ -777,30 +701,17 @@ impl LayerCtx<'_> {
             line,
             deleted_later: false,
         };
-        let (fingerprint, fingerprint_kind) =
-            report::fingerprint(rule, class, value, &report::location_key(&location));
-        let package_code = !test_material && confidence == Confidence::Low && is_package_path(path);
-        Finding {
-            rule: rule.to_owned(),
-            description: description.to_owned(),
-            severity: if test_material || package_code {
-                Severity::Info
-            } else {
-                severity
-            },
-            confidence: if test_material {
-                Confidence::Low
-            } else {
-                confidence
-            },
-            location,
-            preview: report::preview(value, class),
-            fingerprint,
-            fingerprint_kind,
-            test_material,
-            package_code,
-            allowed: None,
+        let mut f = Finding::new(rule, value, location);
+        f.package_code =
+            !test_material && rule.confidence == Confidence::Low && is_package_path(path);
+        f.test_material = test_material;
+        if test_material || f.package_code {
+            f.severity = Severity::Info;
         }
+        if test_material {
+            f.confidence = Confidence::Low;
+        }
+        f
     }
 }
 
@@ -837,9 +748,10 @@ fn count_lines(b: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::rules::tests::{ALNUM, fake};
-    use super::super::tar::build_tar;
     use super::*;
+    use crate::report::FingerprintKind;
+    use crate::rules::tests::{ALNUM, fake};
+    use crate::tar::build_tar;
     use std::io::Write as _;
 
     fn info(index: usize) -> LayerInfo {
@@ -1153,10 +1065,7 @@ mod tests {
         );
         let got: Vec<String> = r.findings.iter().map(|f| f.rule.clone()).collect();
         assert_eq!(got, vec!["file-dotenv", "generic-password", "npm-token"]);
-        assert_eq!(
-            r.findings[0].fingerprint_kind,
-            report::FingerprintKind::Location
-        );
+        assert_eq!(r.findings[0].fingerprint_kind, FingerprintKind::Location);
     }
 
     #[test]
@@ -1248,14 +1157,5 @@ mod tests {
                 let _ = scan_layer_bytes(&m);
             }
         }
-    }
-
-    #[test]
-    fn detects_magic() {
-        assert_eq!(detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(detect(b"ustar"), Compression::None);
-        assert_eq!(normalize_path("./a//b/./c"), "a/b/c");
-        assert_eq!(normalize_path("/etc/passwd"), "etc/passwd");
     }
 }

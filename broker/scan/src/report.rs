@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::rules::{Confidence, SecretClass, Severity};
+use crate::rules::{Confidence, RuleDef, SecretClass, Severity};
 
 /// Version of the JSON report schema (`docs/SCANNER.md`). Bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -94,6 +94,30 @@ pub struct Finding {
     pub allowed: Option<String>,
 }
 
+impl Finding {
+    /// A finding of `rule` for `value` at `location`: the rule's id, description, severity and
+    /// confidence, the value's redacted [`preview`] and its [`fingerprint`]. The value itself
+    /// is not kept. Not allowed, not test material, not package code: callers that know
+    /// better set those.
+    pub fn new(rule: &RuleDef, value: &[u8], location: Location) -> Finding {
+        let (fingerprint, fingerprint_kind) =
+            fingerprint(rule.id, rule.class, value, &location_key(&location));
+        Finding {
+            rule: rule.id.to_owned(),
+            description: rule.description.to_owned(),
+            severity: rule.severity,
+            confidence: rule.confidence,
+            location,
+            preview: preview(value, rule.class),
+            fingerprint,
+            fingerprint_kind,
+            test_material: false,
+            package_code: false,
+            allowed: None,
+        }
+    }
+}
+
 /// What a fingerprint hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,7 +203,8 @@ pub struct ImageReport {
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// `lanyard-broker` version that scanned.
+    /// Version of the scanner (`lanyard-scan`; the workspace version, the same as
+    /// `lanyard-broker`'s).
     pub scanner_version: String,
     /// Rule set version; verdicts are keyed by (digest, ruleset_version).
     pub ruleset_version: String,
@@ -537,6 +562,64 @@ mod tests {
             package_code: false,
             allowed: allowed.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_new_finding_takes_the_rule_and_keeps_no_secret() {
+        let key = RuleDef {
+            id: "test-key",
+            description: "a test key",
+            keywords: &["tk_"],
+            pattern: "tk_[a-z]+",
+            severity: Severity::Critical,
+            confidence: Confidence::High,
+            class: SecretClass::HighEntropy,
+            priority: 2,
+            min_entropy: 0.0,
+            text_only: false,
+        };
+        let value = b"tk_abcdefghijklmnopq";
+        let at = |name: &str| Location::Env { name: name.into() };
+        let f = Finding::new(&key, value, at("A"));
+        assert_eq!(
+            (f.rule.as_str(), f.description.as_str()),
+            ("test-key", "a test key")
+        );
+        assert_eq!(
+            (f.severity, f.confidence),
+            (Severity::Critical, Confidence::High)
+        );
+        assert_eq!(f.location, at("A"));
+        assert_eq!(f.preview, preview(value, SecretClass::HighEntropy));
+        assert_eq!(
+            (f.fingerprint.clone(), f.fingerprint_kind),
+            fingerprint("test-key", SecretClass::HighEntropy, value, "env\0A")
+        );
+        assert!(f.allowed.is_none() && !f.test_material && !f.package_code);
+        assert!(!format!("{f:?}").contains("abcdefghijklmnopq"));
+        // A value fingerprint is the same wherever the value is.
+        assert_eq!(
+            Finding::new(&key, value, at("B")).fingerprint,
+            f.fingerprint
+        );
+        // A password-like rule fingerprints the location, never the value.
+        let password = RuleDef {
+            class: SecretClass::PasswordLike,
+            confidence: Confidence::Low,
+            ..key
+        };
+        let p = Finding::new(&password, value, at("A"));
+        assert_eq!(p.fingerprint_kind, FingerprintKind::Location);
+        assert_eq!(p.confidence, Confidence::Low);
+        assert_eq!(p.preview, "tk…");
+        assert_eq!(
+            Finding::new(&password, b"another-value", at("A")).fingerprint,
+            p.fingerprint
+        );
+        assert_ne!(
+            Finding::new(&password, value, at("B")).fingerprint,
+            p.fingerprint
+        );
     }
 
     #[test]

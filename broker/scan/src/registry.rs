@@ -1,0 +1,365 @@
+//! The registry client, through `oci-client`: authentication (basic credentials through the
+//! registry's token flow, or a bearer token as is), manifests and indexes fetched and checked
+//! against their digests, configs fetched under the metadata bound, and layer blobs streamed to
+//! the blocking layer readers ([`Remote::open_blob`]). Errors never carry credentials.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ScanError;
+use crate::manifest::{
+    Descriptor, MAX_METADATA_BYTES, Manifest, Platform, parse_manifest, select_platforms,
+};
+use crate::options::{RegistryAuth, ScanOptions};
+use crate::plan::{PlannedImage, planned};
+use crate::util::sha256_digest;
+
+/// A registry repository to read blobs from, with the client that fetched its manifest.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    client: Arc<oci_client::Client>,
+    reference: oci_client::Reference,
+}
+
+impl Remote {
+    /// Starts streaming a blob: an async task pumps its chunks to the returned blocking reader,
+    /// and stops when the reader is dropped.
+    pub(crate) async fn open_blob(
+        &self,
+        digest: &str,
+    ) -> Result<ChannelReader, oci_client::errors::OciDistributionError> {
+        let stream = self
+            .client
+            .pull_blob_stream(&self.reference, digest)
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
+        let pump = tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            let mut stream = stream;
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| io::Error::other(format!("registry: {e}")));
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+            pump,
+        })
+    }
+}
+
+/// A blocking reader over chunks sent by an async task; dropping it stops the task.
+#[derive(Debug)]
+pub(crate) struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+const ACCEPT: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+fn is_loopback(host: &str) -> bool {
+    let h = host
+        .rsplit_once(':')
+        .map(|(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+        .unwrap_or(host);
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn auth(a: &RegistryAuth) -> oci_client::secrets::RegistryAuth {
+    match a {
+        RegistryAuth::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
+        RegistryAuth::Basic { username, password } => {
+            oci_client::secrets::RegistryAuth::Basic(username.clone(), password.expose().to_owned())
+        }
+        RegistryAuth::Bearer(t) => oci_client::secrets::RegistryAuth::Bearer(t.expose().to_owned()),
+    }
+}
+
+/// oci-client errors can echo request details; keep the message short and credential-free.
+fn reg_err(what: &str, e: impl fmt::Display) -> ScanError {
+    let msg = e.to_string();
+    let msg: String = msg.chars().take(300).collect();
+    ScanError::Registry(format!("{what}: {msg}"))
+}
+
+/// Resolves a `registry://` reference (without the scheme) to the images to scan: fetches and
+/// checks the manifest or index, picks the platforms, fetches and checks each config.
+pub(crate) async fn plan(
+    r: &str,
+    opts: &ScanOptions,
+) -> Result<(Remote, Vec<PlannedImage>), ScanError> {
+    let reference: oci_client::Reference = r
+        .parse()
+        .map_err(|e| ScanError::BadSource(format!("registry://{r}: {e}")))?;
+    let host = reference.resolve_registry().to_owned();
+    let protocol = if opts.insecure_loopback_registry {
+        if !is_loopback(&host) {
+            return Err(ScanError::BadSource(format!(
+                "--insecure-registry is only allowed for loopback registries, not {host}"
+            )));
+        }
+        oci_client::client::ClientProtocol::HttpsExcept(vec![host.clone()])
+    } else {
+        oci_client::client::ClientProtocol::Https
+    };
+    let client = Arc::new(oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol,
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }));
+    let a = auth(&opts.auth);
+    if let RegistryAuth::Basic { username, .. } = &opts.auth {
+        // Authenticate first: on a refusal oci-client would fall back to an anonymous
+        // pull and report only "not authorized" for the manifest.
+        match client
+            .auth(&reference, &a, oci_client::RegistryOperation::Pull)
+            .await
+        {
+            Ok(_) => {}
+            Err(oci_client::errors::OciDistributionError::AuthenticationFailure(_)) => {
+                return Err(ScanError::Registry(format!(
+                    "{host} refused the credentials of user {username:?} for pulling {}: \
+                     check --registry-username and --registry-password-file",
+                    reference.repository()
+                )));
+            }
+            Err(e) => return Err(reg_err(&format!("authenticating to {host}"), e)),
+        }
+    }
+    let (bytes, _) = client
+        .pull_manifest_raw(&reference, &a, ACCEPT)
+        .await
+        .map_err(|e| reg_err(&format!("fetching the manifest of {r}"), e))?;
+    let top_digest = sha256_digest(&bytes);
+    if let Some(d) = reference.digest()
+        && d != top_digest
+    {
+        return Err(ScanError::Registry(format!(
+            "the manifest of {r} has digest {top_digest}, not {d}"
+        )));
+    }
+    let names = reference
+        .tag()
+        .map(|t| vec![format!("{}:{t}", reference.repository())])
+        .unwrap_or_default();
+    let mut images = Vec::new();
+    match parse_manifest(&bytes)
+        .map_err(|e| ScanError::BadSource(format!("registry://{r}: {e}")))?
+    {
+        Manifest::Image { config, layers } => {
+            images.push(
+                image(
+                    &client, &reference, top_digest, None, names, &config, &layers,
+                )
+                .await?,
+            );
+        }
+        Manifest::Index { manifests } => {
+            for child in
+                select_platforms(&manifests, &opts.platform).map_err(ScanError::BadSource)?
+            {
+                let child_ref = reference.clone_with_digest(child.digest.clone());
+                let (cb, _) = client
+                    .pull_manifest_raw(&child_ref, &a, ACCEPT)
+                    .await
+                    .map_err(|e| reg_err(&format!("fetching manifest {}", child.digest), e))?;
+                if sha256_digest(&cb) != child.digest {
+                    return Err(ScanError::Registry(format!(
+                        "manifest {} does not match its digest",
+                        child.digest
+                    )));
+                }
+                match parse_manifest(&cb)
+                    .map_err(|e| ScanError::BadSource(format!("{}: {e}", child.digest)))?
+                {
+                    Manifest::Image { config, layers } => images.push(
+                        image(
+                            &client,
+                            &reference,
+                            child.digest.clone(),
+                            child.platform.as_ref().map(Platform::name),
+                            names.clone(),
+                            &config,
+                            &layers,
+                        )
+                        .await?,
+                    ),
+                    Manifest::Index { .. } => {
+                        return Err(ScanError::BadSource(format!(
+                            "{}: nested image indexes are not supported",
+                            child.digest
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok((Remote { client, reference }, images))
+}
+
+/// Fetches and checks an image's config (the client is authenticated by the manifest pull).
+async fn image(
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
+    digest: String,
+    platform: Option<String>,
+    names: Vec<String>,
+    config: &Descriptor,
+    layers: &[Descriptor],
+) -> Result<PlannedImage, ScanError> {
+    if config.size > MAX_METADATA_BYTES {
+        return Err(ScanError::BadSource(format!(
+            "config {} is {} bytes; refused",
+            config.digest, config.size
+        )));
+    }
+    let mut buf = Bounded(Vec::new());
+    client
+        .pull_blob(reference, config.digest.as_str(), &mut buf)
+        .await
+        .map_err(|e| reg_err(&format!("fetching config {}", config.digest), e))?;
+    if sha256_digest(&buf.0) != config.digest {
+        return Err(ScanError::Registry(format!(
+            "config {} does not match its digest",
+            config.digest
+        )));
+    }
+    let layers = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.digest.clone(), i, l.digest.clone(), l.size))
+        .collect();
+    planned(digest, platform, names, layers, buf.0)
+}
+
+/// An in-memory sink refusing more than the metadata bound.
+struct Bounded(Vec<u8>);
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        if (self.0.len() + buf.len()) as u64 > MAX_METADATA_BYTES {
+            return std::task::Poll::Ready(Err(io::Error::other(
+                "config blob larger than the metadata bound",
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_channel_reader_reads_across_chunks_and_stops_its_pump_when_dropped() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
+        let (alive, stopped) = tokio::sync::oneshot::channel::<()>();
+        let pump = tokio::spawn(async move {
+            let _alive = alive;
+            for chunk in [&b"hel"[..], b"", b"lo wor", b"ld"] {
+                tx.send(Ok(bytes::Bytes::from_static(chunk)))
+                    .await
+                    .expect("reader alive");
+            }
+            tx.send(Err(io::Error::other("registry: reset")))
+                .await
+                .expect("reader alive");
+            std::future::pending::<()>().await;
+        });
+        let mut r = ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+            pump,
+        };
+        let (got, err, r) = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4];
+            let err = loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            (got, err, r)
+        })
+        .await
+        .expect("reader task");
+        assert_eq!(got, b"hello world");
+        assert_eq!(err.as_deref(), Some("registry: reset"));
+        drop(r);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), stopped)
+            .await
+            .expect("the pump stops when the reader is dropped");
+        assert!(outcome.is_err(), "aborted, not finished");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("registry.example.org"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+    }
+}
