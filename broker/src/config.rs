@@ -410,7 +410,10 @@ impl ServerConfig {
                 "http2_keep_alive_interval_ms",
                 self.http2_keep_alive_interval_ms,
             ),
-            ("http2_keep_alive_timeout_ms", self.http2_keep_alive_timeout_ms),
+            (
+                "http2_keep_alive_timeout_ms",
+                self.http2_keep_alive_timeout_ms,
+            ),
         ] {
             if ms == 0 {
                 return Err(format!(
@@ -915,6 +918,47 @@ mod tests {
                 "backends:\n  vault:\n    address: vault:8200\n    auth: {token: {token_file: t}}\n",
                 "backends.vault.address",
             ),
+        ] {
+            let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
+            let msg = BrokerConfig::load(&file, std::iter::empty())
+                .expect_err(field)
+                .to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
+    fn server_deadlines_have_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(cfg.server, ServerConfig::default());
+        assert_eq!(
+            (
+                cfg.server.max_connections,
+                cfg.server.header_read_timeout_ms,
+                cfg.server.request_timeout_ms
+            ),
+            (4_096, 10_000, 30_000)
+        );
+        let env = vec![(
+            "LANYARD_SERVER__MAX_CONNECTIONS".to_owned(),
+            "64".to_owned(),
+        )];
+        let cfg = BrokerConfig::load(&file, env).expect("loads");
+        assert_eq!(cfg.server.max_connections, 64);
+        for (extra, field) in [
+            ("server:\n  max_connections: 0\n", "server.max_connections"),
+            ("server:\n  idle_timeout_ms: 0\n", "server.idle_timeout_ms"),
+            (
+                "server:\n  tls_handshake_timeout_ms: 0\n",
+                "server.tls_handshake_timeout_ms",
+            ),
+            (
+                "server:\n  body_read_timeout_ms: 60000\n",
+                "server.body_read_timeout_ms",
+            ),
+            ("server:\n  header_timeout_ms: 5\n", "header_timeout_ms"),
         ] {
             let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
             let msg = BrokerConfig::load(&file, std::iter::empty())

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(late.status(), 503);
         assert_eq!(late.headers()[header::RETRY_AFTER], "1");
         let slow = ApiError::BodyTimeout(10_000);
-        assert!(!slow.body(None).error.retryable, "a slow body is the caller's fault");
+        assert!(
+            !slow.body(None).error.retryable,
+            "a slow body is the caller's fault"
+        );
         let slow = slow.into_response_with_id(None);
         assert_eq!(slow.status(), 408);
         assert_eq!(slow.headers()[header::CONNECTION], "close");

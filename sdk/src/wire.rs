@@ -247,7 +247,10 @@ mod tests {
         ] {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
-            assert_eq!(serde_json::from_str::<ErrorCode>(&json).expect("parse"), code);
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&json).expect("parse"),
+                code
+            );
         }
     }
 

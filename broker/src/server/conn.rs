@@ -159,6 +159,8 @@ struct Activity {
     bytes_read: AtomicU64,
     /// (idle since, `bytes_read` then).
     idle_mark: std::sync::Mutex<(Instant, u64)>,
+    /// Signalled when the idle clock restarts, which can bring the verdict's deadline closer.
+    idle_again: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -168,6 +170,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             idle_mark: std::sync::Mutex::new((now, 0)),
+            idle_again: tokio::sync::Notify::new(),
         }
     }
 
@@ -201,6 +204,7 @@ impl Drop for InFlight {
         if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *a.idle_mark.lock().unwrap_or_else(|p| p.into_inner()) =
                 (Instant::now(), a.bytes_read.load(Ordering::Relaxed));
+            a.idle_again.notify_one();
         }
     }
 }
@@ -345,6 +349,7 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 give_up_at = Some(Instant::now() + DRAIN);
             }
+            () = activity.idle_again.notified(), if give_up_at.is_none() => {}
             () = tokio::time::sleep_until(wake) => {
                 if give_up_at.is_some_and(|at| Instant::now() >= at) {
                     debug!(%peer, "connection did not close in time; dropped");
@@ -456,10 +461,7 @@ mod tests {
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let task = tokio::spawn(async move {
             builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(server),
-                    TowerToHyperService::new(app),
-                )
+                .serve_connection_with_upgrades(TokioIo::new(server), TowerToHyperService::new(app))
                 .await
         });
         (client, task)

@@ -298,6 +298,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_is_cut_however_steadily_it_trickles() {
+        // One byte every 100 ms: never idle for long, but never done within 300 ms either.
+        let trickle = futures_util::stream::unfold(0u32, |sent| async move {
+            (sent < 100).then_some(())?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b" "))),
+                sent + 1,
+            ))
+        });
+        let metrics = Metrics::new();
+        let resp = app(deadlines(300, 30_000), &metrics)
+            .oneshot(
+                Request::post("/echo")
+                    .body(Body::new(http_body_util::StreamBody::new(trickle)))
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(error_code(resp).await, (408, "body_timeout".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_whole_body_in_time_passes_through() {
         let metrics = Metrics::new();
         let resp = app(deadlines(300, 30_000), &metrics)
@@ -323,7 +346,10 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(resp.headers()["retry-after"], "1");
-        assert_eq!(error_code(resp).await, (503, "deadline_exceeded".to_owned()));
+        assert_eq!(
+            error_code(resp).await,
+            (503, "deadline_exceeded".to_owned())
+        );
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(500) && waited < Duration::from_secs(60),
@@ -347,15 +373,15 @@ mod tests {
             }
         };
         let metrics = Metrics::new();
-        let app = Router::new()
-            .route("/work", post(handler))
-            .layer(axum::middleware::from_fn_with_state(
+        let app = Router::new().route("/work", post(handler)).layer(
+            axum::middleware::from_fn_with_state(
                 DeadlineLayerState {
                     deadlines: deadlines(50, 50),
                     metrics: metrics.clone(),
                 },
                 enforce,
-            ));
+            ),
+        );
         let resp = app
             .oneshot(Request::post("/work").body(Body::empty()).expect("request"))
             .await

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::ConnInfo;
-use super::deadline::{self, Deadlines, DeadlineLayerState};
+use super::deadline::{self, DeadlineLayerState, Deadlines};
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
 use crate::broker::{Broker, new_request_id};
 use crate::error::ApiError;
