@@ -24,7 +24,8 @@
 //!   only: each step's work lives in the modules above.
 //! - `gate/` (coming next): the image gate — verdict store, admission records, webhook
 //!   decisions.
-//! - [`server`]: HTTPS (reloading certificates), routes, admin API, `run(listener, ..)`.
+//! - [`server`]: HTTPS (reloading certificates, connection cap and deadlines), routes, admin
+//!   API, `run(listener, ..)`.
 //! - [`scan`]: the image scanner — secrets in image configs, history and layers (also the
 //!   `lanyard-broker scan` command).
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.

@@ -450,13 +450,10 @@ mod tests {
         assert_eq!(a.snapshot().bytes_since_idle, 30);
     }
 
+    type Served = tokio::task::JoinHandle<Result<(), Box<dyn StdError + Send + Sync>>>;
+
     /// Serves `builder` on one end of an in-memory pipe with a one-route app.
-    fn serve_pipe(
-        builder: auto::Builder<TokioExecutor>,
-    ) -> (
-        tokio::io::DuplexStream,
-        tokio::task::JoinHandle<Result<(), Box<dyn StdError + Send + Sync>>>,
-    ) {
+    fn serve_pipe(builder: auto::Builder<TokioExecutor>) -> (tokio::io::DuplexStream, Served) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let task = tokio::spawn(async move {
