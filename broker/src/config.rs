@@ -24,6 +24,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "audit",
     "signing",
     "limits",
+    "server",
     "reload_interval_seconds",
     "backends",
 ];
@@ -61,6 +62,9 @@ pub struct BrokerConfig {
     /// Size and rate bounds.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Connection and HTTP deadlines, and the connection cap.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// How often policy, certificate and JWKS files are checked for changes.
     #[serde(default = "default_reload_interval")]
     pub reload_interval_seconds: u64,
@@ -312,6 +316,118 @@ impl Default for LimitsConfig {
             max_token_bytes: default_token(),
             max_jwks_bytes: default_jwks_bytes(),
         }
+    }
+}
+
+/// How long each phase of a connection may take, and how many connections are served at once.
+/// Every deadline is in milliseconds and at least 1; none can be switched off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Connections held at once (from accept to close, TLS handshake included). At the cap
+    /// the broker stops accepting until one closes; new clients wait in the kernel's accept
+    /// queue. Keep it below the open-files limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// From accept to a finished TLS handshake.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// From the handshake (or the previous response, on HTTP/1 keep-alive) to a complete
+    /// request head.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// From the request head to the last byte of its body; a slower body gets 408.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// From the request head to the response; a slower request gets 503 (the work already
+    /// started still finishes, and its answer is dropped).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2: a PING is sent when nothing was received for this long.
+    #[serde(default = "default_h2_keep_alive_interval")]
+    pub http2_keep_alive_interval_ms: u64,
+    /// HTTP/2: a PING not acknowledged within this closes the connection.
+    #[serde(default = "default_h2_keep_alive_timeout")]
+    pub http2_keep_alive_timeout_ms: u64,
+}
+
+fn default_max_connections() -> u32 {
+    4_096
+}
+fn default_tls_handshake_timeout() -> u64 {
+    10_000
+}
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_body_read_timeout() -> u64 {
+    10_000
+}
+fn default_request_timeout() -> u64 {
+    30_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_h2_keep_alive_interval() -> u64 {
+    20_000
+}
+fn default_h2_keep_alive_timeout() -> u64 {
+    10_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            tls_handshake_timeout_ms: default_tls_handshake_timeout(),
+            header_read_timeout_ms: default_header_read_timeout(),
+            body_read_timeout_ms: default_body_read_timeout(),
+            request_timeout_ms: default_request_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
+            http2_keep_alive_interval_ms: default_h2_keep_alive_interval(),
+            http2_keep_alive_timeout_ms: default_h2_keep_alive_timeout(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the section; the error names the field.
+    fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("field `server.max_connections`: must be at least 1".into());
+        }
+        for (field, ms) in [
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "http2_keep_alive_interval_ms",
+                self.http2_keep_alive_interval_ms,
+            ),
+            (
+                "http2_keep_alive_timeout_ms",
+                self.http2_keep_alive_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(format!(
+                    "field `server.{field}`: must be at least 1 (deadlines cannot be switched off)"
+                ));
+            }
+        }
+        if self.body_read_timeout_ms > self.request_timeout_ms {
+            return Err(format!(
+                "field `server.body_read_timeout_ms`: {} is above `server.request_timeout_ms` ({}); a slow body would get 503 instead of 408",
+                self.body_read_timeout_ms, self.request_timeout_ms
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -658,6 +774,7 @@ impl BrokerConfig {
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
         }
+        self.server.check()?;
         if let Some(sts) = &self.backends.aws_sts {
             check_limits("backends.aws_sts", &sts.limits())?;
             if let Some(url) = &sts.endpoint_url
@@ -801,6 +918,47 @@ mod tests {
                 "backends:\n  vault:\n    address: vault:8200\n    auth: {token: {token_file: t}}\n",
                 "backends.vault.address",
             ),
+        ] {
+            let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
+            let msg = BrokerConfig::load(&file, std::iter::empty())
+                .expect_err(field)
+                .to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
+    fn server_deadlines_have_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(cfg.server, ServerConfig::default());
+        assert_eq!(
+            (
+                cfg.server.max_connections,
+                cfg.server.header_read_timeout_ms,
+                cfg.server.request_timeout_ms
+            ),
+            (4_096, 10_000, 30_000)
+        );
+        let env = vec![(
+            "LANYARD_SERVER__MAX_CONNECTIONS".to_owned(),
+            "64".to_owned(),
+        )];
+        let cfg = BrokerConfig::load(&file, env).expect("loads");
+        assert_eq!(cfg.server.max_connections, 64);
+        for (extra, field) in [
+            ("server:\n  max_connections: 0\n", "server.max_connections"),
+            ("server:\n  idle_timeout_ms: 0\n", "server.idle_timeout_ms"),
+            (
+                "server:\n  tls_handshake_timeout_ms: 0\n",
+                "server.tls_handshake_timeout_ms",
+            ),
+            (
+                "server:\n  body_read_timeout_ms: 60000\n",
+                "server.body_read_timeout_ms",
+            ),
+            ("server:\n  header_timeout_ms: 5\n", "header_timeout_ms"),
         ] {
             let file = write(dir.path(), "x.yaml", &format!("{MINIMAL}{extra}"));
             let msg = BrokerConfig::load(&file, std::iter::empty())

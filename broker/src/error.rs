@@ -39,6 +39,13 @@ pub enum ApiError {
     /// Body above the limit (413).
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `server.body_read_timeout_ms` (408; the caller's
+    /// fault, and the connection is closed).
+    #[error("request body not received within {0} ms; send the whole body at once")]
+    BodyTimeout(u64),
+    /// No answer within `server.request_timeout_ms` (503, retryable).
+    #[error("no answer within {0} ms; retry later")]
+    DeadlineExceeded(u64),
     /// An upstream failed in a way a retry may fix (503, retryable, `Retry-After`).
     #[error("{0}")]
     Upstream(String),
@@ -64,6 +71,8 @@ impl ApiError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::BodyTimeout(_) => ErrorCode::BodyTimeout,
+            Self::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Self::Upstream(_) => ErrorCode::UpstreamUnavailable,
             Self::UpstreamRefused(_) => ErrorCode::UpstreamRefused,
             Self::NotReady(_) => ErrorCode::NotReady,
@@ -87,7 +96,7 @@ impl ApiError {
                 code,
                 message: self.to_string(),
                 request_id: request_id.map(str::to_owned),
-                retryable: matches!(code, ErrorCode::UpstreamUnavailable | ErrorCode::NotReady),
+                retryable: is_retryable(code),
             },
         }
     }
@@ -105,12 +114,26 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(code, ErrorCode::UpstreamUnavailable | ErrorCode::NotReady) {
+        if is_retryable(code) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if code == ErrorCode::BodyTimeout {
+            // The rest of the body may still be on its way: end the HTTP/1 connection rather
+            // than read it (HTTP/2 resets just the stream).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
+}
+
+/// Codes a client should retry (after `Retry-After`).
+fn is_retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::UpstreamUnavailable | ErrorCode::NotReady | ErrorCode::DeadlineExceeded
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -179,6 +202,17 @@ mod tests {
         .into();
         assert_eq!(up.code().http_status(), 503);
         assert!(up.body(None).error.retryable);
+        let late = ApiError::DeadlineExceeded(30_000).into_response_with_id(None);
+        assert_eq!(late.status(), 503);
+        assert_eq!(late.headers()[header::RETRY_AFTER], "1");
+        let slow = ApiError::BodyTimeout(10_000);
+        assert!(
+            !slow.body(None).error.retryable,
+            "a slow body is the caller's fault"
+        );
+        let slow = slow.into_response_with_id(None);
+        assert_eq!(slow.status(), 408);
+        assert_eq!(slow.headers()[header::CONNECTION], "close");
         let internal = ApiError::Internal("disk full at /secret/path".into());
         assert_eq!(internal.code().http_status(), 500);
         assert_eq!(internal.body(None).error.message, "internal error");

@@ -25,7 +25,8 @@
 //!   only: each step's work lives in the modules above.
 //! - `gate/` (coming next): the image gate — verdict store, admission records, webhook
 //!   decisions.
-//! - [`server`]: HTTPS (reloading certificates), routes, admin API, `run(listener, ..)`.
+//! - [`server`]: HTTPS (reloading certificates, connection cap and deadlines), routes, admin
+//!   API, `run(listener, ..)`.
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
 
 pub mod audit;

@@ -3,8 +3,8 @@
 //! from fixed enums — never identities or request data).
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// All broker metrics, registered in one registry.
@@ -41,6 +41,15 @@ pub struct Metrics {
     pub coalesced_waiters: IntCounterVec,
     /// `lanyard_upstream_duration_seconds{backend}`: latency of upstream calls.
     pub upstream_duration: HistogramVec,
+    /// `lanyard_open_connections`: connections holding one of `server.max_connections`
+    /// slots (TLS handshake included).
+    pub open_connections: IntGauge,
+    /// `lanyard_connection_limit_waits_total`: times every slot was taken and the broker
+    /// stopped accepting until one freed.
+    pub connection_limit_waits: IntCounter,
+    /// `lanyard_http_timeouts_total{phase}` (tls_handshake|header|body|request|idle|keep_alive):
+    /// connections cut and requests refused because a deadline passed.
+    pub http_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,8 +152,33 @@ impl Metrics {
             "Latency of upstream (STS, Vault) calls, by backend.",
             &["backend"],
         );
+        let open_connections = IntGauge::new(
+            "lanyard_open_connections",
+            "Connections holding a slot (TLS handshake included).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(open_connections.clone()))
+            .expect("unique metric");
+        let connection_limit_waits = IntCounter::new(
+            "lanyard_connection_limit_waits_total",
+            "Times every connection slot was taken and accepting paused until one freed.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connection_limit_waits.clone()))
+            .expect("unique metric");
+        let http_timeouts = counter(
+            "lanyard_http_timeouts_total",
+            "Connections cut or requests refused by a deadline, by phase \
+             (tls_handshake|header|body|request|idle|keep_alive).",
+            &["phase"],
+        );
         Self {
             registry,
+            open_connections,
+            connection_limit_waits,
+            http_timeouts,
             upstream_calls,
             cache_hits,
             coalesced_waiters,

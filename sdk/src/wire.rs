@@ -133,6 +133,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404: no such resource (lease, route).
     NotFound,
+    /// 408: the request body did not arrive within the broker's body deadline.
+    BodyTimeout,
     /// 413: the request body is too large.
     PayloadTooLarge,
     /// 429: too many requests.
@@ -145,6 +147,8 @@ pub enum ErrorCode {
     UpstreamRefused,
     /// 503: the broker is not ready (e.g. no valid policy loaded).
     NotReady,
+    /// 503: the broker did not answer within its request deadline; retry later.
+    DeadlineExceeded,
     /// 500: a bug or an unexpected local failure.
     Internal,
     /// Any code this client does not know yet.
@@ -160,11 +164,13 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::BodyTimeout => "body_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamRefused => "upstream_refused",
             Self::NotReady => "not_ready",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }
@@ -177,10 +183,11 @@ impl ErrorCode {
             Self::Unauthenticated => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::BodyTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::UpstreamRefused => 502,
-            Self::UpstreamUnavailable | Self::NotReady => 503,
+            Self::UpstreamUnavailable | Self::NotReady | Self::DeadlineExceeded => 503,
             Self::Internal | Self::Unknown => 500,
         }
     }
@@ -227,6 +234,31 @@ mod tests {
         let body: ErrorBody =
             serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"}}"#).expect("parse");
         assert_eq!(body.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn codes_travel_under_their_names() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::BodyTimeout,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::UpstreamUnavailable,
+            ErrorCode::UpstreamRefused,
+            ErrorCode::NotReady,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&json).expect("parse"),
+                code
+            );
+        }
     }
 
     #[test]

@@ -1,13 +1,20 @@
-//! HTTPS: the accept loop, routes and background tasks.
+//! HTTPS: the accept loop (with its connection cap), routes and background tasks.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
 //! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases — all stop
 //! on shutdown.
 //!
+//! # Layout
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
+//! - [`conn`]: one connection's life: TLS handshake deadline, HTTP/1 and HTTP/2 settings
+//!   (hyper's timer, header deadline, HTTP/2 keep-alive), closing idle connections.
+//! - [`deadline`]: the deadlines' values, the body and request deadlines (a layer on the
+//!   routes), and the phase labels of `lanyard_http_timeouts_total`.
 //! - [`routes`]: the HTTP API (public, workload and admin endpoints).
 
+pub mod conn;
+pub mod deadline;
 pub mod routes;
 pub mod tls;
 
@@ -16,15 +23,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt as _;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::broker::{Broker, StartError};
 
@@ -125,6 +128,10 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
 
 /// Serves the broker on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to 10 s) and stops background tasks.
+///
+/// At most `server.max_connections` connections are held at once: at the cap the loop stops
+/// accepting until one closes (new clients wait in the kernel's accept queue rather than
+/// being refused), and counts it in `lanyard_connection_limit_waits_total`.
 pub async fn run(
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -140,22 +147,48 @@ pub async fn run(
         .map_err(StartError::Tls)?,
     );
     let server_config = tls::server_config(&tls_cfg, cert.clone()).map_err(StartError::Tls)?;
-    let acceptor = TlsAcceptor::from(Arc::new(server_config));
     let failures = broker.verifier().refresh_all().await;
     for (issuer, reason) in failures {
         warn!(%issuer, %reason, "issuer keys not available yet; will retry in the background");
     }
     let background = spawn_background(&broker, cert);
-    let app = routes::router(broker.clone());
     let header_limit = u32::try_from(broker.config().limits.max_token_bytes.saturating_mul(8))
         .unwrap_or(u32::MAX)
         .max(64 * 1024);
-    let graceful = GracefulShutdown::new();
+    let deadlines = deadline::Deadlines::from_config(&broker.config().server);
+    let shared = Arc::new(conn::Shared {
+        acceptor: TlsAcceptor::from(Arc::new(server_config)),
+        app: routes::router(broker.clone()),
+        http: conn::http_builder(&deadlines, header_limit),
+        deadlines,
+        metrics: broker.metrics().clone(),
+    });
+    let max_connections = broker.config().server.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    let (stop, stopping) = watch::channel(false);
     let local = listener.local_addr().ok();
-    info!(addr = ?local, "broker listening (https)");
+    info!(addr = ?local, max_connections, "broker listening (https)");
 
     tokio::pin!(shutdown);
+    let mut last_limit_warning: Option<Instant> = None;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                broker.metrics().connection_limit_waits.inc();
+                if last_limit_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    warn!(
+                        max_connections,
+                        "connection limit reached; not accepting until a connection closes"
+                    );
+                    last_limit_warning = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -167,52 +200,26 @@ pub async fn run(
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
+        let open = broker.metrics().open_connections.clone();
+        open.inc();
+        let shared = shared.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let admin_cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
-            let info = ConnInfo { peer, admin_cert };
-            let svc =
-                app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(info.clone());
-                    req
-                });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // Let bearer tokens up to a few times `max_token_bytes` reach the broker's own
-            // size check (a clear 401) instead of an HTTP/2 GOAWAY; far larger header blocks
-            // are still refused by the protocol layer.
-            builder.http2().max_header_list_size(header_limit);
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc),
-            );
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
+            conn::serve(shared, tcp, peer, stopping).await;
+            open.dec();
+            drop(slot);
         });
     }
     drop(listener);
     info!("shutting down: draining connections");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
+    let _ = stop.send(true);
+    // Every connection holds a slot until it ends: all slots back means all drained.
+    if tokio::time::timeout(
+        conn::DRAIN + Duration::from_secs(1),
+        slots.acquire_many(max_connections),
+    )
+    .await
+    .is_err()
     {
         warn!("some connections did not finish within 10 s");
     }

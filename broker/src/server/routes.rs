@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::ConnInfo;
+use super::deadline::{self, DeadlineLayerState, Deadlines};
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
 use crate::broker::{Broker, new_request_id};
 use crate::error::ApiError;
@@ -25,7 +26,8 @@ use crate::secret_file::read_secret_file;
 
 type AppState = Arc<Broker>;
 
-/// Builds the router.
+/// Builds the router. Every request gets the body and request deadlines
+/// ([`deadline::enforce`]) and is timed by route and status.
 pub fn router(broker: Arc<Broker>) -> Router {
     let limit = broker.config().limits.max_request_body_bytes;
     Router::new()
@@ -42,6 +44,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route; see docs/API.md".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            DeadlineLayerState {
+                deadlines: Deadlines::from_config(&broker.config().server),
+                metrics: broker.metrics().clone(),
+            },
+            deadline::enforce,
+        ))
         .layer(middleware::from_fn_with_state(broker.clone(), observe))
         .with_state(broker)
 }
@@ -80,6 +89,8 @@ fn body_json<T: serde::de::DeserializeOwned>(
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
+        } else if let Some(late) = deadline::body_timed_out(&r) {
+            ApiError::BodyTimeout(late.after_ms)
         } else {
             ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
         }

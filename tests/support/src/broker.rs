@@ -206,6 +206,37 @@ impl TestBroker {
             .expect("client")
     }
 
+    /// A TLS connection to the broker (trusting only the test CA) offering the ALPN
+    /// protocols `alpn` (`b"h2"`, `b"http/1.1"`), for tests that speak HTTP by hand.
+    pub async fn tls_connect(
+        &self,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(self.pki.ca_path())
+            .expect("read the test CA")
+        {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to the broker");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the broker")
+    }
+
     /// `POST /v1/credentials` with an optional bearer and a raw body; returns status and JSON
     /// (or `Value::Null` when the body is not JSON).
     pub async fn post_credentials(&self, bearer: Option<&str>, body: &str) -> (u16, Value) {
