@@ -481,7 +481,6 @@ pub fn expire_files(
 
 #[cfg(test)]
 mod tests {
-    use lanyard::Secret;
 
     use super::*;
 
@@ -499,19 +498,7 @@ mod tests {
     }
 
     fn cred(role: &str, fields: &[(&str, &str)]) -> Credential {
-        Credential {
-            role: role.into(),
-            kind: "jwt".into(),
-            data: fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), Secret::new(*v)))
-                .collect(),
-            expires_at: "2030-01-01T00:10:00Z".into(),
-            refresh_after: "2030-01-01T00:07:00Z".into(),
-            ttl_seconds: 600,
-            lease_id: "lease-1".into(),
-            ttl_clamped: false,
-        }
+        crate::fixtures::credential(role, fields)
     }
 
     fn response(credentials: Vec<Credential>) -> CredentialResponse {

@@ -50,6 +50,8 @@ pub mod aws;
 pub mod cli;
 pub mod error;
 pub mod files;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod names;
 pub mod notify;

@@ -280,24 +280,11 @@ pub fn render(target: &Target, c: &Credential) -> Result<Zeroizing<Vec<u8>>, Str
 
 #[cfg(test)]
 mod tests {
-    use lanyard::Secret;
 
     use super::*;
 
     fn cred(fields: &[(&str, &str)]) -> Credential {
-        Credential {
-            role: "db".into(),
-            kind: "jwt".into(),
-            data: fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), Secret::new(*v)))
-                .collect(),
-            expires_at: "2030-01-01T00:10:00Z".into(),
-            refresh_after: "2030-01-01T00:07:00Z".into(),
-            ttl_seconds: 600,
-            lease_id: "lease-1".into(),
-            ttl_clamped: false,
-        }
+        crate::fixtures::credential("db", fields)
     }
 
     fn target(format: Format) -> Target {
