@@ -890,17 +890,24 @@ mod tests {
         // by default) before it signs.
         let min = JWKS_MAX_AGE_SECONDS + 5;
         load(&format!("signing: {{publish_ahead_seconds: {min}}}\n")).expect("the minimum");
-        let msg = load(&format!("signing: {{publish_ahead_seconds: {}}}\n", min - 1))
-            .expect_err("one second short");
+        let msg = load(&format!(
+            "signing: {{publish_ahead_seconds: {}}}\n",
+            min - 1
+        ))
+        .expect_err("one second short");
         assert!(
-            msg.contains("signing.publish_ahead_seconds") && msg.contains(&format!("at least {min}")),
+            msg.contains("signing.publish_ahead_seconds")
+                && msg.contains(&format!("at least {min}")),
             "{msg}"
         );
         let msg = load(&format!(
             "reload_interval_seconds: 60\nsigning: {{publish_ahead_seconds: {min}}}\n"
         ))
         .expect_err("slower replicas need more");
-        assert!(msg.contains(&format!("at least {}", JWKS_MAX_AGE_SECONDS + 60)), "{msg}");
+        assert!(
+            msg.contains(&format!("at least {}", JWKS_MAX_AGE_SECONDS + 60)),
+            "{msg}"
+        );
 
         let msg = load("signing: {rotate_after_seconds: 600, publish_ahead_seconds: 900}\n")
             .expect_err("rotating faster than publishing");
@@ -914,10 +921,9 @@ mod tests {
             msg.contains("signing.overlap_seconds") && msg.contains("at least 43200"),
             "{msg}"
         );
-        let msg = load(
-            "bootstrap: {session_ttl_seconds: 50000}\nsigning: {overlap_seconds: 43200}\n",
-        )
-        .expect_err("sessions outlive the overlap");
+        let msg =
+            load("bootstrap: {session_ttl_seconds: 50000}\nsigning: {overlap_seconds: 43200}\n")
+                .expect_err("sessions outlive the overlap");
         assert!(msg.contains("at least 50000"), "{msg}");
         let msg = load("signing: {algorithm: RS256}\n").expect_err("cannot sign");
         assert!(msg.contains("signing.algorithm"), "{msg}");

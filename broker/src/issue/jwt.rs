@@ -8,11 +8,11 @@
 //! alone: **next** (published in the JWKS, not signing) → **current** (signing) →
 //! **previous** (published for verification only) → **gone** (deleted). A new key is created
 //! `publish_ahead_seconds` before it signs — at least one JWKS cache lifetime
-//! ([`JWKS_MAX_AGE_SECONDS`](crate::config::JWKS_MAX_AGE_SECONDS)) — so a relying party that cached the JWKS before the key
-//! existed has fetched it again before the key's first token; it stays published
-//! `overlap_seconds` after its successor takes over, so every token it signed verifies until
-//! it expires. The very first key of an empty store signs at once (nobody can have cached a
-//! JWKS that lacks it: there was none).
+//! ([`JWKS_MAX_AGE_SECONDS`](crate::config::JWKS_MAX_AGE_SECONDS)) — so a relying party
+//! that cached the JWKS before the key existed has fetched it again before the key's first
+//! token; it stays published `overlap_seconds` after its successor takes over, so every
+//! token it signed verifies until it expires. The very first key of an empty store signs at
+//! once (nobody can have cached a JWKS that lacks it: there was none).
 //!
 //! With several replicas sharing a store, a key one replica creates becomes known to the
 //! others at their next [`KeyRing::rotate_if_due`] (which reloads from the store first), so
@@ -289,7 +289,11 @@ pub struct Schedule {
 /// The index of the key that signs at `now` among keys sorted by `active_from`: the last one
 /// whose `active_from` has come. When none has (the clock went back), the first: some key
 /// must sign, and every key is published. `None` only when there is no key.
-fn signer_index<T>(keys: &[T], active_from: impl Fn(&T) -> SystemTime, now: SystemTime) -> Option<usize> {
+fn signer_index<T>(
+    keys: &[T],
+    active_from: impl Fn(&T) -> SystemTime,
+    now: SystemTime,
+) -> Option<usize> {
     keys.iter()
         .rposition(|k| active_from(k) <= now)
         .or((!keys.is_empty()).then_some(0))
@@ -337,20 +341,29 @@ impl Schedule {
     /// `active_from` of the key that signs last (current or next) and whether it has the
     /// configured algorithm. With no key the first one signs at once (no relying party can
     /// have cached a JWKS without it: there was none). Otherwise a key is due
-    /// `publish_ahead` before the newest has signed for `rotate_after` — at once when the
-    /// newest has another algorithm than the configured one — and starts signing
+    /// `publish_ahead` before the newest has signed for `rotate_after` — as soon as it signs
+    /// when it has another algorithm than the configured one — and starts signing
     /// `publish_ahead` after it is created. While a next key waits, none is due
-    /// (`rotate_after >= publish_ahead`, which [`SigningConfig::validate`] holds).
-    pub fn new_key(&self, newest: Option<(SystemTime, bool)>, now: SystemTime) -> Option<SystemTime> {
+    /// (`rotate_after >= publish_ahead`, which [`SigningConfig::validate`] holds), whatever
+    /// its algorithm: replicas configured with different algorithms during a change then
+    /// create at most one key per `publish_ahead` between them, not one per check.
+    pub fn new_key(
+        &self,
+        newest: Option<(SystemTime, bool)>,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
         let Some((active_from, configured_alg)) = newest else {
             return Some(now);
         };
-        let due = !configured_alg
-            || now.duration_since(active_from).is_ok_and(|signed| {
-                signed.saturating_add(self.publish_ahead) >= self.rotate_after
-            });
+        let due = now.duration_since(active_from).is_ok_and(|signed| {
+            !configured_alg || signed.saturating_add(self.publish_ahead) >= self.rotate_after
+        });
         // A time past what `SystemTime` holds is never: no key is created.
-        if due { now.checked_add(self.publish_ahead) } else { None }
+        if due {
+            now.checked_add(self.publish_ahead)
+        } else {
+            None
+        }
     }
 }
 
@@ -431,7 +444,9 @@ impl KeyRing {
         let mut keys: Keys = Vec::with_capacity(records.len());
         for rec in &records {
             match current.iter().find(|k| {
-                k.kid == rec.kid && k.created_at == rec.created_at && k.active_from == rec.active_from
+                k.kid == rec.kid
+                    && k.created_at == rec.created_at
+                    && k.active_from == rec.active_from
             }) {
                 Some(k) => keys.push(k.clone()),
                 None => keys.push(Arc::new(SigningKey::from_record(rec)?)),
@@ -981,7 +996,11 @@ mod tests {
     #[test]
     fn the_next_key_is_created_publish_ahead_before_it_signs() {
         let s = schedule(); // rotate after 1000, publish 300 ahead
-        assert_eq!(s.new_key(None, at(5)), Some(at(5)), "the first key signs at once");
+        assert_eq!(
+            s.new_key(None, at(5)),
+            Some(at(5)),
+            "the first key signs at once"
+        );
         let newest = Some((at(0), true));
         assert_eq!(s.new_key(newest, at(699)), None, "not due yet");
         assert_eq!(
@@ -1000,14 +1019,20 @@ mod tests {
             "a next key waits: none is due"
         );
         assert_eq!(
-            s.new_key(Some((at(1_000), false)), at(800)),
-            Some(at(1_100)),
-            "another algorithm is replaced at once, but still published ahead"
-        );
-        assert_eq!(
             s.new_key(Some((at(0), false)), at(1)),
             Some(at(301)),
-            "the algorithm changed: the old key signs until the new one is known"
+            "the algorithm changed: a key of the new one is due at once, and the old key \
+             signs until the new one has been published"
+        );
+        assert_eq!(
+            s.new_key(Some((at(1_000), false)), at(800)),
+            None,
+            "a next key of another algorithm (another replica's choice) is left to wait"
+        );
+        assert_eq!(
+            s.new_key(Some((at(1_000), false)), at(1_000)),
+            Some(at(1_300)),
+            "and replaced as soon as it signs"
         );
     }
 
@@ -1062,7 +1087,10 @@ mod tests {
             assert!(keys.len() <= 3, "next, current and previous at most");
             now += step;
         }
-        assert!(created >= 20 && dropped >= 18, "{created} created, {dropped} dropped");
+        assert!(
+            created >= 20 && dropped >= 18,
+            "{created} created, {dropped} dropped"
+        );
     }
 
     fn kid_of(token: &str) -> String {
@@ -1113,7 +1141,10 @@ mod tests {
         );
 
         clock.set(at(999));
-        assert!(!ring.rotate_if_due().await.expect("rotate"), "a next key waits");
+        assert!(
+            !ring.rotate_if_due().await.expect("rotate"),
+            "a next key waits"
+        );
         assert_eq!(kid_of(&ring.sign(&claims("a")).expect("sign")), old_kid);
 
         clock.set(at(1_000)); // the switch needs no rotation call: it is in the schedule
@@ -1133,7 +1164,7 @@ mod tests {
 
         clock.set(at(1_501)); // retired for longer than the overlap
         assert!(ring.rotate_if_due().await.expect("rotate"));
-        assert_eq!(published(&ring), [new_kid.clone()]);
+        assert_eq!(published(&ring), std::slice::from_ref(&new_kid));
         assert_eq!(
             ring.verify(&old_token, ISS, "a", clock.now()),
             Err(AuthnError::UnknownKey)
@@ -1177,6 +1208,35 @@ mod tests {
             assert_eq!(signer(&a), signer(&b), "replicas switch together at {t}");
         }
         assert_eq!(signer(&a), a.key_states()[1].0, "the new key signs");
+    }
+
+    #[tokio::test]
+    async fn a_new_algorithm_signs_only_once_its_key_has_been_published_ahead() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let es = ring_with(store.clone(), clock.clone(), Algorithm::ES256).await;
+        let alg_of = |r: &KeyRing| {
+            jsonwebtoken::decode_header(&r.sign(&json!({"aud": "x"})).expect("sign"))
+                .expect("header")
+                .alg
+        };
+        assert_eq!(alg_of(&es), jsonwebtoken::Algorithm::ES256);
+
+        clock.set(at(10)); // restarted with EdDSA configured
+        let ed = ring_with(store.clone(), clock.clone(), Algorithm::EdDSA).await;
+        assert!(
+            ed.rotate_if_due().await.expect("rotate"),
+            "an EdDSA key is made"
+        );
+        assert_eq!(published(&ed).len(), 2);
+        assert_eq!(
+            alg_of(&ed),
+            jsonwebtoken::Algorithm::ES256,
+            "the old key signs while the new one is only published"
+        );
+        clock.set(at(310));
+        assert_eq!(alg_of(&ed), jsonwebtoken::Algorithm::EdDSA);
+        assert!(!ed.rotate_if_due().await.expect("rotate"), "no more keys");
     }
 
     #[tokio::test]

@@ -696,7 +696,13 @@ impl Store for SqliteStore {
             conn.execute(
                 "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, active_from) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![rec.kid, rec.alg, rec.pkcs8.expose(), created_at, active_from],
+                params![
+                    rec.kid,
+                    rec.alg,
+                    rec.pkcs8.expose(),
+                    created_at,
+                    active_from
+                ],
             )
             .map_err(insert_error(
                 "insert_signing_key",
@@ -1010,7 +1016,9 @@ mod tests {
             [("k-old", t(100), t(100)), ("k-new", t(200), t(200))]
         );
         // New rows keep their own `active_from`.
-        s.insert_signing_key(&key("k-next", 300)).await.expect("insert");
+        s.insert_signing_key(&key("k-next", 300))
+            .await
+            .expect("insert");
         let next = s.signing_keys().await.expect("keys").pop().expect("one");
         assert_eq!((next.kid.as_str(), next.active_from), ("k-next", t(1_300)));
     }
