@@ -1216,7 +1216,7 @@ mod tests {
         let clock = Arc::new(ManualClock::at_unix(T0));
         let es = ring_with(store.clone(), clock.clone(), Algorithm::ES256).await;
         let alg_of = |r: &KeyRing| {
-            jsonwebtoken::decode_header(&r.sign(&json!({"aud": "x"})).expect("sign"))
+            jsonwebtoken::decode_header(r.sign(&json!({"aud": "x"})).expect("sign"))
                 .expect("header")
                 .alg
         };
