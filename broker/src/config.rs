@@ -248,18 +248,36 @@ impl Default for AuditConfig {
     }
 }
 
+/// How long relying parties may cache the broker's JWKS, in seconds: the `max-age` of
+/// `GET /v1/jwks`, and the floor of [`SigningConfig::publish_ahead_seconds`]. The one place
+/// this number lives, so the header and the check cannot drift apart.
+pub const JWKS_MAX_AGE_SECONDS: u64 = 300;
+
 /// Signing keys for broker-issued JWTs.
+///
+/// A key is published (in the JWKS) `publish_ahead_seconds` before it starts signing, signs
+/// for `rotate_after_seconds`, then stays published `overlap_seconds` after its successor
+/// takes over, so a relying party never meets a `kid` its cached JWKS lacks and every token
+/// verifies until it expires. [`SigningConfig::validate`] holds these bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     /// `ES256` or `EdDSA`.
     #[serde(default = "default_signing_alg")]
     pub algorithm: Algorithm,
-    /// A new key is created when the newest is older than this.
+    /// How long each key signs: the next key is created `publish_ahead_seconds` before the
+    /// current one has signed this long.
     #[serde(default = "default_rotate")]
     pub rotate_after_seconds: u64,
+    /// How long a new key is published before it signs: at least [`JWKS_MAX_AGE_SECONDS`]
+    /// plus `reload_interval_seconds` (the time other replicas sharing the store take to
+    /// load it).
+    #[serde(default = "default_publish_ahead")]
+    pub publish_ahead_seconds: u64,
     /// Old keys stay published (for verification) this long after a newer key takes over.
-    /// Must exceed every role's `max_ttl_seconds`.
+    /// At least the longest lifetime of a token the broker signs (a role's
+    /// `max_ttl_seconds` can reach [`crate::policy::load::MAX_TTL_SECONDS`]; a session token
+    /// lives `bootstrap.session_ttl_seconds`).
     #[serde(default = "default_overlap")]
     pub overlap_seconds: u64,
 }
@@ -270,6 +288,9 @@ fn default_signing_alg() -> Algorithm {
 fn default_rotate() -> u64 {
     86_400
 }
+fn default_publish_ahead() -> u64 {
+    3_600
+}
 fn default_overlap() -> u64 {
     2 * 86_400
 }
@@ -279,8 +300,52 @@ impl Default for SigningConfig {
         Self {
             algorithm: default_signing_alg(),
             rotate_after_seconds: default_rotate(),
+            publish_ahead_seconds: default_publish_ahead(),
             overlap_seconds: default_overlap(),
         }
+    }
+}
+
+impl SigningConfig {
+    /// Checks the rotation schedule against how long relying parties cache the JWKS
+    /// ([`JWKS_MAX_AGE_SECONDS`]), how long replicas take to see a new key
+    /// (`reload_interval_seconds`) and the longest token lifetime the broker signs
+    /// (`longest_token_seconds`). The error names the field and the value that would do.
+    pub fn validate(
+        &self,
+        reload_interval_seconds: u64,
+        longest_token_seconds: u64,
+    ) -> Result<(), String> {
+        if !matches!(self.algorithm, Algorithm::ES256 | Algorithm::EdDSA) {
+            return Err("field `signing.algorithm`: must be ES256 or EdDSA".into());
+        }
+        let min_ahead = JWKS_MAX_AGE_SECONDS.saturating_add(reload_interval_seconds);
+        if self.publish_ahead_seconds < min_ahead {
+            return Err(format!(
+                "field `signing.publish_ahead_seconds`: {} is too short; relying parties cache the JWKS for {JWKS_MAX_AGE_SECONDS} s \
+                 and other replicas load a new key within `reload_interval_seconds` ({reload_interval_seconds} s), so a key \
+                 signing sooner could reach a verifier that does not know it yet; set it to at least {min_ahead}",
+                self.publish_ahead_seconds
+            ));
+        }
+        if self.rotate_after_seconds < self.publish_ahead_seconds {
+            return Err(format!(
+                "field `signing.rotate_after_seconds`: {} is shorter than `signing.publish_ahead_seconds` ({}); \
+                 each key is published that long before it signs, so keys cannot rotate faster; \
+                 raise `rotate_after_seconds` or lower `publish_ahead_seconds`",
+                self.rotate_after_seconds, self.publish_ahead_seconds
+            ));
+        }
+        if self.overlap_seconds < longest_token_seconds {
+            return Err(format!(
+                "field `signing.overlap_seconds`: {} is shorter than the longest token the broker signs \
+                 ({longest_token_seconds} s: the larger of the longest `max_ttl_seconds` a role may have and \
+                 `bootstrap.session_ttl_seconds`); a token signed just before a rotation would outlive its key \
+                 in the JWKS; set it to at least {longest_token_seconds}",
+                self.overlap_seconds
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -744,9 +809,6 @@ impl BrokerConfig {
                 self.public_url
             ));
         }
-        if !matches!(self.signing.algorithm, Algorithm::ES256 | Algorithm::EdDSA) {
-            return Err("field `signing.algorithm`: must be ES256 or EdDSA".into());
-        }
         for (i, iss) in self.issuers.iter().enumerate() {
             if iss.leeway_seconds > MAX_LEEWAY_SECONDS {
                 return Err(format!(
@@ -775,6 +837,10 @@ impl BrokerConfig {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
         }
         self.server.check()?;
+        self.signing.validate(
+            self.reload_interval_seconds,
+            crate::policy::load::MAX_TTL_SECONDS.max(self.bootstrap.session_ttl_seconds),
+        )?;
         if let Some(sts) = &self.backends.aws_sts {
             check_limits("backends.aws_sts", &sts.limits())?;
             if let Some(url) = &sts.endpoint_url
@@ -966,6 +1032,59 @@ mod tests {
                 .to_string();
             assert!(msg.contains(field), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_signing_schedule_is_checked_against_caches_replicas_and_token_lifetimes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "s.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load("").expect("defaults pass");
+        assert!(cfg.signing.publish_ahead_seconds >= JWKS_MAX_AGE_SECONDS);
+
+        // A key must be published one JWKS cache lifetime plus one reload interval (5 s
+        // by default) before it signs.
+        let min = JWKS_MAX_AGE_SECONDS + 5;
+        load(&format!("signing: {{publish_ahead_seconds: {min}}}\n")).expect("the minimum");
+        let msg = load(&format!(
+            "signing: {{publish_ahead_seconds: {}}}\n",
+            min - 1
+        ))
+        .expect_err("one second short");
+        assert!(
+            msg.contains("signing.publish_ahead_seconds")
+                && msg.contains(&format!("at least {min}")),
+            "{msg}"
+        );
+        let msg = load(&format!(
+            "reload_interval_seconds: 60\nsigning: {{publish_ahead_seconds: {min}}}\n"
+        ))
+        .expect_err("slower replicas need more");
+        assert!(
+            msg.contains(&format!("at least {}", JWKS_MAX_AGE_SECONDS + 60)),
+            "{msg}"
+        );
+
+        let msg = load("signing: {rotate_after_seconds: 600, publish_ahead_seconds: 900}\n")
+            .expect_err("rotating faster than publishing");
+        assert!(msg.contains("signing.rotate_after_seconds"), "{msg}");
+
+        // Retired keys stay published as long as the longest token a key can sign: a role
+        // may have up to 12 h, a session token `bootstrap.session_ttl_seconds`.
+        load("signing: {overlap_seconds: 43200}\n").expect("12 h");
+        let msg = load("signing: {overlap_seconds: 43199}\n").expect_err("short overlap");
+        assert!(
+            msg.contains("signing.overlap_seconds") && msg.contains("at least 43200"),
+            "{msg}"
+        );
+        let msg =
+            load("bootstrap: {session_ttl_seconds: 50000}\nsigning: {overlap_seconds: 43200}\n")
+                .expect_err("sessions outlive the overlap");
+        assert!(msg.contains("at least 50000"), "{msg}");
+        let msg = load("signing: {algorithm: RS256}\n").expect_err("cannot sign");
+        assert!(msg.contains("signing.algorithm"), "{msg}");
     }
 
     #[test]

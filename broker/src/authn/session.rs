@@ -161,6 +161,7 @@ mod tests {
             SigningConfig {
                 algorithm: Algorithm::ES256,
                 rotate_after_seconds: 86_400,
+                publish_ahead_seconds: 3_600,
                 overlap_seconds: 3600,
             },
         )

@@ -1,13 +1,23 @@
 //! The `jwt` backend: broker-signed tokens, rotating keys, published JWKS.
 //!
 //! [`KeyRing`] holds the broker's signing keys (ES256 or EdDSA, generated with aws-lc-rs and
-//! persisted in the store as PKCS#8). The newest key signs; older keys stay in the JWKS for
-//! `overlap_seconds` after a newer key takes over, so tokens they signed keep verifying until
-//! they expire. Each key's `kid` is its RFC 7638 JWK thumbprint.
+//! persisted in the store as PKCS#8). Each key's `kid` is its RFC 7638 JWK thumbprint.
+//!
+//! # Rotation
+//! A key goes through [`KeyState`]s, decided by [`Schedule`] from its stored `active_from`
+//! alone: **next** (published in the JWKS, not signing) → **current** (signing) →
+//! **previous** (published for verification only) → **gone** (deleted). A new key is created
+//! `publish_ahead_seconds` before it signs — at least one JWKS cache lifetime
+//! ([`JWKS_MAX_AGE_SECONDS`](crate::config::JWKS_MAX_AGE_SECONDS)) — so a relying party
+//! that cached the JWKS before the key existed has fetched it again before the key's first
+//! token; it stays published `overlap_seconds` after its successor takes over, so every
+//! token it signed verifies until it expires. The very first key of an empty store signs at
+//! once (nobody can have cached a JWKS that lacks it: there was none).
 //!
 //! With several replicas sharing a store, a key one replica creates becomes known to the
 //! others at their next [`KeyRing::rotate_if_due`] (which reloads from the store first), so
-//! call it often (e.g. every `reload_interval_seconds`).
+//! call it often (every `reload_interval_seconds`; `publish_ahead_seconds` covers that
+//! delay too). Every replica switches to a key at its stored `active_from`, by its own clock.
 //!
 //! A role's audience and scope claim arrive parsed at policy load
 //! ([`JwtRoleSettings`](crate::policy::settings::jwt::JwtRoleSettings)).
@@ -99,6 +109,8 @@ struct SigningKey {
     kid: String,
     alg: KeyAlg,
     created_at: SystemTime,
+    /// When it starts signing (see [`Schedule`]).
+    active_from: SystemTime,
     signer: Signer,
     /// `base64url({"alg","kid","typ":"JWT"})`, the JWS header every token of this key has.
     header_b64: String,
@@ -113,6 +125,7 @@ impl fmt::Debug for SigningKey {
             .field("kid", &self.kid)
             .field("alg", &self.alg)
             .field("created_at", &self.created_at)
+            .field("active_from", &self.active_from)
             .finish_non_exhaustive()
     }
 }
@@ -145,7 +158,12 @@ impl SigningKey {
     }
 
     /// Builds a key from PKCS#8 DER, computing its `kid`.
-    fn from_pkcs8(alg: KeyAlg, der: &[u8], created_at: SystemTime) -> Result<Self, String> {
+    fn from_pkcs8(
+        alg: KeyAlg,
+        der: &[u8],
+        created_at: SystemTime,
+        active_from: SystemTime,
+    ) -> Result<Self, String> {
         let (thumb_input, mut jwk, decoding, signer) = match alg {
             KeyAlg::Es256 => {
                 let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
@@ -189,6 +207,7 @@ impl SigningKey {
             kid,
             alg,
             created_at,
+            active_from,
             signer,
             header_b64,
             decoding,
@@ -207,7 +226,7 @@ impl SigningKey {
                 .decode(rec.pkcs8.expose())
                 .map_err(|_| corrupt("private key is not valid base64".into()))?,
         );
-        let key = Self::from_pkcs8(alg, &der, rec.created_at).map_err(corrupt)?;
+        let key = Self::from_pkcs8(alg, &der, rec.created_at, rec.active_from).map_err(corrupt)?;
         if key.kid != rec.kid {
             return Err(corrupt(format!(
                 "kid does not match the key's thumbprint ({})",
@@ -217,10 +236,11 @@ impl SigningKey {
         Ok(key)
     }
 
-    /// Generates a new key.
+    /// Generates a new key that signs from `active_from`.
     fn generate(
         alg: KeyAlg,
         created_at: SystemTime,
+        active_from: SystemTime,
     ) -> Result<(Self, SigningKeyRecord), StoreError> {
         let rng = SystemRandom::new();
         let doc = match alg {
@@ -228,27 +248,144 @@ impl SigningKey {
             KeyAlg::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng),
         }
         .map_err(|_| StoreError::Backend("generating a signing key failed".into()))?;
-        let key = Self::from_pkcs8(alg, doc.as_ref(), created_at)
+        let key = Self::from_pkcs8(alg, doc.as_ref(), created_at, active_from)
             .map_err(|e| StoreError::Backend(format!("generated key unusable: {e}")))?;
         let rec = SigningKeyRecord {
             kid: key.kid.clone(),
             alg: alg.name().to_owned(),
             pkcs8: Secret::new(STANDARD.encode(doc.as_ref())),
             created_at,
+            active_from,
         };
         Ok((key, rec))
     }
 }
 
+/// Where a key stands in the rotation at one instant (see [`Schedule::states`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published in the JWKS, not signing yet: relying parties learn it before its first
+    /// token.
+    Next,
+    /// The key that signs (and is published).
+    Current,
+    /// Published for verification only: a newer key signs, since at most `overlap_seconds`.
+    Previous,
+    /// Its successor has signed for longer than `overlap_seconds`: unpublished and deleted.
+    Gone,
+}
+
+/// The rotation decisions, as pure functions of the keys' `active_from` times and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// How long each key signs (`rotate_after_seconds`).
+    pub rotate_after: Duration,
+    /// How long a key is published before it signs (`publish_ahead_seconds`).
+    pub publish_ahead: Duration,
+    /// How long a key stays published after its successor starts signing
+    /// (`overlap_seconds`).
+    pub overlap: Duration,
+}
+
+/// The index of the key that signs at `now` among keys sorted by `active_from`: the last one
+/// whose `active_from` has come. When none has (the clock went back), the first: some key
+/// must sign, and every key is published. `None` only when there is no key.
+fn signer_index<T>(
+    keys: &[T],
+    active_from: impl Fn(&T) -> SystemTime,
+    now: SystemTime,
+) -> Option<usize> {
+    keys.iter()
+        .rposition(|k| active_from(k) <= now)
+        .or((!keys.is_empty()).then_some(0))
+}
+
+impl Schedule {
+    /// The schedule a configuration asks for.
+    pub fn new(config: &SigningConfig) -> Self {
+        Self {
+            rotate_after: Duration::from_secs(config.rotate_after_seconds),
+            publish_ahead: Duration::from_secs(config.publish_ahead_seconds),
+            overlap: Duration::from_secs(config.overlap_seconds),
+        }
+    }
+
+    /// Each key's state at `now`, for keys sorted by `active_from`: the signer (see
+    /// [`Schedule::signer`]) is current, keys after it are next, and a key before it is
+    /// previous until its successor has signed for longer than the overlap, then gone.
+    pub fn states(&self, active_from: &[SystemTime], now: SystemTime) -> Vec<KeyState> {
+        let Some(current) = Self::signer(active_from, now) else {
+            return Vec::new();
+        };
+        (0..active_from.len())
+            .map(|i| match i.cmp(&current) {
+                std::cmp::Ordering::Equal => KeyState::Current,
+                std::cmp::Ordering::Greater => KeyState::Next,
+                // i < current, so the successor i + 1 exists and has started signing.
+                std::cmp::Ordering::Less => {
+                    if age(now, active_from[i + 1]) > self.overlap {
+                        KeyState::Gone
+                    } else {
+                        KeyState::Previous
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The index of the key that signs at `now`, among keys sorted by `active_from`.
+    pub fn signer(active_from: &[SystemTime], now: SystemTime) -> Option<usize> {
+        signer_index(active_from, |t| *t, now)
+    }
+
+    /// Whether a new key is due at `now`, and if so when it starts signing. `newest` is the
+    /// `active_from` of the key that signs last (current or next) and whether it has the
+    /// configured algorithm. With no key the first one signs at once (no relying party can
+    /// have cached a JWKS without it: there was none). Otherwise a key is due
+    /// `publish_ahead` before the newest has signed for `rotate_after` — as soon as it signs
+    /// when it has another algorithm than the configured one — and starts signing
+    /// `publish_ahead` after it is created. While a next key waits, none is due
+    /// (`rotate_after >= publish_ahead`, which [`SigningConfig::validate`] holds), whatever
+    /// its algorithm: replicas configured with different algorithms during a change then
+    /// create at most one key per `publish_ahead` between them, not one per check.
+    pub fn new_key(
+        &self,
+        newest: Option<(SystemTime, bool)>,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let Some((active_from, configured_alg)) = newest else {
+            return Some(now);
+        };
+        let due = now.duration_since(active_from).is_ok_and(|signed| {
+            !configured_alg || signed.saturating_add(self.publish_ahead) >= self.rotate_after
+        });
+        // A time past what `SystemTime` holds is never: no key is created.
+        if due {
+            now.checked_add(self.publish_ahead)
+        } else {
+            None
+        }
+    }
+}
+
 type Keys = Vec<Arc<SigningKey>>;
 
-/// The broker's signing keys: the newest signs; older ones stay in the JWKS for the overlap.
+/// Orders keys as the [`Schedule`] reads them: by `active_from`, then creation, then `kid`.
+fn sort_keys(keys: &mut Keys) {
+    keys.sort_by(|a, b| {
+        (a.active_from, a.created_at, &a.kid).cmp(&(b.active_from, b.created_at, &b.kid))
+    });
+}
+
+/// The broker's signing keys, each [`KeyState::Next`], [`KeyState::Current`] or
+/// [`KeyState::Previous`] as the [`Schedule`] says; all of them are published and verify.
 pub struct KeyRing {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: SigningConfig,
+    schedule: Schedule,
     alg: KeyAlg,
-    /// Oldest first; the last one signs.
+    /// Sorted by [`sort_keys`]; [`signer_index`] picks the one that signs.
     keys: ArcSwap<Keys>,
     /// Serialises rotations within this process.
     rotation: tokio::sync::Mutex<()>,
@@ -270,7 +407,7 @@ fn age(now: SystemTime, since: SystemTime) -> Duration {
 }
 
 impl KeyRing {
-    /// Loads keys from the store, creating the first one if there is none.
+    /// Loads keys from the store, creating the first one (signing at once) if there is none.
     pub async fn load_or_create(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -284,6 +421,7 @@ impl KeyRing {
         let ring = Self {
             store,
             clock,
+            schedule: Schedule::new(&config),
             config,
             alg,
             keys: ArcSwap::from_pointee(Vec::new()),
@@ -293,7 +431,8 @@ impl KeyRing {
         if ring.keys.load().is_empty() {
             let _guard = ring.rotation.lock().await;
             let mut keys = (**ring.keys.load()).clone();
-            ring.create_key(&mut keys).await?;
+            let now = ring.clock.now();
+            ring.create_key(&mut keys, now).await?;
             ring.keys.store(Arc::new(keys));
         }
         Ok(ring)
@@ -305,30 +444,46 @@ impl KeyRing {
         let current = self.keys.load_full();
         let mut keys: Keys = Vec::with_capacity(records.len());
         for rec in &records {
-            match current
-                .iter()
-                .find(|k| k.kid == rec.kid && k.created_at == rec.created_at)
-            {
+            match current.iter().find(|k| {
+                k.kid == rec.kid
+                    && k.created_at == rec.created_at
+                    && k.active_from == rec.active_from
+            }) {
                 Some(k) => keys.push(k.clone()),
                 None => keys.push(Arc::new(SigningKey::from_record(rec)?)),
             }
         }
-        keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.kid.cmp(&b.kid)));
+        sort_keys(&mut keys);
         self.keys.store(Arc::new(keys));
         Ok(())
     }
 
-    async fn create_key(&self, keys: &mut Keys) -> Result<(), StoreError> {
-        let (key, rec) = SigningKey::generate(self.alg, self.clock.now())?;
+    /// Creates and stores a key that signs from `active_from`. Both times are whole seconds,
+    /// as the store keeps them, `active_from` rounded up (never earlier than asked).
+    async fn create_key(&self, keys: &mut Keys, active_from: SystemTime) -> Result<(), StoreError> {
+        let second = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let created_at = second(unix_seconds(self.clock.now()));
+        let mut signs_from = second(unix_seconds(active_from));
+        if signs_from < active_from {
+            signs_from += Duration::from_secs(1);
+        }
+        let (key, rec) = SigningKey::generate(self.alg, created_at, signs_from)?;
         self.store.insert_signing_key(&rec).await?;
-        tracing::info!(kid = %key.kid, alg = key.alg.name(), "created a new signing key");
+        tracing::info!(
+            kid = %key.kid,
+            alg = key.alg.name(),
+            signs_from = %lanyard::clock::rfc3339(signs_from),
+            "created a new signing key; it is published now and signs from `signs_from`"
+        );
         keys.push(Arc::new(key));
+        sort_keys(keys);
         Ok(())
     }
 
-    /// Creates a new key when the newest is older than `rotate_after_seconds` (or was made
-    /// with another algorithm than the configured one), and drops keys retired longer than
-    /// `overlap_seconds`. Returns whether anything changed.
+    /// Creates the next key when the [`Schedule`] says one is due (published now, signing
+    /// `publish_ahead_seconds` later), and deletes keys whose successor has signed for longer
+    /// than `overlap_seconds`. Reloads from the store first, so it is also how this replica
+    /// learns of keys another one created. Returns whether the set of keys changed.
     pub async fn rotate_if_due(&self) -> Result<bool, StoreError> {
         let _guard = self.rotation.lock().await;
         let before: Vec<String> = self.keys.load().iter().map(|k| k.kid.clone()).collect();
@@ -336,53 +491,62 @@ impl KeyRing {
         let now = self.clock.now();
         let mut keys = (**self.keys.load()).clone();
 
-        let due = match keys.last() {
-            None => true,
-            Some(newest) => {
-                newest.alg != self.alg
-                    || age(now, newest.created_at)
-                        >= Duration::from_secs(self.config.rotate_after_seconds)
-            }
-        };
-        if due {
-            self.create_key(&mut keys).await?;
+        let newest = keys.last().map(|k| (k.active_from, k.alg == self.alg));
+        if let Some(active_from) = self.schedule.new_key(newest, now) {
+            self.create_key(&mut keys, active_from).await?;
         }
 
-        // A key is retired when the next newer key was created; it is deleted once it has
-        // been retired for longer than the overlap.
-        let overlap = Duration::from_secs(self.config.overlap_seconds);
-        let expired: Vec<String> = keys
-            .windows(2)
-            .filter(|w| age(now, w[1].created_at) > overlap)
-            .map(|w| w[0].kid.clone())
+        let active_from: Vec<SystemTime> = keys.iter().map(|k| k.active_from).collect();
+        let gone: Vec<String> = self
+            .schedule
+            .states(&active_from, now)
+            .iter()
+            .zip(&keys)
+            .filter(|(state, _)| **state == KeyState::Gone)
+            .map(|(_, k)| k.kid.clone())
             .collect();
-        for kid in &expired {
+        for kid in &gone {
             self.store.delete_signing_key(kid).await?;
             tracing::info!(%kid, "deleted a retired signing key");
         }
-        keys.retain(|k| !expired.contains(&k.kid));
+        keys.retain(|k| !gone.contains(&k.kid));
         let after: Vec<String> = keys.iter().map(|k| k.kid.clone()).collect();
         self.keys.store(Arc::new(keys));
         Ok(before != after)
     }
 
-    /// The public JWKS document (`{"keys": [...]}`), newest key first.
+    /// Each loaded key's `kid` and state at the ring's clock, in schedule order (for
+    /// operators and tests).
+    pub fn key_states(&self) -> Vec<(String, KeyState)> {
+        let keys = self.keys.load();
+        let active_from: Vec<SystemTime> = keys.iter().map(|k| k.active_from).collect();
+        self.schedule
+            .states(&active_from, self.clock.now())
+            .into_iter()
+            .zip(keys.iter())
+            .map(|(state, k)| (k.kid.clone(), state))
+            .collect()
+    }
+
+    /// The public JWKS document (`{"keys": [...]}`): every loaded key — next, current and
+    /// previous — the latest to sign first.
     pub fn jwks(&self) -> serde_json::Value {
         let keys = self.keys.load();
         json!({"keys": keys.iter().rev().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
     }
 
-    /// Signs claims (a JSON object, or a type that serializes to one) with the newest key
-    /// (header carries `kid` and `alg`).
+    /// Signs claims (a JSON object, or a type that serializes to one) with the key that signs
+    /// now by the ring's clock (header carries `kid` and `alg`).
     pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, BackendError> {
         let keys = self.keys.load();
-        let key = keys
-            .last()
+        let key = signer_index(&keys, |k| k.active_from, self.clock.now())
+            .map(|i| &keys[i])
             .ok_or_else(|| BackendError::Internal("no signing key is loaded".into()))?;
         key.sign(claims)
     }
 
-    /// Verifies a token this broker signed (any published key), requiring `iss` and `aud`.
+    /// Verifies a token this broker signed (any published key: next, current or previous),
+    /// requiring `iss` and `aud`.
     /// Returns its claims.
     pub fn verify(
         &self,
@@ -543,8 +707,9 @@ mod tests {
     fn config(alg: Algorithm) -> SigningConfig {
         SigningConfig {
             algorithm: alg,
-            rotate_after_seconds: 100,
-            overlap_seconds: 50,
+            rotate_after_seconds: 1_000,
+            publish_ahead_seconds: 300,
+            overlap_seconds: 500,
         }
     }
 
@@ -713,50 +878,209 @@ mod tests {
         }
     }
 
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
+    }
+
+    fn schedule() -> Schedule {
+        Schedule::new(&config(Algorithm::ES256))
+    }
+
+    #[test]
+    fn which_key_signs_and_which_are_published_at_each_instant() {
+        use KeyState::{Current, Gone, Next, Previous};
+        let s = schedule(); // overlap 500
+        let keys = [at(0), at(1_000), at(2_000)];
+        for (now, states, signer) in [
+            (at(500), [Current, Next, Next], 0),
+            (at(999), [Current, Next, Next], 0),
+            (at(1_000), [Previous, Current, Next], 1),
+            (at(1_500), [Previous, Current, Next], 1), // retired for exactly the overlap
+            (at(1_501), [Gone, Current, Next], 1),
+            (at(2_000), [Gone, Previous, Current], 2),
+            (at(2_501), [Gone, Gone, Current], 2),
+            // The clock went back before every key: the first one signs, the rest wait.
+            (at(0) - Duration::from_secs(10), [Current, Next, Next], 0),
+        ] {
+            assert_eq!(s.states(&keys, now), states, "at {now:?}");
+            assert_eq!(Schedule::signer(&keys, now), Some(signer), "at {now:?}");
+        }
+        assert!(s.states(&[], at(0)).is_empty());
+        assert_eq!(Schedule::signer(&[], at(0)), None);
+    }
+
+    #[test]
+    fn the_next_key_is_created_publish_ahead_before_it_signs() {
+        let s = schedule(); // rotate after 1000, publish 300 ahead
+        assert_eq!(
+            s.new_key(None, at(5)),
+            Some(at(5)),
+            "the first key signs at once"
+        );
+        let newest = Some((at(0), true));
+        assert_eq!(s.new_key(newest, at(699)), None, "not due yet");
+        assert_eq!(
+            s.new_key(newest, at(700)),
+            Some(at(1_000)),
+            "due 300 s before the current key has signed 1000 s, signing when it has"
+        );
+        assert_eq!(
+            s.new_key(newest, at(5_000)),
+            Some(at(5_300)),
+            "late (the broker was down): still published a full 300 s before it signs"
+        );
+        assert_eq!(
+            s.new_key(Some((at(1_000), true)), at(800)),
+            None,
+            "a next key waits: none is due"
+        );
+        assert_eq!(
+            s.new_key(Some((at(0), false)), at(1)),
+            Some(at(301)),
+            "the algorithm changed: a key of the new one is due at once, and the old key \
+             signs until the new one has been published"
+        );
+        assert_eq!(
+            s.new_key(Some((at(1_000), false)), at(800)),
+            None,
+            "a next key of another algorithm (another replica's choice) is left to wait"
+        );
+        assert_eq!(
+            s.new_key(Some((at(1_000), false)), at(1_000)),
+            Some(at(1_300)),
+            "and replaced as soon as it signs"
+        );
+    }
+
+    /// Drives the schedule alone over many rotations, as the rotation task does, and checks
+    /// the two promises at every step: the key that signs was published `publish_ahead`
+    /// before (but the very first), and no key is dropped while a token it signed, living
+    /// `overlap`, may be unexpired.
+    #[test]
+    fn over_many_rotations_signers_were_published_ahead_and_outlive_their_tokens() {
+        let s = schedule();
+        let step = Duration::from_secs(7);
+        // (created, active_from, last time it signed)
+        let mut keys: Vec<(SystemTime, SystemTime, Option<SystemTime>)> = Vec::new();
+        let (mut now, end) = (at(0), at(20_000));
+        let (mut created, mut dropped) = (0, 0);
+        while now < end {
+            let newest = keys.last().map(|k| (k.1, true));
+            if let Some(active_from) = s.new_key(newest, now) {
+                keys.push((now, active_from, None));
+                created += 1;
+            }
+            let active: Vec<SystemTime> = keys.iter().map(|k| k.1).collect();
+            let states = s.states(&active, now);
+            let signer = Schedule::signer(&active, now).expect("a key signs");
+            assert_eq!(states[signer], KeyState::Current);
+            let (key_created, active_from, _) = keys[signer];
+            assert!(active_from <= now, "a key signs before its time");
+            if key_created != at(0) {
+                assert!(
+                    age(now, key_created) >= s.publish_ahead,
+                    "key created at {key_created:?} signs at {now:?}, before it was published 300 s"
+                );
+            }
+            keys[signer].2 = Some(now);
+            for (k, state) in keys.iter().zip(&states) {
+                if *state == KeyState::Gone {
+                    let last = k.2.expect("a gone key had signed");
+                    assert!(
+                        age(now, last) > s.overlap,
+                        "a key is dropped {:?} after its last token",
+                        age(now, last)
+                    );
+                    dropped += 1;
+                }
+            }
+            keys = keys
+                .into_iter()
+                .zip(states)
+                .filter(|(_, state)| *state != KeyState::Gone)
+                .map(|(k, _)| k)
+                .collect();
+            assert!(keys.len() <= 3, "next, current and previous at most");
+            now += step;
+        }
+        assert!(
+            created >= 20 && dropped >= 18,
+            "{created} created, {dropped} dropped"
+        );
+    }
+
+    fn kid_of(token: &str) -> String {
+        jsonwebtoken::decode_header(token)
+            .expect("header")
+            .kid
+            .expect("kid")
+    }
+
+    fn published(ring: &KeyRing) -> Vec<String> {
+        ring.jwks()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     #[tokio::test]
     async fn rotation_timeline() {
+        use KeyState::{Current, Next, Previous};
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let clock = Arc::new(ManualClock::at_unix(T0));
         let ring = ring_with(store.clone(), clock.clone(), Algorithm::ES256).await;
         let claims = |aud: &str| json!({"iss": ISS, "aud": aud, "exp": T0 + 10_000});
-        let kid_of = |t: &str| {
-            jsonwebtoken::decode_header(t)
-                .expect("header")
-                .kid
-                .expect("kid")
-        };
         let old_token = ring.sign(&claims("a")).expect("sign");
         let old_kid = kid_of(&old_token);
+        assert_eq!(ring.key_states(), [(old_kid.clone(), Current)]);
 
-        clock.advance(Duration::from_secs(99));
+        clock.set(at(699));
         assert!(!ring.rotate_if_due().await.expect("rotate"), "not due yet");
         assert_eq!(kid_of(&ring.sign(&claims("a")).expect("sign")), old_kid);
 
-        clock.advance(Duration::from_secs(1)); // T0+100: due
+        clock.set(at(700)); // due: the next key is published, and does not sign yet
         assert!(ring.rotate_if_due().await.expect("rotate"));
+        let states = ring.key_states();
+        assert_eq!(states.len(), 2);
+        let new_kid = states[1].0.clone();
+        assert_eq!(
+            states,
+            [(old_kid.clone(), Current), (new_kid.clone(), Next)]
+        );
+        assert_eq!(published(&ring), [new_kid.clone(), old_kid.clone()]);
+        assert_eq!(
+            kid_of(&ring.sign(&claims("a")).expect("sign")),
+            old_kid,
+            "a published key does not sign before its time"
+        );
+
+        clock.set(at(999));
+        assert!(
+            !ring.rotate_if_due().await.expect("rotate"),
+            "a next key waits"
+        );
+        assert_eq!(kid_of(&ring.sign(&claims("a")).expect("sign")), old_kid);
+
+        clock.set(at(1_000)); // the switch needs no rotation call: it is in the schedule
         let new_token = ring.sign(&claims("a")).expect("sign");
-        let new_kid = kid_of(&new_token);
-        assert_ne!(new_kid, old_kid, "the new key signs");
-        assert_eq!(ring.jwks()["keys"].as_array().expect("keys").len(), 2);
-        assert_eq!(ring.jwks()["keys"][0]["kid"], new_kid, "newest first");
+        assert_eq!(kid_of(&new_token), new_kid, "the new key signs at its time");
+        assert_eq!(
+            ring.key_states(),
+            [(old_kid.clone(), Previous), (new_kid.clone(), Current)]
+        );
         ring.verify(&old_token, ISS, "a", clock.now())
             .expect("old key still verifies during the overlap");
 
-        clock.advance(Duration::from_secs(50)); // retired for exactly the overlap
+        clock.set(at(1_500)); // retired for exactly the overlap
         assert!(!ring.rotate_if_due().await.expect("rotate"));
         ring.verify(&old_token, ISS, "a", clock.now())
             .expect("still inside the overlap");
 
-        clock.advance(Duration::from_secs(1)); // retired for longer than the overlap
+        clock.set(at(1_501)); // retired for longer than the overlap
         assert!(ring.rotate_if_due().await.expect("rotate"));
-        let jwks = ring.jwks();
-        let kids: Vec<&str> = jwks["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .filter_map(|k| k["kid"].as_str())
-            .collect();
-        assert_eq!(kids, [new_kid.as_str()]);
+        assert_eq!(published(&ring), std::slice::from_ref(&new_kid));
         assert_eq!(
             ring.verify(&old_token, ISS, "a", clock.now()),
             Err(AuthnError::UnknownKey)
@@ -786,7 +1110,7 @@ mod tests {
         b.verify(&token, ISS, "x", clock.now())
             .expect("a reloaded ring verifies earlier tokens");
 
-        clock.advance(Duration::from_secs(100));
+        clock.set(at(700));
         assert!(a.rotate_if_due().await.expect("rotate"));
         assert!(
             b.rotate_if_due().await.expect("rotate"),
@@ -794,6 +1118,41 @@ mod tests {
         );
         assert_eq!(a.jwks(), b.jwks(), "b did not create a second key");
         assert_eq!(store.signing_keys().await.expect("keys").len(), 2);
+        let signer = |r: &KeyRing| kid_of(&r.sign(&json!({"aud": "x"})).expect("sign"));
+        for t in [999, 1_000] {
+            clock.set(at(t));
+            assert_eq!(signer(&a), signer(&b), "replicas switch together at {t}");
+        }
+        assert_eq!(signer(&a), a.key_states()[1].0, "the new key signs");
+    }
+
+    #[tokio::test]
+    async fn a_new_algorithm_signs_only_once_its_key_has_been_published_ahead() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let es = ring_with(store.clone(), clock.clone(), Algorithm::ES256).await;
+        let alg_of = |r: &KeyRing| {
+            jsonwebtoken::decode_header(r.sign(&json!({"aud": "x"})).expect("sign"))
+                .expect("header")
+                .alg
+        };
+        assert_eq!(alg_of(&es), jsonwebtoken::Algorithm::ES256);
+
+        clock.set(at(10)); // restarted with EdDSA configured
+        let ed = ring_with(store.clone(), clock.clone(), Algorithm::EdDSA).await;
+        assert!(
+            ed.rotate_if_due().await.expect("rotate"),
+            "an EdDSA key is made"
+        );
+        assert_eq!(published(&ed).len(), 2);
+        assert_eq!(
+            alg_of(&ed),
+            jsonwebtoken::Algorithm::ES256,
+            "the old key signs while the new one is only published"
+        );
+        clock.set(at(310));
+        assert_eq!(alg_of(&ed), jsonwebtoken::Algorithm::EdDSA);
+        assert!(!ed.rotate_if_due().await.expect("rotate"), "no more keys");
     }
 
     #[tokio::test]
@@ -805,6 +1164,7 @@ mod tests {
                 alg: "ES256".into(),
                 pkcs8: Secret::new("bm90LWEta2V5"),
                 created_at: SystemTime::UNIX_EPOCH,
+                active_from: SystemTime::UNIX_EPOCH,
             })
             .await
             .expect("insert");

@@ -289,6 +289,7 @@ mod tests {
         let signing = SigningConfig {
             algorithm: Algorithm::ES256,
             rotate_after_seconds: 86_400,
+            publish_ahead_seconds: 3_600,
             overlap_seconds: 3600,
         };
         let keys = KeyRing::load_or_create(store, clock.clone(), signing)

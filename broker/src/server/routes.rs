@@ -167,9 +167,16 @@ async fn revoke_lease(
     }
 }
 
+/// The broker's public keys, cacheable for
+/// [`JWKS_MAX_AGE_SECONDS`](crate::config::JWKS_MAX_AGE_SECONDS): a key is published at
+/// least that long before it signs (`signing.publish_ahead_seconds`, checked at start against
+/// the same constant), so a relying party honouring the header never meets an unknown `kid`.
 async fn jwks(State(broker): State<AppState>) -> Response {
     (
-        [(header::CACHE_CONTROL, "public, max-age=300")],
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", crate::config::JWKS_MAX_AGE_SECONDS),
+        )],
         Json(broker.keys().jwks()),
     )
         .into_response()

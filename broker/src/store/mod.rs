@@ -85,8 +85,12 @@ pub struct SigningKeyRecord {
     pub alg: String,
     /// PKCS#8 DER of the private key, base64 (standard) encoded.
     pub pkcs8: Secret,
-    /// When it was created; the newest active key signs.
+    /// When it was created (and published).
     pub created_at: SystemTime,
+    /// When it starts signing: `publish_ahead_seconds` after `created_at`, so relying parties
+    /// know it first (the key ring's `Schedule` decides from this alone). Keys stored before
+    /// this field existed read as `created_at`, which is when they started signing.
+    pub active_from: SystemTime,
 }
 
 /// The last record of the audit chain.
@@ -152,7 +156,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<LeaseRecord>, StoreError>;
 
-    /// Signing keys, oldest first.
+    /// Signing keys, oldest `created_at` first, each with its `active_from` as stored.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
     /// Adds a signing key.

@@ -71,6 +71,10 @@ pub const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
     );",
+    // v2: when each signing key starts signing. A row without it (written before v2) signs
+    // from `created_at`, as it did then.
+    "ALTER TABLE signing_keys ADD COLUMN active_from INTEGER;
+    UPDATE signing_keys SET active_from = created_at;",
 ];
 
 /// A closure to run on the store thread.
@@ -651,7 +655,7 @@ impl Store for SqliteStore {
         self.run("signing_keys", |conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT kid, alg, pkcs8, created_at FROM signing_keys \
+                    "SELECT kid, alg, pkcs8, created_at, active_from FROM signing_keys \
                      ORDER BY created_at, rowid",
                 )
                 .map_err(sql_error("signing_keys"))?;
@@ -662,15 +666,18 @@ impl Store for SqliteStore {
                         r.get::<_, String>(1)?,
                         Zeroizing::new(r.get::<_, String>(2)?),
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
                     ))
                 })
                 .map_err(sql_error("signing_keys"))?;
             let mut keys = Vec::new();
             for row in rows {
-                let (kid, alg, pkcs8, created_at) = row.map_err(sql_error("signing_keys"))?;
+                let (kid, alg, pkcs8, created_at, active_from) =
+                    row.map_err(sql_error("signing_keys"))?;
                 let what = format!("signing key {kid}");
                 keys.push(SigningKeyRecord {
                     created_at: from_unix(created_at, &what)?,
+                    active_from: from_unix(active_from.unwrap_or(created_at), &what)?,
                     pkcs8: Secret::new(pkcs8.as_str()),
                     kid,
                     alg,
@@ -683,11 +690,19 @@ impl Store for SqliteStore {
 
     async fn insert_signing_key(&self, rec: &SigningKeyRecord) -> Result<(), StoreError> {
         let created_at = to_unix(rec.created_at)?;
+        let active_from = to_unix(rec.active_from)?;
         let rec = rec.clone();
         self.run("insert_signing_key", move |conn| {
             conn.execute(
-                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![rec.kid, rec.alg, rec.pkcs8.expose(), created_at],
+                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, active_from) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rec.kid,
+                    rec.alg,
+                    rec.pkcs8.expose(),
+                    created_at,
+                    active_from
+                ],
             )
             .map_err(insert_error(
                 "insert_signing_key",
@@ -866,7 +881,7 @@ mod tests {
             conn.execute_batch(
                 "INSERT INTO bootstrap_tokens VALUES ('bt_x','hx','not json',NULL,1,5000,NULL);
                  INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL);
-                 INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday');
+                 INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday',NULL);
                  INSERT INTO audit_head VALUES (1, -1, 'h');
                  INSERT INTO local_secrets VALUES ('n', 'not-hex!');",
             )
@@ -968,6 +983,44 @@ mod tests {
             MIGRATIONS.len() as u32
         );
         assert!(s2.get_lease("ls_1").await.expect("get").is_some());
+    }
+
+    /// A database written before signing keys had `active_from` (schema v1) opens, and its
+    /// keys sign from when they were created, as they did.
+    #[tokio::test]
+    async fn a_v1_database_migrates_and_its_keys_sign_from_creation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        {
+            let conn = Connection::open(&path).expect("raw open");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.pragma_update(None, "user_version", 1).expect("set");
+            conn.execute_batch(
+                "INSERT INTO signing_keys VALUES ('k-old', 'ES256', 'p1', 100);
+                 INSERT INTO signing_keys VALUES ('k-new', 'EdDSA', 'p2', 200);",
+            )
+            .expect("v1 rows");
+        }
+        let s = SqliteStore::open(&path).expect("migrates");
+        assert_eq!(
+            s.schema_version().await.expect("v"),
+            MIGRATIONS.len() as u32
+        );
+        let keys = s.signing_keys().await.expect("keys");
+        let times: Vec<(&str, SystemTime, SystemTime)> = keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.created_at, k.active_from))
+            .collect();
+        assert_eq!(
+            times,
+            [("k-old", t(100), t(100)), ("k-new", t(200), t(200))]
+        );
+        // New rows keep their own `active_from`.
+        s.insert_signing_key(&key("k-next", 300))
+            .await
+            .expect("insert");
+        let next = s.signing_keys().await.expect("keys").pop().expect("one");
+        assert_eq!((next.kid.as_str(), next.active_from), ("k-next", t(1_300)));
     }
 
     #[tokio::test]

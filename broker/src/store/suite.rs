@@ -3,8 +3,8 @@
 //! Each case is an `async fn(Arc<dyn Store>)` that gets a fresh, empty store and asserts one
 //! promise of the trait: bootstrap tokens (single-use redemption, also under a race; expiry at
 //! the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
-//! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys,
-//! the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
+//! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys
+//! (with when each starts signing), the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
 //! a failure names both, e.g. `store::suite::sqlite_file::expired_leases_by_backend_oldest_first`.
 //!
@@ -102,13 +102,14 @@ pub(super) fn lease(id: &str) -> LeaseRecord {
     }
 }
 
-/// An ES256 signing key created at `created`.
+/// An ES256 signing key created at `created`, signing from 1,000 s later.
 pub(super) fn key(kid: &str, created: u64) -> SigningKeyRecord {
     SigningKeyRecord {
         kid: kid.to_owned(),
         alg: "ES256".to_owned(),
         pkcs8: Secret::new(format!("pkcs8-of-{kid}")),
         created_at: t(created),
+        active_from: t(created + 1_000),
     }
 }
 
@@ -407,6 +408,11 @@ pub(super) async fn signing_keys_listed_oldest_first_and_deleted(s: Arc<dyn Stor
     assert_eq!(keys[0].pkcs8.expose(), "pkcs8-of-k-old");
     assert_eq!(keys[0].alg, "ES256");
     assert_eq!(keys[0].created_at, t(100));
+    assert_eq!(
+        keys[0].active_from,
+        t(1_100),
+        "when a key starts signing is kept apart from when it was created"
+    );
     assert_eq!(
         keys[1].created_at,
         t(200),

@@ -47,6 +47,8 @@ pub struct TestBrokerOptions {
     pub audience: String,
     /// Trust client certificates from the test CA as admins (mTLS).
     pub admin_mtls: bool,
+    /// The broker's clock, for tests that move time (`None`: the system clock).
+    pub clock: Option<Arc<lanyard::clock::ManualClock>>,
 }
 
 impl Default for TestBrokerOptions {
@@ -56,6 +58,7 @@ impl Default for TestBrokerOptions {
             extra_config: String::new(),
             audience: "lanyard".into(),
             admin_mtls: false,
+            clock: None,
         }
     }
 }
@@ -84,6 +87,7 @@ pub struct TestBroker {
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     dir: Option<tempfile::TempDir>,
+    clock: Arc<dyn lanyard::clock::Clock>,
 }
 
 impl TestBroker {
@@ -131,7 +135,11 @@ impl TestBroker {
         );
         let config_file = dir.path().join("broker.yaml");
         std::fs::write(&config_file, config_text).expect("write config");
-        let (broker, stop, task) = serve(listener, &config_file).await;
+        let clock: Arc<dyn lanyard::clock::Clock> = match opts.clock {
+            Some(c) => c,
+            None => Arc::new(lanyard::clock::SystemClock),
+        };
+        let (broker, stop, task) = serve(listener, &config_file, clock.clone()).await;
         Self {
             url,
             addr,
@@ -145,6 +153,7 @@ impl TestBroker {
             stop,
             task: Some(task),
             dir: Some(dir),
+            clock,
         }
     }
 
@@ -177,7 +186,7 @@ impl TestBroker {
                 }
             }
         };
-        let (broker, stop, task) = serve(listener, &self.config_file).await;
+        let (broker, stop, task) = serve(listener, &self.config_file, self.clock.clone()).await;
         self.broker = broker;
         self.stop = stop;
         self.task = Some(task);
@@ -322,23 +331,21 @@ impl TestBroker {
     }
 }
 
-/// Loads the config and runs the server on `listener` until the returned sender says stop.
+/// Loads the config and runs the server on `listener` with `clock` until the returned sender
+/// says stop.
 async fn serve(
     listener: tokio::net::TcpListener,
     config_file: &Path,
+    clock: Arc<dyn lanyard::clock::Clock>,
 ) -> (
     Arc<Broker>,
     watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
     let config = BrokerConfig::load(config_file, std::iter::empty()).expect("config loads");
-    let broker = Broker::new(
-        config,
-        Arc::new(lanyard::clock::SystemClock),
-        Metrics::new(),
-    )
-    .await
-    .expect("broker starts");
+    let broker = Broker::new(config, clock, Metrics::new())
+        .await
+        .expect("broker starts");
     let (stop, rx) = watch::channel(false);
     let b = broker.clone();
     let task = tokio::spawn(async move {
