@@ -370,7 +370,7 @@ impl Broker {
         req: &CredentialRequest,
         request_id: &str,
     ) -> Result<CredentialResponse, ApiError> {
-        check_request(req)?;
+        policy::check_request(req).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let identity = &auth.identity;
         let set = self.policy.load_full();
         let decision = policy::evaluate(&set, identity, req.roles.as_deref());
@@ -793,26 +793,6 @@ impl Broker {
         }
         checks
     }
-}
-
-/// Checks a credential request's shape before policy sees it.
-fn check_request(req: &CredentialRequest) -> Result<(), ApiError> {
-    if req.ttl_seconds == Some(0) {
-        return Err(ApiError::BadRequest(
-            "ttl_seconds must be at least 1".into(),
-        ));
-    }
-    if let Some(roles) = &req.roles {
-        if roles.is_empty() {
-            return Err(ApiError::BadRequest(
-                "roles, when given, must name at least one role".into(),
-            ));
-        }
-        if roles.len() > 64 {
-            return Err(ApiError::BadRequest("at most 64 roles per request".into()));
-        }
-    }
-    Ok(())
 }
 
 /// An authenticated request.

@@ -153,6 +153,46 @@ impl AuditRecord {
         }
     }
 
+    /// Every text field that is set, for the line builder to cut one that would make the line
+    /// too long ([`super::line`]). Every field is named, so a new one cannot be missed.
+    pub(crate) fn text_fields_mut(&mut self) -> Vec<&mut String> {
+        let Self {
+            time,
+            event: _,
+            decision: _,
+            reason,
+            request_id,
+            identity,
+            issuer,
+            role,
+            backend,
+            ttl_seconds: _,
+            ttl_clamped: _,
+            expires_at,
+            lease_id,
+            token_id,
+            image,
+            fingerprint,
+            upstream_lease,
+        } = self;
+        let optional = [
+            request_id,
+            identity,
+            issuer,
+            role,
+            backend,
+            expires_at,
+            lease_id,
+            token_id,
+            image,
+            fingerprint,
+            upstream_lease,
+        ];
+        let mut fields = vec![time, reason];
+        fields.extend(optional.into_iter().flatten());
+        fields
+    }
+
     fn at(now: SystemTime, event: Event, decision: Decision, reason: impl Into<String>) -> Self {
         Self::new(rfc3339(now), event, decision, reason)
     }
