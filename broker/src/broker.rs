@@ -577,16 +577,9 @@ impl Broker {
         req: &MintTokenRequest,
         request_id: &str,
     ) -> Result<MintTokenResponse, ApiError> {
-        if req.roles.is_empty() {
-            return Err(ApiError::BadRequest("roles: name at least one role".into()));
-        }
         let set = self.policy.load_full();
-        if let Some(unknown) = req.roles.iter().find(|r| !set.roles.contains_key(*r)) {
-            return Err(ApiError::BadRequest(format!(
-                "role `{unknown}` is not defined in the policies (known: {})",
-                set.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
+        policy::check_token_roles(&set, &req.roles)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let ttl_seconds = req
             .ttl_seconds
             .unwrap_or(self.config.bootstrap.default_ttl_seconds);

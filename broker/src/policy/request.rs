@@ -7,12 +7,17 @@
 //! nothing longer than a policy name goes further. A refusal never repeats an oversized
 //! value: it shows the first [`SHOWN_CHARS`] characters and says how long the value was.
 //!
+//! An admin's bootstrap-token mint names roles too; [`check_token_roles`] holds them to the
+//! same bounds and to the roles the policy defines, since the token's roles are recorded in
+//! its `token_mint` audit record and in every denial quoting its binding.
+//!
 //! The request body's size is bounded before it is parsed (`limits.max_request_body_bytes`);
 //! the SDK's wire type stays a plain container, since what a valid role name is belongs to the
 //! policy.
 
 use lanyard::wire::CredentialRequest;
 
+use super::PolicySet;
 use super::load::is_valid_name;
 
 /// Most roles one credential request may name.
@@ -34,6 +39,16 @@ pub enum RequestError {
     /// `roles` names more than [`MAX_REQUESTED_ROLES`].
     #[error("at most {MAX_REQUESTED_ROLES} roles per request (got {0})")]
     TooManyRoles(usize),
+    /// A bootstrap token's role is not defined in the policies.
+    #[error("roles[{index}] ({shown}) is not defined in the policies (known: {known})")]
+    UnknownRole {
+        /// Its position in `roles` (0-based).
+        index: usize,
+        /// The name, quoted (a valid name, so at most 63 bytes).
+        shown: String,
+        /// The roles the policies define, comma-separated.
+        known: String,
+    },
     /// An entry of `roles` breaks the policy's name rules.
     #[error(
         "roles[{index}] ({shown}, {len} bytes) is not a role name: role names are 1 to 63 \
@@ -72,6 +87,34 @@ pub fn check_request(req: &CredentialRequest) -> Result<(), RequestError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Checks the roles an admin mints a bootstrap token for: at least one, at most
+/// [`MAX_REQUESTED_ROLES`], each a valid name defined in `set`.
+pub fn check_token_roles(set: &PolicySet, roles: &[String]) -> Result<(), RequestError> {
+    if roles.is_empty() {
+        return Err(RequestError::NoRoles);
+    }
+    if roles.len() > MAX_REQUESTED_ROLES {
+        return Err(RequestError::TooManyRoles(roles.len()));
+    }
+    for (index, role) in roles.iter().enumerate() {
+        if !is_valid_name(role) {
+            return Err(RequestError::InvalidRoleName {
+                index,
+                shown: shown(role),
+                len: role.len(),
+            });
+        }
+        if !set.roles.contains_key(role) {
+            return Err(RequestError::UnknownRole {
+                index,
+                shown: shown(role),
+                known: set.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first [`SHOWN_CHARS`] characters of `value`, quoted with control characters escaped,
@@ -131,6 +174,58 @@ mod tests {
                 "{bad:?}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn token_roles_must_be_defined_valid_and_few() {
+        let policy = "
+roles:
+  boot: {backend: jwt, max_ttl_seconds: 60, settings: {audience: a}}
+  db: {backend: jwt, max_ttl_seconds: 60, settings: {audience: a}}
+";
+        let parsed = crate::policy::load::parse_file(
+            std::path::Path::new("p.yaml"),
+            policy,
+            &crate::policy::RoleSettings::parse,
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let set = PolicySet {
+            roles: parsed
+                .roles
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            ..PolicySet::default()
+        };
+        let names = |n: &[&str]| n.iter().map(|&x| x.to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            check_token_roles(&set, &names(&["db", "boot", "db"])),
+            Ok(())
+        );
+        assert_eq!(check_token_roles(&set, &[]), Err(RequestError::NoRoles));
+        let many = vec!["db".to_owned(); MAX_REQUESTED_ROLES + 1];
+        assert_eq!(
+            check_token_roles(&set, &many),
+            Err(RequestError::TooManyRoles(MAX_REQUESTED_ROLES + 1))
+        );
+        let err = check_token_roles(&set, &names(&["db", "nope"])).expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            r#"roles[1] ("nope") is not defined in the policies (known: boot, db)"#
+        );
+        let huge = "x".repeat(10_000);
+        let err = check_token_roles(&set, &names(&["db", &huge])).expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                RequestError::InvalidRoleName {
+                    index: 1,
+                    len: 10_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
