@@ -307,6 +307,23 @@ impl Broker {
         Err(ApiError::Unauthenticated(error))
     }
 
+    /// Audits and counts a request to an admin `route` that did not carry the admin
+    /// credential (`reason`, a stable label: `admin_wrong_token`, ...) and returns the same
+    /// opaque 401 as any failed authentication (or the audit failure).
+    pub async fn refuse_admin(
+        &self,
+        request_id: &str,
+        route: &str,
+        reason: &'static str,
+    ) -> ApiError {
+        self.metrics.denials.with_label_values(&["-", reason]).inc();
+        let rec = AuditRecord::admin_auth_failure(self.now(), request_id, route, reason);
+        match self.audit(rec).await {
+            Ok(()) => ApiError::Unauthenticated(AuthnError::Missing),
+            Err(e) => e,
+        }
+    }
+
     /// Redeems a bootstrap token (audited). A refused token comes back as `Ok(Err(..))`, with
     /// its id when it was found, for [`Self::authenticate`] to audit like any failure.
     async fn redeem(

@@ -498,6 +498,73 @@ async fn admin_api_needs_the_admin_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_authentication_failures_are_audited_and_counted() {
+    let broker = TestBroker::start(None).await;
+    let wrong = "wrong-admin-token-PLANTED";
+    let http = broker.http();
+    let mint = format!("{}/v1/admin/tokens", broker.url);
+    let body = json!({"roles": ["boot"], "ttl_seconds": 60});
+    let attempts = [
+        http.post(&mint).bearer_auth(wrong).json(&body),
+        http.post(&mint).json(&body),
+        http.delete(format!("{}/v1/admin/tokens/bt_1", broker.url))
+            .bearer_auth(wrong),
+        http.post(format!("{}/v1/admin/reload", broker.url)),
+    ];
+    for attempt in attempts {
+        let resp = attempt.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"]["message"], "authentication failed", "{body}");
+    }
+    // The admin itself is neither audited as a failure nor counted.
+    let resp = http
+        .post(&mint)
+        .bearer_auth(&broker.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let reasons: Vec<String> = broker
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "deny")
+        .map(|r| {
+            assert!(
+                r["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("req_")),
+                "{r}"
+            );
+            r["reason"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "admin authentication failed (POST /v1/admin/tokens): admin_wrong_token",
+            "admin authentication failed (POST /v1/admin/tokens): admin_missing_credential",
+            "admin authentication failed (DELETE /v1/admin/tokens/{token_id}): admin_wrong_token",
+            "admin authentication failed (POST /v1/admin/reload): admin_missing_credential",
+        ]
+    );
+    let log = std::fs::read_to_string(&broker.audit_file).expect("audit");
+    assert!(
+        !log.contains("PLANTED"),
+        "the presented token is never recorded"
+    );
+    let metrics = broker.metrics().await;
+    for (reason, n) in [("admin_wrong_token", 2), ("admin_missing_credential", 2)] {
+        let line = format!(r#"lanyard_denials_total{{reason="{reason}",role="-"}} {n}"#);
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    assert!(!metrics.contains("PLANTED"));
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_can_revoke_its_own_lease_and_nobody_elses() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start(Some(&issuer)).await;

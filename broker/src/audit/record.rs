@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`AuditRecord::issue`] | `issue`, allow | request, identity, role, backend, TTL, clamped, expiry, lease, fingerprint, upstream lease, image |
 //! | [`AuditRecord::auth_failure`] | `deny`, deny | request, bootstrap token id (if any) |
+//! | [`AuditRecord::admin_auth_failure`] | `deny`, deny | request (the route is in the reason) |
 //! | [`AuditRecord::policy_denial`] | `deny`, deny | request, identity, role |
 //! | [`AuditRecord::no_roles_granted`] | `deny`, deny | request, identity |
 //! | [`AuditRecord::backend_error`] | `deny`, deny | request, identity, role, backend |
@@ -261,6 +262,17 @@ impl AuditRecord {
         let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id);
         rec.token_id = token_id;
         rec
+    }
+
+    /// A request to the admin `route` did not carry the admin credential (`reason`).
+    pub fn admin_auth_failure(
+        now: SystemTime,
+        request_id: &str,
+        route: &str,
+        reason: &str,
+    ) -> Self {
+        let reason = format!("admin authentication failed ({route}): {reason}");
+        Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id)
     }
 
     /// Policy refused a role to `identity`.
@@ -566,6 +578,26 @@ mod tests {
                     Event::Deny,
                     Decision::Deny,
                     "authentication failed: token_reused"
+                )
+            }
+        );
+    }
+
+    #[test]
+    fn an_admin_authentication_failure_names_the_route_and_reason() {
+        assert_eq!(
+            AuditRecord::admin_auth_failure(
+                at(T0),
+                "req_1",
+                "POST /v1/admin/tokens",
+                "admin_wrong_token"
+            ),
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                ..base(
+                    Event::Deny,
+                    Decision::Deny,
+                    "admin authentication failed (POST /v1/admin/tokens): admin_wrong_token"
                 )
             }
         );
