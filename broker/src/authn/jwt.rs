@@ -7,8 +7,9 @@
 //! payload, picks the configuration); the key (`kid` in the cached JWKS, refreshed on demand
 //! with a rate limit, and of a type that fits `alg`); the signature (aws-lc-rs, with the key
 //! parsed once when the JWKS was loaded); `aud`; then `exp`, `nbf` and `iat` against the
-//! injected clock with the issuer's leeway; and finally the identity claims. The token is
-//! decoded once: the claims read to pick the issuer are the claims checked.
+//! injected clock with the issuer's leeway; and finally the identity claims, each bounded
+//! ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]) since the audit log records them.
+//! The token is decoded once: the claims read to pick the issuer are the claims checked.
 //!
 //! Error messages never echo token content: they name what is wrong, not what was sent.
 
@@ -481,12 +482,12 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
     let kubernetes = match claims.get("kubernetes.io") {
         None => None,
         Some(k8s @ Value::Object(_)) => {
-            let name = |path: &[&str], name: &str| {
+            let name = |path: &[&str], field: &str| {
                 string_at(k8s, path)
                     .map(|s| {
                         bounded(
                             s,
-                            &format!("kubernetes.io.{name}"),
+                            &format!("kubernetes.io.{field}"),
                             MAX_KUBERNETES_NAME_BYTES,
                         )
                     })

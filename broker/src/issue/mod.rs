@@ -267,8 +267,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::{Algorithm, SigningConfig};
     use crate::policy::settings::tests::raw;
+    use crate::config::{Algorithm, SigningConfig};
     use crate::store::Store;
     use crate::store::memory::MemoryStore;
 

@@ -45,6 +45,7 @@ use crate::policy::settings::vault::{VaultKind, is_relative_path};
 
 pub use crate::policy::settings::vault::KIND;
 
+
 /// A Vault call whose full response envelope (lease id, duration) the caller needs; `vaultrs`
 /// strips it for these paths.
 #[derive(Debug)]
