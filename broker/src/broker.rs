@@ -307,6 +307,23 @@ impl Broker {
         Err(ApiError::Unauthenticated(error))
     }
 
+    /// Audits and counts a request to an admin `route` that did not carry the admin
+    /// credential (`reason`, a stable label: `admin_wrong_token`, ...) and returns the same
+    /// opaque 401 as any failed authentication (or the audit failure).
+    pub async fn refuse_admin(
+        &self,
+        request_id: &str,
+        route: &str,
+        reason: &'static str,
+    ) -> ApiError {
+        self.metrics.denials.with_label_values(&["-", reason]).inc();
+        let rec = AuditRecord::admin_auth_failure(self.now(), request_id, route, reason);
+        match self.audit(rec).await {
+            Ok(()) => ApiError::Unauthenticated(AuthnError::Missing),
+            Err(e) => e,
+        }
+    }
+
     /// Redeems a bootstrap token (audited). A refused token comes back as `Ok(Err(..))`, with
     /// its id when it was found, for [`Self::authenticate`] to audit like any failure.
     async fn redeem(
@@ -370,7 +387,7 @@ impl Broker {
         req: &CredentialRequest,
         request_id: &str,
     ) -> Result<CredentialResponse, ApiError> {
-        check_request(req)?;
+        policy::check_request(req).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let identity = &auth.identity;
         let set = self.policy.load_full();
         let decision = policy::evaluate(&set, identity, req.roles.as_deref());
@@ -577,16 +594,9 @@ impl Broker {
         req: &MintTokenRequest,
         request_id: &str,
     ) -> Result<MintTokenResponse, ApiError> {
-        if req.roles.is_empty() {
-            return Err(ApiError::BadRequest("roles: name at least one role".into()));
-        }
         let set = self.policy.load_full();
-        if let Some(unknown) = req.roles.iter().find(|r| !set.roles.contains_key(*r)) {
-            return Err(ApiError::BadRequest(format!(
-                "role `{unknown}` is not defined in the policies (known: {})",
-                set.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
+        policy::check_token_roles(&set, &req.roles)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let ttl_seconds = req
             .ttl_seconds
             .unwrap_or(self.config.bootstrap.default_ttl_seconds);
@@ -793,26 +803,6 @@ impl Broker {
         }
         checks
     }
-}
-
-/// Checks a credential request's shape before policy sees it.
-fn check_request(req: &CredentialRequest) -> Result<(), ApiError> {
-    if req.ttl_seconds == Some(0) {
-        return Err(ApiError::BadRequest(
-            "ttl_seconds must be at least 1".into(),
-        ));
-    }
-    if let Some(roles) = &req.roles {
-        if roles.is_empty() {
-            return Err(ApiError::BadRequest(
-                "roles, when given, must name at least one role".into(),
-            ));
-        }
-        if roles.len() > 64 {
-            return Err(ApiError::BadRequest("at most 64 roles per request".into()));
-        }
-    }
-    Ok(())
 }
 
 /// An authenticated request.

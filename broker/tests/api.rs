@@ -314,6 +314,85 @@ async fn unknown_roles_are_refused_and_ttl_above_the_cap_is_clamped_and_audited(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_roles_are_bounded_so_no_workload_can_break_the_audit_log() {
+    let issuer = OidcIssuer::start().await;
+    let mut broker = TestBroker::start(Some(&issuer)).await;
+    let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let message = |body: &Value| body["error"]["message"].as_str().unwrap_or("").to_owned();
+
+    // One 40 000-character role from a valid token (a 40 KiB body, under the body limit):
+    // refused before policy sees it, without the value echoed back.
+    let huge = format!("{}TAIL", "a".repeat(40_000));
+    let (status, body) = broker
+        .post_credentials(Some(&sa), &json!({ "roles": [huge] }).to_string())
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let msg = message(&body);
+    assert!(
+        msg.contains("roles[0]") && msg.contains("40004 bytes"),
+        "{msg}"
+    );
+    assert!(msg.len() < 500 && !msg.contains("TAIL"), "{msg}");
+
+    // A name against the policy's name rules is refused the same way, wherever it stands.
+    for bad in ["Admin", "app role", "app\n", "-app", &"r".repeat(64)] {
+        let (status, body) = broker
+            .post_credentials(Some(&sa), &json!({ "roles": ["app", bad] }).to_string())
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "bad_request"),
+            "{bad:?}: {body}"
+        );
+        assert!(message(&body).contains("roles[1]"), "{body}");
+    }
+    // Too many roles.
+    let many: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
+    let (status, body) = broker
+        .post_credentials(Some(&sa), &json!({ "roles": many }).to_string())
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+
+    // The longest valid name is still only a policy decision (403), audited with its name.
+    let longest = "z".repeat(63);
+    let (status, body) = broker
+        .post_credentials(Some(&sa), &json!({ "roles": [longest] }).to_string())
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let records = broker.audit_records();
+    let denied: Vec<_> = records.iter().filter(|r| r["event"] == "deny").collect();
+    assert_eq!(
+        denied.len(),
+        1,
+        "only the policy denial is audited: {records:?}"
+    );
+    assert_eq!(denied[0]["role"], longest.as_str());
+
+    // The log verifies, every line within the reader's limit, the last one being the denial.
+    let verify = |path: &std::path::Path| {
+        let file = std::io::BufReader::new(std::fs::File::open(path).expect("audit file"));
+        lanyard_broker::audit::verify(file, None).expect("the audit log verifies")
+    };
+    assert!(
+        broker
+            .audit_lines()
+            .iter()
+            .all(|l| l.len() <= lanyard_broker::audit::MAX_LINE_BYTES)
+    );
+    let before = verify(&broker.audit_file);
+    assert_eq!(before.records, records.len() as u64);
+
+    // The broker restarts on that log and goes on chaining.
+    broker.pause().await;
+    broker.resume().await;
+    let (status, body) = broker.post_credentials(Some(&sa), "").await;
+    assert_eq!(status, 200, "{body}");
+    let after = verify(&broker.audit_file);
+    assert!(after.records > before.records, "{before:?} {after:?}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_get_clear_errors() {
     let issuer = OidcIssuer::start().await;
     let broker = TestBroker::start(Some(&issuer)).await;
@@ -415,6 +494,73 @@ async fn admin_api_needs_the_admin_token() {
     assert_eq!(resp.status().as_u16(), 204);
     let (status, _) = broker.post_credentials(minted["token"].as_str(), "").await;
     assert_eq!(status, 401);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_authentication_failures_are_audited_and_counted() {
+    let broker = TestBroker::start(None).await;
+    let wrong = "wrong-admin-token-PLANTED";
+    let http = broker.http();
+    let mint = format!("{}/v1/admin/tokens", broker.url);
+    let body = json!({"roles": ["boot"], "ttl_seconds": 60});
+    let attempts = [
+        http.post(&mint).bearer_auth(wrong).json(&body),
+        http.post(&mint).json(&body),
+        http.delete(format!("{}/v1/admin/tokens/bt_1", broker.url))
+            .bearer_auth(wrong),
+        http.post(format!("{}/v1/admin/reload", broker.url)),
+    ];
+    for attempt in attempts {
+        let resp = attempt.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"]["message"], "authentication failed", "{body}");
+    }
+    // The admin itself is neither audited as a failure nor counted.
+    let resp = http
+        .post(&mint)
+        .bearer_auth(&broker.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let reasons: Vec<String> = broker
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "deny")
+        .map(|r| {
+            assert!(
+                r["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("req_")),
+                "{r}"
+            );
+            r["reason"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "admin authentication failed (POST /v1/admin/tokens): admin_wrong_token",
+            "admin authentication failed (POST /v1/admin/tokens): admin_missing_credential",
+            "admin authentication failed (DELETE /v1/admin/tokens/{token_id}): admin_wrong_token",
+            "admin authentication failed (POST /v1/admin/reload): admin_missing_credential",
+        ]
+    );
+    let log = std::fs::read_to_string(&broker.audit_file).expect("audit");
+    assert!(
+        !log.contains("PLANTED"),
+        "the presented token is never recorded"
+    );
+    let metrics = broker.metrics().await;
+    for (reason, n) in [("admin_wrong_token", 2), ("admin_missing_credential", 2)] {
+        let line = format!(r#"lanyard_denials_total{{reason="{reason}",role="-"}} {n}"#);
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    assert!(!metrics.contains("PLANTED"));
     broker.stop().await;
 }
 

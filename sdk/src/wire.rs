@@ -16,6 +16,10 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_RESPONSE_BODY_BYTES: usize = 1024 * 1024;
 
 /// `POST /v1/credentials` body. Both fields narrow what the policy grants; neither widens it.
+///
+/// A plain container: the broker bounds the fields when it checks the request (1 to 64 roles,
+/// each a policy role name of at most 63 bytes; `ttl_seconds` at least 1) and answers 400
+/// otherwise, since what a role name may be is the policy's rule, not the wire format's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {

@@ -16,7 +16,8 @@ use lanyard::Secret;
 
 use super::AuditRecord;
 use super::line::{
-    BoundedLine, GENESIS_PREV, MAX_LINE_BYTES, build_line, parse_line, read_bounded_line,
+    BoundedLine, BuildError, GENESIS_PREV, MAX_LINE_BYTES, build_line, parse_line,
+    read_bounded_line,
 };
 use crate::store::{ChainHead, LeaseRecord, Store, StoreError};
 
@@ -56,6 +57,9 @@ pub enum AuditError {
     /// The audit file's last line cannot be resumed from (cut short, edited, unreadable).
     #[error("audit file unusable: {0}")]
     Corrupt(String),
+    /// The record cannot be written as a line a reader accepts; nothing was written.
+    #[error("audit record refused: {0}")]
+    Record(#[from] BuildError),
     /// An earlier write failed part-way; the file may end in a partial line, so no further
     /// record is appended until the broker is restarted (which re-reads the file's tail).
     #[error(
@@ -255,9 +259,7 @@ impl Writer {
                     callers.push((p.done, h, p.lease));
                 }
                 Err(e) => {
-                    let _ = p.done.send(Err(AuditError::Io(io::Error::other(format!(
-                        "serialising the audit record: {e}"
-                    )))));
+                    let _ = p.done.send(Err(AuditError::Record(e)));
                 }
             }
         }

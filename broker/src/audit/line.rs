@@ -29,8 +29,81 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data).as_ref())
 }
 
+/// Longest a text field may be, JSON-escaped, in a record whose line would otherwise exceed
+/// [`MAX_LINE_BYTES`]: longer fields are cut to this (marker included). Every text field at
+/// this length, plus the field names and chain members, still fits a line (a test holds it).
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// Why a record cannot become a line. The record is then not written (its request fails).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The record does not serialise.
+    #[error("serialising the audit record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Even with every text field cut, the line is over the reader's limit.
+    #[error(
+        "the audit record's line would be {len} bytes even with its fields cut, over the {max} byte line limit"
+    )]
+    TooLong {
+        /// The cut line's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
 /// Builds the line (without newline) for `rec` chained after `prev` at `seq`, and its hash.
+///
+/// Never longer than [`MAX_LINE_BYTES`], the limit every reader ([`parse_line`], `audit
+/// verify`, `audit query`, resuming at start) holds lines to: a record whose line would be
+/// longer has each text field over [`MAX_FIELD_BYTES`] cut, with a marker saying so and how
+/// long it was ([`cut_marker`]); should that not be enough, the record is refused.
 pub(crate) fn build_line(
+    seq: u64,
+    prev: &str,
+    rec: &AuditRecord,
+) -> Result<(String, String), BuildError> {
+    build_line_within(seq, prev, rec, MAX_LINE_BYTES, MAX_FIELD_BYTES)
+}
+
+/// [`build_line`] with the limits as parameters.
+fn build_line_within(
+    seq: u64,
+    prev: &str,
+    rec: &AuditRecord,
+    max_line: usize,
+    max_field: usize,
+) -> Result<(String, String), BuildError> {
+    let built = chained_line(seq, prev, rec)?;
+    if built.0.len() <= max_line {
+        return Ok(built);
+    }
+    let mut cut = rec.clone();
+    let mut fields = 0;
+    for field in cut.text_fields_mut() {
+        if cut_field(field, max_field) {
+            fields += 1;
+        }
+    }
+    let built = chained_line(seq, prev, &cut)?;
+    if built.0.len() > max_line {
+        return Err(BuildError::TooLong {
+            len: built.0.len(),
+            max: max_line,
+        });
+    }
+    tracing::warn!(
+        seq,
+        fields,
+        max_field_bytes = max_field,
+        "audit record cut to fit the line limit: its longest fields end in a `[cut by the audit writer …]` marker"
+    );
+    Ok(built)
+}
+
+/// The line and its hash, whatever its length.
+fn chained_line(
     seq: u64,
     prev: &str,
     rec: &AuditRecord,
@@ -53,6 +126,42 @@ pub(crate) fn build_line(
     line.push_str(&hash);
     line.push_str("\"}");
     Ok((line, hash))
+}
+
+/// What ends a cut field: ` …[cut by the audit writer: N bytes in all]`.
+pub fn cut_marker(original_bytes: usize) -> String {
+    format!(" …[cut by the audit writer: {original_bytes} bytes in all]")
+}
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if c < ' ' => 6, // \u00XX
+        c => c.len_utf8(),
+    }
+}
+
+/// Cuts `field` so that, JSON-escaped, it takes at most `max` bytes including the
+/// [`cut_marker`] it then ends with. Returns whether it was cut.
+fn cut_field(field: &mut String, max: usize) -> bool {
+    if field.chars().map(escaped_len).sum::<usize>() <= max {
+        return false;
+    }
+    let marker = cut_marker(field.len());
+    let room = max.saturating_sub(marker.len());
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in field.char_indices() {
+        used += escaped_len(c);
+        if used > room {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    field.truncate(end);
+    field.push_str(&marker);
+    true
 }
 
 /// One audit line, parsed. The record's own hash has been recomputed but not compared:
@@ -317,6 +426,141 @@ mod tests {
                 len: MAX_LINE_BYTES + 1
             })
         );
+    }
+
+    /// Bytes `s` takes as a JSON string, without its quotes.
+    fn json_len(s: &str) -> usize {
+        serde_json::to_string(s).expect("json").len() - 2
+    }
+
+    /// A record with every text field set to `value`.
+    fn every_field(value: &str) -> AuditRecord {
+        let mut rec = AuditRecord {
+            ttl_seconds: Some(u64::MAX),
+            ttl_clamped: true,
+            ..rec()
+        };
+        let some = || Some(value.to_owned());
+        (rec.time, rec.reason) = (value.to_owned(), value.to_owned());
+        (rec.request_id, rec.identity, rec.issuer, rec.role) = (some(), some(), some(), some());
+        (rec.backend, rec.expires_at, rec.lease_id, rec.token_id) =
+            (some(), some(), some(), some());
+        (rec.image, rec.fingerprint, rec.upstream_lease) = (some(), some(), some());
+        rec
+    }
+
+    #[test]
+    fn a_record_with_huge_fields_is_cut_visibly_and_reads_back_and_verifies() {
+        // Escapes that grow six-fold, quotes, multi-byte characters: the worst a caller could
+        // smuggle into a field, 40 000 times over in every field.
+        let huge = "\u{1}\"é😀a".repeat(8_000);
+        let rec = every_field(&huge);
+        assert!(
+            chained_line(1, GENESIS_PREV, &rec).expect("json").0.len() > 13 * 40_000,
+            "uncut, the line would be far over the limit"
+        );
+        let (first, h1) = build_line(1, GENESIS_PREV, &rec).expect("cut to fit");
+        let (second, _) = build_line(2, &h1, &every_field("short")).expect("build");
+        assert!(first.len() <= MAX_LINE_BYTES, "{} bytes", first.len());
+        let parsed = parse_line(&first).expect("the reader accepts it");
+        assert!(parsed.hash_matches());
+        assert_eq!(parsed.head().hash, h1);
+        let mut cut = parsed.record.clone();
+        let fields = cut.text_fields_mut();
+        assert_eq!(fields.len(), 13, "every text field is set");
+        for field in fields {
+            assert!(json_len(field) <= MAX_FIELD_BYTES, "{}", json_len(field));
+            let kept = field
+                .strip_suffix(&cut_marker(huge.len()))
+                .expect("ends in the marker with the original length");
+            assert!(
+                huge.starts_with(kept) && kept.len() > 500,
+                "{} bytes kept",
+                kept.len()
+            );
+        }
+        assert_eq!(
+            parsed.record.ttl_seconds,
+            Some(u64::MAX),
+            "numbers are kept"
+        );
+        // The whole file reads back and verifies, cut line first.
+        let log = format!("{first}\n{second}\n");
+        let report = super::super::verify(log.as_bytes(), None).expect("verifies");
+        assert_eq!(report.records, 2);
+    }
+
+    #[test]
+    fn a_line_within_the_limit_is_never_cut() {
+        // One 40 000-byte field: long, but the line fits, so it is written whole.
+        let long = AuditRecord {
+            reason: "r".repeat(40_000),
+            ..rec()
+        };
+        let built = build_line(1, GENESIS_PREV, &long).expect("build");
+        assert_eq!(built, chained_line(1, GENESIS_PREV, &long).expect("json"));
+        assert_eq!(parse_line(&built.0).expect("parse").record, long);
+        // Just over the limit, only the field over the field limit is cut.
+        let over = AuditRecord {
+            reason: "r".repeat(MAX_LINE_BYTES),
+            ..rec()
+        };
+        let (line, _) = build_line(1, GENESIS_PREV, &over).expect("build");
+        let back = parse_line(&line).expect("parse").record;
+        assert_eq!(back.time, over.time);
+        assert!(
+            back.reason.ends_with(&cut_marker(MAX_LINE_BYTES)),
+            "{}",
+            back.reason
+        );
+        assert_eq!(back.reason.len(), MAX_FIELD_BYTES);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_cut_to_fit_is_refused() {
+        let big = every_field(&"x".repeat(1_000));
+        let err = build_line_within(1, GENESIS_PREV, &big, 2_000, 500).expect_err("refused");
+        assert!(
+            matches!(err, BuildError::TooLong { len, max: 2_000 } if len > 2_000),
+            "{err}"
+        );
+        // With room for every cut field it fits.
+        let (line, _) = build_line_within(1, GENESIS_PREV, &big, 10_000, 500).expect("fits");
+        assert!(line.len() <= 10_000, "{}", line.len());
+    }
+
+    #[test]
+    fn a_cut_field_fits_its_limit_escaped_and_ends_on_a_character() {
+        for value in [
+            "\u{1}".repeat(999),
+            "é".repeat(999),
+            "😀\"".repeat(333),
+            "ab".repeat(999),
+        ] {
+            for max in [60, 61, 62, 63, 64, 65, 100, 257] {
+                let mut field = value.clone();
+                assert!(cut_field(&mut field, max), "{max}");
+                assert!(
+                    json_len(&field) <= max,
+                    "{max}: {} > {max}",
+                    json_len(&field)
+                );
+                let kept = field
+                    .strip_suffix(&cut_marker(value.len()))
+                    .expect("marker");
+                assert!(value.starts_with(kept), "{max}");
+                // Nothing more would have fitted: one more character would be over.
+                let next = value[kept.len()..].chars().next().expect("was cut");
+                assert!(json_len(kept) + escaped_len(next) + cut_marker(value.len()).len() > max);
+            }
+        }
+        let mut short = "fits".to_owned();
+        assert!(!cut_field(&mut short, 4));
+        assert_eq!(short, "fits");
+        // `escaped_len` agrees with serde_json for every character it special-cases.
+        for c in ('\0'..='\u{7f}').chain(['é', '😀', '\u{2028}']) {
+            assert_eq!(escaped_len(c), json_len(&c.to_string()), "{c:?}");
+        }
     }
 
     #[test]

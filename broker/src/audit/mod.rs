@@ -10,7 +10,9 @@
 //!   ([`AuditRecord::issue`], [`AuditRecord::policy_denial`], [`AuditRecord::lease_revoke`], …),
 //!   so the broker writes each record in one line and each event's fields are filled alike.
 //! - [`chain`]: the writer ([`AuditLog`]), its sinks (file or stdout) and fingerprints.
-//! - [`mod@line`]: the line format, hashing and the bounded line parser ([`parse_line`]).
+//! - [`mod@line`]: the line format, hashing, the bounded line parser ([`parse_line`]) and
+//!   the builder, which never writes a line longer than [`MAX_LINE_BYTES`] (a record that
+//!   would be longer has its longest fields cut, visibly: [`cut_marker`]).
 //! - [`mod@verify`]: `audit verify FILE`.
 //! - [`mod@query`]: `audit query FILE` filters.
 
@@ -21,7 +23,9 @@ pub mod record;
 pub mod verify;
 
 pub use chain::{AuditError, AuditLog, AuditSink, Fingerprinter};
-pub use line::{LineError, MAX_LINE_BYTES, ParsedLine, parse_line};
+pub use line::{
+    BuildError, LineError, MAX_FIELD_BYTES, MAX_LINE_BYTES, ParsedLine, cut_marker, parse_line,
+};
 pub use query::{Filter, QueryError, query};
 pub use record::{AuditRecord, Decision, Event};
 pub use verify::{VerifyFailure, VerifyReport, verify};

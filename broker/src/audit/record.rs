@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`AuditRecord::issue`] | `issue`, allow | request, identity, role, backend, TTL, clamped, expiry, lease, fingerprint, upstream lease, image |
 //! | [`AuditRecord::auth_failure`] | `deny`, deny | request, bootstrap token id (if any) |
+//! | [`AuditRecord::admin_auth_failure`] | `deny`, deny | request (the route is in the reason) |
 //! | [`AuditRecord::policy_denial`] | `deny`, deny | request, identity, role |
 //! | [`AuditRecord::no_roles_granted`] | `deny`, deny | request, identity |
 //! | [`AuditRecord::backend_error`] | `deny`, deny | request, identity, role, backend |
@@ -153,6 +154,46 @@ impl AuditRecord {
         }
     }
 
+    /// Every text field that is set, for the line builder to cut one that would make the line
+    /// too long ([`super::line`]). Every field is named, so a new one cannot be missed.
+    pub(crate) fn text_fields_mut(&mut self) -> Vec<&mut String> {
+        let Self {
+            time,
+            event: _,
+            decision: _,
+            reason,
+            request_id,
+            identity,
+            issuer,
+            role,
+            backend,
+            ttl_seconds: _,
+            ttl_clamped: _,
+            expires_at,
+            lease_id,
+            token_id,
+            image,
+            fingerprint,
+            upstream_lease,
+        } = self;
+        let optional = [
+            request_id,
+            identity,
+            issuer,
+            role,
+            backend,
+            expires_at,
+            lease_id,
+            token_id,
+            image,
+            fingerprint,
+            upstream_lease,
+        ];
+        let mut fields = vec![time, reason];
+        fields.extend(optional.into_iter().flatten());
+        fields
+    }
+
     fn at(now: SystemTime, event: Event, decision: Decision, reason: impl Into<String>) -> Self {
         Self::new(rfc3339(now), event, decision, reason)
     }
@@ -221,6 +262,17 @@ impl AuditRecord {
         let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id);
         rec.token_id = token_id;
         rec
+    }
+
+    /// A request to the admin `route` did not carry the admin credential (`reason`).
+    pub fn admin_auth_failure(
+        now: SystemTime,
+        request_id: &str,
+        route: &str,
+        reason: &str,
+    ) -> Self {
+        let reason = format!("admin authentication failed ({route}): {reason}");
+        Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id)
     }
 
     /// Policy refused a role to `identity`.
@@ -526,6 +578,26 @@ mod tests {
                     Event::Deny,
                     Decision::Deny,
                     "authentication failed: token_reused"
+                )
+            }
+        );
+    }
+
+    #[test]
+    fn an_admin_authentication_failure_names_the_route_and_reason() {
+        assert_eq!(
+            AuditRecord::admin_auth_failure(
+                at(T0),
+                "req_1",
+                "POST /v1/admin/tokens",
+                "admin_wrong_token"
+            ),
+            AuditRecord {
+                request_id: Some("req_1".into()),
+                ..base(
+                    Event::Deny,
+                    Decision::Deny,
+                    "admin authentication failed (POST /v1/admin/tokens): admin_wrong_token"
                 )
             }
         );

@@ -7,8 +7,9 @@
 //! payload, picks the configuration); the key (`kid` in the cached JWKS, refreshed on demand
 //! with a rate limit, and of a type that fits `alg`); the signature (aws-lc-rs, with the key
 //! parsed once when the JWKS was loaded); `aud`; then `exp`, `nbf` and `iat` against the
-//! injected clock with the issuer's leeway; and finally the identity claims. The token is
-//! decoded once: the claims read to pick the issuer are the claims checked.
+//! injected clock with the issuer's leeway; and finally the identity claims, each bounded
+//! ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]) since the audit log records them.
+//! The token is decoded once: the claims read to pick the issuer are the claims checked.
 //!
 //! Error messages never echo token content: they name what is wrong, not what was sent.
 
@@ -30,6 +31,16 @@ pub const MAX_SEGMENT_BYTES: usize = 64 * 1024;
 
 /// Most entries accepted in an `aud` array.
 pub const MAX_AUDIENCES: usize = 32;
+
+/// Longest `sub` accepted, in bytes. OIDC caps it at 255 ASCII characters; this leaves room
+/// for issuers that compose longer ones (CI systems), while keeping the subject — which the
+/// audit log records, and a denial's reason may quote — far below an audit line's limit
+/// whatever `limits.max_token_bytes` is.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Longest Kubernetes name claim accepted (namespace, service account, pod name and uid), in
+/// bytes: Kubernetes' own limit for a DNS subdomain name.
+pub const MAX_KUBERNETES_NAME_BYTES: usize = 253;
 
 /// The header of a JWT that has not been verified yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,10 +456,23 @@ fn string_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     cur.as_str()
 }
 
-/// Builds the identity from verified claims.
+/// `value` of claim `name`, if it is at most `max` bytes (the error says its length, never
+/// its content).
+fn bounded(value: &str, name: &str, max: usize) -> Result<String, AuthnError> {
+    if value.len() > max {
+        return Err(AuthnError::InvalidClaims(format!(
+            "`{name}` is {} bytes, over the {max} byte limit",
+            value.len()
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// Builds the identity from verified claims. Each claim that becomes part of the identity is
+/// bounded ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]).
 fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
     let subject = match claims.get("sub") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() => bounded(s, "sub", MAX_SUBJECT_BYTES)?,
         _ => {
             return Err(AuthnError::InvalidClaims(
                 "`sub` missing, empty or not a string".into(),
@@ -458,21 +482,29 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
     let kubernetes = match claims.get("kubernetes.io") {
         None => None,
         Some(k8s @ Value::Object(_)) => {
-            let required = |path: &[&str], name: &str| {
+            let name = |path: &[&str], field: &str| {
                 string_at(k8s, path)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        AuthnError::InvalidClaims(format!(
-                            "`kubernetes.io.{name}` missing or not a string"
-                        ))
+                    .map(|s| {
+                        bounded(
+                            s,
+                            &format!("kubernetes.io.{field}"),
+                            MAX_KUBERNETES_NAME_BYTES,
+                        )
                     })
+                    .transpose()
+            };
+            let required = |path: &[&str], field: &str| {
+                name(path, field)?.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    AuthnError::InvalidClaims(format!(
+                        "`kubernetes.io.{field}` missing or not a string"
+                    ))
+                })
             };
             Some(KubernetesIdentity {
                 namespace: required(&["namespace"], "namespace")?,
                 service_account: required(&["serviceaccount", "name"], "serviceaccount.name")?,
-                pod_name: string_at(k8s, &["pod", "name"]).map(str::to_owned),
-                pod_uid: string_at(k8s, &["pod", "uid"]).map(str::to_owned),
+                pod_name: name(&["pod", "name"], "pod.name")?,
+                pod_uid: name(&["pod", "uid"], "pod.uid")?,
             })
         }
         Some(_) => {
@@ -652,6 +684,52 @@ mod tests {
             s.verifier.verify(&token).await,
             Err(AuthnError::InvalidClaims(m)) if m.contains("sub")
         ));
+    }
+
+    #[tokio::test]
+    async fn identity_claims_over_their_bounds_are_refused_without_echo() {
+        let s = setup().await;
+        let iss = s.issuer.url();
+        let sub = |n: usize| format!("{}Z", "s".repeat(n - 1));
+        let at_bound = s.issuer.token(
+            Jws::RS256,
+            with(claims(&iss), "sub", json!(sub(MAX_SUBJECT_BYTES))),
+        );
+        let id = s.verifier.verify(&at_bound).await.expect("at the bound");
+        assert_eq!(id.subject.len(), MAX_SUBJECT_BYTES);
+        let over = s.issuer.token(
+            Jws::RS256,
+            with(claims(&iss), "sub", json!(sub(MAX_SUBJECT_BYTES + 1))),
+        );
+        match s.verifier.verify(&over).await {
+            Err(AuthnError::InvalidClaims(m)) => {
+                assert!(m.contains("`sub` is 1025 bytes"), "{m}");
+                assert!(!m.contains("sss"), "the value is not echoed: {m}");
+            }
+            other => panic!("expected InvalidClaims, got {other:?}"),
+        }
+        let long = "n".repeat(MAX_KUBERNETES_NAME_BYTES + 1);
+        for path in [
+            &["namespace"][..],
+            &["serviceaccount", "name"],
+            &["pod", "name"],
+            &["pod", "uid"],
+        ] {
+            let mut c = s.issuer.k8s_claims("shop", "api", AUD, T0, 600);
+            let mut at = &mut c["kubernetes.io"];
+            for p in path {
+                at = &mut at[*p];
+            }
+            *at = json!(long);
+            let token = s.issuer.token(Jws::RS256, c);
+            assert!(
+                matches!(
+                    s.verifier.verify(&token).await,
+                    Err(AuthnError::InvalidClaims(m)) if m.contains(&path.join(".")) && m.contains("254 bytes")
+                ),
+                "{path:?}"
+            );
+        }
     }
 
     #[tokio::test]

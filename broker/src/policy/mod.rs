@@ -9,9 +9,13 @@
 //! - [`settings`]: each backend's role settings, parsed at load into its own type
 //!   ([`RoleSettings`]), and the `{{field}}` templates they may hold.
 //! - [`eval`]: the pure decision (`evaluate`) and the explanation (`explain`).
+//! - [`request`]: what a workload may ask for — each field of a credential request bounded
+//!   (role names to the policy's name rules) before the decision sees it (`check_request`),
+//!   and the roles an admin mints a bootstrap token for (`check_token_roles`).
 
 pub mod eval;
 pub mod load;
+pub mod request;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -22,6 +26,7 @@ use serde::Serialize;
 
 pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
 pub use load::{PolicyError, PolicyErrors, load_dir};
+pub use request::{RequestError, check_request, check_token_roles};
 pub use settings::{RoleError, RoleField, RoleSettings, RoleSpec};
 
 /// Where something was declared.

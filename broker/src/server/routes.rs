@@ -152,7 +152,7 @@ async fn revoke_lease(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        if is_admin(&broker, &conn, &headers).await {
+        if admin_credential(&broker, &conn, &headers).await.is_ok() {
             return broker.revoke_lease(&lease_id, None, &request_id).await;
         }
         let auth = broker.authenticate(bearer(&headers), &request_id).await?;
@@ -224,39 +224,47 @@ async fn metrics(State(broker): State<AppState>) -> Response {
 /// Whether the request carries the admin credential: a client certificate from the admin
 /// CA, or the admin bearer token (compared in constant time; the file is re-read so a
 /// rotated token takes effect at once). An unreadable, empty or oversize token file admits
-/// no one.
-async fn is_admin(broker: &Broker, conn: &ConnInfo, headers: &HeaderMap) -> bool {
+/// no one. `Err` is why not, as a stable reason for the audit record and the denial metric.
+async fn admin_credential(
+    broker: &Broker,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
     if conn.admin_cert {
-        return true;
+        return Ok(());
     }
-    let (Some(file), Some(presented)) =
-        (broker.config().admin.token_file.as_ref(), bearer(headers))
-    else {
-        return false;
+    let Some(presented) = bearer(headers) else {
+        return Err("admin_missing_credential");
+    };
+    let Some(file) = broker.config().admin.token_file.as_ref() else {
+        return Err("admin_token_not_configured");
     };
     let expected = match read_secret_file(file).await {
         Ok(token) => token,
         Err(error) => {
             tracing::warn!(%error, "cannot use the admin token file");
-            return false;
+            return Err("admin_token_file_unusable");
         }
     };
     aws_lc_rs::constant_time::verify_slices_are_equal(
         expected.expose().as_bytes(),
         presented.as_bytes(),
     )
-    .is_ok()
+    .map_err(|_| "admin_wrong_token")
 }
 
+/// Admits only an admin to `route`; anyone else gets the opaque 401, audited and counted
+/// ([`Broker::refuse_admin`]).
 async fn require_admin(
     broker: &Broker,
     conn: &ConnInfo,
     headers: &HeaderMap,
+    route: &str,
+    request_id: &str,
 ) -> Result<(), ApiError> {
-    if is_admin(broker, conn, headers).await {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthenticated(crate::authn::AuthnError::Missing))
+    match admin_credential(broker, conn, headers).await {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(broker.refuse_admin(request_id, route, reason).await),
     }
 }
 
@@ -268,7 +276,14 @@ async fn mint_token(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers).await?;
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/tokens",
+            &request_id,
+        )
+        .await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: MintTokenRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
@@ -294,7 +309,14 @@ async fn revoke_token(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers).await?;
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "DELETE /v1/admin/tokens/{token_id}",
+            &request_id,
+        )
+        .await?;
         broker.revoke_token(&token_id, &request_id).await
     }
     .await;
@@ -375,7 +397,14 @@ async fn explain(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers).await?;
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/explain",
+            &request_id,
+        )
+        .await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: ExplainRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
@@ -394,7 +423,15 @@ async fn reload(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_request_id();
-    if let Err(e) = require_admin(&broker, &conn, &headers).await {
+    if let Err(e) = require_admin(
+        &broker,
+        &conn,
+        &headers,
+        "POST /v1/admin/reload",
+        &request_id,
+    )
+    .await
+    {
         return e.into_response_with_id(Some(&request_id));
     }
     match broker.reload_policies().await {
