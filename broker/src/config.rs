@@ -180,7 +180,16 @@ pub struct BootstrapConfig {
     /// A session (renewed on each fetch) ends this long after the token was redeemed.
     #[serde(default = "default_session_max")]
     pub session_max_lifetime_seconds: u64,
+    /// For this long after a redemption commits, the same token is accepted again as the
+    /// same session (a client whose response was lost retries); 0: never. At most
+    /// [`MAX_REDEEM_GRACE_SECONDS`].
+    #[serde(default = "default_redeem_grace")]
+    pub redeem_grace_seconds: u64,
 }
+
+/// Largest `bootstrap.redeem_grace_seconds`: the window in which a token seen by someone else
+/// after its redemption still buys its session.
+pub const MAX_REDEEM_GRACE_SECONDS: u64 = 300;
 
 fn default_bootstrap_ttl() -> u64 {
     600
@@ -194,6 +203,9 @@ fn default_session_ttl() -> u64 {
 fn default_session_max() -> u64 {
     86_400
 }
+fn default_redeem_grace() -> u64 {
+    30
+}
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
@@ -202,6 +214,7 @@ impl Default for BootstrapConfig {
             max_ttl_seconds: default_bootstrap_max_ttl(),
             session_ttl_seconds: default_session_ttl(),
             session_max_lifetime_seconds: default_session_max(),
+            redeem_grace_seconds: default_redeem_grace(),
         }
     }
 }
@@ -654,6 +667,13 @@ impl BrokerConfig {
             return Err(
                 "field `bootstrap.default_ttl_seconds`: above `bootstrap.max_ttl_seconds`".into(),
             );
+        }
+        if self.bootstrap.redeem_grace_seconds > MAX_REDEEM_GRACE_SECONDS {
+            return Err(format!(
+                "field `bootstrap.redeem_grace_seconds`: {} is above the maximum \
+                 {MAX_REDEEM_GRACE_SECONDS}",
+                self.bootstrap.redeem_grace_seconds
+            ));
         }
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());

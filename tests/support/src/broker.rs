@@ -404,19 +404,15 @@ pub fn k8s_pod(
     pod: &str,
 ) -> lanyard_broker::broker::Authenticated {
     use lanyard_broker::authn::{Identity, KubernetesIdentity};
-    lanyard_broker::broker::Authenticated {
-        identity: Identity {
-            issuer: "https://kubernetes.test".into(),
-            subject: format!("system:serviceaccount:{namespace}:{service_account}"),
-            kubernetes: Some(KubernetesIdentity {
-                namespace: namespace.into(),
-                service_account: service_account.into(),
-                pod_name: Some(pod.into()),
-                pod_uid: Some(format!("uid-{pod}")),
-            }),
-            bootstrap: None,
-        },
-        new_session: false,
-        session_started: None,
-    }
+    lanyard_broker::broker::Authenticated::new(Identity {
+        issuer: "https://kubernetes.test".into(),
+        subject: format!("system:serviceaccount:{namespace}:{service_account}"),
+        kubernetes: Some(KubernetesIdentity {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            pod_name: Some(pod.into()),
+            pod_uid: Some(format!("uid-{pod}")),
+        }),
+        bootstrap: None,
+    })
 }
