@@ -393,7 +393,10 @@ impl Broker {
                         );
                         ("re_redeemed", rec)
                     } else {
-                        ("redeemed", AuditRecord::token_redeem(self.now(), request_id, identity))
+                        (
+                            "redeemed",
+                            AuditRecord::token_redeem(self.now(), request_id, identity),
+                        )
                     };
                     self.metrics
                         .bootstrap_tokens
@@ -451,10 +454,7 @@ impl Broker {
     ) -> Result<CredentialResponse, ApiError> {
         let issued = self.issue_all(auth, req, request_id).await;
         match &auth.redemption {
-            Some(redemption) => {
-                self.settle_redemption(redemption, issued, request_id)
-                    .await
-            }
+            Some(redemption) => self.settle_redemption(redemption, issued, request_id).await,
             None => issued,
         }
     }

@@ -302,14 +302,17 @@ impl Redeemer {
                 Role::Lead(claim) => return self.lead(claim, deadline).await,
                 Role::Wait(rx) => rx,
             };
-            let settled =
-                match tokio::time::timeout_at(deadline, waiting.wait_for(Settled::is_final)).await
-                {
-                    Ok(Ok(settled)) => settled.clone(),
-                    // The leader vanished without a word: look again.
-                    Ok(Err(_)) => Settled::Retry,
-                    Err(_) => return Err(RedeemError::Busy),
-                };
+            let settled = match tokio::time::timeout_at(
+                deadline,
+                waiting.wait_for(Settled::is_final),
+            )
+            .await
+            {
+                Ok(Ok(settled)) => settled.clone(),
+                // The leader vanished without a word: look again.
+                Ok(Err(_)) => Settled::Retry,
+                Err(_) => return Err(RedeemError::Busy),
+            };
             match settled {
                 Settled::Redeemed(r) => return self.again(&r),
                 Settled::Rejected(error, token_id) => {
@@ -757,7 +760,10 @@ mod tests {
         );
         let debug = format!("{redemption:?}");
         assert!(!debug.contains(minted.token.expose()), "{debug}");
-        assert!(!debug.contains(&hash_token(minted.token.expose())), "{debug}");
+        assert!(
+            !debug.contains(&hash_token(minted.token.expose())),
+            "{debug}"
+        );
         clock.advance(Duration::from_secs(3));
         redemption.commit().await.expect("commit");
     }
@@ -848,7 +854,12 @@ mod tests {
             matches!(outcome, Some(ReserveOutcome::Reserved(_))),
             "{outcome:?}"
         );
-        assert!(store.release_bootstrap_token(&hash, "probe").await.expect("release"));
+        assert!(
+            store
+                .release_bootstrap_token(&hash, "probe")
+                .await
+                .expect("release")
+        );
         r.begin(m.token.expose())
             .await
             .expect("usable again")

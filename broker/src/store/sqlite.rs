@@ -951,7 +951,11 @@ mod tests {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let r = format!("r{i}");
-                    (r.clone(), s.reserve_bootstrap_token("h1", &r, t(1_100), t(1_160)).await)
+                    (
+                        r.clone(),
+                        s.reserve_bootstrap_token("h1", &r, t(1_100), t(1_160))
+                            .await,
+                    )
                 })
             })
             .collect();
@@ -1095,7 +1099,8 @@ mod tests {
                 if redeemed_at == t(1_100) && session_started == t(1_100)
         ));
         assert!(matches!(
-            s.reserve_bootstrap_token("h2", "r", t(1_200), t(1_260)).await,
+            s.reserve_bootstrap_token("h2", "r", t(1_200), t(1_260))
+                .await,
             Ok(ReserveOutcome::Reserved(_))
         ));
     }
@@ -1191,13 +1196,15 @@ mod tests {
             secret.expose()
         );
         assert!(matches!(
-            s.reserve_bootstrap_token("h1", "r", t(1_100), t(1_160)).await,
+            s.reserve_bootstrap_token("h1", "r", t(1_100), t(1_160))
+                .await,
             Ok(ReserveOutcome::Reserved(_))
         ));
         // A reservation survives a reopen (a restarted broker), and commits through it.
         let s = SqliteStore::open(&path).expect("reopen again");
         assert!(matches!(
-            s.reserve_bootstrap_token("h1", "other", t(1_101), t(1_161)).await,
+            s.reserve_bootstrap_token("h1", "other", t(1_101), t(1_161))
+                .await,
             Ok(ReserveOutcome::Held { .. })
         ));
         assert!(
