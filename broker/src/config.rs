@@ -880,4 +880,32 @@ mod tests {
             .to_string();
         assert!(msg.contains("nope.yaml"), "{msg}");
     }
+
+    #[test]
+    fn the_redeem_grace_window_defaults_to_30_s_and_is_bounded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(cfg.bootstrap.redeem_grace_seconds, 30);
+        for (grace, ok) in [(0, true), (MAX_REDEEM_GRACE_SECONDS, true), (301, false)] {
+            let file = write(
+                dir.path(),
+                "g.yaml",
+                &format!("{MINIMAL}bootstrap:\n  redeem_grace_seconds: {grace}\n"),
+            );
+            match BrokerConfig::load(&file, std::iter::empty()) {
+                Ok(cfg) => {
+                    assert!(ok, "{grace} should be refused");
+                    assert_eq!(cfg.bootstrap.redeem_grace_seconds, grace);
+                }
+                Err(e) => {
+                    assert!(!ok, "{grace}: {e}");
+                    assert!(
+                        e.to_string().contains("bootstrap.redeem_grace_seconds"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
 }
