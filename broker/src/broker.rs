@@ -416,9 +416,7 @@ impl Broker {
                 .with_label_values(&["released"])
                 .inc();
             let rec = AuditRecord::token_release(self.now(), request_id, identity, error.reason());
-            if let Err(audit) = self.audit(rec).await {
-                return Err(audit);
-            }
+            self.audit(rec).await?;
         }
         Err(error)
     }

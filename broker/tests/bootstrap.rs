@@ -274,6 +274,31 @@ async fn a_request_abandoned_before_the_commit_releases_the_token() {
     broker.stop().await;
 }
 
+/// The SDK's first fetch times out while STS is slow — which used to burn the token, and
+/// every later fetch got 401: its retry redeems the token, and later fetches use the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_whose_first_fetch_timed_out_redeems_the_token_on_its_retry() {
+    let moto = MotoServer::start().await;
+    let broker = broker(&moto).await;
+    let token = broker.mint(&["aws-boot"], 300).await;
+    moto.stall_next("AssumeRole", 1, Duration::from_secs(5));
+    let client = lanyard::Client::builder()
+        .broker_url(broker.url.clone())
+        .ca_file(broker.pki.ca_path())
+        .token_source(lanyard::TokenSource::Static(lanyard::Secret::new(token)))
+        .timeout(Duration::from_millis(1_500))
+        .build()
+        .expect("client");
+    let err = client.fetch().await.expect_err("timed out");
+    assert!(err.is_retryable(), "{err}");
+    let first = client.fetch().await.expect("redeemed on the retry");
+    assert!(first.session.is_some());
+    let refreshed = client.fetch().await.expect("a refresh with the session");
+    assert_eq!(refreshed.identity, first.identity);
+    assert_eq!(redeemed_records(&broker), 1);
+    broker.stop().await;
+}
+
 /// The response is lost after the commit (the client never saw its session): within the
 /// grace window the same token is the same session again; after it, the token is spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +343,7 @@ async fn a_crashed_brokers_reservation_lapses() {
     let broker = broker(&moto).await;
     let token = broker.mint(&["boot"], 300).await;
     let crashed = SqliteStore::open(&broker.store_file).expect("the broker's store");
-    let now = SystemTime::now();
+    let now = lanyard::clock::Clock::now(&lanyard::clock::SystemClock);
     let hash = lanyard_broker::authn::bootstrap::hash_token(&token);
     assert!(matches!(
         crashed
@@ -336,7 +361,7 @@ async fn a_crashed_brokers_reservation_lapses() {
     assert_eq!(status, 200, "the hold lapsed: {body}");
     assert!(
         !crashed
-            .commit_bootstrap_token(&hash, "crashed", SystemTime::now())
+            .commit_bootstrap_token(&hash, "crashed", now + Duration::from_secs(8))
             .await
             .expect("commit"),
         "the crashed holder can no longer commit"

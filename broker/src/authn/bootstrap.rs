@@ -255,7 +255,6 @@ pub struct Redeemer {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     grace: Duration,
-    hold: Duration,
     wait: Duration,
     inflight: Arc<Inflight>,
 }
@@ -264,7 +263,6 @@ impl fmt::Debug for Redeemer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redeemer")
             .field("grace", &self.grace)
-            .field("hold", &self.hold)
             .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
@@ -278,7 +276,6 @@ impl Redeemer {
             store,
             clock,
             grace,
-            hold: RESERVATION_HOLD,
             wait: REDEEM_WAIT,
             inflight: Arc::default(),
         }
@@ -349,7 +346,12 @@ impl Redeemer {
             let now = whole_seconds(self.clock.now());
             let outcome = self
                 .store
-                .reserve_bootstrap_token(&claim.hash, &claim.reservation, now, now + self.hold)
+                .reserve_bootstrap_token(
+                    &claim.hash,
+                    &claim.reservation,
+                    now,
+                    now + RESERVATION_HOLD,
+                )
                 .await;
             let outcome = match outcome {
                 Ok(o) => o,
@@ -363,7 +365,7 @@ impl Redeemer {
                     return Ok(Redemption {
                         identity: identity(&record),
                         session_started: now,
-                        state: Mutex::new(State::Held { claim, record }),
+                        state: Mutex::new(State::Held(Box::new(Held { claim, record }))),
                     });
                 }
                 ReserveOutcome::Redeemed(r) => {
@@ -436,12 +438,15 @@ pub struct Redemption {
     state: Mutex<State>,
 }
 
+/// A reservation this request holds, and the token it holds.
+struct Held {
+    claim: Claim,
+    record: BootstrapTokenRecord,
+}
+
 enum State {
     /// This request holds the reservation.
-    Held {
-        claim: Claim,
-        record: BootstrapTokenRecord,
-    },
+    Held(Box<Held>),
     /// A re-redemption: the token's redemption committed earlier, within the grace window.
     Again,
     /// Committed or released.
@@ -483,11 +488,11 @@ impl Redemption {
     /// Takes the reservation, if this redemption still holds one.
     fn take_held(&self) -> Option<(Claim, BootstrapTokenRecord)> {
         let mut state = self.state();
-        if !matches!(*state, State::Held { .. }) {
+        if !matches!(*state, State::Held(_)) {
             return None;
         }
         match std::mem::replace(&mut *state, State::Done) {
-            State::Held { claim, record } => Some((claim, record)),
+            State::Held(held) => Some((held.claim, held.record)),
             State::Again | State::Done => None,
         }
     }
@@ -500,7 +505,7 @@ impl Redemption {
         let Some((mut claim, record)) = self.take_held() else {
             return match *self.state() {
                 State::Again => Ok(()),
-                State::Held { .. } | State::Done => Err(CommitError::Lost),
+                State::Held(_) | State::Done => Err(CommitError::Lost),
             };
         };
         let now = whole_seconds(claim.clock.now());
@@ -525,7 +530,7 @@ impl Redemption {
             Err(e) => {
                 // Whether the commit happened is unknown: the reservation stays for the
                 // caller's release, which changes nothing if it did.
-                *self.state() = State::Held { claim, record };
+                *self.state() = State::Held(Box::new(Held { claim, record }));
                 Err(CommitError::Store(e))
             }
         }
