@@ -20,7 +20,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, AuditSink, Fingerprinter};
-use crate::authn::bootstrap::{self, RedeemError};
+use crate::authn::bootstrap::{self, CommitError, RedeemError, Redeemer, Redemption};
 use crate::authn::jwt::{self, JwtVerifier};
 use crate::authn::{AuthnError, Identity, IssuerConfigError, session};
 use crate::config::BrokerConfig;
@@ -97,6 +97,7 @@ pub struct Broker {
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
+    redeemer: Redeemer,
     verifier: JwtVerifier,
     policy: ArcSwap<PolicySet>,
     backends: Backends,
@@ -190,10 +191,16 @@ impl Broker {
             digest = %set.digest,
             "policies loaded"
         );
+        let redeemer = Redeemer::new(
+            store.clone(),
+            clock.clone(),
+            Duration::from_secs(config.bootstrap.redeem_grace_seconds),
+        );
         Ok(Arc::new(Self {
             config,
             clock,
             store,
+            redeemer,
             verifier,
             policy: ArcSwap::from_pointee(set),
             backends,
@@ -275,20 +282,45 @@ impl Broker {
     }
 
     /// Authenticates a bearer credential: a JWT from a trusted issuer, a broker session
-    /// token, or a bootstrap token (redeemed — single use). Every failure is audited and
-    /// answered with the same opaque 401.
+    /// token, or a bootstrap token. A bootstrap token is only reserved here: [`Self::issue`]
+    /// commits its redemption once everything was issued, or releases it (see
+    /// [`crate::authn::bootstrap`]). Every failure is audited and answered with the same
+    /// opaque 401; a token another request is redeeming gets a retryable 503.
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
         request_id: &str,
+    ) -> Result<Authenticated, ApiError> {
+        self.authenticate_as(bearer, request_id, true).await
+    }
+
+    /// Authenticates like [`Self::authenticate`] where a bootstrap token is not accepted
+    /// (revoking a lease): a bootstrap token is refused (audited, 401) without a store
+    /// lookup, so it is neither reserved nor spent.
+    pub async fn authenticate_without_redeeming(
+        &self,
+        bearer: Option<&str>,
+        request_id: &str,
+    ) -> Result<Authenticated, ApiError> {
+        self.authenticate_as(bearer, request_id, false).await
+    }
+
+    async fn authenticate_as(
+        &self,
+        bearer: Option<&str>,
+        request_id: &str,
+        redeem: bool,
     ) -> Result<Authenticated, ApiError> {
         let (error, token_id) = match bearer {
             None => (AuthnError::Missing, None),
             Some(token) if token.len() > self.config.limits.max_token_bytes => {
                 (AuthnError::TooLarge, None)
             }
+            Some(token) if bootstrap::looks_like_bootstrap_token(token) && !redeem => {
+                (AuthnError::BootstrapNotAccepted, None)
+            }
             Some(token) if bootstrap::looks_like_bootstrap_token(token) => {
-                match self.redeem(token, request_id).await? {
+                match self.redeem(token).await? {
                     Ok(auth) => return Ok(auth),
                     Err(refused) => refused,
                 }
@@ -324,36 +356,86 @@ impl Broker {
         }
     }
 
-    /// Redeems a bootstrap token (audited). A refused token comes back as `Ok(Err(..))`, with
-    /// its id when it was found, for [`Self::authenticate`] to audit like any failure.
+    /// Begins redeeming a bootstrap token: reserved for this request, or a re-redemption
+    /// within the grace window. A refused token comes back as `Ok(Err(..))`, with its id when
+    /// it was found, for [`Self::authenticate_as`] to audit like any failure.
     async fn redeem(
         &self,
         token: &str,
-        request_id: &str,
     ) -> Result<Result<Authenticated, (AuthnError, Option<String>)>, ApiError> {
-        match bootstrap::redeem(self.store.as_ref(), self.clock.as_ref(), token).await {
-            Ok(identity) => {
-                self.metrics
-                    .bootstrap_tokens
-                    .with_label_values(&["redeemed"])
-                    .inc();
-                self.audit(AuditRecord::token_redeem(self.now(), request_id, &identity))
-                    .await?;
-                Ok(Ok(Authenticated {
-                    identity,
-                    new_session: true,
-                    session_started: Some(self.now()),
-                }))
-            }
+        let count = |event: &str| {
+            self.metrics
+                .bootstrap_tokens
+                .with_label_values(&[event])
+                .inc();
+        };
+        match self.redeemer.begin(token).await {
+            Ok(redemption) => Ok(Ok(Authenticated {
+                identity: redemption.identity().clone(),
+                new_session: true,
+                session_started: Some(redemption.session_started()),
+                redemption: Some(Arc::new(redemption)),
+            })),
             Err(RedeemError::Store(e)) => Err(ApiError::from(e)),
+            Err(e @ RedeemError::Busy) => {
+                count("busy");
+                Err(ApiError::NotReady(e.to_string()))
+            }
             Err(RedeemError::Rejected { error, token_id }) => {
-                self.metrics
-                    .bootstrap_tokens
-                    .with_label_values(&["rejected"])
-                    .inc();
+                count("rejected");
                 Ok(Err((error, token_id)))
             }
         }
+    }
+
+    /// Ends a bootstrap token's redemption with the outcome of the issuance it was presented
+    /// for: commits it (audited `token_redeem`) when everything was issued, else releases it
+    /// (audited as released) so the token stays unused, and answers with the failure.
+    async fn settle_redemption(
+        &self,
+        redemption: &Redemption,
+        issued: Result<CredentialResponse, ApiError>,
+        request_id: &str,
+    ) -> Result<CredentialResponse, ApiError> {
+        let identity = redemption.identity();
+        let error = match issued {
+            Ok(resp) => match redemption.commit().await {
+                Ok(()) => {
+                    let (event, rec) = if redemption.is_repeat() {
+                        let rec = AuditRecord::token_redeem_repeat(
+                            self.now(),
+                            request_id,
+                            identity,
+                            redemption.session_started(),
+                        );
+                        ("re_redeemed", rec)
+                    } else {
+                        (
+                            "redeemed",
+                            AuditRecord::token_redeem(self.now(), request_id, identity),
+                        )
+                    };
+                    self.metrics
+                        .bootstrap_tokens
+                        .with_label_values(&[event])
+                        .inc();
+                    self.audit(rec).await?;
+                    return Ok(resp);
+                }
+                Err(e @ CommitError::Lost) => ApiError::NotReady(e.to_string()),
+                Err(CommitError::Store(e)) => ApiError::from(e),
+            },
+            Err(e) => e,
+        };
+        if let Ok(true) = redemption.release().await {
+            self.metrics
+                .bootstrap_tokens
+                .with_label_values(&["released"])
+                .inc();
+            let rec = AuditRecord::token_release(self.now(), request_id, identity, error.reason());
+            self.audit(rec).await?;
+        }
+        Err(error)
     }
 
     /// Verifies a JWT: a broker session token or an issuer's token.
@@ -369,19 +451,30 @@ impl Broker {
                 identity: session.identity,
                 new_session: true,
                 session_started: Some(session.started),
+                redemption: None,
             });
         }
         let identity = self.verifier.verify_parsed(parsed).await?;
-        Ok(Authenticated {
-            identity,
-            new_session: false,
-            session_started: None,
-        })
+        Ok(Authenticated::new(identity))
     }
 
     /// Issues credentials to an authenticated identity: policy decides the roles, each
-    /// role's backend issues, each issuance is stored as a lease and audited.
+    /// role's backend issues, each issuance is stored as a lease and audited. For a bootstrap
+    /// token, the redemption commits only if all of it succeeded, and is released otherwise.
     pub async fn issue(
+        &self,
+        auth: &Authenticated,
+        req: &CredentialRequest,
+        request_id: &str,
+    ) -> Result<CredentialResponse, ApiError> {
+        let issued = self.issue_all(auth, req, request_id).await;
+        match &auth.redemption {
+            Some(redemption) => self.settle_redemption(redemption, issued, request_id).await,
+            None => issued,
+        }
+    }
+
+    async fn issue_all(
         &self,
         auth: &Authenticated,
         req: &CredentialRequest,
@@ -631,7 +724,8 @@ impl Broker {
         })
     }
 
-    /// Revokes an unredeemed bootstrap token (admin).
+    /// Revokes an unredeemed bootstrap token (admin), even one a request is redeeming: that
+    /// redemption then fails to commit.
     pub async fn revoke_token(&self, token_id: &str, request_id: &str) -> Result<(), ApiError> {
         if !self.store.revoke_bootstrap_token(token_id).await? {
             return Err(ApiError::NotFound(format!(
@@ -814,6 +908,21 @@ pub struct Authenticated {
     pub new_session: bool,
     /// When the bootstrap session started.
     pub session_started: Option<SystemTime>,
+    /// The redemption of the bootstrap token this request presented, which [`Broker::issue`]
+    /// commits or releases.
+    redemption: Option<Arc<Redemption>>,
+}
+
+impl Authenticated {
+    /// A workload that proved its identity with a JWT from a trusted issuer (no session).
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            new_session: false,
+            session_started: None,
+            redemption: None,
+        }
+    }
 }
 
 /// Outcome of a lease revocation.

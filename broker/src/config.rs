@@ -184,7 +184,16 @@ pub struct BootstrapConfig {
     /// A session (renewed on each fetch) ends this long after the token was redeemed.
     #[serde(default = "default_session_max")]
     pub session_max_lifetime_seconds: u64,
+    /// For this long after a redemption commits, the same token is accepted again as the
+    /// same session (a client whose response was lost retries); 0: never. At most
+    /// [`MAX_REDEEM_GRACE_SECONDS`].
+    #[serde(default = "default_redeem_grace")]
+    pub redeem_grace_seconds: u64,
 }
+
+/// Largest `bootstrap.redeem_grace_seconds`: the window in which a token seen by someone else
+/// after its redemption still buys its session.
+pub const MAX_REDEEM_GRACE_SECONDS: u64 = 300;
 
 fn default_bootstrap_ttl() -> u64 {
     600
@@ -198,6 +207,9 @@ fn default_session_ttl() -> u64 {
 fn default_session_max() -> u64 {
     86_400
 }
+fn default_redeem_grace() -> u64 {
+    30
+}
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
@@ -206,6 +218,7 @@ impl Default for BootstrapConfig {
             max_ttl_seconds: default_bootstrap_max_ttl(),
             session_ttl_seconds: default_session_ttl(),
             session_max_lifetime_seconds: default_session_max(),
+            redeem_grace_seconds: default_redeem_grace(),
         }
     }
 }
@@ -833,6 +846,13 @@ impl BrokerConfig {
                 "field `bootstrap.default_ttl_seconds`: above `bootstrap.max_ttl_seconds`".into(),
             );
         }
+        if self.bootstrap.redeem_grace_seconds > MAX_REDEEM_GRACE_SECONDS {
+            return Err(format!(
+                "field `bootstrap.redeem_grace_seconds`: {} is above the maximum \
+                 {MAX_REDEEM_GRACE_SECONDS}",
+                self.bootstrap.redeem_grace_seconds
+            ));
+        }
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
         }
@@ -1136,5 +1156,33 @@ mod tests {
             .expect_err("missing file")
             .to_string();
         assert!(msg.contains("nope.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn the_redeem_grace_window_defaults_to_30_s_and_is_bounded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(cfg.bootstrap.redeem_grace_seconds, 30);
+        for (grace, ok) in [(0, true), (MAX_REDEEM_GRACE_SECONDS, true), (301, false)] {
+            let file = write(
+                dir.path(),
+                "g.yaml",
+                &format!("{MINIMAL}bootstrap:\n  redeem_grace_seconds: {grace}\n"),
+            );
+            match BrokerConfig::load(&file, std::iter::empty()) {
+                Ok(cfg) => {
+                    assert!(ok, "{grace} should be refused");
+                    assert_eq!(cfg.bootstrap.redeem_grace_seconds, grace);
+                }
+                Err(e) => {
+                    assert!(!ok, "{grace}: {e}");
+                    assert!(
+                        e.to_string().contains("bootstrap.redeem_grace_seconds"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -27,7 +27,8 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// `lanyard_policy_rules` — rules in the active policy set.
     pub policy_rules: IntGauge,
-    /// `lanyard_bootstrap_tokens_total{event}` (minted|redeemed|rejected|revoked).
+    /// `lanyard_bootstrap_tokens_total{event}`
+    /// (minted|redeemed|re_redeemed|released|busy|rejected|revoked).
     pub bootstrap_tokens: IntCounterVec,
     /// `lanyard_audit_records_total{event}`.
     pub audit_records: IntCounterVec,

@@ -188,9 +188,23 @@ async fn hostile_identity_tokens_get_an_opaque_401_and_are_audited() {
     broker.stop().await;
 }
 
+/// A broker whose bootstrap tokens are strictly single use: no re-redemption grace window.
+async fn strict_bootstrap_broker() -> TestBroker {
+    TestBroker::start_with(
+        None,
+        TestBrokerOptions {
+            extra_config: "bootstrap:\n  redeem_grace_seconds: 0\n".into(),
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await
+}
+
+/// With no grace window, the 99 requests that waited on the one that redeemed the token are
+/// refused as reuse. (With one, they share its session: `tests/bootstrap.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bootstrap_token_redeems_exactly_once_under_100_concurrent_requests() {
-    let broker = TestBroker::start(None).await;
+    let broker = strict_bootstrap_broker().await;
     let token = broker.mint(&["boot"], 300).await;
     let client = broker.http();
     let mut tasks = Vec::new();
@@ -246,7 +260,7 @@ async fn a_bootstrap_token_redeems_exactly_once_under_100_concurrent_requests() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_session_allows_refresh_without_the_spent_token() {
-    let broker = TestBroker::start(None).await;
+    let broker = strict_bootstrap_broker().await;
     let token = broker.mint(&["boot"], 300).await;
     let (status, first) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 200, "{first}");

@@ -60,7 +60,20 @@ async fn no_secret_appears_in_logs_audit_metrics_or_errors() {
             .to_owned(),
     );
 
-    // Failures: a replayed bootstrap token, a forged token, a denied role, a bad body.
+    // Presented again within the grace window: a re-redemption of the same session.
+    let (status, body) = broker.post_credentials(Some(&bootstrap), "").await;
+    assert_eq!(status, 200);
+    for secret in [
+        &body["session"]["token"],
+        &body["credentials"][0]["data"]["token"],
+    ] {
+        planted.push(secret.as_str().expect("t").to_owned());
+    }
+    let refused_bootstrap = broker.mint(&["boot"], 60).await;
+    planted.push(refused_bootstrap.clone());
+
+    // Failures: a bootstrap token asking for a role it was not minted for (its reservation
+    // is released), a forged token, a denied role, a bad body.
     let forged = issuer.forge_alg_none(issuer.k8s_claims(
         "shop",
         "api",
@@ -70,7 +83,7 @@ async fn no_secret_appears_in_logs_audit_metrics_or_errors() {
     ));
     planted.push(forged.clone());
     for (bearer, body) in [
-        (bootstrap.as_str(), ""),
+        (refused_bootstrap.as_str(), r#"{"roles":["app"]}"#),
         (forged.as_str(), ""),
         (sa.as_str(), r#"{"roles":["boot"]}"#),
         (session.as_str(), r#"{"roles":["nope"]}"#),

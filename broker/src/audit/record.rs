@@ -11,6 +11,8 @@
 //! | [`AuditRecord::backend_error`] | `deny`, deny | request, identity, role, backend |
 //! | [`AuditRecord::token_mint`] | `token_mint`, allow | request, token id, roles, image, TTL, expiry |
 //! | [`AuditRecord::token_redeem`] | `token_redeem`, allow | request, identity, token id, image |
+//! | [`AuditRecord::token_redeem_repeat`] | `token_redeem`, allow | as `token_redeem`; the reason says when the session started |
+//! | [`AuditRecord::token_release`] | `token_redeem`, deny | as `token_redeem`; the reason names the failure |
 //! | [`AuditRecord::token_revoke`] | `token_revoke`, allow | request, token id |
 //! | [`AuditRecord::lease_revoke`] | `lease_revoke`, allow | request, the lease's identity, role, backend, id, fingerprint, upstream lease |
 //! | [`AuditRecord::lease_expired`] | `lease_revoke`, allow | as `lease_revoke` without request, with expiry |
@@ -346,6 +348,39 @@ impl AuditRecord {
         rec.token_id = identity.bootstrap.as_ref().map(|b| b.token_id.clone());
         rec.image = bootstrap_image(identity);
         rec
+    }
+
+    /// A bootstrap token was presented again within the grace window after its redemption,
+    /// and served as the same session, which started at `session_started`.
+    pub fn token_redeem_repeat(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        session_started: SystemTime,
+    ) -> Self {
+        Self {
+            reason: format!(
+                "re-redeemed within the grace window: the session started at {}",
+                rfc3339(session_started)
+            ),
+            ..Self::token_redeem(now, request_id, identity)
+        }
+    }
+
+    /// The redemption of a bootstrap token was released because the request failed
+    /// (`failure`: a stable error reason such as `forbidden` or `upstream_unavailable`): the
+    /// token is unused.
+    pub fn token_release(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        failure: &str,
+    ) -> Self {
+        Self {
+            decision: Decision::Deny,
+            reason: format!("released, the token is unused: {failure}"),
+            ..Self::token_redeem(now, request_id, identity)
+        }
     }
 
     /// An admin revoked an unredeemed bootstrap token.
@@ -702,6 +737,32 @@ mod tests {
                 token_id: Some("bt_1".into()),
                 ..base(Event::TokenRevoke, Decision::Allow, "revoked by admin")
             }
+        );
+    }
+
+    #[test]
+    fn repeated_and_released_redemptions_name_the_token_and_why() {
+        let redeemed = |decision, reason: &str| AuditRecord {
+            request_id: Some("req_2".into()),
+            identity: Some("bootstrap:bt_1".into()),
+            issuer: Some(BOOTSTRAP_ISSUER.into()),
+            token_id: Some("bt_1".into()),
+            image: Some("sha256:abcd".into()),
+            ..base(Event::TokenRedeem, decision, reason)
+        };
+        assert_eq!(
+            AuditRecord::token_redeem_repeat(at(T0), "req_2", &bootstrapped(), at(T0 - 20)),
+            redeemed(
+                Decision::Allow,
+                "re-redeemed within the grace window: the session started at 2027-01-15T07:59:40Z"
+            )
+        );
+        assert_eq!(
+            AuditRecord::token_release(at(T0), "req_2", &bootstrapped(), "upstream_unavailable"),
+            redeemed(
+                Decision::Deny,
+                "released, the token is unused: upstream_unavailable"
+            )
         );
     }
 

@@ -3,7 +3,8 @@
 //! - [`jwt`]: JWTs from trusted issuers (Kubernetes service-account tokens, other OIDC
 //!   issuers), verified against each issuer's JWKS.
 //! - [`jwks`]: fetching, caching and refreshing JWKS (OIDC discovery or a file).
-//! - [`bootstrap`]: single-use bootstrap tokens (random 256-bit, stored hashed).
+//! - [`bootstrap`]: single-use bootstrap tokens (random 256-bit, stored hashed), and their
+//!   redemption: reserved, then committed with the issuance or released.
 //! - [`session`]: the session tokens handed out after a bootstrap token is redeemed — typed
 //!   claims, minting and verification.
 
@@ -113,12 +114,16 @@ pub enum AuthnError {
     /// Bootstrap token not found (never minted, or revoked).
     #[error("unknown bootstrap token")]
     UnknownToken,
-    /// Bootstrap token already redeemed.
+    /// Bootstrap token already redeemed (and past its re-redemption grace window).
     #[error("bootstrap token already used")]
     TokenReused,
     /// Bootstrap token past its expiry.
     #[error("bootstrap token expired")]
     TokenExpired,
+    /// A bootstrap token where none is accepted (revoking a lease): it is not looked up, and
+    /// so neither reserved nor spent.
+    #[error("a bootstrap token is not accepted here")]
+    BootstrapNotAccepted,
 }
 
 impl AuthnError {
@@ -140,6 +145,7 @@ impl AuthnError {
             Self::UnknownToken => "unknown_token",
             Self::TokenReused => "token_reused",
             Self::TokenExpired => "token_expired",
+            Self::BootstrapNotAccepted => "bootstrap_not_accepted",
         }
     }
 }

@@ -175,6 +175,7 @@ mod tests {
             max_ttl_seconds: 86_400,
             session_ttl_seconds: ttl,
             session_max_lifetime_seconds: max,
+            ..BootstrapConfig::default()
         }
     }
 

@@ -155,7 +155,10 @@ async fn revoke_lease(
         if admin_credential(&broker, &conn, &headers).await.is_ok() {
             return broker.revoke_lease(&lease_id, None, &request_id).await;
         }
-        let auth = broker.authenticate(bearer(&headers), &request_id).await?;
+        // A bootstrap token is refused, never redeemed: it would be spent on a revocation.
+        let auth = broker
+            .authenticate_without_redeeming(bearer(&headers), &request_id)
+            .await?;
         broker
             .revoke_lease(&lease_id, Some(&auth.identity), &request_id)
             .await

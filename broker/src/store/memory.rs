@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use lanyard::Secret;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
-    SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
+    ReserveOutcome, SigningKeyRecord, Store, StoreError,
 };
 
 /// A [`Store`] held in process memory (a mutex over hash maps). Not persistent; see the
@@ -27,13 +27,41 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Bootstrap tokens by token hash, with whether each was redeemed.
-    bootstrap: HashMap<String, (BootstrapTokenRecord, bool)>,
+    /// Bootstrap tokens by token hash.
+    bootstrap: HashMap<String, TokenState>,
     leases: HashMap<String, LeaseRecord>,
     /// Insertion order; sorted by `created_at` when read.
     signing_keys: Vec<SigningKeyRecord>,
     audit_head: Option<ChainHead>,
     secrets: HashMap<String, Secret>,
+}
+
+/// A bootstrap token and where its redemption stands.
+#[derive(Debug)]
+struct TokenState {
+    rec: BootstrapTokenRecord,
+    /// The reservation that holds it, or held it when it committed.
+    hold: Option<Hold>,
+    /// When its redemption committed.
+    redeemed_at: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    reservation: String,
+    at: SystemTime,
+    until: SystemTime,
+}
+
+impl TokenState {
+    /// Whether `reservation` holds the token and it is not redeemed.
+    fn held_by(&self, reservation: &str) -> bool {
+        self.redeemed_at.is_none()
+            && self
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.reservation == reservation)
+    }
 }
 
 impl MemoryStore {
@@ -62,37 +90,89 @@ impl Store for MemoryStore {
         if inner
             .bootstrap
             .values()
-            .any(|(r, _)| r.token_id == rec.token_id)
+            .any(|t| t.rec.token_id == rec.token_id)
         {
             return Err(StoreError::Duplicate(format!(
                 "bootstrap token id {}",
                 rec.token_id
             )));
         }
-        inner
-            .bootstrap
-            .insert(rec.token_hash.clone(), (rec.clone(), false));
+        inner.bootstrap.insert(
+            rec.token_hash.clone(),
+            TokenState {
+                rec: rec.clone(),
+                hold: None,
+                redeemed_at: None,
+            },
+        );
         Ok(())
     }
 
-    async fn redeem_bootstrap_token(
+    async fn reserve_bootstrap_token(
         &self,
         token_hash: &str,
+        reservation: &str,
         now: SystemTime,
-    ) -> Result<RedeemOutcome, StoreError> {
+        until: SystemTime,
+    ) -> Result<ReserveOutcome, StoreError> {
         let mut inner = self.lock();
-        let Some((rec, redeemed)) = inner.bootstrap.get_mut(token_hash) else {
-            return Ok(RedeemOutcome::Unknown);
+        let Some(t) = inner.bootstrap.get_mut(token_hash) else {
+            return Ok(ReserveOutcome::Unknown);
         };
-        if *redeemed {
-            return Ok(RedeemOutcome::AlreadyUsed(rec.clone()));
+        if let Some(redeemed_at) = t.redeemed_at {
+            return Ok(ReserveOutcome::Redeemed(RedeemedToken {
+                token: t.rec.clone(),
+                redeemed_at,
+                session_started: t.hold.as_ref().map_or(redeemed_at, |h| h.at),
+            }));
         }
-        // Redeemable while `now < expires_at`, as in every store.
-        if now >= rec.expires_at {
-            return Ok(RedeemOutcome::Expired(rec.clone()));
+        // Reservable while `now < expires_at`, as in every store.
+        if now >= t.rec.expires_at {
+            return Ok(ReserveOutcome::Expired(t.rec.clone()));
         }
-        *redeemed = true;
-        Ok(RedeemOutcome::Redeemed(rec.clone()))
+        if let Some(h) = t.hold.as_ref().filter(|h| h.until > now) {
+            return Ok(ReserveOutcome::Held {
+                token: t.rec.clone(),
+                until: h.until,
+            });
+        }
+        t.hold = Some(Hold {
+            reservation: reservation.to_owned(),
+            at: now,
+            until,
+        });
+        Ok(ReserveOutcome::Reserved(t.rec.clone()))
+    }
+
+    async fn commit_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.bootstrap.get_mut(token_hash) {
+            Some(t) if t.held_by(reservation) => {
+                t.redeemed_at = Some(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.bootstrap.get_mut(token_hash) {
+            Some(t) if t.held_by(reservation) => {
+                t.hold = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn revoke_bootstrap_token(&self, token_id: &str) -> Result<bool, StoreError> {
@@ -100,7 +180,7 @@ impl Store for MemoryStore {
         let hash = inner
             .bootstrap
             .iter()
-            .find(|(_, (r, redeemed))| r.token_id == token_id && !*redeemed)
+            .find(|(_, t)| t.rec.token_id == token_id && t.redeemed_at.is_none())
             .map(|(h, _)| h.clone());
         Ok(match hash {
             Some(h) => inner.bootstrap.remove(&h).is_some(),

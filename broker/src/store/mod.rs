@@ -2,7 +2,8 @@
 //! secrets.
 //!
 //! [`Store`] is a trait so PostgreSQL can back replicas later. Every operation that must be
-//! atomic across replicas (redeeming a bootstrap token) is a single store call.
+//! atomic across replicas (reserving, committing or releasing a bootstrap token's redemption)
+//! is a single store call.
 //!
 //! # Layout
 //! - this module: the [`Store`] trait, its records and [`StoreError`].
@@ -38,17 +39,36 @@ pub struct BootstrapTokenRecord {
     pub expires_at: SystemTime,
 }
 
-/// The result of trying to redeem a bootstrap token.
+/// A bootstrap token whose redemption was committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedeemOutcome {
-    /// This call redeemed it; no other call ever will.
-    Redeemed(BootstrapTokenRecord),
+pub struct RedeemedToken {
+    /// The token.
+    pub token: BootstrapTokenRecord,
+    /// When the redemption was committed (the grace window for re-redemption starts here).
+    pub redeemed_at: SystemTime,
+    /// When the session it bought started: the time the committing reservation was taken.
+    pub session_started: SystemTime,
+}
+
+/// The result of trying to reserve a bootstrap token ([`Store::reserve_bootstrap_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// This call holds the token, until the `until` it gave or its commit or release; no
+    /// other call holds it meanwhile.
+    Reserved(BootstrapTokenRecord),
+    /// Another reservation holds it until `until`: a redemption is in progress.
+    Held {
+        /// The token.
+        token: BootstrapTokenRecord,
+        /// When that hold lapses and the token may be reserved again.
+        until: SystemTime,
+    },
+    /// Its redemption was committed; it can never be reserved again.
+    Redeemed(RedeemedToken),
     /// No token with that hash (never minted, or revoked).
     Unknown,
-    /// It exists but expired.
+    /// It exists, unredeemed, but expired.
     Expired(BootstrapTokenRecord),
-    /// It was already redeemed.
-    AlreadyUsed(BootstrapTokenRecord),
 }
 
 /// A credential the broker issued.
@@ -126,15 +146,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Saves a newly minted bootstrap token.
     async fn insert_bootstrap_token(&self, rec: &BootstrapTokenRecord) -> Result<(), StoreError>;
 
-    /// Atomically redeems the token with this hash: exactly one caller ever gets
-    /// [`RedeemOutcome::Redeemed`], however many race.
-    async fn redeem_bootstrap_token(
+    /// Atomically reserves the unredeemed, unexpired (`now < expires_at`) token with this
+    /// hash for `reservation` until `until`, unless another reservation holds it: of any
+    /// number of racing callers, across handles and processes sharing the store, exactly one
+    /// gets [`ReserveOutcome::Reserved`]. A hold whose `until` is at or before `now` has
+    /// lapsed (its holder crashed) and is taken over. The other outcomes say why not, in this
+    /// order: redeemed (whatever the time), expired, held.
+    async fn reserve_bootstrap_token(
         &self,
         token_hash: &str,
+        reservation: &str,
         now: SystemTime,
-    ) -> Result<RedeemOutcome, StoreError>;
+        until: SystemTime,
+    ) -> Result<ReserveOutcome, StoreError>;
 
-    /// Revokes an unredeemed token. Returns whether a token was revoked.
+    /// Commits the redemption `reservation` holds: the token is redeemed at `now`, its session
+    /// started when the reservation was taken, and it can never be reserved again. Returns
+    /// false, changing nothing, when `reservation` does not hold it (released, taken over
+    /// after its hold lapsed, the token revoked). A hold that lapsed but was not taken over
+    /// still commits.
+    async fn commit_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+        now: SystemTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases the hold of `reservation`: the token is unused again. Returns false, changing
+    /// nothing, when `reservation` holds nothing (committed, released, taken over, revoked).
+    async fn release_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes an unredeemed token, held by a reservation or not (that reservation then
+    /// cannot commit). Returns whether a token was revoked.
     async fn revoke_bootstrap_token(&self, token_id: &str) -> Result<bool, StoreError>;
 
     /// Saves an issued lease.

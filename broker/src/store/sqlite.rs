@@ -24,8 +24,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
-    SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
+    ReserveOutcome, SigningKeyRecord, Store, StoreError,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -75,6 +75,13 @@ pub const MIGRATIONS: &[&str] = &[
     // from `created_at`, as it did then.
     "ALTER TABLE signing_keys ADD COLUMN active_from INTEGER;
     UPDATE signing_keys SET active_from = created_at;",
+    // v3: a bootstrap token is reserved by the request redeeming it, and its redemption is
+    // committed (`redeemed_at`) only once that request has issued. The committing
+    // reservation's columns stay: `reserved_at` is when the session it bought started. A
+    // token redeemed before v3 has none; its session started at `redeemed_at`.
+    "ALTER TABLE bootstrap_tokens ADD COLUMN reserved_by TEXT;
+    ALTER TABLE bootstrap_tokens ADD COLUMN reserved_at INTEGER;
+    ALTER TABLE bootstrap_tokens ADD COLUMN reserved_until INTEGER;",
 ];
 
 /// A closure to run on the store thread.
@@ -416,10 +423,13 @@ struct TokenRow {
     created_at: i64,
     expires_at: i64,
     redeemed_at: Option<i64>,
+    reserved_by: Option<String>,
+    reserved_at: Option<i64>,
+    reserved_until: Option<i64>,
 }
 
-const TOKEN_COLUMNS: &str =
-    "token_id, token_hash, roles, image, created_at, expires_at, redeemed_at";
+const TOKEN_COLUMNS: &str = "token_id, token_hash, roles, image, created_at, expires_at, \
+     redeemed_at, reserved_by, reserved_at, reserved_until";
 
 impl TokenRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -431,11 +441,18 @@ impl TokenRow {
             created_at: r.get(4)?,
             expires_at: r.get(5)?,
             redeemed_at: r.get(6)?,
+            reserved_by: r.get(7)?,
+            reserved_at: r.get(8)?,
+            reserved_until: r.get(9)?,
         })
     }
 
+    fn what(&self) -> String {
+        format!("bootstrap token {}", self.token_id)
+    }
+
     fn decode(self) -> Result<BootstrapTokenRecord, StoreError> {
-        let what = format!("bootstrap token {}", self.token_id);
+        let what = self.what();
         let roles: Vec<String> = serde_json::from_str(&self.roles).map_err(|e| {
             StoreError::Corrupt(format!("{what}: roles are not a JSON list of strings: {e}"))
         })?;
@@ -447,6 +464,31 @@ impl TokenRow {
             roles,
             image: self.image,
         })
+    }
+
+    /// Why a reservation at `now` did not take this row: redeemed, expired or held.
+    fn refusal(self, now: i64) -> Result<ReserveOutcome, StoreError> {
+        let what = self.what();
+        if let Some(redeemed_at) = self.redeemed_at {
+            let session_started = self.reserved_at.unwrap_or(redeemed_at);
+            return Ok(ReserveOutcome::Redeemed(RedeemedToken {
+                redeemed_at: from_unix(redeemed_at, &what)?,
+                session_started: from_unix(session_started, &what)?,
+                token: self.decode()?,
+            }));
+        }
+        if self.expires_at <= now {
+            return Ok(ReserveOutcome::Expired(self.decode()?));
+        }
+        match (&self.reserved_by, self.reserved_until) {
+            (Some(_), Some(until)) if until > now => Ok(ReserveOutcome::Held {
+                until: from_unix(until, &what)?,
+                token: self.decode()?,
+            }),
+            _ => Err(StoreError::Corrupt(format!(
+                "{what}: neither free nor held, yet it could not be reserved"
+            ))),
+        }
     }
 }
 
@@ -481,44 +523,104 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn redeem_bootstrap_token(
+    async fn reserve_bootstrap_token(
         &self,
         token_hash: &str,
+        reservation: &str,
         now: SystemTime,
-    ) -> Result<RedeemOutcome, StoreError> {
+        until: SystemTime,
+    ) -> Result<ReserveOutcome, StoreError> {
         let now = to_unix(now)?;
+        let until = to_unix(until)?;
         let hash = token_hash.to_owned();
-        self.run("redeem_bootstrap_token", move |conn| {
-            // One statement: SQLite takes the write lock for it, so of all the connections
-            // racing on this row exactly one sees `redeemed_at IS NULL` and sets it.
-            let won = conn
+        let reservation = reservation.to_owned();
+        self.run("reserve_bootstrap_token", move |conn| {
+            // One `IMMEDIATE` transaction: the write lock is taken before the row is read, so
+            // of all the connections racing on it exactly one finds it free and takes it, and
+            // the others see why not as it then stands. An error rolls the reservation back.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_error("reserve_bootstrap_token: begin"))?;
+            let won = tx
                 .query_row(
                     &format!(
-                        "UPDATE bootstrap_tokens SET redeemed_at = ?1 \
-                         WHERE token_hash = ?2 AND redeemed_at IS NULL AND expires_at > ?1 \
+                        "UPDATE bootstrap_tokens \
+                         SET reserved_by = ?1, reserved_at = ?2, reserved_until = ?3 \
+                         WHERE token_hash = ?4 AND redeemed_at IS NULL AND expires_at > ?2 \
+                         AND (reserved_by IS NULL OR reserved_until <= ?2) \
                          RETURNING {TOKEN_COLUMNS}"
                     ),
-                    params![now, hash],
+                    params![reservation, now, until, hash],
                     TokenRow::from_row,
                 )
                 .optional()
-                .map_err(sql_error("redeem_bootstrap_token"))?;
-            if let Some(row) = won {
-                return Ok(RedeemOutcome::Redeemed(row.decode()?));
-            }
-            let row = conn
-                .query_row(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens WHERE token_hash = ?1"),
-                    params![hash],
-                    TokenRow::from_row,
+                .map_err(sql_error("reserve_bootstrap_token"))?;
+            let outcome = match won {
+                Some(row) => ReserveOutcome::Reserved(row.decode()?),
+                None => {
+                    let row = tx
+                        .query_row(
+                            &format!(
+                                "SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens WHERE token_hash = ?1"
+                            ),
+                            params![hash],
+                            TokenRow::from_row,
+                        )
+                        .optional()
+                        .map_err(sql_error("reserve_bootstrap_token (classifying)"))?;
+                    match row {
+                        None => ReserveOutcome::Unknown,
+                        Some(row) => row.refusal(now)?,
+                    }
+                }
+            };
+            tx.commit()
+                .map_err(sql_error("reserve_bootstrap_token: commit"))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn commit_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let now = to_unix(now)?;
+        let hash = token_hash.to_owned();
+        let reservation = reservation.to_owned();
+        self.run("commit_bootstrap_token", move |conn| {
+            // One statement: only the holding reservation's commit matches the row, once.
+            let n = conn
+                .execute(
+                    "UPDATE bootstrap_tokens SET redeemed_at = ?1 \
+                     WHERE token_hash = ?2 AND reserved_by = ?3 AND redeemed_at IS NULL",
+                    params![now, hash, reservation],
                 )
-                .optional()
-                .map_err(sql_error("redeem_bootstrap_token (classifying)"))?;
-            Ok(match row {
-                None => RedeemOutcome::Unknown,
-                Some(row) if row.redeemed_at.is_some() => RedeemOutcome::AlreadyUsed(row.decode()?),
-                Some(row) => RedeemOutcome::Expired(row.decode()?),
-            })
+                .map_err(sql_error("commit_bootstrap_token"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn release_bootstrap_token(
+        &self,
+        token_hash: &str,
+        reservation: &str,
+    ) -> Result<bool, StoreError> {
+        let hash = token_hash.to_owned();
+        let reservation = reservation.to_owned();
+        self.run("release_bootstrap_token", move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE bootstrap_tokens \
+                     SET reserved_by = NULL, reserved_at = NULL, reserved_until = NULL \
+                     WHERE token_hash = ?1 AND reserved_by = ?2 AND redeemed_at IS NULL",
+                    params![hash, reservation],
+                )
+                .map_err(sql_error("release_bootstrap_token"))?;
+            Ok(n > 0)
         })
         .await
     }
@@ -842,9 +944,10 @@ mod tests {
         assert!(again.get_lease("ls_7").await.expect("get").is_none());
     }
 
-    /// Replicas on one host: handles on one file racing to redeem a token, exactly one wins.
+    /// Replicas on one host: handles on one file racing to reserve a token, exactly one
+    /// wins; its commit through another handle redeems it for all of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn handles_on_one_file_redeem_a_token_exactly_once() {
+    async fn handles_on_one_file_reserve_a_token_exactly_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lanyard.db");
         let stores: Vec<SqliteStore> = (0..4)
@@ -858,20 +961,163 @@ mod tests {
             .iter()
             .cycle()
             .take(16)
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let s = s.clone();
-                tokio::spawn(async move { s.redeem_bootstrap_token("h1", t(1_100)).await })
+                tokio::spawn(async move {
+                    let r = format!("r{i}");
+                    (
+                        r.clone(),
+                        s.reserve_bootstrap_token("h1", &r, t(1_100), t(1_160))
+                            .await,
+                    )
+                })
             })
             .collect();
-        let (mut redeemed, mut used) = (0, 0);
+        let (mut winners, mut held) = (Vec::new(), 0);
         for task in tasks {
-            match task.await.expect("join").expect("redeem") {
-                RedeemOutcome::Redeemed(_) => redeemed += 1,
-                RedeemOutcome::AlreadyUsed(_) => used += 1,
+            match task.await.expect("join") {
+                (r, Ok(ReserveOutcome::Reserved(_))) => winners.push(r),
+                (_, Ok(ReserveOutcome::Held { until, .. })) => {
+                    assert_eq!(until, t(1_160));
+                    held += 1;
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!((redeemed, used), (1, 15));
+        assert_eq!((winners.len(), held), (1, 15));
+        assert!(
+            stores[3]
+                .commit_bootstrap_token("h1", &winners[0], t(1_101))
+                .await
+                .expect("commit")
+        );
+        for s in &stores {
+            assert!(matches!(
+                s.reserve_bootstrap_token("h1", "late", t(1_102), t(1_162)).await,
+                Ok(ReserveOutcome::Redeemed(RedeemedToken { redeemed_at, session_started, .. }))
+                    if redeemed_at == t(1_101) && session_started == t(1_100)
+            ));
+        }
+    }
+
+    /// The environment variable that turns [`reserve_from_a_child_process`] into a racer.
+    const CHILD_DB: &str = "LANYARD_TEST_RESERVE_DB";
+
+    /// Not a test on its own: run by [`processes_on_one_file_reserve_a_token_exactly_once`]
+    /// in child processes (with [`CHILD_DB`] set), it makes 8 racing reservations of `h1` on
+    /// that database and prints how many it won (`won=N`). Without the variable it does
+    /// nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reserve_from_a_child_process() {
+        let Ok(db) = std::env::var(CHILD_DB) else {
+            return;
+        };
+        let s = SqliteStore::open(Path::new(&db)).expect("open");
+        let pid = std::process::id();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.reserve_bootstrap_token("h1", &format!("p{pid}-{i}"), t(1_100), t(1_160))
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.expect("join").expect("reserve") {
+                ReserveOutcome::Reserved(_) => won += 1,
+                ReserveOutcome::Held { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        println!("won={won}");
+    }
+
+    /// Replicas as separate processes on one file: four processes (this test binary run
+    /// again) race 32 reservations of one token; exactly one wins.
+    #[test]
+    fn processes_on_one_file_reserve_a_token_exactly_once() {
+        if std::env::var_os(CHILD_DB).is_some() {
+            return; // a child: only the racer runs
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            SqliteStore::open(&path)
+                .expect("open")
+                .insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+                .await
+                .expect("insert");
+        });
+        let exe = std::env::current_exe().expect("test binary");
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "store::sqlite::tests::reserve_from_a_child_process",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD_DB, &path)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn a child")
+            })
+            .collect();
+        let mut won = 0;
+        for child in children {
+            let out = child.wait_with_output().expect("child");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = stdout
+                .lines()
+                .find_map(|l| l.split_once("won=").map(|(_, n)| n))
+                .unwrap_or_else(|| panic!("the child ran no racer: {stdout}"));
+            won += line.trim().parse::<u32>().expect("count");
+        }
+        assert_eq!(won, 1);
+    }
+
+    /// A database written by a v1 broker: its redeemed token stays redeemed (its session
+    /// started when it was redeemed) and its unredeemed one can be reserved.
+    #[tokio::test]
+    async fn a_v1_database_keeps_its_redemptions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        {
+            let conn = Connection::open(&path).expect("raw open");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.pragma_update(None, "user_version", 1).expect("v1");
+            conn.execute_batch(
+                "INSERT INTO bootstrap_tokens VALUES ('bt_1','h1','[\"db\"]',NULL,1000,1600,1100);
+                 INSERT INTO bootstrap_tokens VALUES ('bt_2','h2','[\"db\"]',NULL,1000,1600,NULL);",
+            )
+            .expect("v1 rows");
+        }
+        let s = SqliteStore::open(&path).expect("migrate");
+        assert_eq!(
+            s.schema_version().await.expect("v"),
+            MIGRATIONS.len() as u32
+        );
+        assert!(matches!(
+            s.reserve_bootstrap_token("h1", "r", t(1_200), t(1_260)).await,
+            Ok(ReserveOutcome::Redeemed(RedeemedToken { redeemed_at, session_started, .. }))
+                if redeemed_at == t(1_100) && session_started == t(1_100)
+        ));
+        assert!(matches!(
+            s.reserve_bootstrap_token("h2", "r", t(1_200), t(1_260))
+                .await,
+            Ok(ReserveOutcome::Reserved(_))
+        ));
     }
 
     #[tokio::test]
@@ -879,7 +1125,10 @@ mod tests {
         let s = SqliteStore::open_in_memory().expect("open");
         s.run("test setup", |conn| {
             conn.execute_batch(
-                "INSERT INTO bootstrap_tokens VALUES ('bt_x','hx','not json',NULL,1,5000,NULL);
+                "INSERT INTO bootstrap_tokens (token_id, token_hash, roles, image, created_at, \
+                 expires_at) VALUES ('bt_x','hx','not json',NULL,1,5000);
+                 INSERT INTO bootstrap_tokens (token_id, token_hash, roles, image, created_at, \
+                 expires_at, reserved_by) VALUES ('bt_y','hy','[]',NULL,1,5000,'r');
                  INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL);
                  INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday',NULL);
                  INSERT INTO audit_head VALUES (1, -1, 'h');
@@ -889,9 +1138,28 @@ mod tests {
         })
         .await
         .expect("setup");
-        let r = s.redeem_bootstrap_token("hx", t(100)).await;
+        let r = s.reserve_bootstrap_token("hx", "r", t(100), t(160)).await;
         assert!(
             matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("bt_x")),
+            "{r:?}"
+        );
+        // The refused decode rolled the reservation back: the row is still free, not held.
+        let holder = s
+            .run("test check", |conn| {
+                conn.query_row(
+                    "SELECT reserved_by FROM bootstrap_tokens WHERE token_id = 'bt_x'",
+                    [],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .map_err(sql_error("test check"))
+            })
+            .await
+            .expect("check");
+        assert_eq!(holder, None);
+        // Held without a hold time: neither free nor held.
+        let r = s.reserve_bootstrap_token("hy", "r", t(100), t(160)).await;
+        assert!(
+            matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("bt_y")),
             "{r:?}"
         );
         let r = s.get_lease("ls_x").await;
@@ -943,9 +1211,22 @@ mod tests {
             secret.expose()
         );
         assert!(matches!(
-            s.redeem_bootstrap_token("h1", t(1_100)).await,
-            Ok(RedeemOutcome::Redeemed(_))
+            s.reserve_bootstrap_token("h1", "r", t(1_100), t(1_160))
+                .await,
+            Ok(ReserveOutcome::Reserved(_))
         ));
+        // A reservation survives a reopen (a restarted broker), and commits through it.
+        let s = SqliteStore::open(&path).expect("reopen again");
+        assert!(matches!(
+            s.reserve_bootstrap_token("h1", "other", t(1_101), t(1_161))
+                .await,
+            Ok(ReserveOutcome::Held { .. })
+        ));
+        assert!(
+            s.commit_bootstrap_token("h1", "r", t(1_102))
+                .await
+                .expect("commit")
+        );
     }
 
     #[cfg(unix)]

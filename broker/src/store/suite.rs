@@ -1,8 +1,9 @@
 //! The [`Store`] contract, written once and run against every implementation.
 //!
 //! Each case is an `async fn(Arc<dyn Store>)` that gets a fresh, empty store and asserts one
-//! promise of the trait: bootstrap tokens (single-use redemption, also under a race; expiry at
-//! the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
+//! promise of the trait: bootstrap tokens (reserve, then commit once or release; a held token
+//! refused to others until its hold lapses, then taken over; single winner under a race;
+//! expiry at the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
 //! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys
 //! (with when each starts signing), the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
@@ -31,8 +32,8 @@ use lanyard::Secret;
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemOutcome,
-    SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
+    ReserveOutcome, SigningKeyRecord, Store, StoreError,
 };
 
 /// A fresh store for one test, with whatever must live as long as it.
@@ -113,62 +114,233 @@ pub(super) fn key(kid: &str, created: u64) -> SigningKeyRecord {
     }
 }
 
-pub(super) async fn bootstrap_token_redeems_once_then_reports_used(s: Arc<dyn Store>) {
+/// Reserves `hash` for `reservation` at `now` for 60 s.
+async fn reserve(s: &Arc<dyn Store>, hash: &str, reservation: &str, now: u64) -> ReserveOutcome {
+    s.reserve_bootstrap_token(hash, reservation, t(now), t(now + 60))
+        .await
+        .expect("reserve")
+}
+
+/// Reserve, commit once; from then on the token is redeemed, with when and since when its
+/// session runs, whatever the time, and no reservation, commit or release changes that.
+pub(super) async fn bootstrap_token_is_reserved_then_committed_once(s: Arc<dyn Store>) {
     let rec = token("bt_1", "h1", 1_600);
     s.insert_bootstrap_token(&rec).await.expect("insert");
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(1_100))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::Redeemed(rec.clone()),
+        reserve(&s, "h1", "r1", 1_100).await,
+        ReserveOutcome::Reserved(rec.clone()),
         "the record comes back whole"
     );
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(1_101))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::AlreadyUsed(rec.clone())
+        reserve(&s, "h1", "r2", 1_101).await,
+        ReserveOutcome::Held {
+            token: rec.clone(),
+            until: t(1_160)
+        }
     );
-    // Used stays used, even once it would also have expired.
+    assert!(
+        !s.commit_bootstrap_token("h1", "r2", t(1_102))
+            .await
+            .expect("commit"),
+        "only the holder commits"
+    );
+    assert!(
+        s.commit_bootstrap_token("h1", "r1", t(1_105))
+            .await
+            .expect("commit")
+    );
+    let redeemed = ReserveOutcome::Redeemed(RedeemedToken {
+        token: rec.clone(),
+        redeemed_at: t(1_105),
+        session_started: t(1_100),
+    });
+    assert_eq!(reserve(&s, "h1", "r3", 1_106).await, redeemed);
+    assert!(
+        !s.commit_bootstrap_token("h1", "r1", t(1_107))
+            .await
+            .expect("commit again"),
+        "a commit happens once"
+    );
+    assert!(
+        !s.release_bootstrap_token("h1", "r1")
+            .await
+            .expect("release"),
+        "a committed redemption cannot be released"
+    );
+    // Redeemed stays redeemed, even once the token would also have expired.
+    assert_eq!(reserve(&s, "h1", "r4", 9_999).await, redeemed);
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(9_999))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::AlreadyUsed(rec)
+        reserve(&s, "nope", "r5", 1_100).await,
+        ReserveOutcome::Unknown
     );
-    assert_eq!(
-        s.redeem_bootstrap_token("nope", t(1_100))
+    assert!(
+        !s.commit_bootstrap_token("nope", "r5", t(1_100))
             .await
-            .expect("redeem"),
-        RedeemOutcome::Unknown
+            .expect("commit unknown")
     );
+    assert!(
+        !s.release_bootstrap_token("nope", "r5")
+            .await
+            .expect("release unknown")
+    );
+}
+
+/// A released token is unused again: anyone may reserve it, and the old holder can neither
+/// commit nor release it any more.
+pub(super) async fn a_released_token_can_be_reserved_again(s: Arc<dyn Store>) {
+    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        reserve(&s, "h1", "r1", 1_100).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        !s.release_bootstrap_token("h1", "r2")
+            .await
+            .expect("release"),
+        "only the holder releases"
+    );
+    assert!(
+        s.release_bootstrap_token("h1", "r1")
+            .await
+            .expect("release")
+    );
+    assert!(
+        !s.release_bootstrap_token("h1", "r1")
+            .await
+            .expect("release again")
+    );
+    assert!(matches!(
+        reserve(&s, "h1", "r2", 1_101).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        !s.commit_bootstrap_token("h1", "r1", t(1_102))
+            .await
+            .expect("stale commit")
+    );
+    assert!(
+        s.commit_bootstrap_token("h1", "r2", t(1_103))
+            .await
+            .expect("commit")
+    );
+    assert!(matches!(
+        reserve(&s, "h1", "r3", 1_104).await,
+        ReserveOutcome::Redeemed(RedeemedToken { session_started, .. }) if session_started == t(1_101)
+    ));
+}
+
+/// A crashed holder's reservation lapses at its `until`: before it the token is held, from
+/// it another caller takes it over, and the crashed holder can then neither commit nor
+/// release. A lapsed hold nobody took over still commits.
+pub(super) async fn a_lapsed_reservation_is_taken_over(s: Arc<dyn Store>) {
+    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        reserve(&s, "h1", "crashed", 1_100).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(matches!(
+        reserve(&s, "h1", "r2", 1_159).await,
+        ReserveOutcome::Held { until, .. } if until == t(1_160)
+    ));
+    assert!(matches!(
+        reserve(&s, "h1", "r2", 1_160).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        !s.commit_bootstrap_token("h1", "crashed", t(1_161))
+            .await
+            .expect("commit")
+    );
+    assert!(
+        !s.release_bootstrap_token("h1", "crashed")
+            .await
+            .expect("release")
+    );
+    assert!(matches!(
+        reserve(&s, "h1", "r3", 1_162).await,
+        ReserveOutcome::Held { until, .. } if until == t(1_220)
+    ));
+    assert!(
+        s.commit_bootstrap_token("h1", "r2", t(1_163))
+            .await
+            .expect("commit")
+    );
+
+    // Slow but not taken over: the holder's commit past its `until` still counts.
+    s.insert_bootstrap_token(&token("bt_2", "h2", 1_600))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        reserve(&s, "h2", "slow", 1_100).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        s.commit_bootstrap_token("h2", "slow", t(1_300))
+            .await
+            .expect("late commit")
+    );
+    assert!(matches!(
+        reserve(&s, "h2", "r2", 1_301).await,
+        ReserveOutcome::Redeemed(RedeemedToken { redeemed_at, session_started, .. })
+            if redeemed_at == t(1_300) && session_started == t(1_100)
+    ));
 }
 
 pub(super) async fn bootstrap_token_expires_at_its_expiry_second(s: Arc<dyn Store>) {
     let rec = token("bt_1", "h1", 1_600);
     s.insert_bootstrap_token(&rec).await.expect("insert");
-    // Redeemable while `now < expires_at`.
+    // Reservable while `now < expires_at`.
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(1_600))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::Expired(rec.clone())
+        reserve(&s, "h1", "r1", 1_600).await,
+        ReserveOutcome::Expired(rec.clone())
     );
     // An expired token is not consumed by the failed attempt, and stays expired.
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(1_700))
+        reserve(&s, "h1", "r2", 1_700).await,
+        ReserveOutcome::Expired(rec)
+    );
+    assert!(
+        !s.commit_bootstrap_token("h1", "r1", t(1_700))
             .await
-            .expect("redeem"),
-        RedeemOutcome::Expired(rec)
+            .expect("commit")
     );
 
+    // Reserved in its last second, it commits after it expired: it was presented in time.
     let rec2 = token("bt_2", "h2", 1_600);
     s.insert_bootstrap_token(&rec2).await.expect("insert");
     assert_eq!(
-        s.redeem_bootstrap_token("h2", t(1_599))
+        reserve(&s, "h2", "r1", 1_599).await,
+        ReserveOutcome::Reserved(rec2.clone())
+    );
+    assert!(matches!(
+        reserve(&s, "h2", "r2", 1_600).await,
+        ReserveOutcome::Expired(_)
+    ));
+    assert!(
+        s.commit_bootstrap_token("h2", "r1", t(1_601))
             .await
-            .expect("redeem"),
-        RedeemOutcome::Redeemed(rec2)
+            .expect("commit")
+    );
+
+    // Released after it expired, it stays expired.
+    let rec3 = token("bt_3", "h3", 1_600);
+    s.insert_bootstrap_token(&rec3).await.expect("insert");
+    assert!(matches!(
+        reserve(&s, "h3", "r1", 1_599).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        s.release_bootstrap_token("h3", "r1")
+            .await
+            .expect("release")
+    );
+    assert_eq!(
+        reserve(&s, "h3", "r2", 1_601).await,
+        ReserveOutcome::Expired(rec3)
     );
 }
 
@@ -188,27 +360,24 @@ pub(super) async fn a_duplicate_bootstrap_token_id_or_hash_is_refused(s: Arc<dyn
     );
     // The refused inserts left nothing behind.
     assert_eq!(
-        s.redeem_bootstrap_token("h2", t(1_100))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::Unknown
+        reserve(&s, "h2", "r1", 1_100).await,
+        ReserveOutcome::Unknown
     );
 }
 
+/// Revocation deletes an unredeemed token, free or held (whose holder then cannot commit),
+/// never a redeemed one.
 pub(super) async fn revoke_deletes_only_unredeemed_tokens(s: Arc<dyn Store>) {
-    s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
-        .await
-        .expect("insert");
-    s.insert_bootstrap_token(&token("bt_2", "h2", 1_600))
-        .await
-        .expect("insert");
+    for (id, hash) in [("bt_1", "h1"), ("bt_2", "h2"), ("bt_3", "h3")] {
+        s.insert_bootstrap_token(&token(id, hash, 1_600))
+            .await
+            .expect("insert");
+    }
 
     assert!(s.revoke_bootstrap_token("bt_1").await.expect("revoke"));
     assert_eq!(
-        s.redeem_bootstrap_token("h1", t(1_100))
-            .await
-            .expect("redeem"),
-        RedeemOutcome::Unknown,
+        reserve(&s, "h1", "r1", 1_100).await,
+        ReserveOutcome::Unknown,
         "a revoked token is unknown"
     );
     assert!(
@@ -218,38 +387,97 @@ pub(super) async fn revoke_deletes_only_unredeemed_tokens(s: Arc<dyn Store>) {
     );
     assert!(!s.revoke_bootstrap_token("bt_none").await.expect("revoke"));
 
+    // Held: revoked, and the redemption in progress cannot commit.
     assert!(matches!(
-        s.redeem_bootstrap_token("h2", t(1_100)).await,
-        Ok(RedeemOutcome::Redeemed(_))
+        reserve(&s, "h3", "r3", 1_100).await,
+        ReserveOutcome::Reserved(_)
     ));
+    assert!(s.revoke_bootstrap_token("bt_3").await.expect("revoke held"));
+    assert!(
+        !s.commit_bootstrap_token("h3", "r3", t(1_101))
+            .await
+            .expect("commit")
+    );
+    assert_eq!(
+        reserve(&s, "h3", "r4", 1_102).await,
+        ReserveOutcome::Unknown
+    );
+
+    // Redeemed: not revoked.
+    assert!(matches!(
+        reserve(&s, "h2", "r2", 1_100).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(
+        s.commit_bootstrap_token("h2", "r2", t(1_100))
+            .await
+            .expect("commit")
+    );
     assert!(!s.revoke_bootstrap_token("bt_2").await.expect("revoke used"));
     assert!(matches!(
-        s.redeem_bootstrap_token("h2", t(1_100)).await,
-        Ok(RedeemOutcome::AlreadyUsed(_))
+        reserve(&s, "h2", "r5", 1_100).await,
+        ReserveOutcome::Redeemed(_)
     ));
 }
 
-/// Many callers racing to redeem one token: exactly one wins, every other one is told it was
-/// used.
-pub(super) async fn a_raced_token_is_redeemed_exactly_once(s: Arc<dyn Store>) {
+/// Many callers racing to reserve one token: exactly one holds it, every other one is told
+/// it is held; after the winner commits, every caller is told it is redeemed.
+pub(super) async fn a_raced_token_is_reserved_exactly_once(s: Arc<dyn Store>) {
     s.insert_bootstrap_token(&token("bt_1", "h1", 1_600))
         .await
         .expect("insert");
     let tasks: Vec<_> = (0..16)
-        .map(|_| {
+        .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.redeem_bootstrap_token("h1", t(1_100)).await })
+            tokio::spawn(async move {
+                let r = format!("r{i}");
+                let outcome = s
+                    .reserve_bootstrap_token("h1", &r, t(1_100), t(1_160))
+                    .await;
+                (r, outcome)
+            })
         })
         .collect();
-    let (mut redeemed, mut used) = (0, 0);
+    let (mut winners, mut held) = (Vec::new(), 0);
     for task in tasks {
-        match task.await.expect("join").expect("redeem") {
-            RedeemOutcome::Redeemed(_) => redeemed += 1,
-            RedeemOutcome::AlreadyUsed(_) => used += 1,
+        match task.await.expect("join") {
+            (r, Ok(ReserveOutcome::Reserved(_))) => winners.push(r),
+            (_, Ok(ReserveOutcome::Held { .. })) => held += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((redeemed, used), (1, 15));
+    assert_eq!((winners.len(), held), (1, 15));
+
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            let winner = winners[0].clone();
+            tokio::spawn(async move {
+                if i == 0 {
+                    s.commit_bootstrap_token("h1", &winner, t(1_101))
+                        .await
+                        .map(|ok| (ok, None))
+                } else {
+                    s.reserve_bootstrap_token("h1", &format!("late{i}"), t(1_101), t(1_161))
+                        .await
+                        .map(|o| (false, Some(o)))
+                }
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for task in tasks {
+        match task.await.expect("join").expect("store") {
+            (true, None) => committed += 1,
+            (false, Some(ReserveOutcome::Held { .. } | ReserveOutcome::Redeemed(_))) => {}
+            other => panic!("a racer took a held token: {other:?}"),
+        }
+    }
+    assert_eq!(committed, 1);
+    assert!(matches!(
+        reserve(&s, "h1", "after", 1_102).await,
+        ReserveOutcome::Redeemed(_)
+    ));
 }
 
 pub(super) async fn leases_round_trip(s: Arc<dyn Store>) {
@@ -545,11 +773,13 @@ pub(super) async fn concurrent_first_use_of_a_local_secret_agrees(s: Arc<dyn Sto
 macro_rules! cases {
     ($fresh:expr) => {
         cases!(@each $fresh;
-            bootstrap_token_redeems_once_then_reports_used,
+            bootstrap_token_is_reserved_then_committed_once,
+            a_released_token_can_be_reserved_again,
+            a_lapsed_reservation_is_taken_over,
             bootstrap_token_expires_at_its_expiry_second,
             a_duplicate_bootstrap_token_id_or_hash_is_refused,
             revoke_deletes_only_unredeemed_tokens,
-            a_raced_token_is_redeemed_exactly_once,
+            a_raced_token_is_reserved_exactly_once,
             leases_round_trip,
             a_lease_is_marked_revoked_once,
             expired_leases_by_backend_oldest_first,

@@ -383,6 +383,20 @@ impl InProcessBroker {
     /// Starts one; `extra_config` is appended to the config file (e.g. a `backends:`
     /// section). Returns the start error's text when the broker refuses to start.
     pub async fn start(policy: &str, extra_config: &str) -> Result<Self, String> {
+        Self::start_with_store(
+            policy,
+            extra_config,
+            Arc::new(lanyard_broker::store::memory::MemoryStore::new()),
+        )
+        .await
+    }
+
+    /// Like [`InProcessBroker::start`] on `store` (e.g. one that fails on demand).
+    pub async fn start_with_store(
+        policy: &str,
+        extra_config: &str,
+        store: Arc<dyn lanyard_broker::store::Store>,
+    ) -> Result<Self, String> {
         use lanyard::clock::Clock as _;
         let dir = tempfile::tempdir().expect("tmp");
         let policies = dir.path().join("policies");
@@ -400,14 +414,9 @@ impl InProcessBroker {
         let clock = Arc::new(lanyard::clock::ManualClock::new(
             lanyard::clock::SystemClock.now(),
         ));
-        let broker = Broker::with_store(
-            config,
-            clock.clone(),
-            Metrics::new(),
-            Arc::new(lanyard_broker::store::memory::MemoryStore::new()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let broker = Broker::with_store(config, clock.clone(), Metrics::new(), store)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Self { broker, clock, dir })
     }
 
@@ -442,19 +451,15 @@ pub fn k8s_pod(
     pod: &str,
 ) -> lanyard_broker::broker::Authenticated {
     use lanyard_broker::authn::{Identity, KubernetesIdentity};
-    lanyard_broker::broker::Authenticated {
-        identity: Identity {
-            issuer: "https://kubernetes.test".into(),
-            subject: format!("system:serviceaccount:{namespace}:{service_account}"),
-            kubernetes: Some(KubernetesIdentity {
-                namespace: namespace.into(),
-                service_account: service_account.into(),
-                pod_name: Some(pod.into()),
-                pod_uid: Some(format!("uid-{pod}")),
-            }),
-            bootstrap: None,
-        },
-        new_session: false,
-        session_started: None,
-    }
+    lanyard_broker::broker::Authenticated::new(Identity {
+        issuer: "https://kubernetes.test".into(),
+        subject: format!("system:serviceaccount:{namespace}:{service_account}"),
+        kubernetes: Some(KubernetesIdentity {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            pod_name: Some(pod.into()),
+            pod_uid: Some(format!("uid-{pod}")),
+        }),
+        bootstrap: None,
+    })
 }

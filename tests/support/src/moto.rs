@@ -42,6 +42,10 @@ struct ProxyState {
     calls: Mutex<Vec<StsCall>>,
     /// Calls still to refuse with `AccessDenied`, by action.
     refusals: Mutex<BTreeMap<String, usize>>,
+    /// Calls still to answer 503 `ServiceUnavailable`, by action.
+    outages: Mutex<BTreeMap<String, usize>>,
+    /// Calls still to hold before forwarding, by action, and for how long.
+    stalls: Mutex<BTreeMap<String, (usize, Duration)>>,
     client: reqwest::Client,
 }
 
@@ -65,6 +69,33 @@ fn access_denied(action: &str, params: &BTreeMap<String, String>, call: usize) -
         headers.insert("x-amzn-requestid", v);
     }
     resp
+}
+
+/// STS's answer when it cannot serve for now: HTTP 503 `ServiceUnavailable` in the Query
+/// API's error XML (a server fault, which clients retry).
+fn service_unavailable(call: usize) -> Response {
+    let request_id = format!("d7215dcf-b042-11e0-9265-{call:012x}");
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <Error>\n    \
+         <Type>Receiver</Type>\n    <Code>ServiceUnavailable</Code>\n    <Message>Service is \
+         unable to handle request.</Message>\n  </Error>\n  <RequestId>{request_id}</RequestId>\n\
+         </ErrorResponse>\n"
+    );
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/xml"));
+    resp
+}
+
+/// Takes one from the count of `action` in `map`, if any is left.
+fn take_one(map: &Mutex<BTreeMap<String, usize>>, action: &str) -> bool {
+    match map.lock().expect("fault map").get_mut(action) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A running moto server and its recording proxy. Both stop when dropped.
@@ -124,15 +155,21 @@ async fn forward(
             });
             calls.len()
         };
-        let refuse = match state.refusals.lock().expect("refusals").get_mut(action) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                true
-            }
-            _ => false,
-        };
-        if refuse {
+        if take_one(&state.refusals, action) {
             return access_denied(action, &params, call);
+        }
+        if take_one(&state.outages, action) {
+            return service_unavailable(call);
+        }
+        let stall = match state.stalls.lock().expect("stalls").get_mut(action) {
+            Some((left, pause)) if *left > 0 => {
+                *left -= 1;
+                Some(*pause)
+            }
+            _ => None,
+        };
+        if let Some(pause) = stall {
+            tokio::time::sleep(pause).await;
         }
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -195,6 +232,8 @@ impl MotoServer {
             upstream: moto_url.clone(),
             calls: Mutex::new(Vec::new()),
             refusals: Mutex::new(BTreeMap::new()),
+            outages: Mutex::new(BTreeMap::new()),
+            stalls: Mutex::new(BTreeMap::new()),
             client: reqwest::Client::new(),
         });
         // The proxy keeps its listener from bind to serve, so it has no such race.
@@ -239,6 +278,27 @@ impl MotoServer {
             .lock()
             .expect("refusals")
             .insert(action.to_owned(), calls);
+    }
+
+    /// Answers the next `calls` calls of `action` as STS does when it cannot serve for now:
+    /// 503 `ServiceUnavailable`, without reaching moto. The calls are still recorded. (The
+    /// broker's AWS SDK retries a 503 once, so one failed issuance takes two calls.)
+    pub fn unavailable_next(&self, action: &str, calls: usize) {
+        self.state
+            .outages
+            .lock()
+            .expect("outages")
+            .insert(action.to_owned(), calls);
+    }
+
+    /// Holds the next `calls` calls of `action` for `pause` before forwarding them (a slow
+    /// STS). The calls are recorded when they arrive.
+    pub fn stall_next(&self, action: &str, calls: usize, pause: Duration) {
+        self.state
+            .stalls
+            .lock()
+            .expect("stalls")
+            .insert(action.to_owned(), (calls, pause));
     }
 
     /// Stops moto (the proxy stays up and answers 502, as a dead upstream behind a load
