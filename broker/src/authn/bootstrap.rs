@@ -12,8 +12,9 @@
 //! 2. The broker issues.
 //! 3. [`Redemption::commit`] commits the redemption once everything was issued;
 //!    [`Redemption::release`] releases the reservation on any failure (policy, backend, store,
-//!    audit), and the token stays unused. A `Redemption` dropped before either — its request
-//!    was cancelled because the client went away — releases in a spawned task; when even that
+//!    audit), and the token stays unused. A `Redemption` dropped before either (a request
+//!    task dropped unsettled, e.g. at shutdown; a client that goes away does not cancel its
+//!    request, see `server::conn`) releases in a spawned task; when even that
 //!    cannot run (the broker crashed), the hold lapses after [`RESERVATION_HOLD`] and the
 //!    token can be reserved again.
 //!
