@@ -13,7 +13,9 @@ use crate::options::{Limits, Progress};
 use crate::report::{Finding, Location};
 use crate::rules::{Confidence, RuleDef, RuleSet, Severity, is_package_path, is_test_material};
 use crate::tar::{EntryKind, TarLimits, TarReader};
-use crate::util::{Compression, detect, looks_like_tar, normalize_path, read_full};
+use crate::util::{
+    Compression, DigestAlgorithm, detect, looks_like_tar, normalize_path, read_full,
+};
 
 /// A whiteout seen in a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,20 +161,22 @@ impl<R: Read> Read for Tripwire<R> {
     }
 }
 
-/// SHA-256 of everything read through it.
+/// The digest (under one algorithm) of everything read through it.
 pub(crate) struct Hashing<R> {
     inner: R,
+    alg: DigestAlgorithm,
     ctx: Option<aws_lc_rs::digest::Context>,
     result: Arc<Mutex<Option<String>>>,
 }
 
 impl<R> Hashing<R> {
-    pub(crate) fn new(inner: R) -> (Self, Arc<Mutex<Option<String>>>) {
+    pub(crate) fn new(inner: R, alg: DigestAlgorithm) -> (Self, Arc<Mutex<Option<String>>>) {
         let result = Arc::new(Mutex::new(None));
         (
             Hashing {
                 inner,
-                ctx: Some(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+                alg,
+                ctx: Some(aws_lc_rs::digest::Context::new(alg.provider())),
                 result: result.clone(),
             },
             result,
@@ -187,7 +191,7 @@ impl<R: Read> Read for Hashing<R> {
             if let Some(ctx) = self.ctx.take() {
                 let d = ctx.finish();
                 *self.result.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("sha256:{}", hex::encode(d.as_ref())));
+                    Some(format!("{}:{}", self.alg.name(), hex::encode(d.as_ref())));
             }
         } else if let Some(ctx) = &mut self.ctx {
             ctx.update(&buf[..n]);
@@ -324,9 +328,9 @@ pub(crate) struct LayerInfo {
     pub index: usize,
     pub digest: String,
     pub history_step: Option<usize>,
-    /// Expected SHA-256 of the raw blob (OCI descriptors, registry).
+    /// Expected digest (sha256 or sha512) of the raw blob (OCI descriptors, registry).
     pub verify_raw: Option<String>,
-    /// Expected SHA-256 of the decompressed tar (docker-archive diff_ids).
+    /// Expected digest of the decompressed tar (docker-archive diff_ids).
     pub verify_decoded: Option<String>,
 }
 
@@ -373,8 +377,23 @@ pub(crate) fn scan_layer<R: Read>(
         inner: blob,
         budget,
     };
-    let (raw, raw_digest) = Hashing::new(raw);
     let layer = format!("layer {} ({})", info.index, info.digest);
+    // The algorithm each expected digest names; one that names none is refused, never skipped.
+    let algorithm = |expected: &Option<String>| match expected {
+        None => Ok(DigestAlgorithm::Sha256),
+        Some(d) => DigestAlgorithm::of(d),
+    };
+    let (raw_alg, decoded_alg) =
+        match (algorithm(&info.verify_raw), algorithm(&info.verify_decoded)) {
+            (Ok(r), Ok(d)) => (r, d),
+            (Err(e), _) | (_, Err(e)) => {
+                ctx.out
+                    .incomplete
+                    .push(format!("{layer}: {e}: the layer cannot be verified"));
+                return ctx.out;
+            }
+        };
+    let (raw, raw_digest) = Hashing::new(raw, raw_alg);
     let (comp, decoded) = match decoder(raw) {
         Ok(d) => d,
         Err(e) => {
@@ -383,7 +402,7 @@ pub(crate) fn scan_layer<R: Read>(
         }
     };
     let _ = comp;
-    let (decoded, decoded_digest) = Hashing::new(decoded);
+    let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
     let counted = Counting {
         inner: decoded,
         budget,
@@ -1020,6 +1039,34 @@ mod tests {
             "{:?}",
             r.incomplete
         );
+    }
+
+    #[test]
+    fn sha512_layer_digests_are_verified_and_unknown_algorithms_refused() {
+        let tar = build_tar(&[("a", b'0', b"x")]);
+        let mut i = info(0);
+        i.verify_raw = Some(DigestAlgorithm::Sha512.digest(&tar));
+        i.verify_decoded = Some(DigestAlgorithm::Sha512.digest(&tar));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(r.incomplete.is_empty(), "{:?}", r.incomplete);
+        let mut other = tar.clone();
+        other[0] ^= 1;
+        i.verify_raw = Some(DigestAlgorithm::Sha512.digest(&other));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(
+            r.incomplete.len() == 1 && r.incomplete[0].contains("does not match its manifest"),
+            "{:?}",
+            r.incomplete
+        );
+        for bad in ["md5:900150983cd24fb0d6963f7d28e17f72", "sha512:abc"] {
+            i.verify_raw = Some(bad.into());
+            let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+            assert!(
+                r.incomplete.len() == 1 && r.incomplete[0].contains("cannot be verified"),
+                "{bad}: {:?}",
+                r.incomplete
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::manifest::{
 };
 use crate::options::{RegistryAuth, ScanOptions};
 use crate::plan::{PlannedImage, planned};
-use crate::util::sha256_digest;
+use crate::util::{sha256_digest, verify_digest};
 
 /// A registry repository to read blobs from, with the client that fetched its manifest.
 #[derive(Clone)]
@@ -173,14 +173,16 @@ pub(crate) async fn plan(
         .pull_manifest_raw(&reference, &a, ACCEPT)
         .await
         .map_err(|e| reg_err(&format!("fetching the manifest of {r}"), e))?;
-    let top_digest = sha256_digest(&bytes);
-    if let Some(d) = reference.digest()
-        && d != top_digest
-    {
-        return Err(ScanError::Registry(format!(
-            "the manifest of {r} has digest {top_digest}, not {d}"
-        )));
-    }
+    // Pinned by digest: verified under the digest's own algorithm (an unknown one is refused);
+    // by tag: the manifest is named by its SHA-256.
+    let top_digest = match reference.digest() {
+        Some(d) => {
+            verify_digest(d, &bytes)
+                .map_err(|e| ScanError::Registry(format!("the manifest of {r}: {e}")))?;
+            d.to_owned()
+        }
+        None => sha256_digest(&bytes),
+    };
     let names = reference
         .tag()
         .map(|t| vec![format!("{}:{t}", reference.repository())])
@@ -206,12 +208,8 @@ pub(crate) async fn plan(
                     .pull_manifest_raw(&child_ref, &a, ACCEPT)
                     .await
                     .map_err(|e| reg_err(&format!("fetching manifest {}", child.digest), e))?;
-                if sha256_digest(&cb) != child.digest {
-                    return Err(ScanError::Registry(format!(
-                        "manifest {} does not match its digest",
-                        child.digest
-                    )));
-                }
+                verify_digest(&child.digest, &cb)
+                    .map_err(|e| ScanError::Registry(format!("manifest {e}")))?;
                 match parse_manifest(&cb)
                     .map_err(|e| ScanError::BadSource(format!("{}: {e}", child.digest)))?
                 {
@@ -261,18 +259,20 @@ async fn image(
         .pull_blob(reference, config.digest.as_str(), &mut buf)
         .await
         .map_err(|e| reg_err(&format!("fetching config {}", config.digest), e))?;
-    if sha256_digest(&buf.0) != config.digest {
-        return Err(ScanError::Registry(format!(
-            "config {} does not match its digest",
-            config.digest
-        )));
-    }
+    verify_digest(&config.digest, &buf.0)
+        .map_err(|e| ScanError::Registry(format!("config {e}")))?;
     let layers = layers
         .iter()
         .enumerate()
         .map(|(i, l)| (l.digest.clone(), i, l.digest.clone(), l.size))
         .collect();
-    planned(digest, platform, names, layers, buf.0)
+    planned(
+        digest,
+        platform,
+        names,
+        layers,
+        (config.digest.clone(), buf.0),
+    )
 }
 
 /// An in-memory sink refusing more than the metadata bound.
