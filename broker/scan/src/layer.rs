@@ -49,6 +49,8 @@ pub(crate) struct Budget {
     pub compressed: AtomicU64,
     pub entries: AtomicU64,
     pub files: AtomicU64,
+    /// Findings kept so far (config and layers), against [`Limits::max_findings`].
+    pub findings: AtomicU64,
     pub exceeded: Mutex<Option<String>>,
     /// Set when the scan future is dropped or times out.
     pub cancel: Arc<AtomicBool>,
@@ -70,6 +72,7 @@ impl Budget {
             compressed: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             files: AtomicU64::new(0),
+            findings: AtomicU64::new(0),
             exceeded: Mutex::new(None),
             cancel,
             user_cancel,
@@ -667,7 +670,7 @@ impl LayerCtx<'_> {
                 let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
                 let f = self.file_finding(rule, value, path, line, test_material);
-                self.out.findings.push(f);
+                self.keep_finding(f)?;
                 file_findings += 1;
             }
             first = false;
@@ -697,8 +700,20 @@ impl LayerCtx<'_> {
         {
             let rule = self.rules.file_kinds[k].def.rule();
             let f = self.file_finding(&rule, &value, path, line, test_material);
-            self.out.findings.push(f);
+            self.keep_finding(f)?;
         }
+        Ok(())
+    }
+
+    /// Keeps a finding within the image's [`Limits::max_findings`]; past it, stops every
+    /// layer of the image (the reason becomes the layer's incomplete mark).
+    fn keep_finding(&mut self, f: Finding) -> io::Result<()> {
+        let max = self.budget.limits.max_findings;
+        let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > max {
+            return Err(self.budget.stop(max_findings_reason(max)));
+        }
+        self.out.findings.push(f);
         Ok(())
     }
 
@@ -734,6 +749,14 @@ impl LayerCtx<'_> {
     }
 }
 
+/// Why an image stopped at [`Limits::max_findings`].
+pub(crate) fn max_findings_reason(max: u64) -> String {
+    format!(
+        "more than {max} findings (limit max_findings): the rest of the image was not scanned; \
+         remove the secrets found, or raise the limit"
+    )
+}
+
 /// Scans one layer blob held in memory with small limits; returns the number of findings and
 /// of incomplete reasons. For fuzzing the layer reader (`fuzz/fuzz_targets/scan_layer.rs`).
 pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
@@ -743,6 +766,7 @@ pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
         max_path_bytes: 4096,
         max_file_scan_bytes: 16 << 20,
         max_nesting: 3,
+        max_findings: 10_000,
     };
     let budget = Budget::new(
         limits,

@@ -378,3 +378,135 @@ async fn a_docker_archive_diff_id_of_an_unknown_algorithm_is_never_skipped() {
         assert!(why.contains("cannot be verified"), "{diff_id}: {why}");
     }
 }
+
+#[tokio::test]
+async fn a_small_gzip_bomb_of_key_shaped_strings_stops_at_the_findings_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A small cap keeps the debug-build test fast; the default cap is the same code.
+    let max = 500;
+    let opts = ScanOptions {
+        limits: lanyard_scan::Limits {
+            max_findings: max,
+            ..lanyard_scan::Limits::default()
+        },
+        ..ScanOptions::default()
+    };
+    let lines = usize::try_from(max).expect("fits") * 20;
+    let body = "GITHUB_TOKEN=ghp_R8vXq2LmN4pT7wYz1aBcD3eF5gH6jK9sUvWx\n".repeat(lines);
+    // In a test directory every finding is informational (the verdict would be clean were the
+    // cap silent); in an app directory they count (dirty).
+    for (case, file, want) in [
+        ("info", "tests/keys.txt", Verdict::Incomplete),
+        ("counts", "app/keys.txt", Verdict::Dirty),
+    ] {
+        let case = dir.path().join(case);
+        let layer_dir = case.join("layer");
+        let path = layer_dir.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(&path, &body).expect("write");
+        let layer = case.join("layer.tar");
+        let top = file.split('/').next().expect("top");
+        let tar_ok = Command::new("tar")
+            .arg("-cf")
+            .arg(&layer)
+            .arg("-C")
+            .arg(&layer_dir)
+            .arg(top)
+            .status()
+            .expect("tar")
+            .success();
+        assert!(tar_ok);
+        let diff_id = sha256(&std::fs::read(&layer).expect("read"));
+        let gzip_ok = Command::new("gzip")
+            .arg("-9")
+            .arg(&layer)
+            .status()
+            .expect("gzip")
+            .success();
+        assert!(gzip_ok);
+        let gz = std::fs::read(case.join("layer.tar.gz")).expect("read");
+        assert!(gz.len() * 100 < body.len(), "a bomb: {} bytes", gz.len());
+        let m = manifest(&["layer.tar.gz"]);
+        let tar = docker_archive(
+            &case.join("archive"),
+            &[
+                ("manifest.json", m.as_bytes()),
+                ("config.json", config(&diff_id).as_bytes()),
+                ("layer.tar.gz", &gz),
+            ],
+            &[],
+        );
+        let r = scan(&Source::DockerArchive(tar), &opts)
+            .await
+            .expect("scans");
+        let img = &r.images[0];
+        assert_eq!(img.findings.len() as u64, max, "{file}");
+        assert_eq!(img.verdict, want, "{file}: {:?}", img.incomplete);
+        assert!(
+            img.incomplete
+                .iter()
+                .any(|i| i.contains("limit max_findings")),
+            "{file}: {:?}",
+            img.incomplete
+        );
+    }
+}
+
+#[tokio::test]
+async fn config_findings_count_against_the_cap_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = token_layer(dir.path());
+    let env: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "GITHUB_TOKEN_{i}=ghp_R8vXq2LmN4pT7wYz1aBcD3eF5gH6jK9sUvW{}",
+                i % 10
+            )
+        })
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": env},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        "history": [{"created_by": "COPY app /app"}],
+    })
+    .to_string();
+    let m = manifest(&["layer.tar"]);
+    let tar = docker_archive(
+        dir.path(),
+        &[
+            ("manifest.json", m.as_bytes()),
+            ("config.json", config.as_bytes()),
+            ("layer.tar", &layer),
+        ],
+        &[],
+    );
+    let opts = ScanOptions {
+        limits: lanyard_scan::Limits {
+            max_findings: 5,
+            ..lanyard_scan::Limits::default()
+        },
+        ..ScanOptions::default()
+    };
+    let r = scan(&Source::DockerArchive(tar), &opts)
+        .await
+        .expect("scans");
+    let img = &r.images[0];
+    assert_eq!(img.findings.len(), 5);
+    assert_eq!(img.verdict, Verdict::Dirty);
+    assert!(
+        img.incomplete
+            .iter()
+            .any(|i| i.starts_with("image config: more than 5 findings")),
+        "{:?}",
+        img.incomplete
+    );
+    assert!(
+        img.incomplete
+            .iter()
+            .any(|i| i.starts_with("layer 0") && i.contains("max_findings")),
+        "the layer stopped at its first finding: {:?}",
+        img.incomplete
+    );
+}
