@@ -203,6 +203,7 @@ pub(crate) async fn plan(
             for child in
                 select_platforms(&manifests, &opts.platform).map_err(ScanError::BadSource)?
             {
+                within_metadata_bound("manifest", child)?;
                 let child_ref = reference.clone_with_digest(child.digest.clone());
                 let (cb, _) = client
                     .pull_manifest_raw(&child_ref, &a, ACCEPT)
@@ -248,12 +249,7 @@ async fn image(
     config: &Descriptor,
     layers: &[Descriptor],
 ) -> Result<PlannedImage, ScanError> {
-    if config.size > MAX_METADATA_BYTES {
-        return Err(ScanError::BadSource(format!(
-            "config {} is {} bytes; refused",
-            config.digest, config.size
-        )));
-    }
+    within_metadata_bound("config", config)?;
     let mut buf = Bounded(Vec::new());
     client
         .pull_blob(reference, config.digest.as_str(), &mut buf)
@@ -273,6 +269,18 @@ async fn image(
         layers,
         (config.digest.clone(), buf.0),
     )
+}
+
+/// Refuses, before fetching it, a manifest or config whose descriptor says it is larger than
+/// [`MAX_METADATA_BYTES`] (the fetched bytes are then held to the descriptor by its digest).
+fn within_metadata_bound(what: &str, d: &Descriptor) -> Result<(), ScanError> {
+    if d.size > MAX_METADATA_BYTES {
+        return Err(ScanError::BadSource(format!(
+            "{what} {} is {} bytes; metadata over {MAX_METADATA_BYTES} bytes is refused",
+            d.digest, d.size
+        )));
+    }
+    Ok(())
 }
 
 /// An in-memory sink refusing more than the metadata bound.
@@ -352,6 +360,24 @@ mod tests {
             .await
             .expect("the pump stops when the reader is dropped");
         assert!(outcome.is_err(), "aborted, not finished");
+    }
+
+    #[test]
+    fn metadata_over_the_bound_is_refused_before_it_is_fetched() {
+        let d = |size| Descriptor {
+            media_type: String::new(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size,
+            platform: None,
+            annotations: Default::default(),
+        };
+        within_metadata_bound("manifest", &d(MAX_METADATA_BYTES)).expect("at the bound");
+        let e = within_metadata_bound("manifest", &d(MAX_METADATA_BYTES + 1))
+            .expect_err("over the bound");
+        assert!(
+            matches!(e, ScanError::BadSource(_)) && e.to_string().starts_with("manifest sha256:a"),
+            "{e}"
+        );
     }
 
     #[test]
