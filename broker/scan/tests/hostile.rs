@@ -510,3 +510,77 @@ async fn config_findings_count_against_the_cap_too() {
         img.incomplete
     );
 }
+
+/// A minimal HTTP server on loopback: answers every request with `response` and records each
+/// request's head.
+async fn http_stub(response: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            log.lock()
+                .expect("log")
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let _ = conn.write_all(response.as_bytes()).await;
+        }
+    });
+    (addr.to_string(), seen)
+}
+
+#[tokio::test]
+async fn registry_credentials_never_go_to_a_foreign_token_realm() {
+    // The "token service" a hostile registry names: on another host (`localhost`, not the
+    // registry's `127.0.0.1`). It must never see a request, let alone the credentials.
+    let (realm_addr, realm_seen) = http_stub(
+        "HTTP/1.1 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{\"token\":\"t\"}\r\n"
+            .into(),
+    )
+    .await;
+    let realm_port = realm_addr.rsplit_once(':').expect("port").1;
+    let challenge = format!(
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://localhost:{realm_port}/token\",service=\"s\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (registry, registry_seen) = http_stub(challenge).await;
+    let opts = ScanOptions {
+        insecure_loopback_registry: true,
+        auth: lanyard_scan::RegistryAuth::Basic {
+            username: "ci".into(),
+            password: lanyard::Secret::new("hunter2-registry-password"),
+        },
+        ..ScanOptions::default()
+    };
+    let e = scan(&Source::Registry(format!("{registry}/app:1")), &opts)
+        .await
+        .expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, ScanError::Registry(_)) && msg.contains("refused") && msg.contains("own host"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(
+        realm_seen.lock().expect("log").is_empty(),
+        "the foreign realm was called: {:?}",
+        realm_seen.lock().expect("log")
+    );
+    let asked = registry_seen.lock().expect("log").clone();
+    assert!(
+        asked
+            .iter()
+            .all(|h| !h.to_ascii_lowercase().contains("authorization:")),
+        "{asked:?}"
+    );
+}
