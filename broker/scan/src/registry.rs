@@ -1,7 +1,8 @@
 //! The registry client, through `oci-client`: authentication (basic credentials through the
-//! registry's token flow, or a bearer token as is), manifests and indexes fetched and checked
-//! against their digests, configs fetched under the metadata bound, and layer blobs streamed to
-//! the blocking layer readers ([`Remote::open_blob`]). Errors never carry credentials.
+//! registry's token flow — to a realm [`realm_allowed`] accepts only — or a bearer token as
+//! is), manifests and indexes fetched, bounded and checked against their digests, configs
+//! fetched under the metadata bound, and layer blobs streamed to the blocking layer readers
+//! ([`Remote::open_blob`]). Errors never carry credentials.
 
 use std::fmt;
 use std::io::{self, Read};
