@@ -145,9 +145,9 @@ struct ScanArgs {
     /// Use plain HTTP for a registry on a loopback address (127.0.0.1, ::1, localhost).
     #[arg(long)]
     insecure_registry: bool,
-    /// Give up after this long, e.g. 10m.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    /// Give up after this long, e.g. 30m (exit 2); `0` or `none` for no limit.
+    #[arg(long, value_parser = parse_scan_timeout, default_value = DEFAULT_SCAN_TIMEOUT)]
+    timeout: Duration,
     /// Layers scanned at once (default: CPUs, at most 4).
     #[arg(long, default_value_t = 0)]
     parallelism: usize,
@@ -286,6 +286,19 @@ enum AuditCommand {
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
+}
+
+/// `lanyard-broker scan --timeout` when not given: a hostile or stuck registry or archive
+/// cannot hold a scan (and a CI job) forever.
+const DEFAULT_SCAN_TIMEOUT: &str = "10m";
+
+/// A scan timeout: a duration, or `0`/`none` for none (read back as [`Duration::ZERO`]).
+fn parse_scan_timeout(s: &str) -> Result<Duration, String> {
+    if s == "0" || s.eq_ignore_ascii_case("none") {
+        Ok(Duration::ZERO)
+    } else {
+        parse_duration(s)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -699,7 +712,7 @@ async fn scan_report(args: &ScanArgs) -> Result<(lanyard_scan::Report, String), 
         platform,
         auth,
         insecure_loopback_registry: args.insecure_registry,
-        timeout: args.timeout,
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
         parallelism: args.parallelism,
         allowlist,
         progress: bar.clone().map(|b| b as Arc<dyn scan::Progress>),
@@ -787,5 +800,30 @@ async fn admin_call<T: serde::Serialize>(
             e.error.message
         )),
         Err(_) => Err(format!("broker answered {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_timeout(extra: &[&str]) -> Duration {
+        let args = ["lanyard-broker", "scan", "oci:/nowhere"]
+            .iter()
+            .chain(extra)
+            .map(std::ffi::OsString::from);
+        match Cli::try_parse_from(args).expect("parses").command {
+            Command::Scan(a) => a.timeout,
+            other => panic!("not scan: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scan_has_a_default_timeout_that_can_be_changed_or_disabled() {
+        assert_eq!(scan_timeout(&[]), Duration::from_secs(600));
+        assert_eq!(scan_timeout(&["--timeout", "90s"]), Duration::from_secs(90));
+        assert_eq!(scan_timeout(&["--timeout", "0"]), Duration::ZERO);
+        assert_eq!(scan_timeout(&["--timeout", "none"]), Duration::ZERO);
+        assert!(parse_scan_timeout("soon").is_err());
     }
 }

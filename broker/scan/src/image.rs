@@ -45,6 +45,16 @@ pub(crate) async fn scan_image(
     }
     let steps: Vec<Option<usize>> = img.layers.iter().map(|l| l.1.history_step).collect();
     let mut findings = config::scan_config(&img.config, rules, &steps);
+    let mut incomplete = Vec::new();
+    let max = opts.limits.max_findings;
+    if findings.len() as u64 > max {
+        // The layers then stop at their first finding: the budget is already spent.
+        findings.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        incomplete.push(format!("image config: {}", layer::max_findings_reason(max)));
+    }
+    budget
+        .findings
+        .store(findings.len() as u64, Ordering::Relaxed);
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.layer_parallelism().max(1)));
     let mut set = tokio::task::JoinSet::new();
     for (name, info, _) in img.layers.iter().cloned() {
@@ -89,7 +99,6 @@ pub(crate) async fn scan_image(
         return Err(ScanError::Cancelled);
     }
     let mut whiteouts = Vec::new();
-    let mut incomplete = Vec::new();
     let mut warnings = Vec::new();
     let mut file_findings = Vec::new();
     for r in results {

@@ -13,7 +13,9 @@ use crate::options::{Limits, Progress};
 use crate::report::{Finding, Location};
 use crate::rules::{Confidence, RuleDef, RuleSet, Severity, is_package_path, is_test_material};
 use crate::tar::{EntryKind, TarLimits, TarReader};
-use crate::util::{Compression, detect, looks_like_tar, normalize_path, read_full};
+use crate::util::{
+    Compression, DigestAlgorithm, detect, looks_like_tar, normalize_path, read_full,
+};
 
 /// A whiteout seen in a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub(crate) struct Budget {
     pub compressed: AtomicU64,
     pub entries: AtomicU64,
     pub files: AtomicU64,
+    /// Findings kept so far (config and layers), against [`Limits::max_findings`].
+    pub findings: AtomicU64,
     pub exceeded: Mutex<Option<String>>,
     /// Set when the scan future is dropped or times out.
     pub cancel: Arc<AtomicBool>,
@@ -68,6 +72,7 @@ impl Budget {
             compressed: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             files: AtomicU64::new(0),
+            findings: AtomicU64::new(0),
             exceeded: Mutex::new(None),
             cancel,
             user_cancel,
@@ -159,20 +164,22 @@ impl<R: Read> Read for Tripwire<R> {
     }
 }
 
-/// SHA-256 of everything read through it.
+/// The digest (under one algorithm) of everything read through it.
 pub(crate) struct Hashing<R> {
     inner: R,
+    alg: DigestAlgorithm,
     ctx: Option<aws_lc_rs::digest::Context>,
     result: Arc<Mutex<Option<String>>>,
 }
 
 impl<R> Hashing<R> {
-    pub(crate) fn new(inner: R) -> (Self, Arc<Mutex<Option<String>>>) {
+    pub(crate) fn new(inner: R, alg: DigestAlgorithm) -> (Self, Arc<Mutex<Option<String>>>) {
         let result = Arc::new(Mutex::new(None));
         (
             Hashing {
                 inner,
-                ctx: Some(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+                alg,
+                ctx: Some(aws_lc_rs::digest::Context::new(alg.provider())),
                 result: result.clone(),
             },
             result,
@@ -187,7 +194,7 @@ impl<R: Read> Read for Hashing<R> {
             if let Some(ctx) = self.ctx.take() {
                 let d = ctx.finish();
                 *self.result.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("sha256:{}", hex::encode(d.as_ref())));
+                    Some(format!("{}:{}", self.alg.name(), hex::encode(d.as_ref())));
             }
         } else if let Some(ctx) = &mut self.ctx {
             ctx.update(&buf[..n]);
@@ -324,9 +331,9 @@ pub(crate) struct LayerInfo {
     pub index: usize,
     pub digest: String,
     pub history_step: Option<usize>,
-    /// Expected SHA-256 of the raw blob (OCI descriptors, registry).
+    /// Expected digest (sha256 or sha512) of the raw blob (OCI descriptors, registry).
     pub verify_raw: Option<String>,
-    /// Expected SHA-256 of the decompressed tar (docker-archive diff_ids).
+    /// Expected digest of the decompressed tar (docker-archive diff_ids).
     pub verify_decoded: Option<String>,
 }
 
@@ -373,8 +380,23 @@ pub(crate) fn scan_layer<R: Read>(
         inner: blob,
         budget,
     };
-    let (raw, raw_digest) = Hashing::new(raw);
     let layer = format!("layer {} ({})", info.index, info.digest);
+    // The algorithm each expected digest names; one that names none is refused, never skipped.
+    let algorithm = |expected: &Option<String>| match expected {
+        None => Ok(DigestAlgorithm::Sha256),
+        Some(d) => DigestAlgorithm::of(d),
+    };
+    let (raw_alg, decoded_alg) =
+        match (algorithm(&info.verify_raw), algorithm(&info.verify_decoded)) {
+            (Ok(r), Ok(d)) => (r, d),
+            (Err(e), _) | (_, Err(e)) => {
+                ctx.out
+                    .incomplete
+                    .push(format!("{layer}: {e}: the layer cannot be verified"));
+                return ctx.out;
+            }
+        };
+    let (raw, raw_digest) = Hashing::new(raw, raw_alg);
     let (comp, decoded) = match decoder(raw) {
         Ok(d) => d,
         Err(e) => {
@@ -383,7 +405,7 @@ pub(crate) fn scan_layer<R: Read>(
         }
     };
     let _ = comp;
-    let (decoded, decoded_digest) = Hashing::new(decoded);
+    let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
     let counted = Counting {
         inner: decoded,
         budget,
@@ -648,7 +670,7 @@ impl LayerCtx<'_> {
                 let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
                 let f = self.file_finding(rule, value, path, line, test_material);
-                self.out.findings.push(f);
+                self.keep_finding(f)?;
                 file_findings += 1;
             }
             first = false;
@@ -678,8 +700,20 @@ impl LayerCtx<'_> {
         {
             let rule = self.rules.file_kinds[k].def.rule();
             let f = self.file_finding(&rule, &value, path, line, test_material);
-            self.out.findings.push(f);
+            self.keep_finding(f)?;
         }
+        Ok(())
+    }
+
+    /// Keeps a finding within the image's [`Limits::max_findings`]; past it, stops every
+    /// layer of the image (the reason becomes the layer's incomplete mark).
+    fn keep_finding(&mut self, f: Finding) -> io::Result<()> {
+        let max = self.budget.limits.max_findings;
+        let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > max {
+            return Err(self.budget.stop(max_findings_reason(max)));
+        }
+        self.out.findings.push(f);
         Ok(())
     }
 
@@ -715,6 +749,14 @@ impl LayerCtx<'_> {
     }
 }
 
+/// Why an image stopped at [`Limits::max_findings`].
+pub(crate) fn max_findings_reason(max: u64) -> String {
+    format!(
+        "more than {max} findings (limit max_findings): the rest of the image was not scanned; \
+         remove the secrets found, or raise the limit"
+    )
+}
+
 /// Scans one layer blob held in memory with small limits; returns the number of findings and
 /// of incomplete reasons. For fuzzing the layer reader (`fuzz/fuzz_targets/scan_layer.rs`).
 pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
@@ -724,6 +766,7 @@ pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
         max_path_bytes: 4096,
         max_file_scan_bytes: 16 << 20,
         max_nesting: 3,
+        max_findings: 10_000,
     };
     let budget = Budget::new(
         limits,
@@ -1020,6 +1063,34 @@ mod tests {
             "{:?}",
             r.incomplete
         );
+    }
+
+    #[test]
+    fn sha512_layer_digests_are_verified_and_unknown_algorithms_refused() {
+        let tar = build_tar(&[("a", b'0', b"x")]);
+        let mut i = info(0);
+        i.verify_raw = Some(DigestAlgorithm::Sha512.digest(&tar));
+        i.verify_decoded = Some(DigestAlgorithm::Sha512.digest(&tar));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(r.incomplete.is_empty(), "{:?}", r.incomplete);
+        let mut other = tar.clone();
+        other[0] ^= 1;
+        i.verify_raw = Some(DigestAlgorithm::Sha512.digest(&other));
+        let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+        assert!(
+            r.incomplete.len() == 1 && r.incomplete[0].contains("does not match its manifest"),
+            "{:?}",
+            r.incomplete
+        );
+        for bad in ["md5:900150983cd24fb0d6963f7d28e17f72", "sha512:abc"] {
+            i.verify_raw = Some(bad.into());
+            let r = scan_layer(&tar[..], &i, RuleSet::builtin(), &budget(Limits::default()));
+            assert!(
+                r.incomplete.len() == 1 && r.incomplete[0].contains("cannot be verified"),
+                "{bad}: {:?}",
+                r.incomplete
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - `image` (private): scanning one planned image — its config, then its layers in parallel on
 //!   blocking threads against one budget, from a local store or a registry — and the merge
 //!   into an [`ImageReport`].
-//! - `registry` (private): the registry client through `oci-client` — authentication,
-//!   manifests and configs checked against their digests, layer blobs streamed.
+//! - `registry` (private): the registry client through `oci-client` — authentication (the
+//!   token realm checked before credentials go to it), manifests and configs bounded and
+//!   checked against their digests, layer blobs streamed.
 //! - `plan` (private): from a local source or a fetched manifest to the images to scan;
 //!   docker-archive and OCI layout planning, layers attributed to history steps.
 //! - [`config`]: secrets in the image config — `Env`, labels, `history[].created_by`.
@@ -34,8 +35,8 @@
 //! - [`source`]: the [`Source`] forms and their parsing.
 //! - [`error`]: [`ScanError`], why a scan could not run at all.
 //! - [`tar`]: the bounded streaming tar reader.
-//! - [`util`]: leaf helpers — magic-byte detection, path normalisation, digests; it imports
-//!   nothing from the crate.
+//! - [`util`]: leaf helpers — magic-byte detection, path normalisation, digests (sha256 and
+//!   sha512 verified, others refused); it imports nothing from the crate.
 
 pub mod allow;
 pub mod config;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::options::PlatformChoice;
-use crate::util::valid_digest;
+use crate::util::DigestAlgorithm;
 
 /// Largest manifest, index, config or `manifest.json` accepted, in bytes.
 pub const MAX_METADATA_BYTES: u64 = 4 << 20;
@@ -102,14 +102,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         return Err("Docker schema 1 manifests are not supported (push the image again with a current tool)".into());
     }
     let check = |d: &Descriptor| {
-        if valid_digest(&d.digest) {
-            Ok(())
-        } else {
-            Err(format!(
-                "descriptor digest `{}` is not a valid sha256/sha512 digest",
-                d.digest.chars().take(80).collect::<String>()
-            ))
-        }
+        DigestAlgorithm::of(&d.digest)
+            .map(|_| ())
+            .map_err(|e| format!("descriptor {e}"))
     };
     if let Some(manifests) = raw.manifests {
         manifests.iter().try_for_each(check)?;

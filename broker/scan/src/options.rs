@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_file_scan_bytes: u64,
     /// Archives inside archives opened (a `.tar.gz` in a layer is depth 1).
     pub max_nesting: u32,
+    /// Findings kept per image, config and layers together. The next one stops the image's
+    /// scan and makes it incomplete (never clean): a small gzip bomb full of key-shaped
+    /// strings must not fill memory within the byte budget.
+    pub max_findings: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +38,7 @@ impl Default for Limits {
             max_path_bytes: 4096,
             max_file_scan_bytes: 1 << 30,
             max_nesting: 3,
+            max_findings: 10_000,
         }
     }
 }

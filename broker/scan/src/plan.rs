@@ -14,7 +14,7 @@ use crate::manifest::{
 use crate::options::PlatformChoice;
 use crate::source::Source;
 use crate::store::{Store, TarIndex};
-use crate::util::{sha256_digest, valid_digest};
+use crate::util::{sha256_digest, verify_digest};
 
 /// An image ready to scan: what its report will name it, its parsed config, and its layers.
 #[derive(Debug)]
@@ -105,7 +105,9 @@ fn plan_docker_archive(store: &Store) -> Result<Vec<PlannedImage>, ScanError> {
                         digest: diff_id.clone(),
                         history_step: steps[i],
                         verify_raw: None,
-                        verify_decoded: valid_digest(&diff_id).then_some(diff_id),
+                        // Always checked: a diff_id that is not a supported digest makes the
+                        // layer incomplete, never unverified.
+                        verify_decoded: Some(diff_id),
                     },
                     size,
                 )
@@ -177,11 +179,7 @@ fn plan_oci(
     };
     let fetch = |digest: &str| -> Result<Vec<u8>, ScanError> {
         let bytes = store.read_small(&Store::blob_path(digest)?)?;
-        if sha256_digest(&bytes) != digest && digest.starts_with("sha256:") {
-            return Err(ScanError::BadSource(format!(
-                "blob {digest} does not match its digest"
-            )));
-        }
+        verify_digest(digest, &bytes).map_err(|e| ScanError::BadSource(format!("blob {e}")))?;
         Ok(bytes)
     };
     let mut out = Vec::new();
@@ -192,19 +190,13 @@ fn plan_oci(
             &d,
             platform,
             0,
-            &mut |digest, platform, m, config_bytes| {
+            &mut |digest, platform, m, config| {
                 let layers = m
                     .iter()
                     .enumerate()
                     .map(|(i, l)| Ok((Store::blob_path(&l.digest)?, i, l.digest.clone(), l.size)))
                     .collect::<Result<Vec<_>, ScanError>>()?;
-                out.push(planned(
-                    digest,
-                    platform,
-                    names.clone(),
-                    layers,
-                    config_bytes,
-                )?);
+                out.push(planned(digest, platform, names.clone(), layers, config)?);
                 Ok(())
             },
         )?;
@@ -212,8 +204,9 @@ fn plan_oci(
     Ok(out)
 }
 
-type Found<'a> =
-    dyn FnMut(String, Option<String>, &[Descriptor], Vec<u8>) -> Result<(), ScanError> + 'a;
+/// An image found: its manifest digest, platform, layers and (config digest, config bytes).
+type Found<'a> = dyn FnMut(String, Option<String>, &[Descriptor], (String, Vec<u8>)) -> Result<(), ScanError>
+    + 'a;
 
 /// Follows a descriptor (index → image manifests) and reports each image.
 fn resolve_oci(
@@ -242,22 +235,22 @@ fn resolve_oci(
                 d.digest.clone(),
                 d.platform.as_ref().map(Platform::name),
                 &layers,
-                config_bytes,
+                (config.digest, config_bytes),
             )
         }
     }
 }
 
 /// An image of a manifest (OCI layout or registry): parses its config and maps each layer to
-/// the history step that made it. `layers` are (blob name, index, digest, size).
+/// the history step that made it. `layers` are (blob name, index, digest, size); `config` is
+/// the config's descriptor digest (already verified against the bytes) and its bytes.
 pub(crate) fn planned(
     digest: String,
     platform: Option<String>,
     names: Vec<String>,
     layers: Vec<(String, usize, String, u64)>,
-    config_bytes: Vec<u8>,
+    (config_digest, config_bytes): (String, Vec<u8>),
 ) -> Result<PlannedImage, ScanError> {
-    let config_digest = sha256_digest(&config_bytes);
     let config = parse_config(&config_bytes)
         .map_err(|e| ScanError::BadSource(format!("image {digest}: {e}")))?;
     let steps = layer_history_steps(&config.history, layers.len());
@@ -305,7 +298,7 @@ mod tests {
             None,
             vec!["app:1".into()],
             vec![layer(0, 'a'), layer(1, 'b')],
-            config.to_vec(),
+            (sha256_digest(config), config.to_vec()),
         )
         .expect("valid config");
         assert_eq!(img.config_digest, sha256_digest(config));
@@ -344,7 +337,7 @@ mod tests {
             Some("linux/amd64".into()),
             vec![],
             vec![],
-            config.to_vec(),
+            ("sha512:c".into(), config.to_vec()),
         )
         .expect("valid config");
         assert_eq!(
@@ -352,8 +345,15 @@ mod tests {
             Some("linux/amd64"),
             "the index's wins"
         );
-        let e =
-            planned("sha256:m".into(), None, vec![], vec![], b"{".to_vec()).expect_err("not JSON");
+        assert_eq!(given.config_digest, "sha512:c", "the descriptor's digest");
+        let e = planned(
+            "sha256:m".into(),
+            None,
+            vec![],
+            vec![],
+            ("sha256:c".into(), b"{".to_vec()),
+        )
+        .expect_err("not JSON");
         assert!(e.to_string().contains("image sha256:m"), "{e}");
     }
 }

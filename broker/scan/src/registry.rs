@@ -1,7 +1,8 @@
 //! The registry client, through `oci-client`: authentication (basic credentials through the
-//! registry's token flow, or a bearer token as is), manifests and indexes fetched and checked
-//! against their digests, configs fetched under the metadata bound, and layer blobs streamed to
-//! the blocking layer readers ([`Remote::open_blob`]). Errors never carry credentials.
+//! registry's token flow — to a realm [`realm_allowed`] accepts only — or a bearer token as
+//! is), manifests and indexes fetched, bounded and checked against their digests, configs
+//! fetched under the metadata bound, and layer blobs streamed to the blocking layer readers
+//! ([`Remote::open_blob`]). Errors never carry credentials.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -14,7 +15,7 @@ use crate::manifest::{
 };
 use crate::options::{RegistryAuth, ScanOptions};
 use crate::plan::{PlannedImage, planned};
-use crate::util::sha256_digest;
+use crate::util::{sha256_digest, verify_digest};
 
 /// A registry repository to read blobs from, with the client that fetched its manifest.
 #[derive(Clone)]
@@ -90,21 +91,120 @@ const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-fn is_loopback(host: &str) -> bool {
+/// The host of `host[:port]` (IPv6 brackets removed), lowercased.
+fn host_only(host: &str) -> String {
     let h = host
         .rsplit_once(':')
         .map(|(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
+            if p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) {
                 h
             } else {
                 host
             }
         })
         .unwrap_or(host);
-    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host_only(host);
     h == "localhost"
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Registries whose token service is on another host, as (registry, token service) pairs. Any
+/// other registry may send credentials only to its own host.
+pub(crate) const KNOWN_TOKEN_REALMS: &[(&str, &str)] = &[
+    ("index.docker.io", "auth.docker.io"),
+    ("registry-1.docker.io", "auth.docker.io"),
+    ("docker.io", "auth.docker.io"),
+    ("registry.gitlab.com", "gitlab.com"),
+];
+
+/// May the registry `registry` (`host[:port]`) have our credentials sent to `realm`, the URL of
+/// its Bearer challenge? Only over HTTPS (plain HTTP only to a loopback realm of a loopback
+/// registry under `--insecure-registry`), without user info in the URL, and to the registry's
+/// own host or its token service in [`KNOWN_TOKEN_REALMS`]. Pure.
+pub(crate) fn realm_allowed(
+    registry: &str,
+    realm: &str,
+    insecure_loopback: bool,
+) -> Result<(), String> {
+    let shown: String = realm.chars().take(200).collect();
+    let url = url::Url::parse(realm)
+        .map_err(|e| format!("its token realm `{shown}` is not a URL: {e}"))?;
+    let realm_host = url.host_str().map(host_only).unwrap_or_default();
+    let registry_host = host_only(registry);
+    let refuse = |why: &str| {
+        Err(format!(
+            "{registry} asks for credentials to be sent to `{shown}`; refused: {why}"
+        ))
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse("the realm URL carries user info");
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure_loopback && is_loopback(registry) && is_loopback(&realm_host) => {}
+        _ => return refuse("the token realm must be https"),
+    }
+    if realm_host == registry_host
+        || KNOWN_TOKEN_REALMS
+            .iter()
+            .any(|(r, a)| *r == registry_host && *a == realm_host)
+    {
+        Ok(())
+    } else {
+        refuse(
+            "the token realm must be on the registry's own host (or a known registry/token-service pair)",
+        )
+    }
+}
+
+/// The realm of the first Bearer challenge with one, as oci-client picks it.
+fn bearer_realm(header: &str) -> Option<String> {
+    http_auth::parser::ChallengeParser::new(header)
+        .filter_map(Result::ok)
+        .filter(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
+        .find_map(|c| {
+            c.params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("realm"))
+                .map(|(_, v)| v.to_unescaped())
+        })
+}
+
+/// Before oci-client sends basic credentials to the registry's token realm, asks the registry
+/// for its challenge (no redirects followed) and refuses a realm [`realm_allowed`] refuses.
+/// oci-client asks again itself (it has no hook for the realm): a registry that answers this
+/// probe and oci-client differently could still direct the credentials elsewhere — but such a
+/// registry gets them anyway, by asking for HTTP basic authentication on its own host.
+async fn check_token_realm(host: &str, insecure_loopback: bool) -> Result<(), ScanError> {
+    let scheme = if insecure_loopback { "http" } else { "https" };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| ScanError::Internal(format!("HTTP client: {e}")))?;
+    let res = http
+        .get(format!("{scheme}://{host}/v2/"))
+        .send()
+        .await
+        .map_err(|e| reg_err(&format!("asking {host} how to authenticate"), e))?;
+    let realm = res
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(bearer_realm);
+    match realm {
+        // No Bearer challenge: basic credentials go to the registry itself.
+        None => Ok(()),
+        Some(realm) => realm_allowed(host, &realm, insecure_loopback).map_err(ScanError::Registry),
+    }
 }
 
 fn auth(a: &RegistryAuth) -> oci_client::secrets::RegistryAuth {
@@ -152,6 +252,7 @@ pub(crate) async fn plan(
     }));
     let a = auth(&opts.auth);
     if let RegistryAuth::Basic { username, .. } = &opts.auth {
+        check_token_realm(&host, opts.insecure_loopback_registry).await?;
         // Authenticate first: on a refusal oci-client would fall back to an anonymous
         // pull and report only "not authorized" for the manifest.
         match client
@@ -173,14 +274,16 @@ pub(crate) async fn plan(
         .pull_manifest_raw(&reference, &a, ACCEPT)
         .await
         .map_err(|e| reg_err(&format!("fetching the manifest of {r}"), e))?;
-    let top_digest = sha256_digest(&bytes);
-    if let Some(d) = reference.digest()
-        && d != top_digest
-    {
-        return Err(ScanError::Registry(format!(
-            "the manifest of {r} has digest {top_digest}, not {d}"
-        )));
-    }
+    // Pinned by digest: verified under the digest's own algorithm (an unknown one is refused);
+    // by tag: the manifest is named by its SHA-256.
+    let top_digest = match reference.digest() {
+        Some(d) => {
+            verify_digest(d, &bytes)
+                .map_err(|e| ScanError::Registry(format!("the manifest of {r}: {e}")))?;
+            d.to_owned()
+        }
+        None => sha256_digest(&bytes),
+    };
     let names = reference
         .tag()
         .map(|t| vec![format!("{}:{t}", reference.repository())])
@@ -201,17 +304,14 @@ pub(crate) async fn plan(
             for child in
                 select_platforms(&manifests, &opts.platform).map_err(ScanError::BadSource)?
             {
+                within_metadata_bound("manifest", child)?;
                 let child_ref = reference.clone_with_digest(child.digest.clone());
                 let (cb, _) = client
                     .pull_manifest_raw(&child_ref, &a, ACCEPT)
                     .await
                     .map_err(|e| reg_err(&format!("fetching manifest {}", child.digest), e))?;
-                if sha256_digest(&cb) != child.digest {
-                    return Err(ScanError::Registry(format!(
-                        "manifest {} does not match its digest",
-                        child.digest
-                    )));
-                }
+                verify_digest(&child.digest, &cb)
+                    .map_err(|e| ScanError::Registry(format!("manifest {e}")))?;
                 match parse_manifest(&cb)
                     .map_err(|e| ScanError::BadSource(format!("{}: {e}", child.digest)))?
                 {
@@ -250,29 +350,38 @@ async fn image(
     config: &Descriptor,
     layers: &[Descriptor],
 ) -> Result<PlannedImage, ScanError> {
-    if config.size > MAX_METADATA_BYTES {
-        return Err(ScanError::BadSource(format!(
-            "config {} is {} bytes; refused",
-            config.digest, config.size
-        )));
-    }
+    within_metadata_bound("config", config)?;
     let mut buf = Bounded(Vec::new());
     client
         .pull_blob(reference, config.digest.as_str(), &mut buf)
         .await
         .map_err(|e| reg_err(&format!("fetching config {}", config.digest), e))?;
-    if sha256_digest(&buf.0) != config.digest {
-        return Err(ScanError::Registry(format!(
-            "config {} does not match its digest",
-            config.digest
-        )));
-    }
+    verify_digest(&config.digest, &buf.0)
+        .map_err(|e| ScanError::Registry(format!("config {e}")))?;
     let layers = layers
         .iter()
         .enumerate()
         .map(|(i, l)| (l.digest.clone(), i, l.digest.clone(), l.size))
         .collect();
-    planned(digest, platform, names, layers, buf.0)
+    planned(
+        digest,
+        platform,
+        names,
+        layers,
+        (config.digest.clone(), buf.0),
+    )
+}
+
+/// Refuses, before fetching it, a manifest or config whose descriptor says it is larger than
+/// [`MAX_METADATA_BYTES`] (the fetched bytes are then held to the descriptor by its digest).
+fn within_metadata_bound(what: &str, d: &Descriptor) -> Result<(), ScanError> {
+    if d.size > MAX_METADATA_BYTES {
+        return Err(ScanError::BadSource(format!(
+            "{what} {} is {} bytes; metadata over {MAX_METADATA_BYTES} bytes is refused",
+            d.digest, d.size
+        )));
+    }
+    Ok(())
 }
 
 /// An in-memory sink refusing more than the metadata bound.
@@ -352,6 +461,92 @@ mod tests {
             .await
             .expect("the pump stops when the reader is dropped");
         assert!(outcome.is_err(), "aborted, not finished");
+    }
+
+    #[test]
+    fn metadata_over_the_bound_is_refused_before_it_is_fetched() {
+        let d = |size| Descriptor {
+            media_type: String::new(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size,
+            platform: None,
+            annotations: Default::default(),
+        };
+        within_metadata_bound("manifest", &d(MAX_METADATA_BYTES)).expect("at the bound");
+        let e = within_metadata_bound("manifest", &d(MAX_METADATA_BYTES + 1))
+            .expect_err("over the bound");
+        assert!(
+            matches!(e, ScanError::BadSource(_)) && e.to_string().starts_with("manifest sha256:a"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn credentials_go_only_to_an_https_realm_on_the_registry_or_a_known_token_service() {
+        let ok = |reg: &str, realm: &str, insecure: bool| realm_allowed(reg, realm, insecure);
+        ok("ghcr.io", "https://ghcr.io/token", false).expect("own host");
+        ok("quay.io:443", "https://QUAY.io/v2/auth", false).expect("own host, case, port");
+        ok("index.docker.io", "https://auth.docker.io/token", false).expect("docker hub");
+        ok(
+            "registry-1.docker.io",
+            "https://auth.docker.io/token",
+            false,
+        )
+        .expect("docker hub");
+        ok("127.0.0.1:5000", "http://127.0.0.1:5001/token", true).expect("loopback test");
+        ok("[::1]:5000", "http://[::1]:5001/token", true).expect("loopback v6");
+        for (reg, realm, insecure, why) in [
+            ("ghcr.io", "http://ghcr.io/token", false, "must be https"),
+            (
+                "127.0.0.1:5000",
+                "http://127.0.0.1:5001/token",
+                false,
+                "must be https",
+            ),
+            (
+                "127.0.0.1:5000",
+                "http://10.0.0.1/token",
+                true,
+                "must be https",
+            ),
+            ("ghcr.io", "https://evil.example/token", false, "own host"),
+            ("ghcr.io", "https://auth.docker.io/token", false, "own host"),
+            (
+                "127.0.0.1:5000",
+                "https://localhost/token",
+                true,
+                "own host",
+            ),
+            (
+                "evil.example",
+                "https://evil.example.auth.docker.io/",
+                false,
+                "own host",
+            ),
+            ("ghcr.io", "https://u:p@ghcr.io/token", false, "user info"),
+            ("ghcr.io", "/token", false, "not a URL"),
+            ("ghcr.io", "file:///etc/passwd", false, "must be https"),
+        ] {
+            let e = ok(reg, realm, insecure).expect_err(realm);
+            assert!(e.contains(why), "{reg} {realm}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_realm_is_read_from_the_first_bearer_challenge_with_one() {
+        assert_eq!(
+            bearer_realm(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#
+            )
+            .as_deref(),
+            Some("https://auth.docker.io/token")
+        );
+        assert_eq!(
+            bearer_realm(r#"Basic realm="x", Bearer service="s", Bearer realm="https://a/t""#)
+                .as_deref(),
+            Some("https://a/t")
+        );
+        assert_eq!(bearer_realm(r#"Basic realm="registry""#), None);
     }
 
     #[test]
