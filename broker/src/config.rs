@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Smallest allowed JWT leeway cap, in seconds: leeways above this are refused.
+/// Largest JWT leeway accepted, in seconds: leeways above this are refused.
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// Smallest `min_refresh_interval_seconds` accepted: each token naming an unknown `kid` may
+/// trigger a JWKS fetch, so without a floor anyone could make the broker fetch without pause.
+pub const MIN_JWKS_REFRESH_FLOOR_SECONDS: u64 = 5;
 
 /// Top-level configuration keys (the only `LANYARD_<KEY>` variables that override the file).
 pub const CONFIG_KEYS: &[&str] = &[
@@ -147,7 +151,8 @@ pub struct IssuerConfig {
     /// Background JWKS refresh period.
     #[serde(default = "default_jwks_refresh")]
     pub refresh_interval_seconds: u64,
-    /// Minimum gap between refreshes triggered by an unknown `kid`.
+    /// Minimum gap between refreshes triggered by an unknown `kid`, at least
+    /// [`MIN_JWKS_REFRESH_FLOOR_SECONDS`].
     #[serde(default = "default_jwks_min_refresh")]
     pub min_refresh_interval_seconds: u64,
 }
@@ -829,6 +834,14 @@ impl BrokerConfig {
                     iss.leeway_seconds
                 ));
             }
+            if iss.min_refresh_interval_seconds < MIN_JWKS_REFRESH_FLOOR_SECONDS {
+                return Err(format!(
+                    "field `issuers[{i}].min_refresh_interval_seconds`: {} is below the minimum \
+                     {MIN_JWKS_REFRESH_FLOOR_SECONDS} (a token with an unknown `kid` may trigger \
+                     one JWKS fetch per interval); raise it",
+                    iss.min_refresh_interval_seconds
+                ));
+            }
             if iss.audiences.is_empty() {
                 return Err(format!(
                     "field `issuers[{i}].audiences`: list at least one audience for `{}`",
@@ -1156,6 +1169,35 @@ mod tests {
             .expect_err("missing file")
             .to_string();
         assert!(msg.contains("nope.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn the_unknown_kid_refresh_interval_has_a_floor() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |secs: Option<u64>| {
+            let extra = secs.map_or(String::new(), |s| {
+                format!("    min_refresh_interval_seconds: {s}\n")
+            });
+            let file = write(
+                dir.path(),
+                "r.yaml",
+                &format!(
+                    "{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [lanyard]\n{extra}"
+                ),
+            );
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load(None).expect("the default passes");
+        assert!(cfg.issuers[0].min_refresh_interval_seconds >= MIN_JWKS_REFRESH_FLOOR_SECONDS);
+        load(Some(MIN_JWKS_REFRESH_FLOOR_SECONDS)).expect("the floor itself");
+        for secs in [0, MIN_JWKS_REFRESH_FLOOR_SECONDS - 1] {
+            let msg = load(Some(secs)).expect_err("below the floor");
+            assert!(
+                msg.contains("issuers[0].min_refresh_interval_seconds")
+                    && msg.contains(&format!("minimum {MIN_JWKS_REFRESH_FLOOR_SECONDS}")),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
