@@ -40,7 +40,8 @@ pub struct Cli {
     command: Command,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanyard_broker=debug`. At
     /// `info` the broker logs start-up, reloads, refusals and errors; each issuance is in the
-    /// audit log, and in this log only at `debug`.
+    /// audit log, and in this log only at `debug`. rustls's warnings about malformed SNI
+    /// (e.g. an IP address sent as SNI) are hidden unless the filter names `rustls`.
     #[arg(long, global = true, env = "LANYARD_LOG", default_value = "info")]
     log: String,
     /// Log format on stderr.
@@ -325,6 +326,28 @@ fn parse_time(flag: &str, s: &Option<String>) -> Result<Option<std::time::System
     }
 }
 
+/// Added to the log filter unless it names `rustls` itself: rustls logs a `WARN` from this
+/// module for every client that sends an IP address as SNI (common, e.g. `curl
+/// https://10.0.0.5`, and harmless: the name is ignored), or an otherwise malformed SNI. The
+/// only other warning of this module (rustls 0.23) is client-side, for a server sending a
+/// meaningless `CertificateRequest`, equally harmless; handshake failures and alerts (other
+/// modules) keep their level. `EnvFilter` cannot filter one message, so the
+/// module is raised to `error`; `LANYARD_LOG=info,rustls=debug` shows them again.
+pub const RUSTLS_SNI_DIRECTIVE: &str = "rustls::msgs::handshake=error";
+
+/// The log filter used for `user` (the `--log` value): `user` plus
+/// [`RUSTLS_SNI_DIRECTIVE`] when `user` does not mention `rustls`.
+pub fn log_filter(user: &str) -> String {
+    let user = user.trim();
+    if user.contains("rustls") {
+        user.to_owned()
+    } else if user.is_empty() {
+        RUSTLS_SNI_DIRECTIVE.to_owned()
+    } else {
+        format!("{user},{RUSTLS_SNI_DIRECTIVE}")
+    }
+}
+
 /// Logs go to stderr through a writer thread (`tracing-appender`), so a request never waits
 /// for a `write` to stderr: the thread writes whatever lines queued up in one go. Nothing is
 /// dropped (a full queue makes the logging thread wait, as a blocking stderr would). Colour
@@ -334,8 +357,8 @@ pub fn init_tracing(
     format: LogFormat,
 ) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter("info")));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("lanyard-log")
@@ -816,6 +839,43 @@ mod tests {
             Command::Scan(a) => a.timeout,
             other => panic!("not scan: {other:?}"),
         }
+    }
+
+    /// Whether the filter built from `user` lets through a `WARN` event of `target`.
+    fn warns(user: &str, target: &str) -> bool {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let filter = tracing_subscriber::EnvFilter::try_new(log_filter(user)).expect("valid");
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || match target {
+            "rustls::msgs::handshake" => {
+                tracing::event_enabled!(target: "rustls::msgs::handshake", tracing::Level::WARN)
+            }
+            "rustls::conn" => tracing::event_enabled!(target: "rustls::conn", tracing::Level::WARN),
+            "lanyard_broker::server" => {
+                tracing::event_enabled!(target: "lanyard_broker::server", tracing::Level::WARN)
+            }
+            other => panic!("no callsite for {other}"),
+        })
+    }
+
+    #[test]
+    fn rustls_sni_warnings_are_hidden_unless_rustls_is_named() {
+        assert_eq!(log_filter("info"), format!("info,{RUSTLS_SNI_DIRECTIVE}"));
+        assert_eq!(log_filter(""), RUSTLS_SNI_DIRECTIVE);
+        assert_eq!(log_filter("info,rustls=debug"), "info,rustls=debug");
+        for user in ["info", "debug", "warn,lanyard_broker=debug"] {
+            assert!(!warns(user, "rustls::msgs::handshake"), "{user}");
+            assert!(
+                warns(user, "rustls::conn"),
+                "other rustls warnings stay: {user}"
+            );
+            assert!(warns(user, "lanyard_broker::server"), "{user}");
+        }
+        assert!(warns("info,rustls=debug", "rustls::msgs::handshake"));
+        assert!(warns(
+            "rustls::msgs::handshake=warn",
+            "rustls::msgs::handshake"
+        ));
     }
 
     #[test]

@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Smallest allowed JWT leeway cap, in seconds: leeways above this are refused.
+/// Largest JWT leeway accepted, in seconds: leeways above this are refused.
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// Smallest `min_refresh_interval_seconds` accepted: each token naming an unknown `kid` may
+/// trigger a JWKS fetch, so without a floor anyone could make the broker fetch without pause.
+pub const MIN_JWKS_REFRESH_FLOOR_SECONDS: u64 = 5;
 
 /// Top-level configuration keys (the only `LANYARD_<KEY>` variables that override the file).
 pub const CONFIG_KEYS: &[&str] = &[
@@ -147,7 +151,8 @@ pub struct IssuerConfig {
     /// Background JWKS refresh period.
     #[serde(default = "default_jwks_refresh")]
     pub refresh_interval_seconds: u64,
-    /// Minimum gap between refreshes triggered by an unknown `kid`.
+    /// Minimum gap between refreshes triggered by an unknown `kid`, at least
+    /// [`MIN_JWKS_REFRESH_FLOOR_SECONDS`].
     #[serde(default = "default_jwks_min_refresh")]
     pub min_refresh_interval_seconds: u64,
 }
@@ -548,6 +553,10 @@ pub struct AwsStsConfig {
     /// STS endpoint override (a regional or VPC endpoint; tests point it at moto).
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// Accept a plain `http://` `endpoint_url` to a non-loopback host (credentials would
+    /// cross the network unencrypted). Plain http to loopback is always accepted.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Prefix of every `RoleSessionName` (`<prefix>-<role>`).
     #[serde(default = "default_session_prefix")]
     pub role_session_prefix: String,
@@ -619,6 +628,10 @@ pub enum VaultAuth {
 pub struct VaultConfig {
     /// Vault's address, e.g. `https://vault.vault.svc:8200`.
     pub address: String,
+    /// Accept a plain `http://` `address` to a non-loopback host (tokens and secrets would
+    /// cross the network unencrypted). Plain http to loopback is always accepted.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// CA bundle (PEM) for Vault's certificate, in addition to the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -692,6 +705,46 @@ fn default_k8s_mount() -> String {
 }
 fn default_k8s_jwt_file() -> PathBuf {
     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+/// Checks the URL of an upstream (`field` names it, `section` is its backend's section):
+/// `https`, or plain `http` to a loopback host (127.0.0.0/8, ::1, `localhost`), or plain
+/// `http` to any host when the section sets `allow_insecure_http`. The error names the host,
+/// never the whole URL (which could carry user info).
+fn check_upstream_url(
+    section: &str,
+    field: &str,
+    url: &str,
+    allow_insecure_http: bool,
+) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("field `{section}.{field}`: not a valid URL ({e})"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback_host(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "field `{section}.{field}`: plain http to the non-loopback host `{}` would send \
+             credentials unencrypted; use https, or set `{section}.allow_insecure_http: true` \
+             if that network is trusted (plain http is always allowed to 127.0.0.0/8, ::1 and \
+             localhost)",
+            parsed.host_str().unwrap_or("")
+        )),
+        other => Err(format!(
+            "field `{section}.{field}`: scheme `{other}` is not http(s)"
+        )),
+    }
+}
+
+/// Whether `url`'s host is a loopback address or `localhost`.
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 fn check_limits(field: &str, l: &UpstreamLimits) -> Result<(), String> {
@@ -829,6 +882,14 @@ impl BrokerConfig {
                     iss.leeway_seconds
                 ));
             }
+            if iss.min_refresh_interval_seconds < MIN_JWKS_REFRESH_FLOOR_SECONDS {
+                return Err(format!(
+                    "field `issuers[{i}].min_refresh_interval_seconds`: {} is below the minimum \
+                     {MIN_JWKS_REFRESH_FLOOR_SECONDS} (a token with an unknown `kid` may trigger \
+                     one JWKS fetch per interval); raise it",
+                    iss.min_refresh_interval_seconds
+                ));
+            }
             if iss.audiences.is_empty() {
                 return Err(format!(
                     "field `issuers[{i}].audiences`: list at least one audience for `{}`",
@@ -870,6 +931,14 @@ impl BrokerConfig {
                     "field `backends.aws_sts.endpoint_url`: `{url}` must be an http(s) URL"
                 ));
             }
+            if let Some(url) = &sts.endpoint_url {
+                check_upstream_url(
+                    "backends.aws_sts",
+                    "endpoint_url",
+                    url,
+                    sts.allow_insecure_http,
+                )?;
+            }
             if sts.region.trim().is_empty() {
                 return Err("field `backends.aws_sts.region`: must not be empty".into());
             }
@@ -893,6 +962,12 @@ impl BrokerConfig {
                     v.address
                 ));
             }
+            check_upstream_url(
+                "backends.vault",
+                "address",
+                &v.address,
+                v.allow_insecure_http,
+            )?;
         }
         Ok(())
     }
@@ -1009,6 +1084,84 @@ mod tests {
             let msg = BrokerConfig::load(&file, std::iter::empty())
                 .expect_err(field)
                 .to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
+    fn plain_http_upstreams_must_be_loopback_unless_allowed() {
+        // Pure cases first: every loopback form, and what the opt-in changes.
+        for url in [
+            "https://vault.example:8200",
+            "http://127.0.0.1:8200",
+            "http://127.3.4.5:8200",
+            "http://[::1]:8200",
+            "http://localhost:8200",
+            "http://LocalHost",
+        ] {
+            check_upstream_url("s", "f", url, false).expect(url);
+        }
+        for url in [
+            "http://vault.example:8200",
+            "http://10.0.0.1:8200",
+            "http://[::2]:8200",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let msg = check_upstream_url("s", "f", url, false).expect_err(url);
+            assert!(
+                msg.contains("field `s.f`") && msg.contains("s.allow_insecure_http"),
+                "{msg}"
+            );
+            check_upstream_url("s", "f", url, true).expect(url);
+        }
+        let msg = check_upstream_url("s", "f", "http://user:hunter2@vault:8200", false)
+            .expect_err("remote");
+        assert!(!msg.contains("hunter2"), "user info is not echoed: {msg}");
+        check_upstream_url("s", "f", "ftp://127.0.0.1", true).expect_err("not http(s)");
+
+        // Through the loaded config, per backend.
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |backend: &str| {
+            let file = write(
+                dir.path(),
+                "h.yaml",
+                &format!("{MINIMAL}backends:\n{backend}"),
+            );
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let vault = |address: &str, extra: &str| {
+            format!(
+                "  vault:\n    address: {address}\n    auth: {{token: {{token_file: t}}}}\n{extra}"
+            )
+        };
+        let sts = |url: &str, extra: &str| format!("  aws_sts:\n    endpoint_url: {url}\n{extra}");
+        const OPT_IN: &str = "    allow_insecure_http: true\n";
+        for ok in [
+            vault("https://vault:8200", ""),
+            vault("http://127.0.0.1:8200", ""),
+            vault("http://vault:8200", OPT_IN),
+            sts("https://sts.example", ""),
+            sts("http://[::1]:5000", ""),
+            sts("http://moto:5000", OPT_IN),
+        ] {
+            let cfg = load(&ok).expect(&ok);
+            assert!(cfg.backends.vault.is_some() || cfg.backends.aws_sts.is_some());
+        }
+        for (bad, field) in [
+            (vault("http://vault:8200", ""), "backends.vault.address"),
+            (sts("http://moto:5000", ""), "backends.aws_sts.endpoint_url"),
+            // The opt-in of one backend does not cover the other.
+            (
+                format!(
+                    "{}{}",
+                    vault("http://vault:8200", ""),
+                    sts("https://sts", OPT_IN)
+                ),
+                "backends.vault.address",
+            ),
+        ] {
+            let msg = load(&bad).expect_err(&bad);
             assert!(msg.contains(field), "{msg}");
         }
     }
@@ -1156,6 +1309,35 @@ mod tests {
             .expect_err("missing file")
             .to_string();
         assert!(msg.contains("nope.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn the_unknown_kid_refresh_interval_has_a_floor() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |secs: Option<u64>| {
+            let extra = secs.map_or(String::new(), |s| {
+                format!("    min_refresh_interval_seconds: {s}\n")
+            });
+            let file = write(
+                dir.path(),
+                "r.yaml",
+                &format!(
+                    "{MINIMAL}issuers:\n  - issuer: https://k8s\n    audiences: [lanyard]\n{extra}"
+                ),
+            );
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load(None).expect("the default passes");
+        assert!(cfg.issuers[0].min_refresh_interval_seconds >= MIN_JWKS_REFRESH_FLOOR_SECONDS);
+        load(Some(MIN_JWKS_REFRESH_FLOOR_SECONDS)).expect("the floor itself");
+        for secs in [0, MIN_JWKS_REFRESH_FLOOR_SECONDS - 1] {
+            let msg = load(Some(secs)).expect_err("below the floor");
+            assert!(
+                msg.contains("issuers[0].min_refresh_interval_seconds")
+                    && msg.contains(&format!("minimum {MIN_JWKS_REFRESH_FLOOR_SECONDS}")),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,9 @@ use serde_json::Value;
 
 use super::jwks::{IssuerKeys, VerificationKey, alg_name};
 use super::{AuthnError, Identity, IssuerConfigError, KubernetesIdentity};
-use crate::config::{Algorithm, IssuerConfig, LimitsConfig, MAX_LEEWAY_SECONDS};
+use crate::config::{
+    Algorithm, IssuerConfig, LimitsConfig, MAX_LEEWAY_SECONDS, MIN_JWKS_REFRESH_FLOOR_SECONDS,
+};
 use crate::metrics::Metrics;
 
 /// Largest JWT segment (header, payload or signature) accepted, in bytes.
@@ -218,7 +220,8 @@ fn pick(set: &super::jwks::KeySet, alg: Algorithm, kid: Option<&str>) -> Pick {
 impl JwtVerifier {
     /// Builds a verifier; fails naming the issuer if its config is unusable (e.g. unreadable
     /// JWKS file or CA file, a plain-http URL to a non-loopback host, a leeway above
-    /// [`MAX_LEEWAY_SECONDS`], no audiences or algorithms, a duplicate issuer).
+    /// [`MAX_LEEWAY_SECONDS`], a `min_refresh_interval_seconds` below
+    /// [`MIN_JWKS_REFRESH_FLOOR_SECONDS`], no audiences or algorithms, a duplicate issuer).
     pub fn new(
         issuers: &[IssuerConfig],
         limits: &LimitsConfig,
@@ -233,6 +236,12 @@ impl JwtVerifier {
                 return Err(IssuerConfigError::Leeway {
                     issuer: issuer(),
                     leeway_seconds: cfg.leeway_seconds,
+                });
+            }
+            if cfg.min_refresh_interval_seconds < MIN_JWKS_REFRESH_FLOOR_SECONDS {
+                return Err(IssuerConfigError::MinRefreshInterval {
+                    issuer: issuer(),
+                    min_refresh_interval_seconds: cfg.min_refresh_interval_seconds,
                 });
             }
             if cfg.audiences.is_empty() {
@@ -953,6 +962,35 @@ mod tests {
             err.contains("https://issuer.example.com") && err.contains("leeway"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_min_refresh_interval_below_the_floor_is_refused_at_new() {
+        let build = |secs: u64| {
+            let c = IssuerConfig {
+                min_refresh_interval_seconds: secs,
+                ..cfg("https://issuer.example.com", JwksSource::Discovery)
+            };
+            JwtVerifier::new(
+                &[c],
+                &LimitsConfig::default(),
+                Arc::new(ManualClock::at_unix(T0)),
+                Metrics::new(),
+            )
+        };
+        for secs in [0, MIN_JWKS_REFRESH_FLOOR_SECONDS - 1] {
+            let err = build(secs).expect_err("below the floor");
+            assert!(
+                matches!(&err, IssuerConfigError::MinRefreshInterval { issuer, min_refresh_interval_seconds }
+                    if issuer == "https://issuer.example.com" && *min_refresh_interval_seconds == secs),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().contains("min_refresh_interval_seconds"),
+                "{err}"
+            );
+        }
+        build(MIN_JWKS_REFRESH_FLOOR_SECONDS).expect("the floor itself is accepted");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ pub mod session;
 
 use serde::Serialize;
 
-use crate::config::MAX_LEEWAY_SECONDS;
+use crate::config::{MAX_LEEWAY_SECONDS, MIN_JWKS_REFRESH_FLOOR_SECONDS};
 
 /// Issuer name recorded for identities proven with a bootstrap token.
 pub const BOOTSTRAP_ISSUER: &str = "lanyard:bootstrap";
@@ -164,6 +164,17 @@ pub enum IssuerConfigError {
         issuer: String,
         /// The configured leeway.
         leeway_seconds: u64,
+    },
+    /// `min_refresh_interval_seconds` is below [`MIN_JWKS_REFRESH_FLOOR_SECONDS`], so tokens
+    /// with made-up `kid`s could make the broker fetch the JWKS without pause.
+    #[error(
+        "issuer `{issuer}`: min_refresh_interval_seconds {min_refresh_interval_seconds} is below the minimum {MIN_JWKS_REFRESH_FLOOR_SECONDS}; raise it"
+    )]
+    MinRefreshInterval {
+        /// The issuer.
+        issuer: String,
+        /// The configured interval.
+        min_refresh_interval_seconds: u64,
     },
     /// `audiences` is empty.
     #[error("issuer `{issuer}`: list at least one accepted audience in `audiences`")]
