@@ -735,8 +735,9 @@ fn check_upstream_url(
     }
 }
 
-/// Whether `url`'s host is a loopback address or `localhost`.
-fn is_loopback_host(url: &reqwest::Url) -> bool {
+/// Whether `url`'s host is a loopback address or `localhost` (issuer URLs and backend
+/// endpoints may use plain `http` only there).
+pub(crate) fn is_loopback_host(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

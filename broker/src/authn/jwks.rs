@@ -22,7 +22,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::IssuerConfigError;
-use crate::config::{Algorithm, IssuerConfig, JwksSource, LimitsConfig};
+use crate::config::{Algorithm, IssuerConfig, JwksSource, LimitsConfig, is_loopback_host};
 use crate::metrics::Metrics;
 
 /// Timeout for one discovery or JWKS request (connect, headers and body).
@@ -391,24 +391,13 @@ pub fn check_transport(url: &str, what: &str) -> Result<Url, String> {
     let parsed = Url::parse(url).map_err(|e| format!("{what} `{url}` is not a valid URL: {e}"))?;
     match parsed.scheme() {
         "https" => Ok(parsed),
-        "http" if is_loopback(&parsed) => Ok(parsed),
+        "http" if is_loopback_host(&parsed) => Ok(parsed),
         "http" => Err(format!(
             "{what} `{url}` uses plain http to a non-loopback host, so keys could be swapped in transit; use https (plain http is allowed only for 127.0.0.1, ::1 and localhost)"
         )),
         other => Err(format!(
             "{what} `{url}` has scheme `{other}`; use an https URL"
         )),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -755,7 +744,7 @@ fn build_client(url: &Url, ca_file: Option<&Path>) -> Result<reqwest::Client, St
     if url.scheme() == "https" {
         builder = builder.https_only(true);
     }
-    if is_loopback(url) {
+    if is_loopback_host(url) {
         builder = builder.no_proxy();
     }
     if let Some(ca) = ca_file {
