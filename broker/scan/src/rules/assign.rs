@@ -376,15 +376,21 @@ fn skip_blank(text: &[u8], mut p: usize, end: usize) -> usize {
     p
 }
 
+/// How far a line is followed from a keyword hit, each way: minified files hold megabyte
+/// lines, and the detector must stay proportional to the number of hits.
+const LINE_WINDOW: usize = 4096;
+
 fn line_bounds(text: &[u8], at: usize) -> (usize, usize) {
-    let start = text[..at]
+    let lo = at.saturating_sub(LINE_WINDOW);
+    let hi = (at + LINE_WINDOW).min(text.len());
+    let start = text[lo..at]
         .iter()
         .rposition(|b| *b == b'\n')
-        .map_or(0, |p| p + 1);
-    let end = text[at..]
+        .map_or(lo, |p| lo + p + 1);
+    let end = text[at..hi]
         .iter()
         .position(|b| *b == b'\n')
-        .map_or(text.len(), |p| at + p);
+        .map_or(hi, |p| at + p);
     let end = if end > start && text[end - 1] == b'\r' {
         end - 1
     } else {
@@ -762,6 +768,60 @@ pub fn accept(kind: KeyKind, form: Form, quoted: bool, value: &[u8]) -> bool {
     kind == KeyKind::Password || super::shannon_entropy(v) >= 2.5
 }
 
+/// Longest key token considered, each side of the keyword.
+const MAX_KEY: usize = 96;
+
+/// A cheap look at the bytes around a key token, before its name is scored: is anything
+/// there that one of the assignment syntaxes could start with? Most keyword hits in prose and
+/// code (`keyboard`, `author`, `passes`) stop here.
+fn could_assign(text: &[u8], ks: usize, ke: usize) -> bool {
+    let mut p = ke;
+    while p < text.len() && p < ke + 3 && matches!(text[p], b'"' | b'\'' | b'`' | b']') {
+        p += 1;
+    }
+    while p < text.len() && matches!(text[p], b' ' | b'\t') && p < ke + 64 {
+        p += 1;
+    }
+    let Some(&next) = text.get(p) else {
+        return false;
+    };
+    if matches!(next, b'=' | b':' | b'>' | b',' | b'(') || text[ks] == b'-' {
+        return true;
+    }
+    if text[ke..].len() >= 8 && text[ke..ke + 8].eq_ignore_ascii_case(b".equals(") {
+        return true;
+    }
+    // `KEY value` directives, `PASSWORD 'v'`, `IDENTIFIED BY 'v'`: whitespace after the key.
+    if p == ke || next == b'\n' || next == b'\r' {
+        return false;
+    }
+    if next == b'\''
+        || text[ks..ke].eq_ignore_ascii_case(b"identified")
+        || text[p..].starts_with(b"value=")
+    {
+        return true;
+    }
+    // The key starts its line, or follows one short word (`ENV`, `export`, `set`).
+    let at_line_start = |mut b: usize| {
+        while b > 0 && matches!(text[b - 1], b' ' | b'\t') {
+            b -= 1;
+        }
+        b == 0 || text[b - 1] == b'\n'
+    };
+    let mut b = ks;
+    while b > 0 && matches!(text[b - 1], b' ' | b'\t') {
+        b -= 1;
+    }
+    if at_line_start(ks) {
+        return true;
+    }
+    let mut w = b;
+    while w > 0 && text[w - 1].is_ascii_alphabetic() && b - w < 8 {
+        w -= 1;
+    }
+    w < b && at_line_start(w)
+}
+
 /// Literal values assigned to credential-named keys, found around the keyword hits `hits`
 /// (byte offsets into `text`, ascending). Pure; at most a few lines are read per hit.
 pub fn find(text: &[u8], hits: &[usize], form: Form) -> Vec<Assignment> {
@@ -772,12 +832,21 @@ pub fn find(text: &[u8], hits: &[usize], form: Form) -> Vec<Assignment> {
             continue;
         }
         let mut ks = h;
-        while ks > 0 && is_key_byte(text[ks - 1]) {
+        while ks > 0 && h - ks < MAX_KEY && is_key_byte(text[ks - 1]) {
             ks -= 1;
         }
         let mut ke = h;
-        while ke < text.len() && is_key_byte(text[ke]) {
+        while ke < text.len() && ke - h < MAX_KEY && is_key_byte(text[ke]) {
             ke += 1;
+        }
+        if h - ks >= MAX_KEY || ke - h >= MAX_KEY {
+            // Inside a long run of word characters (base64, minified code): not a key.
+            done = ke;
+            continue;
+        }
+        if !could_assign(text, ks, ke) {
+            done = ke;
+            continue;
         }
         // `identified by`: the key is the first word.
         if text[h..].len() >= 10 && text[h..h + 10].eq_ignore_ascii_case(b"identified") {
@@ -1066,6 +1135,20 @@ mod tests {
                 detect(text, form)
             );
         }
+    }
+
+    #[test]
+    fn work_per_hit_is_bounded() {
+        // A keyword inside a long run of word characters (base64, minified code) is no key,
+        // and a megabyte line is read only near the hit.
+        let blob = format!("{}token{}=Vn3xQ8rTb1zP\n", "a".repeat(200), "b".repeat(200));
+        assert!(detect(&blob, Form::Config).is_empty());
+        let line = format!(
+            "{}password=Vn3xQ8rTb1zP;{}",
+            "x ".repeat(1 << 19),
+            "y ".repeat(1 << 19)
+        );
+        assert_eq!(detect(&line, Form::Config), vec!["Vn3xQ8rTb1zP"]);
     }
 
     #[test]

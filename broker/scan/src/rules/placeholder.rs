@@ -216,7 +216,6 @@ pub fn is_reference(value: &[u8]) -> bool {
         b"environ.get",
         b"secrets.",
         b"vault:",
-        b"ref+",
         b"!ref",
         b"!sub",
         b"!getatt",
@@ -234,7 +233,7 @@ pub fn is_reference(value: &[u8]) -> bool {
         b"secretkeyref",
         b"valuefrom",
     ];
-    if MARKERS.iter().any(|m| contains(&lower, m)) {
+    if MARKERS.iter().any(|m| contains(&lower, m)) || lower.starts_with(b"ref+") {
         return true;
     }
     // `$NAME`, `%NAME%`, `@name@`, `{name}`.
