@@ -640,6 +640,7 @@ impl LayerCtx<'_> {
         let mut kind_hit: Option<(usize, Vec<u8>, u64)> = None;
         let kinds: Vec<usize> = self.rules.file_kinds_for(path).collect();
         let test_material = is_test_material(path);
+        let form = crate::rules::assign::Form::of_path(path);
         loop {
             // `read_to_end` into the reused buffer: no zeroing of a whole chunk per file.
             buf.truncate(carry);
@@ -658,7 +659,7 @@ impl LayerCtx<'_> {
                     }
                 }
             }
-            for m in self.rules.scan(buf, binary) {
+            for m in self.rules.scan_form(buf, binary, form) {
                 if !first && m.end <= carry {
                     continue;
                 }

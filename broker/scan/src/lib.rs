@@ -31,7 +31,9 @@
 //! - [`report`]: [`Finding`] (one [`Finding::new`] for every rule), preview and fingerprint,
 //!   the [`Verdict`], the [`Report`] and its human / JSON / SARIF renderings.
 //! - [`rules`]: provider rules, keyword prefilter, entropy, placeholder filter, file kinds,
-//!   the secret-name rule, the [`rule_catalog`].
+//!   the secret-name rule, the [`rule_catalog`]; its submodules hold the token families
+//!   (`rules::families`), the structured-assignment detector (`rules::assign`) and the
+//!   filler/reference filter (`rules::placeholder`).
 //! - [`source`]: the [`Source`] forms and their parsing.
 //! - [`error`]: [`ScanError`], why a scan could not run at all.
 //! - [`tar`]: the bounded streaming tar reader.

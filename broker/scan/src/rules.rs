@@ -1,6 +1,19 @@
 //! Detection rules: provider patterns behind a keyword prefilter, generic assignments, secret
 //! environment names, and credential files recognised by name. All decisions here are pure
 //! functions over bytes; the layer reader feeds them.
+//!
+//! # Layout
+//! - this file: the rule types, the built-in provider rules, file kinds, the compiled
+//!   [`RuleSet`] (keyword prefilter, regexes, the assignment pass), entropy, the placeholder
+//!   filter, overlap resolution, secret names, test-material and package paths.
+//! - [`families`]: token families completed from providers' documentation (GitLab, Slack,
+//!   Vault, embedded private keys, the long tail of SaaS keys).
+//! - [`assign`]: the structured-assignment detector behind the `generic-*` rules.
+//! - [`placeholder`]: filler, sample credentials, references and non-literal values.
+
+pub mod assign;
+pub mod families;
+pub mod placeholder;
 
 use std::sync::OnceLock;
 
@@ -128,8 +141,56 @@ macro_rules! end {
     };
 }
 
-/// The built-in content rules, in reporting order.
+/// The built-in content rules, in reporting order: the provider rules below, then
+/// [`families::rules`], then the assignment rules (`generic-*`, found by [`assign`]).
 pub fn builtin_rules() -> Vec<RuleDef> {
+    let mut v = provider_rules();
+    v.extend(families::rules());
+    v.extend(assignment_rules());
+    v
+}
+
+/// The three rules the structured-assignment detector ([`assign`]) reports. They have no
+/// keywords and no pattern of their own: [`RuleSet::scan_form`] runs the detector behind the
+/// keyword prefilter ([`assign::KEYWORDS`]) in text files.
+fn assignment_rules() -> Vec<RuleDef> {
+    vec![
+        rule(
+            "generic-password",
+            "password assigned to a credential-named key",
+            &[],
+            "",
+            S::Medium,
+        )
+        .prio(0)
+        .password()
+        .conf(C::Low)
+        .text(),
+        rule(
+            "generic-secret",
+            "secret assigned to a credential-named key",
+            &[],
+            "",
+            S::Medium,
+        )
+        .prio(0)
+        .password()
+        .conf(C::Low)
+        .text(),
+        rule(
+            "generic-token",
+            "token or API key assigned to a credential-named key",
+            &[],
+            "",
+            S::Medium,
+        )
+        .prio(0)
+        .conf(C::Low)
+        .text(),
+    ]
+}
+
+fn provider_rules() -> Vec<RuleDef> {
     vec![
         // --- cloud providers
         rule("aws-access-key-id", "AWS access key ID", &["AKIA", "ASIA", "ABIA", "ACCA"],
@@ -336,16 +397,6 @@ pub fn builtin_rules() -> Vec<RuleDef> {
         rule("netrc-password", "password in a .netrc entry", &["machine"],
             r"(?m)^[ \t]*machine[ \t]+\S+[ \t\r\n]+login[ \t]+\S+[ \t\r\n]+password[ \t]+(?P<s>\S+)", S::High)
             .prio(1).password().text(),
-        // --- generic assignments (text files only)
-        rule("generic-password", "password assignment", &["password", "passwd"],
-            r#"(?i)[a-z0-9_.\-]*(?:password|passwd)["']?[ \t]*(?::=|=>|[:=])[ \t]*["']?(?P<s>[^\s"'`,;<>(){}\[\]\\]{6,128})"#,
-            S::Medium).prio(0).password().conf(C::Low).entropy(2.0).text(),
-        rule("generic-secret", "secret assignment", &["secret"],
-            r#"(?i)[a-z0-9_.\-]*secret(?:_?key)?["']?[ \t]*(?::=|=>|[:=])[ \t]*["']?(?P<s>[^\s"'`,;<>(){}\[\]\\]{8,256})"#,
-            S::Medium).prio(0).password().conf(C::Low).entropy(3.0).text(),
-        rule("generic-token", "token or API key assignment", &["token", "api_key", "apikey", "api-key", "access_key"],
-            r#"(?i)[a-z0-9_.\-]*(?:token|api[_\-]?key|access[_\-]?key)["']?[ \t]*(?::=|=>|[:=])[ \t]*["']?(?P<s>[A-Za-z0-9_\-./+=]{16,512})"#,
-            S::Medium).prio(0).conf(C::Low).entropy(3.5).text(),
     ]
 }
 
@@ -523,6 +574,11 @@ pub struct RuleSet {
     pub file_kinds: Vec<CompiledFileKind>,
     ac: AhoCorasick,
     keyword_rules: Vec<Vec<usize>>,
+    /// Per keyword: does it (or a keyword it contains) put the assignment detector to work?
+    assign_keyword: Vec<bool>,
+    /// The rules the assignment detector reports, by [`assign::KeyKind`]: password, secret,
+    /// token (indices into `rules`; `usize::MAX` when a custom set lacks one).
+    assign_rules: [usize; 3],
     /// Identifies the rule set; part of the verdict key. Changes whenever a rule changes.
     pub version: String,
 }
@@ -530,7 +586,7 @@ pub struct RuleSet {
 /// The rule set's series. Patterns are hashed into the version automatically; bump this when the
 /// filters in code change (placeholder, code-reference, overlap, test-material and package
 /// decisions), since they change verdicts too.
-const RULES_SERIES: &str = "2026.2";
+const RULES_SERIES: &str = "2026.3";
 
 impl RuleSet {
     /// The built-in rule set, compiled on first use.
@@ -564,6 +620,18 @@ impl RuleSet {
                 .update(format!("{:?}", (def.keywords, def.severity, def.min_entropy)).as_bytes());
             rules.push(CompiledRule { def, re });
         }
+        for kw in assign::KEYWORDS {
+            let kw = kw.to_ascii_lowercase();
+            hasher.update(kw.as_bytes());
+            if !keywords.contains(&kw) {
+                keywords.push(kw);
+                keyword_rules.push(Vec::new());
+            }
+        }
+        let assign_set: Vec<String> = assign::KEYWORDS
+            .iter()
+            .map(|k| k.to_ascii_lowercase())
+            .collect();
         let file_kinds = kinds
             .into_iter()
             .map(|def| {
@@ -592,6 +660,10 @@ impl RuleSet {
                 rs
             })
             .collect();
+        let assign_keyword: Vec<bool> = keywords
+            .iter()
+            .map(|k| assign_set.iter().any(|a| k.contains(a.as_str())))
+            .collect();
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostLongest)
@@ -600,11 +672,24 @@ impl RuleSet {
             .expect("keywords are plain strings");
         let digest = hasher.finish();
         let version = format!("{RULES_SERIES}+{}", &hex::encode(digest.as_ref())[..12]);
+        let index = |id: &str| {
+            rules
+                .iter()
+                .position(|r: &CompiledRule| r.def.id == id)
+                .unwrap_or(usize::MAX)
+        };
+        let assign_rules = [
+            index("generic-password"),
+            index("generic-secret"),
+            index("generic-token"),
+        ];
         RuleSet {
             rules,
             file_kinds,
             ac,
             keyword_rules,
+            assign_keyword,
+            assign_rules,
             version,
         }
     }
@@ -614,18 +699,29 @@ impl RuleSet {
         self.rules.iter().position(|r| r.def.id == id)
     }
 
-    /// Finds secrets in `text`. `binary` skips text-only (generic) rules. Overlapping matches
-    /// are resolved by [`resolve_overlaps`].
+    /// Finds secrets in `text` of unknown form; see [`RuleSet::scan_form`].
     pub fn scan(&self, text: &[u8], binary: bool) -> Vec<RawMatch> {
+        self.scan_form(text, binary, assign::Form::Unknown)
+    }
+
+    /// Finds secrets in `text`, a file of `form`. One pass of the keyword prefilter decides
+    /// which regexes run and where the assignment detector looks; `binary` skips text-only
+    /// rules and the detector. Overlapping matches are resolved by [`resolve_overlaps`].
+    pub fn scan_form(&self, text: &[u8], binary: bool, form: assign::Form) -> Vec<RawMatch> {
         let mut triggered = vec![false; self.rules.len()];
         let mut any = false;
+        let mut hits: Vec<usize> = Vec::new();
         for m in self.ac.find_iter(text) {
-            for &r in &self.keyword_rules[m.pattern().as_usize()] {
+            let p = m.pattern().as_usize();
+            for &r in &self.keyword_rules[p] {
                 triggered[r] = true;
                 any = true;
             }
+            if !binary && self.assign_keyword[p] {
+                hits.push(m.start());
+            }
         }
-        if !any {
+        if !any && hits.is_empty() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -646,6 +742,22 @@ impl RuleSet {
                         rule: i,
                         start: m.start(),
                         end: m.end(),
+                    });
+                }
+            }
+        }
+        if !hits.is_empty() {
+            for a in assign::find(text, &hits, form) {
+                let rule = self.assign_rules[match a.kind {
+                    assign::KeyKind::Password => 0,
+                    assign::KeyKind::Secret => 1,
+                    assign::KeyKind::Token | assign::KeyKind::Authorization => 2,
+                }];
+                if rule != usize::MAX {
+                    out.push(RawMatch {
+                        rule,
+                        start: a.start,
+                        end: a.end,
                     });
                 }
             }
@@ -799,6 +911,9 @@ pub fn is_placeholder(value: &[u8]) -> bool {
         return true;
     }
     if matches!(v[0], b'$' | b'%' | b'@' | b'&' | b'*') {
+        return true;
+    }
+    if placeholder::is_filler(&v) || placeholder::is_reference(&v) {
         return true;
     }
     const WORDS: &[&[u8]] = &[
@@ -1540,6 +1655,7 @@ pub(crate) mod tests {
             s,
             "api_key = 'aaaaaaaaaaaaaaaaaaaa'\n".into(),
         );
+        v.extend(families::tests::examples());
         v
     }
 
