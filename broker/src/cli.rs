@@ -283,7 +283,8 @@ enum AuditCommand {
         /// allow or deny.
         #[arg(long, value_parser = parse_decision)]
         decision: Option<Decision>,
-        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload.
+        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke,
+        /// policy_reload, audit_segment, audit_repair.
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
@@ -312,7 +313,8 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
-        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke or policy_reload"
+        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload, \
+         audit_segment or audit_repair"
             .to_owned()
     })
 }
