@@ -1085,7 +1085,10 @@ mod tests {
         assert_eq!(cfg.audit.segment_max_bytes, 0);
         assert_eq!(cfg.audit.auth_failures.records_per_window, 3);
         let e = load("audit:\n  segment_max_bytes: 1000\n").expect_err("too small");
-        assert!(e.contains("audit.segment_max_bytes") && e.contains("131072"), "{e}");
+        assert!(
+            e.contains("audit.segment_max_bytes") && e.contains("131072"),
+            "{e}"
+        );
         let e = load("audit:\n  auth_failures: {window_seconds: 0}\n").expect_err("zero");
         assert!(e.contains("audit.auth_failures.window_seconds"), "{e}");
     }

@@ -45,8 +45,7 @@ async fn an_unauthenticated_flood_is_recorded_in_a_few_lines_per_source_and_coun
     let broker = TestBroker::start_with(
         None,
         TestBrokerOptions {
-            audit_config: "  auth_failures: {records_per_window: 5, window_seconds: 3600}\n"
-                .into(),
+            audit_config: "  auth_failures: {records_per_window: 5, window_seconds: 3600}\n".into(),
             ..TestBrokerOptions::default()
         },
     )
@@ -172,7 +171,13 @@ impl Tmpfs {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("run mount");
@@ -237,7 +242,12 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
     let mut leases = Vec::new();
     let (status, body) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 200, "{body}");
-    leases.push(body["credentials"][0]["lease_id"].as_str().expect("lease").to_owned());
+    leases.push(
+        body["credentials"][0]["lease_id"]
+            .as_str()
+            .expect("lease")
+            .to_owned(),
+    );
     assert_eq!(readyz(&broker).await.0, 200);
 
     let filler = fill(fs.path());
@@ -246,7 +256,12 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
     for _ in 0..200 {
         let (status, body) = broker.post_credentials(Some(&token), "").await;
         match status {
-            200 => leases.push(body["credentials"][0]["lease_id"].as_str().expect("lease").to_owned()),
+            200 => leases.push(
+                body["credentials"][0]["lease_id"]
+                    .as_str()
+                    .expect("lease")
+                    .to_owned(),
+            ),
             _ => {
                 refused = Some((status, body));
                 break;
@@ -274,7 +289,10 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
     );
     let text = broker.metrics().await;
     assert_eq!(metric(&text, "lanyard_audit_sink_writable"), 0.0, "{text}");
-    assert!(metric(&text, "lanyard_audit_write_failures_total") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "lanyard_audit_write_failures_total") >= 1.0,
+        "{text}"
+    );
     // Still refused while full (and failed authentications too: no answer without a record).
     let (status, _) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 503);
@@ -292,7 +310,12 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
     for _ in 0..3 {
         let (status, body) = broker.post_credentials(Some(&token), "").await;
         assert_eq!(status, 200, "{body}");
-        leases.push(body["credentials"][0]["lease_id"].as_str().expect("lease").to_owned());
+        leases.push(
+            body["credentials"][0]["lease_id"]
+                .as_str()
+                .expect("lease")
+                .to_owned(),
+        );
     }
     assert_eq!(
         metric(&broker.metrics().await, "lanyard_audit_sink_writable"),
@@ -315,9 +338,15 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
         .iter()
         .find(|r| r["event"] == "audit_repair")
         .expect("an audit_repair record");
-    assert!(repair["suppressed"].as_u64().expect("refused") >= 2, "{repair}");
     assert!(
-        repair["reason"].as_str().expect("reason").contains("No space left"),
+        repair["suppressed"].as_u64().expect("refused") >= 2,
+        "{repair}"
+    );
+    assert!(
+        repair["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("No space left"),
         "{repair}"
     );
     drop(dir);

@@ -116,7 +116,7 @@ impl Slot {
     }
 
     fn summary(&self, source: Source) -> Option<Summary> {
-        (self.suppressed > 0).then(|| Summary {
+        (self.suppressed > 0).then_some(Summary {
             source,
             suppressed: self.suppressed,
             window_start: self.start,
@@ -148,10 +148,7 @@ impl FailureLimiter {
             source = Source::Other;
         }
         let window = self.limits.window;
-        let slot = self
-            .slots
-            .entry(source)
-            .or_insert_with(|| Slot::new(now));
+        let slot = self.slots.entry(source).or_insert_with(|| Slot::new(now));
         let mut summary = None;
         if slot.ended(now, window) {
             summary = slot.summary(source);
@@ -270,7 +267,11 @@ mod tests {
             recorded += u64::from(admit == Admit::Record);
             summarised += summary.map_or(0, |s| s.suppressed);
             if step % 50 == 0 {
-                summarised += l.sweep(at(step / 3)).iter().map(|s| s.suppressed).sum::<u64>();
+                summarised += l
+                    .sweep(at(step / 3))
+                    .iter()
+                    .map(|s| s.suppressed)
+                    .sum::<u64>();
             }
         }
         summarised += l.drain().iter().map(|s| s.suppressed).sum::<u64>();

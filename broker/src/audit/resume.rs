@@ -137,9 +137,9 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
         && let Ok(text) = std::str::from_utf8(&tail.partial)
         && let Ok(p) = parse_line(text)
         && p.hash_matches()
-        && last
-            .as_ref()
-            .map_or(p.seq == 1 || number > 0, |h| p.seq == h.seq + 1 && p.prev == h.hash)
+        && last.as_ref().map_or(p.seq == 1 || number > 0, |h| {
+            p.seq == h.seq + 1 && p.prev == h.hash
+        })
     {
         last = Some(p.head());
         keep_end = tail.logical_end;
@@ -150,9 +150,8 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
     if last.is_none()
         && let Some(prev) = &previous
     {
-        let f = std::fs::File::open(prev).map_err(|e| {
-            io::Error::new(e.kind(), format!("opening {}: {e}", prev.display()))
-        })?;
+        let f = std::fs::File::open(prev)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", prev.display())))?;
         let plen = f.metadata()?.len();
         let t = scan_tail(&f, plen, prev)?;
         if !t.partial.is_empty() {
@@ -168,21 +167,19 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
         (None, None) => (None, None),
         (Some(f), None) => (Some(f.clone()), Some(f)),
         (Some(f), Some(s)) if f == s => (Some(f), None),
-        (file_head, Some(s)) => {
-            match follow_from(base, &segments, number, &path, keep_end, &s)? {
-                Some(end) => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        store_seq = s.seq,
-                        file_seq = end.seq,
-                        "the audit log holds complete records after the store's chain head that chain on from it (a stop between a write and the head update); keeping them"
-                    );
-                    let adopt = (end != s).then(|| end.clone());
-                    (Some(end), adopt)
-                }
-                None => return Err(mismatch(&path, file_head.as_ref(), &s)),
+        (file_head, Some(s)) => match follow_from(base, &segments, number, &path, keep_end, &s)? {
+            Some(end) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    store_seq = s.seq,
+                    file_seq = end.seq,
+                    "the audit log holds complete records after the store's chain head that chain on from it (a stop between a write and the head update); keeping them"
+                );
+                let adopt = (end != s).then(|| end.clone());
+                (Some(end), adopt)
             }
-        }
+            None => return Err(mismatch(&path, file_head.as_ref(), &s)),
+        },
     };
 
     // Only now change the file.
@@ -210,8 +207,8 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
         );
         c
     });
-    let needs_header = (number > 0 && len == 0)
-        .then(|| previous.as_deref().map(file_name).unwrap_or_default());
+    let needs_header =
+        (number > 0 && len == 0).then(|| previous.as_deref().map(file_name).unwrap_or_default());
     Ok(Opened {
         file,
         number,
@@ -326,10 +323,16 @@ fn scan_tail(file: &std::fs::File, len: u64, path: &Path) -> Result<Tail, AuditE
     let start = match body.iter().rposition(|&b| b == b'\n') {
         Some(i) => i + 1,
         None if wstart == 0 => 0,
-        None => return Err(corrupt(path, "the last line is longer than the 64 KiB limit")),
+        None => {
+            return Err(corrupt(
+                path,
+                "the last line is longer than the 64 KiB limit",
+            ));
+        }
     };
     let line = &body[start..];
-    let text = std::str::from_utf8(line).map_err(|_| corrupt(path, "the last line is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(line).map_err(|_| corrupt(path, "the last line is not UTF-8"))?;
     let parsed = parse_line(text.strip_suffix('\r').unwrap_or(text)).map_err(|e| {
         corrupt(
             path,
@@ -365,7 +368,9 @@ fn follow_from(
     if all.is_empty() {
         all.push((newest, newest_path.to_owned()));
     }
-    let reader = |n: u64, path: &Path| -> Result<io::BufReader<io::Take<std::fs::File>>, AuditError> {
+    let reader = |n: u64,
+                  path: &Path|
+     -> Result<io::BufReader<io::Take<std::fs::File>>, AuditError> {
         let f = std::fs::File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
         let limit = if n == newest { newest_end } else { u64::MAX };

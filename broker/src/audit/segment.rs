@@ -111,8 +111,7 @@ pub fn consecutive_from(
 ) -> io::Result<Result<Vec<(u64, PathBuf)>, String>> {
     let all = list(base)?;
     let from: Vec<_> = all.into_iter().filter(|(n, _)| *n >= first).collect();
-    let mut expected = first;
-    for (n, _) in &from {
+    for (expected, (n, _)) in (first..).zip(from.iter()) {
         if *n != expected {
             return Ok(Err(format!(
                 "segment {} is missing: {} is followed by {} — a segment was deleted or renamed",
@@ -121,7 +120,6 @@ pub fn consecutive_from(
                 path(base, *n).display()
             )));
         }
-        expected += 1;
     }
     Ok(Ok(from))
 }
@@ -196,13 +194,15 @@ mod tests {
         std::fs::write(dir.path().join("other.log.000001"), "").expect("write");
         let got: Vec<u64> = list(&base).expect("list").iter().map(|(n, _)| *n).collect();
         assert_eq!(got, [0, 1, 2, 10]);
-        let gap = consecutive_from(&base, 0)
-            .expect("list")
-            .expect_err("gap");
+        let gap = consecutive_from(&base, 0).expect("list").expect_err("gap");
         assert!(gap.contains("audit.log.000003 is missing"), "{gap}");
         let from = consecutive_from(&base, 10).expect("list").expect("one");
         assert_eq!(from.len(), 1);
-        assert!(list(&dir.path().join("none/audit.log")).expect("list").is_empty());
+        assert!(
+            list(&dir.path().join("none/audit.log"))
+                .expect("list")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ enum Next {
     Record(Box<ParsedLine>),
     /// The segment's unterminated end: an incomplete record of `incomplete` bytes, then
     /// `unwritten` NUL bytes.
-    Tail { incomplete: usize, unwritten: usize },
+    Tail {
+        incomplete: usize,
+        unwritten: usize,
+    },
     End,
 }
 
@@ -166,8 +169,9 @@ pub fn verify_segments<R: BufRead>(
     let mut unwritten_bytes = 0;
     let mut last_name = None;
     let mut last_line = 0;
-    let mut expected_number = segments.first().map_or(0, |s| s.number);
+    let first_number = segments.first().map_or(0, |s| s.number);
     for (i, seg) in segments.into_iter().enumerate() {
+        let expected_number = first_number + i as u64;
         let newest = i + 1 == count;
         let file = seg.name.clone();
         let fail = |line: usize, seq: Option<u64>, problem: String| VerifyFailure {
@@ -186,7 +190,6 @@ pub fn verify_segments<R: BufRead>(
                 ),
             ));
         }
-        expected_number += 1;
         let mut reader = seg.reader;
         let mut line_no = 0usize;
         loop {
@@ -224,7 +227,9 @@ pub fn verify_segments<R: BufRead>(
                         format!(
                             "segment {} does not begin with its audit_segment record (segment {}) — segments were renamed, reordered or edited",
                             seg.number,
-                            p.record.segment.map_or("none".to_owned(), |n| n.to_string())
+                            p.record
+                                .segment
+                                .map_or("none".to_owned(), |n| n.to_string())
                         ),
                     ));
                 }
@@ -598,20 +603,29 @@ mod tests {
         let mut bytes = join(&lines).into_bytes();
         bytes.extend_from_slice(&[0u8; 70_000]);
         let r = verify(Cursor::new(bytes.clone()), Some(&head)).expect("unwritten space");
-        assert_eq!((r.records, r.unwritten_bytes, r.incomplete_tail_bytes), (3, 70_000, 0));
+        assert_eq!(
+            (r.records, r.unwritten_bytes, r.incomplete_tail_bytes),
+            (3, 70_000, 0)
+        );
 
         let (lines, _) = log(4);
         let mut bytes = join(&lines[..3]).into_bytes();
         bytes.extend_from_slice(&lines[3].as_bytes()[..50]);
         bytes.extend_from_slice(&[0u8; 10]);
         let r = verify(Cursor::new(bytes), Some(&head)).expect("cut write");
-        assert_eq!((r.records, r.incomplete_tail_bytes, r.unwritten_bytes), (3, 50, 10));
+        assert_eq!(
+            (r.records, r.incomplete_tail_bytes, r.unwritten_bytes),
+            (3, 50, 10)
+        );
 
         // A record that lacks only its newline counts.
         let (lines, head4) = log(4);
         let text = join(&lines);
-        let r = verify(Cursor::new(text.trim_end_matches('\n').to_owned()), Some(&head4))
-            .expect("no newline");
+        let r = verify(
+            Cursor::new(text.trim_end_matches('\n').to_owned()),
+            Some(&head4),
+        )
+        .expect("no newline");
         assert_eq!(r.records, 4);
 
         // But an unterminated end longer than any line is garbage.
