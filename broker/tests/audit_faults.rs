@@ -352,3 +352,70 @@ async fn a_full_disk_makes_the_broker_unready_and_refuse_until_space_returns() {
     drop(dir);
     drop(fs);
 }
+
+/// `lanyard-broker audit verify` and `audit query` on a log of several segments: they
+/// follow the chain across the files and name a missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_verifies_and_queries_across_segments() {
+    use lanyard_broker::audit::{AuditLog, AuditOptions, AuditRecord, AuditSink, Decision, Event};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("audit.log");
+    let store: Arc<dyn lanyard_broker::store::Store> = Arc::new(
+        lanyard_broker::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).expect("store"),
+    );
+    let log = AuditLog::open_with(
+        AuditSink::File(base.clone()),
+        store.clone(),
+        AuditOptions {
+            segment_max_bytes: 1_000,
+            ..AuditOptions::default()
+        },
+    )
+    .await
+    .expect("open");
+    for i in 0..20 {
+        let rec = AuditRecord::new(
+            format!("2026-01-01T00:00:{i:02}Z"),
+            Event::Deny,
+            Decision::Deny,
+            format!("test record {i}"),
+        );
+        log.append(rec).await.expect("append");
+    }
+    drop(log);
+    drop(store);
+    let segments = segment::list(&base).expect("list");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lanyard-broker"))
+            .args(args)
+            .output()
+            .expect("run lanyard-broker")
+    };
+    let b = base.to_str().expect("utf8");
+    let db = dir.path().join("s.db");
+    let out = run(&["audit", "verify", b, "--store", db.to_str().expect("utf8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("in {} segments, chain intact", segments.len())),
+        "{stdout}"
+    );
+    let out = run(&["audit", "query", b, "--event", "deny"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 20);
+    let out = run(&["audit", "query", b, "--event", "audit_segment"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        segments.len() - 1
+    );
+    std::fs::remove_file(&segments[1].1).expect("remove a segment");
+    let out = run(&["audit", "verify", b]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("TAMPERED") && stdout.contains("audit.log.000001 is missing"),
+        "{stdout}"
+    );
+}

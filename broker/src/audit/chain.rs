@@ -504,11 +504,14 @@ impl Writer {
             }
         }
         self.rotate_if_full().await;
-        let now = self.options.clock.now();
         let mut own: Vec<AuditRecord> = self.internal.clone();
         if let Some(f) = &self.failure {
             own.push(AuditRecord::sink_recovered(
-                now, f.since, &f.error, f.refused, f.cut,
+                self.options.clock.now(),
+                f.since,
+                &f.error,
+                f.refused,
+                f.cut,
             ));
         }
         if own.is_empty() && batch.is_empty() {
