@@ -7,6 +7,7 @@
 //! ([`crate::issue::lifetime`]), each event's audit record in [`crate::audit::record`].
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +20,8 @@ use lanyard::wire::{
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::audit::{AuditError, AuditLog, AuditRecord, AuditSink, Fingerprinter};
+use crate::audit::flood::{self, Admit, FailureLimiter};
+use crate::audit::{AuditError, AuditLog, AuditOptions, AuditRecord, AuditSink, Fingerprinter};
 use crate::authn::bootstrap::{self, CommitError, RedeemError, Redeemer, Redemption};
 use crate::authn::jwt::{self, JwtVerifier};
 use crate::authn::{AuthnError, Identity, IssuerConfigError, session};
@@ -103,6 +105,8 @@ pub struct Broker {
     backends: Backends,
     keys: Arc<KeyRing>,
     audit: AuditLog,
+    /// Which failed authentications are recorded one by one; locked only on that path.
+    auth_failures: std::sync::Mutex<FailureLimiter>,
     fingerprinter: Fingerprinter,
     metrics: Metrics,
     policy_ok: AtomicBool,
@@ -173,7 +177,13 @@ impl Broker {
             metrics.clone(),
         )?;
         let sink = AuditSink::from_config(&config.audit.sink);
-        let audit = AuditLog::open(sink, store.clone())
+        let options = AuditOptions {
+            segment_max_bytes: config.audit.segment_max_bytes,
+            retry_interval: Duration::from_secs(1),
+            clock: clock.clone(),
+            metrics: Some(metrics.audit_sink()),
+        };
+        let audit = AuditLog::open_with(sink, store.clone(), options)
             .await
             .map_err(|source| StartError::Audit {
                 sink: config.audit.sink.clone(),
@@ -197,6 +207,11 @@ impl Broker {
             Duration::from_secs(config.bootstrap.redeem_grace_seconds),
         );
         Ok(Arc::new(Self {
+            auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
+                records_per_window: config.audit.auth_failures.records_per_window,
+                window: Duration::from_secs(config.audit.auth_failures.window_seconds),
+                max_sources: config.audit.auth_failures.max_sources,
+            })),
             config,
             clock,
             store,
@@ -291,18 +306,33 @@ impl Broker {
         bearer: Option<&str>,
         request_id: &str,
     ) -> Result<Authenticated, ApiError> {
-        self.authenticate_as(bearer, request_id, true).await
+        self.authenticate_as(bearer, request_id, true, None).await
     }
 
-    /// Authenticates like [`Self::authenticate`] where a bootstrap token is not accepted
+    /// [`Self::authenticate`] for a request from the client address `source`: its failures
+    /// are recorded one by one only up to `audit.auth_failures.records_per_window` per
+    /// window, the rest summed in one record ([`crate::audit::flood`]).
+    pub async fn authenticate_from(
+        &self,
+        bearer: Option<&str>,
+        request_id: &str,
+        source: IpAddr,
+    ) -> Result<Authenticated, ApiError> {
+        self.authenticate_as(bearer, request_id, true, Some(source))
+            .await
+    }
+
+    /// Authenticates like [`Self::authenticate_from`] where a bootstrap token is not accepted
     /// (revoking a lease): a bootstrap token is refused (audited, 401) without a store
     /// lookup, so it is neither reserved nor spent.
     pub async fn authenticate_without_redeeming(
         &self,
         bearer: Option<&str>,
         request_id: &str,
+        source: IpAddr,
     ) -> Result<Authenticated, ApiError> {
-        self.authenticate_as(bearer, request_id, false).await
+        self.authenticate_as(bearer, request_id, false, Some(source))
+            .await
     }
 
     async fn authenticate_as(
@@ -310,6 +340,7 @@ impl Broker {
         bearer: Option<&str>,
         request_id: &str,
         redeem: bool,
+        source: Option<IpAddr>,
     ) -> Result<Authenticated, ApiError> {
         let (error, token_id) = match bearer {
             None => (AuthnError::Missing, None),
@@ -335,8 +366,69 @@ impl Broker {
             .with_label_values(&["-", error.reason()])
             .inc();
         let rec = AuditRecord::auth_failure(self.now(), request_id, &error, token_id);
-        self.audit(rec).await?;
+        self.audit_auth_failure(rec, source).await?;
         Err(ApiError::Unauthenticated(error))
+    }
+
+    /// Records a failed authentication from `source` — in full, or only counted when its
+    /// source is over the limit (after writing the summary of its previous window, if due).
+    async fn audit_auth_failure(
+        &self,
+        rec: AuditRecord,
+        source: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
+        let Some(ip) = source else {
+            return self.audit(rec).await;
+        };
+        let (admit, summary) = self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(ip, self.now());
+        if let Some(summary) = summary {
+            self.audit(AuditRecord::auth_failures_suppressed(self.now(), &summary))
+                .await?;
+        }
+        match admit {
+            Admit::Record => self.audit(rec.from_source(Some(ip))).await,
+            Admit::Suppress => {
+                self.metrics.audit_records_suppressed.inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the summary records of failed authentications left out in windows that ended
+    /// (all pending ones when `all`, at shutdown), and forgets those sources. Returns how
+    /// many summaries were written.
+    pub async fn flush_auth_failure_summaries(&self, all: bool) -> usize {
+        let summaries = {
+            let mut limiter = self
+                .auth_failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if all {
+                limiter.drain()
+            } else {
+                limiter.sweep(self.now())
+            }
+        };
+        let mut written = 0;
+        for summary in &summaries {
+            match self
+                .audit(AuditRecord::auth_failures_suppressed(self.now(), summary))
+                .await
+            {
+                Ok(()) => written += 1,
+                Err(e) => warn!(
+                    error = %e,
+                    source = %summary.source,
+                    suppressed = summary.suppressed,
+                    "could not write the summary of unrecorded authentication failures"
+                ),
+            }
+        }
+        written
     }
 
     /// Audits and counts a request to an admin `route` that did not carry the admin
@@ -347,10 +439,11 @@ impl Broker {
         request_id: &str,
         route: &str,
         reason: &'static str,
+        source: IpAddr,
     ) -> ApiError {
         self.metrics.denials.with_label_values(&["-", reason]).inc();
         let rec = AuditRecord::admin_auth_failure(self.now(), request_id, route, reason);
-        match self.audit(rec).await {
+        match self.audit_auth_failure(rec, Some(source)).await {
             Ok(()) => ApiError::Unauthenticated(AuthnError::Missing),
             Err(e) => e,
         }
@@ -890,6 +983,9 @@ impl Broker {
                 .map_err(|e| e.to_string()),
         );
         checks.insert("policy", Ok(()));
+        // An answer needs its audit record on disk: while the sink cannot write, nothing
+        // can be served.
+        checks.insert("audit", self.audit.writable());
         let missing = self.verifier.issuers_without_keys();
         // An issuer without keys only affects its own workloads: report it, stay ready.
         if !missing.is_empty() {

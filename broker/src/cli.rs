@@ -257,7 +257,8 @@ enum PolicyCommand {
 enum AuditCommand {
     /// Check the hash chain; reports the first edited, dropped or reordered record.
     Verify {
-        /// Audit log file.
+        /// Audit log file: segment 0 (`audit.sink`), or a later segment when earlier ones
+        /// were removed; the segments after it (`<file>.000001`, ...) are followed.
         file: PathBuf,
         /// The broker's SQLite store: also checks the file ends at the recorded chain head
         /// (detects a truncated tail).
@@ -266,7 +267,7 @@ enum AuditCommand {
     },
     /// Print the records matching every given filter (JSON lines).
     Query {
-        /// Audit log file.
+        /// Audit log file; the segments after it are read too (as for `verify`).
         file: PathBuf,
         /// Records at or after this time (RFC 3339).
         #[arg(long)]
@@ -283,7 +284,8 @@ enum AuditCommand {
         /// allow or deny.
         #[arg(long, value_parser = parse_decision)]
         decision: Option<Decision>,
-        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload.
+        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke,
+        /// policy_reload, audit_segment, audit_repair.
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
@@ -312,7 +314,8 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
-        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke or policy_reload"
+        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload, \
+         audit_segment or audit_repair"
             .to_owned()
     })
 }
@@ -594,12 +597,30 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     s.audit_head().await.map_err(|e| e.to_string())?
                 }
             };
-            let f = std::fs::File::open(&file)
-                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-            match audit::verify::verify(std::io::BufReader::new(f), expected.as_ref()) {
+            let segments = match audit::segment::open_from(&file)
+                .map_err(|e| format!("cannot open {}: {e}", file.display()))?
+            {
+                Ok(s) => s,
+                Err(missing) => {
+                    println!("{}: TAMPERED: {missing}", file.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match audit::verify::verify_segments(segments, expected.as_ref()) {
                 Ok(report) => {
+                    let segments = if report.segments > 1 {
+                        format!(" in {} segments", report.segments)
+                    } else {
+                        String::new()
+                    };
+                    let from = match report.first_seq {
+                        Some(first) if first > 1 => format!(
+                            "; from seq {first} (earlier segments are not here, so the link before it is not checked)"
+                        ),
+                        _ => String::new(),
+                    };
                     println!(
-                        "{}: ok, {} records, chain intact{}",
+                        "{}: ok, {} records{segments}, chain intact{}{from}",
                         file.display(),
                         report.records,
                         report
@@ -611,6 +632,18 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                             ))
                             .unwrap_or_default()
                     );
+                    if report.incomplete_tail_bytes > 0 {
+                        println!(
+                            "note: the newest segment ends in {} bytes of an incomplete record (a write cut short by a crash or a full disk, never acknowledged); the broker cuts it, and records the cut, at its next start",
+                            report.incomplete_tail_bytes
+                        );
+                    }
+                    if report.unwritten_bytes > 0 {
+                        println!(
+                            "note: the newest segment ends in {} bytes of unwritten (NUL) space",
+                            report.unwritten_bytes
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(failure) => {
@@ -636,15 +669,15 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 decision,
                 event,
             };
-            let f = std::fs::File::open(&file)
-                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-            let reader = std::io::BufReader::new(f);
+            let segments = audit::segment::open_from(&file)
+                .map_err(|e| format!("cannot open {}: {e}", file.display()))??;
             let mut out = std::io::stdout().lock();
             let mut print = |line: &str| {
                 use std::io::Write as _;
                 let _ = writeln!(out, "{line}");
             };
-            let n = audit::query::query(reader, &filter, &mut print).map_err(|e| e.to_string())?;
+            let n = audit::query::query_segments(segments, &filter, &mut print)
+                .map_err(|e| e.to_string())?;
             eprintln!("{n} matching record(s)");
             Ok(ExitCode::SUCCESS)
         }

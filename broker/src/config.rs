@@ -249,19 +249,74 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `stdout`, or a file path (appended to).
+    /// `stdout`, or a file path (appended to): segment 0 of the log.
     #[serde(default = "default_audit_sink")]
     pub sink: String,
+    /// A file sink starts a new segment (`<sink>.000001`, ...) once one reaches this size;
+    /// 0 never rotates. At least [`MIN_AUDIT_SEGMENT_BYTES`] otherwise.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// How many failed authentications each client source gets recorded in full.
+    #[serde(default)]
+    pub auth_failures: AuthFailureLimits,
 }
+
+/// The smallest `audit.segment_max_bytes` (other than 0): two of the longest lines.
+pub const MIN_AUDIT_SEGMENT_BYTES: u64 = 128 * 1024;
 
 fn default_audit_sink() -> String {
     "stdout".into()
+}
+
+fn default_segment_max_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             sink: default_audit_sink(),
+            segment_max_bytes: default_segment_max_bytes(),
+            auth_failures: AuthFailureLimits::default(),
+        }
+    }
+}
+
+/// Failed authentications recorded per source (an IPv4 address or an IPv6 /64) and window:
+/// the first `records_per_window` in full, the rest as one summary record per source and
+/// window (see `audit::flood`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFailureLimits {
+    /// Failures recorded in full per source per window (at least 1).
+    #[serde(default = "default_auth_failure_records")]
+    pub records_per_window: u32,
+    /// The window, in seconds (at least 1).
+    #[serde(default = "default_auth_failure_window")]
+    pub window_seconds: u64,
+    /// Sources tracked at once (at least 1); failures from further sources share one slot.
+    #[serde(default = "default_auth_failure_sources")]
+    pub max_sources: usize,
+}
+
+fn default_auth_failure_records() -> u32 {
+    10
+}
+
+fn default_auth_failure_window() -> u64 {
+    60
+}
+
+fn default_auth_failure_sources() -> usize {
+    4096
+}
+
+impl Default for AuthFailureLimits {
+    fn default() -> Self {
+        Self {
+            records_per_window: default_auth_failure_records(),
+            window_seconds: default_auth_failure_window(),
+            max_sources: default_auth_failure_sources(),
         }
     }
 }
@@ -918,6 +973,26 @@ impl BrokerConfig {
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
         }
+        let a = &self.audit;
+        if a.segment_max_bytes != 0 && a.segment_max_bytes < MIN_AUDIT_SEGMENT_BYTES {
+            return Err(format!(
+                "field `audit.segment_max_bytes`: {} is below the minimum {MIN_AUDIT_SEGMENT_BYTES} \
+                 (0 never rotates)",
+                a.segment_max_bytes
+            ));
+        }
+        let f = &a.auth_failures;
+        for (field, value) in [
+            ("records_per_window", u64::from(f.records_per_window)),
+            ("window_seconds", f.window_seconds),
+            ("max_sources", f.max_sources as u64),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "field `audit.auth_failures.{field}`: must be at least 1"
+                ));
+            }
+        }
         self.server.check()?;
         self.signing.validate(
             self.reload_interval_seconds,
@@ -993,6 +1068,29 @@ mod tests {
         assert_eq!(cfg.issuers.len(), 1);
         assert_eq!(cfg.issuers[0].jwks, JwksSource::Discovery);
         assert_eq!(cfg.signing.algorithm, Algorithm::ES256);
+    }
+
+    #[test]
+    fn audit_segments_and_auth_failure_limits_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "b.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load("").expect("defaults");
+        assert_eq!(cfg.audit.segment_max_bytes, 256 * 1024 * 1024);
+        assert_eq!(cfg.audit.auth_failures, AuthFailureLimits::default());
+        let cfg = load("audit:\n  sink: a.log\n  segment_max_bytes: 0\n  auth_failures: {records_per_window: 3, window_seconds: 10, max_sources: 5}\n")
+            .expect("custom");
+        assert_eq!(cfg.audit.segment_max_bytes, 0);
+        assert_eq!(cfg.audit.auth_failures.records_per_window, 3);
+        let e = load("audit:\n  segment_max_bytes: 1000\n").expect_err("too small");
+        assert!(
+            e.contains("audit.segment_max_bytes") && e.contains("131072"),
+            "{e}"
+        );
+        let e = load("audit:\n  auth_failures: {window_seconds: 0}\n").expect_err("zero");
+        assert!(e.contains("audit.auth_failures.window_seconds"), "{e}");
     }
 
     #[test]

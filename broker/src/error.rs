@@ -150,7 +150,12 @@ impl From<StoreError> for ApiError {
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        Self::Internal(format!("audit: {e}"))
+        match e {
+            // Nothing is answered without its record: refuse, retryably, until the sink
+            // writes again (readiness says so meanwhile).
+            AuditError::Unavailable(_) => Self::NotReady(e.to_string()),
+            other => Self::Internal(format!("audit: {other}")),
+        }
     }
 }
 

@@ -51,6 +51,17 @@ pub struct Metrics {
     /// `lanyard_http_timeouts_total{phase}` (tls_handshake|header|body|request|idle|keep_alive):
     /// connections cut and requests refused because a deadline passed.
     pub http_timeouts: IntCounterVec,
+    /// `lanyard_audit_records_suppressed_total`: failed authentications not recorded one by
+    /// one (over `audit.auth_failures.records_per_window` for their source); each is counted
+    /// in its source's summary record.
+    pub audit_records_suppressed: IntCounter,
+    /// `lanyard_audit_sink_writable`: 1 while the audit sink writes, 0 while it cannot (the
+    /// broker is then not ready and refuses what it would have to record).
+    pub audit_sink_writable: IntGauge,
+    /// `lanyard_audit_write_failures_total`: audit writes that failed (each refused its group).
+    pub audit_write_failures: IntCounter,
+    /// `lanyard_audit_segment`: the number of the audit segment being written.
+    pub audit_segment: IntGauge,
 }
 
 impl Metrics {
@@ -175,8 +186,43 @@ impl Metrics {
              (tls_handshake|header|body|request|idle|keep_alive).",
             &["phase"],
         );
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let audit_records_suppressed = int_counter(
+            "lanyard_audit_records_suppressed_total",
+            "Failed authentications over their source's per-window limit: counted in a summary \
+             record, not recorded one by one.",
+        );
+        let audit_sink_writable = int_gauge(
+            "lanyard_audit_sink_writable",
+            "1 while the audit sink writes, 0 while it cannot (not ready).",
+        );
+        let audit_write_failures = int_counter(
+            "lanyard_audit_write_failures_total",
+            "Audit writes that failed; each refused its group of records.",
+        );
+        let audit_segment = int_gauge(
+            "lanyard_audit_segment",
+            "Number of the audit log segment being written.",
+        );
         Self {
             registry,
+            audit_records_suppressed,
+            audit_sink_writable,
+            audit_write_failures,
+            audit_segment,
             open_connections,
             connection_limit_waits,
             http_timeouts,
@@ -194,6 +240,15 @@ impl Metrics {
             policy_rules,
             bootstrap_tokens,
             audit_records,
+        }
+    }
+
+    /// The audit sink's health metrics, for the audit writer.
+    pub fn audit_sink(&self) -> crate::audit::SinkMetrics {
+        crate::audit::SinkMetrics {
+            writable: self.audit_sink_writable.clone(),
+            write_failures: self.audit_write_failures.clone(),
+            segment: self.audit_segment.clone(),
         }
     }
 

@@ -2,23 +2,38 @@
 //!
 //! [`AuditLog`] appends one line per record (format in [`super::line`]), flushing (and for
 //! files, `fsync`ing) before it records the new chain head in the store; records that
-//! arrive together are committed as a group (one write, one `fsync`, one head update). On open it resumes
-//! from the file's last record and refuses to continue if the store remembers a different
-//! head, so a truncated or replaced file is noticed at start rather than silently forked.
+//! arrive together are committed as a group (one write, one `fsync`, one head update). A file
+//! sink is a series of segments ([`super::segment`]): when a write brings the current one to
+//! `audit.segment_max_bytes`, the next group starts a new one with its header record.
+//!
+//! On open ([`super::resume`]) it finds the store's chain head in the file, keeps the
+//! complete records that chain on from it, cuts only an incomplete record at the end (and
+//! records that it did), and refuses to continue if the file does not hold the store's head,
+//! so a truncated or replaced file is noticed at start rather than silently forked.
+//!
+//! A write that fails (a full disk) never stops the log for good: the file is cut back to
+//! the end of its last complete group, the records of the failed group are refused (their
+//! requests fail with a retryable 503 — nothing is answered without its record on disk),
+//! [`AuditLog::writable`] says why (readiness), and the writer retries every
+//! [`AuditOptions::retry_interval`]. The first write that succeeds again is an `audit_repair`
+//! record saying how long the sink failed, how many records were refused and how many bytes
+//! were cut.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::hmac;
 use lanyard::Secret;
+use lanyard::clock::{Clock, SystemClock};
 
 use super::AuditRecord;
-use super::line::{
-    BoundedLine, BuildError, GENESIS_PREV, MAX_LINE_BYTES, build_line, parse_line,
-    read_bounded_line,
-};
+use super::line::{BuildError, GENESIS_PREV, build_line};
+use super::resume::{self, Opened};
+use super::segment;
 use crate::store::{ChainHead, LeaseRecord, Store, StoreError};
 
 /// Where records go.
@@ -26,7 +41,7 @@ use crate::store::{ChainHead, LeaseRecord, Store, StoreError};
 pub enum AuditSink {
     /// Standard output, one line per record.
     Stdout,
-    /// A file, appended to (created with mode 0600).
+    /// A file, appended to (created with mode 0600): segment 0 of the log.
     File(PathBuf),
 }
 
@@ -45,31 +60,73 @@ impl AuditSink {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// Writing the sink failed.
+    /// Opening or reading the sink failed.
     #[error("audit sink: {0}")]
     Io(#[from] std::io::Error),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The file's last record and the store's chain head disagree.
+    /// The file's records and the store's chain head disagree.
     #[error("audit chain mismatch: {0}")]
     ChainMismatch(String),
-    /// The audit file's last line cannot be resumed from (cut short, edited, unreadable).
+    /// The audit file cannot be resumed from (a complete line that is not a valid record,
+    /// records after the store's head that do not chain on from it, …).
     #[error("audit file unusable: {0}")]
     Corrupt(String),
     /// The record cannot be written as a line a reader accepts; nothing was written.
     #[error("audit record refused: {0}")]
     Record(#[from] BuildError),
-    /// An earlier write failed part-way; the file may end in a partial line, so no further
-    /// record is appended until the broker is restarted (which re-reads the file's tail).
-    #[error(
-        "audit log stopped after a failed write; restart the broker so it re-reads the audit file's tail"
-    )]
-    Stopped,
+    /// The sink cannot write now (e.g. the disk is full): the record was not written and
+    /// its request must fail, retryably. The writer retries and recovers by itself.
+    #[error("the audit log cannot be written now ({0}); retry later")]
+    Unavailable(String),
 }
 
 /// Most records one write and `fsync` covers.
 const MAX_BATCH: usize = 1024;
+
+/// How the log is kept, beyond its sink.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Start a new segment once one reaches this size (0: never).
+    pub segment_max_bytes: u64,
+    /// How often a failed sink is retried.
+    pub retry_interval: Duration,
+    /// The clock for the times of the records the log writes itself.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics of the sink's health.
+    pub metrics: Option<SinkMetrics>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            segment_max_bytes: 0,
+            retry_interval: Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
+            metrics: None,
+        }
+    }
+}
+
+/// The sink's health metrics.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    /// `lanyard_audit_sink_writable`: 1 while the sink writes, 0 while it fails.
+    pub writable: prometheus::IntGauge,
+    /// `lanyard_audit_write_failures_total`: failed writes (each refuses its group).
+    pub write_failures: prometheus::IntCounter,
+    /// `lanyard_audit_segment`: the number of the segment being written.
+    pub segment: prometheus::IntGauge,
+}
+
+/// Whether the sink can write, shared by the writer (which changes it only when it fails or
+/// recovers) and readiness.
+#[derive(Debug, Default)]
+struct Health {
+    failing: AtomicBool,
+    error: std::sync::Mutex<String>,
+}
 
 /// Writes hash-chained records.
 ///
@@ -82,6 +139,7 @@ const MAX_BATCH: usize = 1024;
 pub struct AuditLog {
     tx: tokio::sync::mpsc::UnboundedSender<Pending>,
     head: Arc<std::sync::Mutex<Option<ChainHead>>>,
+    health: Arc<Health>,
 }
 
 /// A record waiting for the writer (with the lease it records, if any), and where to send
@@ -98,62 +156,186 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Output {
-    Stdout,
-    File(Arc<std::fs::File>),
+/// The segment being written.
+#[derive(Debug)]
+struct SegmentOut {
+    /// Segment 0's path.
+    base: PathBuf,
+    number: u64,
+    file: Arc<std::fs::File>,
+    /// Its length: the end of its last complete group.
+    len: u64,
 }
 
-impl Output {
-    /// Writes, flushes and (for files) syncs the lines. Blocking; run off the async threads.
-    fn write_lines(&self, lines: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(lines)?;
-                out.flush()
-            }
-            Self::File(f) => {
-                let mut w: &std::fs::File = f;
-                w.write_all(lines)?;
-                w.flush()?;
-                f.sync_data()
-            }
-        }
+#[derive(Debug)]
+enum Output {
+    Stdout,
+    File(SegmentOut),
+}
+
+/// Why a write failed, and whether the file is back at the end of its last complete group.
+struct WriteFailure {
+    error: io::Error,
+    /// Bytes of the failed write that were cut (0 for stdout, or when unknown).
+    cut: u64,
+    /// The file may still hold part of the failed write: cut it before writing again.
+    dirty: bool,
+}
+
+/// Appends `lines` to `file` (whose complete content ends at `len`) and syncs; on failure
+/// cuts the file back to `len`. Blocking.
+fn append_file(file: &std::fs::File, len: u64, lines: &[u8]) -> Result<(), WriteFailure> {
+    let written = (|| {
+        let mut w: &std::fs::File = file;
+        w.write_all(lines)?;
+        file.sync_data()
+    })();
+    let Err(error) = written else {
+        return Ok(());
+    };
+    match cut_back(file, len) {
+        Ok(cut) => Err(WriteFailure {
+            error,
+            cut,
+            dirty: false,
+        }),
+        Err(_) => Err(WriteFailure {
+            error,
+            cut: 0,
+            dirty: true,
+        }),
     }
 }
 
+/// Cuts `file` back to `len` and syncs; returns how many bytes were cut.
+fn cut_back(file: &std::fs::File, len: u64) -> io::Result<u64> {
+    let now = file.metadata()?.len();
+    if now != len {
+        file.set_len(len)?;
+        file.sync_data()?;
+    }
+    Ok(now.saturating_sub(len))
+}
+
+fn write_stdout(lines: &[u8]) -> Result<(), WriteFailure> {
+    let mut out = io::stdout().lock();
+    out.write_all(lines)
+        .and_then(|()| out.flush())
+        .map_err(|error| WriteFailure {
+            error,
+            cut: 0,
+            dirty: false,
+        })
+}
+
+/// Creates segment `n` holding `header` (a line with its newline), synced with its directory
+/// entry. On failure the new file is removed. Blocking.
+fn create_segment(base: &std::path::Path, n: u64, header: &[u8]) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = segment::path(base, n);
+    let made = (|| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        // Only our own failed attempt can have left a file under a new segment's name.
+        file.set_len(0)?;
+        let mut w: &std::fs::File = &file;
+        w.write_all(header)?;
+        file.sync_data()?;
+        resume::sync_dir(&path)?;
+        Ok(file)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    made
+}
+
 impl AuditLog {
-    /// Opens the sink, resumes the chain and starts the writer task (it ends when the log
-    /// is dropped).
+    /// Opens the sink with default options (no rotation), resumes the chain and starts the
+    /// writer task (it ends when the log is dropped).
     pub async fn open(sink: AuditSink, store: Arc<dyn Store>) -> Result<Self, AuditError> {
+        Self::open_with(sink, store, AuditOptions::default()).await
+    }
+
+    /// Opens the sink, resumes the chain ([`super::resume`]: an incomplete record at the end
+    /// is cut and the cut recorded), and starts the writer task.
+    pub async fn open_with(
+        sink: AuditSink,
+        store: Arc<dyn Store>,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
         let store_head = store.audit_head().await?;
+        let mut internal = Vec::new();
         let (out, head) = match sink {
             AuditSink::Stdout => (Output::Stdout, store_head),
-            AuditSink::File(path) => {
-                let (file, head) =
-                    tokio::task::spawn_blocking(move || open_file(&path, store_head))
+            AuditSink::File(base) => {
+                let opened: Opened = {
+                    let base = base.clone();
+                    tokio::task::spawn_blocking(move || resume::open(&base, store_head))
                         .await
-                        .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??;
-                if let Some(h) = &head.adopt {
+                        .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??
+                };
+                if let Some(h) = &opened.adopt {
                     store.set_audit_head(h).await?;
                 }
-                (Output::File(Arc::new(file)), head.head)
+                let now = options.clock.now();
+                if let Some(previous) = &opened.needs_header {
+                    internal.push(AuditRecord::segment_start(now, opened.number, previous));
+                }
+                if let Some(cut) = &opened.cut {
+                    internal.push(AuditRecord::tail_cut(
+                        now,
+                        &cut.file,
+                        cut.bytes,
+                        cut.unwritten,
+                    ));
+                }
+                if let Some(m) = &options.metrics {
+                    m.segment
+                        .set(i64::try_from(opened.number).unwrap_or(i64::MAX));
+                }
+                let out = Output::File(SegmentOut {
+                    base,
+                    number: opened.number,
+                    file: Arc::new(opened.file),
+                    len: opened.len,
+                });
+                (out, opened.head)
             }
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(std::sync::Mutex::new(head.clone()));
+        let health = Arc::new(Health::default());
         let (recorder, written) = tokio::sync::mpsc::unbounded_channel();
-        let writer = Writer {
-            out,
+        if let Some(m) = &options.metrics {
+            m.writable.set(1);
+        }
+        let mut writer = Writer {
+            out: Some(out),
             head,
             shared: shared.clone(),
-            stopped: false,
             recorder,
+            internal,
+            failure: None,
+            health: health.clone(),
+            options,
         };
-        tokio::spawn(writer.run(rx));
         tokio::spawn(record(store, written));
-        Ok(Self { tx, head: shared })
+        if !writer.internal.is_empty() {
+            // The log's own records (a segment's header, a cut) before anything else.
+            writer.commit(&mut Vec::new()).await;
+        }
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            tx,
+            head: shared,
+            health,
+        })
     }
 
     /// The current chain head (`None` before the first record).
@@ -162,6 +344,20 @@ impl AuditLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// `Ok` while the sink writes; `Err` says why it cannot (records are then refused until
+    /// it recovers, which the writer retries by itself).
+    pub fn writable(&self) -> Result<(), String> {
+        if !self.health.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(self
+            .health
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
     }
 
     /// Appends a record; returns the new head once its line is written and durable.
@@ -195,14 +391,15 @@ impl AuditLog {
         let (done, answer) = tokio::sync::oneshot::channel();
         let queued = self.tx.send(Pending { rec, lease, done }).is_ok();
         async move {
-            if !queued {
-                return Err(AuditError::Stopped);
-            }
-            answer.await.unwrap_or_else(|_| {
-                Err(AuditError::Io(io::Error::other(
+            let ended = || {
+                AuditError::Io(io::Error::other(
                     "the audit writer task ended before answering",
-                )))
-            })
+                ))
+            };
+            if !queued {
+                return Err(ended());
+            }
+            answer.await.unwrap_or_else(|_| Err(ended()))
         }
     }
 }
@@ -214,49 +411,140 @@ type Caller = (
     Option<LeaseRecord>,
 );
 
+/// The sink is failing: since when, why, and what it cost so far.
+#[derive(Debug)]
+struct Failure {
+    since: SystemTime,
+    error: String,
+    /// Records refused since.
+    refused: u64,
+    /// Bytes of failed writes cut since.
+    cut: u64,
+    /// The file may hold part of a failed write (cutting it back failed too).
+    dirty: bool,
+    /// No write is tried before this.
+    next_try: tokio::time::Instant,
+}
+
 /// The writer task's state: it chains and writes groups; a second task (the recorder)
 /// saves each written group's leases and head in the store and answers its callers, so the
 /// next group's `write` + `fsync` overlaps the previous group's store transaction.
 struct Writer {
-    out: Output,
+    /// `None` only while a blocking write holds it.
+    out: Option<Output>,
     head: Option<ChainHead>,
     shared: Arc<std::sync::Mutex<Option<ChainHead>>>,
-    stopped: bool,
     /// Written, durable groups (never empty) on their way to the store.
     recorder: tokio::sync::mpsc::UnboundedSender<Vec<Caller>>,
+    /// The log's own records, written first with the next group: a segment's header, a cut.
+    internal: Vec<AuditRecord>,
+    failure: Option<Failure>,
+    health: Arc<Health>,
+    options: AuditOptions,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.commit(&mut batch).await;
+        loop {
+            let retry = self.failure.as_ref().map(|f| f.next_try);
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.commit(&mut batch).await;
+                }
+                () = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Nothing is waiting: try to recover so readiness comes back by itself.
+                    self.commit(&mut Vec::new()).await;
+                }
+            }
         }
     }
 
-    /// Chains, writes and syncs one group, then hands it to the recorder.
+    /// Chains, writes and syncs one group (after the log's own records, and after starting
+    /// a new segment when the current one is full), then hands it to the recorder. While the
+    /// sink fails, a group is refused at once unless a retry is due.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
-        if self.stopped {
-            for p in batch.drain(..) {
-                let _ = p.done.send(Err(AuditError::Stopped));
+        if let Some(f) = &mut self.failure {
+            if tokio::time::Instant::now() < f.next_try {
+                f.refused += batch.len() as u64;
+                let error = f.error.clone();
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(AuditError::Unavailable(error.clone())));
+                }
+                return;
             }
+            if f.dirty {
+                let cut = self.cut_back().await;
+                let Some(f) = &mut self.failure else { return };
+                match cut {
+                    Ok(bytes) => {
+                        f.cut += bytes;
+                        f.dirty = false;
+                    }
+                    Err(e) => {
+                        f.refused += batch.len() as u64;
+                        f.next_try = tokio::time::Instant::now() + self.options.retry_interval;
+                        let error =
+                            format!("{}; cutting the failed write back failed: {e}", f.error);
+                        for p in batch.drain(..) {
+                            let _ = p.done.send(Err(AuditError::Unavailable(error.clone())));
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        self.rotate_if_full().await;
+        let mut own: Vec<AuditRecord> = self.internal.clone();
+        if let Some(f) = &self.failure {
+            own.push(AuditRecord::sink_recovered(
+                self.options.clock.now(),
+                f.since,
+                &f.error,
+                f.refused,
+                f.cut,
+            ));
+        }
+        if own.is_empty() && batch.is_empty() {
             return;
         }
         let mut buf = String::new();
         let mut head = self.head.clone();
-        let mut callers = Vec::with_capacity(batch.len());
-        for p in batch.drain(..) {
+        let mut callers = Vec::with_capacity(batch.len() + own.len());
+        let mut chain = |rec: &AuditRecord| -> Result<ChainHead, BuildError> {
             let (seq, prev) = match &head {
                 Some(h) => (h.seq + 1, h.hash.clone()),
                 None => (1, GENESIS_PREV.to_owned()),
             };
-            match build_line(seq, &prev, &p.rec) {
-                Ok((line, hash)) => {
-                    buf.push_str(&line);
-                    buf.push('\n');
-                    let h = ChainHead { seq, hash };
-                    head = Some(h.clone());
+            let (line, hash) = build_line(seq, &prev, rec)?;
+            buf.push_str(&line);
+            buf.push('\n');
+            let h = ChainHead { seq, hash };
+            head = Some(h.clone());
+            Ok(h)
+        };
+        for rec in &own {
+            match chain(rec) {
+                // Nobody waits for the log's own records: their answer is dropped.
+                Ok(h) => callers.push((tokio::sync::oneshot::channel().0, h, None)),
+                Err(e) => tracing::error!(error = %e, "cannot build the audit log's own record"),
+            }
+        }
+        let mut refused = 0u64;
+        for p in batch.drain(..) {
+            match chain(&p.rec) {
+                Ok(h) => {
                     callers.push((p.done, h, p.lease));
+                    refused += 1;
                 }
                 Err(e) => {
                     let _ = p.done.send(Err(AuditError::Record(e)));
@@ -266,17 +554,31 @@ impl Writer {
         let Some(last) = head.filter(|_| !callers.is_empty()) else {
             return;
         };
-        let out = self.out.clone();
-        let written = tokio::task::spawn_blocking(move || out.write_lines(buf.as_bytes()))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(format!("audit write task failed: {e}"))));
-        if let Err(e) = written {
-            // The file may now end in part of a line: stop until a restart re-reads it.
-            self.stopped = true;
+        if let Err(failed) = self.write(buf.into_bytes()).await {
+            // Every record of the group is refused (the log's own are written again later).
+            self.fail(failed, refused);
+            let error = self
+                .failure
+                .as_ref()
+                .map(|f| f.error.clone())
+                .unwrap_or_default();
             for (done, _, _) in callers {
-                let _ = done.send(Err(AuditError::Io(io::Error::new(e.kind(), e.to_string()))));
+                let _ = done.send(Err(AuditError::Unavailable(error.clone())));
             }
             return;
+        }
+        self.internal.clear();
+        if let Some(f) = self.failure.take() {
+            tracing::warn!(
+                since = %lanyard::clock::rfc3339(f.since),
+                refused = f.refused,
+                cut_bytes = f.cut,
+                "the audit sink writes again; readiness restored"
+            );
+            self.health.failing.store(false, Ordering::Release);
+            if let Some(m) = &self.options.metrics {
+                m.writable.set(1);
+            }
         }
         self.head = Some(last.clone());
         *self
@@ -290,6 +592,153 @@ impl Writer {
                 ))));
             }
         }
+    }
+
+    /// Enters (or stays in) the failing state after a failed write of `refused` records.
+    fn fail(&mut self, failed: WriteFailure, refused: u64) {
+        let next_try = tokio::time::Instant::now() + self.options.retry_interval;
+        if let Some(m) = &self.options.metrics {
+            m.write_failures.inc();
+            m.writable.set(0);
+        }
+        let error = failed.error.to_string();
+        match &mut self.failure {
+            Some(f) => {
+                f.refused += refused;
+                f.cut += failed.cut;
+                f.dirty = failed.dirty;
+                f.next_try = next_try;
+                f.error = error.clone();
+            }
+            None => {
+                tracing::error!(
+                    error = %error,
+                    "the audit sink cannot write: refusing requests (503, retryable) and not ready until it recovers; retrying"
+                );
+                self.failure = Some(Failure {
+                    since: self.options.clock.now(),
+                    error: error.clone(),
+                    refused,
+                    cut: failed.cut,
+                    dirty: failed.dirty,
+                    next_try,
+                });
+            }
+        }
+        *self
+            .health
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = format!("cannot write: {error}");
+        self.health.failing.store(true, Ordering::Release);
+    }
+
+    /// Writes `buf` to the output, off the async threads.
+    async fn write(&mut self, buf: Vec<u8>) -> Result<(), WriteFailure> {
+        let Some(out) = self.out.take() else {
+            return Err(WriteFailure {
+                error: io::Error::other("the audit output was lost by an earlier failed task"),
+                cut: 0,
+                dirty: false,
+            });
+        };
+        let n = buf.len() as u64;
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = match &out {
+                Output::Stdout => write_stdout(&buf),
+                Output::File(s) => append_file(&s.file, s.len, &buf),
+            };
+            (out, r)
+        })
+        .await;
+        match joined {
+            Ok((mut out, r)) => {
+                if r.is_ok()
+                    && let Output::File(s) = &mut out
+                {
+                    s.len += n;
+                }
+                self.out = Some(out);
+                r
+            }
+            Err(e) => Err(WriteFailure {
+                error: io::Error::other(format!("audit write task failed: {e}")),
+                cut: 0,
+                dirty: true,
+            }),
+        }
+    }
+
+    /// Cuts the current segment back to the end of its last complete group.
+    async fn cut_back(&mut self) -> io::Result<u64> {
+        let Some(Output::File(s)) = &self.out else {
+            return Ok(0);
+        };
+        let (file, len) = (s.file.clone(), s.len);
+        tokio::task::spawn_blocking(move || cut_back(&file, len))
+            .await
+            .map_err(|e| io::Error::other(format!("audit cut task failed: {e}")))?
+    }
+
+    /// Starts the next segment when the current one reached `segment_max_bytes`. A failure
+    /// is logged and the current segment kept (tried again with the next group).
+    async fn rotate_if_full(&mut self) {
+        let max = self.options.segment_max_bytes;
+        let Some(Output::File(s)) = &self.out else {
+            return;
+        };
+        if max == 0 || s.len < max || self.failure.is_some() {
+            return;
+        }
+        let next = s.number + 1;
+        let previous = segment::path(&s.base, s.number)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rec = AuditRecord::segment_start(self.options.clock.now(), next, &previous);
+        let (seq, prev) = match &self.head {
+            Some(h) => (h.seq + 1, h.hash.clone()),
+            None => (1, GENESIS_PREV.to_owned()),
+        };
+        let (line, hash) = match build_line(seq, &prev, &rec) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a segment header");
+                return;
+            }
+        };
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        let base = s.base.clone();
+        let len = bytes.len() as u64;
+        let made = tokio::task::spawn_blocking(move || create_segment(&base, next, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("audit rotate task failed: {e}"))));
+        let file = match made {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, segment = next, "cannot start a new audit segment; writing on in the current one");
+                return;
+            }
+        };
+        if let Some(Output::File(s)) = &mut self.out {
+            s.number = next;
+            s.file = Arc::new(file);
+            s.len = len;
+        }
+        if let Some(m) = &self.options.metrics {
+            m.segment.set(i64::try_from(next).unwrap_or(i64::MAX));
+        }
+        let h = ChainHead { seq, hash };
+        self.head = Some(h.clone());
+        *self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(h.clone());
+        let _ = self
+            .recorder
+            .send(vec![(tokio::sync::oneshot::channel().0, h, None)]);
+        tracing::info!(segment = next, "audit segment started");
     }
 }
 
@@ -305,8 +754,8 @@ async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRecei
         };
         // The lines are durable; save the leases and the new head in one store
         // transaction. A failure leaves the store behind the file, which the next open
-        // tolerates (the store's head is then an ancestor of the file's); the callers whose
-        // lease was not saved get the error.
+        // tolerates (the records after the store's head chain on from it); the callers
+        // whose lease was not saved get the error.
         let leases: Vec<LeaseRecord> = callers.iter().filter_map(|(_, _, l)| l.clone()).collect();
         match store.record_group(&leases, &head).await {
             Ok(results) => {
@@ -326,164 +775,6 @@ async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRecei
             }
         }
     }
-}
-
-/// What opening a file found.
-struct Resumed {
-    /// The head to continue from.
-    head: Option<ChainHead>,
-    /// A head to save to the store (the store was empty or one step behind).
-    adopt: Option<ChainHead>,
-}
-
-fn open_file(
-    path: &Path,
-    store_head: Option<ChainHead>,
-) -> Result<(std::fs::File, Resumed), AuditError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("creating directory {}: {e}", dir.display()),
-                )
-            })?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-    if let Ok(meta) = file.metadata()
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            file = %path.display(),
-            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-            "audit file is readable by group or others; chmod 600 it"
-        );
-    }
-    let file_head = last_record(&mut file, path)?;
-    let resumed = reconcile(path, file_head, store_head)?;
-    Ok((file, resumed))
-}
-
-/// Reads the file's last record (looking at most `MAX_LINE_BYTES + 1` bytes back).
-fn last_record(file: &mut std::fs::File, path: &Path) -> Result<Option<ChainHead>, AuditError> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(None);
-    }
-    let window = (MAX_LINE_BYTES as u64 + 2).min(len);
-    file.seek(SeekFrom::Start(len - window))?;
-    let mut tail = Vec::with_capacity(window as usize);
-    Read::by_ref(file).take(window).read_to_end(&mut tail)?;
-    let corrupt = |what: &str| {
-        AuditError::Corrupt(format!(
-            "{what} in {}; run `lanyard-broker audit verify {}` to see where, then restore the file from a backup (or move it aside together with the store to start a new chain)",
-            path.display(),
-            path.display()
-        ))
-    };
-    let Some(body) = tail.strip_suffix(b"\n") else {
-        return Err(corrupt(
-            "the last line is incomplete (no newline; a write was cut short or the file was edited)",
-        ));
-    };
-    let start = match body.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None if window == len => 0,
-        None => return Err(corrupt("the last line is longer than the 64 KiB limit")),
-    };
-    let last =
-        std::str::from_utf8(&body[start..]).map_err(|_| corrupt("the last line is not UTF-8"))?;
-    let parsed = parse_line(last.strip_suffix('\r').unwrap_or(last))
-        .map_err(|e| corrupt(&format!("the last line is not a valid record ({e})")))?;
-    if !parsed.hash_matches() {
-        return Err(corrupt(&format!(
-            "the last record (seq {}) fails its hash check",
-            parsed.seq
-        )));
-    }
-    Ok(Some(parsed.head()))
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..16).unwrap_or(hash)
-}
-
-/// Decides where to resume, given the file's last record and the store's head.
-fn reconcile(
-    path: &Path,
-    file_head: Option<ChainHead>,
-    store_head: Option<ChainHead>,
-) -> Result<Resumed, AuditError> {
-    let p = path.display();
-    match (file_head, store_head) {
-        (None, None) => Ok(Resumed {
-            head: None,
-            adopt: None,
-        }),
-        (Some(f), None) => Ok(Resumed {
-            adopt: Some(f.clone()),
-            head: Some(f),
-        }),
-        (Some(f), Some(s)) if f == s => Ok(Resumed {
-            head: Some(f),
-            adopt: None,
-        }),
-        (Some(f), Some(s)) if f.seq > s.seq && store_head_is_ancestor(path, &s)? => {
-            // The broker stopped between writing a line and saving the head.
-            tracing::warn!(
-                file = %p,
-                file_seq = f.seq,
-                store_seq = s.seq,
-                "audit store head was behind the file; adopting the file's head"
-            );
-            Ok(Resumed {
-                adopt: Some(f.clone()),
-                head: Some(f),
-            })
-        }
-        (None, Some(s)) => Err(AuditError::ChainMismatch(format!(
-            "{p} has no records but the store's chain head is seq {} (hash {}…): the file was truncated, replaced or rotated away. \
-             Restore the file that ends at seq {}; or, to start a new chain, move both aside: the audit file {p} and the broker's store database (it holds the chain head)",
-            s.seq,
-            short(&s.hash),
-            s.seq
-        ))),
-        (Some(f), Some(s)) => Err(AuditError::ChainMismatch(format!(
-            "the last record in {p} is seq {} (hash {}…) but the store's chain head is seq {} (hash {}…): the file was truncated, replaced or rotated away. \
-             Restore the file that ends at seq {}; or, to start a new chain, move both aside: the audit file {p} and the broker's store database (it holds the chain head)",
-            f.seq,
-            short(&f.hash),
-            s.seq,
-            short(&s.hash),
-            s.seq
-        ))),
-    }
-}
-
-/// Whether the file holds the record `head` (by seq and hash). Reads the whole file; only
-/// used in the rare case where the store fell behind.
-fn store_head_is_ancestor(path: &Path, head: &ChainHead) -> Result<bool, AuditError> {
-    let mut reader = io::BufReader::new(std::fs::File::open(path)?);
-    while let Some(line) = read_bounded_line(&mut reader, MAX_LINE_BYTES)? {
-        if let BoundedLine::Line(l) = line
-            && let Ok(p) = parse_line(&l)
-            && p.seq == head.seq
-        {
-            return Ok(p.hash_matches() && p.hash == head.hash);
-        }
-    }
-    Ok(false)
 }
 
 /// Computes credential fingerprints: HMAC-SHA256 under a broker-local key, so a
@@ -531,7 +822,9 @@ impl Fingerprinter {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
+    use super::super::line::parse_line;
     use super::super::{Decision, Event};
     use super::*;
     use crate::store::memory::MemoryStore;
@@ -782,17 +1075,345 @@ mod tests {
         ));
     }
 
+    /// Opens a log on `path` (segment 0) with `segment_max_bytes`.
+    async fn open_log(path: &Path, store: &Arc<dyn Store>, segment_max_bytes: u64) -> AuditLog {
+        AuditLog::open_with(
+            AuditSink::File(path.to_owned()),
+            store.clone(),
+            AuditOptions {
+                segment_max_bytes,
+                ..AuditOptions::default()
+            },
+        )
+        .await
+        .expect("open")
+    }
+
+    /// `audit verify` over every segment from `path`, with the store's head.
+    async fn verify_all(path: &Path, store: &Arc<dyn Store>) -> super::super::VerifyReport {
+        let head = store.audit_head().await.expect("head");
+        let segments = super::super::segment::open_from(path)
+            .expect("open segments")
+            .expect("consecutive");
+        super::super::verify_segments(segments, head.as_ref()).expect("the chain verifies")
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open")
+            .write_all(bytes)
+            .expect("append");
+    }
+
     #[tokio::test]
-    async fn an_incomplete_last_line_is_reported() {
+    async fn an_incomplete_last_record_is_cut_and_the_cut_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        for i in 1..=3 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let before = lines(&path);
+        // A write cut short by a crash or a full disk, then blocks left zeroed.
+        let partial = br#"{"seq":4,"prev":"ab12"#;
+        append_bytes(&path, partial);
+        append_bytes(&path, &[0u8; 100]);
+
+        let log = open_log(&path, &store, 0).await;
+        let after = lines(&path);
+        assert_eq!(after.len(), 4, "{after:?}");
+        assert_eq!(&after[..3], &before[..], "no complete record was touched");
+        let cut = parse_line(&after[3]).expect("the cut is a record");
+        assert_eq!(cut.seq, 4);
+        assert_eq!(cut.record.event, Event::AuditRepair);
+        assert_eq!(cut.record.cut_bytes, Some(partial.len() as u64 + 100));
+        assert!(
+            cut.record
+                .reason
+                .contains(&format!("{} bytes of an incomplete record", partial.len()))
+                && cut.record.reason.contains("100 bytes of unwritten"),
+            "{}",
+            cut.record.reason
+        );
+        // The store's head is the cut record (saved with its group); the chain goes on.
+        assert_eq!(log.append(record(5)).await.expect("append").seq, 5);
+        assert_eq!(verify_all(&path, &store).await.records, 5);
+    }
+
+    #[tokio::test]
+    async fn a_log_that_is_only_a_partial_record_restarts_its_chain_with_the_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.log");
         std::fs::write(&path, r#"{"seq":1,"prev":"#).expect("write");
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let err = AuditLog::open(AuditSink::File(path), store)
+        let log = open_log(&path, &store, 0).await;
+        let ls = lines(&path);
+        assert_eq!(ls.len(), 1);
+        let p = parse_line(&ls[0]).expect("record");
+        assert_eq!((p.seq, p.record.event), (1, Event::AuditRepair));
+        assert_eq!(log.append(record(2)).await.expect("append").seq, 2);
+    }
+
+    #[tokio::test]
+    async fn complete_records_after_the_store_head_are_kept_when_they_chain_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        let h1 = log.append(record(1)).await.expect("append");
+        log.append(record(2)).await.expect("append");
+        let h3 = log.append(record(3)).await.expect("append");
+        drop(log);
+        // Written and synced, the store not yet told (a crash in between), and a partial
+        // fourth write.
+        store.set_audit_head(&h1).await.expect("set");
+        append_bytes(&path, br#"{"seq":4"#);
+        let log = open_log(&path, &store, 0).await;
+        let ls = lines(&path);
+        assert_eq!(
+            ls.len(),
+            4,
+            "records 2 and 3 kept, the partial cut and recorded"
+        );
+        assert_eq!(parse_line(&ls[2]).expect("3").hash, h3.hash);
+        assert_eq!(
+            parse_line(&ls[3]).expect("cut").record.event,
+            Event::AuditRepair
+        );
+        assert_eq!(log.head().await.expect("head").seq, 4);
+        assert_eq!(verify_all(&path, &store).await.records, 4);
+    }
+
+    #[tokio::test]
+    async fn a_complete_line_that_does_not_chain_on_is_refused_and_nothing_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        let h1 = log.append(record(1)).await.expect("append");
+        log.append(record(2)).await.expect("append");
+        drop(log);
+        store.set_audit_head(&h1).await.expect("set");
+        // A well-formed record that does not follow the chain, then a partial line.
+        let (forged, _) =
+            super::super::line::build_line(3, &"c".repeat(64), &record(9)).expect("forge");
+        append_bytes(&path, format!("{forged}\n{{\"seq\":4").as_bytes());
+        let before = std::fs::read(&path).expect("read");
+        let err = AuditLog::open(AuditSink::File(path.clone()), store.clone())
             .await
-            .expect_err("refuse");
+            .expect_err("refused");
         assert!(matches!(err, AuditError::Corrupt(_)), "{err}");
-        assert!(err.to_string().contains("incomplete"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("line 3") && msg.contains("chain"), "{msg}");
+        assert_eq!(std::fs::read(&path).expect("read"), before, "nothing cut");
+
+        // A garbage complete last line is never cut either.
+        std::fs::write(&path, b"not a record\n").expect("write");
+        let err = AuditLog::open(AuditSink::File(path.clone()), Arc::new(MemoryStore::new()))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, AuditError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("never a complete line"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"not a record\n");
+    }
+
+    #[tokio::test]
+    async fn a_file_without_the_store_head_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        for i in 1..=3 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let ls = lines(&path);
+        // Truncated to two records plus a partial third.
+        let text = format!("{}\n{}\n{}", ls[0], ls[1], &ls[2][..30]);
+        std::fs::write(&path, &text).expect("truncate");
+        let err = AuditLog::open(AuditSink::File(path.clone()), store)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, AuditError::ChainMismatch(_)), "{err}");
+        assert!(
+            err.to_string().contains("does not hold that record"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    }
+
+    #[tokio::test]
+    async fn a_record_missing_only_its_newline_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        let h1 = log.append(record(1)).await.expect("append");
+        let h2 = log.append(record(2)).await.expect("append");
+        drop(log);
+        store.set_audit_head(&h1).await.expect("set");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.trim_end_matches('\n')).expect("drop the newline");
+        let log = open_log(&path, &store, 0).await;
+        assert_eq!(log.head().await, Some(h2));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    }
+
+    #[tokio::test]
+    async fn segments_rotate_by_size_and_the_chain_runs_through_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 2_000).await;
+        for i in 1..=40 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let segments = super::super::segment::list(&path).expect("list");
+        assert!(segments.len() >= 5, "{segments:?}");
+        for (n, p) in &segments {
+            let size = std::fs::metadata(p).expect("meta").len();
+            let ls = lines(p);
+            if *n > 0 {
+                let header = parse_line(&ls[0]).expect("header");
+                assert_eq!(header.record.event, Event::AuditSegment);
+                assert_eq!(header.record.segment, Some(*n));
+            }
+            // A segment ends at the first group that reaches the size.
+            if *n + 1 < segments.len() as u64 {
+                assert!((2_000..3_000).contains(&size), "{n}: {size}");
+            }
+        }
+        let report = verify_all(&path, &store).await;
+        assert_eq!(report.records, 40 + segments.len() as u64 - 1);
+        assert_eq!(report.segments, segments.len() as u64);
+        // `audit query` follows the segments too.
+        let mut issued = 0;
+        let readers = super::super::segment::open_from(&path)
+            .expect("open")
+            .expect("ok");
+        super::super::query_segments(
+            readers,
+            &super::super::Filter {
+                event: Some(Event::Issue),
+                ..Default::default()
+            },
+            &mut |_| issued += 1,
+        )
+        .expect("query");
+        assert_eq!(issued, 40);
+
+        // Reopened, the log goes on in the newest segment.
+        let log = open_log(&path, &store, 2_000).await;
+        log.append(record(41)).await.expect("append");
+        drop(log);
+        assert_eq!(verify_all(&path, &store).await.records, report.records + 1);
+
+        // Verifying from a later segment (earlier ones removed by retention) checks from it.
+        let from = super::super::segment::open_from(&segments[2].1)
+            .expect("open")
+            .expect("ok");
+        let head = store.audit_head().await.expect("head");
+        let later = super::super::verify_segments(from, head.as_ref()).expect("verifies");
+        assert!(later.first_seq.expect("first") > 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_swapped_segment_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 1_500).await;
+        for i in 1..=30 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let seg = |n| super::super::segment::path(&path, n);
+        assert!(seg(3).exists());
+        let verify_err = || {
+            let readers = super::super::segment::open_from(&path).expect("open");
+            match readers {
+                Err(missing) => missing,
+                Ok(r) => super::super::verify_segments(r, None)
+                    .expect_err("must fail")
+                    .to_string(),
+            }
+        };
+        // Swapped: 1 and 2 exchange names.
+        std::fs::rename(seg(1), dir.path().join("x")).expect("mv");
+        std::fs::rename(seg(2), seg(1)).expect("mv");
+        std::fs::rename(dir.path().join("x"), seg(2)).expect("mv");
+        let e = verify_err();
+        assert!(
+            e.contains("audit.log.000001")
+                && e.contains("does not begin with its audit_segment record"),
+            "{e}"
+        );
+        // Missing: 2 removed.
+        std::fs::remove_file(seg(2)).expect("rm");
+        let e = verify_err();
+        assert!(e.contains("audit.log.000002 is missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_new_segment_left_empty_by_a_crash_gets_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 0).await;
+        for i in 1..=3 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        // The broker stopped after creating segment 1 and before its header was written;
+        // the new file holds a partial header and pre-allocated space.
+        let one = super::super::segment::path(&path, 1);
+        std::fs::write(&one, [b"{\"seq\":4".as_slice(), &[0u8; 64]].concat()).expect("write");
+        let log = open_log(&path, &store, 0).await;
+        let ls = lines(&one);
+        assert_eq!(ls.len(), 2, "{ls:?}");
+        let header = parse_line(&ls[0]).expect("header");
+        assert_eq!((header.seq, header.record.event), (4, Event::AuditSegment));
+        assert_eq!(
+            parse_line(&ls[1]).expect("cut").record.event,
+            Event::AuditRepair
+        );
+        log.append(record(6)).await.expect("append");
+        assert_eq!(verify_all(&path, &store).await.records, 6);
+    }
+
+    #[tokio::test]
+    async fn unwritten_nul_space_at_the_end_is_not_tampering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = open_log(&path, &store, 1_500).await;
+        for i in 1..=20 {
+            log.append(record(i)).await.expect("append");
+        }
+        drop(log);
+        let segments = super::super::segment::list(&path).expect("list");
+        let (_, newest) = segments.last().expect("newest");
+        // A segment allocated ahead: zero-filled space after its last record.
+        append_bytes(newest, &vec![0u8; 200_000]);
+        let report = verify_all(&path, &store).await;
+        assert_eq!(report.unwritten_bytes, 200_000);
+        assert_eq!(report.incomplete_tail_bytes, 0);
+        // The same space in a sealed segment is tampering.
+        append_bytes(&segments[0].1, &[0u8; 10]);
+        let readers = super::super::segment::open_from(&path)
+            .expect("open")
+            .expect("ok");
+        let f = super::super::verify_segments(readers, None).expect_err("sealed segment");
+        assert!(
+            f.problem.contains("does not end with a complete line"),
+            "{f}"
+        );
     }
 
     #[tokio::test]

@@ -315,15 +315,47 @@ pub(crate) enum BoundedLine {
     NotUtf8,
 }
 
+impl BoundedLine {
+    /// What is wrong with a line that could not be read as text (empty for a line).
+    pub(crate) fn problem(&self) -> String {
+        match self {
+            Self::Line(_) => String::new(),
+            Self::TooLong(len) => LineError::TooLong { len: *len }.to_string(),
+            Self::NotUtf8 => LineError::NotUtf8.to_string(),
+        }
+    }
+}
+
+/// One line as [`read_line`] read it.
+#[derive(Debug)]
+pub(crate) struct ReadLine {
+    /// The line (or why it cannot be one).
+    pub line: BoundedLine,
+    /// It ended with a newline (false: the input ended first).
+    pub terminated: bool,
+    /// Its length in bytes, without the newline.
+    pub len: usize,
+    /// How many NUL bytes end it (counted even past the bound).
+    pub trailing_nuls: usize,
+}
+
 /// Reads one line of at most `max` bytes; longer lines are consumed and reported as
 /// [`BoundedLine::TooLong`] without being held in memory. `Ok(None)` at end of input.
 pub(crate) fn read_bounded_line(
     reader: &mut impl BufRead,
     max: usize,
 ) -> io::Result<Option<BoundedLine>> {
+    Ok(read_line(reader, max)?.map(|r| r.line))
+}
+
+/// [`read_bounded_line`], also saying whether the line was ended by a newline and how many
+/// NUL bytes end it (so a reader can tell unwritten space at the end of a segment).
+pub(crate) fn read_line(reader: &mut impl BufRead, max: usize) -> io::Result<Option<ReadLine>> {
     let mut buf: Vec<u8> = Vec::new();
     let mut len = 0usize;
+    let mut trailing_nuls = 0usize;
     let mut saw_any = false;
+    let mut terminated = false;
     loop {
         let chunk = match reader.fill_buf() {
             Ok(c) => c,
@@ -338,28 +370,41 @@ pub(crate) fn read_bounded_line(
             Some(i) => (i, true),
             None => (chunk.len(), false),
         };
+        let part = &chunk[..take];
+        match part.iter().rposition(|&b| b != 0) {
+            Some(i) => trailing_nuls = take - i - 1,
+            None => trailing_nuls += take,
+        }
         if len <= max {
             let room = (max + 1).saturating_sub(buf.len());
-            buf.extend_from_slice(&chunk[..take.min(room)]);
+            buf.extend_from_slice(&part[..take.min(room)]);
         }
         len = len.saturating_add(take);
         reader.consume(if done { take + 1 } else { take });
         if done {
+            terminated = true;
             break;
         }
     }
     if !saw_any {
         return Ok(None);
     }
-    if len > max {
-        return Ok(Some(BoundedLine::TooLong(len)));
-    }
-    if buf.last() == Some(&b'\r') {
-        buf.pop();
-    }
-    Ok(Some(match String::from_utf8(buf) {
-        Ok(s) => BoundedLine::Line(s),
-        Err(_) => BoundedLine::NotUtf8,
+    let line = if len > max {
+        BoundedLine::TooLong(len)
+    } else {
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        match String::from_utf8(buf) {
+            Ok(s) => BoundedLine::Line(s),
+            Err(_) => BoundedLine::NotUtf8,
+        }
+    };
+    Ok(Some(ReadLine {
+        line,
+        terminated,
+        len,
+        trailing_nuls,
     }))
 }
 

@@ -1,15 +1,19 @@
 //! `audit query`: prints the records that match a filter.
 //!
-//! Query reads records; it does not check the chain (that is `audit verify`). Lines are
+//! Query reads records — of one file, or of a log's segments in order
+//! ([`query_segments`]); it does not check the chain (that is `audit verify`). Lines are
 //! bounded to [`MAX_LINE_BYTES`] before parsing, and a line that is not a record stops the
-//! query with its line number.
+//! query with its file and line number. The end of the newest segment follows the segment
+//! rules ([`super::segment`]): unwritten (NUL) space and an incomplete record before it are
+//! not records, and are skipped.
 
 use std::io::BufRead;
 use std::time::SystemTime;
 
 use lanyard::clock::parse_rfc3339;
 
-use super::line::{BoundedLine, LineError, MAX_LINE_BYTES, parse_line, read_bounded_line};
+use super::line::{BoundedLine, LineError, MAX_LINE_BYTES, parse_line, read_line};
+use super::verify::SegmentInput;
 use super::{Decision, Event};
 
 /// Which records to print. Every field that is set must match.
@@ -43,8 +47,10 @@ pub enum QueryError {
         message: String,
     },
     /// A line is not a record (or its time is unreadable when filtering by time).
-    #[error("line {line}: {problem}; run `audit verify` on the file to check it")]
+    #[error("{}line {line}: {problem}; run `audit verify` on the file to check it", file.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
     BadLine {
+        /// The segment file, when the log was given as named segments.
+        file: Option<String>,
         /// 1-based line number.
         line: usize,
         /// What is wrong.
@@ -58,7 +64,24 @@ pub enum QueryError {
 /// Passes each line whose record matches `filter` (unchanged, without its newline) to `out`;
 /// returns how many matched.
 pub fn query(
-    mut reader: impl BufRead,
+    reader: impl BufRead,
+    filter: &Filter,
+    out: &mut dyn FnMut(&str),
+) -> Result<u64, QueryError> {
+    query_segments(
+        vec![SegmentInput {
+            name: None,
+            number: 0,
+            reader,
+        }],
+        filter,
+        out,
+    )
+}
+
+/// [`query`] over a log's segments, oldest first (the last is the newest).
+pub fn query_segments<R: BufRead>(
+    segments: Vec<SegmentInput<R>>,
     filter: &Filter,
     out: &mut dyn FnMut(&str),
 ) -> Result<u64, QueryError> {
@@ -74,46 +97,64 @@ pub fn query(
         .transpose()?;
     let by_time = filter.since.is_some() || filter.until.is_some();
     let mut matched = 0u64;
-    let mut line_no = 0usize;
-    while let Some(read) = read_bounded_line(&mut reader, MAX_LINE_BYTES)? {
-        line_no += 1;
-        let bad = |problem: String| QueryError::BadLine {
-            line: line_no,
-            problem,
-        };
-        let text = match read {
-            BoundedLine::Line(s) => s,
-            BoundedLine::TooLong(len) => return Err(bad(LineError::TooLong { len }.to_string())),
-            BoundedLine::NotUtf8 => return Err(bad(LineError::NotUtf8.to_string())),
-        };
-        let rec = parse_line(&text).map_err(|e| bad(e.to_string()))?.record;
-        if by_time {
-            let Some(t) = parse_rfc3339(&rec.time) else {
-                return Err(bad(format!(
-                    "`time` is not an RFC 3339 time: `{}`",
-                    rec.time.chars().take(64).collect::<String>()
-                )));
+    let count = segments.len();
+    for (i, seg) in segments.into_iter().enumerate() {
+        let newest = i + 1 == count;
+        let mut reader = seg.reader;
+        let mut line_no = 0usize;
+        while let Some(read) = read_line(&mut reader, MAX_LINE_BYTES)? {
+            line_no += 1;
+            let bad = |problem: String| QueryError::BadLine {
+                file: seg.name.clone(),
+                line: line_no,
+                problem,
             };
-            if filter.since.is_some_and(|s| t < s) || filter.until.is_some_and(|u| t > u) {
+            // The newest segment's unwritten space, or an incomplete record before it (never
+            // longer than a line), is not a record.
+            let tail = !read.terminated
+                && newest
+                && read.len - read.trailing_nuls.min(read.len) <= MAX_LINE_BYTES;
+            let text = match read.line {
+                BoundedLine::Line(s) => s,
+                _ if tail => break,
+                BoundedLine::TooLong(len) => {
+                    return Err(bad(LineError::TooLong { len }.to_string()));
+                }
+                BoundedLine::NotUtf8 => return Err(bad(LineError::NotUtf8.to_string())),
+            };
+            let rec = match parse_line(&text) {
+                Ok(p) => p.record,
+                Err(_) if tail => break,
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            if by_time {
+                let Some(t) = parse_rfc3339(&rec.time) else {
+                    return Err(bad(format!(
+                        "`time` is not an RFC 3339 time: `{}`",
+                        rec.time.chars().take(64).collect::<String>()
+                    )));
+                };
+                if filter.since.is_some_and(|s| t < s) || filter.until.is_some_and(|u| t > u) {
+                    continue;
+                }
+            }
+            if let Some(m) = &identity
+                && !rec.identity.as_deref().is_some_and(|i| m.is_match(i))
+            {
                 continue;
             }
+            if filter
+                .role
+                .as_deref()
+                .is_some_and(|r| rec.role.as_deref() != Some(r))
+                || filter.decision.is_some_and(|d| rec.decision != d)
+                || filter.event.is_some_and(|e| rec.event != e)
+            {
+                continue;
+            }
+            matched += 1;
+            out(&text);
         }
-        if let Some(m) = &identity
-            && !rec.identity.as_deref().is_some_and(|i| m.is_match(i))
-        {
-            continue;
-        }
-        if filter
-            .role
-            .as_deref()
-            .is_some_and(|r| rec.role.as_deref() != Some(r))
-            || filter.decision.is_some_and(|d| rec.decision != d)
-            || filter.event.is_some_and(|e| rec.event != e)
-        {
-            continue;
-        }
-        matched += 1;
-        out(&text);
     }
     Ok(matched)
 }
@@ -264,7 +305,7 @@ mod tests {
         input.insert_str(0, "{\"seq\":1}\n");
         let err = query(Cursor::new(input), &Filter::default(), &mut |_| {}).expect_err("bad");
         assert!(
-            matches!(&err, QueryError::BadLine { line: 1, problem } if problem.contains("missing field")),
+            matches!(&err, QueryError::BadLine { line: 1, problem, .. } if problem.contains("missing field")),
             "{err}"
         );
 

@@ -17,6 +17,10 @@
 //! | [`AuditRecord::lease_revoke`] | `lease_revoke`, allow | request, the lease's identity, role, backend, id, fingerprint, upstream lease |
 //! | [`AuditRecord::lease_expired`] | `lease_revoke`, allow | as `lease_revoke` without request, with expiry |
 //! | [`AuditRecord::policy_reload`], [`AuditRecord::policy_reload_rejected`] | `policy_reload`, allow / deny | — |
+//! | [`AuditRecord::auth_failures_suppressed`] | `deny`, deny | source, suppressed (failures of one source not recorded one by one, [`super::flood`]) |
+//! | [`AuditRecord::segment_start`] | `audit_segment`, allow | segment (the first record of each segment after the first, [`super::segment`]) |
+//! | [`AuditRecord::tail_cut`] | `audit_repair`, deny | cut bytes (an incomplete record cut from the log at start) |
+//! | [`AuditRecord::sink_recovered`] | `audit_repair`, deny | cut bytes, suppressed (records refused while the sink could not write) |
 //!
 //! "Identity" is the subject and its issuer.
 
@@ -27,6 +31,7 @@ use lanyard::clock::rfc3339;
 use lanyard::wire::MintTokenRequest;
 use serde::{Deserialize, Serialize};
 
+use super::flood::Summary;
 use crate::authn::bootstrap::MintedToken;
 use crate::authn::{AuthnError, Identity};
 use crate::issue::lifetime::Granted;
@@ -51,6 +56,11 @@ pub enum Event {
     LeaseRevoke,
     /// Policies were reloaded (or a reload was rejected).
     PolicyReload,
+    /// A new audit segment begins (its first record).
+    AuditSegment,
+    /// The audit log was repaired: an incomplete record was cut, or the sink recovered
+    /// after it could not write.
+    AuditRepair,
 }
 
 impl Event {
@@ -64,6 +74,8 @@ impl Event {
             Self::TokenRevoke => "token_revoke",
             Self::LeaseRevoke => "lease_revoke",
             Self::PolicyReload => "policy_reload",
+            Self::AuditSegment => "audit_segment",
+            Self::AuditRepair => "audit_repair",
         }
     }
 }
@@ -130,6 +142,19 @@ pub struct AuditRecord {
     /// assumed-role id). An identifier, never a credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_lease: Option<String>,
+    /// The client's address (IPv4, or an IPv6 /64) of a failed authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// How many records this one stands for that were not written one by one (failed
+    /// authentications of one source in one window; records refused while the sink failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+    /// The segment an `audit_segment` record begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u64>,
+    /// Bytes an `audit_repair` record says were cut from the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_bytes: Option<u64>,
 }
 
 impl AuditRecord {
@@ -153,6 +178,10 @@ impl AuditRecord {
             image: None,
             fingerprint: None,
             upstream_lease: None,
+            source: None,
+            suppressed: None,
+            segment: None,
+            cut_bytes: None,
         }
     }
 
@@ -177,6 +206,10 @@ impl AuditRecord {
             image,
             fingerprint,
             upstream_lease,
+            source,
+            suppressed: _,
+            segment: _,
+            cut_bytes: _,
         } = self;
         let optional = [
             request_id,
@@ -190,6 +223,7 @@ impl AuditRecord {
             image,
             fingerprint,
             upstream_lease,
+            source,
         ];
         let mut fields = vec![time, reason];
         fields.extend(optional.into_iter().flatten());
@@ -263,6 +297,71 @@ impl AuditRecord {
         let reason = format!("authentication failed: {}", error.reason());
         let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason).request(request_id);
         rec.token_id = token_id;
+        rec
+    }
+
+    /// The client address a failed authentication came from (see [`super::flood::Source`]).
+    pub fn from_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source.map(|ip| super::flood::Source::of(ip).to_string());
+        self
+    }
+
+    /// Failed authentications of one source that were counted but not recorded one by one,
+    /// in the window that began at `summary.window_start`.
+    pub fn auth_failures_suppressed(now: SystemTime, summary: &Summary) -> Self {
+        let reason = format!(
+            "authentication failed {} more times from this source in the window that began at {} \
+             (over audit.auth_failures.records_per_window; not recorded one by one)",
+            summary.suppressed,
+            rfc3339(summary.window_start)
+        );
+        let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason);
+        rec.source = Some(summary.source.to_string());
+        rec.suppressed = Some(summary.suppressed);
+        rec
+    }
+
+    /// The first record of segment `n` (`n ≥ 1`), which follows `previous` (a file name).
+    pub fn segment_start(now: SystemTime, n: u64, previous: &str) -> Self {
+        let reason = format!("segment {n} begins; the chain continues from {previous}");
+        let mut rec = Self::at(now, Event::AuditSegment, Decision::Allow, reason);
+        rec.segment = Some(n);
+        rec
+    }
+
+    /// At start, `cut` bytes after the last complete record of `file` were cut: an incomplete
+    /// record (a write cut short) and `unwritten` NUL bytes of unwritten space.
+    pub fn tail_cut(now: SystemTime, file: &str, cut: u64, unwritten: u64) -> Self {
+        let reason = format!(
+            "at start, cut {cut} bytes after the last complete record of {file}: \
+             {} bytes of an incomplete record (a write cut short by a crash or a full disk; \
+             never acknowledged) and {unwritten} bytes of unwritten (NUL) space",
+            cut - unwritten
+        );
+        let mut rec = Self::at(now, Event::AuditRepair, Decision::Deny, reason);
+        rec.cut_bytes = Some(cut);
+        rec
+    }
+
+    /// The sink could write again after failing from `since` with `error`: `refused` records
+    /// were refused meanwhile (their requests failed, retryably), and the `cut` bytes of an
+    /// unfinished write were cut from the log.
+    pub fn sink_recovered(
+        now: SystemTime,
+        since: SystemTime,
+        error: &str,
+        refused: u64,
+        cut: u64,
+    ) -> Self {
+        let reason = format!(
+            "the audit sink could not write from {} ({error}); {refused} records were refused \
+             meanwhile (their requests failed with a retryable 503) and {cut} bytes of an \
+             unfinished write were cut",
+            rfc3339(since)
+        );
+        let mut rec = Self::at(now, Event::AuditRepair, Decision::Deny, reason);
+        rec.suppressed = Some(refused);
+        rec.cut_bytes = Some(cut);
         rec
     }
 
@@ -530,6 +629,8 @@ mod tests {
             Event::TokenRevoke,
             Event::LeaseRevoke,
             Event::PolicyReload,
+            Event::AuditSegment,
+            Event::AuditRepair,
         ] {
             assert_eq!(
                 serde_json::to_value(event).expect("serializes"),

@@ -116,13 +116,23 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
+    // Summaries of failed authentications not recorded one by one, once their window ends.
+    let auth_failures = {
+        let broker = broker.clone();
+        periodic(every, rx.clone(), move || {
+            let broker = broker.clone();
+            async move {
+                broker.flush_auth_failure_summaries(false).await;
+            }
+        })
+    };
     let jwks = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })
     };
     Background {
         stop,
-        tasks: vec![reload, rotate, backends, jwks],
+        tasks: vec![reload, rotate, backends, auth_failures, jwks],
     }
 }
 
@@ -227,6 +237,8 @@ pub async fn run(
     for t in background.tasks {
         let _ = t.await;
     }
+    // No failure goes uncounted in the log: the open windows' summaries too.
+    broker.flush_auth_failure_summaries(true).await;
     info!("broker stopped");
     Ok(())
 }

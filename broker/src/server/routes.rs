@@ -111,6 +111,7 @@ fn body_json<T: serde::de::DeserializeOwned>(
 
 async fn issue_credentials(
     State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -127,7 +128,10 @@ async fn issue_credentials(
             Ok(r) => r.unwrap_or_default(),
             Err(e) => return e.into_response_with_id(Some(&request_id)),
         };
-        let auth = match broker.authenticate(bearer(&headers), &request_id).await {
+        let auth = match broker
+            .authenticate_from(bearer(&headers), &request_id, conn.peer.ip())
+            .await
+        {
             Ok(a) => a,
             Err(e) => return e.into_response_with_id(Some(&request_id)),
         };
@@ -157,7 +161,7 @@ async fn revoke_lease(
         }
         // A bootstrap token is refused, never redeemed: it would be spent on a revocation.
         let auth = broker
-            .authenticate_without_redeeming(bearer(&headers), &request_id)
+            .authenticate_without_redeeming(bearer(&headers), &request_id, conn.peer.ip())
             .await?;
         broker
             .revoke_lease(&lease_id, Some(&auth.identity), &request_id)
@@ -267,7 +271,9 @@ async fn require_admin(
 ) -> Result<(), ApiError> {
     match admin_credential(broker, conn, headers).await {
         Ok(()) => Ok(()),
-        Err(reason) => Err(broker.refuse_admin(request_id, route, reason).await),
+        Err(reason) => Err(broker
+            .refuse_admin(request_id, route, reason, conn.peer.ip())
+            .await),
     }
 }
 

@@ -49,6 +49,12 @@ pub struct TestBrokerOptions {
     pub admin_mtls: bool,
     /// The broker's clock, for tests that move time (`None`: the system clock).
     pub clock: Option<Arc<lanyard::clock::ManualClock>>,
+    /// The audit log file (`None`: `audit.log` in the broker's directory), e.g. on a small
+    /// file system a test fills.
+    pub audit_file: Option<PathBuf>,
+    /// More keys of the `audit:` section, each line indented two spaces (e.g.
+    /// `"  auth_failures: {records_per_window: 5}\n"`).
+    pub audit_config: String,
 }
 
 impl Default for TestBrokerOptions {
@@ -59,6 +65,8 @@ impl Default for TestBrokerOptions {
             audience: "lanyard".into(),
             admin_mtls: false,
             clock: None,
+            audit_file: None,
+            audit_config: String::new(),
         }
     }
 }
@@ -125,12 +133,18 @@ impl TestBroker {
         } else {
             String::new()
         };
+        let audit_file = opts
+            .audit_file
+            .clone()
+            .unwrap_or_else(|| dir.path().join("audit.log"));
         let config_text = format!(
             "listen: \"{addr}\"\npublic_url: \"{url}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n{mtls}\
              policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
-             audit:\n  sink: audit.log\nreload_interval_seconds: 1\n{issuers}{extra}\n",
+             audit:\n  sink: {audit}\n{audit_extra}reload_interval_seconds: 1\n{issuers}{extra}\n",
             cert = pki.cert_path().display(),
             key = pki.key_path().display(),
+            audit = audit_file.display(),
+            audit_extra = opts.audit_config,
             extra = opts.extra_config,
         );
         let config_file = dir.path().join("broker.yaml");
@@ -148,7 +162,7 @@ impl TestBroker {
             admin_token,
             config_file,
             policies_dir,
-            audit_file: dir.path().join("audit.log"),
+            audit_file,
             store_file: dir.path().join("store.db"),
             stop,
             task: Some(task),
