@@ -16,6 +16,7 @@ use crate::tar::{EntryKind, TarLimits, TarReader};
 use crate::util::{
     Compression, DigestAlgorithm, detect, looks_like_tar, normalize_path, read_full,
 };
+use crate::vendor::{self, FileHashes, HashedFile, LayerVendor, RecordFile, ValueKey};
 
 /// A whiteout seen in a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,9 @@ pub(crate) struct Budget {
     pub files: AtomicU64,
     /// Findings kept so far (config and layers), against [`Limits::max_findings`].
     pub findings: AtomicU64,
+    /// Bytes of package record files kept for the vendor pass, against
+    /// [`vendor::MAX_RECORD_BYTES_PER_IMAGE`].
+    pub record_bytes: AtomicU64,
     pub exceeded: Mutex<Option<String>>,
     /// Set when the scan future is dropped or times out.
     pub cancel: Arc<AtomicBool>,
@@ -73,6 +77,7 @@ impl Budget {
             entries: AtomicU64::new(0),
             files: AtomicU64::new(0),
             findings: AtomicU64::new(0),
+            record_bytes: AtomicU64::new(0),
             exceeded: Mutex::new(None),
             cancel,
             user_cancel,
@@ -341,6 +346,10 @@ pub(crate) struct LayerInfo {
 #[derive(Debug, Default)]
 pub(crate) struct LayerResult {
     pub findings: Vec<Finding>,
+    /// `keys[i]` is `findings[i]`'s value key (in memory only, for the `.pyc` de-duplication).
+    pub keys: Vec<ValueKey>,
+    /// Package records, symlinks and the digests of files with findings (the vendor pass).
+    pub vendor: LayerVendor,
     pub whiteouts: Vec<Whiteout>,
     pub incomplete: Vec<String>,
     pub warnings: Vec<String>,
@@ -357,6 +366,8 @@ struct LayerCtx<'a> {
     info: &'a LayerInfo,
     out: LayerResult,
     buf: Vec<u8>,
+    /// The current top-level file's bytes (up to a bound), for its digests or as a record.
+    retained: Vec<u8>,
     outer_failed: Arc<AtomicBool>,
 }
 
@@ -372,8 +383,15 @@ pub(crate) fn scan_layer<R: Read>(
         rules,
         budget,
         info,
-        out: LayerResult::default(),
+        out: LayerResult {
+            vendor: LayerVendor {
+                layer: info.index,
+                ..LayerVendor::default()
+            },
+            ..LayerResult::default()
+        },
         buf: Vec::with_capacity(CHUNK + OVERLAP),
+        retained: Vec::new(),
         outer_failed: Arc::new(AtomicBool::new(false)),
     };
     let raw = RawCounting {
@@ -525,6 +543,13 @@ impl LayerCtx<'_> {
                 self.out.whiteouts.push(wh);
                 continue;
             }
+            if depth == 0
+                && h.kind == EntryKind::Symlink
+                && let Some(target) = &h.link
+            {
+                self.out.vendor.links.push((path.clone(), target.clone()));
+                continue;
+            }
             if h.kind != EntryKind::File || h.size == 0 {
                 continue;
             }
@@ -546,7 +571,7 @@ impl LayerCtx<'_> {
         let nested = matches!(comp, Compression::Gzip | Compression::Zstd) || looks_like_tar(&head);
         let chained = Cursor::new(head).chain(r);
         if !nested {
-            return self.scan_content(chained, path);
+            return self.scan_content(chained, path, depth == 0);
         }
         if depth >= self.budget.limits.max_nesting {
             self.note_incomplete(format!(
@@ -603,7 +628,7 @@ impl LayerCtx<'_> {
         {
             self.scan_nested(chained, path, depth + 1)
         } else {
-            self.scan_content(chained, path)
+            self.scan_content(chained, path, false)
         }
     }
 
@@ -619,16 +644,93 @@ impl LayerCtx<'_> {
         }
     }
 
-    /// Scans text or binary content in overlapping chunks.
-    fn scan_content<R: Read>(&mut self, mut r: R, path: &str) -> io::Result<()> {
+    /// Scans text or binary content in overlapping chunks. A `top`-level file (a file of the
+    /// layer itself, not of a nested archive) that carries a finding is hashed for the vendor
+    /// pass, and one that is a package record is kept for it (both within bounds).
+    fn scan_content<R: Read>(&mut self, mut r: R, path: &str, top: bool) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
-        let result = self.scan_chunks(&mut r, path, &mut buf);
+        let mut retained = std::mem::take(&mut self.retained);
+        retained.clear();
+        let record = if top { vendor::record_kind(path) } else { None };
+        let cap = if record.is_some() {
+            vendor::MAX_RECORD_FILE_BYTES
+        } else {
+            vendor::MAX_HASHED_FILE_BYTES
+        };
+        let mut keep = top.then_some(Retain {
+            bytes: &mut retained,
+            cap,
+            whole: true,
+        });
+        let result = self.scan_chunks(&mut r, path, &mut buf, keep.as_mut());
+        let whole = keep.is_some_and(|k| k.whole);
+        if result.is_ok() && top {
+            self.hand_to_vendor(path, record, &mut retained, whole);
+        }
         buf.clear();
         self.buf = buf;
+        if retained.capacity() > vendor::MAX_HASHED_FILE_BYTES as usize {
+            retained = Vec::new();
+        }
+        self.retained = retained;
         result
     }
 
-    fn scan_chunks<R: Read>(&mut self, r: &mut R, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    /// After a top-level file: its digests if it carries a finding, its bytes if it is a
+    /// package record.
+    fn hand_to_vendor(
+        &mut self,
+        path: &str,
+        record: Option<vendor::RecordKind>,
+        retained: &mut Vec<u8>,
+        whole: bool,
+    ) {
+        let has_findings = self
+            .out
+            .vendor
+            .hashed
+            .last()
+            .is_some_and(|h| h.path == path);
+        if has_findings && let Some(h) = self.out.vendor.hashed.last_mut() {
+            h.hashes = whole.then(|| FileHashes::of(retained));
+        }
+        let Some(kind) = record else { return };
+        let bytes = if kind == vendor::RecordKind::PythonDirectUrl {
+            Ok(Vec::new())
+        } else if !whole {
+            Err(format!(
+                "larger than {} bytes",
+                vendor::MAX_RECORD_FILE_BYTES
+            ))
+        } else {
+            let total = self
+                .budget
+                .record_bytes
+                .fetch_add(retained.len() as u64, Ordering::Relaxed)
+                + retained.len() as u64;
+            if total > vendor::MAX_RECORD_BYTES_PER_IMAGE {
+                Err(format!(
+                    "the image's package records exceed {} bytes",
+                    vendor::MAX_RECORD_BYTES_PER_IMAGE
+                ))
+            } else {
+                Ok(std::mem::take(retained))
+            }
+        };
+        self.out.vendor.records.push(RecordFile {
+            path: path.to_owned(),
+            kind,
+            bytes,
+        });
+    }
+
+    fn scan_chunks<R: Read>(
+        &mut self,
+        r: &mut R,
+        path: &str,
+        buf: &mut Vec<u8>,
+        mut keep: Option<&mut Retain<'_>>,
+    ) -> io::Result<()> {
         let limit = self.budget.limits.max_file_scan_bytes;
         let mut carry = 0usize;
         let mut consumed: u64 = 0; // bytes before buf[0]
@@ -646,6 +748,9 @@ impl LayerCtx<'_> {
             let n = r.by_ref().take(CHUNK as u64).read_to_end(buf)?;
             if n == 0 && !first {
                 break;
+            }
+            if let Some(k) = keep.as_deref_mut() {
+                k.add(&buf[carry..]);
             }
             let scanned_to = consumed + buf.len() as u64;
             if first {
@@ -670,7 +775,7 @@ impl LayerCtx<'_> {
                 let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
                 let f = self.file_finding(rule, value, path, line, test_material);
-                self.keep_finding(f)?;
+                self.keep_finding(f, vendor::value_key(rule.id, value), keep.is_some())?;
                 file_findings += 1;
             }
             first = false;
@@ -680,6 +785,9 @@ impl LayerCtx<'_> {
             if scanned_to >= limit {
                 // Drain the rest unscanned and say so.
                 let rest = io::copy(r, &mut io::sink())?;
+                if let Some(k) = keep.as_deref_mut() {
+                    k.whole &= rest == 0;
+                }
                 if rest > 0 {
                     self.note_incomplete(format!(
                         "{path}: only the first {limit} bytes scanned (limit max_file_scan_bytes)"
@@ -700,20 +808,36 @@ impl LayerCtx<'_> {
         {
             let rule = self.rules.file_kinds[k].def.rule();
             let f = self.file_finding(&rule, &value, path, line, test_material);
-            self.keep_finding(f)?;
+            self.keep_finding(f, vendor::value_key(rule.id, &value), keep.is_some())?;
         }
         Ok(())
     }
 
     /// Keeps a finding within the image's [`Limits::max_findings`]; past it, stops every
     /// layer of the image (the reason becomes the layer's incomplete mark).
-    fn keep_finding(&mut self, f: Finding) -> io::Result<()> {
+    /// `top`: the finding is in a file of the layer itself, which the vendor pass then hashes.
+    fn keep_finding(&mut self, f: Finding, key: ValueKey, top: bool) -> io::Result<()> {
         let max = self.budget.limits.max_findings;
         let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
         if n > max {
             return Err(self.budget.stop(max_findings_reason(max)));
         }
+        if top
+            && let Location::File { path, .. } = &f.location
+            && self
+                .out
+                .vendor
+                .hashed
+                .last()
+                .is_none_or(|h| &h.path != path)
+        {
+            self.out.vendor.hashed.push(HashedFile {
+                path: path.clone(),
+                hashes: None,
+            });
+        }
         self.out.findings.push(f);
+        self.out.keys.push(key);
         Ok(())
     }
 
@@ -746,6 +870,28 @@ impl LayerCtx<'_> {
             f.confidence = Confidence::Low;
         }
         f
+    }
+}
+
+/// The bytes of the file being scanned, kept for the vendor pass up to `cap`.
+struct Retain<'a> {
+    bytes: &'a mut Vec<u8>,
+    cap: u64,
+    /// Every byte of the file is in `bytes` (false once over `cap` or cut short).
+    whole: bool,
+}
+
+impl Retain<'_> {
+    fn add(&mut self, new: &[u8]) {
+        if !self.whole {
+            return;
+        }
+        if (self.bytes.len() + new.len()) as u64 > self.cap {
+            self.whole = false;
+            self.bytes.clear();
+        } else {
+            self.bytes.extend_from_slice(new);
+        }
     }
 }
 
