@@ -561,8 +561,46 @@ impl LayerCtx<'_> {
     }
 
     /// Scans one file's bytes: a nested archive is opened, anything else is content. Errors
-    /// returned here end the enclosing tar.
-    fn scan_file<R: Read>(&mut self, mut r: R, path: &str, depth: u32) -> io::Result<()> {
+    /// returned here end the enclosing tar. A file of the layer itself (`depth` 0) is kept as
+    /// it is read (within bounds, never decompressed) for the vendor pass: hashed if it — or
+    /// an archive member inside it — carries a finding, kept whole if it is a package record.
+    fn scan_file<R: Read>(&mut self, r: R, path: &str, depth: u32) -> io::Result<()> {
+        if depth > 0 {
+            return self.scan_file_bytes(r, path, depth);
+        }
+        let record = vendor::record_kind(path);
+        let mut bytes = std::mem::take(&mut self.retained);
+        bytes.clear();
+        let mut tee = Tee {
+            inner: r,
+            keep: Retain {
+                bytes,
+                cap: if record.is_some() {
+                    vendor::MAX_RECORD_FILE_BYTES
+                } else {
+                    vendor::MAX_HASHED_FILE_BYTES
+                },
+                whole: true,
+            },
+        };
+        // Read to the end of the entry, so the digest covers the whole file.
+        let result = self
+            .scan_file_bytes(&mut tee, path, depth)
+            .and_then(|()| io::copy(&mut tee, &mut io::sink()).map(|_| ()));
+        let Retain {
+            mut bytes, whole, ..
+        } = tee.keep;
+        if result.is_ok() {
+            self.hand_to_vendor(path, record, &bytes, whole);
+        }
+        if bytes.capacity() > vendor::MAX_HASHED_FILE_BYTES as usize {
+            bytes = Vec::new();
+        }
+        self.retained = bytes;
+        result
+    }
+
+    fn scan_file_bytes<R: Read>(&mut self, mut r: R, path: &str, depth: u32) -> io::Result<()> {
         self.budget.files.fetch_add(1, Ordering::Relaxed);
         let mut head = vec![0u8; HEAD];
         let n = read_full(&mut r, &mut head)?;
@@ -571,7 +609,7 @@ impl LayerCtx<'_> {
         let nested = matches!(comp, Compression::Gzip | Compression::Zstd) || looks_like_tar(&head);
         let chained = Cursor::new(head).chain(r);
         if !nested {
-            return self.scan_content(chained, path, depth == 0);
+            return self.scan_content(chained, path);
         }
         if depth >= self.budget.limits.max_nesting {
             self.note_incomplete(format!(
@@ -628,7 +666,7 @@ impl LayerCtx<'_> {
         {
             self.scan_nested(chained, path, depth + 1)
         } else {
-            self.scan_content(chained, path, false)
+            self.scan_content(chained, path)
         }
     }
 
@@ -644,35 +682,12 @@ impl LayerCtx<'_> {
         }
     }
 
-    /// Scans text or binary content in overlapping chunks. A `top`-level file (a file of the
-    /// layer itself, not of a nested archive) that carries a finding is hashed for the vendor
-    /// pass, and one that is a package record is kept for it (both within bounds).
-    fn scan_content<R: Read>(&mut self, mut r: R, path: &str, top: bool) -> io::Result<()> {
+    /// Scans text or binary content in overlapping chunks.
+    fn scan_content<R: Read>(&mut self, mut r: R, path: &str) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
-        let mut retained = std::mem::take(&mut self.retained);
-        retained.clear();
-        let record = if top { vendor::record_kind(path) } else { None };
-        let cap = if record.is_some() {
-            vendor::MAX_RECORD_FILE_BYTES
-        } else {
-            vendor::MAX_HASHED_FILE_BYTES
-        };
-        let mut keep = top.then_some(Retain {
-            bytes: &mut retained,
-            cap,
-            whole: true,
-        });
-        let result = self.scan_chunks(&mut r, path, &mut buf, keep.as_mut());
-        let whole = keep.is_some_and(|k| k.whole);
-        if result.is_ok() && top {
-            self.hand_to_vendor(path, record, &mut retained, whole);
-        }
+        let result = self.scan_chunks(&mut r, path, &mut buf);
         buf.clear();
         self.buf = buf;
-        if retained.capacity() > vendor::MAX_HASHED_FILE_BYTES as usize {
-            retained = Vec::new();
-        }
-        self.retained = retained;
         result
     }
 
@@ -682,7 +697,7 @@ impl LayerCtx<'_> {
         &mut self,
         path: &str,
         record: Option<vendor::RecordKind>,
-        retained: &mut Vec<u8>,
+        retained: &[u8],
         whole: bool,
     ) {
         let has_findings = self
@@ -714,7 +729,8 @@ impl LayerCtx<'_> {
                     vendor::MAX_RECORD_BYTES_PER_IMAGE
                 ))
             } else {
-                Ok(std::mem::take(retained))
+                // An exact-size copy: the reused buffer keeps its (possibly large) capacity.
+                Ok(retained.to_vec())
             }
         };
         self.out.vendor.records.push(RecordFile {
@@ -724,13 +740,7 @@ impl LayerCtx<'_> {
         });
     }
 
-    fn scan_chunks<R: Read>(
-        &mut self,
-        r: &mut R,
-        path: &str,
-        buf: &mut Vec<u8>,
-        mut keep: Option<&mut Retain<'_>>,
-    ) -> io::Result<()> {
+    fn scan_chunks<R: Read>(&mut self, r: &mut R, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
         let limit = self.budget.limits.max_file_scan_bytes;
         let mut carry = 0usize;
         let mut consumed: u64 = 0; // bytes before buf[0]
@@ -748,9 +758,6 @@ impl LayerCtx<'_> {
             let n = r.by_ref().take(CHUNK as u64).read_to_end(buf)?;
             if n == 0 && !first {
                 break;
-            }
-            if let Some(k) = keep.as_deref_mut() {
-                k.add(&buf[carry..]);
             }
             let scanned_to = consumed + buf.len() as u64;
             if first {
@@ -775,7 +782,7 @@ impl LayerCtx<'_> {
                 let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
                 let f = self.file_finding(rule, value, path, line, test_material);
-                self.keep_finding(f, vendor::value_key(rule.id, value), keep.is_some())?;
+                self.keep_finding(f, vendor::value_key(rule.id, value))?;
                 file_findings += 1;
             }
             first = false;
@@ -785,9 +792,6 @@ impl LayerCtx<'_> {
             if scanned_to >= limit {
                 // Drain the rest unscanned and say so.
                 let rest = io::copy(r, &mut io::sink())?;
-                if let Some(k) = keep.as_deref_mut() {
-                    k.whole &= rest == 0;
-                }
                 if rest > 0 {
                     self.note_incomplete(format!(
                         "{path}: only the first {limit} bytes scanned (limit max_file_scan_bytes)"
@@ -808,33 +812,29 @@ impl LayerCtx<'_> {
         {
             let rule = self.rules.file_kinds[k].def.rule();
             let f = self.file_finding(&rule, &value, path, line, test_material);
-            self.keep_finding(f, vendor::value_key(rule.id, &value), keep.is_some())?;
+            self.keep_finding(f, vendor::value_key(rule.id, &value))?;
         }
         Ok(())
     }
 
     /// Keeps a finding within the image's [`Limits::max_findings`]; past it, stops every
     /// layer of the image (the reason becomes the layer's incomplete mark).
-    /// `top`: the finding is in a file of the layer itself, which the vendor pass then hashes.
-    fn keep_finding(&mut self, f: Finding, key: ValueKey, top: bool) -> io::Result<()> {
+    /// The file of the layer that holds the finding (the outer archive for a member of a
+    /// nested one) is then hashed for the vendor pass.
+    fn keep_finding(&mut self, f: Finding, key: ValueKey) -> io::Result<()> {
         let max = self.budget.limits.max_findings;
         let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
         if n > max {
             return Err(self.budget.stop(max_findings_reason(max)));
         }
-        if top
-            && let Location::File { path, .. } = &f.location
-            && self
-                .out
-                .vendor
-                .hashed
-                .last()
-                .is_none_or(|h| &h.path != path)
-        {
-            self.out.vendor.hashed.push(HashedFile {
-                path: path.clone(),
-                hashes: None,
-            });
+        if let Location::File { path, .. } = &f.location {
+            let file = vendor::layer_file(path);
+            if self.out.vendor.hashed.last().is_none_or(|h| h.path != file) {
+                self.out.vendor.hashed.push(HashedFile {
+                    path: file.to_owned(),
+                    hashes: None,
+                });
+            }
         }
         self.out.findings.push(f);
         self.out.keys.push(key);
@@ -874,14 +874,28 @@ impl LayerCtx<'_> {
 }
 
 /// The bytes of the file being scanned, kept for the vendor pass up to `cap`.
-struct Retain<'a> {
-    bytes: &'a mut Vec<u8>,
+struct Retain {
+    bytes: Vec<u8>,
     cap: u64,
-    /// Every byte of the file is in `bytes` (false once over `cap` or cut short).
+    /// Every byte of the file is in `bytes` (false once over `cap`).
     whole: bool,
 }
 
-impl Retain<'_> {
+/// Keeps what is read through it in a [`Retain`].
+struct Tee<R> {
+    inner: R,
+    keep: Retain,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.keep.add(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Retain {
     fn add(&mut self, new: &[u8]) {
         if !self.whole {
             return;

@@ -515,3 +515,76 @@ async fn a_corrupt_record_is_a_warning_and_proves_nothing() {
     assert_eq!(img.warnings.len(), 2, "{:?}", img.warnings);
     assert!(img.warnings.iter().all(|w| w.contains("not used")));
 }
+
+/// A PEM block with a made-up body of `lines` 64-character lines.
+fn pem(kind: &str, lines: usize) -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut body = String::new();
+    for _ in 0..lines {
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            body.push(alphabet[(x % 64) as usize] as char);
+        }
+        body.push('\n');
+    }
+    format!("-----BEGIN {kind}-----\n{body}-----END {kind}-----\n")
+}
+
+#[tokio::test]
+async fn compressed_vendor_files_and_keys_compiled_into_vendor_libraries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = "usr/local/lib/python3.11/dist-packages";
+    // A gzip-compressed data file of a wheel (botocore ships its models as .json.gz): the
+    // RECORD hashes the compressed bytes.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, format!("{{\"doc\": \"Bearer {JWT}\"}}").as_bytes())
+        .expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    // A library with a self-test key and bare PEM header constants between NULs, as in
+    // libgnutls; and the same key in a file no package owns.
+    let key = pem("RSA PRIVATE KEY", 12);
+    let mut lib = b"\x7fELF\x02\x01\x01\0".to_vec();
+    for c in [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----\n",
+        "\n",
+    ] {
+        lib.extend_from_slice(c.as_bytes());
+        lib.push(0);
+    }
+    lib.extend_from_slice(key.as_bytes());
+    lib.push(0);
+    let md5sums = md5_line("usr/lib/x86_64-linux-gnu/libdemo.so.1", &lib);
+    let record = record_line("vendorlib/data/model.json.gz", &gz);
+    let l0 = dir.path().join("l0");
+    write_tree(
+        &l0,
+        &[
+            (&format!("{site}/vendorlib/data/model.json.gz"), &gz),
+            (
+                &format!("{site}/vendorlib-1.0.dist-info/RECORD"),
+                record.as_bytes(),
+            ),
+            ("usr/lib/x86_64-linux-gnu/libdemo.so.1", &lib),
+            (
+                "var/lib/dpkg/info/libdemo1:amd64.md5sums",
+                md5sums.as_bytes(),
+            ),
+            ("srv/app/tls.key", key.as_bytes()),
+        ],
+        &[],
+    );
+    let report = scan_layers(dir.path(), &[tar_layer(&l0)]).await;
+    assert_eq!(
+        summary(&report.images[0].findings),
+        vec![
+            format!("jwt 0 {site}/vendorlib/data/model.json.gz info python:vendorlib"),
+            "private-key-rsa 0 srv/app/tls.key counts -".to_owned(),
+            "private-key-rsa 0 usr/lib/x86_64-linux-gnu/libdemo.so.1 info dpkg:libdemo1".to_owned(),
+        ],
+        "bare PEM headers are no finding; a key block is, lowered only in a pristine package file"
+    );
+}

@@ -68,7 +68,7 @@ pub enum DigestAlg {
 }
 
 impl DigestAlg {
-    fn len(self) -> usize {
+    pub(crate) fn len(self) -> usize {
         match self {
             DigestAlg::Md5 => 16,
             DigestAlg::Sha1 => 20,
@@ -259,11 +259,23 @@ pub(crate) fn value_key(rule: &str, value: &[u8]) -> ValueKey {
     k
 }
 
-/// Can a pristine vendor file lower this finding? Low- and medium-confidence findings and
-/// password-like ones (sample credentials in URLs and assignments); never a high-confidence
-/// high-entropy one (a provider key or a private key).
+/// The file of the layer a finding's path is in: the outer archive for a member of a nested
+/// one (`a.tar.gz!/x` → `a.tar.gz`). Pure.
+pub fn layer_file(path: &str) -> &str {
+    path.split("!/").next().unwrap_or(path)
+}
+
+/// Can a pristine vendor file lower this finding? Low- and medium-confidence findings,
+/// password-like ones (sample credentials in URLs and assignments) and private keys (a key
+/// that a package ships byte-identical to every installation, such as the self-test keys
+/// compiled into libgnutls, is public by construction); never a high-confidence provider
+/// token (`ghp_…`, `AKIA…`, a SAS signature…), which is still somebody's live credential: it
+/// stays counted, marked as found in a vendor file, for an operator to judge.
 pub fn downgradable(f: &Finding) -> bool {
-    f.confidence != Confidence::High || f.fingerprint_kind == FingerprintKind::Location
+    f.confidence != Confidence::High
+        || f.fingerprint_kind == FingerprintKind::Location
+        || f.rule.starts_with("private-key-")
+        || f.rule == "file-ssh-private-key"
 }
 
 /// Is the path from the layer deleted by a later layer's whiteout?
@@ -441,10 +453,11 @@ fn mark_vendor_files(
         else {
             continue;
         };
-        let Some(h) = hashes.get(&(*layer_index, path.as_str())) else {
+        let file = layer_file(path);
+        let Some(h) = hashes.get(&(*layer_index, file)) else {
             continue;
         };
-        let Some(list) = owners.get(&links.resolve(path)) else {
+        let Some(list) = owners.get(&links.resolve(file)) else {
             continue;
         };
         let Some(owner) = list.iter().find(|o| h.matches(&o.digest)) else {

@@ -48,9 +48,14 @@ pub fn parse_record(site: &str, project: &str, bytes: &[u8]) -> Result<Vec<Owned
             // The spec forbids md5 and sha1; anything else cannot prove a file.
             _ => continue,
         };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(b64.trim_end_matches('='))
-            .map_err(|_| RecordError::at(i + 1, "digest is not urlsafe base64"))?;
+        // The spec says urlsafe base64; Debian's dh-python writes hex. Their lengths differ.
+        let bytes = if b64.len() == 2 * alg.len() && b64.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(b64).map_err(|_| RecordError::at(i + 1, "bad hex digest"))?
+        } else {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64.trim_end_matches('='))
+                .map_err(|_| RecordError::at(i + 1, "digest is not urlsafe base64"))?
+        };
         let digest = Digest::new(alg, bytes)
             .ok_or_else(|| RecordError::at(i + 1, "digest has the wrong length"))?;
         let joined = join(site, path).ok_or_else(|| RecordError::at(i + 1, "path leaves /"))?;
@@ -155,6 +160,10 @@ mod tests {
             hex::encode(&r[0].digest.bytes),
             "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
         );
+        let hex_row =
+            b"x.py,sha256=5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03,6\n";
+        let debian = parse_record("a", "p", hex_row).expect("Debian's hex RECORD");
+        assert_eq!(debian[0].digest, r[0].digest);
         assert!(parse_record("a", "p", b"x.py,sha256=!!!,1\n").is_err());
         assert!(parse_record("a", "p", b"\"x.py,sha256=a,1\n").is_err());
         assert!(
