@@ -530,7 +530,7 @@ pub struct RuleSet {
 /// The rule set's series. Patterns are hashed into the version automatically; bump this when the
 /// filters in code change (placeholder, code-reference, overlap, test-material and package
 /// decisions), since they change verdicts too.
-const RULES_SERIES: &str = "2026.2";
+const RULES_SERIES: &str = "2026.3";
 
 impl RuleSet {
     /// The built-in rule set, compiled on first use.
