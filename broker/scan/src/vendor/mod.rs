@@ -7,18 +7,19 @@
 //! file. Also here: a `.pyc` finding that repeats its source's literal is counted once, at the
 //! source.
 //!
-//! The layers hand in what they saw ([`LayerVendor`]): the package managers' record files
+//! The layers hand in what they saw (`LayerVendor`): the package managers' record files
 //! (bounded copies), symlinks, and the digests of the files that carry a finding (no other file
-//! is hashed). [`apply`] then works on the image's final view: the last version of each record
+//! is hashed). `apply` then works on the image's final view: the last version of each record
 //! file that no later layer deletes, paths resolved through the image's own symlinks (merged
 //! `/usr`: dpkg lists `bin/x`, the layers hold `usr/bin/x`).
 //!
 //! The records are written by whoever built the image: they can prove that a file is what a
 //! package shipped only as far as the image is honest. A forged record can lower a low- or
-//! medium-confidence finding; that is why high-confidence provider keys never go down.
+//! medium-confidence finding, a password-like one or a private key; that is why provider
+//! tokens never go down.
 //!
 //! # Layout
-//! - this file: the digests, [`record_kind`], the final view and [`apply`].
+//! - this file: the digests, [`record_kind`], the final view and `apply`.
 //! - [`dpkg`]: `var/lib/dpkg/info/*.md5sums` and the `Conffiles:` of `var/lib/dpkg/status`.
 //! - [`python`]: `*.dist-info/RECORD` (skipped when `direct_url.json` is there, PEP 610).
 //! - [`rpm`]: the SQLite rpmdb and RPM header blobs.
