@@ -1,7 +1,8 @@
 //! Reading one layer: the decompressor its magic bytes call for (gzip, zstd, plain), a
 //! streaming tar walk, content scanning in overlapping chunks, nested archives, whiteouts,
 //! bounds and digest checks. Runs on a blocking thread; memory is a few chunk buffers per layer
-//! whatever the layer's size.
+//! whatever the layer's size, plus the current file's bytes for the vendor pass (at most
+//! `vendor::MAX_HASHED_FILE_BYTES`, or `vendor::MAX_RECORD_FILE_BYTES` for a package record).
 
 use std::collections::HashSet;
 use std::io::{self, Cursor, Read};
