@@ -30,7 +30,8 @@ lanyard_debian_app_main() {
     echo "debian-app.sh: building the Debian application image into $out (a few minutes)"
     local start=$SECONDS
     lanyard_debian_app_umount "$work"
-    rm -rf "$work"; mkdir -p "$out"
+    rm -rf "$work" 2>/dev/null || true  # a previous build's background clean-up may still run
+    mkdir -p "$out"
     local ctx="$work/ctx" mirror="${LANYARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     mkdir -p "$ctx"
     cp -r tests/debian-app/. "$ctx/"
@@ -57,10 +58,13 @@ lanyard_debian_app_main() {
       -f "$ctx/Containerfile" "$ctx" >/dev/null
     "${B[@]}" push -q --compression-format gzip localhost/lanyard-test/debian-app:1 \
       "oci-archive:$out/app.oci.tar:app" >/dev/null
-    # Only the archive is kept: the root and buildah's storage are several GB.
+    # Only the archive is kept: the root and buildah's storage (vfs: a full copy of the root
+    # per layer, about 2 GB) are removed in the background, which takes minutes on a slow disk.
     "${B[@]}" rm -a >/dev/null 2>&1 || true
     lanyard_debian_app_umount "$work"
-    rm -rf "$ctx" "$work/storage" "$work/runroot"
+    local trash="$work/trash-$$"
+    mkdir -p "$trash" && mv "$ctx" "$work/storage" "$work/runroot" "$trash/"
+    (rm -rf "$trash" >/dev/null 2>&1 &)
     echo "$((SECONDS - start))" > "$out/build-seconds"
     touch "$out/.complete"
     echo "debian-app.sh: built in $((SECONDS - start)) s"
