@@ -169,6 +169,8 @@ mod tests {
             test_material: false,
             package_code: false,
             allowed: None,
+            vendor: None,
+            reason: None,
         }
     }
 

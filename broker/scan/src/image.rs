@@ -1,6 +1,7 @@
 //! Scanning one planned image: the config's findings, then every layer on a blocking thread
 //! (at most [`ScanOptions::parallelism`] at once) against one shared budget, from a local store
-//! or streamed from a registry; then the merge into an [`ImageReport`].
+//! or streamed from a registry; then the merge into an [`ImageReport`] (with the vendor pass
+//! over the final view of the image's package records).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use crate::registry::Remote;
 use crate::report::{self, ImageReport, Location, Stats};
 use crate::rules::RuleSet;
 use crate::store::Store;
+use crate::vendor;
 
 /// Where an image's layer blobs are read from.
 #[derive(Clone)]
@@ -101,14 +103,16 @@ pub(crate) async fn scan_image(
     let mut whiteouts = Vec::new();
     let mut warnings = Vec::new();
     let mut file_findings = Vec::new();
+    let mut keys = Vec::new();
+    let mut vendors = Vec::new();
     for r in results {
         whiteouts.extend(r.whiteouts);
         incomplete.extend(r.incomplete);
         warnings.extend(r.warnings);
         file_findings.extend(r.findings);
+        keys.extend(r.keys);
+        vendors.push(r.vendor);
     }
-    incomplete.sort();
-    warnings.sort();
     for f in &mut file_findings {
         if let Location::File {
             layer_index,
@@ -120,6 +124,16 @@ pub(crate) async fn scan_image(
             *deleted_later = layer::deleted_later(*layer_index, path, &whiteouts);
         }
     }
+    vendor::apply(
+        &mut file_findings,
+        &keys,
+        &vendors,
+        &|layer, path| layer::deleted_later(layer, path, &whiteouts),
+        &mut warnings,
+    );
+    drop(vendors);
+    incomplete.sort();
+    warnings.sort();
     findings.extend(file_findings);
     if let Some(a) = &opts.allowlist {
         a.apply(&mut findings);

@@ -1,7 +1,8 @@
 //! Reading one layer: the decompressor its magic bytes call for (gzip, zstd, plain), a
 //! streaming tar walk, content scanning in overlapping chunks, nested archives, whiteouts,
 //! bounds and digest checks. Runs on a blocking thread; memory is a few chunk buffers per layer
-//! whatever the layer's size.
+//! whatever the layer's size, plus the current file's bytes for the vendor pass (at most
+//! `vendor::MAX_HASHED_FILE_BYTES`, or `vendor::MAX_RECORD_FILE_BYTES` for a package record).
 
 use std::collections::HashSet;
 use std::io::{self, Cursor, Read};
@@ -16,6 +17,7 @@ use crate::tar::{EntryKind, TarLimits, TarReader};
 use crate::util::{
     Compression, DigestAlgorithm, detect, looks_like_tar, normalize_path, read_full,
 };
+use crate::vendor::{self, FileHashes, HashedFile, LayerVendor, RecordFile, ValueKey};
 
 /// A whiteout seen in a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub(crate) struct Budget {
     pub files: AtomicU64,
     /// Findings kept so far (config and layers), against [`Limits::max_findings`].
     pub findings: AtomicU64,
+    /// Bytes of package record files kept for the vendor pass, against
+    /// [`vendor::MAX_RECORD_BYTES_PER_IMAGE`].
+    pub record_bytes: AtomicU64,
     pub exceeded: Mutex<Option<String>>,
     /// Set when the scan future is dropped or times out.
     pub cancel: Arc<AtomicBool>,
@@ -73,6 +78,7 @@ impl Budget {
             entries: AtomicU64::new(0),
             files: AtomicU64::new(0),
             findings: AtomicU64::new(0),
+            record_bytes: AtomicU64::new(0),
             exceeded: Mutex::new(None),
             cancel,
             user_cancel,
@@ -341,6 +347,10 @@ pub(crate) struct LayerInfo {
 #[derive(Debug, Default)]
 pub(crate) struct LayerResult {
     pub findings: Vec<Finding>,
+    /// `keys[i]` is `findings[i]`'s value key (in memory only, for the `.pyc` de-duplication).
+    pub keys: Vec<ValueKey>,
+    /// Package records, symlinks and the digests of files with findings (the vendor pass).
+    pub vendor: LayerVendor,
     pub whiteouts: Vec<Whiteout>,
     pub incomplete: Vec<String>,
     pub warnings: Vec<String>,
@@ -357,6 +367,8 @@ struct LayerCtx<'a> {
     info: &'a LayerInfo,
     out: LayerResult,
     buf: Vec<u8>,
+    /// The current top-level file's bytes (up to a bound), for its digests or as a record.
+    retained: Vec<u8>,
     outer_failed: Arc<AtomicBool>,
 }
 
@@ -372,8 +384,15 @@ pub(crate) fn scan_layer<R: Read>(
         rules,
         budget,
         info,
-        out: LayerResult::default(),
+        out: LayerResult {
+            vendor: LayerVendor {
+                layer: info.index,
+                ..LayerVendor::default()
+            },
+            ..LayerResult::default()
+        },
         buf: Vec::with_capacity(CHUNK + OVERLAP),
+        retained: Vec::new(),
         outer_failed: Arc::new(AtomicBool::new(false)),
     };
     let raw = RawCounting {
@@ -525,6 +544,13 @@ impl LayerCtx<'_> {
                 self.out.whiteouts.push(wh);
                 continue;
             }
+            if depth == 0
+                && h.kind == EntryKind::Symlink
+                && let Some(target) = &h.link
+            {
+                self.out.vendor.links.push((path.clone(), target.clone()));
+                continue;
+            }
             if h.kind != EntryKind::File || h.size == 0 {
                 continue;
             }
@@ -536,8 +562,46 @@ impl LayerCtx<'_> {
     }
 
     /// Scans one file's bytes: a nested archive is opened, anything else is content. Errors
-    /// returned here end the enclosing tar.
-    fn scan_file<R: Read>(&mut self, mut r: R, path: &str, depth: u32) -> io::Result<()> {
+    /// returned here end the enclosing tar. A file of the layer itself (`depth` 0) is kept as
+    /// it is read (within bounds, never decompressed) for the vendor pass: hashed if it — or
+    /// an archive member inside it — carries a finding, kept whole if it is a package record.
+    fn scan_file<R: Read>(&mut self, r: R, path: &str, depth: u32) -> io::Result<()> {
+        if depth > 0 {
+            return self.scan_file_bytes(r, path, depth);
+        }
+        let record = vendor::record_kind(path);
+        let mut bytes = std::mem::take(&mut self.retained);
+        bytes.clear();
+        let mut tee = Tee {
+            inner: r,
+            keep: Retain {
+                bytes,
+                cap: if record.is_some() {
+                    vendor::MAX_RECORD_FILE_BYTES
+                } else {
+                    vendor::MAX_HASHED_FILE_BYTES
+                },
+                whole: true,
+            },
+        };
+        // Read to the end of the entry, so the digest covers the whole file.
+        let result = self
+            .scan_file_bytes(&mut tee, path, depth)
+            .and_then(|()| io::copy(&mut tee, &mut io::sink()).map(|_| ()));
+        let Retain {
+            mut bytes, whole, ..
+        } = tee.keep;
+        if result.is_ok() {
+            self.hand_to_vendor(path, record, &bytes, whole);
+        }
+        if bytes.capacity() > vendor::MAX_HASHED_FILE_BYTES as usize {
+            bytes = Vec::new();
+        }
+        self.retained = bytes;
+        result
+    }
+
+    fn scan_file_bytes<R: Read>(&mut self, mut r: R, path: &str, depth: u32) -> io::Result<()> {
         self.budget.files.fetch_add(1, Ordering::Relaxed);
         let mut head = vec![0u8; HEAD];
         let n = read_full(&mut r, &mut head)?;
@@ -628,6 +692,55 @@ impl LayerCtx<'_> {
         result
     }
 
+    /// After a top-level file: its digests if it carries a finding, its bytes if it is a
+    /// package record.
+    fn hand_to_vendor(
+        &mut self,
+        path: &str,
+        record: Option<vendor::RecordKind>,
+        retained: &[u8],
+        whole: bool,
+    ) {
+        let has_findings = self
+            .out
+            .vendor
+            .hashed
+            .last()
+            .is_some_and(|h| h.path == path);
+        if has_findings && let Some(h) = self.out.vendor.hashed.last_mut() {
+            h.hashes = whole.then(|| FileHashes::of(retained));
+        }
+        let Some(kind) = record else { return };
+        let bytes = if kind == vendor::RecordKind::PythonDirectUrl {
+            Ok(Vec::new())
+        } else if !whole {
+            Err(format!(
+                "larger than {} bytes",
+                vendor::MAX_RECORD_FILE_BYTES
+            ))
+        } else {
+            let total = self
+                .budget
+                .record_bytes
+                .fetch_add(retained.len() as u64, Ordering::Relaxed)
+                + retained.len() as u64;
+            if total > vendor::MAX_RECORD_BYTES_PER_IMAGE {
+                Err(format!(
+                    "the image's package records exceed {} bytes",
+                    vendor::MAX_RECORD_BYTES_PER_IMAGE
+                ))
+            } else {
+                // An exact-size copy: the reused buffer keeps its (possibly large) capacity.
+                Ok(retained.to_vec())
+            }
+        };
+        self.out.vendor.records.push(RecordFile {
+            path: path.to_owned(),
+            kind,
+            bytes,
+        });
+    }
+
     fn scan_chunks<R: Read>(&mut self, r: &mut R, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
         let limit = self.budget.limits.max_file_scan_bytes;
         let mut carry = 0usize;
@@ -671,7 +784,7 @@ impl LayerCtx<'_> {
                 let rule = &self.rules.rules[m.rule].def;
                 let value = &buf[m.start..m.end];
                 let f = self.file_finding(rule, value, path, line, test_material);
-                self.keep_finding(f)?;
+                self.keep_finding(f, vendor::value_key(rule.id, value))?;
                 file_findings += 1;
             }
             first = false;
@@ -701,20 +814,32 @@ impl LayerCtx<'_> {
         {
             let rule = self.rules.file_kinds[k].def.rule();
             let f = self.file_finding(&rule, &value, path, line, test_material);
-            self.keep_finding(f)?;
+            self.keep_finding(f, vendor::value_key(rule.id, &value))?;
         }
         Ok(())
     }
 
     /// Keeps a finding within the image's [`Limits::max_findings`]; past it, stops every
     /// layer of the image (the reason becomes the layer's incomplete mark).
-    fn keep_finding(&mut self, f: Finding) -> io::Result<()> {
+    /// The file of the layer that holds the finding (the outer archive for a member of a
+    /// nested one) is then hashed for the vendor pass.
+    fn keep_finding(&mut self, f: Finding, key: ValueKey) -> io::Result<()> {
         let max = self.budget.limits.max_findings;
         let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
         if n > max {
             return Err(self.budget.stop(max_findings_reason(max)));
         }
+        if let Location::File { path, .. } = &f.location {
+            let file = vendor::layer_file(path);
+            if self.out.vendor.hashed.last().is_none_or(|h| h.path != file) {
+                self.out.vendor.hashed.push(HashedFile {
+                    path: file.to_owned(),
+                    hashes: None,
+                });
+            }
+        }
         self.out.findings.push(f);
+        self.out.keys.push(key);
         Ok(())
     }
 
@@ -747,6 +872,42 @@ impl LayerCtx<'_> {
             f.confidence = Confidence::Low;
         }
         f
+    }
+}
+
+/// The bytes of the file being scanned, kept for the vendor pass up to `cap`.
+struct Retain {
+    bytes: Vec<u8>,
+    cap: u64,
+    /// Every byte of the file is in `bytes` (false once over `cap`).
+    whole: bool,
+}
+
+/// Keeps what is read through it in a [`Retain`].
+struct Tee<R> {
+    inner: R,
+    keep: Retain,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.keep.add(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Retain {
+    fn add(&mut self, new: &[u8]) {
+        if !self.whole {
+            return;
+        }
+        if (self.bytes.len() + new.len()) as u64 > self.cap {
+            self.whole = false;
+            self.bytes.clear();
+        } else {
+            self.bytes.extend_from_slice(new);
+        }
     }
 }
 

@@ -21,7 +21,11 @@
 //!   docker-archive and OCI layout planning, layers attributed to history steps.
 //! - [`config`]: secrets in the image config — `Env`, labels, `history[].created_by`.
 //! - [`layer`]: one layer — decompression chosen by magic bytes (gzip, zstd, plain), the tar
-//!   walk, chunked content scanning, nested archives, whiteouts, bounds, digest checks.
+//!   walk, chunked content scanning, nested archives, whiteouts, bounds, digest checks; hands
+//!   package records, symlinks and the digests of files with findings to `vendor`.
+//! - [`vendor`]: package ownership — dpkg, Python `RECORD`, RPM and apk records (bounded
+//!   parsers), the image's final view through its symlinks, findings in pristine package
+//!   files lowered or marked, `.pyc` repeats of their source counted once.
 //! - [`store`]: local blob stores — an OCI layout directory, or a tar file read by seeking.
 //! - [`manifest`]: manifests, indexes, configs and docker-archive `manifest.json`, parsed and
 //!   bounded (pure); the choice of an index's platforms.
@@ -55,6 +59,7 @@ pub mod source;
 pub mod store;
 pub mod tar;
 pub mod util;
+pub mod vendor;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -92,6 +92,14 @@ pub struct Finding {
     /// The allowlist entry's reason, when the finding is allowed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub allowed: Option<String>,
+    /// The file is byte-identical to one a package installed (the package managers' own
+    /// records say so): public vendor material unless the rule is a high-confidence key.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vendor: Option<VendorFile>,
+    /// Why the severity was lowered to `info` by the vendor pass or the `.pyc` de-duplication
+    /// (path-based `info` is told by `test_material` and `package_code`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
 }
 
 impl Finding {
@@ -114,8 +122,45 @@ impl Finding {
             test_material: false,
             package_code: false,
             allowed: None,
+            vendor: None,
+            reason: None,
         }
     }
+}
+
+/// A package manager whose records the scanner reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    /// Debian's dpkg.
+    Dpkg,
+    /// Python wheels installed by pip (or any installer that writes `RECORD`).
+    Python,
+    /// RPM.
+    Rpm,
+    /// Alpine's apk.
+    Apk,
+}
+
+impl Manager {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Manager::Dpkg => "dpkg",
+            Manager::Python => "python",
+            Manager::Rpm => "rpm",
+            Manager::Apk => "apk",
+        }
+    }
+}
+
+/// The package a finding's file belongs to, when the file is byte-identical to what it shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VendorFile {
+    /// The package manager whose record proves it.
+    pub manager: Manager,
+    /// The package (dpkg/rpm/apk) or project (Python) name.
+    pub package: String,
 }
 
 /// What a fingerprint hashes.
@@ -412,11 +457,19 @@ pub fn render_human(report: &Report) -> String {
                 },
                 f.fingerprint,
                 if f.test_material {
-                    "[test material shipped in a package?] "
+                    "[test material shipped in a package?] ".to_owned()
                 } else if f.package_code {
-                    "[generic match in package code] "
+                    "[generic match in package code] ".to_owned()
+                } else if let Some(reason) = &f.reason {
+                    format!("[{reason}] ")
+                } else if let Some(v) = &f.vendor {
+                    format!(
+                        "[in a file as {} package {} installed it] ",
+                        v.manager.name(),
+                        v.package
+                    )
                 } else {
-                    ""
+                    String::new()
                 },
                 f.allowed
                     .as_ref()
@@ -521,6 +574,12 @@ pub fn render_sarif(report: &Report, rules: &[(String, String, Severity)]) -> se
                     "testMaterial": f.test_material,
                 },
             });
+            if let Some(v) = &f.vendor {
+                result["properties"]["vendor"] = json!(v);
+            }
+            if let Some(r) = &f.reason {
+                result["properties"]["reason"] = json!(r);
+            }
             if let Some(reason) = &f.allowed {
                 result["suppressions"] = json!([{"kind": "external", "justification": reason}]);
             }
@@ -561,6 +620,8 @@ mod tests {
             test_material: false,
             package_code: false,
             allowed: allowed.map(str::to_owned),
+            vendor: None,
+            reason: None,
         }
     }
 

@@ -212,7 +212,10 @@ fn provider_rules() -> Vec<RuleDef> {
         rule("azure-shared-access-key", "Azure Service Bus / Event Hubs shared access key", &["SharedAccessKey="],
             r"SharedAccessKey=(?P<s>[A-Za-z0-9+/]{42,44}=)", S::High),
         rule("azure-sas-token", "Azure shared access signature", &["sig="],
-            r"(?i)\bsv=\d{4}-\d{2}-\d{2}&[^\s'\x22]{0,300}?\bsig=(?P<s>[A-Za-z0-9%+/]{40,}(?:%3D|=)*)", S::High),
+            r"(?i)\bsv=\d{4}-\d{2}-\d{2}&[^\s'\x22]{0,300}?\bsig=(?P<s>[A-Za-z0-9%+/]{40,}(?:%3D|=)*)", S::High)
+            // A query string, not a provider-prefixed token: medium, so a pristine vendor
+            // file's documentation example (botocore's DataSync model) can go down to info.
+            .conf(C::Medium),
         rule("azure-client-secret", "Azure AD (Entra ID) client secret", &["Q~"],
             concat!(r"(?:^|[^A-Za-z0-9_~.\-])(?P<s>[A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.\-]{31,34})", end!()), S::High),
         rule("digitalocean-token", "DigitalOcean token", &["dop_v1_", "doo_v1_", "dor_v1_"],
