@@ -2,8 +2,8 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
-//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases — all stop
-//! on shutdown.
+//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, reloading
+//! the revoked sessions and pruning ended ones — all stop on shutdown.
 //!
 //! # Layout
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
@@ -113,7 +113,24 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
                 if let Err(e) = broker.sweep_expired_leases().await {
                     warn!(error = %e, "lease expiry sweep failed; will retry");
                 }
+                if let Err(e) = broker.prune_session_revocations().await {
+                    warn!(error = %e, "pruning ended session revocations failed; will retry");
+                }
             }
+        })
+    };
+    let revocations = {
+        let broker = broker.clone();
+        let every = Duration::from_secs(
+            broker
+                .config()
+                .bootstrap
+                .session_revocation_refresh_seconds
+                .max(1),
+        );
+        periodic(every, rx.clone(), move || {
+            let broker = broker.clone();
+            async move { broker.refresh_session_revocations().await }
         })
     };
     let jwks = {
@@ -122,7 +139,7 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
     };
     Background {
         stop,
-        tasks: vec![reload, rotate, backends, jwks],
+        tasks: vec![reload, rotate, backends, revocations, jwks],
     }
 }
 
