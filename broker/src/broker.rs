@@ -787,6 +787,7 @@ impl Broker {
         .await
         .map_err(|e| match e {
             bootstrap::MintError::Invalid(m) => ApiError::BadRequest(m),
+            bootstrap::MintError::Store(e) => ApiError::from(e),
             other => ApiError::Internal(other.to_string()),
         })?;
         self.metrics

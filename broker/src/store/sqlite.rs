@@ -102,10 +102,15 @@ pub const MIGRATIONS: &[&str] = &[
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The SQLite-backed [`Store`]. Cheap to clone: clones share one connection, owned by one
-/// thread that stops when the last clone is dropped.
+/// thread that stops when the last clone is dropped (and, on a file, a second connection
+/// on a thread of its own for the reads that must not wait behind writes).
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: Arc<mpsc::Sender<Job>>,
+    /// The reader thread (on a file only): the revoked-session set is reloaded through it, so
+    /// a write stuck behind another process's lock cannot starve the reload. WAL lets it
+    /// read while a writer holds the lock.
+    reads: Option<Arc<mpsc::Sender<Job>>>,
     /// Where the database lives (`None` in memory), for error messages.
     path: Option<PathBuf>,
 }
@@ -232,15 +237,18 @@ impl SqliteStore {
             StoreError::Backend(m) => StoreError::Backend(format!("database {whence}: {m}")),
             other => other,
         })?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("lanyard-sqlite".into())
-            .spawn(move || store_thread(conn, &rx))
-            .map_err(|e| {
-                StoreError::Backend(format!("database {whence}: cannot start its thread: {e}"))
-            })?;
+        let reader = match &path {
+            Some(p) => {
+                let reader = Connection::open(p)
+                    .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+                    .map_err(|e| fail("opening the reader connection", e))?;
+                Some(Arc::new(spawn_thread("lanyard-sqlite-read", reader, &whence)?))
+            }
+            None => None,
+        };
         Ok(Self {
-            jobs: Arc::new(tx),
+            jobs: Arc::new(spawn_thread("lanyard-sqlite", conn, &whence)?),
+            reads: reader,
             path,
         })
     }
@@ -258,6 +266,39 @@ impl SqliteStore {
         self.jobs.send(job).map_err(|_| stopped(op))?;
         answer.await.map_err(|_| stopped(op))?
     }
+
+    /// Like [`Self::run`] for a read-only `f`, on the reader thread when there is one.
+    async fn run_read<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(reads) = &self.reads else {
+            return self.run(op, f).await;
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        });
+        reads.send(job).map_err(|_| stopped(op))?;
+        answer.await.map_err(|_| stopped(op))?
+    }
+}
+
+/// Starts a thread `name` owning `conn`, running the jobs sent to the returned sender.
+fn spawn_thread(
+    name: &str,
+    conn: Connection,
+    whence: &str,
+) -> Result<mpsc::Sender<Job>, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || store_thread(conn, &rx))
+        .map_err(|e| {
+            StoreError::Backend(format!("database {whence}: cannot start its thread: {e}"))
+        })?;
+    Ok(tx)
 }
 
 fn stopped(op: &str) -> StoreError {
@@ -776,7 +817,7 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<Vec<SessionRevocation>, StoreError> {
         let now = to_unix(now)?;
-        self.run("session_revocations", move |conn| {
+        self.run_read("session_revocations", move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT session_id, revoked_at, expires_at FROM session_revocations \
@@ -1435,6 +1476,62 @@ mod tests {
         let wal = path.with_extension("db-wal");
         assert!(wal.exists(), "WAL mode should create {}", wal.display());
         assert_eq!(mode(&wal), 0o600);
+    }
+
+    /// A committed redemption must survive a power loss: the connection commits with
+    /// `synchronous = FULL` (2), not `NORMAL` (1), unless asked otherwise (for benchmarks).
+    #[tokio::test]
+    async fn commits_are_synchronous_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let synchronous = |s: SqliteStore| async move {
+            s.run("test check", |conn| {
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .map_err(sql_error("test check"))
+            })
+            .await
+            .expect("pragma")
+        };
+        let path = dir.path().join("lanyard.db");
+        assert_eq!(synchronous(SqliteStore::open(&path).expect("open")).await, 2);
+        assert_eq!(
+            synchronous(SqliteStore::open_in_memory().expect("open")).await,
+            2
+        );
+        let normal = SqliteStore::open_with(&path, Synchronous::Normal).expect("open");
+        assert_eq!(synchronous(normal).await, 1);
+    }
+
+    /// Another process holding the write lock (here another connection, as `sqlite3 FILE
+    /// 'BEGIN EXCLUSIVE; …'` would): the store is not writable and a write fails as
+    /// `Unavailable` after the busy timeout, reads go on (WAL), and all is well once the lock
+    /// is let go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_lock_held_elsewhere_is_unavailable_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let s = SqliteStore::open(&path).expect("open");
+        s.check_writable().await.expect("writable at first");
+        let other = Connection::open(&path).expect("another connection");
+        other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        let r = s.check_writable().await;
+        assert!(
+            matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("locked")),
+            "{r:?}"
+        );
+        let rec = SessionRevocation {
+            session_id: "ss_1".into(),
+            revoked_at: t(1_000),
+            expires_at: t(2_000),
+        };
+        let r = s.revoke_session(&rec).await;
+        assert!(matches!(&r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert_eq!(
+            s.session_revocations(t(1_000)).await.expect("reads go on"),
+            []
+        );
+        other.execute_batch("ROLLBACK").expect("unlock");
+        s.check_writable().await.expect("writable again");
+        assert!(s.revoke_session(&rec).await.expect("written"));
     }
 
     #[tokio::test]
