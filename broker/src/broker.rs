@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use lanyard::clock::{Clock, rfc3339};
 use lanyard::wire::{
-    Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse, Session,
-    SessionRevocationResponse,
+    Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse,
+    Session, SessionRevocationResponse,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -213,7 +213,7 @@ impl Broker {
         metrics
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
-        Ok(Arc::new(Self {
+        let broker = Arc::new(Self {
             config,
             clock,
             store,
@@ -227,7 +227,35 @@ impl Broker {
             fingerprinter,
             metrics,
             policy_ok: AtomicBool::new(true),
-        }))
+        });
+        broker.spawn_revocation_reload();
+        Ok(broker)
+    }
+
+    /// Reloads the revoked-session set every `bootstrap.session_revocation_refresh_seconds`
+    /// for as long as the broker lives, served over HTTP or not: a broker whose set is not
+    /// reloaded refuses sessions once it is older than its bound.
+    fn spawn_revocation_reload(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_secs(
+            self.config
+                .bootstrap
+                .session_revocation_refresh_seconds
+                .max(1),
+        );
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is now: the set was just loaded.
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(broker) = weak.upgrade() else {
+                    break;
+                };
+                broker.refresh_session_revocations().await;
+            }
+        });
     }
 
     /// The configuration.
@@ -857,8 +885,8 @@ impl Broker {
                 (verified.session_id, verified.started, "by a token of it")
             }
         };
-        let expires_at = started
-            + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
+        let expires_at =
+            started + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
         if expires_at <= now {
             return Err(ApiError::NotFound(format!(
                 "session `{session_id}` ended at {}; nothing to revoke",
@@ -872,7 +900,9 @@ impl Broker {
         };
         let newly = self.store.revoke_session(&rec).await?;
         self.revocations.apply_local(&rec);
-        self.metrics.revoked_sessions.set(self.revocations.len() as i64);
+        self.metrics
+            .revoked_sessions
+            .set(self.revocations.len() as i64);
         let result = if newly { "revoked" } else { "already_revoked" };
         self.metrics
             .session_revocations
@@ -894,9 +924,9 @@ impl Broker {
         })
     }
 
-    /// Reloads the revoked-session set from the store (every
-    /// `bootstrap.session_revocation_refresh_seconds`). A failure is logged and counted; the
-    /// old set stays until it is too old ([`crate::authn::revocation`]).
+    /// Reloads the revoked-session set from the store (a task started with the broker does
+    /// it every `bootstrap.session_revocation_refresh_seconds`). A failure is logged and
+    /// counted; the old set stays until it is too old ([`crate::authn::revocation`]).
     pub async fn refresh_session_revocations(&self) {
         let now = self.now();
         match self.revocations.refresh(self.store.as_ref(), now).await {

@@ -256,7 +256,9 @@ impl BootstrapConfig {
         let refresh = self.session_revocation_refresh_seconds;
         let bound = self.session_revocation_max_stale_seconds;
         if refresh == 0 {
-            return Err("field `bootstrap.session_revocation_refresh_seconds`: must be at least 1".into());
+            return Err(
+                "field `bootstrap.session_revocation_refresh_seconds`: must be at least 1".into(),
+            );
         }
         if bound < refresh.saturating_mul(2) {
             return Err(format!(
@@ -1418,7 +1420,10 @@ mod tests {
                 Ok(_) => assert!(ok, "{refresh}/{bound} should be refused"),
                 Err(e) => {
                     assert!(!ok, "{refresh}/{bound}: {e}");
-                    assert!(e.to_string().contains("bootstrap.session_revocation_"), "{e}");
+                    assert!(
+                        e.to_string().contains("bootstrap.session_revocation_"),
+                        "{e}"
+                    );
                 }
             }
         }

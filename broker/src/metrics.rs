@@ -190,11 +190,7 @@ impl Metrics {
              (tls_handshake|header|body|request|idle|keep_alive).",
             &["phase"],
         );
-        let errors = counter(
-            "lanyard_errors_total",
-            "Error answers by code.",
-            &["code"],
-        );
+        let errors = counter("lanyard_errors_total", "Error answers by code.", &["code"]);
         let session_revocations = counter(
             "lanyard_session_revocations_total",
             "Session revocations made through this broker, by result (revoked|already_revoked).",

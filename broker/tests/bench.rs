@@ -526,9 +526,8 @@ async fn synchronous_round(synchronous: lanyard_broker::store::sqlite::Synchrono
     const OPS: usize = 300;
     let dir = tempfile::tempdir().expect("tmp");
     let store = SqliteStore::open_with(&dir.path().join("s.db"), synchronous).expect("open");
-    let now = SystemTime::now();
     let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-    let t0 = lanyard::clock::unix_seconds(now);
+    let t0 = lanyard_test_support::now_unix();
     // Bootstrap redemption as the broker makes it: reserve, then commit (two transactions).
     for i in 0..OPS {
         store

@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-broker");
 
 /// The staleness bound the replicas run with (and the refresh interval).
-const REVOCATION_CONFIG: &str =
-    "bootstrap:\n  session_revocation_refresh_seconds: 1\n  session_revocation_max_stale_seconds: 5\n";
+const REVOCATION_CONFIG: &str = "bootstrap:\n  session_revocation_refresh_seconds: 1\n  session_revocation_max_stale_seconds: 5\n";
 const BOUND: Duration = Duration::from_secs(5);
 
 /// Mints a bootstrap token on `broker`, redeems it there; returns (token id, session token).
@@ -59,8 +58,12 @@ fn stdout_records(broker: &BrokerProcess) -> Vec<Value> {
 async fn a_session_revoked_on_one_replica_is_refused_by_the_other_within_the_bound() {
     let site = ProcessSite::new();
     // Replicas on one store write their audit records to stdout (their logs here).
-    let a = site.spawn(Path::new(BIN), "a", "stdout", REVOCATION_CONFIG).await;
-    let b = site.spawn(Path::new(BIN), "b", "stdout", REVOCATION_CONFIG).await;
+    let a = site
+        .spawn(Path::new(BIN), "a", "stdout", REVOCATION_CONFIG)
+        .await;
+    let b = site
+        .spawn(Path::new(BIN), "b", "stdout", REVOCATION_CONFIG)
+        .await;
 
     let (token_id, first) = session_on(&a).await;
     // The session works on both replicas: B knows A's signing key from the store.
@@ -163,7 +166,10 @@ async fn the_admin_routes_revoke_by_token_or_id_and_refuse_the_rest() {
     let token = broker.mint(&["boot"], 600).await;
     let (status, body) = broker.post_credentials(Some(&token), "").await;
     assert_eq!(status, 200, "{body}");
-    let session = body["session"]["token"].as_str().expect("session").to_owned();
+    let session = body["session"]["token"]
+        .as_str()
+        .expect("session")
+        .to_owned();
 
     // Not an admin: the opaque 401, and nothing revoked.
     let resp = http
@@ -229,7 +235,10 @@ async fn the_admin_routes_revoke_by_token_or_id_and_refuse_the_rest() {
     assert_eq!(resp.status().as_u16(), 400);
 
     let log = std::fs::read_to_string(&broker.audit_file).expect("audit log");
-    assert!(!log.contains(&session), "a session token reached the audit log");
+    assert!(
+        !log.contains(&session),
+        "a session token reached the audit log"
+    );
     let records = broker.audit_records();
     let revokes: Vec<&Value> = records
         .iter()

@@ -19,8 +19,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-broker");
 
 /// Refresh the revoked sessions every second; refuse sessions once the set is 3 s old.
-const CONFIG: &str =
-    "bootstrap:\n  session_revocation_refresh_seconds: 1\n  session_revocation_max_stale_seconds: 3\n";
+const CONFIG: &str = "bootstrap:\n  session_revocation_refresh_seconds: 1\n  session_revocation_max_stale_seconds: 3\n";
 
 /// Answers that were 200, by request id.
 #[derive(Default)]
@@ -94,7 +93,9 @@ async fn redeem(broker: &BrokerProcess) -> (String, Answer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_store_is_a_retryable_503_and_nothing_acknowledged_is_lost() {
     let site = ProcessSite::new();
-    let broker = site.spawn(Path::new(BIN), "broker", "audit.log", CONFIG).await;
+    let broker = site
+        .spawn(Path::new(BIN), "broker", "audit.log", CONFIG)
+        .await;
     let mut acked = Acknowledged::default();
 
     let (_, first) = redeem(&broker).await;
@@ -114,7 +115,8 @@ async fn a_locked_store_is_a_retryable_503_and_nothing_acknowledged_is_lost() {
 
     // The outage: another process takes the write lock and keeps it.
     let lock = rusqlite::Connection::open(&site.store_file).expect("open the store");
-    lock.execute_batch("BEGIN EXCLUSIVE").expect("take the write lock");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
 
     // A session needs no store read to authenticate, but its issuance records a lease and
     // the audit chain head: it fails, retryably.
@@ -136,13 +138,13 @@ async fn a_locked_store_is_a_retryable_503_and_nothing_acknowledged_is_lost() {
         "{:?}",
         ready.body
     );
-    assert_eq!(ready.body["checks"]["session_revocations"], "ok", "reads go on");
+    assert_eq!(
+        ready.body["checks"]["session_revocations"], "ok",
+        "reads go on"
+    );
     let metrics = broker.metrics().await;
     assert!(
-        metric(
-            &metrics,
-            "lanyard_errors_total{code=\"store_unavailable\"}"
-        ) >= 3.0,
+        metric(&metrics, "lanyard_errors_total{code=\"store_unavailable\"}") >= 3.0,
         "{metrics}"
     );
 
@@ -163,13 +165,19 @@ async fn a_locked_store_is_a_retryable_503_and_nothing_acknowledged_is_lost() {
     let after = broker.credentials(&session).await;
     assert_eq!(after.status, 200, "{:?}", after.body);
     acked.note(&after);
-    assert!(!broker.log_text().contains(&session), "a token reached the log");
+    assert!(
+        !broker.log_text().contains(&session),
+        "a token reached the log"
+    );
     broker.stop();
 
     audit_verify(&site);
     let audited = audited_request_ids(&site);
     let missing: Vec<&String> = acked.0.difference(&audited).collect();
-    assert!(missing.is_empty(), "200 answers without an audit record: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "200 answers without an audit record: {missing:?}"
+    );
     assert_eq!(acked.0.len(), 4);
 }
 
@@ -179,7 +187,9 @@ async fn a_locked_store_is_a_retryable_503_and_nothing_acknowledged_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_fail_closed_when_revocations_cannot_be_reloaded() {
     let site = ProcessSite::new();
-    let broker = site.spawn(Path::new(BIN), "broker", "audit.log", CONFIG).await;
+    let broker = site
+        .spawn(Path::new(BIN), "broker", "audit.log", CONFIG)
+        .await;
     let (_, first) = redeem(&broker).await;
     assert_eq!(first.status, 200, "{:?}", first.body);
     let session = first.body["session"]["token"]
@@ -225,9 +235,11 @@ async fn sessions_fail_closed_when_revocations_cannot_be_reloaded() {
 
     db.execute_batch("ALTER TABLE session_revocations_aside RENAME TO session_revocations")
         .expect("mend the reads");
-    poll_until("sessions served again", Duration::from_secs(20), async || {
-        broker.credentials(&session).await.status == 200
-    })
+    poll_until(
+        "sessions served again",
+        Duration::from_secs(20),
+        async || broker.credentials(&session).await.status == 200,
+    )
     .await;
     assert_eq!(broker.get("/readyz").await.status, 200);
     broker.stop();

@@ -405,11 +405,15 @@ impl AuditRecord {
         already: bool,
     ) -> Self {
         let reason = if already {
-            format!("session {} revoked by admin ({how}): already revoked", rec.session_id)
+            format!(
+                "session {} revoked by admin ({how}): already revoked",
+                rec.session_id
+            )
         } else {
             format!("session {} revoked by admin ({how})", rec.session_id)
         };
-        let mut out = Self::at(now, Event::SessionRevoke, Decision::Allow, reason).request(request_id);
+        let mut out =
+            Self::at(now, Event::SessionRevoke, Decision::Allow, reason).request(request_id);
         out.token_id = crate::authn::session::token_id_of(&rec.session_id);
         out.expires_at = Some(rfc3339(rec.expires_at));
         out

@@ -44,8 +44,10 @@ pub fn session_id_for(token_id: &str) -> String {
 /// 16 lowercase hex digits); `None` otherwise.
 pub fn token_id_of(session_id: &str) -> Option<String> {
     let hex = session_id.strip_prefix(SESSION_ID_PREFIX)?;
-    let well_formed =
-        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let well_formed = hex.len() == 16
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     well_formed.then(|| format!("{}{hex}", super::bootstrap::TOKEN_ID_PREFIX))
 }
 

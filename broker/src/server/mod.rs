@@ -2,8 +2,9 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
-//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, reloading
-//! the revoked sessions and pruning ended ones — all stop on shutdown.
+//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, pruning
+//! ended session revocations — all stop on shutdown. (The revoked-session set reloads itself:
+//! see [`Broker`](crate::broker::Broker).)
 //!
 //! # Layout
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
@@ -119,27 +120,13 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
-    let revocations = {
-        let broker = broker.clone();
-        let every = Duration::from_secs(
-            broker
-                .config()
-                .bootstrap
-                .session_revocation_refresh_seconds
-                .max(1),
-        );
-        periodic(every, rx.clone(), move || {
-            let broker = broker.clone();
-            async move { broker.refresh_session_revocations().await }
-        })
-    };
     let jwks = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })
     };
     Background {
         stop,
-        tasks: vec![reload, rotate, backends, revocations, jwks],
+        tasks: vec![reload, rotate, backends, jwks],
     }
 }
 

@@ -242,7 +242,11 @@ impl SqliteStore {
                 let reader = Connection::open(p)
                     .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
                     .map_err(|e| fail("opening the reader connection", e))?;
-                Some(Arc::new(spawn_thread("lanyard-sqlite-read", reader, &whence)?))
+                Some(Arc::new(spawn_thread(
+                    "lanyard-sqlite-read",
+                    reader,
+                    &whence,
+                )?))
             }
             None => None,
         };
@@ -403,14 +407,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// Whether `path` can take a write transaction within [`PROBE_TIMEOUT`]: opens it (never
 /// creating it), takes the write lock and rolls back.
 fn probe_writable(path: &Path) -> Result<(), StoreError> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(sql_error("check_writable: open"))?;
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(sql_error("check_writable: open"))?;
     conn.busy_timeout(PROBE_TIMEOUT)
         .map_err(sql_error("check_writable"))?;
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sql_error("check_writable"))?;
     let read = conn
-        .query_row("SELECT count(*) FROM audit_head", [], |r| r.get::<_, i64>(0))
+        .query_row("SELECT count(*) FROM audit_head", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .map_err(sql_error("check_writable"));
     conn.execute_batch("ROLLBACK")
         .map_err(sql_error("check_writable"))?;
@@ -1492,7 +1500,10 @@ mod tests {
             .expect("pragma")
         };
         let path = dir.path().join("lanyard.db");
-        assert_eq!(synchronous(SqliteStore::open(&path).expect("open")).await, 2);
+        assert_eq!(
+            synchronous(SqliteStore::open(&path).expect("open")).await,
+            2
+        );
         assert_eq!(
             synchronous(SqliteStore::open_in_memory().expect("open")).await,
             2

@@ -213,7 +213,8 @@ impl BrokerProcess {
 
     /// `GET path` (e.g. `/readyz`).
     pub async fn get(&self, path: &str) -> Answer {
-        self.send(self.http.get(format!("{}{path}", self.url))).await
+        self.send(self.http.get(format!("{}{path}", self.url)))
+            .await
     }
 
     /// The `/metrics` text.
