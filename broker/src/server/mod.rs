@@ -4,7 +4,7 @@
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
 //! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, pruning
 //! ended session revocations — all stop on shutdown. (The revoked-session set reloads itself:
-//! see [`Broker`](crate::broker::Broker).)
+//! see [`Broker`].)
 //!
 //! # Layout
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
