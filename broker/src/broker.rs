@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use lanyard::clock::{Clock, rfc3339};
 use lanyard::wire::{
-    Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse, Session,
+    Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse,
+    Session, SessionRevocationResponse,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -24,6 +25,7 @@ use crate::audit::flood::{self, Admit, FailureLimiter};
 use crate::audit::{AuditError, AuditLog, AuditOptions, AuditRecord, AuditSink, Fingerprinter};
 use crate::authn::bootstrap::{self, CommitError, RedeemError, Redeemer, Redemption};
 use crate::authn::jwt::{self, JwtVerifier};
+use crate::authn::revocation::{Revocations, Verdict};
 use crate::authn::{AuthnError, Identity, IssuerConfigError, session};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
@@ -35,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Denial, Explanation, Grant, PolicyErrors, PolicySet};
 use crate::server::tls::TlsError;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{LeaseRecord, Store, StoreError};
+use crate::store::{LeaseRecord, SessionRevocation, Store, StoreError};
 
 /// Why the broker could not start. Each names the file or field to fix.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
     redeemer: Redeemer,
+    revocations: Revocations,
     verifier: JwtVerifier,
     policy: ArcSwap<PolicySet>,
     backends: Backends,
@@ -206,7 +209,21 @@ impl Broker {
             clock.clone(),
             Duration::from_secs(config.bootstrap.redeem_grace_seconds),
         );
-        Ok(Arc::new(Self {
+        let revocations = Revocations::load(
+            store.as_ref(),
+            clock.now(),
+            Duration::from_secs(config.bootstrap.session_revocation_max_stale_seconds),
+        )
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.store.sqlite_path.display().to_string(),
+            source,
+        })?;
+        metrics.revoked_sessions.set(revocations.len() as i64);
+        metrics
+            .session_revocation_refreshed
+            .set(lanyard::clock::unix_seconds(clock.now()) as f64);
+        let broker = Arc::new(Self {
             auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
                 records_per_window: config.audit.auth_failures.records_per_window,
                 window: Duration::from_secs(config.audit.auth_failures.window_seconds),
@@ -216,6 +233,7 @@ impl Broker {
             clock,
             store,
             redeemer,
+            revocations,
             verifier,
             policy: ArcSwap::from_pointee(set),
             backends,
@@ -224,7 +242,35 @@ impl Broker {
             fingerprinter,
             metrics,
             policy_ok: AtomicBool::new(true),
-        }))
+        });
+        broker.spawn_revocation_reload();
+        Ok(broker)
+    }
+
+    /// Reloads the revoked-session set every `bootstrap.session_revocation_refresh_seconds`
+    /// for as long as the broker lives, served over HTTP or not: a broker whose set is not
+    /// reloaded refuses sessions once it is older than its bound.
+    fn spawn_revocation_reload(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_secs(
+            self.config
+                .bootstrap
+                .session_revocation_refresh_seconds
+                .max(1),
+        );
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is now: the set was just loaded.
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(broker) = weak.upgrade() else {
+                    break;
+                };
+                broker.refresh_session_revocations().await;
+            }
+        });
     }
 
     /// The configuration.
@@ -357,7 +403,10 @@ impl Broker {
                 }
             }
             Some(token) => match self.verify_jwt(token).await {
-                Ok(auth) => return Ok(auth),
+                Ok(auth) => match self.check_session(&auth)? {
+                    None => return Ok(auth),
+                    Some(refused) => refused,
+                },
                 Err(e) => (e, None),
             },
         };
@@ -449,6 +498,38 @@ impl Broker {
         }
     }
 
+    /// Checks the session an authenticated request belongs to (if any) against the revoked
+    /// set ([`crate::authn::revocation`]): `None` to go on, the refusal to audit when it was
+    /// revoked, a retryable 503 when the set is too old to tell.
+    fn check_session(
+        &self,
+        auth: &Authenticated,
+    ) -> Result<Option<(AuthnError, Option<String>)>, ApiError> {
+        let Some(session_id) = &auth.session_id else {
+            return Ok(None);
+        };
+        match self.revocations.check(session_id) {
+            Verdict::Valid => Ok(None),
+            Verdict::Revoked => Ok(Some((
+                AuthnError::SessionRevoked,
+                auth.identity.bootstrap.as_ref().map(|b| b.token_id.clone()),
+            ))),
+            Verdict::Stale { age } => {
+                self.metrics
+                    .denials
+                    .with_label_values(&["-", "session_revocations_stale"])
+                    .inc();
+                Err(ApiError::StoreUnavailable(format!(
+                    "the revoked-session set was last reloaded {} s ago, longer than \
+                     bootstrap.session_revocation_max_stale_seconds ({} s): session {session_id} \
+                     refused until the store can be read",
+                    age.as_secs(),
+                    self.revocations.max_stale().as_secs()
+                )))
+            }
+        }
+    }
+
     /// Begins redeeming a bootstrap token: reserved for this request, or a re-redemption
     /// within the grace window. A refused token comes back as `Ok(Err(..))`, with its id when
     /// it was found, for [`Self::authenticate_as`] to audit like any failure.
@@ -463,12 +544,36 @@ impl Broker {
                 .inc();
         };
         match self.redeemer.begin(token).await {
-            Ok(redemption) => Ok(Ok(Authenticated {
-                identity: redemption.identity().clone(),
-                new_session: true,
-                session_started: Some(redemption.session_started()),
-                redemption: Some(Arc::new(redemption)),
-            })),
+            Ok(redemption) => {
+                let auth = Authenticated {
+                    identity: redemption.identity().clone(),
+                    new_session: true,
+                    session_started: Some(redemption.session_started()),
+                    session_id: redemption
+                        .identity()
+                        .bootstrap
+                        .as_ref()
+                        .map(|b| session::session_id_for(&b.token_id)),
+                    redemption: None,
+                };
+                // The session it would start (or repeat) may have been revoked: the token
+                // stays unspent, and refused.
+                let refused = match self.check_session(&auth) {
+                    Ok(None) => {
+                        return Ok(Ok(Authenticated {
+                            redemption: Some(Arc::new(redemption)),
+                            ..auth
+                        }));
+                    }
+                    Ok(Some(refused)) => {
+                        count("rejected");
+                        Ok(Err(refused))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = redemption.release().await;
+                refused
+            }
             Err(RedeemError::Store(e)) => Err(ApiError::from(e)),
             Err(e @ RedeemError::Busy) => {
                 count("busy");
@@ -544,6 +649,7 @@ impl Broker {
                 identity: session.identity,
                 new_session: true,
                 session_started: Some(session.started),
+                session_id: Some(session.session_id),
                 redemption: None,
             });
         }
@@ -802,6 +908,7 @@ impl Broker {
         .await
         .map_err(|e| match e {
             bootstrap::MintError::Invalid(m) => ApiError::BadRequest(m),
+            bootstrap::MintError::Store(e) => ApiError::from(e),
             other => ApiError::Internal(other.to_string()),
         })?;
         self.metrics
@@ -831,6 +938,119 @@ impl Broker {
             .inc();
         self.audit(AuditRecord::token_revoke(self.now(), request_id, token_id))
             .await
+    }
+
+    /// Revokes a session (admin): every token of it is refused from now on by this broker,
+    /// and by every replica sharing the store within
+    /// `bootstrap.session_revocation_max_stale_seconds`. The revocation is kept until the
+    /// session would have ended anyway. Revoking a revoked session changes nothing
+    /// (`already_revoked`); both are audited.
+    pub async fn revoke_session(
+        &self,
+        target: SessionRef<'_>,
+        request_id: &str,
+    ) -> Result<SessionRevocationResponse, ApiError> {
+        let now = lifetime::whole_seconds(self.now());
+        let (session_id, started, how) = match target {
+            SessionRef::Id(id) => {
+                let token_id = session::token_id_of(id).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "not a session id: expected `ss_` and 16 lowercase hex digits".into(),
+                    )
+                })?;
+                let Some(redeemed) = self.store.redeemed_bootstrap_token(&token_id).await? else {
+                    return Err(ApiError::NotFound(format!(
+                        "no session `{id}` (its bootstrap token {token_id} was never redeemed; \
+                         revoke the token instead)"
+                    )));
+                };
+                (id.to_owned(), redeemed.session_started, "by its id")
+            }
+            SessionRef::Token(token) => {
+                let verified =
+                    session::verify(&self.keys, &self.config.public_url, token, self.now())
+                        .map_err(|e| {
+                            ApiError::BadRequest(format!(
+                                "not a current session token of this broker ({e}); revoke an \
+                                 expired one by its session id (`lanyard_session.session_id`)"
+                            ))
+                        })?;
+                (verified.session_id, verified.started, "by a token of it")
+            }
+        };
+        let expires_at =
+            started + Duration::from_secs(self.config.bootstrap.session_max_lifetime_seconds);
+        if expires_at <= now {
+            return Err(ApiError::NotFound(format!(
+                "session `{session_id}` ended at {}; nothing to revoke",
+                rfc3339(expires_at)
+            )));
+        }
+        let rec = SessionRevocation {
+            session_id,
+            revoked_at: now,
+            expires_at,
+        };
+        let newly = self.store.revoke_session(&rec).await?;
+        self.revocations.apply_local(&rec);
+        self.metrics
+            .revoked_sessions
+            .set(self.revocations.len() as i64);
+        let result = if newly { "revoked" } else { "already_revoked" };
+        self.metrics
+            .session_revocations
+            .with_label_values(&[result])
+            .inc();
+        info!(session_id = %rec.session_id, result, "session revoked");
+        self.audit(AuditRecord::session_revoke(
+            self.now(),
+            request_id,
+            &rec,
+            how,
+            !newly,
+        ))
+        .await?;
+        Ok(SessionRevocationResponse {
+            session_id: rec.session_id,
+            already_revoked: !newly,
+            expires_at: rfc3339(rec.expires_at),
+        })
+    }
+
+    /// Reloads the revoked-session set from the store (a task started with the broker does
+    /// it every `bootstrap.session_revocation_refresh_seconds`). A failure is logged and
+    /// counted; the old set stays until it is too old ([`crate::authn::revocation`]).
+    pub async fn refresh_session_revocations(&self) {
+        let now = self.now();
+        match self.revocations.refresh(self.store.as_ref(), now).await {
+            Ok(n) => {
+                self.metrics
+                    .session_revocation_refreshes
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.metrics.revoked_sessions.set(n as i64);
+                self.metrics
+                    .session_revocation_refreshed
+                    .set(lanyard::clock::unix_seconds(now) as f64);
+            }
+            Err(e) => {
+                self.metrics
+                    .session_revocation_refreshes
+                    .with_label_values(&["error"])
+                    .inc();
+                let age = self.revocations.age().as_secs();
+                if self.revocations.is_stale() {
+                    warn!(error = %e, age_seconds = age, "cannot reload the revoked sessions; refusing every session (503) until the store can be read");
+                } else {
+                    warn!(error = %e, age_seconds = age, "cannot reload the revoked sessions; will retry");
+                }
+            }
+        }
+    }
+
+    /// Deletes the revocations of sessions that have ended anyway.
+    pub async fn prune_session_revocations(&self) -> Result<usize, ApiError> {
+        Ok(self.store.prune_session_revocations(self.now()).await?)
     }
 
     /// Revokes a lease: by an admin, or by the workload it was issued to.
@@ -974,13 +1194,23 @@ impl Broker {
     /// Readiness checks, by name.
     pub async fn readiness(&self) -> BTreeMap<&'static str, Result<(), String>> {
         let mut checks = BTreeMap::new();
+        // Writable, not just readable: another process holding the write lock (a backup,
+        // a stuck replica) fails every issuance, which must be audited and recorded.
         checks.insert(
             "store",
-            self.store
-                .audit_head()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            self.store.check_writable().await.map_err(|e| e.to_string()),
+        );
+        checks.insert(
+            "session_revocations",
+            if self.revocations.is_stale() {
+                Err(format!(
+                    "not reloaded from the store for {} s (bound {} s); sessions are refused until it is",
+                    self.revocations.age().as_secs(),
+                    self.revocations.max_stale().as_secs()
+                ))
+            } else {
+                Ok(())
+            },
         );
         checks.insert("policy", Ok(()));
         // An answer needs its audit record on disk: while the sink cannot write, nothing
@@ -1004,6 +1234,8 @@ pub struct Authenticated {
     pub new_session: bool,
     /// When the bootstrap session started.
     pub session_started: Option<SystemTime>,
+    /// The session (`ss_…`) a bootstrap or session token belongs to.
+    pub session_id: Option<String>,
     /// The redemption of the bootstrap token this request presented, which [`Broker::issue`]
     /// commits or releases.
     redemption: Option<Arc<Redemption>>,
@@ -1016,9 +1248,19 @@ impl Authenticated {
             identity,
             new_session: false,
             session_started: None,
+            session_id: None,
             redemption: None,
         }
     }
+}
+
+/// Which session to revoke.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionRef<'a> {
+    /// By its id (`ss_…`).
+    Id(&'a str),
+    /// By one of its tokens, verified (never recorded).
+    Token(&'a str),
 }
 
 /// Outcome of a lease revocation.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lanyard::clock::{Clock, SystemClock};
-use lanyard::wire::{ErrorBody, MintTokenRequest, MintTokenResponse};
+use lanyard::wire::{
+    ErrorBody, MintTokenRequest, MintTokenResponse, RevokeSessionRequest, SessionRevocationResponse,
+};
 
 use crate::audit::{self, Decision, Event};
 use crate::broker::Broker;
@@ -197,10 +199,22 @@ enum TokenCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Revoke an unredeemed bootstrap token by id.
+    /// Revoke a bootstrap token, or the session it started.
+    ///
+    /// `bt_…`: an unredeemed token is revoked; once redeemed, the session it started is revoked
+    /// instead. `ss_…`: that session. `--session-token-file`: the session that token belongs
+    /// to. A revoked session's tokens are refused by every broker sharing the store within
+    /// `bootstrap.session_revocation_max_stale_seconds`.
     Revoke {
-        /// Token id (`bt_...`).
-        token_id: String,
+        /// Token id (`bt_...`) or session id (`ss_...`).
+        #[arg(
+            required_unless_present = "session_token_file",
+            conflicts_with = "session_token_file"
+        )]
+        id: Option<String>,
+        /// File holding a session token; its session is revoked (the token is never recorded).
+        #[arg(long)]
+        session_token_file: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -284,8 +298,8 @@ enum AuditCommand {
         /// allow or deny.
         #[arg(long, value_parser = parse_decision)]
         decision: Option<Decision>,
-        /// Event: issue, deny, token_mint, token_redeem, token_revoke, lease_revoke,
-        /// policy_reload, audit_segment, audit_repair.
+        /// Event: issue, deny, token_mint, token_redeem, token_revoke, session_revoke,
+        /// lease_revoke, policy_reload, audit_segment, audit_repair.
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
@@ -314,8 +328,8 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
-        "use issue, deny, token_mint, token_redeem, token_revoke, lease_revoke, policy_reload, \
-         audit_segment or audit_repair"
+        "use issue, deny, token_mint, token_redeem, token_revoke, session_revoke, lease_revoke, \
+         policy_reload, audit_segment or audit_repair"
             .to_owned()
     })
 }
@@ -498,15 +512,12 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::Revoke { token_id, admin }) => {
-            admin_call::<()>(
-                &admin,
-                reqwest::Method::DELETE,
-                &format!("/v1/admin/tokens/{token_id}"),
-                None,
-            )
-            .await?;
-            eprintln!("revoked bootstrap token {token_id}");
+        Command::Token(TokenCommand::Revoke {
+            id,
+            session_token_file,
+            admin,
+        }) => {
+            revoke(&admin, id.as_deref(), session_token_file.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lease(LeaseCommand::Revoke { lease_id, admin }) => {
@@ -815,22 +826,96 @@ fn known_backends() -> crate::issue::Backends {
     crate::issue::offline_backends()
 }
 
+/// `token revoke`: a bootstrap token, a session by id, or the session of a token in a file.
+async fn revoke(
+    admin: &AdminArgs,
+    id: Option<&str>,
+    session_token_file: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let revoked = |body: Vec<u8>| -> Result<(), String> {
+        let r: SessionRevocationResponse = serde_json::from_slice(&body)
+            .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
+        let already = if r.already_revoked {
+            " (it already was)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "revoked session {}{already}; its tokens are refused until it would have ended ({})",
+            r.session_id, r.expires_at
+        );
+        Ok(())
+    };
+    if let Some(file) = session_token_file {
+        let token = read_secret_file("--session-token-file", file).await?;
+        let req = RevokeSessionRequest {
+            session_token: token,
+        };
+        let body = admin_call(
+            admin,
+            reqwest::Method::POST,
+            "/v1/admin/sessions/revoke",
+            Some(&req),
+        )
+        .await?;
+        return revoked(body);
+    }
+    let id = id.unwrap_or_default();
+    if id.starts_with(crate::authn::session::SESSION_ID_PREFIX) {
+        let path = format!("/v1/admin/sessions/{id}");
+        return revoked(admin_call::<()>(admin, reqwest::Method::DELETE, &path, None).await?);
+    }
+    let path = format!("/v1/admin/tokens/{id}");
+    match admin_request::<()>(admin, reqwest::Method::DELETE, &path, None).await {
+        Ok(_) => {
+            eprintln!("revoked bootstrap token {id}");
+            Ok(())
+        }
+        // Not an unredeemed token: revoke the session it started, if it was redeemed.
+        Err((Some(404), first)) => {
+            let session = crate::authn::session::session_id_for(id);
+            let path = format!("/v1/admin/sessions/{session}");
+            match admin_request::<()>(admin, reqwest::Method::DELETE, &path, None).await {
+                Ok(body) => revoked(body),
+                Err((Some(400 | 404), _)) => Err(first),
+                Err((_, message)) => Err(message),
+            }
+        }
+        Err((_, message)) => Err(message),
+    }
+}
+
 async fn admin_call<T: serde::Serialize>(
     admin: &AdminArgs,
     method: reqwest::Method,
     path: &str,
     body: Option<&T>,
 ) -> Result<Vec<u8>, String> {
+    admin_request(admin, method, path, body)
+        .await
+        .map_err(|(_, message)| message)
+}
+
+/// An admin API call; an error carries the HTTP status when the broker answered.
+async fn admin_request<T: serde::Serialize>(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&T>,
+) -> Result<Vec<u8>, (Option<u16>, String)> {
+    let local = |message: String| (None, message);
     let ca = std::fs::read(&admin.ca)
-        .map_err(|e| format!("cannot read CA file {}: {e}", admin.ca.display()))?;
+        .map_err(|e| local(format!("cannot read CA file {}: {e}", admin.ca.display())))?;
     let certs = reqwest::Certificate::from_pem_bundle(&ca)
-        .map_err(|e| format!("CA file {} is not PEM: {e}", admin.ca.display()))?;
-    let token = read_secret_file("--admin-token-file", &admin.admin_token_file).await?;
+        .map_err(|e| local(format!("CA file {} is not PEM: {e}", admin.ca.display())))?;
+    let token = read_secret_file("--admin-token-file", &admin.admin_token_file)
+        .await
+        .map_err(local)?;
     let client = reqwest::Client::builder()
         .tls_certs_only(certs)
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        .map_err(|e| local(format!("cannot build HTTP client: {e}")))?;
     let url = format!("{}{path}", admin.broker.trim_end_matches('/'));
     let mut req = client.request(method, &url).bearer_auth(token.expose());
     if let Some(b) = body {
@@ -839,24 +924,25 @@ async fn admin_call<T: serde::Serialize>(
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("cannot reach broker at {}: {e}", admin.broker))?;
+        .map_err(|e| local(format!("cannot reach broker at {}: {e}", admin.broker)))?;
     let status = resp.status();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| format!("reading the broker's answer: {e}"))?;
+        .map_err(|e| local(format!("reading the broker's answer: {e}")))?;
     if status.is_success() {
         return Ok(bytes.to_vec());
     }
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(e) => Err(format!(
+    let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(e) => format!(
             "broker refused ({} {}): {}",
             status.as_u16(),
             e.error.code,
             e.error.message
-        )),
-        Err(_) => Err(format!("broker answered {status}")),
-    }
+        ),
+        Err(_) => format!("broker answered {status}"),
+    };
+    Err((Some(status.as_u16()), message))
 }
 
 #[cfg(test)]

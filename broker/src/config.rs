@@ -194,7 +194,21 @@ pub struct BootstrapConfig {
     /// [`MAX_REDEEM_GRACE_SECONDS`].
     #[serde(default = "default_redeem_grace")]
     pub redeem_grace_seconds: u64,
+    /// How often the set of revoked sessions is reloaded from the store (replicas sharing a
+    /// store see each other's revocations this often).
+    #[serde(default = "default_revocation_refresh")]
+    pub session_revocation_refresh_seconds: u64,
+    /// The staleness bound: a session revoked anywhere is refused everywhere within this
+    /// long, and once the revoked set could not be reloaded for this long every session is
+    /// refused (503, retryable) until it is. At least twice the refresh interval, at most
+    /// [`MAX_SESSION_REVOCATION_STALE_SECONDS`].
+    #[serde(default = "default_revocation_max_stale")]
+    pub session_revocation_max_stale_seconds: u64,
 }
+
+/// Largest `bootstrap.session_revocation_max_stale_seconds`: how long a revoked session may
+/// go on working on a replica that cannot read the store.
+pub const MAX_SESSION_REVOCATION_STALE_SECONDS: u64 = 600;
 
 /// Largest `bootstrap.redeem_grace_seconds`: the window in which a token seen by someone else
 /// after its redemption still buys its session.
@@ -215,6 +229,12 @@ fn default_session_max() -> u64 {
 fn default_redeem_grace() -> u64 {
     30
 }
+fn default_revocation_refresh() -> u64 {
+    5
+}
+fn default_revocation_max_stale() -> u64 {
+    30
+}
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
@@ -224,7 +244,34 @@ impl Default for BootstrapConfig {
             session_ttl_seconds: default_session_ttl(),
             session_max_lifetime_seconds: default_session_max(),
             redeem_grace_seconds: default_redeem_grace(),
+            session_revocation_refresh_seconds: default_revocation_refresh(),
+            session_revocation_max_stale_seconds: default_revocation_max_stale(),
         }
+    }
+}
+
+impl BootstrapConfig {
+    /// Checks the session revocation interval and bound against each other.
+    fn check_revocation(&self) -> Result<(), String> {
+        let refresh = self.session_revocation_refresh_seconds;
+        let bound = self.session_revocation_max_stale_seconds;
+        if refresh == 0 {
+            return Err(
+                "field `bootstrap.session_revocation_refresh_seconds`: must be at least 1".into(),
+            );
+        }
+        if bound < refresh.saturating_mul(2) {
+            return Err(format!(
+                "field `bootstrap.session_revocation_max_stale_seconds`: {bound} is less than twice                  `bootstrap.session_revocation_refresh_seconds` ({refresh}), so one slow refresh would                  refuse every session; raise it to at least {}",
+                refresh.saturating_mul(2)
+            ));
+        }
+        if bound > MAX_SESSION_REVOCATION_STALE_SECONDS {
+            return Err(format!(
+                "field `bootstrap.session_revocation_max_stale_seconds`: {bound} is above the maximum                  {MAX_SESSION_REVOCATION_STALE_SECONDS} (a revoked session works that long on a replica                  that cannot read the store)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -970,6 +1017,7 @@ impl BrokerConfig {
                 self.bootstrap.redeem_grace_seconds
             ));
         }
+        self.bootstrap.check_revocation()?;
         if self.reload_interval_seconds == 0 {
             return Err("field `reload_interval_seconds`: must be at least 1".into());
         }
@@ -1436,6 +1484,46 @@ mod tests {
                     && msg.contains(&format!("minimum {MIN_JWKS_REFRESH_FLOOR_SECONDS}")),
                 "{msg}"
             );
+        }
+    }
+
+    #[test]
+    fn the_session_revocation_refresh_and_bound_default_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = write(dir.path(), "b.yaml", MINIMAL);
+        let cfg = BrokerConfig::load(&file, std::iter::empty()).expect("loads");
+        assert_eq!(
+            (
+                cfg.bootstrap.session_revocation_refresh_seconds,
+                cfg.bootstrap.session_revocation_max_stale_seconds
+            ),
+            (5, 30)
+        );
+        for (refresh, bound, ok) in [
+            (1, 2, true),
+            (5, 600, true),
+            (0, 30, false),
+            (5, 9, false),
+            (5, 601, false),
+        ] {
+            let file = write(
+                dir.path(),
+                "r.yaml",
+                &format!(
+                    "{MINIMAL}bootstrap:\n  session_revocation_refresh_seconds: {refresh}\n  \
+                     session_revocation_max_stale_seconds: {bound}\n"
+                ),
+            );
+            match BrokerConfig::load(&file, std::iter::empty()) {
+                Ok(_) => assert!(ok, "{refresh}/{bound} should be refused"),
+                Err(e) => {
+                    assert!(!ok, "{refresh}/{bound}: {e}");
+                    assert!(
+                        e.to_string().contains("bootstrap.session_revocation_"),
+                        "{e}"
+                    );
+                }
+            }
         }
     }
 

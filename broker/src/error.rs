@@ -57,6 +57,11 @@ pub enum ApiError {
     /// The broker cannot serve yet (503).
     #[error("{0}")]
     NotReady(String),
+    /// The store cannot be used for now (503, retryable): locked by another process past the
+    /// busy timeout, unreadable, or (for sessions) the revoked-session set could not be
+    /// reloaded within its bound. The detail is logged, not sent.
+    #[error("the broker's store is unavailable; retry later")]
+    StoreUnavailable(String),
     /// Our fault (500). The detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -76,6 +81,7 @@ impl ApiError {
             Self::Upstream(_) => ErrorCode::UpstreamUnavailable,
             Self::UpstreamRefused(_) => ErrorCode::UpstreamRefused,
             Self::NotReady(_) => ErrorCode::NotReady,
+            Self::StoreUnavailable(_) => ErrorCode::StoreUnavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -103,8 +109,12 @@ impl ApiError {
 
     /// The full HTTP response.
     pub fn into_response_with_id(self, request_id: Option<&str>) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!(error = %detail, "internal error");
+        match &self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            Self::StoreUnavailable(detail) => {
+                tracing::warn!(error = %detail, "store unavailable; answered 503");
+            }
+            _ => {}
         }
         let code = self.code();
         let status =
@@ -114,6 +124,8 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // For the `lanyard_errors_total{code}` count (`server::routes`).
+        resp.extensions_mut().insert(code);
         if is_retryable(code) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -132,7 +144,10 @@ impl ApiError {
 fn is_retryable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::UpstreamUnavailable | ErrorCode::NotReady | ErrorCode::DeadlineExceeded
+        ErrorCode::UpstreamUnavailable
+            | ErrorCode::NotReady
+            | ErrorCode::DeadlineExceeded
+            | ErrorCode::StoreUnavailable
     )
 }
 
@@ -144,7 +159,10 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable(_) => Self::StoreUnavailable(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 
@@ -154,6 +172,9 @@ impl From<AuditError> for ApiError {
             // Nothing is answered without its record: refuse, retryably, until the sink
             // writes again (readiness says so meanwhile).
             AuditError::Unavailable(_) => Self::NotReady(e.to_string()),
+            AuditError::Store(e @ StoreError::Unavailable(_)) => {
+                Self::StoreUnavailable(format!("audit: {e}"))
+            }
             other => Self::Internal(format!("audit: {other}")),
         }
     }

@@ -7,8 +7,9 @@
 //! # Layout
 //! - [`config`]: the configuration file and `LANYARD_*` overrides, parsed into types.
 //! - [`authn`]: who is asking — JWTs from trusted issuers ([`authn::jwt`], [`authn::jwks`]),
-//!   single-use bootstrap tokens ([`authn::bootstrap`]) and the session tokens handed out
-//!   after one is redeemed ([`authn::session`]).
+//!   single-use bootstrap tokens ([`authn::bootstrap`]), the session tokens handed out
+//!   after one is redeemed ([`authn::session`]) and which sessions are revoked
+//!   ([`authn::revocation`]).
 //! - [`policy`]: which roles an identity gets — loading with `file:line` errors
 //!   ([`policy::load`]) and the pure decision and explanation ([`policy::eval`]).
 //! - [`issue`]: the [`Backend`](issue::Backend) trait and its backends (`jwt`, `aws-sts`,

@@ -3,8 +3,8 @@
 //! from fixed enums — never identities or request data).
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// All broker metrics, registered in one registry.
@@ -62,6 +62,21 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     /// `lanyard_audit_segment`: the number of the audit segment being written.
     pub audit_segment: IntGauge,
+    /// `lanyard_errors_total{code}`: error answers by their stable code (`store_unavailable`,
+    /// `unauthenticated`, ...).
+    pub errors: IntCounterVec,
+    /// `lanyard_session_revocations_total{result}` (revoked|already_revoked): session
+    /// revocations made through this broker.
+    pub session_revocations: IntCounterVec,
+    /// `lanyard_session_revocation_refreshes_total{result}` (ok|error): reloads of the
+    /// revoked-session set from the store.
+    pub session_revocation_refreshes: IntCounterVec,
+    /// `lanyard_revoked_sessions`: revoked sessions in this broker's set.
+    pub revoked_sessions: IntGauge,
+    /// `lanyard_session_revocation_refresh_timestamp_seconds`: when the revoked-session set
+    /// was last reloaded (Unix seconds). Sessions are refused (503) once it is older than
+    /// `bootstrap.session_revocation_max_stale_seconds`.
+    pub session_revocation_refreshed: Gauge,
 }
 
 impl Metrics {
@@ -217,12 +232,44 @@ impl Metrics {
             "lanyard_audit_segment",
             "Number of the audit log segment being written.",
         );
+        let errors = counter("lanyard_errors_total", "Error answers by code.", &["code"]);
+        let session_revocations = counter(
+            "lanyard_session_revocations_total",
+            "Session revocations made through this broker, by result (revoked|already_revoked).",
+            &["result"],
+        );
+        let session_revocation_refreshes = counter(
+            "lanyard_session_revocation_refreshes_total",
+            "Reloads of the revoked-session set from the store, by result (ok|error).",
+            &["result"],
+        );
+        let revoked_sessions = IntGauge::new(
+            "lanyard_revoked_sessions",
+            "Revoked sessions in this broker's set.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(revoked_sessions.clone()))
+            .expect("unique metric");
+        let session_revocation_refreshed = Gauge::new(
+            "lanyard_session_revocation_refresh_timestamp_seconds",
+            "When the revoked-session set was last reloaded from the store (Unix seconds).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(session_revocation_refreshed.clone()))
+            .expect("unique metric");
         Self {
             registry,
             audit_records_suppressed,
             audit_sink_writable,
             audit_write_failures,
             audit_segment,
+            errors,
+            session_revocations,
+            session_revocation_refreshes,
+            revoked_sessions,
+            session_revocation_refreshed,
             open_connections,
             connection_limit_waits,
             http_timeouts,

@@ -493,3 +493,182 @@ async fn bench_https_issuance_vs_crypto_only() {
     assert_eq!(non2xx, 0, "every request must have been issued");
     broker.stop().await;
 }
+
+/// A policy granting role `app` to bootstrap tokens minted for it.
+const BOOTSTRAP_POLICY: &str = r#"
+roles:
+  app:
+    backend: jwt
+    max_ttl_seconds: 3600
+    default_ttl_seconds: 900
+rules:
+  - name: boot
+    match: {bootstrap_role: app}
+    roles: [app]
+"#;
+
+/// Median and 99th percentile of `samples` (sorted in place), in microseconds.
+fn median_p99_us(samples: &mut [std::time::Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1e6
+    };
+    (at(0.5), at(0.99))
+}
+
+/// One round of the store-level and broker-level write paths on a fresh SQLite file with
+/// commits `synchronous`; returns printable lines.
+async fn synchronous_round(synchronous: lanyard_broker::store::sqlite::Synchronous) -> String {
+    use lanyard_broker::store::sqlite::SqliteStore;
+    use lanyard_broker::store::{BootstrapTokenRecord, ChainHead, LeaseRecord, Store};
+    use std::time::{Duration, SystemTime};
+    const OPS: usize = 300;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = SqliteStore::open_with(&dir.path().join("s.db"), synchronous).expect("open");
+    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    let t0 = lanyard_test_support::now_unix();
+    // Bootstrap redemption as the broker makes it: reserve, then commit (two transactions).
+    for i in 0..OPS {
+        store
+            .insert_bootstrap_token(&BootstrapTokenRecord {
+                token_id: format!("bt_{i:016x}"),
+                token_hash: format!("h{i}"),
+                roles: vec!["app".into()],
+                image: None,
+                created_at: at(t0),
+                expires_at: at(t0 + 600),
+            })
+            .await
+            .expect("insert");
+    }
+    let mut redeem = Vec::with_capacity(OPS);
+    for i in 0..OPS {
+        let started = Instant::now();
+        store
+            .reserve_bootstrap_token(&format!("h{i}"), "r", at(t0), at(t0 + 60))
+            .await
+            .expect("reserve");
+        assert!(
+            store
+                .commit_bootstrap_token(&format!("h{i}"), "r", at(t0))
+                .await
+                .expect("commit")
+        );
+        redeem.push(started.elapsed());
+    }
+    // An issuance's store write on an idle broker: one lease and the chain head.
+    let mut group = Vec::with_capacity(OPS);
+    for i in 0..OPS {
+        let lease = LeaseRecord {
+            lease_id: format!("ls_{i:028x}"),
+            role: "app".into(),
+            backend: "jwt".into(),
+            subject: "system:serviceaccount:shop:api".into(),
+            issuer: "https://kubernetes.test".into(),
+            issued_at: at(t0),
+            expires_at: at(t0 + 900),
+            upstream_lease: None,
+            fingerprint: "hmac-sha256:00".into(),
+            revoked_at: None,
+        };
+        let head = ChainHead {
+            seq: i as u64 + 1,
+            hash: format!("{i:064x}"),
+        };
+        let started = Instant::now();
+        store
+            .record_group(&[lease], &head)
+            .await
+            .expect("record group");
+        group.push(started.elapsed());
+    }
+    let (redeem_p50, redeem_p99) = median_p99_us(&mut redeem);
+    let (group_p50, group_p99) = median_p99_us(&mut group);
+
+    // The whole broker (audit file fsync + store), 16 concurrent requests.
+    let issuing = Arc::new(
+        InProcessBroker::start_with_store(
+            JWT_POLICY,
+            "",
+            Arc::new(SqliteStore::open_with(&dir.path().join("b.db"), synchronous).expect("open")),
+        )
+        .await
+        .expect("broker"),
+    );
+    throughput(&issuing, 100, 16).await; // warm up
+    let issue_rate = throughput(&issuing, 1_000, 16).await;
+
+    // Bootstrap tokens redeemed end to end, 16 concurrent.
+    let booting = Arc::new(
+        InProcessBroker::start_with_store(
+            BOOTSTRAP_POLICY,
+            "",
+            Arc::new(SqliteStore::open_with(&dir.path().join("t.db"), synchronous).expect("open")),
+        )
+        .await
+        .expect("broker"),
+    );
+    const TOKENS: usize = 400;
+    let mut tokens = Vec::with_capacity(TOKENS);
+    for _ in 0..TOKENS {
+        let minted = booting
+            .broker
+            .mint_token(
+                &lanyard::wire::MintTokenRequest {
+                    roles: vec!["app".into()],
+                    ttl_seconds: Some(600),
+                    image: None,
+                },
+                "req_bench",
+            )
+            .await
+            .expect("mint");
+        tokens.push(minted.token);
+    }
+    let tokens = Arc::new(std::sync::Mutex::new(tokens));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let b = booting.clone();
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Some(token) = tokens.lock().expect("tokens").pop() else {
+                        break;
+                    };
+                    let auth = b
+                        .broker
+                        .authenticate(Some(token.expose()), "req_bench")
+                        .await
+                        .expect("redeems");
+                    b.issue(&auth, None).await.expect("issued");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let redeem_rate = TOKENS as f64 / started.elapsed().as_secs_f64();
+    format!(
+        "  {synchronous:?}: store redemption (reserve+commit) p50 {redeem_p50:.0} µs p99 {redeem_p99:.0} µs; \
+         store issuance write (1 lease + head) p50 {group_p50:.0} µs p99 {group_p99:.0} µs; \
+         broker jwt issuance {issue_rate:.0}/s; broker bootstrap redemption {redeem_rate:.0}/s"
+    )
+}
+
+/// What `synchronous = FULL` costs against `NORMAL` on the paths that write: bootstrap
+/// redemption and an issuance's lease record, at the store and through the whole broker.
+/// The two settings alternate over three rounds in one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_sqlite_synchronous_normal_vs_full() {
+    use lanyard_broker::store::sqlite::Synchronous;
+    println!("BENCH SQLite synchronous, NORMAL vs FULL (3 alternating rounds):");
+    for round in 1..=3 {
+        for synchronous in [Synchronous::Normal, Synchronous::Full] {
+            println!("round {round}:{}", synchronous_round(synchronous).await);
+        }
+    }
+}

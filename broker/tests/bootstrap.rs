@@ -15,8 +15,8 @@ use lanyard_broker::error::ApiError;
 use lanyard_broker::store::memory::MemoryStore;
 use lanyard_broker::store::sqlite::SqliteStore;
 use lanyard_broker::store::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, ReserveOutcome, SigningKeyRecord, Store,
-    StoreError,
+    BootstrapTokenRecord, ChainHead, LeaseRecord, RedeemedToken, ReserveOutcome, SessionRevocation,
+    SigningKeyRecord, Store, StoreError,
 };
 use lanyard_test_support::moto::STS_ROLE_ARN;
 use lanyard_test_support::{InProcessBroker, MotoServer, TestBroker, TestBrokerOptions};
@@ -475,6 +475,24 @@ impl Store for CommitFails {
     }
     async fn revoke_bootstrap_token(&self, id: &str) -> Result<bool, StoreError> {
         self.inner.revoke_bootstrap_token(id).await
+    }
+    async fn redeemed_bootstrap_token(
+        &self,
+        id: &str,
+    ) -> Result<Option<RedeemedToken>, StoreError> {
+        self.inner.redeemed_bootstrap_token(id).await
+    }
+    async fn revoke_session(&self, r: &SessionRevocation) -> Result<bool, StoreError> {
+        self.inner.revoke_session(r).await
+    }
+    async fn session_revocations(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<SessionRevocation>, StoreError> {
+        self.inner.session_revocations(now).await
+    }
+    async fn prune_session_revocations(&self, now: SystemTime) -> Result<usize, StoreError> {
+        self.inner.prune_session_revocations(now).await
     }
     async fn insert_lease(&self, l: &LeaseRecord) -> Result<(), StoreError> {
         self.inner.insert_lease(l).await

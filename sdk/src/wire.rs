@@ -153,6 +153,9 @@ pub enum ErrorCode {
     NotReady,
     /// 503: the broker did not answer within its request deadline; retry later.
     DeadlineExceeded,
+    /// 503: the broker's store cannot be used for now (locked by another process, unreadable);
+    /// retry later.
+    StoreUnavailable,
     /// 500: a bug or an unexpected local failure.
     Internal,
     /// Any code this client does not know yet.
@@ -175,6 +178,7 @@ impl ErrorCode {
             Self::UpstreamRefused => "upstream_refused",
             Self::NotReady => "not_ready",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::StoreUnavailable => "store_unavailable",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }
@@ -191,7 +195,10 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::UpstreamRefused => 502,
-            Self::UpstreamUnavailable | Self::NotReady | Self::DeadlineExceeded => 503,
+            Self::UpstreamUnavailable
+            | Self::NotReady
+            | Self::DeadlineExceeded
+            | Self::StoreUnavailable => 503,
             Self::Internal | Self::Unknown => 500,
         }
     }
@@ -229,6 +236,26 @@ pub struct MintTokenResponse {
     pub expires_at: String,
 }
 
+/// Admin API: `POST /v1/admin/sessions/revoke` body — revoke the session a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSessionRequest {
+    /// A session token of the session to revoke (never recorded).
+    pub session_token: Secret,
+}
+
+/// Admin API: answer to a session revocation (`DELETE /v1/admin/sessions/{session_id}`,
+/// `POST /v1/admin/sessions/revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRevocationResponse {
+    /// The session (`ss_…`).
+    pub session_id: String,
+    /// It had been revoked before (nothing changed).
+    pub already_revoked: bool,
+    /// When the session would have ended anyway (RFC 3339): the revocation is kept until then.
+    pub expires_at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +281,7 @@ mod tests {
             ErrorCode::UpstreamRefused,
             ErrorCode::NotReady,
             ErrorCode::DeadlineExceeded,
+            ErrorCode::StoreUnavailable,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");

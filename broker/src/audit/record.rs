@@ -36,7 +36,7 @@ use crate::authn::bootstrap::MintedToken;
 use crate::authn::{AuthnError, Identity};
 use crate::issue::lifetime::Granted;
 use crate::policy::{Denial, Grant, PolicyErrors};
-use crate::store::LeaseRecord;
+use crate::store::{LeaseRecord, SessionRevocation};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -54,6 +54,8 @@ pub enum Event {
     TokenRevoke,
     /// A lease was revoked.
     LeaseRevoke,
+    /// A session (the tokens that followed a bootstrap token's redemption) was revoked.
+    SessionRevoke,
     /// Policies were reloaded (or a reload was rejected).
     PolicyReload,
     /// A new audit segment begins (its first record).
@@ -73,6 +75,7 @@ impl Event {
             Self::TokenRedeem => "token_redeem",
             Self::TokenRevoke => "token_revoke",
             Self::LeaseRevoke => "lease_revoke",
+            Self::SessionRevoke => "session_revoke",
             Self::PolicyReload => "policy_reload",
             Self::AuditSegment => "audit_segment",
             Self::AuditRepair => "audit_repair",
@@ -488,6 +491,31 @@ impl AuditRecord {
             .request(request_id);
         rec.token_id = Some(token_id.to_owned());
         rec
+    }
+
+    /// An admin revoked the session `rec` (`how`: by its id, by a token of it); `already`
+    /// when it had been revoked before. The record names the session and its bootstrap token
+    /// id, never a token.
+    pub fn session_revoke(
+        now: SystemTime,
+        request_id: &str,
+        rec: &SessionRevocation,
+        how: &str,
+        already: bool,
+    ) -> Self {
+        let reason = if already {
+            format!(
+                "session {} revoked by admin ({how}): already revoked",
+                rec.session_id
+            )
+        } else {
+            format!("session {} revoked by admin ({how})", rec.session_id)
+        };
+        let mut out =
+            Self::at(now, Event::SessionRevoke, Decision::Allow, reason).request(request_id);
+        out.token_id = crate::authn::session::token_id_of(&rec.session_id);
+        out.expires_at = Some(rfc3339(rec.expires_at));
+        out
     }
 
     /// An admin or the workload revoked `lease`; `upstream_revoked` says whether the backend

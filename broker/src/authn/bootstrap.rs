@@ -1025,6 +1025,27 @@ mod tests {
         async fn revoke_bootstrap_token(&self, _: &str) -> Result<bool, StoreError> {
             unreachable!()
         }
+        async fn redeemed_bootstrap_token(
+            &self,
+            _: &str,
+        ) -> Result<Option<RedeemedToken>, StoreError> {
+            unreachable!()
+        }
+        async fn revoke_session(
+            &self,
+            _: &crate::store::SessionRevocation,
+        ) -> Result<bool, StoreError> {
+            unreachable!()
+        }
+        async fn session_revocations(
+            &self,
+            _: SystemTime,
+        ) -> Result<Vec<crate::store::SessionRevocation>, StoreError> {
+            unreachable!()
+        }
+        async fn prune_session_revocations(&self, _: SystemTime) -> Result<usize, StoreError> {
+            unreachable!()
+        }
         async fn insert_lease(&self, _: &crate::store::LeaseRecord) -> Result<(), StoreError> {
             unreachable!()
         }

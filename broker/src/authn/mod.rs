@@ -6,11 +6,14 @@
 //! - [`bootstrap`]: single-use bootstrap tokens (random 256-bit, stored hashed), and their
 //!   redemption: reserved, then committed with the issuance or released.
 //! - [`session`]: the session tokens handed out after a bootstrap token is redeemed — typed
-//!   claims, minting and verification.
+//!   claims, session ids, minting and verification.
+//! - [`revocation`]: which sessions are revoked — an in-memory set refreshed from the store,
+//!   its staleness bound, and failing closed past it.
 
 pub mod bootstrap;
 pub mod jwks;
 pub mod jwt;
+pub mod revocation;
 pub mod session;
 
 use serde::Serialize;
@@ -124,6 +127,9 @@ pub enum AuthnError {
     /// so neither reserved nor spent.
     #[error("a bootstrap token is not accepted here")]
     BootstrapNotAccepted,
+    /// The session (or the bootstrap token that would start it) was revoked.
+    #[error("session revoked")]
+    SessionRevoked,
 }
 
 impl AuthnError {
@@ -146,6 +152,7 @@ impl AuthnError {
             Self::TokenReused => "token_reused",
             Self::TokenExpired => "token_expired",
             Self::BootstrapNotAccepted => "bootstrap_not_accepted",
+            Self::SessionRevoked => "session_revoked",
         }
     }
 }

@@ -6,6 +6,14 @@
 //! claim ([`SessionBinding`]). Each fetch with it returns a new one, valid for
 //! `bootstrap.session_ttl_seconds` but never past `bootstrap.session_max_lifetime_seconds`
 //! after the bootstrap token was redeemed.
+//!
+//! # Session ids
+//! One bootstrap token buys at most one session (a re-redemption within the grace window is
+//! the same session), so a session's id is derived from the token's: `bt_<16 hex>` redeems
+//! into session `ss_<the same 16 hex>` ([`session_id_for`]). Every token of the session carries
+//! it (`lanyard_session.session_id`), and revoking it ([`super::revocation`]) refuses all of
+//! them. A token minted before session ids were put on the wire has no `session_id` claim; its
+//! id is derived from its `token_id` the same way.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +28,28 @@ use crate::issue::jwt::KeyRing;
 
 /// Audience of the session tokens the broker hands out after a bootstrap token is redeemed.
 pub const SESSION_AUDIENCE: &str = "lanyard:session";
+
+/// Prefix of a session id.
+pub const SESSION_ID_PREFIX: &str = "ss_";
+
+/// The id of the session bought by the bootstrap token `token_id` (`bt_<hex>` → `ss_<hex>`).
+pub fn session_id_for(token_id: &str) -> String {
+    let hex = token_id
+        .strip_prefix(super::bootstrap::TOKEN_ID_PREFIX)
+        .unwrap_or(token_id);
+    format!("{SESSION_ID_PREFIX}{hex}")
+}
+
+/// The bootstrap token id a session id comes from, when `session_id` is well formed (`ss_` and
+/// 16 lowercase hex digits); `None` otherwise.
+pub fn token_id_of(session_id: &str) -> Option<String> {
+    let hex = session_id.strip_prefix(SESSION_ID_PREFIX)?;
+    let well_formed = hex.len() == 16
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    well_formed.then(|| format!("{}{hex}", super::bootstrap::TOKEN_ID_PREFIX))
+}
 
 /// The claims of a session token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +74,10 @@ pub struct SessionClaims {
 /// redeemed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionBinding {
+    /// The session's id ([`session_id_for`] of `token_id`); absent in tokens minted before
+    /// session ids were on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// The redeemed bootstrap token's public id.
     pub token_id: String,
     /// The roles it may be used for.
@@ -58,6 +92,8 @@ pub struct SessionBinding {
 /// A verified session token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedSession {
+    /// The session's id.
+    pub session_id: String,
     /// The bootstrap identity it carries (issuer [`BOOTSTRAP_ISSUER`]).
     pub identity: Identity,
     /// When the bootstrap token was redeemed.
@@ -92,6 +128,7 @@ pub fn mint(
         nbf: unix_seconds(now),
         exp: unix_seconds(exp),
         lanyard_session: SessionBinding {
+            session_id: Some(session_id_for(&binding.token_id)),
             token_id: binding.token_id.clone(),
             roles: binding.roles.clone(),
             image: binding.image.clone(),
@@ -107,7 +144,9 @@ pub fn mint(
 
 /// Verifies a session token this broker signed as `issuer`: signature, `iss`, `aud`
 /// ([`SESSION_AUDIENCE`]) and times by the key ring, then the claims' shape
-/// ([`AuthnError::InvalidClaims`] when a field is missing or of the wrong type).
+/// ([`AuthnError::InvalidClaims`] when a field is missing or of the wrong type, or the
+/// `session_id` is not the one its `token_id` gives). Whether the session was revoked is the
+/// caller's to check ([`super::revocation`]).
 pub fn verify(
     keys: &KeyRing,
     issuer: &str,
@@ -118,12 +157,20 @@ pub fn verify(
     let claims: SessionClaims = serde_json::from_value(claims)
         .map_err(|e| AuthnError::InvalidClaims(format!("session token: {e}")))?;
     let SessionBinding {
+        session_id,
         token_id,
         roles,
         image,
         started_at,
     } = claims.lanyard_session;
+    let derived = session_id_for(&token_id);
+    if session_id.is_some_and(|id| id != derived) {
+        return Err(AuthnError::InvalidClaims(
+            "session token: session_id does not match token_id".into(),
+        ));
+    }
     Ok(VerifiedSession {
+        session_id: derived,
         identity: Identity {
             issuer: BOOTSTRAP_ISSUER.to_owned(),
             subject: format!("bootstrap:{token_id}"),
@@ -218,6 +265,7 @@ mod tests {
                 verify(&keys, ISS, session.token.expose(), clock.now()).expect("verifies");
             assert_eq!(verified.identity, identity);
             assert_eq!(verified.started, started);
+            assert_eq!(verified.session_id, "ss_1234");
         }
     }
 
@@ -248,6 +296,7 @@ mod tests {
                 "nbf": T0,
                 "exp": T0 + 900,
                 "lanyard_session": {
+                    "session_id": "ss_1234",
                     "token_id": "bt_1234",
                     "roles": ["orders-read", "db"],
                     "image": null,
@@ -368,6 +417,45 @@ mod tests {
                 "{claims}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_session_id_is_the_token_ids_hex_and_back() {
+        let token_id = "bt_0123456789abcdef";
+        assert_eq!(session_id_for(token_id), "ss_0123456789abcdef");
+        assert_eq!(
+            token_id_of("ss_0123456789abcdef").as_deref(),
+            Some(token_id)
+        );
+        for bad in [
+            "bt_0123456789abcdef",
+            "ss_0123456789ABCDEF",
+            "ss_0123456789abcde",
+            "ss_0123456789abcdef0",
+            "ss_../../etc/passwd0",
+            "",
+        ] {
+            assert_eq!(token_id_of(bad), None, "{bad}");
+        }
+    }
+
+    /// A session token minted before session ids were on the wire verifies, with the id its
+    /// token id gives; a token whose id contradicts its token id is refused.
+    #[tokio::test]
+    async fn the_session_id_claim_is_optional_but_never_contradicts_the_token_id() {
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let keys = ring(clock.clone()).await;
+        let old = json!({"token_id": "bt_1", "roles": ["a"], "image": null, "started_at": T0});
+        let token = keys.sign(&claims_with(old.clone())).expect("signs");
+        let verified = verify(&keys, ISS, &token, clock.now()).expect("an older token verifies");
+        assert_eq!(verified.session_id, "ss_1");
+        let mut forged = old;
+        forged["session_id"] = json!("ss_2");
+        let token = keys.sign(&claims_with(forged)).expect("signs");
+        assert!(matches!(
+            verify(&keys, ISS, &token, clock.now()),
+            Err(AuthnError::InvalidClaims(_))
+        ));
     }
 
     #[tokio::test]

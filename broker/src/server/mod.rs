@@ -2,8 +2,9 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
-//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases — all stop
-//! on shutdown.
+//! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, pruning
+//! ended session revocations — all stop on shutdown. (The revoked-session set reloads itself:
+//! see [`Broker`].)
 //!
 //! # Layout
 //! - [`tls`]: reloading certificate resolver and rustls configuration.
@@ -112,6 +113,9 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
                 broker.maintain_backends().await;
                 if let Err(e) = broker.sweep_expired_leases().await {
                     warn!(error = %e, "lease expiry sweep failed; will retry");
+                }
+                if let Err(e) = broker.prune_session_revocations().await {
+                    warn!(error = %e, "pruning ended session revocations failed; will retry");
                 }
             }
         })

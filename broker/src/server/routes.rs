@@ -13,14 +13,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json};
-use lanyard::wire::{CredentialRequest, MintTokenRequest};
+use lanyard::wire::{CredentialRequest, ErrorCode, MintTokenRequest, RevokeSessionRequest};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::ConnInfo;
 use super::deadline::{self, DeadlineLayerState, Deadlines};
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
-use crate::broker::{Broker, new_request_id};
+use crate::broker::{Broker, SessionRef, new_request_id};
 use crate::error::ApiError;
 use crate::secret_file::read_secret_file;
 
@@ -37,6 +37,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/v1/admin/tokens", post(mint_token))
         .route("/v1/admin/tokens/{token_id}", delete(revoke_token))
+        .route("/v1/admin/sessions/{session_id}", delete(revoke_session))
+        .route("/v1/admin/sessions/revoke", post(revoke_session_by_token))
         .route("/v1/admin/explain", post(explain))
         .route("/v1/admin/reload", post(reload))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -55,7 +57,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-/// Times every request by route and status.
+/// Times every request by route and status, and counts error answers by code.
 async fn observe(State(broker): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -69,6 +71,13 @@ async fn observe(State(broker): State<AppState>, req: Request, next: Next) -> Re
         .request_duration
         .with_label_values(&[&route, resp.status().as_str()])
         .observe(started.elapsed().as_secs_f64());
+    if let Some(code) = resp.extensions().get::<ErrorCode>() {
+        broker
+            .metrics()
+            .errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
     resp
 }
 
@@ -331,6 +340,63 @@ async fn revoke_token(
     .await;
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn revoke_session(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "DELETE /v1/admin/sessions/{session_id}",
+            &request_id,
+        )
+        .await?;
+        broker
+            .revoke_session(SessionRef::Id(&session_id), &request_id)
+            .await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn revoke_session_by_token(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/sessions/revoke",
+            &request_id,
+        )
+        .await?;
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: RevokeSessionRequest = body_json(body, limit, false)?
+            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        broker
+            .revoke_session(SessionRef::Token(req.session_token.expose()), &request_id)
+            .await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
     }
 }

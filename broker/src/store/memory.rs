@@ -1,8 +1,8 @@
 //! An in-memory [`Store`], for tests and for embedding the broker where nothing needs to
 //! survive a restart.
 //!
-//! **Not persistent**: every bootstrap token, lease, signing key, audit chain head and local
-//! secret is lost when the value is dropped. Use the SQLite store for a real broker.
+//! **Not persistent**: every bootstrap token, session revocation, lease, signing key, audit
+//! chain head and local secret is lost when the value is dropped. Use the SQLite store for a real broker.
 //!
 //! It keeps the same contract as every store (the shared suite in `store/suite.rs` checks it),
 //! so a test written against it holds for the real one.
@@ -15,7 +15,7 @@ use lanyard::Secret;
 
 use super::{
     BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SigningKeyRecord, Store, StoreError,
+    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
 };
 
 /// A [`Store`] held in process memory (a mutex over hash maps). Not persistent; see the
@@ -30,6 +30,8 @@ struct Inner {
     /// Bootstrap tokens by token hash.
     bootstrap: HashMap<String, TokenState>,
     leases: HashMap<String, LeaseRecord>,
+    /// Revoked sessions by session id.
+    session_revocations: HashMap<String, SessionRevocation>,
     /// Insertion order; sorted by `created_at` when read.
     signing_keys: Vec<SigningKeyRecord>,
     audit_head: Option<ChainHead>,
@@ -186,6 +188,56 @@ impl Store for MemoryStore {
             Some(h) => inner.bootstrap.remove(&h).is_some(),
             None => false,
         })
+    }
+
+    async fn redeemed_bootstrap_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<RedeemedToken>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .bootstrap
+            .values()
+            .filter(|t| t.rec.token_id == token_id)
+            .find_map(|t| {
+                let redeemed_at = t.redeemed_at?;
+                Some(RedeemedToken {
+                    token: t.rec.clone(),
+                    redeemed_at,
+                    session_started: t.hold.as_ref().map_or(redeemed_at, |h| h.at),
+                })
+            }))
+    }
+
+    async fn revoke_session(&self, rec: &SessionRevocation) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.session_revocations.contains_key(&rec.session_id) {
+            return Ok(false);
+        }
+        inner
+            .session_revocations
+            .insert(rec.session_id.clone(), rec.clone());
+        Ok(true)
+    }
+
+    async fn session_revocations(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<SessionRevocation>, StoreError> {
+        Ok(self
+            .lock()
+            .session_revocations
+            .values()
+            .filter(|r| r.expires_at > now)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_session_revocations(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.session_revocations.len();
+        inner.session_revocations.retain(|_, r| r.expires_at > now);
+        Ok(before - inner.session_revocations.len())
     }
 
     async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
-//! Persistent state: bootstrap tokens, leases, signing keys, the audit chain head, local
-//! secrets.
+//! Persistent state: bootstrap tokens, session revocations, leases, signing keys, the audit
+//! chain head, local secrets.
 //!
 //! [`Store`] is a trait so PostgreSQL can back replicas later. Every operation that must be
 //! atomic across replicas (reserving, committing or releasing a bootstrap token's redemption)
@@ -71,6 +71,18 @@ pub enum ReserveOutcome {
     Expired(BootstrapTokenRecord),
 }
 
+/// A revoked session: every session token of it is refused until `expires_at`, when the
+/// session would have ended anyway and the record may be pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRevocation {
+    /// The session's id (`ss_` + 16 hex).
+    pub session_id: String,
+    /// When it was revoked.
+    pub revoked_at: SystemTime,
+    /// The session's latest possible end: kept (and refused) until then.
+    pub expires_at: SystemTime,
+}
+
 /// A credential the broker issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRecord {
@@ -126,9 +138,14 @@ pub struct ChainHead {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database failed (I/O, locked, corrupt).
+    /// The database failed (I/O, corrupt, a bug).
     #[error("store: {0}")]
     Backend(String),
+    /// The database cannot be used for now, and a retry may succeed: another process holds
+    /// its lock past the busy timeout, or it cannot be read or written (permissions, disk
+    /// full, I/O). Answered with a retryable 503 `store_unavailable`.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// A record could not be decoded.
     #[error("store holds an invalid record: {0}")]
     Corrupt(String),
@@ -183,6 +200,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Revokes an unredeemed token, held by a reservation or not (that reservation then
     /// cannot commit). Returns whether a token was revoked.
     async fn revoke_bootstrap_token(&self, token_id: &str) -> Result<bool, StoreError>;
+
+    /// The bootstrap token with this public id, if its redemption was committed (what a
+    /// session's start is read from).
+    async fn redeemed_bootstrap_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<RedeemedToken>, StoreError>;
+
+    /// Records a session revocation. Returns false, changing nothing, when the session was
+    /// already revoked (its first record, and its `expires_at`, stay).
+    async fn revoke_session(&self, rec: &SessionRevocation) -> Result<bool, StoreError>;
+
+    /// Every revocation whose `expires_at` is after `now`, in no particular order.
+    async fn session_revocations(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<SessionRevocation>, StoreError>;
+
+    /// Deletes the revocations whose `expires_at` is at or before `now`; returns how many.
+    async fn prune_session_revocations(&self, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// Whether the store can take a write now, without waiting long for it: `Ok` when it can,
+    /// [`StoreError::Unavailable`] when another process holds its write lock or the file
+    /// cannot be written. For readiness; writes nothing.
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Saves an issued lease.
     async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError>;

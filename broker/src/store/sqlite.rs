@@ -2,6 +2,9 @@
 //!
 //! Every trait method runs its SQL on one dedicated thread that owns the connection, in the
 //! order the calls were made; callers await the answer without holding an async worker.
+//! Commits are `synchronous = FULL` ([`Synchronous`]): the write-ahead log is synced before a
+//! commit returns, so a committed bootstrap redemption (single use) or session revocation
+//! survives a power loss; its cost is measured in `docs/benchmarks.md`.
 //! Issuances reach it through [`Store::record_group`]: the leases of one audit group and the
 //! new chain head in one transaction, so a burst of issuances costs one WAL commit instead of
 //! one each. The file is opened in WAL mode with a 5 s busy timeout, so several handles
@@ -25,11 +28,15 @@ use zeroize::Zeroizing;
 
 use super::{
     BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SigningKeyRecord, Store, StoreError,
+    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
 };
 
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Store::check_writable`] waits for the write lock: far longer than any of the
+/// broker's own transactions holds it, far shorter than a readiness probe's timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Schema migrations; entry `i` takes the schema from version `i` to version `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -82,16 +89,28 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE bootstrap_tokens ADD COLUMN reserved_by TEXT;
     ALTER TABLE bootstrap_tokens ADD COLUMN reserved_at INTEGER;
     ALTER TABLE bootstrap_tokens ADD COLUMN reserved_until INTEGER;",
+    // v4: revoked sessions, kept until the session would have ended anyway.
+    "CREATE TABLE session_revocations (
+        session_id TEXT PRIMARY KEY NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX session_revocations_expires_at ON session_revocations (expires_at);",
 ];
 
 /// A closure to run on the store thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The SQLite-backed [`Store`]. Cheap to clone: clones share one connection, owned by one
-/// thread that stops when the last clone is dropped.
+/// thread that stops when the last clone is dropped (and, on a file, a second connection
+/// on a thread of its own for the reads that must not wait behind writes).
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: Arc<mpsc::Sender<Job>>,
+    /// The reader thread (on a file only): the revoked-session set is reloaded through it, so
+    /// a write stuck behind another process's lock cannot starve the reload. WAL lets it
+    /// read while a writer holds the lock.
+    reads: Option<Arc<mpsc::Sender<Job>>>,
     /// Where the database lives (`None` in memory), for error messages.
     path: Option<PathBuf>,
 }
@@ -104,10 +123,40 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// How a commit waits for the disk: SQLite's `PRAGMA synchronous`, for every transaction of
+/// the connection (it is a connection setting, not a per-transaction one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `FULL`: a commit returns once the write-ahead log is synced, so it survives a power
+    /// loss. What the broker uses: a committed bootstrap redemption or session revocation
+    /// must never come back undone.
+    #[default]
+    Full,
+    /// `NORMAL`: the log is synced only at checkpoints, so a power loss (not a crash of the
+    /// process) may roll back the last commits: a redeemed bootstrap token would be
+    /// redeemable again. For measuring what `FULL` costs (`docs/benchmarks.md`), not for a
+    /// broker.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing, with mode 0600 and its parent directory) the database at
-    /// `path` and brings its schema up to date.
+    /// `path` and brings its schema up to date; commits are [`Synchronous::Full`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Synchronous::Full)
+    }
+
+    /// [`SqliteStore::open`] with commits as durable as `synchronous` says.
+    pub fn open_with(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
         let shown = path.display();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_dir_private(parent).map_err(|e| {
@@ -126,14 +175,14 @@ impl SqliteStore {
         })?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Backend(format!("cannot open the database {shown}: {e}")))?;
-        Self::init(conn, Some(path.to_path_buf()))
+        Self::init(conn, Some(path.to_path_buf()), synchronous)
     }
 
     /// A private in-memory database, empty and gone when dropped. For tests and dev mode.
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()
             .map_err(|e| StoreError::Backend(format!("cannot open an in-memory database: {e}")))?;
-        Self::init(conn, None)
+        Self::init(conn, None, Synchronous::Full)
     }
 
     /// The database file, or `None` for an in-memory store.
@@ -149,7 +198,11 @@ impl SqliteStore {
         .await
     }
 
-    fn init(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
+    fn init(
+        mut conn: Connection,
+        path: Option<PathBuf>,
+        synchronous: Synchronous,
+    ) -> Result<Self, StoreError> {
         let whence = match &path {
             Some(p) => p.display().to_string(),
             None => ":memory:".to_owned(),
@@ -178,21 +231,28 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(|e| fail("enabling foreign keys", e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(|e| fail("setting synchronous", e))?;
         migrate(&mut conn).map_err(|e| match e {
             StoreError::Backend(m) => StoreError::Backend(format!("database {whence}: {m}")),
             other => other,
         })?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("lanyard-sqlite".into())
-            .spawn(move || store_thread(conn, &rx))
-            .map_err(|e| {
-                StoreError::Backend(format!("database {whence}: cannot start its thread: {e}"))
-            })?;
+        let reader = match &path {
+            Some(p) => {
+                let reader = Connection::open(p)
+                    .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+                    .map_err(|e| fail("opening the reader connection", e))?;
+                Some(Arc::new(spawn_thread(
+                    "lanyard-sqlite-read",
+                    reader,
+                    &whence,
+                )?))
+            }
+            None => None,
+        };
         Ok(Self {
-            jobs: Arc::new(tx),
+            jobs: Arc::new(spawn_thread("lanyard-sqlite", conn, &whence)?),
+            reads: reader,
             path,
         })
     }
@@ -210,6 +270,39 @@ impl SqliteStore {
         self.jobs.send(job).map_err(|_| stopped(op))?;
         answer.await.map_err(|_| stopped(op))?
     }
+
+    /// Like [`Self::run`] for a read-only `f`, on the reader thread when there is one.
+    async fn run_read<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(reads) = &self.reads else {
+            return self.run(op, f).await;
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        });
+        reads.send(job).map_err(|_| stopped(op))?;
+        answer.await.map_err(|_| stopped(op))?
+    }
+}
+
+/// Starts a thread `name` owning `conn`, running the jobs sent to the returned sender.
+fn spawn_thread(
+    name: &str,
+    conn: Connection,
+    whence: &str,
+) -> Result<mpsc::Sender<Job>, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || store_thread(conn, &rx))
+        .map_err(|e| {
+            StoreError::Backend(format!("database {whence}: cannot start its thread: {e}"))
+        })?;
+    Ok(tx)
 }
 
 fn stopped(op: &str) -> StoreError {
@@ -311,6 +404,27 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(sql_error("committing the migration transaction"))
 }
 
+/// Whether `path` can take a write transaction within [`PROBE_TIMEOUT`]: opens it (never
+/// creating it), takes the write lock and rolls back.
+fn probe_writable(path: &Path) -> Result<(), StoreError> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(sql_error("check_writable: open"))?;
+    conn.busy_timeout(PROBE_TIMEOUT)
+        .map_err(sql_error("check_writable"))?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sql_error("check_writable"))?;
+    let read = conn
+        .query_row("SELECT count(*) FROM audit_head", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(sql_error("check_writable"));
+    conn.execute_batch("ROLLBACK")
+        .map_err(sql_error("check_writable"))?;
+    read.map(|_| ())
+}
+
 fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
@@ -375,8 +489,26 @@ fn sql_error(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
         rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(format!("{op}: {e}")),
+        rusqlite::Error::SqliteFailure(f, _) if is_transient(f.code) => {
+            StoreError::Unavailable(format!("{op}: {e}"))
+        }
         other => StoreError::Backend(format!("{op}: {other}")),
     }
+}
+
+/// SQLite failures a retry may outlast: a lock held by another process past the busy
+/// timeout, a file that cannot be opened, read or written for now.
+fn is_transient(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::DiskFull
+    )
 }
 
 /// Like [`sql_error`], but a uniqueness violation becomes [`StoreError::Duplicate`] of `what`.
@@ -637,6 +769,115 @@ impl Store for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn redeemed_bootstrap_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<RedeemedToken>, StoreError> {
+        let token_id = token_id.to_owned();
+        self.run("redeemed_bootstrap_token", move |conn| {
+            let row = conn
+                .query_row(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens \
+                         WHERE token_id = ?1 AND redeemed_at IS NOT NULL"
+                    ),
+                    params![token_id],
+                    TokenRow::from_row,
+                )
+                .optional()
+                .map_err(sql_error("redeemed_bootstrap_token"))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let what = row.what();
+            let redeemed_at = row.redeemed_at.unwrap_or_default();
+            let session_started = row.reserved_at.unwrap_or(redeemed_at);
+            Ok(Some(RedeemedToken {
+                redeemed_at: from_unix(redeemed_at, &what)?,
+                session_started: from_unix(session_started, &what)?,
+                token: row.decode()?,
+            }))
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, rec: &SessionRevocation) -> Result<bool, StoreError> {
+        let revoked_at = to_unix(rec.revoked_at)?;
+        let expires_at = to_unix(rec.expires_at)?;
+        let session_id = rec.session_id.clone();
+        self.run("revoke_session", move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO session_revocations (session_id, revoked_at, expires_at) \
+                     VALUES (?1, ?2, ?3)",
+                    params![session_id, revoked_at, expires_at],
+                )
+                .map_err(sql_error("revoke_session"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn session_revocations(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<SessionRevocation>, StoreError> {
+        let now = to_unix(now)?;
+        self.run_read("session_revocations", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT session_id, revoked_at, expires_at FROM session_revocations \
+                     WHERE expires_at > ?1",
+                )
+                .map_err(sql_error("session_revocations"))?;
+            let rows = stmt
+                .query_map(params![now], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sql_error("session_revocations"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (session_id, revoked_at, expires_at) =
+                    row.map_err(sql_error("session_revocations"))?;
+                let what = format!("session revocation {session_id}");
+                out.push(SessionRevocation {
+                    revoked_at: from_unix(revoked_at, &what)?,
+                    expires_at: from_unix(expires_at, &what)?,
+                    session_id,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune_session_revocations(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let now = to_unix(now)?;
+        self.run("prune_session_revocations", move |conn| {
+            conn.execute(
+                "DELETE FROM session_revocations WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(sql_error("prune_session_revocations"))
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        // A connection of its own, not the store thread's: the answer does not wait behind
+        // queued operations, and a lock held elsewhere shows within PROBE_TIMEOUT.
+        tokio::task::spawn_blocking(move || probe_writable(&path))
+            .await
+            .map_err(|e| StoreError::Backend(format!("check_writable: the probe failed: {e}")))?
     }
 
     async fn insert_lease(&self, rec: &LeaseRecord) -> Result<(), StoreError> {
@@ -1243,6 +1484,65 @@ mod tests {
         let wal = path.with_extension("db-wal");
         assert!(wal.exists(), "WAL mode should create {}", wal.display());
         assert_eq!(mode(&wal), 0o600);
+    }
+
+    /// A committed redemption must survive a power loss: the connection commits with
+    /// `synchronous = FULL` (2), not `NORMAL` (1), unless asked otherwise (for benchmarks).
+    #[tokio::test]
+    async fn commits_are_synchronous_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let synchronous = |s: SqliteStore| async move {
+            s.run("test check", |conn| {
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .map_err(sql_error("test check"))
+            })
+            .await
+            .expect("pragma")
+        };
+        let path = dir.path().join("lanyard.db");
+        assert_eq!(
+            synchronous(SqliteStore::open(&path).expect("open")).await,
+            2
+        );
+        assert_eq!(
+            synchronous(SqliteStore::open_in_memory().expect("open")).await,
+            2
+        );
+        let normal = SqliteStore::open_with(&path, Synchronous::Normal).expect("open");
+        assert_eq!(synchronous(normal).await, 1);
+    }
+
+    /// Another process holding the write lock (here another connection, as `sqlite3 FILE
+    /// 'BEGIN EXCLUSIVE; …'` would): the store is not writable and a write fails as
+    /// `Unavailable` after the busy timeout, reads go on (WAL), and all is well once the lock
+    /// is let go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_lock_held_elsewhere_is_unavailable_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let s = SqliteStore::open(&path).expect("open");
+        s.check_writable().await.expect("writable at first");
+        let other = Connection::open(&path).expect("another connection");
+        other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        let r = s.check_writable().await;
+        assert!(
+            matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("locked")),
+            "{r:?}"
+        );
+        let rec = SessionRevocation {
+            session_id: "ss_1".into(),
+            revoked_at: t(1_000),
+            expires_at: t(2_000),
+        };
+        let r = s.revoke_session(&rec).await;
+        assert!(matches!(&r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert_eq!(
+            s.session_revocations(t(1_000)).await.expect("reads go on"),
+            []
+        );
+        other.execute_batch("ROLLBACK").expect("unlock");
+        s.check_writable().await.expect("writable again");
+        assert!(s.revoke_session(&rec).await.expect("written"));
     }
 
     #[tokio::test]

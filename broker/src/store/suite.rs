@@ -3,7 +3,8 @@
 //! Each case is an `async fn(Arc<dyn Store>)` that gets a fresh, empty store and asserts one
 //! promise of the trait: bootstrap tokens (reserve, then commit once or release; a held token
 //! refused to others until its hold lapses, then taken over; single winner under a race;
-//! expiry at the expiry second; revocation; duplicates), leases (round trip, idempotent revocation,
+//! expiry at the expiry second; revocation; duplicates; a redeemed token found by id), session
+//! revocations (listed until they expire, recorded once, pruned), leases (round trip, idempotent revocation,
 //! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys
 //! (with when each starts signing), the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
@@ -33,7 +34,7 @@ use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{
     BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SigningKeyRecord, Store, StoreError,
+    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
 };
 
 /// A fresh store for one test, with whatever must live as long as it.
@@ -769,6 +770,112 @@ pub(super) async fn concurrent_first_use_of_a_local_secret_agrees(s: Arc<dyn Sto
     assert_eq!(values.len(), 1);
 }
 
+/// A redeemed token is found by its public id, with when its session started; an unredeemed,
+/// held or unknown one is not.
+pub(super) async fn a_redeemed_token_is_found_by_id(s: Arc<dyn Store>) {
+    let rec = token("bt_1", "h1", 1_600);
+    s.insert_bootstrap_token(&rec).await.expect("insert");
+    let find = |id: &'static str| {
+        let s = s.clone();
+        async move { s.redeemed_bootstrap_token(id).await.expect("find") }
+    };
+    assert_eq!(find("bt_1").await, None, "not redeemed yet");
+    assert!(matches!(
+        reserve(&s, "h1", "r1", 1_100).await,
+        ReserveOutcome::Reserved(_)
+    ));
+    assert_eq!(find("bt_1").await, None, "held, not redeemed");
+    assert!(
+        s.commit_bootstrap_token("h1", "r1", t(1_105))
+            .await
+            .expect("commit")
+    );
+    assert_eq!(
+        find("bt_1").await,
+        Some(RedeemedToken {
+            token: rec,
+            redeemed_at: t(1_105),
+            session_started: t(1_100),
+        })
+    );
+    assert_eq!(find("bt_2").await, None, "unknown");
+}
+
+fn revocation(id: &str, revoked: u64, expires: u64) -> SessionRevocation {
+    SessionRevocation {
+        session_id: id.to_owned(),
+        revoked_at: t(revoked),
+        expires_at: t(expires),
+    }
+}
+
+/// A session revocation is listed while `now < expires_at`, recorded once (a second one
+/// changes nothing), and pruned at its expiry, never before.
+pub(super) async fn session_revocations_last_until_they_expire(s: Arc<dyn Store>) {
+    let listed = |now: u64| {
+        let s = s.clone();
+        async move {
+            let mut ids: Vec<(String, SystemTime)> = s
+                .session_revocations(t(now))
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|r| (r.session_id, r.expires_at))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(listed(1_000).await, []);
+    assert!(
+        s.revoke_session(&revocation("ss_1", 1_000, 2_000))
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        s.revoke_session(&revocation("ss_2", 1_000, 3_000))
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !s.revoke_session(&revocation("ss_1", 1_500, 9_000))
+            .await
+            .expect("revoke again"),
+        "already revoked"
+    );
+    assert_eq!(
+        listed(1_999).await,
+        [("ss_1".to_owned(), t(2_000)), ("ss_2".to_owned(), t(3_000))],
+        "the first record stays"
+    );
+    assert_eq!(
+        listed(2_000).await,
+        [("ss_2".to_owned(), t(3_000))],
+        "not listed from its expiry second"
+    );
+    assert_eq!(
+        s.prune_session_revocations(t(1_999)).await.expect("prune"),
+        0
+    );
+    assert_eq!(listed(1_000).await.len(), 2, "nothing pruned early");
+    assert_eq!(
+        s.prune_session_revocations(t(2_000)).await.expect("prune"),
+        1
+    );
+    assert_eq!(listed(1_000).await, [("ss_2".to_owned(), t(3_000))]);
+    // A pruned session id may be recorded again.
+    assert!(
+        s.revoke_session(&revocation("ss_1", 2_500, 4_000))
+            .await
+            .expect("revoke after prune")
+    );
+    assert_eq!(
+        s.prune_session_revocations(t(9_999)).await.expect("prune"),
+        2
+    );
+    assert_eq!(listed(0).await, []);
+}
+
 /// One `#[tokio::test]` per case, each on a fresh store from `$fresh`.
 macro_rules! cases {
     ($fresh:expr) => {
@@ -780,6 +887,8 @@ macro_rules! cases {
             a_duplicate_bootstrap_token_id_or_hash_is_refused,
             revoke_deletes_only_unredeemed_tokens,
             a_raced_token_is_reserved_exactly_once,
+            a_redeemed_token_is_found_by_id,
+            session_revocations_last_until_they_expire,
             leases_round_trip,
             a_lease_is_marked_revoked_once,
             expired_leases_by_backend_oldest_first,
