@@ -630,12 +630,15 @@ fn env_filter(lanyard_log: Option<&str>) -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter("info")))
 }
 
-/// Logs to stderr, filtered by [`env_filter`]. A no-op when the embedding process already
-/// installed a subscriber.
+/// Logs to stderr, filtered by [`env_filter`], in colour only on a terminal (a log file or a
+/// container log gets plain text). A no-op when the embedding process already installed a
+/// subscriber.
 fn init_tracing(lanyard_log: Option<&str>) {
+    use std::io::IsTerminal as _;
     let filter = env_filter(lanyard_log);
     let _ = tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_env_filter(filter)
         .try_init();
 }
