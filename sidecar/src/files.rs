@@ -431,7 +431,7 @@ fn write_targets_with(
                 path: parent.join(name),
                 source,
             })?;
-        let _ = parent.remove_file(&format!("{name}.expired"));
+        let _ = parent.remove_file(&format!("{name}{MARKER_SUFFIX}"));
         let (refresh_after, expires_at) = times(c)?;
         match by_role.iter_mut().find(|w| w.role == c.role) {
             Some(w) => {
@@ -453,10 +453,13 @@ fn write_targets_with(
     Ok(by_role)
 }
 
+/// What the name of an expired file's marker adds to the file's name.
+pub const MARKER_SUFFIX: &str = ".expired";
+
 /// The marker written next to `file` when its credential expired: `FILE.expired`.
 pub fn marker_path(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
-    s.push(".expired");
+    s.push(MARKER_SUFFIX);
     PathBuf::from(s)
 }
 
@@ -503,7 +506,7 @@ pub fn expire_files(
             Ok((parent, name)) if remove => parent.remove_file(name),
             Ok((parent, name)) => write_atomic_with(
                 &parent,
-                &format!("{name}.expired"),
+                &format!("{name}{MARKER_SUFFIX}"),
                 format!("{expired_at}\n").as_bytes(),
                 FileOpts {
                     mode: 0o444,
