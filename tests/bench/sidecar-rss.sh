@@ -71,13 +71,15 @@ pm=$(free_port)
 "$LANYARD_MOTO_SERVER" -H 127.0.0.1 -p "$pm" >"$work/moto.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$pm/moto-api/" >/dev/null && break; sleep 0.2; done
+mkdir "$work/sts-policies"
+sed -i "s#^policies_dir:.*#policies_dir: \"$work/sts-policies\"#" "$work/sts/broker.yaml"
 cat >>"$work/sts/broker.yaml" <<EOF
 backends:
   aws_sts:
     region: us-east-1
     endpoint_url: http://127.0.0.1:$pm
 EOF
-cat >"$work/sts/policies/sts.yaml" <<'EOF'
+cat >"$work/sts-policies/sts.yaml" <<'EOF'
 roles:
   sts-app:
     backend: aws-sts
