@@ -343,27 +343,9 @@ fn parse_time(flag: &str, s: &Option<String>) -> Result<Option<std::time::System
     }
 }
 
-/// Added to the log filter unless it names `rustls` itself: rustls logs a `WARN` from this
-/// module for every client that sends an IP address as SNI (common, e.g. `curl
-/// https://10.0.0.5`, and harmless: the name is ignored), or an otherwise malformed SNI. The
-/// only other warning of this module (rustls 0.23) is client-side, for a server sending a
-/// meaningless `CertificateRequest`, equally harmless; handshake failures and alerts (other
-/// modules) keep their level. `EnvFilter` cannot filter one message, so the
-/// module is raised to `error`; `LANYARD_LOG=info,rustls=debug` shows them again.
-pub const RUSTLS_SNI_DIRECTIVE: &str = "rustls::msgs::handshake=error";
-
-/// The log filter used for `user` (the `--log` value): `user` plus
-/// [`RUSTLS_SNI_DIRECTIVE`] when `user` does not mention `rustls`.
-pub fn log_filter(user: &str) -> String {
-    let user = user.trim();
-    if user.contains("rustls") {
-        user.to_owned()
-    } else if user.is_empty() {
-        RUSTLS_SNI_DIRECTIVE.to_owned()
-    } else {
-        format!("{user},{RUSTLS_SNI_DIRECTIVE}")
-    }
-}
+/// The filter every lanyard binary builds from `--log` / `LANYARD_LOG` (shared with the
+/// sidecar): the user's directives plus [`RUSTLS_SNI_DIRECTIVE`] unless they name `rustls`.
+pub use lanyard::logging::{RUSTLS_SNI_DIRECTIVE, log_filter};
 
 /// Logs go to stderr through a writer thread (`tracing-appender`), so a request never waits
 /// for a `write` to stderr: the thread writes whatever lines queued up in one go. Nothing is
@@ -979,9 +961,6 @@ mod tests {
 
     #[test]
     fn rustls_sni_warnings_are_hidden_unless_rustls_is_named() {
-        assert_eq!(log_filter("info"), format!("info,{RUSTLS_SNI_DIRECTIVE}"));
-        assert_eq!(log_filter(""), RUSTLS_SNI_DIRECTIVE);
-        assert_eq!(log_filter("info,rustls=debug"), "info,rustls=debug");
         for user in ["info", "debug", "warn,lanyard_broker=debug"] {
             assert!(!warns(user, "rustls::msgs::handshake"), "{user}");
             assert!(

@@ -26,11 +26,14 @@
 //!   `credential_process` JSON, and (feature `aws`) an AWS SDK credentials provider.
 //! - [`files`]: [`FileSource`](files::FileSource), reading and watching (inotify) the files
 //!   the sidecar writes.
+//! - [`logging`]: the log filter the broker and the sidecar build from `LANYARD_LOG` (keeps
+//!   rustls's warning about an IP address sent as SNI out unless rustls is named).
 
 pub mod aws;
 pub mod client;
 pub mod clock;
 pub mod files;
+pub mod logging;
 pub mod refresh;
 pub mod secret;
 pub mod watch;

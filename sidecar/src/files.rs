@@ -10,11 +10,17 @@
 //! directory is written, fsynced and renamed over the target, then the directory is fsynced.
 //! A reader sees the old file or the new one, never a torn one; on failure the temp file is
 //! removed and the old file is left as it was.
+//!
+//! Every step below the secrets directory goes through a [`HeldDir`]: the directory is
+//! opened once without following a link, and the temp file is created, renamed and removed
+//! relative to that descriptor, so another process that swaps a path component for a
+//! symbolic link meanwhile cannot redirect a write (or a removal) outside the secrets
+//! directory.
 
 use std::collections::BTreeSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -23,6 +29,7 @@ use lanyard::wire::{Credential, CredentialResponse};
 use zeroize::Zeroizing;
 
 use crate::error::SidecarError;
+use crate::held::{HeldDir, is_link_error, is_not_dir_error};
 use crate::names::{FILE_MODE, check_name};
 use crate::render::{render, role_json};
 use crate::target::Target;
@@ -65,62 +72,52 @@ pub enum Change {
 /// Writes `contents` to `dir/name` atomically with mode 0400 and returns the path written.
 /// `name` must already have passed [`check_name`].
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<PathBuf> {
-    write_atomic_with(dir, name, contents, FileOpts::default(), |_| Ok(())).map(|(p, _)| p)
+    let held = HeldDir::open(dir)?;
+    write_atomic_with(&held, name, contents, FileOpts::default(), |_| Ok(())).map(|(p, _)| p)
 }
 
-/// [`write_atomic`] with a mode and owner; also says whether the old contents differed.
-pub fn write_atomic_opts(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    opts: FileOpts,
-) -> io::Result<(PathBuf, Change)> {
-    write_atomic_with(dir, name, contents, opts, |_| Ok(()))
-}
-
-/// Compares the regular file at `path` (if any) with `contents`, reading at most one byte
-/// more than `contents`.
-fn compare_existing(path: &Path, contents: &[u8]) -> Change {
+/// Compares the regular file `name` in `dir` (if any) with `contents`, reading at most one
+/// byte more than `contents`; never follows a link.
+fn compare_existing(dir: &HeldDir, name: &str, contents: &[u8]) -> Change {
     use std::io::Read;
-    let Ok(m) = fs::symlink_metadata(path) else {
+    let Some(file) = dir.open_regular(name) else {
         return Change::Created;
     };
-    if !m.is_file() {
-        return Change::Created;
-    }
-    if m.len() != contents.len() as u64 {
-        return Change::Changed;
+    match file.metadata() {
+        Ok(m) if m.len() == contents.len() as u64 => {}
+        _ => return Change::Changed,
     }
     let mut old = Zeroizing::new(Vec::with_capacity(contents.len()));
-    match File::open(path).and_then(|f| f.take(contents.len() as u64 + 1).read_to_end(&mut old)) {
+    match file
+        .take(contents.len() as u64 + 1)
+        .read_to_end(&mut old)
+    {
         Ok(_) if old.as_slice() == contents => Change::Unchanged,
         _ => Change::Changed,
     }
 }
 
-/// [`write_atomic_opts`] with a hook that runs after the temp file is complete and before
+const LINK_IN_THE_WAY: &str =
+    "a symbolic link is in the way; the sidecar does not replace or follow links";
+
+/// Writes `name` in the held directory `dir` atomically with `opts`, and says whether the
+/// old contents differed. `before_rename` runs after the temp file is complete and before
 /// the rename (tests use it to inject a failure at the worst moment).
 fn write_atomic_with(
-    dir: &Path,
+    dir: &HeldDir,
     name: &str,
     contents: &[u8],
     opts: FileOpts,
     before_rename: impl FnOnce(&Path) -> io::Result<()>,
 ) -> io::Result<(PathBuf, Change)> {
     let target = dir.join(name);
-    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(io::Error::other(
-            "a symbolic link is in the way; the sidecar does not replace or follow links",
-        ));
+    if dir.kind(name)? == Some(rustix::fs::FileType::Symlink) {
+        return Err(io::Error::other(LINK_IN_THE_WAY));
     }
-    let change = compare_existing(&target, contents);
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", fastrand::u64(..)));
+    let change = compare_existing(dir, name, contents);
+    let tmp = format!(".{name}.tmp-{:016x}", fastrand::u64(..));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)?;
+        let mut file = dir.create_new(&tmp, FILE_MODE)?;
         if opts.uid.is_some() || opts.gid.is_some() {
             std::os::unix::fs::fchown(&file, opts.uid, opts.gid)?;
         }
@@ -129,15 +126,15 @@ fn write_atomic_with(
         // The umask may have cleared bits; set the exact mode last (chown can clear some).
         file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
         drop(file);
-        before_rename(&tmp)?;
-        fs::rename(&tmp, &target)?;
-        File::open(dir)?.sync_all()
+        before_rename(&dir.join(&tmp))?;
+        dir.rename(&tmp, name)?;
+        dir.sync()
     })();
     match result {
         Ok(()) => Ok((target, change)),
         Err(e) => {
             // Gone already if the rename happened; either way nothing is left behind.
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.remove_file(&tmp);
             Err(e)
         }
     }
@@ -147,38 +144,49 @@ fn write_atomic_with(
 /// a file whose owner or mode lets them read it) but not list.
 pub const TARGET_DIR_MODE: u32 = 0o711;
 
-/// Creates `path` as a directory with [`DIR_MODE`] (and missing parents) unless it exists;
-/// refuses a symlink or a non-directory in its place.
-fn ensure_dir(path: &Path) -> Result<(), SidecarError> {
-    ensure_dir_mode(path, DIR_MODE)
+/// The error for a directory that could not be opened or created at `path`: a link or a
+/// file in its place is a refusal, anything else a write error.
+fn dir_error(path: PathBuf, source: io::Error) -> SidecarError {
+    if is_link_error(&source) {
+        SidecarError::Refused {
+            path,
+            why: "it is a symbolic link; the sidecar does not write through links".to_owned(),
+        }
+    } else if is_not_dir_error(&source) {
+        SidecarError::Refused {
+            path,
+            why: "it exists and is not a directory".to_owned(),
+        }
+    } else {
+        SidecarError::Write { path, source }
+    }
 }
 
-fn ensure_dir_mode(path: &Path, mode: u32) -> Result<(), SidecarError> {
-    let werr = |source: io::Error| SidecarError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(m) if m.file_type().is_symlink() => Err(SidecarError::Refused {
-            path: path.to_owned(),
-            why: "it is a symbolic link; the sidecar does not write through links".to_owned(),
-        }),
-        Ok(_) => Err(SidecarError::Refused {
-            path: path.to_owned(),
-            why: "it exists and is not a directory".to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(path)
-                .map_err(werr)?;
-            // The umask may have cleared bits.
-            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(werr)
+/// Creates the secrets directory `path` with `mode` (and missing parents) unless it exists,
+/// then holds it; refuses a symlink or a non-directory in its place.
+fn hold_root(path: &Path, mode: u32) -> Result<HeldDir, SidecarError> {
+    if let Err(e) = fs::symlink_metadata(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(dir_error(path.to_owned(), e));
         }
-        Err(e) => Err(werr(e)),
+        let werr = |source: io::Error| SidecarError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(werr)?;
+        // The umask may have cleared bits.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(werr)?;
     }
+    HeldDir::open(path).map_err(|e| dir_error(path.to_owned(), e))
+}
+
+/// Holds the sub-directory `name` of `dir`, created with `mode` if missing.
+fn hold_child(dir: &HeldDir, name: &str, mode: u32) -> Result<HeldDir, SidecarError> {
+    dir.child(name, mode).map_err(|e| dir_error(dir.join(name), e))
 }
 
 /// Writes one file `dir/name` that is not a credential (the AWS endpoint's authorization
@@ -192,16 +200,15 @@ pub fn write_secret_file(
     opts: FileOpts,
 ) -> Result<PathBuf, SidecarError> {
     let open = opts.uid.is_some() || opts.gid.is_some() || opts.mode & 0o077 != 0;
-    ensure_dir_mode(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
-    let path = dir.join(name);
-    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+    let held = hold_root(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
+    let path = held.join(name);
+    if held.kind(name).ok().flatten() == Some(rustix::fs::FileType::Symlink) {
         return Err(SidecarError::Refused {
             path,
-            why: "a symbolic link is in the way; the sidecar does not replace or follow links"
-                .to_owned(),
+            why: LINK_IN_THE_WAY.to_owned(),
         });
     }
-    write_atomic_opts(dir, name, contents, opts)
+    write_atomic_with(&held, name, contents, opts, |_| Ok(()))
         .map(|(p, _)| p)
         .map_err(|source| SidecarError::Write { path, source })
 }
@@ -273,20 +280,20 @@ pub fn write_response(
             role_json(c).map_err(|e| SidecarError::Invalid(format!("role {:?}: {e}", c.role)))?;
         planned.push((c, json));
     }
-    ensure_dir(dir)?;
+    let root = hold_root(dir, DIR_MODE)?;
     let mut written = Vec::with_capacity(resp.credentials.len());
     for (c, json) in planned {
         let (refresh_after, expires_at) = times(c)?;
-        let role_dir = dir.join(&c.role);
-        ensure_dir(&role_dir)?;
+        let role_dir = hold_child(&root, &c.role, DIR_MODE)?;
         let mut files = Vec::with_capacity(c.data.len() + 1);
         let mut rotated = false;
         for (field, value) in &c.data {
-            let (path, change) = write_atomic_opts(
+            let (path, change) = write_atomic_with(
                 &role_dir,
                 field,
                 value.expose().as_bytes(),
                 FileOpts::default(),
+                |_| Ok(()),
             )
             .map_err(|source| SidecarError::Write {
                 path: role_dir.join(field),
@@ -297,12 +304,12 @@ pub fn write_response(
         }
         let name = format!("{}.json", c.role);
         let (path, change) =
-            write_atomic_opts(dir, &name, &json, FileOpts::default()).map_err(|source| {
-                SidecarError::Write {
-                    path: dir.join(&name),
+            write_atomic_with(&root, &name, &json, FileOpts::default(), |_| Ok(())).map_err(
+                |source| SidecarError::Write {
+                    path: root.join(&name),
                     source,
-                }
-            })?;
+                },
+            )?;
         rotated |= change == Change::Changed;
         files.push(path);
         written.push(WrittenCredential {
@@ -319,36 +326,35 @@ pub fn write_response(
     Ok(written)
 }
 
-/// Checks that `path` (under `dir`) can be written without following a link: `dir` and
+/// Checks that target `t` under `dir` can be written without following a link: `dir` and
 /// every existing parent are real directories, and the file itself, if present, is a
-/// regular file.
+/// regular file. (The write checks each step again, on held directories; this check runs
+/// for every target first, so a planted link writes nothing at all.)
 fn preflight(dir: &Path, t: &Target) -> Result<(), SidecarError> {
-    let refuse = |path: PathBuf, why: &str| SidecarError::Refused {
-        path,
+    let mut cur = match HeldDir::open(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_error(dir.to_owned(), e)),
+    };
+    for part in t.parents() {
+        match cur.existing_child(part) {
+            Ok(Some(next)) => cur = next,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(dir_error(cur.join(part), e)),
+        }
+    }
+    let refuse = |why: &str| SidecarError::Refused {
+        path: cur.join(t.file_name()),
         why: why.to_owned(),
     };
-    let mut p = dir.to_owned();
-    let check_dir = |p: &Path| match fs::symlink_metadata(p) {
-        Ok(m) if m.file_type().is_symlink() => Err(refuse(
-            p.to_owned(),
-            "it is a symbolic link; the sidecar does not write through links",
-        )),
-        Ok(m) if !m.is_dir() => Err(refuse(p.to_owned(), "it exists and is not a directory")),
-        _ => Ok(()),
-    };
-    check_dir(&p)?;
-    for part in t.parents() {
-        p.push(part);
-        check_dir(&p)?;
-    }
-    p.push(t.file_name());
-    match fs::symlink_metadata(&p) {
-        Ok(m) if m.file_type().is_symlink() => Err(refuse(
-            p,
-            "a symbolic link is in the way; the sidecar does not replace or follow links",
-        )),
-        Ok(m) if !m.is_file() => Err(refuse(p, "it exists and is not a regular file")),
-        _ => Ok(()),
+    match cur.kind(t.file_name()) {
+        Ok(Some(rustix::fs::FileType::Symlink)) => Err(refuse(LINK_IN_THE_WAY)),
+        Ok(Some(rustix::fs::FileType::RegularFile)) | Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(refuse("it exists and is not a regular file")),
+        Err(e) => Err(SidecarError::Write {
+            path: cur.join(t.file_name()),
+            source: e,
+        }),
     }
 }
 
@@ -359,6 +365,17 @@ pub fn write_targets(
     dir: &Path,
     targets: &[Target],
     resp: &CredentialResponse,
+) -> Result<Vec<WrittenCredential>, SidecarError> {
+    write_targets_with(dir, targets, resp, |_| {})
+}
+
+/// [`write_targets`] with a hook that runs for each target once its directories are held
+/// and before its file is written (tests swap a path component there).
+fn write_targets_with(
+    dir: &Path,
+    targets: &[Target],
+    resp: &CredentialResponse,
+    mut dirs_held: impl FnMut(&Target),
 ) -> Result<Vec<WrittenCredential>, SidecarError> {
     check_response(resp)?;
     let mut planned = Vec::with_capacity(targets.len());
@@ -390,27 +407,31 @@ pub fn write_targets(
     let open = targets
         .iter()
         .any(|t| t.uid.is_some() || t.gid.is_some() || t.mode & 0o077 != 0);
-    ensure_dir_mode(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
+    let root = hold_root(dir, if open { TARGET_DIR_MODE } else { DIR_MODE })?;
     let mut by_role: Vec<WrittenCredential> = Vec::new();
     for (t, c, bytes) in planned {
-        let mut parent = dir.to_owned();
+        let mut held = None;
         for part in t.parents() {
-            parent.push(part);
-            ensure_dir_mode(&parent, TARGET_DIR_MODE)?;
+            held = Some(hold_child(
+                held.as_ref().unwrap_or(&root),
+                part,
+                TARGET_DIR_MODE,
+            )?);
         }
+        let parent = held.as_ref().unwrap_or(&root);
+        dirs_held(t);
         let opts = FileOpts {
             mode: t.mode,
             uid: t.uid,
             gid: t.gid,
         };
-        let (path, change) =
-            write_atomic_opts(&parent, t.file_name(), &bytes, opts).map_err(|source| {
-                SidecarError::Write {
-                    path: parent.join(t.file_name()),
-                    source,
-                }
+        let name = t.file_name();
+        let (path, change) = write_atomic_with(parent, name, &bytes, opts, |_| Ok(()))
+            .map_err(|source| SidecarError::Write {
+                path: parent.join(name),
+                source,
             })?;
-        let _ = fs::remove_file(marker_path(&path));
+        let _ = parent.remove_file(&format!("{name}{MARKER_SUFFIX}"));
         let (refresh_after, expires_at) = times(c)?;
         match by_role.iter_mut().find(|w| w.role == c.role) {
             Some(w) => {
@@ -432,17 +453,46 @@ pub fn write_targets(
     Ok(by_role)
 }
 
+/// What the name of an expired file's marker adds to the file's name.
+pub const MARKER_SUFFIX: &str = ".expired";
+
 /// The marker written next to `file` when its credential expired: `FILE.expired`.
 pub fn marker_path(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
-    s.push(".expired");
+    s.push(MARKER_SUFFIX);
     PathBuf::from(s)
 }
 
-/// Deals with the files of a credential past its expiry: removes them, or writes a
-/// `FILE.expired` marker (mode 0444, holding the expiry time) next to each. Returns the
-/// paths removed or marked; errors are collected, not fatal.
+/// Holds the directory that `file` (a path under `dir`, as [`write_response`] and
+/// [`write_targets`] report them) is in, walking down from `dir` without creating or
+/// following anything; returns it with the file's name.
+fn hold_parent_of<'a>(dir: &Path, file: &'a Path) -> io::Result<(HeldDir, &'a str)> {
+    let rel = file
+        .strip_prefix(dir)
+        .map_err(|_| io::Error::other("not under the secrets directory"))?;
+    let parts: Vec<&str> = rel
+        .iter()
+        .map(|p| p.to_str().ok_or_else(|| io::Error::other("not a plain name")))
+        .collect::<io::Result<_>>()?;
+    let Some((name, parents)) = parts.split_last() else {
+        return Err(io::Error::other("no file name"));
+    };
+    let mut cur = HeldDir::open(dir)?;
+    for part in parents {
+        cur = cur
+            .existing_child(part)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    }
+    Ok((cur, name))
+}
+
+/// Deals with the files of a credential past its expiry (paths under the secrets directory
+/// `dir`): removes them, or writes a `FILE.expired` marker (mode 0444, holding the expiry
+/// time) next to each. Returns the paths removed or marked; errors are collected, not
+/// fatal. Like every write, this walks held directories: a component swapped for a link
+/// makes it fail, never remove or write anything outside.
 pub fn expire_files(
+    dir: &Path,
     files: &[PathBuf],
     remove: bool,
     expired_at: &str,
@@ -450,26 +500,21 @@ pub fn expire_files(
     let mut done = Vec::new();
     let mut errors = Vec::new();
     for f in files {
-        let r = if remove {
-            match fs::remove_file(f) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            }
-        } else {
-            let marker = marker_path(f);
-            match (marker.parent(), marker.file_name().and_then(|n| n.to_str())) {
-                (Some(dir), Some(name)) => write_atomic_opts(
-                    dir,
-                    name,
-                    format!("{expired_at}\n").as_bytes(),
-                    FileOpts {
-                        mode: 0o444,
-                        ..FileOpts::default()
-                    },
-                )
-                .map(|_| ()),
-                _ => Err(io::Error::other("no parent directory")),
-            }
+        let r = match hold_parent_of(dir, f) {
+            Err(e) if remove && e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok((parent, name)) if remove => parent.remove_file(name),
+            Ok((parent, name)) => write_atomic_with(
+                &parent,
+                &format!("{name}{MARKER_SUFFIX}"),
+                format!("{expired_at}\n").as_bytes(),
+                FileOpts {
+                    mode: 0o444,
+                    ..FileOpts::default()
+                },
+                |_| Ok(()),
+            )
+            .map(|_| ()),
         };
         match r {
             Ok(()) => done.push(f.clone()),
@@ -534,7 +579,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write_atomic(dir.path(), "token", b"old").expect("first");
         let mut saw_tmp = None;
-        let err = write_atomic_with(dir.path(), "token", b"new", FileOpts::default(), |tmp| {
+        let held = HeldDir::open(dir.path()).expect("hold");
+        let err = write_atomic_with(&held, "token", b"new", FileOpts::default(), |tmp| {
             saw_tmp = Some(tmp.to_owned());
             assert!(tmp.exists());
             Err(io::Error::other("disk full"))
@@ -639,6 +685,99 @@ mod tests {
         let e = write_response(dir.path(), &response(vec![c])).expect_err("bad time");
         assert!(e.to_string().contains("RFC 3339"), "{e}");
         assert!(!dir.path().join("ok").exists());
+    }
+
+    fn everything_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).expect("read_dir").filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(everything_under(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    fn deep_target() -> Target {
+        Target {
+            role: "ok".into(),
+            path: vec!["sub".into(), "deeper".into(), "token".into()],
+            mode: FILE_MODE,
+            uid: None,
+            gid: None,
+            format: crate::target::Format::Raw { field: None },
+        }
+    }
+
+    /// The worst moment, made certain: right after the sidecar reached the target's
+    /// directory and before it writes the file, `sub` is moved away and a link to a
+    /// directory outside (holding a `deeper/` of its own) takes its name. The file must land
+    /// in the directory that was reached (now `sub.real`), never outside.
+    #[test]
+    fn a_component_swapped_for_a_symlink_before_the_write_does_not_redirect_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let secrets = tmp.path().join("secrets");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(outside.join("deeper")).expect("outside");
+        let resp = response(vec![cred("ok", &[("token", "new")])]);
+        let mut swapped = false;
+        let written = write_targets_with(&secrets, &[deep_target()], &resp, |_| {
+            fs::rename(secrets.join("sub"), secrets.join("sub.real")).expect("move away");
+            std::os::unix::fs::symlink(&outside, secrets.join("sub")).expect("plant link");
+            swapped = true;
+        })
+        .expect("written where it was reached");
+        assert!(swapped);
+        assert_eq!(
+            everything_under(&outside),
+            vec![outside.join("deeper")],
+            "nothing written outside"
+        );
+        assert_eq!(
+            fs::read(secrets.join("sub.real/deeper/token")).expect("inside"),
+            b"new"
+        );
+        assert_eq!(written[0].files, vec![secrets.join("sub/deeper/token")]);
+        // The next write refuses the link instead of following it.
+        let e = write_targets(&secrets, &[deep_target()], &resp).expect_err("a link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(everything_under(&outside), vec![outside.join("deeper")]);
+    }
+
+    /// Expiry walks held directories too: a removal or a marker never reaches outside.
+    #[test]
+    fn expiring_through_a_swapped_component_touches_nothing_outside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let secrets = tmp.path().join("secrets");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(outside.join("deeper")).expect("outside");
+        fs::write(outside.join("deeper/token"), b"not yours").expect("decoy");
+        let resp = response(vec![cred("ok", &[("token", "v")])]);
+        let written = write_targets(&secrets, &[deep_target()], &resp).expect("write");
+        fs::rename(secrets.join("sub"), secrets.join("sub.real")).expect("move away");
+        std::os::unix::fs::symlink(&outside, secrets.join("sub")).expect("plant link");
+        for remove in [true, false] {
+            let (done, errors) = expire_files(&secrets, &written[0].files, remove, "then");
+            assert!(done.is_empty() && errors.len() == 1, "{done:?} {errors:?}");
+            assert_eq!(
+                fs::read(outside.join("deeper/token")).expect("decoy"),
+                b"not yours"
+            );
+            assert_eq!(everything_under(&outside).len(), 2, "no marker outside");
+        }
+        // Back in place, expiry works.
+        fs::remove_file(secrets.join("sub")).expect("unlink");
+        fs::rename(secrets.join("sub.real"), secrets.join("sub")).expect("back");
+        let (done, errors) = expire_files(&secrets, &written[0].files, false, "then");
+        assert_eq!((done.len(), errors.len()), (1, 0), "{errors:?}");
+        assert_eq!(
+            fs::read(secrets.join("sub/deeper/token.expired")).expect("marker"),
+            b"then\n"
+        );
+        let (done, _) = expire_files(&secrets, &written[0].files, true, "then");
+        assert_eq!(done.len(), 1);
+        assert!(!secrets.join("sub/deeper/token").exists());
     }
 
     #[test]

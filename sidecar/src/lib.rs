@@ -37,6 +37,9 @@
 //!   notify actions and the on-expiry choice.
 //! - [`files`]: the writer: atomic writes with mode and owner, the default layout, targets
 //!   on disk, expired files.
+//! - [`held`]: held directories: files created, renamed and removed relative to a directory
+//!   descriptor opened without following links (`openat`/`renameat`, `O_NOFOLLOW`), so a
+//!   path component swapped for a link cannot redirect a write.
 //! - [`render`]: the pure rendering of each format (raw, env, json, aws, template).
 //! - [`notify`]: telling the application after a rotation (signal, command, touch).
 //! - [`schedule`]: the pure refresh/backoff decision `run` follows.
@@ -53,6 +56,7 @@ pub mod files;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
+pub mod held;
 pub mod names;
 pub mod notify;
 pub mod options;
@@ -373,7 +377,7 @@ pub async fn run_with(
             for role in expired {
                 if let Some(c) = held.remove(&role) {
                     expired_roles.insert(role.clone());
-                    handle_expired(&c, opts.on_expiry).await;
+                    handle_expired(&cfg.dir, &c, opts.on_expiry).await;
                     status.set_ready(false);
                 }
             }
@@ -415,7 +419,7 @@ async fn tell_the_app(actions: &[Notify], roles: &[String], now: std::time::Syst
     }
 }
 
-async fn handle_expired(c: &WrittenCredential, on_expiry: OnExpiry) {
+async fn handle_expired(dir: &Path, c: &WrittenCredential, on_expiry: OnExpiry) {
     let when = rfc3339(c.expires_at);
     if on_expiry == OnExpiry::Keep {
         error!(role = %c.role, expired_at = %when, "credential has expired and could not be refreshed; its files are stale (on-expiry keep)");
@@ -424,8 +428,9 @@ async fn handle_expired(c: &WrittenCredential, on_expiry: OnExpiry) {
     let remove = on_expiry == OnExpiry::Remove;
     let files = c.files.clone();
     let w = when.clone();
+    let dir = dir.to_owned();
     let (done, errors) =
-        tokio::task::spawn_blocking(move || files::expire_files(&files, remove, &w))
+        tokio::task::spawn_blocking(move || files::expire_files(&dir, &files, remove, &w))
             .await
             .unwrap_or_else(|e| (Vec::new(), vec![e.to_string()]));
     error!(
@@ -478,13 +483,17 @@ pub async fn main_with_env(
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    init_tracing();
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    init_tracing(
+        env.iter()
+            .find(|(k, _)| k == "LANYARD_LOG")
+            .map(|(_, v)| v.as_str()),
+    );
     let (is_run, args) = match &cli.command {
         cli::Command::Init(a) => (false, a),
         cli::Command::Run(a) => (true, a),
         cli::Command::CredentialProcess(a) => return credential_process(a).await,
     };
-    let env: Vec<(String, String)> = env.into_iter().collect();
     let (cfg, mut opts) = match args
         .to_config()
         .and_then(|cfg| Ok((cfg, args.to_options(is_run, &env)?)))
@@ -612,13 +621,24 @@ fn fail(e: &SidecarError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
-/// Logs to stderr, level from `LANYARD_LOG` (default `info`). A no-op when the embedding
-/// process already installed a subscriber.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter for the value of `LANYARD_LOG` (default, and when it does not parse:
+/// `info`), through the filter the broker uses too ([`lanyard::logging::log_filter`]):
+/// rustls's warning about an IP address sent as SNI stays out unless the value names rustls.
+fn env_filter(lanyard_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use lanyard::logging::log_filter;
+    tracing_subscriber::EnvFilter::try_new(log_filter(lanyard_log.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter("info")))
+}
+
+/// Logs to stderr, filtered by [`env_filter`], in colour only on a terminal (a log file or a
+/// container log gets plain text). A no-op when the embedding process already installed a
+/// subscriber.
+fn init_tracing(lanyard_log: Option<&str>) {
+    use std::io::IsTerminal as _;
+    let filter = env_filter(lanyard_log);
     let _ = tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_env_filter(filter)
         .try_init();
 }
@@ -637,5 +657,31 @@ async fn shutdown_signal() {
             warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the sidecar");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether [`env_filter`] for `lanyard_log` lets a `WARN` of rustls's handshake module
+    /// (where the SNI warning comes from) and one of the sidecar through.
+    fn warns(lanyard_log: Option<&str>) -> (bool, bool) {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(env_filter(lanyard_log));
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::event_enabled!(target: "rustls::msgs::handshake", tracing::Level::WARN),
+                tracing::event_enabled!(target: "lanyard_sidecar", tracing::Level::WARN),
+            )
+        })
+    }
+
+    #[test]
+    fn rustls_sni_warnings_are_hidden_unless_lanyard_log_names_rustls() {
+        for value in [None, Some("info"), Some("debug"), Some("warn,lanyard_sidecar=debug")] {
+            assert_eq!(warns(value), (false, true), "{value:?}");
+        }
+        assert_eq!(warns(Some("info,rustls=debug")), (true, true));
     }
 }

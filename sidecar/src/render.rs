@@ -13,7 +13,12 @@
 //!   `aws_access_key_id`, `aws_secret_access_key` and, when present, `aws_session_token`.
 //! - `template`: a [minijinja](https://docs.rs/minijinja) template (no code execution) with
 //!   `role`, `kind`, `lease_id`, `expires_at`, `refresh_after`, `ttl_seconds` and `data`
-//!   (the fields) in scope. Undefined values are errors, never empty strings.
+//!   (the fields) in scope. Undefined values are errors, never empty strings. A rendering
+//!   is bounded: at most [`TEMPLATE_FUEL`] instructions (a loop that runs for ever, or
+//!   nested loops over large ranges, stop with an error) and at most
+//!   [`MAX_RENDERED_BYTES`] of output (a template that expands to gigabytes stops when it
+//!   passes the bound). Either is an error naming the template; the writer renders before it
+//!   touches the disk, so the old file stays as it was.
 
 use std::collections::BTreeMap;
 
@@ -35,12 +40,74 @@ pub const TEMPLATE_VARIABLES: &[&str] = &[
     "data",
 ];
 
+/// Instructions one template rendering may run (minijinja "fuel"). A template that writes a
+/// connection string or a config file takes tens to a few thousand.
+pub const TEMPLATE_FUEL: u64 = 100_000;
+
+/// Largest output of one template rendering, in bytes.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
 fn template_env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env
+}
+
+/// The rendering's output: refuses to grow past `limit` bytes, and wipes what it holds when
+/// dropped (it holds secrets).
+struct BoundedOutput {
+    buf: Zeroizing<Vec<u8>>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("output bound reached"));
+        }
+        if self.buf.capacity() - self.buf.len() < data.len() {
+            // Grow into a new buffer and wipe the old one, so no copy of a secret is left
+            // behind in freed memory.
+            let want = (self.buf.len() + data.len())
+                .max(self.buf.capacity() * 2)
+                .min(self.limit);
+            let mut bigger = Zeroizing::new(Vec::with_capacity(want));
+            bigger.extend_from_slice(&self.buf);
+            self.buf = bigger;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `t` with `ctx` within the environment's fuel and `limit` bytes of output.
+fn render_bounded(
+    t: &minijinja::Template<'_, '_>,
+    ctx: minijinja::Value,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, minijinja::Error> {
+    let mut out = BoundedOutput {
+        buf: Zeroizing::new(Vec::new()),
+        limit,
+        over: false,
+    };
+    match t.render_captured_to(ctx, &mut out) {
+        Ok(_) => Ok(out.buf),
+        Err(_) if out.over => Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("it renders more than {limit} bytes, the most one file may hold; check its loops"),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// A minijinja error as one line: kind, line and detail (never a rendered value).
@@ -262,8 +329,13 @@ pub fn render(target: &Target, c: &Credential) -> Result<Zeroizing<Vec<u8>>, Str
                 ttl_seconds => c.ttl_seconds,
                 data => data,
             };
-            let out = t.render(ctx).map_err(|e| {
+            render_bounded(&t, ctx, MAX_RENDERED_BYTES).map_err(|e| {
                 let mut m = template_error(origin, &e);
+                if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                    m.push_str(&format!(
+                        "; a template may run at most {TEMPLATE_FUEL} instructions: check its loops"
+                    ));
+                }
                 if e.kind() == minijinja::ErrorKind::UndefinedError {
                     m.push_str(&format!(
                         "; role {:?} has fields: {}",
@@ -272,8 +344,7 @@ pub fn render(target: &Target, c: &Credential) -> Result<Zeroizing<Vec<u8>>, Str
                     ));
                 }
                 m
-            })?;
-            Ok(Zeroizing::new(Zeroizing::new(out).as_bytes().to_vec()))
+            })
         }
     }
 }
@@ -322,6 +393,13 @@ mod tests {
         Format::Template {
             source: source.to_owned(),
             origin: "(inline)".to_owned(),
+        }
+    }
+
+    fn template_from(source: &str, origin: &str) -> Format {
+        Format::Template {
+            source: source.to_owned(),
+            origin: origin.to_owned(),
         }
     }
 
@@ -454,6 +532,47 @@ mod tests {
             e.contains("syntax") && e.contains("line 2") && e.contains("t.j2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_template_that_runs_for_ever_runs_out_of_fuel() {
+        let c = cred(&[("password", "hunter2")]);
+        for body in [
+            // 7 * 10^5 squared iterations, almost no output: stops after TEMPLATE_FUEL
+            // instructions.
+            "{% for a in data.password * 100000 %}{% for b in data.password * 100000 %}{% endfor %}{% endfor %}",
+            "{% for a in data.password * 100000 %}{% for b in data.password * 100000 %}{{ a }}{% endfor %}{% endfor %}",
+        ] {
+            check_template(body, "loop.j2").expect("compiles and names only known variables");
+            let e = render(&target(template_from(body, "loop.j2")), &c)
+                .expect_err("must stop");
+            assert!(e.contains("loop.j2"), "{e}");
+            assert!(
+                e.contains("fuel") && e.contains(&TEMPLATE_FUEL.to_string()),
+                "names the bound: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_expands_past_the_output_bound_is_refused() {
+        let c = cred(&[("password", "hunter2")]);
+        for body in [
+            "{{ \"x\" * 2000000 }}",
+            "{% for a in range(50) %}{{ data.password * 100000 }}{% endfor %}",
+        ] {
+            let e = render(&target(template_from(body, "big.j2")), &c).expect_err("too big");
+            assert!(
+                e.contains("big.j2") && e.contains(&MAX_RENDERED_BYTES.to_string()),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // Just under the bound renders in full.
+        let body = format!("{{{{ \"z\" * {} }}}}", MAX_RENDERED_BYTES);
+        let out = render(&target(template_from(&body, "big.j2")), &c).expect("at the bound");
+        assert_eq!(out.len(), MAX_RENDERED_BYTES);
     }
 
     #[test]
