@@ -10,14 +10,15 @@
 #   SOAK_SECONDS=60 tests/bench/soak.sh # a short run to try the script
 #
 # Environment: SOAK_SECONDS (600), PEAK_SECONDS (20), CONNECTIONS (64), RATE (skip the peak
-# run and use this rate), NO_BUILD=1 (use the existing target/release/lanyard-broker).
+# run and use this rate), NO_BUILD=1 (use the existing target/release/lanyard-broker),
+# BROKER_BIN (run another lanyard-broker binary).
 # Needs openssl and python3 (JWT and JWKS made here); installs oha 1.16.0 if missing.
 # Not a test: run by hand; figures are never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 W="$ROOT/target/soak"
-BIN="$ROOT/target/release/lanyard-broker"
+BIN="${BROKER_BIN:-$ROOT/target/release/lanyard-broker}"
 SOAK_SECONDS="${SOAK_SECONDS:-600}"
 PEAK_SECONDS="${PEAK_SECONDS:-20}"
 CONNECTIONS="${CONNECTIONS:-64}"
