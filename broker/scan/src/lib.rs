@@ -96,6 +96,19 @@ pub async fn scan(source: &Source, opts: &ScanOptions) -> Result<Report, ScanErr
     result
 }
 
+/// Plans a local source without reading its layers: the outer archive's table of contents,
+/// `manifest.json` or `index.json`, tag and platform selection, and the digest check of every
+/// manifest and config. Returns each image's digest and names. Blocking; for the
+/// `scan_archive` fuzz target, not a stable API.
+#[doc(hidden)]
+pub fn plan_only(
+    source: &Source,
+    platform: &PlatformChoice,
+) -> Result<Vec<(String, Vec<String>)>, ScanError> {
+    let (_, images) = plan::plan_local(source, platform)?;
+    Ok(images.into_iter().map(|i| (i.digest, i.names)).collect())
+}
+
 /// Stops blocking layer readers when the scan future is dropped or times out.
 struct StopOnDrop(Arc<AtomicBool>);
 

@@ -172,7 +172,8 @@ impl KeySet {
         };
         let doc: JwksDocument = serde_json::from_slice(bytes).map_err(|e| {
             invalid(format!(
-                "not a JWKS document (expected {{\"keys\": [...]}}): {e}"
+                "not a JWKS document (expected {{\"keys\": [...]}}): {}",
+                bounded(&e.to_string(), MAX_REASON_CHARS)
             ))
         })?;
         if doc.keys.len() > MAX_JWKS_KEYS {
@@ -234,6 +235,27 @@ fn short(s: &str) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// Longest parser message (serde's, which quotes the offending value) kept in an error.
+const MAX_REASON_CHARS: usize = 200;
+
+/// `text` for an error message about a document the broker fetched: control characters
+/// escaped and at most `max` characters, with `…` when cut, so a hostile document cannot make
+/// a log line as long as itself.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Parses one JWK; on refusal returns its `kid` (for the log line) and why.
@@ -388,7 +410,10 @@ pub enum JwksError {
 
 /// Checks that `url` is `https`, or plain `http` to a loopback host.
 pub fn check_transport(url: &str, what: &str) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("{what} `{url}` is not a valid URL: {e}"))?;
+    // A discovered URL comes from the issuer: echo a bounded part of it.
+    let parsed = Url::parse(url)
+        .map_err(|e| format!("{what} `{}` is not a valid URL: {e}", bounded(url, 100)))?;
+    let url = bounded(url, 100);
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback_host(&parsed) => Ok(parsed),
@@ -396,7 +421,8 @@ pub fn check_transport(url: &str, what: &str) -> Result<Url, String> {
             "{what} `{url}` uses plain http to a non-loopback host, so keys could be swapped in transit; use https (plain http is allowed only for 127.0.0.1, ::1 and localhost)"
         )),
         other => Err(format!(
-            "{what} `{url}` has scheme `{other}`; use an https URL"
+            "{what} `{url}` has scheme `{}`; use an https URL",
+            bounded(other, 16)
         )),
     }
 }
@@ -681,7 +707,11 @@ impl IssuerKeys {
     }
 }
 
-fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String, JwksError> {
+/// Reads an OpenID discovery document fetched from `origin` for `issuer`: its `issuer` (when
+/// present) must be `issuer` exactly; returns its `jwks_uri`, not yet checked for transport
+/// ([`check_transport`] does that). Public for the `oidc_discovery` fuzz target only.
+#[doc(hidden)]
+pub fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String, JwksError> {
     #[derive(Deserialize)]
     struct Discovery {
         issuer: Option<String>,
@@ -691,13 +721,18 @@ fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String, Jw
         origin: origin.to_owned(),
         reason,
     };
-    let doc: Discovery = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("not an OpenID discovery document: {e}")))?;
+    let doc: Discovery = serde_json::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "not an OpenID discovery document: {}",
+            bounded(&e.to_string(), MAX_REASON_CHARS)
+        ))
+    })?;
     if let Some(iss) = &doc.issuer
         && iss != issuer
     {
         return Err(invalid(format!(
-            "names issuer `{iss}`, not the configured `{issuer}`; the configured issuer must match exactly"
+            "names issuer `{}`, not the configured `{issuer}`; the configured issuer must match exactly",
+            bounded(iss, MAX_LOGGED_KID)
         )));
     }
     doc.jwks_uri
@@ -983,6 +1018,49 @@ mod tests {
             err.contains("https://issuer.example.com") && err.contains("no/such/ca.pem"),
             "{err}"
         );
+    }
+
+    /// Found while writing the `oidc_discovery` fuzz target (its short-error property): a
+    /// discovery document (or JWKS) holding a long value where another type was expected, or
+    /// naming a long issuer, made an error message as long as the document; these messages are
+    /// logged on every refresh.
+    #[test]
+    fn hostile_discovery_documents_get_short_errors() {
+        let long = "x".repeat(100_000);
+        let origin = "https://issuer.example/.well-known/openid-configuration";
+        for body in [
+            json!({"issuer": long, "jwks_uri": "https://issuer.example/jwks"}),
+            json!({"issuer": ["https://issuer.example", long]}),
+            json!({"jwks_uri": {"k": long}}),
+            json!({"jwks_uri": [long]}),
+            json!(long),
+        ] {
+            let err = parse_discovery(
+                body.to_string().as_bytes(),
+                "https://issuer.example",
+                origin,
+            )
+            .expect_err("refused")
+            .to_string();
+            assert!(
+                err.len() < origin.len() + 400,
+                "{} bytes: {err:.300}",
+                err.len()
+            );
+            assert!(err.starts_with(origin), "{err:.300}");
+        }
+        let err = check_transport(
+            &format!("ftp://issuer.example/{long}"),
+            "discovered jwks_uri",
+        )
+        .expect_err("refused");
+        assert!(err.len() < 400, "{} bytes: {err:.300}", err.len());
+        for body in [json!({"keys": long}), json!(long), json!({"keys": [long]})] {
+            let err = KeySet::parse(body.to_string().as_bytes(), "iss", "test")
+                .expect_err("refused")
+                .to_string();
+            assert!(err.len() < 400, "{} bytes: {err:.300}", err.len());
+        }
     }
 
     #[tokio::test]

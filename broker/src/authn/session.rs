@@ -169,6 +169,13 @@ pub fn verify(
             "session token: session_id does not match token_id".into(),
         ));
     }
+    // A session cannot have started after now: `started_at <= iat <= now` for every token
+    // `mint` signs. Checked, so the time arithmetic here and in `mint` cannot overflow.
+    if started_at > unix_seconds(now) {
+        return Err(AuthnError::InvalidClaims(
+            "session token: `started_at` is in the future".into(),
+        ));
+    }
     Ok(VerifiedSession {
         session_id: derived,
         identity: Identity {
@@ -456,6 +463,29 @@ mod tests {
             verify(&keys, ISS, &token, clock.now()),
             Err(AuthnError::InvalidClaims(_))
         ));
+    }
+
+    /// Found while writing the `session_token` fuzz target (whose signed-claims mode reaches
+    /// it): a `started_at` near `u64::MAX` overflowed the `SystemTime` arithmetic (a panic)
+    /// instead of being refused.
+    #[tokio::test]
+    async fn a_session_start_in_the_future_is_invalid_claims_not_a_panic() {
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let keys = ring(clock.clone()).await;
+        for started_at in [T0 + 1, i64::MAX as u64, u64::MAX] {
+            let session = json!({"token_id": "bt_1", "roles": ["a"], "image": null, "started_at": started_at});
+            let token = keys.sign(&claims_with(session)).expect("signs");
+            let got = verify(&keys, ISS, &token, clock.now());
+            assert!(
+                matches!(got, Err(AuthnError::InvalidClaims(_))),
+                "{started_at}: {got:?}"
+            );
+        }
+        // `started_at` == now (a session redeemed this second) is fine, and its refresh mints.
+        let session = json!({"token_id": "bt_1", "roles": ["a"], "image": null, "started_at": T0});
+        let token = keys.sign(&claims_with(session)).expect("signs");
+        let verified = verify(&keys, ISS, &token, clock.now()).expect("verifies");
+        assert_eq!(verified.started, at(T0));
     }
 
     #[tokio::test]

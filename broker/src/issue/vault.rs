@@ -169,7 +169,10 @@ impl TokenState {
         match (self.token.as_ref(), self.obtained_at) {
             (None, _) | (_, None) => true,
             (Some(_), Some(_)) if self.ttl.is_zero() => false,
-            (Some(_), Some(at)) => now >= at + self.ttl.mul_f64(2.0 / 3.0),
+            // A TTL too long for the clock's range is never due.
+            (Some(_), Some(at)) => at
+                .checked_add(self.ttl.mul_f64(2.0 / 3.0))
+                .is_some_and(|due| now >= due),
         }
     }
 }
@@ -459,32 +462,203 @@ impl VaultBackend {
                 }
             })
             .await?;
-        let mut data = BTreeMap::new();
-        for (k, v) in fields {
-            if !keys.is_empty() && !keys.contains(&k) {
-                continue;
-            }
-            let text = match v {
-                Value::String(s) => s,
-                other => other.to_string(),
+        kv2_credential(fields, keys, &what, now, ttl)
+    }
+}
+
+/// The credential of a KV v2 read: the secret's fields (only those in `keys`, when the role
+/// lists any; each one listed must be there), valid for `ttl`. Pure.
+fn kv2_credential(
+    fields: HashMap<String, Value>,
+    keys: &[String],
+    what: &str,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<CachedCredential, BackendError> {
+    let mut data = BTreeMap::new();
+    for (k, v) in fields {
+        if !keys.is_empty() && !keys.contains(&k) {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        data.insert(k, Secret::new(text));
+    }
+    if let Some(missing) = keys.iter().find(|k| !data.contains_key(*k)) {
+        return Err(BackendError::Upstream {
+            backend: KIND,
+            message: format!(
+                "{what}: key `{missing}` (listed in the role's scope) is not in the secret"
+            ),
+            retryable: false,
+        });
+    }
+    Ok(CachedCredential {
+        data,
+        issued_at: now,
+        expires_at: now + ttl,
+        upstream_lease: None,
+    })
+}
+
+/// How long a credential with an upstream lease of `lease_seconds` lives when `ttl` was
+/// granted: the shorter of the two (a lease of 0 means none).
+fn lease_lifetime(lease_seconds: u64, ttl: Duration) -> Duration {
+    if lease_seconds == 0 {
+        ttl
+    } else {
+        ttl.min(Duration::from_secs(lease_seconds))
+    }
+}
+
+/// The credential of a dynamic-secret read (`<mount>/creds/<role>`). Pure.
+fn dynamic_issued(env: Envelope, now: SystemTime, ttl: Duration) -> Issued {
+    Issued {
+        data: secrets_from(env.data),
+        expires_at: now + lease_lifetime(env.lease_duration, ttl),
+        upstream_lease: (!env.lease_id.is_empty()).then(|| format!("lease:{}", env.lease_id)),
+        renewable: env.renewable,
+    }
+}
+
+/// The credential of a PKI issue: the certificate, key, CA and chain, expiring at the
+/// certificate's `expiration` when that comes before `now + ttl`. Pure.
+fn pki_issued(
+    cert: vaultrs::api::pki::responses::GenerateCertificateResponse,
+    mount: &str,
+    now: SystemTime,
+    ttl: Duration,
+) -> Issued {
+    let mut expires_at = now + ttl;
+    // An expiration too far out for the clock's range is no earlier than `now + ttl`.
+    if let Some(exp) = cert
+        .expiration
+        .and_then(|exp| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+    {
+        expires_at = expires_at.min(exp);
+    }
+    let mut data = BTreeMap::from([
+        ("certificate".to_owned(), Secret::new(cert.certificate)),
+        ("private_key".to_owned(), Secret::new(cert.private_key)),
+        ("issuing_ca".to_owned(), Secret::new(cert.issuing_ca)),
+        (
+            "serial_number".to_owned(),
+            Secret::new(cert.serial_number.clone()),
+        ),
+    ]);
+    if let Some(chain) = cert.ca_chain.filter(|c| !c.is_empty()) {
+        data.insert("ca_chain".to_owned(), Secret::new(chain.join("\n")));
+    }
+    Issued {
+        data,
+        expires_at,
+        upstream_lease: Some(format!("pki:{mount}:{}", cert.serial_number)),
+        renewable: false,
+    }
+}
+
+/// The credential of a child-token create. Pure.
+fn token_issued(auth: vaultrs::api::AuthInfo, now: SystemTime, ttl: Duration) -> Issued {
+    Issued {
+        data: BTreeMap::from([("token".to_owned(), Secret::new(auth.client_token))]),
+        expires_at: now + lease_lifetime(auth.lease_duration, ttl),
+        upstream_lease: Some(format!("token-accessor:{}", auth.accessor)),
+        renewable: auth.renewable,
+    }
+}
+
+/// Which Vault answer [`decode_response`] decodes.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum ResponseKind {
+    /// A KV v2 read, with the role's scope keys.
+    Kv2,
+    /// A dynamic-secret read.
+    Dynamic,
+    /// A PKI issue.
+    Pki,
+    /// A child-token create.
+    Token,
+    /// A token lookup (the broker's own token: its TTL decides when it is renewed).
+    Lookup,
+}
+
+/// Decodes a Vault answer (`status`, `body`) the way the backend does — the `vaultrs` response
+/// types in their envelope, an error body through the same summary, then the pure functions
+/// above — for the `vault_response` fuzz target. Not a stable API.
+#[doc(hidden)]
+pub fn decode_response(
+    kind: ResponseKind,
+    status: u16,
+    body: &[u8],
+    keys: &[String],
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<Issued, BackendError> {
+    use vaultrs::api::EndpointResult;
+    let what = "fuzzing";
+    if !(200..300).contains(&status) {
+        let e = rustify_error(rustify::errors::ClientError::ServerResponseError {
+            code: status,
+            content: String::from_utf8(body.to_vec()).ok(),
+        });
+        return Err(summarize(&e, what));
+    }
+    let unexpected = |_| BackendError::Upstream {
+        backend: KIND,
+        message: format!("{what}: unexpected response from Vault"),
+        retryable: true,
+    };
+    let no_data = || summarize(&ClientError::ResponseDataEmptyError, what);
+    match kind {
+        ResponseKind::Kv2 => {
+            let r: EndpointResult<vaultrs::api::kv2::responses::ReadSecretResponse> =
+                serde_json::from_slice(body).map_err(unexpected)?;
+            let fields: HashMap<String, Value> =
+                serde_json::from_value(r.data.ok_or_else(no_data)?.data).map_err(unexpected)?;
+            kv2_credential(fields, keys, what, now, ttl).map(|c| Issued {
+                data: c.data,
+                expires_at: c.expires_at,
+                upstream_lease: None,
+                renewable: false,
+            })
+        }
+        ResponseKind::Dynamic => {
+            let v: Value = serde_json::from_slice(body).map_err(unexpected)?;
+            let env: Envelope = serde_json::from_value(v).map_err(unexpected)?;
+            Ok(dynamic_issued(env, now, ttl))
+        }
+        ResponseKind::Pki => {
+            let r: EndpointResult<vaultrs::api::pki::responses::GenerateCertificateResponse> =
+                serde_json::from_slice(body).map_err(unexpected)?;
+            Ok(pki_issued(r.data.ok_or_else(no_data)?, "pki", now, ttl))
+        }
+        ResponseKind::Token => {
+            let r: EndpointResult<()> = serde_json::from_slice(body).map_err(unexpected)?;
+            Ok(token_issued(r.auth.ok_or_else(no_data)?, now, ttl))
+        }
+        ResponseKind::Lookup => {
+            let r: EndpointResult<vaultrs::api::token::responses::LookupTokenResponse> =
+                serde_json::from_slice(body).map_err(unexpected)?;
+            let looked = r.data.ok_or_else(no_data)?;
+            let state = TokenState {
+                token: Some(Secret::new(String::new())),
+                obtained_at: Some(now),
+                ttl: Duration::from_secs(looked.ttl),
+                renewable: looked.renewable.unwrap_or(false),
             };
-            data.insert(k, Secret::new(text));
+            // When the broker would renew it: at once, later, or (a TTL of 0) never.
+            let _ = state.due(now);
+            let _ = state.due(now + ttl);
+            Ok(Issued {
+                data: BTreeMap::new(),
+                expires_at: now,
+                upstream_lease: None,
+                renewable: state.renewable,
+            })
         }
-        if let Some(missing) = keys.iter().find(|k| !data.contains_key(*k)) {
-            return Err(BackendError::Upstream {
-                backend: KIND,
-                message: format!(
-                    "{what}: key `{missing}` (listed in the role's scope) is not in the secret"
-                ),
-                retryable: false,
-            });
-        }
-        Ok(CachedCredential {
-            data,
-            issued_at: now,
-            expires_at: now + ttl,
-            upstream_lease: None,
-        })
     }
 }
 
@@ -575,19 +749,7 @@ impl Backend for VaultBackend {
                         )
                     })
                     .await?;
-                let lease = Duration::from_secs(env.lease_duration);
-                let lifetime = if env.lease_duration == 0 {
-                    ttl
-                } else {
-                    ttl.min(lease)
-                };
-                Ok(Issued {
-                    data: secrets_from(env.data),
-                    expires_at: now + lifetime,
-                    upstream_lease: (!env.lease_id.is_empty())
-                        .then(|| format!("lease:{}", env.lease_id)),
-                    renewable: env.renewable,
-                })
+                Ok(dynamic_issued(env, now, ttl))
             }
             VaultKind::Pki {
                 mount,
@@ -622,28 +784,7 @@ impl Backend for VaultBackend {
                         })
                     })
                     .await?;
-                let mut expires_at = now + ttl;
-                if let Some(exp) = cert.expiration {
-                    expires_at = expires_at.min(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
-                }
-                let mut data = BTreeMap::from([
-                    ("certificate".to_owned(), Secret::new(cert.certificate)),
-                    ("private_key".to_owned(), Secret::new(cert.private_key)),
-                    ("issuing_ca".to_owned(), Secret::new(cert.issuing_ca)),
-                    (
-                        "serial_number".to_owned(),
-                        Secret::new(cert.serial_number.clone()),
-                    ),
-                ]);
-                if let Some(chain) = cert.ca_chain.filter(|c| !c.is_empty()) {
-                    data.insert("ca_chain".to_owned(), Secret::new(chain.join("\n")));
-                }
-                Ok(Issued {
-                    data,
-                    expires_at,
-                    upstream_lease: Some(format!("pki:{mount}:{}", cert.serial_number)),
-                    renewable: false,
-                })
+                Ok(pki_issued(cert, mount, now, ttl))
             }
             VaultKind::Token {
                 policies,
@@ -687,18 +828,7 @@ impl Backend for VaultBackend {
                         })
                     })
                     .await?;
-                let lease = Duration::from_secs(auth.lease_duration);
-                let lifetime = if auth.lease_duration == 0 {
-                    ttl
-                } else {
-                    ttl.min(lease)
-                };
-                Ok(Issued {
-                    data: BTreeMap::from([("token".to_owned(), Secret::new(auth.client_token))]),
-                    expires_at: now + lifetime,
-                    upstream_lease: Some(format!("token-accessor:{}", auth.accessor)),
-                    renewable: auth.renewable,
-                })
+                Ok(token_issued(auth, now, ttl))
             }
         }
     }
@@ -850,5 +980,51 @@ mod tests {
             !s.due(t0 + Duration::from_secs(99_999)),
             "non-expiring token"
         );
+    }
+
+    /// Found while writing the `vault_response` fuzz target (its `Lookup` kind reaches it): a
+    /// token lookup answering a TTL near `u64::MAX` seconds overflowed the `SystemTime` arithmetic (a panic in upkeep).
+    #[test]
+    fn a_token_ttl_beyond_the_clocks_range_is_never_due_not_a_panic() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let s = TokenState {
+            token: Some(Secret::new("t")),
+            obtained_at: Some(t0),
+            ttl: Duration::from_secs(u64::MAX),
+            renewable: true,
+        };
+        assert!(!s.due(t0 + Duration::from_secs(86_400 * 365 * 100)));
+    }
+
+    /// Found while writing the `vault_response` fuzz target: a certificate `expiration` near
+    /// `u64::MAX` overflowed the `SystemTime` arithmetic (a panic in the request).
+    #[test]
+    fn a_certificate_expiring_beyond_the_clocks_range_lives_the_ttl_not_a_panic() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ttl = Duration::from_secs(600);
+        let cert = |expiration| vaultrs::api::pki::responses::GenerateCertificateResponse {
+            ca_chain: None,
+            certificate: "cert".into(),
+            expiration,
+            issuing_ca: "ca".into(),
+            private_key: "key".into(),
+            private_key_type: "ec".into(),
+            serial_number: "01:02".into(),
+        };
+        for far in [u64::MAX, i64::MAX as u64] {
+            assert_eq!(
+                pki_issued(cert(Some(far)), "pki", now, ttl).expires_at,
+                now + ttl
+            );
+        }
+        let soon = 1_800_000_000 + 60;
+        assert_eq!(
+            pki_issued(cert(Some(soon)), "pki", now, ttl).expires_at,
+            now + Duration::from_secs(60),
+            "a certificate that expires first sets the expiry"
+        );
+        let issued = pki_issued(cert(None), "pki", now, ttl);
+        assert_eq!(issued.expires_at, now + ttl);
+        assert_eq!(issued.upstream_lease.as_deref(), Some("pki:pki:01:02"));
     }
 }

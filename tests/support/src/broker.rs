@@ -1,5 +1,6 @@
 //! [`TestBroker`]: the real broker, in-process, on `127.0.0.1:0` over real TLS, with its own
-//! temp directory (config file, PKI, policies, SQLite store, audit log, admin token).
+//! temp directory (config file, PKI, policies, SQLite store, audit log, admin token);
+//! [`BrokerProcess`]: the same, as a `lanyard-broker serve` process that can be killed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,42 +114,14 @@ impl TestBroker {
         for (name, text) in &opts.policies {
             std::fs::write(policies_dir.join(name), text).expect("write policy");
         }
-        let admin_token = format!("admin-{}", crate::oidc::random_hex(16));
-        std::fs::write(dir.path().join("admin-token"), &admin_token).expect("admin token");
+        let admin_token = write_admin_token(dir.path());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let url = format!("https://{addr}");
-        let issuers = match issuer {
-            Some(i) => format!(
-                "issuers:\n  - issuer: \"{}\"\n    audiences: [\"{}\"]\n",
-                i.url(),
-                opts.audience
-            ),
-            None => String::new(),
-        };
-        let mtls = if opts.admin_mtls {
-            format!("  admin_client_ca_file: {}\n", pki.ca_path().display())
-        } else {
-            String::new()
-        };
-        let audit_file = opts
-            .audit_file
-            .clone()
-            .unwrap_or_else(|| dir.path().join("audit.log"));
-        let config_text = format!(
-            "listen: \"{addr}\"\npublic_url: \"{url}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n{mtls}\
-             policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
-             audit:\n  sink: {audit}\n{audit_extra}reload_interval_seconds: 1\n{issuers}{extra}\n",
-            cert = pki.cert_path().display(),
-            key = pki.key_path().display(),
-            audit = audit_file.display(),
-            audit_extra = opts.audit_config,
-            extra = opts.extra_config,
-        );
-        let config_file = dir.path().join("broker.yaml");
-        std::fs::write(&config_file, config_text).expect("write config");
+        let audit_file = audit_path(dir.path(), &opts);
+        let config_file = write_config(dir.path(), addr, &pki, issuer, &opts);
         let clock: Arc<dyn lanyard::clock::Clock> = match opts.clock {
             Some(c) => c,
             None => Arc::new(lanyard::clock::SystemClock),
@@ -222,11 +195,7 @@ impl TestBroker {
 
     /// An HTTPS client trusting only the test CA.
     pub fn http(&self) -> reqwest::Client {
-        let ca = std::fs::read(self.pki.ca_path()).expect("ca");
-        reqwest::Client::builder()
-            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("pem"))
-            .build()
-            .expect("client")
+        client_trusting(&self.pki.ca_path())
     }
 
     /// A TLS connection to the broker (trusting only the test CA) offering the ALPN
@@ -342,6 +311,227 @@ impl TestBroker {
             let _ = t.await;
         }
         self.dir.take().expect("present until stop")
+    }
+}
+
+/// Writes `admin-token` in `dir` and returns the token.
+fn write_admin_token(dir: &Path) -> String {
+    let admin_token = format!("admin-{}", crate::oidc::random_hex(16));
+    std::fs::write(dir.join("admin-token"), &admin_token).expect("admin token");
+    admin_token
+}
+
+/// Writes `broker.yaml` in `dir` for a broker listening on `addr` (TLS from `pki`, policies in
+/// `policies/`, `store.db`, `audit.log`, trusting `issuer`) and returns its path.
+fn write_config(
+    dir: &Path,
+    addr: SocketAddr,
+    pki: &TestPki,
+    issuer: Option<&OidcIssuer>,
+    opts: &TestBrokerOptions,
+) -> PathBuf {
+    let issuers = match issuer {
+        Some(i) => format!(
+            "issuers:\n  - issuer: \"{}\"\n    audiences: [\"{}\"]\n",
+            i.url(),
+            opts.audience
+        ),
+        None => String::new(),
+    };
+    let mtls = if opts.admin_mtls {
+        format!("  admin_client_ca_file: {}\n", pki.ca_path().display())
+    } else {
+        String::new()
+    };
+    let config_text = format!(
+        "listen: \"{addr}\"\npublic_url: \"https://{addr}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n{mtls}\
+         policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
+         audit:\n  sink: {audit}\n{audit_extra}reload_interval_seconds: 1\n{issuers}{extra}\n",
+        cert = pki.cert_path().display(),
+        key = pki.key_path().display(),
+        audit = audit_path(dir, opts).display(),
+        audit_extra = opts.audit_config,
+        extra = opts.extra_config,
+    );
+    let config_file = dir.join("broker.yaml");
+    std::fs::write(&config_file, config_text).expect("write config");
+    config_file
+}
+
+/// The audit log file a broker in `dir` started with `opts` writes.
+fn audit_path(dir: &Path, opts: &TestBrokerOptions) -> PathBuf {
+    opts.audit_file
+        .clone()
+        .unwrap_or_else(|| dir.join("audit.log"))
+}
+
+/// An HTTPS client trusting only the CA at `ca`.
+fn client_trusting(ca: &Path) -> reqwest::Client {
+    let ca = std::fs::read(ca).expect("ca");
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("pem"))
+        .build()
+        .expect("client")
+}
+
+/// The real `lanyard-broker serve` in its own process, for the faults an in-process server
+/// cannot show (`SIGKILL`). Same directory layout as [`TestBroker`]; the port is chosen by
+/// [`crate::child::spawn_ready`] and kept across [`restart`](Self::restart)s. Killed on drop.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// Test PKI (CA for clients).
+    pub pki: TestPki,
+    /// The admin token.
+    pub admin_token: String,
+    /// Generated config file.
+    pub config_file: PathBuf,
+    /// Audit log file.
+    pub audit_file: PathBuf,
+    /// SQLite file.
+    pub store_file: PathBuf,
+    /// The process's stdout and stderr (appended across restarts).
+    pub log_file: PathBuf,
+    bin: PathBuf,
+    addr: SocketAddr,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl BrokerProcess {
+    /// Starts `bin serve --config broker.yaml` (`bin`: the `lanyard-broker` binary, e.g.
+    /// `env!("CARGO_BIN_EXE_lanyard-broker")`) and waits until `/readyz` answers 200.
+    pub async fn start(bin: &Path, issuer: Option<&OidcIssuer>, opts: TestBrokerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::generate(&dir.path().join("tls"));
+        let policies_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policies_dir).expect("policies dir");
+        for (name, text) in &opts.policies {
+            std::fs::write(policies_dir.join(name), text).expect("write policy");
+        }
+        let admin_token = write_admin_token(dir.path());
+        let log_file = dir.path().join("broker.log");
+        let ca = pki.ca_path();
+        let (child, port) = crate::child::spawn_ready(
+            "lanyard-broker serve",
+            std::time::Duration::from_secs(30),
+            |port| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let config = write_config(dir.path(), addr, &pki, issuer, &opts);
+                spawn(bin, &config, &log_file)
+            },
+            |_, port| ready(client_trusting(&ca), port),
+            || std::fs::read_to_string(&log_file).unwrap_or_default(),
+        )
+        .await;
+        Self {
+            url: format!("https://127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin_token,
+            config_file: dir.path().join("broker.yaml"),
+            audit_file: audit_path(dir.path(), &opts),
+            store_file: dir.path().join("store.db"),
+            log_file,
+            pki,
+            bin: bin.to_owned(),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// The directory holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the process with `SIGKILL` (no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port with the same directory, after
+    /// [`kill`](Self::kill). Returns the start error (the process's output) when it exits
+    /// instead of becoming ready within 30 s.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let mut child = spawn(&self.bin, &self.config_file, &self.log_file);
+        let client = self.http();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the broker exited with {status}:\n{}",
+                    std::fs::read_to_string(&self.log_file).unwrap_or_default()
+                ));
+            }
+            if matches!(
+                ready(client.clone(), self.addr.port()).await,
+                crate::child::Probe::Ready
+            ) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the broker did not become ready within 30 s".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An HTTPS client trusting only the test CA.
+    pub fn http(&self) -> reqwest::Client {
+        client_trusting(&self.pki.ca_path())
+    }
+
+    /// Parsed audit records.
+    pub fn audit_records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(bin: &Path, config: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("broker log file");
+    std::process::Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("LANYARD_LOG", "warn")
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn lanyard-broker")
+}
+
+async fn ready(client: reqwest::Client, port: u16) -> crate::child::Probe {
+    match client
+        .get(format!("https://127.0.0.1:{port}/readyz"))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => crate::child::Probe::Ready,
+        // The handshake proved it is this broker (the test CA signed its certificate): it is
+        // still starting.
+        Ok(_) | Err(_) => crate::child::Probe::NotYet,
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - [`broker`]: [`TestBroker`], the real broker in-process on `127.0.0.1:0` over TLS, with
-//!   its own temp directory, config, policies, store and audit log.
+//!   its own temp directory, config, policies, store and audit log; [`BrokerProcess`], the
+//!   `lanyard-broker serve` binary with the same layout in its own process, killed and
+//!   restarted by fault tests.
 //! - [`child`]: starting a peer process on a free port it binds itself, retried on a fresh
 //!   port when a parallel test took it first.
 //! - [`oidc`]: [`OidcIssuer`], a real OIDC issuer on loopback (discovery document and JWKS
@@ -37,7 +39,7 @@ pub mod registry;
 pub mod vault;
 pub mod workload;
 
-pub use broker::{InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
+pub use broker::{BrokerProcess, InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
 pub use jsonwebtoken::Algorithm;
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};

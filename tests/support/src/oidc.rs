@@ -3,7 +3,7 @@
 //!
 //! Keys are generated fresh for every issuer with aws-lc-rs: one RSA 2048 (`RS256`), one
 //! EC P-256 (`ES256`) and one Ed25519 (`EdDSA`), each with its own `kid`. [`OidcIssuer::rotate`]
-//! adds keys; [`OidcIssuer::set_available`] makes the endpoints answer 503 so tests can check
+//! adds keys and [`OidcIssuer::retire`] drops them; [`OidcIssuer::set_available`] makes the endpoints answer 503 so tests can check
 //! that verifiers keep the last good key set.
 
 use std::collections::HashMap;
@@ -183,6 +183,16 @@ impl OidcIssuer {
         kid
     }
 
+    /// Stops publishing the key `kid` (as an issuer does once it has rotated away from it);
+    /// tokens it signed no longer verify at a verifier that refreshed since. Returns whether
+    /// the key was published.
+    pub fn retire(&self, kid: &str) -> bool {
+        let mut keys = lock(&self.shared.keys);
+        let before = keys.len();
+        keys.retain(|k| k.kid != kid);
+        keys.len() != before
+    }
+
     /// The `kid` of the key that currently signs `alg`.
     pub fn current_kid(&self, alg: Algorithm) -> String {
         self.current_key(alg).kid
@@ -259,6 +269,21 @@ impl OidcIssuer {
         ttl_secs: u64,
     ) -> String {
         self.k8s_token_at(namespace, service_account, audience, now_unix(), ttl_secs)
+    }
+
+    /// A projected service-account token (RS256) from an issuer whose clock is `skew_seconds`
+    /// ahead of the real time (behind when negative): `iat` = `nbf` = real time + skew, valid
+    /// for `ttl_secs` from then.
+    pub fn k8s_token_skewed(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        skew_seconds: i64,
+        ttl_secs: u64,
+    ) -> String {
+        let iat = now_unix().saturating_add_signed(skew_seconds);
+        self.k8s_token_at(namespace, service_account, audience, iat, ttl_secs)
     }
 
     /// A projected service-account token (RS256) issued at `iat` (Unix seconds).
