@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lanyard_test_support::process::metric;
-use lanyard_test_support::{BrokerProcess, ProcessSite, TestBroker};
+use lanyard_test_support::{ProcessSite, SiteBroker, TestBroker};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-broker");
@@ -17,7 +17,7 @@ const REVOCATION_CONFIG: &str = "bootstrap:\n  session_revocation_refresh_second
 const BOUND: Duration = Duration::from_secs(5);
 
 /// Mints a bootstrap token on `broker`, redeems it there; returns (token id, session token).
-async fn session_on(broker: &BrokerProcess) -> (String, String) {
+async fn session_on(broker: &SiteBroker) -> (String, String) {
     let minted = broker.mint(&["boot"]).await;
     assert_eq!(minted.status, 201, "{:?}", minted.body);
     let token = minted.body["token"].as_str().expect("token").to_owned();
@@ -32,7 +32,7 @@ async fn session_on(broker: &BrokerProcess) -> (String, String) {
     )
 }
 
-fn admin_cli(site: &ProcessSite, broker: &BrokerProcess, args: &[&str]) -> std::process::Output {
+fn admin_cli(site: &ProcessSite, broker: &SiteBroker, args: &[&str]) -> std::process::Output {
     std::process::Command::new(BIN)
         .args(["token", "revoke"])
         .args(args)
@@ -45,7 +45,7 @@ fn admin_cli(site: &ProcessSite, broker: &BrokerProcess, args: &[&str]) -> std::
         .expect("run lanyard-broker token revoke")
 }
 
-fn stdout_records(broker: &BrokerProcess) -> Vec<Value> {
+fn stdout_records(broker: &SiteBroker) -> Vec<Value> {
     broker
         .log_text()
         .lines()

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lanyard_test_support::process::metric;
-use lanyard_test_support::{Answer, BrokerProcess, ProcessSite};
+use lanyard_test_support::{Answer, ProcessSite, SiteBroker};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-broker");
@@ -82,7 +82,7 @@ fn audited_request_ids(site: &ProcessSite) -> BTreeSet<String> {
         .collect()
 }
 
-async fn redeem(broker: &BrokerProcess) -> (String, Answer) {
+async fn redeem(broker: &SiteBroker) -> (String, Answer) {
     let minted = broker.mint(&["boot"]).await;
     assert_eq!(minted.status, 201, "{:?}", minted.body);
     let token = minted.body["token"].as_str().expect("token").to_owned();

@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn the_rustls_directive_is_added_unless_rustls_is_named() {
         assert_eq!(log_filter("info"), format!("info,{RUSTLS_SNI_DIRECTIVE}"));
-        assert_eq!(log_filter(" debug "), format!("debug,{RUSTLS_SNI_DIRECTIVE}"));
+        assert_eq!(
+            log_filter(" debug "),
+            format!("debug,{RUSTLS_SNI_DIRECTIVE}")
+        );
         assert_eq!(log_filter(""), RUSTLS_SNI_DIRECTIVE);
         assert_eq!(log_filter("info,rustls=debug"), "info,rustls=debug");
     }

@@ -88,10 +88,7 @@ fn compare_existing(dir: &HeldDir, name: &str, contents: &[u8]) -> Change {
         _ => return Change::Changed,
     }
     let mut old = Zeroizing::new(Vec::with_capacity(contents.len()));
-    match file
-        .take(contents.len() as u64 + 1)
-        .read_to_end(&mut old)
-    {
+    match file.take(contents.len() as u64 + 1).read_to_end(&mut old) {
         Ok(_) if old.as_slice() == contents => Change::Unchanged,
         _ => Change::Changed,
     }
@@ -186,7 +183,8 @@ fn hold_root(path: &Path, mode: u32) -> Result<HeldDir, SidecarError> {
 
 /// Holds the sub-directory `name` of `dir`, created with `mode` if missing.
 fn hold_child(dir: &HeldDir, name: &str, mode: u32) -> Result<HeldDir, SidecarError> {
-    dir.child(name, mode).map_err(|e| dir_error(dir.join(name), e))
+    dir.child(name, mode)
+        .map_err(|e| dir_error(dir.join(name), e))
 }
 
 /// Writes one file `dir/name` that is not a credential (the AWS endpoint's authorization
@@ -426,10 +424,12 @@ fn write_targets_with(
             gid: t.gid,
         };
         let name = t.file_name();
-        let (path, change) = write_atomic_with(parent, name, &bytes, opts, |_| Ok(()))
-            .map_err(|source| SidecarError::Write {
-                path: parent.join(name),
-                source,
+        let (path, change) =
+            write_atomic_with(parent, name, &bytes, opts, |_| Ok(())).map_err(|source| {
+                SidecarError::Write {
+                    path: parent.join(name),
+                    source,
+                }
             })?;
         let _ = parent.remove_file(&format!("{name}{MARKER_SUFFIX}"));
         let (refresh_after, expires_at) = times(c)?;
@@ -472,7 +472,10 @@ fn hold_parent_of<'a>(dir: &Path, file: &'a Path) -> io::Result<(HeldDir, &'a st
         .map_err(|_| io::Error::other("not under the secrets directory"))?;
     let parts: Vec<&str> = rel
         .iter()
-        .map(|p| p.to_str().ok_or_else(|| io::Error::other("not a plain name")))
+        .map(|p| {
+            p.to_str()
+                .ok_or_else(|| io::Error::other("not a plain name"))
+        })
         .collect::<io::Result<_>>()?;
     let Some((name, parents)) = parts.split_last() else {
         return Err(io::Error::other("no file name"));

@@ -147,11 +147,8 @@ impl HeldDir {
     /// Creates the new file `name` for writing with `mode_bits` (before the umask); fails if
     /// anything, a link included, is already there.
     pub fn create_new(&self, name: &str, mode_bits: u32) -> io::Result<File> {
-        let flags = OFlags::WRONLY
-            | OFlags::CREATE
-            | OFlags::EXCL
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         Ok(File::from(rustix::fs::openat(
             &self.fd,
             name,

@@ -679,7 +679,12 @@ mod tests {
 
     #[test]
     fn rustls_sni_warnings_are_hidden_unless_lanyard_log_names_rustls() {
-        for value in [None, Some("info"), Some("debug"), Some("warn,lanyard_sidecar=debug")] {
+        for value in [
+            None,
+            Some("info"),
+            Some("debug"),
+            Some("warn,lanyard_sidecar=debug"),
+        ] {
             assert_eq!(warns(value), (false, true), "{value:?}");
         }
         assert_eq!(warns(Some("info,rustls=debug")), (true, true));

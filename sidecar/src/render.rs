@@ -104,7 +104,9 @@ fn render_bounded(
         Ok(_) => Ok(out.buf),
         Err(_) if out.over => Err(minijinja::Error::new(
             minijinja::ErrorKind::InvalidOperation,
-            format!("it renders more than {limit} bytes, the most one file may hold; check its loops"),
+            format!(
+                "it renders more than {limit} bytes, the most one file may hold; check its loops"
+            ),
         )),
         Err(e) => Err(e),
     }
@@ -544,8 +546,7 @@ mod tests {
             "{% for a in data.password * 100000 %}{% for b in data.password * 100000 %}{{ a }}{% endfor %}{% endfor %}",
         ] {
             check_template(body, "loop.j2").expect("compiles and names only known variables");
-            let e = render(&target(template_from(body, "loop.j2")), &c)
-                .expect_err("must stop");
+            let e = render(&target(template_from(body, "loop.j2")), &c).expect_err("must stop");
             assert!(e.contains("loop.j2"), "{e}");
             assert!(
                 e.contains("fuel") && e.contains(&TEMPLATE_FUEL.to_string()),

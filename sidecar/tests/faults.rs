@@ -100,10 +100,14 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (readyz, this) = (&format!("{}/readyz", sc.health), &sc);
-        wait_for("the first write", Duration::from_secs(30), move || async move {
-            this.assert_running();
-            get(readyz).await.0 == 200
-        })
+        wait_for(
+            "the first write",
+            Duration::from_secs(30),
+            move || async move {
+                this.assert_running();
+                get(readyz).await.0 == 200
+            },
+        )
         .await;
         sc
     }
@@ -275,11 +279,15 @@ async fn disk_full_keeps_the_old_files_says_so_and_recovers_when_space_returns()
     // failure counted and logged with the path and the reason, and the held credential still
     // served (ready: it has not expired).
     let dir = &secrets;
-    wait_for("a failed refresh", Duration::from_secs(30), move || async move {
-        sc.assert_running();
-        assert_eq!(&snapshot(dir), before, "the old files stay as they were");
-        sc.metric("lanyard_sidecar_refresh_failures_total").await >= 1.0
-    })
+    wait_for(
+        "a failed refresh",
+        Duration::from_secs(30),
+        move || async move {
+            sc.assert_running();
+            assert_eq!(&snapshot(dir), before, "the old files stay as they were");
+            sc.metric("lanyard_sidecar_refresh_failures_total").await >= 1.0
+        },
+    )
     .await;
     assert_eq!(sc.probes().await, (200, 200));
     let log = sc.log();
@@ -289,15 +297,23 @@ async fn disk_full_keeps_the_old_files_says_so_and_recovers_when_space_returns()
             && log.contains(&secrets.display().to_string()),
         "{log}"
     );
-    assert_eq!(&snapshot(&secrets), before, "nothing half-written, no temp file");
+    assert_eq!(
+        &snapshot(&secrets),
+        before,
+        "nothing half-written, no temp file"
+    );
 
     // Space returns: the next retry writes a fresh credential, and nothing is left over.
     std::fs::remove_file(&filler).expect("free the space");
     let token = &secrets.join("fault/token");
-    wait_for("a fresh credential", Duration::from_secs(15), move || async move {
-        sc.assert_running();
-        std::fs::read(token).is_ok_and(|t| t != before["fault/token"])
-    })
+    wait_for(
+        "a fresh credential",
+        Duration::from_secs(15),
+        move || async move {
+            sc.assert_running();
+            std::fs::read(token).is_ok_and(|t| t != before["fault/token"])
+        },
+    )
     .await;
     let after = snapshot(&secrets);
     assert!(temp_files(&after).is_empty(), "{:?}", after.keys());
@@ -322,22 +338,34 @@ async fn broker_restart_while_sidecars_refresh_keeps_their_files_and_they_catch_
         let sc = Sidecar::start(&broker, &dir, work.path(), &format!("sc{i}")).await;
         sidecars.push((sc, dir));
     }
-    let before = &sidecars.iter().map(|(_, d)| snapshot(d)).collect::<Vec<_>>();
+    let before = &sidecars
+        .iter()
+        .map(|(_, d)| snapshot(d))
+        .collect::<Vec<_>>();
 
     // The broker goes away before the sidecars' refresh (at about 14 s) and stays away
     // until each has failed at least once.
     broker.pause().await;
     for (i, (sc, dir)) in sidecars.iter().enumerate() {
-        wait_for("a failed refresh", Duration::from_secs(30), move || async move {
-            sc.assert_running();
-            assert_eq!(snapshot(dir), before[i], "files kept while the broker is away");
-            sc.metric("lanyard_sidecar_refresh_failures_total").await >= 1.0
-        })
+        wait_for(
+            "a failed refresh",
+            Duration::from_secs(30),
+            move || async move {
+                sc.assert_running();
+                assert_eq!(
+                    snapshot(dir),
+                    before[i],
+                    "files kept while the broker is away"
+                );
+                sc.metric("lanyard_sidecar_refresh_failures_total").await >= 1.0
+            },
+        )
         .await;
         // Healthy and still serving the credential it holds.
         assert_eq!(sc.probes().await, (200, 200));
         assert!(
-            sc.log().contains("refresh failed; keeping the last good files"),
+            sc.log()
+                .contains("refresh failed; keeping the last good files"),
             "{}",
             sc.log()
         );
@@ -348,10 +376,14 @@ async fn broker_restart_while_sidecars_refresh_keeps_their_files_and_they_catch_
     broker.resume().await;
     for (i, (sc, dir)) in sidecars.iter().enumerate() {
         let token = &dir.join("fault/token");
-        wait_for("a fresh credential", Duration::from_secs(15), move || async move {
-            sc.assert_running();
-            std::fs::read(token).is_ok_and(|t| t != before[i]["fault/token"])
-        })
+        wait_for(
+            "a fresh credential",
+            Duration::from_secs(15),
+            move || async move {
+                sc.assert_running();
+                std::fs::read(token).is_ok_and(|t| t != before[i]["fault/token"])
+            },
+        )
         .await;
         assert!(sc.metric("lanyard_sidecar_refreshes_total").await >= 2.0);
         assert_eq!(sc.probes().await, (200, 200));

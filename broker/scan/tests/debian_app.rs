@@ -65,6 +65,7 @@ async fn a_real_debian_python_image_counts_only_the_planted_secrets() {
         "mysql-url history".to_owned(),
         // The deployment's token.
         "github-pat layer 3 srv/orders/.env".to_owned(),
+    ];
     expected.sort();
     assert_eq!(counted, expected, "only the planted secrets count");
     // botocore's DataSync model documents an Azure SAS: a structured (medium-confidence)

@@ -18,7 +18,7 @@
 //!   OIDC issuer + a broker granting an `aws-sts` role, for zero-code AWS SDK tests.
 //! - [`vault`]: [`VaultEmulator`], an emulator of the Vault HTTP API (documented response
 //!   bodies for exactly the paths lanyard calls), since no Vault can be installed here.
-//! - [`process`]: [`BrokerProcess`], `lanyard-broker serve` as its own process on loopback;
+//! - [`process`]: [`SiteBroker`], `lanyard-broker serve` as its own process on loopback;
 //!   several share one [`ProcessSite`] (PKI, policies, admin token, SQLite store) as replicas.
 //! - [`pki`]: [`TestPki`], a throwaway CA plus a server certificate for `localhost` /
 //!   `127.0.0.1` (and client certificates), written as PEM files.
@@ -44,7 +44,7 @@ pub use jsonwebtoken::Algorithm;
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
-pub use process::{Answer, BrokerProcess, ProcessSite};
+pub use process::{Answer, ProcessSite, SiteBroker};
 pub use registry::{TokenRegistry, TokenRequest, TokenServer};
 pub use vault::VaultEmulator;
 pub use workload::Workload;

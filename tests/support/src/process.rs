@@ -1,4 +1,4 @@
-//! [`BrokerProcess`]: `lanyard-broker serve` as its own process on loopback, as an operator
+//! [`SiteBroker`]: `lanyard-broker serve` as its own process on loopback, as an operator
 //! runs it, for tests of what only separate processes show (replicas sharing one SQLite
 //! store, a store locked by another process). Several may share one [`ProcessSite`]: one
 //! directory with the PKI, the policies, the admin token and the store file.
@@ -72,7 +72,7 @@ impl ProcessSite {
         name: &str,
         audit: &str,
         extra_config: &str,
-    ) -> BrokerProcess {
+    ) -> SiteBroker {
         let dir = self.path().to_path_buf();
         let log = dir.join(format!("{name}.log"));
         let config_file = dir.join(format!("{name}.yaml"));
@@ -131,7 +131,7 @@ impl ProcessSite {
             || std::fs::read_to_string(&log).unwrap_or_default(),
         )
         .await;
-        BrokerProcess {
+        SiteBroker {
             name: name.to_owned(),
             url: format!("https://127.0.0.1:{port}"),
             child,
@@ -150,7 +150,7 @@ impl Default for ProcessSite {
 
 /// A running `lanyard-broker serve` process; killed when dropped.
 #[derive(Debug)]
-pub struct BrokerProcess {
+pub struct SiteBroker {
     /// Its name in the site.
     pub name: String,
     /// `https://127.0.0.1:<port>`.
@@ -173,7 +173,7 @@ pub struct Answer {
     pub body: Value,
 }
 
-impl BrokerProcess {
+impl SiteBroker {
     async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
         let resp = req.send().await.expect("request to the broker process");
         let status = resp.status().as_u16();
@@ -249,7 +249,7 @@ impl BrokerProcess {
     }
 }
 
-impl Drop for BrokerProcess {
+impl Drop for SiteBroker {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
