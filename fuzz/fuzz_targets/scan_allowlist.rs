@@ -55,6 +55,8 @@ fn finding(u: &mut Unstructured<'_>) -> Result<Finding> {
         test_material: false,
         package_code: false,
         allowed: None,
+        vendor: None,
+        reason: None,
     })
 }
 

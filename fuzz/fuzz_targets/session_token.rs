@@ -69,7 +69,7 @@ fn text(u: &mut Unstructured<'_>, valid: &str) -> Result<Option<Value>> {
 
 fn claims(u: &mut Unstructured<'_>) -> Result<Value> {
     let mut session = serde_json::Map::new();
-    let mut put = |map: &mut serde_json::Map<String, Value>, k: &str, v: Option<Value>| {
+    let put = |map: &mut serde_json::Map<String, Value>, k: &str, v: Option<Value>| {
         if let Some(v) = v {
             map.insert(k.to_owned(), v);
         }
