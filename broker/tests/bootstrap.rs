@@ -15,8 +15,8 @@ use lanyard_broker::error::ApiError;
 use lanyard_broker::store::memory::MemoryStore;
 use lanyard_broker::store::sqlite::SqliteStore;
 use lanyard_broker::store::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, RedeemedToken, ReserveOutcome, SessionRevocation,
-    SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, RedeemedToken, ReserveOutcome,
+    SessionRevocation, SigningKeyRecord, Store, StoreError, VerdictRecord,
 };
 use lanyard_test_support::moto::STS_ROLE_ARN;
 use lanyard_test_support::{InProcessBroker, MotoServer, TestBroker, TestBrokerOptions};
@@ -528,6 +528,32 @@ impl Store for CommitFails {
     }
     async fn local_secret(&self, name: &str, len: usize) -> Result<lanyard::Secret, StoreError> {
         self.inner.local_secret(name, len).await
+    }
+    async fn put_verdict(&self, r: &VerdictRecord) -> Result<(), StoreError> {
+        self.inner.put_verdict(r).await
+    }
+    async fn verdict(&self, d: &str, r: &str) -> Result<Option<VerdictRecord>, StoreError> {
+        self.inner.verdict(d, r).await
+    }
+    async fn previous_verdict(
+        &self,
+        d: &str,
+        r: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
+        self.inner.previous_verdict(d, r).await
+    }
+    async fn digests_without_verdict(
+        &self,
+        r: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        self.inner.digests_without_verdict(r, limit).await
+    }
+    async fn put_exemption(&self, r: &ExemptionRecord) -> Result<(), StoreError> {
+        self.inner.put_exemption(r).await
+    }
+    async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
+        self.inner.exemption(d).await
     }
 }
 

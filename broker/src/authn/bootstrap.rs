@@ -684,6 +684,7 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
     use crate::store::sqlite::SqliteStore;
+    use crate::store::{ExemptionRecord, VerdictRecord};
 
     const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const GRACE: Duration = Duration::from_secs(30);
@@ -1086,6 +1087,32 @@ mod tests {
         }
         async fn local_secret(&self, _: &str, _: usize) -> Result<Secret, StoreError> {
             unreachable!()
+        }
+        async fn put_verdict(&self, r: &VerdictRecord) -> Result<(), StoreError> {
+            self.inner.put_verdict(r).await
+        }
+        async fn verdict(&self, d: &str, r: &str) -> Result<Option<VerdictRecord>, StoreError> {
+            self.inner.verdict(d, r).await
+        }
+        async fn previous_verdict(
+            &self,
+            d: &str,
+            r: &str,
+        ) -> Result<Option<VerdictRecord>, StoreError> {
+            self.inner.previous_verdict(d, r).await
+        }
+        async fn digests_without_verdict(
+            &self,
+            r: &str,
+            limit: usize,
+        ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+            self.inner.digests_without_verdict(r, limit).await
+        }
+        async fn put_exemption(&self, r: &ExemptionRecord) -> Result<(), StoreError> {
+            self.inner.put_exemption(r).await
+        }
+        async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
+            self.inner.exemption(d).await
         }
     }
 

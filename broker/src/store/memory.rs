@@ -14,8 +14,9 @@ use std::time::SystemTime;
 use lanyard::Secret;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, MAX_LOCAL_SECRET_BYTES,
+    RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    VerdictRecord,
 };
 
 /// A [`Store`] held in process memory (a mutex over hash maps). Not persistent; see the
@@ -36,6 +37,9 @@ struct Inner {
     signing_keys: Vec<SigningKeyRecord>,
     audit_head: Option<ChainHead>,
     secrets: HashMap<String, Secret>,
+    /// Verdicts by (digest, ruleset version).
+    verdicts: std::collections::BTreeMap<(String, String), VerdictRecord>,
+    exemptions: HashMap<String, ExemptionRecord>,
 }
 
 /// A bootstrap token and where its redemption stands.
@@ -343,5 +347,73 @@ impl Store for MemoryStore {
         let secret = Secret::new(hex::encode(&*bytes));
         inner.secrets.insert(name.to_owned(), secret.clone());
         Ok(secret)
+    }
+
+    async fn put_verdict(&self, rec: &VerdictRecord) -> Result<(), StoreError> {
+        self.lock().verdicts.insert(
+            (rec.digest.clone(), rec.ruleset_version.clone()),
+            rec.clone(),
+        );
+        Ok(())
+    }
+
+    async fn verdict(
+        &self,
+        digest: &str,
+        ruleset_version: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .verdicts
+            .get(&(digest.to_owned(), ruleset_version.to_owned()))
+            .cloned())
+    }
+
+    async fn previous_verdict(
+        &self,
+        digest: &str,
+        except: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .verdicts
+            .values()
+            .filter(|v| v.digest == digest && v.ruleset_version != except)
+            .max_by_key(|v| v.scanned_at)
+            .cloned())
+    }
+
+    async fn digests_without_verdict(
+        &self,
+        ruleset_version: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<(String, Option<String>)> = Vec::new();
+        for ((digest, _), v) in &inner.verdicts {
+            if out.last().is_some_and(|(d, _)| d == digest)
+                || inner
+                    .verdicts
+                    .contains_key(&(digest.clone(), ruleset_version.to_owned()))
+            {
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            out.push((digest.clone(), v.repository.clone()));
+        }
+        Ok(out)
+    }
+
+    async fn put_exemption(&self, rec: &ExemptionRecord) -> Result<(), StoreError> {
+        self.lock()
+            .exemptions
+            .insert(rec.digest.clone(), rec.clone());
+        Ok(())
+    }
+
+    async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError> {
+        Ok(self.lock().exemptions.get(digest).cloned())
     }
 }

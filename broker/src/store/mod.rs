@@ -1,5 +1,5 @@
 //! Persistent state: bootstrap tokens, session revocations, leases, signing keys, the audit
-//! chain head, local secrets.
+//! chain head, local secrets, image verdicts and image exemptions.
 //!
 //! [`Store`] is a trait so PostgreSQL can back replicas later. Every operation that must be
 //! atomic across replicas (reserving, committing or releasing a bootstrap token's redemption)
@@ -132,6 +132,80 @@ pub struct ChainHead {
     pub seq: u64,
     /// Its hash (hex).
     pub hash: String,
+}
+
+/// The verdict of one image scan, keyed by (manifest digest, ruleset version). For an image
+/// index it is the worst verdict over the platforms scanned. Holds a findings summary only:
+/// never a secret value, never a preview of one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerdictRecord {
+    /// The manifest (or index) digest, `sha256:` + 64 hex.
+    pub digest: String,
+    /// The scanner's ruleset version the verdict was reached under.
+    pub ruleset_version: String,
+    /// `host/repository` it was scanned from (so a background re-scan can fetch it again).
+    pub repository: Option<String>,
+    /// The verdict before the broker's allowlist (which is applied when the verdict is read,
+    /// so an allowlist change needs no re-scan).
+    pub verdict: lanyard_scan::Verdict,
+    /// Every finding that counts before the allowlist, summarised.
+    pub findings: Vec<FindingSummary>,
+    /// Why the scan is incomplete (empty when complete).
+    pub incomplete: Vec<String>,
+    /// The platforms scanned (`os/arch`), for an index; empty for a single image.
+    pub platforms: Vec<String>,
+    /// When the scan finished.
+    #[serde(with = "unix_seconds")]
+    pub scanned_at: SystemTime,
+}
+
+/// One finding, as the gate keeps it: where it is and which rule, never what it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FindingSummary {
+    /// Rule id.
+    pub rule: String,
+    /// `env`, `label`, `history` or `file`.
+    pub location_kind: String,
+    /// Layer index, for files and history steps that made a layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// The file's path, or the ENV, label or build-argument name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The scanner's fingerprint (`v1:` + 32 hex), for allowlists.
+    pub fingerprint: String,
+    /// The platform of the image it is in, for an index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// An operator's exemption of one image digest from the gate, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExemptionRecord {
+    /// The exempted digest.
+    pub digest: String,
+    /// Why (required; shown in every audit record of its use).
+    pub reason: String,
+    /// When it was recorded.
+    pub created_at: SystemTime,
+}
+
+mod unix_seconds {
+    use std::time::{Duration, SystemTime};
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        s.serialize_u64(secs)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = <u64 as serde::Deserialize>::deserialize(d)?;
+        SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(|| serde::de::Error::custom("time out of range"))
+    }
 }
 
 /// Store failures.
@@ -283,4 +357,37 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`MAX_LOCAL_SECRET_BYTES`]; asking for an existing secret with another length is
     /// [`StoreError::Corrupt`], never a secret of the wrong length.
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError>;
+
+    /// Saves a verdict, replacing any for the same (digest, ruleset version).
+    async fn put_verdict(&self, rec: &VerdictRecord) -> Result<(), StoreError>;
+
+    /// The verdict for (digest, ruleset version), if one was saved.
+    async fn verdict(
+        &self,
+        digest: &str,
+        ruleset_version: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError>;
+
+    /// The most recently scanned verdict for `digest` under any ruleset version other than
+    /// `except` (an older ruleset's verdict, used until the current one exists).
+    async fn previous_verdict(
+        &self,
+        digest: &str,
+        except: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError>;
+
+    /// Up to `limit` digests (with the repository they were scanned from) that have a verdict
+    /// under some ruleset version but none under `ruleset_version`: what a background
+    /// re-scan after a ruleset change has left to do. In digest order.
+    async fn digests_without_verdict(
+        &self,
+        ruleset_version: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
+
+    /// Records (or replaces) an exemption.
+    async fn put_exemption(&self, rec: &ExemptionRecord) -> Result<(), StoreError>;
+
+    /// The exemption for `digest`, if one was recorded.
+    async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError>;
 }

@@ -27,8 +27,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, MAX_LOCAL_SECRET_BYTES,
+    RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    VerdictRecord,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -96,6 +97,21 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     CREATE INDEX session_revocations_expires_at ON session_revocations (expires_at);",
+    // v5: the image gate. A verdict per (manifest digest, ruleset version), the record (a
+    // findings summary, never a secret) as JSON; operators' exemptions per digest.
+    "CREATE TABLE image_verdicts (
+        digest          TEXT NOT NULL,
+        ruleset_version TEXT NOT NULL,
+        repository      TEXT,
+        scanned_at      INTEGER NOT NULL,
+        record          TEXT NOT NULL,
+        PRIMARY KEY (digest, ruleset_version)
+    );
+    CREATE TABLE image_exemptions (
+        digest     TEXT PRIMARY KEY NOT NULL,
+        reason     TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// A closure to run on the store thread.
@@ -1161,6 +1177,138 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn put_verdict(&self, rec: &VerdictRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec)
+            .map_err(|e| StoreError::Backend(format!("put_verdict: {e}")))?;
+        let scanned_at = to_unix(rec.scanned_at)?;
+        let (digest, ruleset, repository) = (
+            rec.digest.clone(),
+            rec.ruleset_version.clone(),
+            rec.repository.clone(),
+        );
+        self.run("put_verdict", move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO image_verdicts \
+                 (digest, ruleset_version, repository, scanned_at, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![digest, ruleset, repository, scanned_at, json],
+            )
+            .map_err(sql_error("put_verdict"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn verdict(
+        &self,
+        digest: &str,
+        ruleset_version: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
+        let (digest, ruleset) = (digest.to_owned(), ruleset_version.to_owned());
+        self.run_read("verdict", move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM image_verdicts WHERE digest = ?1 AND ruleset_version = ?2",
+                    params![digest, ruleset],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_error("verdict"))?;
+            json.map(|j| decode_verdict(&j)).transpose()
+        })
+        .await
+    }
+
+    async fn previous_verdict(
+        &self,
+        digest: &str,
+        except: &str,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
+        let (digest, except) = (digest.to_owned(), except.to_owned());
+        self.run_read("previous_verdict", move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM image_verdicts WHERE digest = ?1 AND ruleset_version != ?2 \
+                     ORDER BY scanned_at DESC, ruleset_version DESC LIMIT 1",
+                    params![digest, except],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_error("previous_verdict"))?;
+            json.map(|j| decode_verdict(&j)).transpose()
+        })
+        .await
+    }
+
+    async fn digests_without_verdict(
+        &self,
+        ruleset_version: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let ruleset = ruleset_version.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run_read("digests_without_verdict", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT digest, MAX(repository) FROM image_verdicts v WHERE NOT EXISTS \
+                     (SELECT 1 FROM image_verdicts w WHERE w.digest = v.digest \
+                      AND w.ruleset_version = ?1) \
+                     GROUP BY digest ORDER BY digest LIMIT ?2",
+                )
+                .map_err(sql_error("digests_without_verdict"))?;
+            let rows = stmt
+                .query_map(params![ruleset, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(sql_error("digests_without_verdict"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(sql_error("digests_without_verdict"))
+        })
+        .await
+    }
+
+    async fn put_exemption(&self, rec: &ExemptionRecord) -> Result<(), StoreError> {
+        let created_at = to_unix(rec.created_at)?;
+        let (digest, reason) = (rec.digest.clone(), rec.reason.clone());
+        self.run("put_exemption", move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO image_exemptions (digest, reason, created_at) \
+                 VALUES (?1, ?2, ?3)",
+                params![digest, reason, created_at],
+            )
+            .map_err(sql_error("put_exemption"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError> {
+        let digest = digest.to_owned();
+        self.run_read("exemption", move |conn| {
+            let row: Option<(String, i64)> = conn
+                .query_row(
+                    "SELECT reason, created_at FROM image_exemptions WHERE digest = ?1",
+                    params![digest],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql_error("exemption"))?;
+            row.map(|(reason, created_at)| {
+                Ok(ExemptionRecord {
+                    created_at: from_unix(created_at, &format!("exemption of {digest}"))?,
+                    digest: digest.clone(),
+                    reason,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
+fn decode_verdict(json: &str) -> Result<VerdictRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("image verdict: {e}")))
 }
 
 /// SQLite-only behaviour: files, migrations, several handles on one file, undecodable rows.

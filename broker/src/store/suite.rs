@@ -6,7 +6,9 @@
 //! expiry at the expiry second; revocation; duplicates; a redeemed token found by id), session
 //! revocations (listed until they expire, recorded once, pruned), leases (round trip, idempotent revocation,
 //! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys
-//! (with when each starts signing), the audit chain head, [`Store::record_group`] and [`Store::local_secret`]. The `contract!`
+//! (with when each starts signing), the audit chain head, [`Store::record_group`], [`Store::local_secret`],
+//! image verdicts (keyed by digest and ruleset version, the previous ruleset's found, what a
+//! re-scan has left) and exemptions. The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
 //! a failure names both, e.g. `store::suite::sqlite_file::expired_leases_by_backend_oldest_first`.
 //!
@@ -33,8 +35,9 @@ use lanyard::Secret;
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{
-    BootstrapTokenRecord, ChainHead, LeaseRecord, MAX_LOCAL_SECRET_BYTES, RedeemedToken,
-    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, FindingSummary, LeaseRecord,
+    MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
+    Store, StoreError, VerdictRecord,
 };
 
 /// A fresh store for one test, with whatever must live as long as it.
@@ -876,6 +879,112 @@ pub(super) async fn session_revocations_last_until_they_expire(s: Arc<dyn Store>
     assert_eq!(listed(0).await, []);
 }
 
+/// A verdict for `digest` under `ruleset`, scanned at `at`, with one file finding when dirty.
+pub(super) fn verdict(digest: &str, ruleset: &str, dirty: bool, at: u64) -> VerdictRecord {
+    VerdictRecord {
+        digest: digest.to_owned(),
+        ruleset_version: ruleset.to_owned(),
+        repository: Some("registry.example/shop/api".to_owned()),
+        verdict: if dirty {
+            lanyard_scan::Verdict::Dirty
+        } else {
+            lanyard_scan::Verdict::Clean
+        },
+        findings: if dirty {
+            vec![FindingSummary {
+                rule: "aws-access-key-id".to_owned(),
+                location_kind: "file".to_owned(),
+                layer: Some(2),
+                name: Some("app/.env".to_owned()),
+                fingerprint: format!("v1:{}", "0f".repeat(16)),
+                platform: Some("linux/arm64".to_owned()),
+            }]
+        } else {
+            Vec::new()
+        },
+        incomplete: Vec::new(),
+        platforms: vec!["linux/amd64".to_owned(), "linux/arm64".to_owned()],
+        scanned_at: t(at),
+    }
+}
+
+async fn verdicts_are_keyed_by_digest_and_ruleset(s: Arc<dyn Store>) {
+    let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+    assert_eq!(s.verdict(&a, "r1").await.expect("read"), None);
+    s.put_verdict(&verdict(&a, "r1", true, 1_000)).await.expect("put");
+    s.put_verdict(&verdict(&b, "r1", false, 1_000)).await.expect("put");
+    assert_eq!(
+        s.verdict(&a, "r1").await.expect("read"),
+        Some(verdict(&a, "r1", true, 1_000)),
+        "the whole record, findings summary included, round-trips"
+    );
+    assert_eq!(s.verdict(&a, "r2").await.expect("read"), None, "another ruleset");
+    // A re-scan under the same ruleset replaces the record.
+    s.put_verdict(&verdict(&a, "r1", false, 2_000)).await.expect("replace");
+    assert_eq!(
+        s.verdict(&a, "r1").await.expect("read"),
+        Some(verdict(&a, "r1", false, 2_000))
+    );
+}
+
+async fn an_older_rulesets_verdict_is_found_until_a_rescan_exists(s: Arc<dyn Store>) {
+    let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+    s.put_verdict(&verdict(&a, "r1", false, 1_000)).await.expect("put");
+    s.put_verdict(&verdict(&a, "r2", true, 2_000)).await.expect("put");
+    s.put_verdict(&verdict(&b, "r1", false, 1_000)).await.expect("put");
+    assert_eq!(
+        s.previous_verdict(&a, "r3").await.expect("read"),
+        Some(verdict(&a, "r2", true, 2_000)),
+        "the most recent other ruleset"
+    );
+    assert_eq!(
+        s.previous_verdict(&a, "r2").await.expect("read"),
+        Some(verdict(&a, "r1", false, 1_000)),
+        "never the excepted (current) ruleset"
+    );
+    assert_eq!(s.previous_verdict(&b, "r1").await.expect("read"), None);
+    let repo = Some("registry.example/shop/api".to_owned());
+    assert_eq!(
+        s.digests_without_verdict("r2", 10).await.expect("list"),
+        vec![(b.clone(), repo.clone())],
+        "a has an r2 verdict; b has only r1"
+    );
+    assert_eq!(
+        s.digests_without_verdict("r3", 10).await.expect("list"),
+        vec![(a.clone(), repo.clone()), (b.clone(), repo.clone())],
+        "each digest once, in digest order"
+    );
+    assert_eq!(
+        s.digests_without_verdict("r3", 1).await.expect("list"),
+        vec![(a.clone(), repo)],
+        "the limit holds"
+    );
+    assert!(s.digests_without_verdict("r1", 10).await.expect("list").len() == 1);
+}
+
+async fn exemptions_are_recorded_and_replaced(s: Arc<dyn Store>) {
+    let a = format!("sha256:{}", "a".repeat(64));
+    assert_eq!(s.exemption(&a).await.expect("read"), None);
+    let rec = ExemptionRecord {
+        digest: a.clone(),
+        reason: "vendor test key, INC-42".to_owned(),
+        created_at: t(1_000),
+    };
+    s.put_exemption(&rec).await.expect("put");
+    assert_eq!(s.exemption(&a).await.expect("read"), Some(rec.clone()));
+    let newer = ExemptionRecord {
+        reason: "renewed, INC-43".to_owned(),
+        created_at: t(2_000),
+        ..rec
+    };
+    s.put_exemption(&newer).await.expect("replace");
+    assert_eq!(s.exemption(&a).await.expect("read"), Some(newer));
+    assert_eq!(
+        s.exemption(&format!("sha256:{}", "b".repeat(64))).await.expect("read"),
+        None
+    );
+}
+
 /// One `#[tokio::test]` per case, each on a fresh store from `$fresh`.
 macro_rules! cases {
     ($fresh:expr) => {
@@ -899,6 +1008,9 @@ macro_rules! cases {
             local_secret_is_created_once_per_name,
             local_secret_refuses_a_wrong_length,
             concurrent_first_use_of_a_local_secret_agrees,
+            verdicts_are_keyed_by_digest_and_ruleset,
+            an_older_rulesets_verdict_is_found_until_a_rescan_exists,
+            exemptions_are_recorded_and_replaced,
         );
     };
     (@each $fresh:expr; $($case:ident),* $(,)?) => {$(
