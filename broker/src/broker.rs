@@ -29,6 +29,7 @@ use crate::authn::revocation::{Revocations, Verdict};
 use crate::authn::{AuthnError, Identity, IssuerConfigError, session};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
+use crate::gate::{self, Gate, Outcome};
 use crate::issue::jwt::{KeyError, KeyRing};
 use crate::issue::{
     self, Backend, BackendError, Backends, IssueRequest, Issued, LeaseRef, lifetime,
@@ -79,6 +80,9 @@ pub enum StartError {
     /// TLS material is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The image gate cannot start (its allowlist file).
+    #[error("gate: {0}")]
+    Gate(String),
 }
 
 /// Outcome of a policy reload.
@@ -113,6 +117,7 @@ pub struct Broker {
     fingerprinter: Fingerprinter,
     metrics: Metrics,
     policy_ok: AtomicBool,
+    gate: Arc<Gate>,
 }
 
 /// A request id: `req_` + 16 hex characters.
@@ -220,6 +225,13 @@ impl Broker {
             source,
         })?;
         metrics.revoked_sessions.set(revocations.len() as i64);
+        let gate = Gate::new(
+            store.clone(),
+            config.gate.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .map_err(StartError::Gate)?;
         metrics
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
@@ -242,8 +254,11 @@ impl Broker {
             fingerprinter,
             metrics,
             policy_ok: AtomicBool::new(true),
+            gate,
         });
         broker.spawn_revocation_reload();
+        // Verdicts of an older ruleset serve until their re-scan has stored a new one.
+        broker.gate.spawn_rescan();
         Ok(broker)
     }
 
@@ -296,6 +311,11 @@ impl Broker {
     /// The signing keys.
     pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
+    }
+
+    /// The image gate.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// The active policy set.
@@ -688,10 +708,13 @@ impl Broker {
                 .refuse(&set, identity, &decision.denied, request_id)
                 .await);
         }
+        let gated = self
+            .gate_grants(&set, identity, &decision.granted, request_id)
+            .await?;
         let mut credentials = Vec::with_capacity(decision.granted.len());
-        for grant in &decision.granted {
+        for (grant, gate_decision) in decision.granted.iter().zip(&gated) {
             let credential = self
-                .issue_one(&set, identity, grant, req.ttl_seconds, request_id)
+                .issue_one(&set, identity, grant, gate_decision, req.ttl_seconds, request_id)
                 .await?;
             credentials.push(credential);
         }
@@ -705,6 +728,76 @@ impl Broker {
             credentials,
             session,
         })
+    }
+
+    /// The image gate, for every granted role under its rule's settings: the workload's
+    /// images are looked up (or scanned) once, then [`gate::decide`] decides per rule. A
+    /// refusal is audited and answered (403 `image_refused`, or 503 `scan_pending` when a
+    /// retry may succeed); audit mode's "would deny", exemptions used and unknown workloads
+    /// allowed are audited and let through. Returns each grant's decision, for its `issue`
+    /// record.
+    async fn gate_grants(
+        &self,
+        set: &PolicySet,
+        identity: &Identity,
+        granted: &[Grant],
+        request_id: &str,
+    ) -> Result<Vec<gate::Decision>, ApiError> {
+        let workload = self.gate.workload(identity).await?;
+        let mut out = Vec::with_capacity(granted.len());
+        for grant in granted {
+            let Some(rule) = set.rules.iter().find(|r| r.name == grant.rule) else {
+                return Err(ApiError::Internal(format!(
+                    "policy granted role {} by unknown rule {}",
+                    grant.role, grant.rule
+                )));
+            };
+            let d = gate::decide::decide(&workload, &self.gate.settings_for(rule));
+            self.metrics
+                .gate_decisions
+                .with_label_values(&[d.outcome.as_str(), d.reason.as_str()])
+                .inc();
+            match d.outcome {
+                Outcome::Deny => {
+                    self.metrics
+                        .denials
+                        .with_label_values(&[&grant.role, "image_gate"])
+                        .inc();
+                    let rec = AuditRecord::gate_denial(
+                        self.now(),
+                        request_id,
+                        identity,
+                        &grant.role,
+                        &d,
+                    );
+                    self.audit(rec).await?;
+                    let message = format!("role `{}`: {}", grant.role, d.detail);
+                    return Err(if d.retryable {
+                        ApiError::ScanPending(message)
+                    } else {
+                        ApiError::ImageRefused(message)
+                    });
+                }
+                Outcome::WouldDeny => {
+                    let rec =
+                        AuditRecord::gate_note(self.now(), request_id, identity, &grant.role, &d);
+                    self.audit(rec).await?;
+                }
+                Outcome::Allow
+                    if matches!(
+                        d.reason,
+                        gate::Reason::Exempted | gate::Reason::UnknownWorkload
+                    ) =>
+                {
+                    let rec =
+                        AuditRecord::gate_note(self.now(), request_id, identity, &grant.role, &d);
+                    self.audit(rec).await?;
+                }
+                Outcome::Allow => {}
+            }
+            out.push(d);
+        }
+        Ok(out)
     }
 
     /// Audits a refusal — each denied role, or that no role was granted — and returns the
@@ -757,6 +850,7 @@ impl Broker {
         set: &PolicySet,
         identity: &Identity,
         grant: &Grant,
+        gate_decision: &gate::Decision,
         requested_ttl_seconds: Option<u64>,
         request_id: &str,
     ) -> Result<Credential, ApiError> {
@@ -825,7 +919,8 @@ impl Broker {
             fingerprint: self.fingerprinter.fingerprint(&issued.data),
             revoked_at: None,
         };
-        let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted);
+        let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted)
+            .with_gate(gate_decision);
         let lease_id = lease.lease_id.clone();
         // The lease row is saved with the audit group that holds this record.
         self.audit_with_lease(rec, lease).await?;
@@ -898,12 +993,16 @@ impl Broker {
                 self.config.bootstrap.max_ttl_seconds
             )));
         }
+        let image = match &req.image {
+            Some(i) => Some(self.bind_image(i).await?),
+            None => None,
+        };
         let minted = bootstrap::mint(
             self.store.as_ref(),
             self.clock.as_ref(),
             req.roles.clone(),
             Duration::from_secs(ttl_seconds),
-            req.image.clone(),
+            image,
         )
         .await
         .map_err(|e| match e {
@@ -922,6 +1021,174 @@ impl Broker {
             token: minted.token,
             expires_at: rfc3339(minted.expires_at),
         })
+    }
+
+    /// The image a bootstrap token is bound to, as the gate will trust it: `repo@sha256:…`
+    /// as given; `repo:tag` resolved to its digest through the registry now (tags move; the
+    /// token binds what the tag named at mint time); a bare digest only when a verdict for it
+    /// exists (there is no repository to scan it from).
+    async fn bind_image(&self, given: &str) -> Result<String, ApiError> {
+        let r = gate::image::parse(given).map_err(ApiError::BadRequest)?;
+        match (&r.repository, &r.digest) {
+            (Some(_), Some(_)) => Ok(r.pinned().unwrap_or_default()),
+            (None, Some(d)) => {
+                if self.gate.has_verdict(d).await? {
+                    Ok(d.clone())
+                } else {
+                    Err(ApiError::BadRequest(format!(
+                        "no verdict exists for the bare digest {d}, and it names no repository \
+                         to scan it from: bind REPOSITORY@{d} instead (or scan it ahead first)"
+                    )))
+                }
+            }
+            (Some(repo), None) => {
+                let wait = Duration::from_secs(self.config.gate.scan_deadline_seconds);
+                let digest = self.gate.resolve(&r, wait).await.map_err(|e| {
+                    ApiError::Upstream(format!("cannot resolve {r} to a digest: {e}"))
+                })?;
+                Ok(format!("{repo}@{digest}"))
+            }
+            (None, None) => Err(ApiError::BadRequest("image: no digest".into())),
+        }
+    }
+
+    /// Scans an image ahead (admin, `POST /v1/admin/scans`): a tag is resolved to its digest
+    /// first; waits at most `wait` for the verdict. Audited.
+    pub async fn scan_image(
+        &self,
+        req: &lanyard::wire::ScanRequest,
+        request_id: &str,
+    ) -> Result<lanyard::wire::VerdictResponse, ApiError> {
+        let r = gate::image::parse(&req.image).map_err(ApiError::BadRequest)?;
+        // Below the request deadline, so the answer is ours and not the deadline's 503.
+        let ceiling = (self.config.server.request_timeout_ms / 1000).saturating_sub(1).max(1);
+        let wait = Duration::from_secs(
+            req.wait_seconds
+                .unwrap_or(self.config.gate.scan_deadline_seconds)
+                .clamp(1, ceiling),
+        );
+        let (digest, result) = self
+            .gate
+            .scan_ahead(&r, wait, req.force)
+            .await
+            .map_err(|e| match e {
+                gate::GateError::BadImage(m) => ApiError::BadRequest(m),
+                gate::GateError::Registry(m) => ApiError::Upstream(m),
+                gate::GateError::Store(e) => ApiError::from(e),
+            })?;
+        let pinned = r.repository.as_ref().map(|repo| format!("{repo}@{digest}"));
+        let shown = pinned.clone().unwrap_or_else(|| digest.clone());
+        let resp = match result {
+            Some(Ok(_)) => self.verdict_response(&digest).await?,
+            Some(Err(e)) => {
+                let rec = AuditRecord::image_scan(self.now(), request_id, &shown, "error", "");
+                self.audit(rec).await?;
+                return Err(ApiError::ScanPending(format!("cannot scan {shown}: {e}")));
+            }
+            None => None,
+        };
+        let resp = resp.unwrap_or(lanyard::wire::VerdictResponse {
+            digest: digest.clone(),
+            image: pinned.clone(),
+            verdict: "pending".into(),
+            ruleset_version: None,
+            previous_ruleset: false,
+            findings: Vec::new(),
+            incomplete: Vec::new(),
+            platforms: Vec::new(),
+            scanned_at: None,
+            exemption: None,
+        });
+        let detail = if resp.findings.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} finding(s): {})",
+                resp.findings.len(),
+                resp.findings
+                    .iter()
+                    .take(5)
+                    .map(|f| f.rule.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let rec = AuditRecord::image_scan(self.now(), request_id, &shown, &resp.verdict, &detail);
+        self.audit(rec).await?;
+        Ok(lanyard::wire::VerdictResponse {
+            image: pinned.or(resp.image.clone()),
+            ..resp
+        })
+    }
+
+    /// The stored verdict for a digest, with the allowlist applied (admin).
+    pub async fn verdict_response(
+        &self,
+        digest: &str,
+    ) -> Result<Option<lanyard::wire::VerdictResponse>, ApiError> {
+        if !gate::image::is_digest(digest) {
+            return Err(ApiError::BadRequest(
+                "a verdict is looked up by digest: sha256: and 64 lowercase hex digits".into(),
+            ));
+        }
+        let exemption = self.store.exemption(digest).await?.map(|e| e.reason);
+        let Some((rec, lookup)) = self.gate.stored(digest).await? else {
+            return Ok(None);
+        };
+        let (verdict, findings, previous) = match lookup {
+            gate::Lookup::Verdict {
+                verdict,
+                findings,
+                previous_ruleset,
+                ..
+            } => (verdict, findings, previous_ruleset),
+            _ => (rec.verdict, rec.findings.clone(), false),
+        };
+        Ok(Some(lanyard::wire::VerdictResponse {
+            digest: digest.to_owned(),
+            image: rec.repository.as_ref().map(|r| format!("{r}@{digest}")),
+            verdict: match verdict {
+                lanyard_scan::Verdict::Clean => "clean",
+                lanyard_scan::Verdict::Dirty => "dirty",
+                lanyard_scan::Verdict::Incomplete => "incomplete",
+            }
+            .into(),
+            ruleset_version: Some(rec.ruleset_version.clone()),
+            previous_ruleset: previous,
+            findings: findings
+                .into_iter()
+                .map(|f| lanyard::wire::GateFinding {
+                    rule: f.rule,
+                    location_kind: f.location_kind,
+                    layer: f.layer,
+                    name: f.name,
+                    fingerprint: f.fingerprint,
+                    platform: f.platform,
+                })
+                .collect(),
+            incomplete: rec.incomplete.clone(),
+            platforms: rec.platforms.clone(),
+            scanned_at: Some(rfc3339(rec.scanned_at)),
+            exemption,
+        }))
+    }
+
+    /// Records an exemption of one digest from the gate (admin). Audited; its every use is
+    /// audited too.
+    pub async fn exempt_image(
+        &self,
+        req: &lanyard::wire::ExemptionRequest,
+        request_id: &str,
+    ) -> Result<(), ApiError> {
+        self.gate
+            .exempt(&req.digest, &req.reason)
+            .await
+            .map_err(|e| match e {
+                gate::GateError::Store(e) => ApiError::from(e),
+                other => ApiError::BadRequest(other.to_string()),
+            })?;
+        let rec = AuditRecord::image_exempt(self.now(), request_id, &req.digest, req.reason.trim());
+        self.audit(rec).await
     }
 
     /// Revokes an unredeemed bootstrap token (admin), even one a request is redeeming: that

@@ -31,6 +31,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "server",
     "reload_interval_seconds",
     "backends",
+    "gate",
 ];
 
 /// The whole broker configuration.
@@ -76,6 +77,182 @@ pub struct BrokerConfig {
     /// section is present; `jwt` is always there.
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// The image gate (`docs/GATE.md`).
+    #[serde(default)]
+    pub gate: GateConfig,
+}
+
+/// `gate.mode`: refuse, or only record what would be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMode {
+    /// Refuse credentials to a workload whose images are not clean.
+    #[default]
+    Enforce,
+    /// Issue, and audit and count what enforce mode would have refused (the rollout path).
+    Audit,
+}
+
+impl GateMode {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+/// `gate.unscanned`: what an image without a verdict gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unscanned {
+    /// Scan it now, waiting at most `scan_deadline_seconds` (then a retryable 503).
+    #[default]
+    Scan,
+    /// Refuse until it has been scanned ahead (`POST /v1/admin/scans`).
+    Deny,
+}
+
+/// `gate.unknown_workload`: what a gated identity with no trusted image source gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownWorkload {
+    /// Refuse.
+    #[default]
+    Deny,
+    /// Issue (audited with the reason every time).
+    Allow,
+}
+
+/// The image gate: verdicts, scans, registry credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// `enforce` (default) or `audit`; a policy rule's `gate_mode` overrides it.
+    #[serde(default)]
+    pub mode: GateMode,
+    /// `scan` (default) or `deny`.
+    #[serde(default)]
+    pub unscanned: Unscanned,
+    /// `deny` (default) or `allow`.
+    #[serde(default)]
+    pub unknown_workload: UnknownWorkload,
+    /// How long an issuance waits for an on-demand scan before a retryable 503 (the scan
+    /// goes on and stores its verdict).
+    #[serde(default = "default_scan_deadline")]
+    pub scan_deadline_seconds: u64,
+    /// Scans running at once; more wait their turn.
+    #[serde(default = "default_max_scans")]
+    pub max_concurrent_scans: usize,
+    /// Longest a single scan may run.
+    #[serde(default = "default_scan_timeout")]
+    pub scan_timeout_seconds: u64,
+    /// The platforms (`os/arch[/variant]`) of an image index that decide its verdict; empty:
+    /// every platform in the index.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Scanner allowlist file (`docs/SCANNER.md`), re-read when it changes; applied to stored
+    /// findings when a verdict is read, so a change needs no re-scan.
+    #[serde(default)]
+    pub allowlist_file: Option<PathBuf>,
+    /// Credentials per registry host, read from files at each scan; never from requests.
+    #[serde(default)]
+    pub registries: Vec<RegistryCredentials>,
+    /// Plain HTTP to registries on loopback addresses only (`lanyard-broker dev`, tests).
+    #[serde(default)]
+    pub insecure_loopback_registries: bool,
+}
+
+impl GateConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.scan_deadline_seconds == 0 || self.scan_deadline_seconds > 300 {
+            return Err(format!(
+                "field `gate.scan_deadline_seconds`: {} is outside 1 to 300",
+                self.scan_deadline_seconds
+            ));
+        }
+        if self.max_concurrent_scans == 0 || self.max_concurrent_scans > 64 {
+            return Err(format!(
+                "field `gate.max_concurrent_scans`: {} is outside 1 to 64",
+                self.max_concurrent_scans
+            ));
+        }
+        if self.scan_timeout_seconds < self.scan_deadline_seconds {
+            return Err("field `gate.scan_timeout_seconds`: below `gate.scan_deadline_seconds`".into());
+        }
+        for (i, p) in self.platforms.iter().enumerate() {
+            let parts = p.split('/').count();
+            if !(2..=3).contains(&parts) || p.split('/').any(str::is_empty) {
+                return Err(format!(
+                    "field `gate.platforms[{i}]`: `{p}` is not OS/ARCH[/VARIANT] (e.g. linux/amd64)"
+                ));
+            }
+        }
+        for (i, r) in self.registries.iter().enumerate() {
+            let at = format!("field `gate.registries[{i}]`");
+            if r.host.is_empty() || r.host.contains('/') {
+                return Err(format!("{at}.host: give HOST[:PORT], without a scheme or path"));
+            }
+            match (&r.username, &r.password_file, &r.token_file) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "{at} ({}): give `username` with `password_file`, or `token_file` alone",
+                        r.host
+                    ));
+                }
+            }
+            if self.registries[..i].iter().any(|o| o.host.eq_ignore_ascii_case(&r.host)) {
+                return Err(format!("{at}: host `{}` is listed twice", r.host));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_scan_deadline() -> u64 {
+    20
+}
+fn default_max_scans() -> usize {
+    2
+}
+fn default_scan_timeout() -> u64 {
+    600
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            mode: GateMode::default(),
+            unscanned: Unscanned::default(),
+            unknown_workload: UnknownWorkload::default(),
+            scan_deadline_seconds: default_scan_deadline(),
+            max_concurrent_scans: default_max_scans(),
+            scan_timeout_seconds: default_scan_timeout(),
+            platforms: Vec::new(),
+            allowlist_file: None,
+            registries: Vec::new(),
+            insecure_loopback_registries: false,
+        }
+    }
+}
+
+/// Credentials for one registry host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// `host[:port]` as in image references.
+    pub host: String,
+    /// User name for HTTP basic (and the registry's token flow); with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password or access token for `username`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// File holding a bearer token sent as is (instead of `username`/`password_file`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -945,6 +1122,14 @@ impl BrokerConfig {
         if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.gate.allowlist_file.as_mut() {
+            fix(p);
+        }
+        for r in &mut self.gate.registries {
+            for p in [r.password_file.as_mut(), r.token_file.as_mut()].into_iter().flatten() {
+                fix(p);
+            }
+        }
         if self.audit.sink != "stdout" {
             let mut p = PathBuf::from(&self.audit.sink);
             fix(&mut p);
@@ -972,6 +1157,15 @@ impl BrokerConfig {
 
     /// Cross-field checks that types cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.gate.check()?;
+        if self.gate.scan_deadline_seconds * 1000 >= self.server.request_timeout_ms {
+            return Err(format!(
+                "field `gate.scan_deadline_seconds`: {} s is not below `server.request_timeout_ms` \
+                 ({} ms); an issuance waiting for a scan would get the deadline's 503 instead of \
+                 the gate's answer",
+                self.gate.scan_deadline_seconds, self.server.request_timeout_ms
+            ));
+        }
         if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
             return Err(format!(
                 "field `public_url`: `{}` must be an http(s) URL",

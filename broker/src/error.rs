@@ -54,6 +54,14 @@ pub enum ApiError {
     /// settings. The message is the upstream's summary, which never holds a secret.
     #[error("{0}")]
     UpstreamRefused(String),
+    /// The image gate refused (403 `image_refused`): the message names the image, the rule
+    /// and the finding's location, never a secret.
+    #[error("{0}")]
+    ImageRefused(String),
+    /// The image gate is scanning, or could not reach the registry (503 `scan_pending`,
+    /// retryable).
+    #[error("{0}")]
+    ScanPending(String),
     /// The broker cannot serve yet (503).
     #[error("{0}")]
     NotReady(String),
@@ -81,6 +89,8 @@ impl ApiError {
             Self::Upstream(_) => ErrorCode::UpstreamUnavailable,
             Self::UpstreamRefused(_) => ErrorCode::UpstreamRefused,
             Self::NotReady(_) => ErrorCode::NotReady,
+            Self::ImageRefused(_) => ErrorCode::ImageRefused,
+            Self::ScanPending(_) => ErrorCode::ScanPending,
             Self::StoreUnavailable(_) => ErrorCode::StoreUnavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -148,6 +158,7 @@ fn is_retryable(code: ErrorCode) -> bool {
             | ErrorCode::NotReady
             | ErrorCode::DeadlineExceeded
             | ErrorCode::StoreUnavailable
+            | ErrorCode::ScanPending
     )
 }
 

@@ -24,8 +24,8 @@
 //! - [`error`]: the one mapping from errors to HTTP statuses and stable codes.
 //! - [`broker`]: the request pipeline (authenticate → authorize → issue → audit), orchestration
 //!   only: each step's work lives in the modules above.
-//! - `gate/` (coming next): the image gate — verdict store, admission records, webhook
-//!   decisions.
+//! - [`gate`]: the image gate — image references, the pure decision, and the service
+//!   around it (verdict lookups, single-flight scans, re-scans, exemptions).
 //! - [`server`]: HTTPS (reloading certificates, connection cap and deadlines), routes, admin
 //!   API, `run(listener, ..)`.
 //! - [`cli`]: the `lanyard-broker` command line; [`dev`]: `lanyard-broker dev`.
@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod gate;
 pub mod issue;
 pub mod metrics;
 pub mod policy;

@@ -77,6 +77,18 @@ pub struct Metrics {
     /// was last reloaded (Unix seconds). Sessions are refused (503) once it is older than
     /// `bootstrap.session_revocation_max_stale_seconds`.
     pub session_revocation_refreshed: Gauge,
+    /// `lanyard_gate_verdict_lookups_total{result}` (hit|miss|previous_ruleset): verdict
+    /// cache lookups of the image gate.
+    pub gate_verdict_lookups: IntCounterVec,
+    /// `lanyard_gate_scans_total{trigger,result}` (trigger demand|admin|rescan; result
+    /// clean|dirty|incomplete|error): image scans the gate ran.
+    pub gate_scans: IntCounterVec,
+    /// `lanyard_gate_scan_waiters_total`: requests that joined a scan already running for
+    /// their digest instead of starting one.
+    pub gate_scan_waiters: IntCounter,
+    /// `lanyard_gate_decisions_total{outcome,reason}` (outcome allow|deny|would_deny; reason
+    /// from `gate::Reason`).
+    pub gate_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -259,8 +271,32 @@ impl Metrics {
         registry
             .register(Box::new(session_revocation_refreshed.clone()))
             .expect("unique metric");
+        let gate_verdict_lookups = counter(
+            "lanyard_gate_verdict_lookups_total",
+            "Image gate verdict lookups by result (hit|miss|previous_ruleset).",
+            &["result"],
+        );
+        let gate_scans = counter(
+            "lanyard_gate_scans_total",
+            "Image scans run by the gate, by trigger (demand|admin|rescan) and result \
+             (clean|dirty|incomplete|error).",
+            &["trigger", "result"],
+        );
+        let gate_scan_waiters = int_counter(
+            "lanyard_gate_scan_waiters_total",
+            "Requests that joined a scan already running for their image digest.",
+        );
+        let gate_decisions = counter(
+            "lanyard_gate_decisions_total",
+            "Image gate decisions by outcome (allow|deny|would_deny) and reason.",
+            &["outcome", "reason"],
+        );
         Self {
             registry,
+            gate_verdict_lookups,
+            gate_scans,
+            gate_scan_waiters,
+            gate_decisions,
             audit_records_suppressed,
             audit_sink_writable,
             audit_write_failures,

@@ -156,6 +156,13 @@ pub enum ErrorCode {
     /// 503: the broker's store cannot be used for now (locked by another process, unreadable);
     /// retry later.
     StoreUnavailable,
+    /// 403: the image gate refused: an image the workload runs is dirty, incomplete or
+    /// unscanned, or its rule requires an image and none is known. The message names the
+    /// image, the rule and where the finding is (never the secret); fix the image.
+    ImageRefused,
+    /// 503: the image gate is scanning an image the workload runs (or could not reach its
+    /// registry); retry shortly.
+    ScanPending,
     /// 500: a bug or an unexpected local failure.
     Internal,
     /// Any code this client does not know yet.
@@ -179,6 +186,8 @@ impl ErrorCode {
             Self::NotReady => "not_ready",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::StoreUnavailable => "store_unavailable",
+            Self::ImageRefused => "image_refused",
+            Self::ScanPending => "scan_pending",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }
@@ -189,7 +198,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => 400,
             Self::Unauthenticated => 401,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::ImageRefused => 403,
             Self::NotFound => 404,
             Self::BodyTimeout => 408,
             Self::PayloadTooLarge => 413,
@@ -198,7 +207,8 @@ impl ErrorCode {
             Self::UpstreamUnavailable
             | Self::NotReady
             | Self::DeadlineExceeded
-            | Self::StoreUnavailable => 503,
+            | Self::StoreUnavailable
+            | Self::ScanPending => 503,
             Self::Internal | Self::Unknown => 500,
         }
     }
@@ -220,9 +230,89 @@ pub struct MintTokenRequest {
     /// `bootstrap.default_ttl_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
-    /// Image digest (`sha256:…`) the token is bound to, if any.
+    /// The image the token is bound to, if any: `HOST/REPOSITORY@sha256:…` (a tag is resolved
+    /// to its digest through the registry at mint time; a bare `sha256:…` only when the
+    /// broker already has a verdict for it). The image gate then checks it at every issuance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+}
+
+/// Admin API: `POST /v1/admin/scans` body — scan an image ahead (CI, right after a push).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    /// `HOST/REPOSITORY:TAG` or `HOST/REPOSITORY@sha256:…`.
+    pub image: String,
+    /// Scan again even if a verdict under the current ruleset exists.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for the verdict (default: the broker's `gate.scan_deadline_seconds`;
+    /// at most 300). The scan goes on after that; ask again for the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
+}
+
+/// One finding as the gate keeps it: rule and location, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateFinding {
+    /// Rule id.
+    pub rule: String,
+    /// `env`, `label`, `history` or `file`.
+    pub location_kind: String,
+    /// Layer index, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// The file's path, or the ENV, label or build-argument name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The scanner's fingerprint, for an allowlist entry.
+    pub fingerprint: String,
+    /// The platform, for an index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// Admin API: the answer of `POST /v1/admin/scans` and `GET /v1/admin/verdicts/{digest}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictResponse {
+    /// The manifest or index digest (a tag resolved).
+    pub digest: String,
+    /// `REPOSITORY@DIGEST`, when the repository is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `clean`, `dirty`, `incomplete`, or `pending` (the scan did not finish within the wait).
+    pub verdict: String,
+    /// The ruleset version of the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset_version: Option<String>,
+    /// The verdict is from an older ruleset (a re-scan is due).
+    #[serde(default)]
+    pub previous_ruleset: bool,
+    /// Findings that count, with the broker's allowlist applied.
+    #[serde(default)]
+    pub findings: Vec<GateFinding>,
+    /// Why the scan is incomplete.
+    #[serde(default)]
+    pub incomplete: Vec<String>,
+    /// Platforms scanned, for an index.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// When it was scanned (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned_at: Option<String>,
+    /// The exemption's reason, if the digest is exempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exemption: Option<String>,
+}
+
+/// Admin API: `POST /v1/admin/exemptions` body — exempt one image digest from the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExemptionRequest {
+    /// `sha256:…`.
+    pub digest: String,
+    /// Why (required; in every audit record of the exemption's use).
+    pub reason: String,
 }
 
 /// Admin API: `POST /v1/admin/tokens` response.
@@ -282,6 +372,8 @@ mod tests {
             ErrorCode::NotReady,
             ErrorCode::DeadlineExceeded,
             ErrorCode::StoreUnavailable,
+            ErrorCode::ImageRefused,
+            ErrorCode::ScanPending,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");

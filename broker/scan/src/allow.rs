@@ -114,6 +114,29 @@ impl Allowlist {
         Allowlist::parse(&text, &path.display().to_string())
     }
 
+    /// The reason a finding known only by its rule, fingerprint and (for a file) path is
+    /// allowed, if an entry matches it: what a stored findings summary is re-evaluated with
+    /// when the allowlist changes, without a re-scan. Pure; agrees with [`Self::reason_for`].
+    pub fn reason_for_summary(
+        &self,
+        rule: &str,
+        fingerprint: &str,
+        file_path: Option<&str>,
+    ) -> Option<&str> {
+        self.entries.iter().find_map(|e| {
+            if e.rule.as_deref().is_some_and(|r| r != rule) {
+                return None;
+            }
+            let hit = match &e.matcher {
+                Matcher::Fingerprint(fp) => fp == fingerprint,
+                Matcher::Path(g) => {
+                    file_path.is_some_and(|p| g.is_match(p.split("!/").next().unwrap_or(p)))
+                }
+            };
+            hit.then_some(e.reason.as_str())
+        })
+    }
+
     /// The reason a finding is allowed, if an entry matches it. Pure.
     pub fn reason_for(&self, f: &Finding) -> Option<&str> {
         self.entries.iter().find_map(|e| {

@@ -96,6 +96,19 @@ pub async fn scan(source: &Source, opts: &ScanOptions) -> Result<Report, ScanErr
     result
 }
 
+/// Resolves a registry reference (`HOST/REPO:TAG` or `HOST/REPO@DIGEST`, without the
+/// `registry://` scheme) to the digest of the manifest or index it names now, with one
+/// manifest fetch. Tags move; the digest is what a verdict is keyed by.
+pub async fn resolve_digest(reference: &str, opts: &ScanOptions) -> Result<String, ScanError> {
+    let fut = registry::resolve(reference, opts);
+    match opts.timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ScanError::Timeout(t))?,
+        None => fut.await,
+    }
+}
+
 /// Plans a local source without reading its layers: the outer archive's table of contents,
 /// `manifest.json` or `index.json`, tag and platform selection, and the digest check of every
 /// manifest and config. Returns each image's digest and names. Blocking; for the
@@ -124,9 +137,11 @@ async fn scan_inner(
     internal: Arc<AtomicBool>,
 ) -> Result<Report, ScanError> {
     let rules = RuleSet::builtin();
+    let mut resolved = None;
     let (blobs, images) = match source {
         Source::Registry(r) => {
-            let (remote, images) = registry::plan(r, opts).await?;
+            let (remote, images, digest) = registry::plan(r, opts).await?;
+            resolved = Some(digest);
             (Blobs::Registry(remote), images)
         }
         local => {
@@ -151,6 +166,7 @@ async fn scan_inner(
         scanner_version: env!("CARGO_PKG_VERSION").to_owned(),
         ruleset_version: rules.version.clone(),
         source: source.display(),
+        resolved_digest: resolved,
         verdict: Report::combine(&reports),
         images: reports,
     })

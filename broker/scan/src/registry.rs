@@ -224,12 +224,47 @@ fn reg_err(what: &str, e: impl fmt::Display) -> ScanError {
     ScanError::Registry(format!("{what}: {msg}"))
 }
 
-/// Resolves a `registry://` reference (without the scheme) to the images to scan: fetches and
-/// checks the manifest or index, picks the platforms, fetches and checks each config.
-pub(crate) async fn plan(
+/// Resolves a `registry://` reference (without the scheme) to the digest of the manifest or
+/// index it names now: a tag is looked up in the registry, a digest is checked against the
+/// bytes the registry serves under it. One manifest fetch; nothing else is read.
+pub(crate) async fn resolve(r: &str, opts: &ScanOptions) -> Result<String, ScanError> {
+    let (client, reference, a) = connect(r, opts).await?;
+    let (bytes, _) = client
+        .pull_manifest_raw(&reference, &a, ACCEPT)
+        .await
+        .map_err(|e| reg_err(&format!("fetching the manifest of {r}"), e))?;
+    top_digest(r, &reference, &bytes)
+}
+
+/// The digest of the manifest bytes a reference named: checked against a pinned digest (under
+/// its own algorithm; an unknown one is refused), else their SHA-256.
+fn top_digest(
+    r: &str,
+    reference: &oci_client::Reference,
+    bytes: &[u8],
+) -> Result<String, ScanError> {
+    match reference.digest() {
+        Some(d) => {
+            verify_digest(d, bytes)
+                .map_err(|e| ScanError::Registry(format!("the manifest of {r}: {e}")))?;
+            Ok(d.to_owned())
+        }
+        None => Ok(sha256_digest(bytes)),
+    }
+}
+
+/// Parses the reference, builds the client and authenticates.
+async fn connect(
     r: &str,
     opts: &ScanOptions,
-) -> Result<(Remote, Vec<PlannedImage>), ScanError> {
+) -> Result<
+    (
+        Arc<oci_client::Client>,
+        oci_client::Reference,
+        oci_client::secrets::RegistryAuth,
+    ),
+    ScanError,
+> {
     let reference: oci_client::Reference = r
         .parse()
         .map_err(|e| ScanError::BadSource(format!("registry://{r}: {e}")))?;
@@ -270,20 +305,25 @@ pub(crate) async fn plan(
             Err(e) => return Err(reg_err(&format!("authenticating to {host}"), e)),
         }
     }
+    Ok((client, reference, a))
+}
+
+/// Resolves a `registry://` reference (without the scheme) to the images to scan: fetches and
+/// checks the manifest or index, picks the platforms, fetches and checks each config. Also
+/// returns the digest of the manifest or index the reference named.
+pub(crate) async fn plan(
+    r: &str,
+    opts: &ScanOptions,
+) -> Result<(Remote, Vec<PlannedImage>, String), ScanError> {
+    let (client, reference, a) = connect(r, opts).await?;
     let (bytes, _) = client
         .pull_manifest_raw(&reference, &a, ACCEPT)
         .await
         .map_err(|e| reg_err(&format!("fetching the manifest of {r}"), e))?;
     // Pinned by digest: verified under the digest's own algorithm (an unknown one is refused);
     // by tag: the manifest is named by its SHA-256.
-    let top_digest = match reference.digest() {
-        Some(d) => {
-            verify_digest(d, &bytes)
-                .map_err(|e| ScanError::Registry(format!("the manifest of {r}: {e}")))?;
-            d.to_owned()
-        }
-        None => sha256_digest(&bytes),
-    };
+    let top_digest = top_digest(r, &reference, &bytes)?;
+    let resolved = top_digest.clone();
     let names = reference
         .tag()
         .map(|t| vec![format!("{}:{t}", reference.repository())])
@@ -337,7 +377,7 @@ pub(crate) async fn plan(
             }
         }
     }
-    Ok((Remote { client, reference }, images))
+    Ok((Remote { client, reference }, images, resolved))
 }
 
 /// Fetches and checks an image's config (the client is authenticated by the manifest pull).

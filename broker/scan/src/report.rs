@@ -255,6 +255,10 @@ pub struct Report {
     pub ruleset_version: String,
     /// The source as given (credentials never included).
     pub source: String,
+    /// For a registry source: the digest of the manifest or index the reference named when
+    /// it was scanned (a tag resolved).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resolved_digest: Option<String>,
     /// Worst verdict over all images (dirty > incomplete > clean).
     pub verdict: Verdict,
     /// Per-image results.

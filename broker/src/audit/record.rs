@@ -21,6 +21,13 @@
 //! | [`AuditRecord::segment_start`] | `audit_segment`, allow | segment (the first record of each segment after the first, [`super::segment`]) |
 //! | [`AuditRecord::tail_cut`] | `audit_repair`, deny | cut bytes (an incomplete record cut from the log at start) |
 //! | [`AuditRecord::sink_recovered`] | `audit_repair`, deny | cut bytes, suppressed (records refused while the sink could not write) |
+//! | [`AuditRecord::gate_denial`] | `deny`, deny | request, identity, role, image, gate (`deny:<reason>`); the reason names the image, rule and finding location |
+//! | [`AuditRecord::gate_note`] | `gate`, allow | request, identity, role, image, gate (`would_deny:<reason>` in audit mode, `allow:exempted`, `allow:unknown_workload`) |
+//! | [`AuditRecord::image_scan`] | `image_scan`, allow / deny | request, image, gate (`verdict:<verdict>`) — an operator's scan ahead |
+//! | [`AuditRecord::image_exempt`] | `image_exempt`, allow | request, image (the digest); the reason is the operator's |
+//!
+//! An `issue` record carries `gate` too: the gate's outcome and reason for it (`allow:clean`,
+//! `allow:no_image`, ...).
 //!
 //! "Identity" is the subject and its issuer.
 
@@ -63,6 +70,13 @@ pub enum Event {
     /// The audit log was repaired: an incomplete record was cut, or the sink recovered
     /// after it could not write.
     AuditRepair,
+    /// The image gate let an issuance through that deserves a record of its own: audit mode
+    /// (what enforce mode would have refused), an exemption used, an unknown workload allowed.
+    Gate,
+    /// An operator scanned an image ahead.
+    ImageScan,
+    /// An operator exempted an image digest from the gate.
+    ImageExempt,
 }
 
 impl Event {
@@ -79,6 +93,9 @@ impl Event {
             Self::PolicyReload => "policy_reload",
             Self::AuditSegment => "audit_segment",
             Self::AuditRepair => "audit_repair",
+            Self::Gate => "gate",
+            Self::ImageScan => "image_scan",
+            Self::ImageExempt => "image_exempt",
         }
     }
 }
@@ -158,6 +175,9 @@ pub struct AuditRecord {
     /// Bytes an `audit_repair` record says were cut from the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut_bytes: Option<u64>,
+    /// The image gate's outcome and reason (`allow:clean`, `deny:dirty`, `would_deny:dirty`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 impl AuditRecord {
@@ -185,6 +205,7 @@ impl AuditRecord {
             suppressed: None,
             segment: None,
             cut_bytes: None,
+            gate: None,
         }
     }
 
@@ -213,6 +234,7 @@ impl AuditRecord {
             suppressed: _,
             segment: _,
             cut_bytes: _,
+            gate,
         } = self;
         let optional = [
             request_id,
@@ -227,6 +249,7 @@ impl AuditRecord {
             fingerprint,
             upstream_lease,
             source,
+            gate,
         ];
         let mut fields = vec![time, reason];
         fields.extend(optional.into_iter().flatten());
@@ -286,6 +309,84 @@ impl AuditRecord {
         rec.ttl_clamped = granted.clamped;
         rec.expires_at = Some(rfc3339(granted.expires_at));
         rec.image = bootstrap_image(identity);
+        rec
+    }
+
+    /// Adds the image gate's outcome to a record (an `issue` record: why the gate let it
+    /// through).
+    pub fn with_gate(mut self, decision: &crate::gate::Decision) -> Self {
+        self.gate = Some(format!(
+            "{}:{}",
+            decision.outcome.as_str(),
+            decision.reason.as_str()
+        ));
+        self
+    }
+
+    /// The image gate refused `role` to `identity`.
+    pub fn gate_denial(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        role: &str,
+        decision: &crate::gate::Decision,
+    ) -> Self {
+        let reason = format!("image_gate {}: {}", decision.reason.as_str(), decision.detail);
+        let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason)
+            .request(request_id)
+            .identity(identity)
+            .with_gate(decision);
+        rec.role = Some(role.to_owned());
+        rec.image = gate_images(decision).or_else(|| bootstrap_image(identity));
+        rec
+    }
+
+    /// The image gate let `role` through for `identity` in a way that is recorded on its own:
+    /// audit mode's "would deny", an exemption used, an unknown workload allowed.
+    pub fn gate_note(
+        now: SystemTime,
+        request_id: &str,
+        identity: &Identity,
+        role: &str,
+        decision: &crate::gate::Decision,
+    ) -> Self {
+        let reason = match decision.outcome {
+            crate::gate::Outcome::WouldDeny => format!(
+                "image_gate would deny ({}; gate mode audit): {}",
+                decision.reason.as_str(),
+                decision.detail
+            ),
+            _ => format!("image_gate {}: {}", decision.reason.as_str(), decision.detail),
+        };
+        let mut rec = Self::at(now, Event::Gate, Decision::Allow, reason)
+            .request(request_id)
+            .identity(identity)
+            .with_gate(decision);
+        rec.role = Some(role.to_owned());
+        rec.image = gate_images(decision).or_else(|| bootstrap_image(identity));
+        rec
+    }
+
+    /// An operator scanned `image` ahead; `verdict` is `clean`, `dirty`, `incomplete`,
+    /// `pending` or `error`.
+    pub fn image_scan(now: SystemTime, request_id: &str, image: &str, verdict: &str, detail: &str) -> Self {
+        let decision = if verdict == "clean" {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        };
+        let mut rec = Self::at(now, Event::ImageScan, decision, format!("scan ahead: {verdict}{detail}"))
+            .request(request_id);
+        rec.image = Some(image.to_owned());
+        rec.gate = Some(format!("verdict:{verdict}"));
+        rec
+    }
+
+    /// An operator exempted `digest` from the gate, for `reason`.
+    pub fn image_exempt(now: SystemTime, request_id: &str, digest: &str, reason: &str) -> Self {
+        let mut rec = Self::at(now, Event::ImageExempt, Decision::Allow, format!("exemption recorded: {reason}"))
+            .request(request_id);
+        rec.image = Some(digest.to_owned());
         rec
     }
 
@@ -563,6 +664,10 @@ impl AuditRecord {
         );
         Self::at(now, Event::PolicyReload, Decision::Deny, reason)
     }
+}
+
+fn gate_images(decision: &crate::gate::Decision) -> Option<String> {
+    (!decision.images.is_empty()).then(|| decision.images.join(", "))
 }
 
 fn bootstrap_image(identity: &Identity) -> Option<String> {

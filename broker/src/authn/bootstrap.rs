@@ -168,11 +168,10 @@ fn well_formed(token: &str) -> bool {
     )
 }
 
-/// Whether `image` is a digest reference `sha256:` + 64 lowercase hex.
+/// Whether `image` is a pinned reference the gate can trust: `repo@sha256:…` or a bare
+/// `sha256:` + 64 lowercase hex ([`crate::gate::image::parse_pinned`]).
 fn valid_image_digest(image: &str) -> bool {
-    image.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    crate::gate::image::parse_pinned(image).is_ok()
 }
 
 fn validate(roles: &[String], ttl: Duration, image: Option<&str>) -> Result<(), MintError> {
@@ -197,8 +196,8 @@ fn validate(roles: &[String], ttl: Duration, image: Option<&str>) -> Result<(), 
     {
         // The value is not a secret, but it is caller input: say its length, not echo it.
         return Err(MintError::Invalid(format!(
-            "image must be a digest of the form `sha256:` followed by 64 lowercase hex \
-             characters (got {} characters)",
+            "image must be REPOSITORY@sha256:DIGEST or a digest of the form `sha256:` followed \
+             by 64 lowercase hex characters (got {} characters)",
             image.len()
         )));
     }
@@ -1306,6 +1305,7 @@ mod tests {
         assert!(m.contains("1 second"), "{m}");
         for image in [
             "latest",
+            "registry.example.com/shop/api:1",
             "sha256:abc",
             &IMAGE.to_uppercase(),
             &format!("{IMAGE}0"),

@@ -229,7 +229,8 @@ fn matches(selector: &Selector, identity: &Identity) -> bool {
         || selector.namespace.is_some()
         || selector.service_account.is_some()
         || selector.subject.is_some()
-        || selector.bootstrap_role.is_some();
+        || selector.bootstrap_role.is_some()
+        || selector.image_repository.is_some();
     any_set && mismatches(selector, identity).is_empty()
 }
 
@@ -305,6 +306,18 @@ fn mismatches(selector: &Selector, identity: &Identity) -> Vec<Mismatch> {
                 );
             }
             Some(_) => {}
+        }
+    }
+    if let Some(p) = &selector.image_repository {
+        let repos = crate::gate::image_repositories(identity);
+        match repos.iter().find(|r| !p.is_match(r)) {
+            _ if repos.is_empty() => miss(
+                "image_repository",
+                &p.source,
+                "no image from a trusted source".to_owned(),
+            ),
+            Some(r) => miss("image_repository", &p.source, format!("{r:?}")),
+            None => {}
         }
     }
     out

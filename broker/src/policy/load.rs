@@ -33,13 +33,14 @@ const ROLE_FIELDS: &[&str] = &[
     "default_ttl_seconds",
     "settings",
 ];
-const RULE_FIELDS: &[&str] = &["name", "match", "roles"];
+const RULE_FIELDS: &[&str] = &["name", "match", "roles", "require_image", "gate_mode"];
 const MATCH_FIELDS: &[&str] = &[
     "issuer",
     "namespace",
     "service_account",
     "subject",
     "bootstrap_role",
+    "image_repository",
 ];
 
 /// Parses a role's settings for its backend at load (for the broker:
@@ -839,6 +840,37 @@ impl FileCx<'_> {
             }),
         };
 
+        let require_image = match get("require_image") {
+            None => false,
+            Some(f) => match self.string(f, &owner).as_deref() {
+                Some("true") => true,
+                Some("false") => false,
+                Some(_) => {
+                    self.error(
+                        f.key_line,
+                        format!("{owner}: require_image must be true or false"),
+                    );
+                    false
+                }
+                None => false,
+            },
+        };
+        let gate_mode = match get("gate_mode") {
+            None => None,
+            Some(f) => match self.string(f, &owner).as_deref() {
+                Some("enforce") => Some(crate::config::GateMode::Enforce),
+                Some("audit") => Some(crate::config::GateMode::Audit),
+                Some(_) => {
+                    self.error(
+                        f.key_line,
+                        format!("{owner}: gate_mode must be `enforce` or `audit`"),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+
         if self.out.errors.len() != errors_before {
             return;
         }
@@ -847,6 +879,8 @@ impl FileCx<'_> {
                 name,
                 selector,
                 roles,
+                require_image,
+                gate_mode,
                 location,
             });
         }
@@ -897,6 +931,7 @@ impl FileCx<'_> {
                     Ok(pattern) => match field {
                         "namespace" => selector.namespace = Some(pattern),
                         "service_account" => selector.service_account = Some(pattern),
+                        "image_repository" => selector.image_repository = Some(pattern),
                         _ => selector.subject = Some(pattern),
                     },
                     Err(err) => {

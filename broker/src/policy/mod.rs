@@ -73,6 +73,11 @@ pub struct Rule {
     pub selector: Selector,
     /// Roles granted.
     pub roles: Vec<String>,
+    /// `require_image: true`: the image gate applies even to identities that name no image
+    /// (they are refused: `docs/GATE.md`).
+    pub require_image: bool,
+    /// `gate_mode`: this rule's gate mode, overriding `gate.mode`.
+    pub gate_mode: Option<crate::config::GateMode>,
     /// Where the rule was declared.
     pub location: Location,
 }
@@ -91,6 +96,9 @@ pub struct Selector {
     pub subject: Option<Pattern>,
     /// Matches identities that redeemed a bootstrap token minted for this role.
     pub bootstrap_role: Option<String>,
+    /// Image repository (`host/path`), glob: every image the workload runs, from a trusted
+    /// source, must match (an identity with no image never does).
+    pub image_repository: Option<Pattern>,
 }
 
 /// A compiled glob pattern that remembers its source text.

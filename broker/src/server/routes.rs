@@ -13,7 +13,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json};
-use lanyard::wire::{CredentialRequest, ErrorCode, MintTokenRequest, RevokeSessionRequest};
+use lanyard::wire::{
+    CredentialRequest, ErrorCode, ExemptionRequest, MintTokenRequest, RevokeSessionRequest,
+    ScanRequest,
+};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -41,6 +44,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/sessions/revoke", post(revoke_session_by_token))
         .route("/v1/admin/explain", post(explain))
         .route("/v1/admin/reload", post(reload))
+        .route("/v1/admin/scans", post(scan_image))
+        .route("/v1/admin/verdicts/{digest}", get(get_verdict))
+        .route("/v1/admin/exemptions", post(exempt_image))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -313,6 +319,88 @@ async fn mint_token(
             StatusCode::CREATED,
             [(header::CACHE_CONTROL, "no-store")],
             Json(r),
+        )
+            .into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// `POST /v1/admin/scans`: scan an image ahead; 200 with the verdict, or 202 with
+/// `verdict: pending` when the scan did not finish within the wait (it goes on).
+async fn scan_image(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(&broker, &conn, &headers, "POST /v1/admin/scans", &request_id).await?;
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: ScanRequest = body_json(body, limit, false)?
+            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        broker.scan_image(&req, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(r) if r.verdict == "pending" => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// `GET /v1/admin/verdicts/{digest}`: the stored verdict, allowlist applied.
+async fn get_verdict(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "GET /v1/admin/verdicts/{digest}",
+            &request_id,
+        )
+        .await?;
+        broker.verdict_response(&digest).await?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no verdict for {}; scan it with `lanyard-broker image scan`",
+                digest.chars().take(80).collect::<String>()
+            ))
+        })
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// `POST /v1/admin/exemptions`: exempt one digest from the gate, with a reason.
+async fn exempt_image(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(&broker, &conn, &headers, "POST /v1/admin/exemptions", &request_id).await?;
+        let limit = broker.config().limits.max_request_body_bytes;
+        let req: ExemptionRequest = body_json(body, limit, false)?
+            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        broker.exempt_image(&req, &request_id).await?;
+        Ok::<_, ApiError>(req.digest)
+    }
+    .await;
+    match result {
+        Ok(digest) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"digest": digest, "exempted": true})),
         )
             .into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
