@@ -29,9 +29,12 @@ Examples:
   lanyard-broker audit verify /var/lib/lanyard/audit.log
   lanyard-broker audit query /var/lib/lanyard/audit.log --decision deny --since 2026-11-01T00:00:00Z
   lanyard-broker scan oci-archive:app.oci.tar --format sarif > scan.sarif
+  lanyard-broker image scan registry.example.com/shop/api:1.4   # scan ahead in CI; needs the admin variables too
+  lanyard-broker image verdict registry.example.com/shop/api@sha256:…
+  lanyard-broker image exempt sha256:… --reason \"vendor test key, INC-42\"
 
 Exit codes: 0 success, 1 failure (invalid policy, broken audit chain, refused request), 2 usage error.
-`scan`: 0 clean, 1 secrets found, 2 error or incomplete scan.
+`scan`, `image scan`, `image verdict`: 0 clean, 1 secrets found, 2 error, incomplete or still pending.
 Docs: docs/ARCHITECTURE.md, docs/CONFIG.md, docs/POLICIES.md, docs/API.md, docs/SCANNER.md";
 
 /// lanyard broker: short-lived, scoped credentials for workloads, so images hold none.
@@ -113,6 +116,61 @@ enum Command {
     /// Scan a container image for baked-in secrets (config, history, every layer).
     /// Exit 0 clean, 1 secrets found, 2 error or incomplete. See docs/SCANNER.md.
     Scan(ScanArgs),
+    /// The image gate of a running broker (admin API): scan ahead, show verdicts, exempt.
+    /// See docs/GATE.md.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `lanyard-broker image …`.
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Ask the broker to scan an image now (CI, right after a push), so that issuance and
+    /// admission find a verdict instead of scanning. A tag is resolved to its digest through
+    /// the registry; the verdict is stored under the digest and the scanner's ruleset version.
+    /// Prints the verdict, the findings' locations (never a secret) and the pinned reference
+    /// to bind into bootstrap tokens. Exit 0 clean, 1 dirty, 2 incomplete, failed or still
+    /// pending (the scan goes on in the broker; ask again with `image verdict`).
+    #[command(after_help = "Example:\n  lanyard-broker image scan --broker https://lanyard:8443 registry.example.com/shop/api:1.4\n\nThe broker reads registry credentials from its own configuration (gate.registries), never from this command.")]
+    Scan {
+        /// HOST/REPOSITORY:TAG or HOST/REPOSITORY@sha256:DIGEST.
+        image: String,
+        /// Scan again even if a verdict under the current ruleset exists.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the verdict (default: the broker's gate.scan_deadline_seconds).
+        #[arg(long)]
+        wait: Option<u64>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the stored verdict of an image digest, with the broker's allowlist applied, and
+    /// its exemption if any. Exit 0 clean, 1 dirty, 2 incomplete or no verdict.
+    Verdict {
+        /// sha256:DIGEST or HOST/REPOSITORY@sha256:DIGEST (for a tag, use `image scan`, which
+        /// answers from the stored verdict when there is one).
+        image: String,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Exempt one image digest from the gate: a dirty or incomplete verdict no longer refuses
+    /// it. Every use is audited with the reason. Prefer fixing the image; an allowlist entry
+    /// (gate.allowlist_file) is better for a known false positive.
+    Exempt {
+        /// sha256:DIGEST (an exemption is per digest, never per tag or repository).
+        digest: String,
+        /// Why (required): shown in every audit record of the exemption's use.
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +248,9 @@ enum TokenCommand {
         /// `bootstrap.default_ttl_seconds`, 10m unless configured).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
-        /// Bind the token to an image digest (`sha256:<64 hex>`).
+        /// Bind the token to the image the workload runs: `HOST/REPO@sha256:…`, or
+        /// `HOST/REPO:TAG` (the broker resolves the tag to its digest now). The image gate
+        /// then checks that image at every issuance (docs/GATE.md).
         #[arg(long)]
         image: Option<String>,
         /// Print the full JSON answer instead of the bare token.
@@ -513,6 +573,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             println!("{}", String::from_utf8_lossy(&body));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(cmd) => image_command(cmd).await,
         Command::Reload { admin } => {
             let body =
                 admin_call::<()>(&admin, reqwest::Method::POST, "/v1/admin/reload", None).await?;
@@ -864,6 +925,112 @@ async fn revoke(
             }
         }
         Err((_, message)) => Err(message),
+    }
+}
+
+async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
+    use lanyard::wire::{ExemptionRequest, ScanRequest, VerdictResponse};
+    let show = |v: &VerdictResponse, json: bool| -> Result<ExitCode, String> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?);
+        } else {
+            println!(
+                "{}: {}{}",
+                v.image.as_deref().unwrap_or(&v.digest),
+                v.verdict,
+                if v.previous_ruleset {
+                    " (previous ruleset; a re-scan is due)"
+                } else {
+                    ""
+                }
+            );
+            for f in &v.findings {
+                println!(
+                    "  {}",
+                    crate::gate::decide::describe_finding(&crate::store::FindingSummary {
+                        rule: f.rule.clone(),
+                        location_kind: f.location_kind.clone(),
+                        layer: f.layer,
+                        name: f.name.clone(),
+                        fingerprint: f.fingerprint.clone(),
+                        platform: f.platform.clone(),
+                    }) + &format!("  {}", f.fingerprint)
+                );
+            }
+            for i in &v.incomplete {
+                println!("  incomplete: {i}");
+            }
+            if let Some(e) = &v.exemption {
+                println!("  exempted: {e}");
+            }
+            if let Some(r) = &v.ruleset_version {
+                println!("  ruleset {r}, scanned {}", v.scanned_at.as_deref().unwrap_or("-"));
+            }
+        }
+        Ok(match v.verdict.as_str() {
+            "clean" => ExitCode::SUCCESS,
+            "dirty" => ExitCode::from(1),
+            _ => ExitCode::from(2),
+        })
+    };
+    match cmd {
+        ImageCommand::Scan {
+            image,
+            force,
+            wait,
+            json,
+            admin,
+        } => {
+            let req = ScanRequest {
+                image,
+                force,
+                wait_seconds: wait,
+            };
+            let body =
+                admin_call(&admin, reqwest::Method::POST, "/v1/admin/scans", Some(&req)).await?;
+            let v: VerdictResponse = serde_json::from_slice(&body)
+                .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
+            if v.verdict == "pending" && !json {
+                eprintln!(
+                    "the scan of {} is still running in the broker; ask again with `lanyard-broker image verdict {}`",
+                    v.image.as_deref().unwrap_or(&v.digest),
+                    v.digest
+                );
+            }
+            show(&v, json)
+        }
+        ImageCommand::Verdict { image, json, admin } => {
+            let r = crate::gate::image::parse(&image)?;
+            let digest = r.digest.ok_or_else(|| {
+                format!("{image} names no digest; use `lanyard-broker image scan {image}`")
+            })?;
+            let body = admin_call::<()>(
+                &admin,
+                reqwest::Method::GET,
+                &format!("/v1/admin/verdicts/{digest}"),
+                None,
+            )
+            .await?;
+            let v: VerdictResponse = serde_json::from_slice(&body)
+                .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
+            show(&v, json)
+        }
+        ImageCommand::Exempt {
+            digest,
+            reason,
+            admin,
+        } => {
+            let req = ExemptionRequest { digest, reason };
+            admin_call(
+                &admin,
+                reqwest::Method::POST,
+                "/v1/admin/exemptions",
+                Some(&req),
+            )
+            .await?;
+            println!("exempted {} from the image gate (every use is audited)", req.digest);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

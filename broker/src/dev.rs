@@ -237,6 +237,8 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
          admin:\n  token_file: admin-token\n\
          store:\n  sqlite_path: store.db\n\
          audit:\n  sink: audit.log\n\
+         # The image gate checks every image-bound token; plain HTTP to loopback registries only.\n\
+         gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n\
          reload_interval_seconds: 2\n",
         cfg = config_file.display(),
         policies = policies.display(),
@@ -306,6 +308,11 @@ pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
          lanyard-sidecar init --broker {url} --ca {ca} --bootstrap-token-file /tmp/lanyard-token --dir /tmp/lanyard-secrets\n  \
          curl --cacert {ca} {url}/v1/jwks\n  \
          lanyard-broker audit verify {d}/audit.log\n\n\
+         The image gate, with a local registry (e.g. `docker-registry serve` on 127.0.0.1:5000):\n  \
+         lanyard-broker image scan 127.0.0.1:5000/app:1          # scan ahead; prints the verdict and app@sha256:…\n  \
+         lanyard-broker token create --role {role} --image 127.0.0.1:5000/app:1 > /tmp/lanyard-token\n  \
+         curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat /tmp/lanyard-token)\" {url}/v1/credentials\n  \
+         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n\n\
          Ctrl-C stops.\n",
         url = env.url,
         admin = env.admin_token_file.display(),
