@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(r.tag.as_deref(), Some("v2"));
         assert_eq!(r.pinned(), Some(format!("localhost/app@{D}")));
         let r = parse(D).expect("bare");
-        assert_eq!((r.repository, r.pinned()), (None, Some(D.to_owned())));
+        assert_eq!((r.repository.clone(), r.pinned()), (None, Some(D.to_owned())));
     }
 
     #[test]
