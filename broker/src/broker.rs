@@ -714,7 +714,14 @@ impl Broker {
         let mut credentials = Vec::with_capacity(decision.granted.len());
         for (grant, gate_decision) in decision.granted.iter().zip(&gated) {
             let credential = self
-                .issue_one(&set, identity, grant, gate_decision, req.ttl_seconds, request_id)
+                .issue_one(
+                    &set,
+                    identity,
+                    grant,
+                    gate_decision,
+                    req.ttl_seconds,
+                    request_id,
+                )
                 .await?;
             credentials.push(credential);
         }
@@ -763,13 +770,8 @@ impl Broker {
                         .denials
                         .with_label_values(&[&grant.role, "image_gate"])
                         .inc();
-                    let rec = AuditRecord::gate_denial(
-                        self.now(),
-                        request_id,
-                        identity,
-                        &grant.role,
-                        &d,
-                    );
+                    let rec =
+                        AuditRecord::gate_denial(self.now(), request_id, identity, &grant.role, &d);
                     self.audit(rec).await?;
                     let message = format!("role `{}`: {}", grant.role, d.detail);
                     return Err(if d.retryable {
@@ -1061,21 +1063,23 @@ impl Broker {
     ) -> Result<lanyard::wire::VerdictResponse, ApiError> {
         let r = gate::image::parse(&req.image).map_err(ApiError::BadRequest)?;
         // Below the request deadline, so the answer is ours and not the deadline's 503.
-        let ceiling = (self.config.server.request_timeout_ms / 1000).saturating_sub(1).max(1);
+        let ceiling = (self.config.server.request_timeout_ms / 1000)
+            .saturating_sub(1)
+            .max(1);
         let wait = Duration::from_secs(
             req.wait_seconds
                 .unwrap_or(self.config.gate.scan_deadline_seconds)
                 .clamp(1, ceiling),
         );
-        let (digest, result) = self
-            .gate
-            .scan_ahead(&r, wait, req.force)
-            .await
-            .map_err(|e| match e {
-                gate::GateError::BadImage(m) => ApiError::BadRequest(m),
-                gate::GateError::Registry(m) => ApiError::Upstream(m),
-                gate::GateError::Store(e) => ApiError::from(e),
-            })?;
+        let (digest, result) =
+            self.gate
+                .scan_ahead(&r, wait, req.force)
+                .await
+                .map_err(|e| match e {
+                    gate::GateError::BadImage(m) => ApiError::BadRequest(m),
+                    gate::GateError::Registry(m) => ApiError::Upstream(m),
+                    gate::GateError::Store(e) => ApiError::from(e),
+                })?;
         let pinned = r.repository.as_ref().map(|repo| format!("{repo}@{digest}"));
         let shown = pinned.clone().unwrap_or_else(|| digest.clone());
         let resp = match result {

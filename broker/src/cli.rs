@@ -131,7 +131,9 @@ enum ImageCommand {
     /// Prints the verdict, the findings' locations (never a secret) and the pinned reference
     /// to bind into bootstrap tokens. Exit 0 clean, 1 dirty, 2 incomplete, failed or still
     /// pending (the scan goes on in the broker; ask again with `image verdict`).
-    #[command(after_help = "Example:\n  lanyard-broker image scan --broker https://lanyard:8443 registry.example.com/shop/api:1.4\n\nThe broker reads registry credentials from its own configuration (gate.registries), never from this command.")]
+    #[command(
+        after_help = "Example:\n  lanyard-broker image scan --broker https://lanyard:8443 registry.example.com/shop/api:1.4\n\nThe broker reads registry credentials from its own configuration (gate.registries), never from this command."
+    )]
     Scan {
         /// HOST/REPOSITORY:TAG or HOST/REPOSITORY@sha256:DIGEST.
         image: String,
@@ -932,7 +934,10 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
     use lanyard::wire::{ExemptionRequest, ScanRequest, VerdictResponse};
     let show = |v: &VerdictResponse, json: bool| -> Result<ExitCode, String> {
         if json {
-            println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+            );
         } else {
             println!(
                 "{}: {}{}",
@@ -964,7 +969,10 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
                 println!("  exempted: {e}");
             }
             if let Some(r) = &v.ruleset_version {
-                println!("  ruleset {r}, scanned {}", v.scanned_at.as_deref().unwrap_or("-"));
+                println!(
+                    "  ruleset {r}, scanned {}",
+                    v.scanned_at.as_deref().unwrap_or("-")
+                );
             }
         }
         Ok(match v.verdict.as_str() {
@@ -1028,7 +1036,10 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
                 Some(&req),
             )
             .await?;
-            println!("exempted {} from the image gate (every use is audited)", req.digest);
+            println!(
+                "exempted {} from the image gate (every use is audited)",
+                req.digest
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

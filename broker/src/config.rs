@@ -179,7 +179,9 @@ impl GateConfig {
             ));
         }
         if self.scan_timeout_seconds < self.scan_deadline_seconds {
-            return Err("field `gate.scan_timeout_seconds`: below `gate.scan_deadline_seconds`".into());
+            return Err(
+                "field `gate.scan_timeout_seconds`: below `gate.scan_deadline_seconds`".into(),
+            );
         }
         for (i, p) in self.platforms.iter().enumerate() {
             let parts = p.split('/').count();
@@ -192,7 +194,9 @@ impl GateConfig {
         for (i, r) in self.registries.iter().enumerate() {
             let at = format!("field `gate.registries[{i}]`");
             if r.host.is_empty() || r.host.contains('/') {
-                return Err(format!("{at}.host: give HOST[:PORT], without a scheme or path"));
+                return Err(format!(
+                    "{at}.host: give HOST[:PORT], without a scheme or path"
+                ));
             }
             match (&r.username, &r.password_file, &r.token_file) {
                 (Some(_), Some(_), None) | (None, None, Some(_)) => {}
@@ -203,7 +207,10 @@ impl GateConfig {
                     ));
                 }
             }
-            if self.registries[..i].iter().any(|o| o.host.eq_ignore_ascii_case(&r.host)) {
+            if self.registries[..i]
+                .iter()
+                .any(|o| o.host.eq_ignore_ascii_case(&r.host))
+            {
                 return Err(format!("{at}: host `{}` is listed twice", r.host));
             }
         }
@@ -1126,7 +1133,10 @@ impl BrokerConfig {
             fix(p);
         }
         for r in &mut self.gate.registries {
-            for p in [r.password_file.as_mut(), r.token_file.as_mut()].into_iter().flatten() {
+            for p in [r.password_file.as_mut(), r.token_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }

@@ -54,7 +54,9 @@ fn registry() -> String {
 }
 
 fn images() -> PathBuf {
-    PathBuf::from(std::env::var("LANYARD_TEST_IMAGES").expect("LANYARD_TEST_IMAGES (tests/peers/images.sh)"))
+    PathBuf::from(
+        std::env::var("LANYARD_TEST_IMAGES").expect("LANYARD_TEST_IMAGES (tests/peers/images.sh)"),
+    )
 }
 
 /// The secret values planted in the test images: none may appear anywhere the broker writes.
@@ -74,7 +76,10 @@ fn assert_no_planted(what: &str, text: &str) {
         assert!(!text.contains(&p), "{what} holds a planted secret value");
         // A redaction preview (first 4 … last 2) is fine in scanner output, but the gate
         // keeps none: not even the first 8 characters may appear.
-        assert!(!text.contains(&p[..8.min(p.len())]), "{what} holds a prefix of a planted value");
+        assert!(
+            !text.contains(&p[..8.min(p.len())]),
+            "{what} holds a prefix of a planted value"
+        );
     }
 }
 
@@ -85,12 +90,19 @@ fn push(archive: &str, reference: &str) {
             "copy",
             "-q",
             "--dest-tls-verify=false",
-            &format!("oci-archive:{}", images().join(format!("{archive}.oci.tar")).display()),
+            &format!(
+                "oci-archive:{}",
+                images().join(format!("{archive}.oci.tar")).display()
+            ),
             &format!("docker://{reference}"),
         ])
         .output()
         .expect("skopeo (tests/peers/images.sh installs it)");
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn unique(name: &str) -> String {
@@ -98,8 +110,7 @@ fn unique(name: &str) -> String {
 }
 
 fn fastrand_u32() -> u32 {
-    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("time").subsec_nanos();
-    t ^ std::process::id().rotate_left(16)
+    fastrand::u32(..)
 }
 
 async fn digest_of(reference: &str) -> String {
@@ -107,7 +118,9 @@ async fn digest_of(reference: &str) -> String {
         insecure_loopback_registry: true,
         ..ScanOptions::default()
     };
-    lanyard_scan::resolve_digest(reference, &opts).await.expect("resolve")
+    lanyard_scan::resolve_digest(reference, &opts)
+        .await
+        .expect("resolve")
 }
 
 fn gate_config(extra: &str) -> String {
@@ -132,7 +145,9 @@ fn bound(image: Option<&str>, role: &str) -> Authenticated {
 /// A TCP proxy on loopback to `target` that holds each new connection for `delay` before
 /// forwarding it: a slow registry. Returns its `host:port` and the connections it took.
 async fn slow_proxy(target: String, delay: Duration) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
@@ -151,7 +166,13 @@ async fn slow_proxy(target: String, delay: Duration) -> (String, Arc<AtomicUsize
     (addr.to_string(), count)
 }
 
-async fn mint(http: &reqwest::Client, url: &str, admin: &str, role: &str, image: Option<&str>) -> (u16, Value) {
+async fn mint(
+    http: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    role: &str,
+    image: Option<&str>,
+) -> (u16, Value) {
     let mut body = json!({"roles": [role], "ttl_seconds": 300});
     if let Some(i) = image {
         body["image"] = json!(i);
@@ -180,11 +201,13 @@ async fn redeem(http: &reqwest::Client, url: &str, token: &str) -> (u16, String)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_bound_to_a_dirty_image_gets_403_and_a_clean_one_gets_credentials_with_no_secret_anywhere() {
+async fn a_token_bound_to_a_dirty_image_gets_403_and_a_clean_one_gets_credentials_with_no_secret_anywhere()
+ {
     let reg = registry();
     let auth_reg = std::env::var("LANYARD_TEST_REGISTRY_AUTH").expect("LANYARD_TEST_REGISTRY_AUTH");
     let user = std::env::var("LANYARD_TEST_REGISTRY_USER").expect("user");
-    let password_file = std::env::var("LANYARD_TEST_REGISTRY_PASSWORD_FILE").expect("password file");
+    let password_file =
+        std::env::var("LANYARD_TEST_REGISTRY_PASSWORD_FILE").expect("password file");
     // The clean image comes from the registry that needs credentials: the broker reads them
     // from the file its config names, never from the request.
     let broker = BrokerProcess::start(
@@ -201,7 +224,14 @@ async fn a_token_bound_to_a_dirty_image_gets_403_and_a_clean_one_gets_credential
     .await;
     let http = broker.http();
     let dirty_tag = format!("{reg}/lanyard/env-secret:1");
-    let (status, minted) = mint(&http, &broker.url, &broker.admin_token, "app", Some(&dirty_tag)).await;
+    let (status, minted) = mint(
+        &http,
+        &broker.url,
+        &broker.admin_token,
+        "app",
+        Some(&dirty_tag),
+    )
+    .await;
     assert_eq!(status, 201, "{minted}");
     let token = minted["token"].as_str().expect("token").to_owned();
     let (status, body) = redeem(&http, &broker.url, &token).await;
@@ -234,14 +264,27 @@ async fn a_token_bound_to_a_dirty_image_gets_403_and_a_clean_one_gets_credential
         .expect("a gate denial record");
     assert_eq!(denial["role"], "app");
     let reason = denial["reason"].as_str().expect("reason");
-    assert!(reason.contains("image-bound-app") && reason.contains("AWS_ACCESS_KEY_ID"), "{reason}");
-    assert!(denial["image"].as_str().expect("image").contains("env-secret@sha256:"));
+    assert!(
+        reason.contains("image-bound-app") && reason.contains("AWS_ACCESS_KEY_ID"),
+        "{reason}"
+    );
+    assert!(
+        denial["image"]
+            .as_str()
+            .expect("image")
+            .contains("env-secret@sha256:")
+    );
     let issued = records
         .iter()
         .find(|r| r["event"] == "issue")
         .expect("an issue record");
     assert_eq!(issued["gate"], "allow:clean");
-    assert!(issued["image"].as_str().expect("image").starts_with(&format!("{auth_reg}/lanyard/multistage-clean@sha256:")));
+    assert!(
+        issued["image"]
+            .as_str()
+            .expect("image")
+            .starts_with(&format!("{auth_reg}/lanyard/multistage-clean@sha256:"))
+    );
 
     let metrics = broker
         .http()
@@ -252,15 +295,27 @@ async fn a_token_bound_to_a_dirty_image_gets_403_and_a_clean_one_gets_credential
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("lanyard_gate_decisions_total{outcome=\"deny\",reason=\"dirty\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("lanyard_gate_decisions_total{outcome=\"deny\",reason=\"dirty\"} 2"),
+        "{metrics}"
+    );
     assert!(metrics.contains("lanyard_gate_decisions_total{outcome=\"allow\",reason=\"clean\"} 1"));
     assert!(metrics.contains("lanyard_gate_scans_total{result=\"dirty\",trigger=\"demand\"} 1"));
-    assert!(metrics.contains("lanyard_gate_verdict_lookups_total{result=\"hit\"} 1"), "the second refusal was a cache hit");
+    assert!(
+        metrics.contains("lanyard_gate_verdict_lookups_total{result=\"hit\"} 1"),
+        "the second refusal was a cache hit"
+    );
     assert_no_planted("the answer", &body);
     assert_no_planted("the refusal", message);
     assert_no_planted("the metrics", &metrics);
-    assert_no_planted("the audit log", &std::fs::read_to_string(&broker.audit_file).expect("audit"));
-    assert_no_planted("the broker's log", &std::fs::read_to_string(&broker.log_file).expect("log"));
+    assert_no_planted(
+        "the audit log",
+        &std::fs::read_to_string(&broker.audit_file).expect("audit"),
+    );
+    assert_no_planted(
+        "the broker's log",
+        &std::fs::read_to_string(&broker.log_file).expect("log"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +352,14 @@ async fn a_tag_that_moves_to_a_dirty_digest_is_resolved_again_and_refused() {
     let first = scan(format!("{repo}:1")).await;
     assert_eq!(first["verdict"], "clean", "{first}");
     let clean_digest = first["digest"].as_str().expect("digest").to_owned();
-    let (_, minted) = mint(&http, &broker.url, &broker.admin_token, "app", Some(&format!("{repo}:1"))).await;
+    let (_, minted) = mint(
+        &http,
+        &broker.url,
+        &broker.admin_token,
+        "app",
+        Some(&format!("{repo}:1")),
+    )
+    .await;
     let (status, body) = redeem(&http, &broker.url, minted["token"].as_str().expect("token")).await;
     assert_eq!(status, 200, "{body}");
 
@@ -306,42 +368,85 @@ async fn a_tag_that_moves_to_a_dirty_digest_is_resolved_again_and_refused() {
     let second = scan(format!("{repo}:1")).await;
     assert_eq!(second["verdict"], "dirty", "{second}");
     assert_ne!(second["digest"], first["digest"]);
-    let (_, minted) = mint(&http, &broker.url, &broker.admin_token, "app", Some(&format!("{repo}:1"))).await;
+    let (_, minted) = mint(
+        &http,
+        &broker.url,
+        &broker.admin_token,
+        "app",
+        Some(&format!("{repo}:1")),
+    )
+    .await;
     let (status, body) = redeem(&http, &broker.url, minted["token"].as_str().expect("token")).await;
     assert_eq!(status, 403, "{body}");
     // A token pinned to the old, clean digest still works.
-    let (_, minted) = mint(&http, &broker.url, &broker.admin_token, "app", Some(&format!("{repo}@{clean_digest}"))).await;
+    let (_, minted) = mint(
+        &http,
+        &broker.url,
+        &broker.admin_token,
+        "app",
+        Some(&format!("{repo}@{clean_digest}")),
+    )
+    .await;
     let (status, body) = redeem(&http, &broker.url, minted["token"].as_str().expect("token")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(broker.audit_records().iter().any(|r| r["event"] == "image_scan" && r["gate"] == "verdict:dirty"));
+    assert!(
+        broker
+            .audit_records()
+            .iter()
+            .any(|r| r["event"] == "image_scan" && r["gate"] == "verdict:dirty")
+    );
     broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_with_one_dirty_platform_is_dirty_unless_only_clean_platforms_are_configured() {
     let reg = registry();
-    let index = format!("{reg}/lanyard/multi@{}", digest_of(&format!("{reg}/lanyard/multi:1")).await);
-    let all = InProcessBroker::start(POLICY, &gate_config("")).await.expect("broker");
-    let e = all.issue(&bound(Some(&index), "app"), None).await.expect_err("dirty platform");
+    let index = format!(
+        "{reg}/lanyard/multi@{}",
+        digest_of(&format!("{reg}/lanyard/multi:1")).await
+    );
+    let all = InProcessBroker::start(POLICY, &gate_config(""))
+        .await
+        .expect("broker");
+    let e = all
+        .issue(&bound(Some(&index), "app"), None)
+        .await
+        .expect_err("dirty platform");
     assert_eq!(e.code(), ErrorCode::ImageRefused, "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("[linux/arm64]") && !msg.contains("[linux/amd64]"), "{msg}");
+    assert!(
+        msg.contains("[linux/arm64]") && !msg.contains("[linux/amd64]"),
+        "{msg}"
+    );
     let amd64 = InProcessBroker::start(POLICY, &gate_config("  platforms: [linux/amd64]\n"))
         .await
         .expect("broker");
-    amd64.issue(&bound(Some(&index), "app"), None).await.expect("only the clean platform counts");
+    amd64
+        .issue(&bound(Some(&index), "app"), None)
+        .await
+        .expect("only the clean platform counts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_down_is_a_retryable_503_or_with_unscanned_deny_a_refusal() {
     let image = format!("127.0.0.1:1/lanyard/app@sha256:{}", "ab".repeat(32));
-    let scan = InProcessBroker::start(POLICY, &gate_config("")).await.expect("broker");
-    let e = scan.issue(&bound(Some(&image), "app"), None).await.expect_err("down");
+    let scan = InProcessBroker::start(POLICY, &gate_config(""))
+        .await
+        .expect("broker");
+    let e = scan
+        .issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect_err("down");
     assert_eq!(e.code(), ErrorCode::ScanPending, "{e}");
     assert_eq!(e.code().http_status(), 503);
     assert!(e.to_string().contains("could not be scanned"), "{e}");
-    let deny = InProcessBroker::start(POLICY, &gate_config("  unscanned: deny\n")).await.expect("broker");
-    let e = deny.issue(&bound(Some(&image), "app"), None).await.expect_err("unscanned");
+    let deny = InProcessBroker::start(POLICY, &gate_config("  unscanned: deny\n"))
+        .await
+        .expect("broker");
+    let e = deny
+        .issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect_err("unscanned");
     assert_eq!(e.code(), ErrorCode::ImageRefused, "{e}");
     assert!(e.to_string().contains("has no verdict"), "{e}");
     assert!(deny.audit_log().contains("deny:unscanned"));
@@ -350,9 +455,17 @@ async fn the_registry_down_is_a_retryable_503_or_with_unscanned_deny_a_refusal()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_mode_issues_and_records_what_would_be_denied() {
     let reg = registry();
-    let dirty = format!("{reg}/lanyard/env-secret@{}", digest_of(&format!("{reg}/lanyard/env-secret:1")).await);
-    let b = InProcessBroker::start(POLICY, &gate_config("")).await.expect("broker");
-    let resp = b.issue(&bound(Some(&dirty), "rollout"), None).await.expect("audit mode issues");
+    let dirty = format!(
+        "{reg}/lanyard/env-secret@{}",
+        digest_of(&format!("{reg}/lanyard/env-secret:1")).await
+    );
+    let b = InProcessBroker::start(POLICY, &gate_config(""))
+        .await
+        .expect("broker");
+    let resp = b
+        .issue(&bound(Some(&dirty), "rollout"), None)
+        .await
+        .expect("audit mode issues");
     assert_eq!(resp.credentials.len(), 1);
     let log = b.audit_log();
     let note: Value = log
@@ -361,31 +474,58 @@ async fn audit_mode_issues_and_records_what_would_be_denied() {
         .find(|r| r["event"] == "gate")
         .expect("a gate record");
     assert_eq!(note["gate"], "would_deny:dirty");
-    assert!(note["reason"].as_str().expect("reason").contains("rollout-in-audit-mode"), "{note}");
+    assert!(
+        note["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("rollout-in-audit-mode"),
+        "{note}"
+    );
     assert!(log.contains("\"gate\":\"would_deny:dirty\"") && log.contains("\"event\":\"issue\""));
     let m = b.broker.metrics().render();
-    assert!(m.contains("lanyard_gate_decisions_total{outcome=\"would_deny\",reason=\"dirty\"} 1"), "{m}");
+    assert!(
+        m.contains("lanyard_gate_decisions_total{outcome=\"would_deny\",reason=\"dirty\"} 1"),
+        "{m}"
+    );
     // The same image under an enforcing rule is refused.
-    b.issue(&bound(Some(&dirty), "app"), None).await.expect_err("enforced");
+    b.issue(&bound(Some(&dirty), "app"), None)
+        .await
+        .expect_err("enforced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identities_without_an_image_pass_unless_their_rule_requires_one_and_repository_selectors_hold() {
+async fn identities_without_an_image_pass_unless_their_rule_requires_one_and_repository_selectors_hold()
+ {
     let reg = registry();
-    let b = InProcessBroker::start(POLICY, &gate_config("")).await.expect("broker");
-    b.issue(&bound(None, "app"), None).await.expect("no image, not required");
+    let b = InProcessBroker::start(POLICY, &gate_config(""))
+        .await
+        .expect("broker");
+    b.issue(&bound(None, "app"), None)
+        .await
+        .expect("no image, not required");
     assert!(b.audit_log().contains("\"gate\":\"allow:no_image\""));
-    let e = b.issue(&bound(None, "needs-image"), None).await.expect_err("required");
+    let e = b
+        .issue(&bound(None, "needs-image"), None)
+        .await
+        .expect_err("required");
     assert_eq!(e.code(), ErrorCode::ImageRefused);
     assert!(e.to_string().contains("require_image"), "{e}");
     // `only-shop-images` selects on the repository: a lanyard/ image does not match.
-    let clean = format!("{reg}/lanyard/multistage-clean@{}", digest_of(&format!("{reg}/lanyard/multistage-clean:1")).await);
-    let e = b.issue(&bound(Some(&clean), "shop-db"), None).await.expect_err("wrong repository");
+    let clean = format!(
+        "{reg}/lanyard/multistage-clean@{}",
+        digest_of(&format!("{reg}/lanyard/multistage-clean:1")).await
+    );
+    let e = b
+        .issue(&bound(Some(&clean), "shop-db"), None)
+        .await
+        .expect_err("wrong repository");
     assert_eq!(e.code(), ErrorCode::Forbidden, "{e}");
     let shop = format!("{reg}/shop/api");
     push("multistage-clean", &format!("{shop}:1"));
     let pinned = format!("{shop}@{}", digest_of(&format!("{shop}:1")).await);
-    b.issue(&bound(Some(&pinned), "shop-db"), None).await.expect("shop image");
+    b.issue(&bound(Some(&pinned), "shop-db"), None)
+        .await
+        .expect("shop image");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,37 +558,64 @@ async fn an_exemption_lets_a_dirty_digest_through_and_each_use_is_audited_throug
                 .expect("run");
             (
                 out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
             )
         })
     };
-    let (code, out) = cli(vec!["scan".into(), format!("{repo}:1")]).await.expect("cli");
+    let (code, out) = cli(vec!["scan".into(), format!("{repo}:1")])
+        .await
+        .expect("cli");
     assert_eq!(code, 1, "dirty: {out}");
     assert!(out.contains("layer") && out.contains("/app/.env"), "{out}");
     assert_no_planted("image scan output", &out);
     let digest = out
         .split_whitespace()
-        .find_map(|w| w.split_once('@').map(|(_, d)| d.trim_end_matches(':').to_owned()))
+        .find_map(|w| {
+            w.split_once('@')
+                .map(|(_, d)| d.trim_end_matches(':').to_owned())
+        })
         .expect("pinned reference in the output");
-    let (code, out) = cli(vec!["verdict".into(), digest.clone()]).await.expect("cli");
+    let (code, out) = cli(vec!["verdict".into(), digest.clone()])
+        .await
+        .expect("cli");
     assert_eq!(code, 1, "{out}");
-    let (_, minted) = mint(&broker.http(), &broker.url, &broker.admin_token, "app", Some(&format!("{repo}@{digest}"))).await;
+    let (_, minted) = mint(
+        &broker.http(),
+        &broker.url,
+        &broker.admin_token,
+        "app",
+        Some(&format!("{repo}@{digest}")),
+    )
+    .await;
     let token = minted["token"].as_str().expect("token").to_owned();
     let (status, _) = redeem(&broker.http(), &broker.url, &token).await;
     assert_eq!(status, 403);
-    let (code, out) = cli(vec!["exempt".into(), digest.clone(), "--reason".into(), "INC-42: rotated, rebuild pending".into()])
-        .await
-        .expect("cli");
+    let (code, out) = cli(vec![
+        "exempt".into(),
+        digest.clone(),
+        "--reason".into(),
+        "INC-42: rotated, rebuild pending".into(),
+    ])
+    .await
+    .expect("cli");
     assert_eq!(code, 0, "{out}");
     let (status, body) = redeem(&broker.http(), &broker.url, &token).await;
     assert_eq!(status, 200, "{body}");
     let records = broker.audit_records();
-    assert!(records.iter().any(|r| r["event"] == "image_exempt" && r["image"] == digest.as_str()));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "image_exempt" && r["image"] == digest.as_str())
+    );
     let used = records
         .iter()
         .find(|r| r["event"] == "gate" && r["gate"] == "allow:exempted")
         .expect("the exemption's use is audited");
-    assert!(used["reason"].as_str().expect("reason").contains("INC-42"), "{used}");
+    assert!(
+        used["reason"].as_str().expect("reason").contains("INC-42"),
+        "{used}"
+    );
     let (code, out) = cli(vec!["verdict".into(), digest]).await.expect("cli");
     assert!(code == 1 && out.contains("exempted: INC-42"), "{out}");
     broker.stop().await;
@@ -474,26 +641,44 @@ async fn a_ruleset_change_rescans_in_the_background_without_refusing_clean_image
         })
         .await
         .expect("old verdict");
-    let b = InProcessBroker::start_with_store(POLICY, &gate_config(""), store.clone()).await.expect("broker");
+    let b = InProcessBroker::start_with_store(POLICY, &gate_config(""), store.clone())
+        .await
+        .expect("broker");
     let current = b.broker.gate().ruleset_version().to_owned();
     let image = format!("{slow}/lanyard/multistage-clean@{digest}");
     let started = Instant::now();
-    b.issue(&bound(Some(&image), "app"), None).await.expect("the previous clean verdict serves");
-    assert!(started.elapsed() < Duration::from_secs(2), "it did not wait for the re-scan");
-    assert!(b.audit_log().contains("\"gate\":\"allow:clean_previous_ruleset\""));
+    b.issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect("the previous clean verdict serves");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it did not wait for the re-scan"
+    );
+    assert!(
+        b.audit_log()
+            .contains("\"gate\":\"allow:clean_previous_ruleset\"")
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let fresh = loop {
         if let Some(v) = store.verdict(&digest, &current).await.expect("read") {
             break v;
         }
-        assert!(Instant::now() < deadline, "the background re-scan never stored a verdict");
+        assert!(
+            Instant::now() < deadline,
+            "the background re-scan never stored a verdict"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(fresh.verdict, Verdict::Clean);
-    b.issue(&bound(Some(&image), "app"), None).await.expect("clean");
+    b.issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect("clean");
     assert!(b.audit_log().contains("\"gate\":\"allow:clean\""));
     let m = b.broker.metrics().render();
-    assert!(m.contains("lanyard_gate_scans_total{result=\"clean\",trigger=\"rescan\"} 1"), "{m}");
+    assert!(
+        m.contains("lanyard_gate_scans_total{result=\"clean\",trigger=\"rescan\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,20 +686,29 @@ async fn concurrent_requests_for_one_digest_share_one_scan() {
     let reg = registry();
     let digest = digest_of(&format!("{reg}/lanyard/env-secret:1")).await;
     let (slow, _) = slow_proxy(reg, Duration::from_secs(2)).await;
-    let b = Arc::new(InProcessBroker::start(POLICY, &gate_config("")).await.expect("broker"));
+    let b = Arc::new(
+        InProcessBroker::start(POLICY, &gate_config(""))
+            .await
+            .expect("broker"),
+    );
     let image = format!("{slow}/lanyard/env-secret@{digest}");
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let b = b.clone();
         let image = image.clone();
-        tasks.push(tokio::spawn(async move { b.issue(&bound(Some(&image), "app"), None).await }));
+        tasks.push(tokio::spawn(async move {
+            b.issue(&bound(Some(&image), "app"), None).await
+        }));
     }
     for t in tasks {
         let e = t.await.expect("join").expect_err("dirty");
         assert_eq!(e.code(), ErrorCode::ImageRefused, "{e}");
     }
     let m = b.broker.metrics().render();
-    assert!(m.contains("lanyard_gate_scans_total{result=\"dirty\",trigger=\"demand\"} 1"), "{m}");
+    assert!(
+        m.contains("lanyard_gate_scans_total{result=\"dirty\",trigger=\"demand\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("lanyard_gate_scan_waiters_total 7"), "{m}");
 }
 
@@ -524,19 +718,37 @@ async fn a_scan_outlives_the_request_that_timed_out_and_stores_its_verdict() {
     let digest = digest_of(&format!("{reg}/lanyard/env-secret:1")).await;
     let (slow, _) = slow_proxy(reg, Duration::from_secs(3)).await;
     let store = Arc::new(MemoryStore::new());
-    let b = InProcessBroker::start_with_store(POLICY, &gate_config("").replace("scan_deadline_seconds: 20", "scan_deadline_seconds: 1"), store.clone())
-        .await
-        .expect("broker");
+    let b = InProcessBroker::start_with_store(
+        POLICY,
+        &gate_config("").replace("scan_deadline_seconds: 20", "scan_deadline_seconds: 1"),
+        store.clone(),
+    )
+    .await
+    .expect("broker");
     let image = format!("{slow}/lanyard/env-secret@{digest}");
-    let e = b.issue(&bound(Some(&image), "app"), None).await.expect_err("pending");
+    let e = b
+        .issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect_err("pending");
     assert_eq!(e.code(), ErrorCode::ScanPending, "{e}");
     assert!(e.to_string().contains("being scanned"), "{e}");
     let current = b.broker.gate().ruleset_version().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while store.verdict(&digest, &current).await.expect("read").is_none() {
-        assert!(Instant::now() < deadline, "the scan never stored its verdict");
+    while store
+        .verdict(&digest, &current)
+        .await
+        .expect("read")
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the scan never stored its verdict"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let e = b.issue(&bound(Some(&image), "app"), None).await.expect_err("dirty");
+    let e = b
+        .issue(&bound(Some(&image), "app"), None)
+        .await
+        .expect_err("dirty");
     assert_eq!(e.code(), ErrorCode::ImageRefused, "{e}");
 }

@@ -331,7 +331,11 @@ impl AuditRecord {
         role: &str,
         decision: &crate::gate::Decision,
     ) -> Self {
-        let reason = format!("image_gate {}: {}", decision.reason.as_str(), decision.detail);
+        let reason = format!(
+            "image_gate {}: {}",
+            decision.reason.as_str(),
+            decision.detail
+        );
         let mut rec = Self::at(now, Event::Deny, Decision::Deny, reason)
             .request(request_id)
             .identity(identity)
@@ -356,7 +360,11 @@ impl AuditRecord {
                 decision.reason.as_str(),
                 decision.detail
             ),
-            _ => format!("image_gate {}: {}", decision.reason.as_str(), decision.detail),
+            _ => format!(
+                "image_gate {}: {}",
+                decision.reason.as_str(),
+                decision.detail
+            ),
         };
         let mut rec = Self::at(now, Event::Gate, Decision::Allow, reason)
             .request(request_id)
@@ -369,14 +377,25 @@ impl AuditRecord {
 
     /// An operator scanned `image` ahead; `verdict` is `clean`, `dirty`, `incomplete`,
     /// `pending` or `error`.
-    pub fn image_scan(now: SystemTime, request_id: &str, image: &str, verdict: &str, detail: &str) -> Self {
+    pub fn image_scan(
+        now: SystemTime,
+        request_id: &str,
+        image: &str,
+        verdict: &str,
+        detail: &str,
+    ) -> Self {
         let decision = if verdict == "clean" {
             Decision::Allow
         } else {
             Decision::Deny
         };
-        let mut rec = Self::at(now, Event::ImageScan, decision, format!("scan ahead: {verdict}{detail}"))
-            .request(request_id);
+        let mut rec = Self::at(
+            now,
+            Event::ImageScan,
+            decision,
+            format!("scan ahead: {verdict}{detail}"),
+        )
+        .request(request_id);
         rec.image = Some(image.to_owned());
         rec.gate = Some(format!("verdict:{verdict}"));
         rec
@@ -384,8 +403,13 @@ impl AuditRecord {
 
     /// An operator exempted `digest` from the gate, for `reason`.
     pub fn image_exempt(now: SystemTime, request_id: &str, digest: &str, reason: &str) -> Self {
-        let mut rec = Self::at(now, Event::ImageExempt, Decision::Allow, format!("exemption recorded: {reason}"))
-            .request(request_id);
+        let mut rec = Self::at(
+            now,
+            Event::ImageExempt,
+            Decision::Allow,
+            format!("exemption recorded: {reason}"),
+        )
+        .request(request_id);
         rec.image = Some(digest.to_owned());
         rec
     }

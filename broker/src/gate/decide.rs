@@ -197,7 +197,10 @@ pub fn describe_finding(f: &FindingSummary) -> String {
     let mut s = format!("{} in ", f.rule);
     match f.location_kind.as_str() {
         "env" => s.push_str(&format!("config Env {}", f.name.as_deref().unwrap_or("?"))),
-        "label" => s.push_str(&format!("config label {}", f.name.as_deref().unwrap_or("?"))),
+        "label" => s.push_str(&format!(
+            "config label {}",
+            f.name.as_deref().unwrap_or("?")
+        )),
         "history" => {
             s.push_str("build history");
             if let Some(n) = &f.name {
@@ -259,7 +262,9 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                     outcome: Outcome::Allow,
                     reason: Reason::UnknownWorkload,
                     retryable: false,
-                    detail: format!("{detail}; allowed by gate.unknown_workload: allow (rule `{rule}`)"),
+                    detail: format!(
+                        "{detail}; allowed by gate.unknown_workload: allow (rule `{rule}`)"
+                    ),
                     exemptions: Vec::new(),
                     images: Vec::new(),
                     source: None,
@@ -341,7 +346,12 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                     exemptions.push(format!("{}: {reason_text}", img.image));
                     continue;
                 }
-                problems.push((if reason == Reason::Dirty { 0 } else { 1 }, reason, false, why));
+                problems.push((
+                    if reason == Reason::Dirty { 0 } else { 1 },
+                    reason,
+                    false,
+                    why,
+                ));
             }
             Lookup::Unscanned => problems.push((
                 2,
@@ -492,7 +502,11 @@ mod tests {
     fn verdict(v: Verdict, previous: bool) -> Lookup {
         Lookup::Verdict {
             verdict: v,
-            findings: if v == Verdict::Dirty { vec![finding()] } else { vec![] },
+            findings: if v == Verdict::Dirty {
+                vec![finding()]
+            } else {
+                vec![]
+            },
             incomplete: if v == Verdict::Incomplete {
                 vec!["layer 1: cannot fetch the blob".into()]
             } else {
@@ -510,31 +524,54 @@ mod tests {
     }
 
     fn check(d: &Decision, outcome: Outcome, reason: Reason, retryable: bool) {
-        assert_eq!((d.outcome, d.reason, d.retryable), (outcome, reason, retryable), "{d:?}");
+        assert_eq!(
+            (d.outcome, d.reason, d.retryable),
+            (outcome, reason, retryable),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn no_image_passes_unless_the_rule_requires_one() {
         let s = settings(GateMode::Enforce);
-        check(&decide(&Workload::NoImage, &s), Outcome::Allow, Reason::NoImage, false);
+        check(
+            &decide(&Workload::NoImage, &s),
+            Outcome::Allow,
+            Reason::NoImage,
+            false,
+        );
         let req = Settings {
             require_image: true,
             ..s.clone()
         };
         let d = decide(&Workload::NoImage, &req);
         check(&d, Outcome::Deny, Reason::ImageRequired, false);
-        assert!(d.detail.contains("shop-api") && d.detail.contains("require_image"), "{}", d.detail);
+        assert!(
+            d.detail.contains("shop-api") && d.detail.contains("require_image"),
+            "{}",
+            d.detail
+        );
         let audit = Settings {
             mode: GateMode::Audit,
             ..req
         };
-        check(&decide(&Workload::NoImage, &audit), Outcome::WouldDeny, Reason::ImageRequired, false);
+        check(
+            &decide(&Workload::NoImage, &audit),
+            Outcome::WouldDeny,
+            Reason::ImageRequired,
+            false,
+        );
     }
 
     #[test]
     fn an_unknown_workload_follows_unknown_workload() {
         let s = settings(GateMode::Enforce);
-        check(&decide(&Workload::Unknown, &s), Outcome::Deny, Reason::UnknownWorkload, false);
+        check(
+            &decide(&Workload::Unknown, &s),
+            Outcome::Deny,
+            Reason::UnknownWorkload,
+            false,
+        );
         let allow = Settings {
             unknown_workload: UnknownWorkload::Allow,
             ..s.clone()
@@ -542,28 +579,51 @@ mod tests {
         let d = decide(&Workload::Unknown, &allow);
         check(&d, Outcome::Allow, Reason::UnknownWorkload, false);
         assert!(d.detail.contains("unknown_workload: allow"), "{}", d.detail);
-        check(&decide(&images(vec![]), &s), Outcome::Deny, Reason::UnknownWorkload, false);
+        check(
+            &decide(&images(vec![]), &s),
+            Outcome::Deny,
+            Reason::UnknownWorkload,
+            false,
+        );
     }
 
     #[test]
     fn clean_allows_and_says_when_the_verdict_is_from_the_previous_ruleset() {
         let s = settings(GateMode::Enforce);
-        let d = decide(&images(vec![image(verdict(Verdict::Clean, false), None)]), &s);
+        let d = decide(
+            &images(vec![image(verdict(Verdict::Clean, false), None)]),
+            &s,
+        );
         check(&d, Outcome::Allow, Reason::Clean, false);
         assert_eq!(d.source, Some(TrustSource::BootstrapBinding));
-        let d = decide(&images(vec![image(verdict(Verdict::Clean, true), None)]), &s);
+        let d = decide(
+            &images(vec![image(verdict(Verdict::Clean, true), None)]),
+            &s,
+        );
         check(&d, Outcome::Allow, Reason::CleanPreviousRuleset, false);
     }
 
     #[test]
     fn dirty_denies_naming_image_rule_and_location_never_a_value() {
         let s = settings(GateMode::Enforce);
-        let d = decide(&images(vec![image(verdict(Verdict::Dirty, false), None)]), &s);
+        let d = decide(
+            &images(vec![image(verdict(Verdict::Dirty, false), None)]),
+            &s,
+        );
         check(&d, Outcome::Deny, Reason::Dirty, false);
-        for want in ["registry.example.com/shop/api@sha256:", "shop-api", "aws-access-key-id", "layer 2 /app/.env", "rotate"] {
+        for want in [
+            "registry.example.com/shop/api@sha256:",
+            "shop-api",
+            "aws-access-key-id",
+            "layer 2 /app/.env",
+            "rotate",
+        ] {
             assert!(d.detail.contains(want), "{want}: {}", d.detail);
         }
-        assert!(!d.detail.contains("v1:"), "no fingerprint needed in the message");
+        assert!(
+            !d.detail.contains("v1:"),
+            "no fingerprint needed in the message"
+        );
     }
 
     #[test]
@@ -577,8 +637,15 @@ mod tests {
             incomplete: vec![],
             previous_ruleset: false,
         };
-        let d = decide(&images(vec![image(lookup, None)]), &settings(GateMode::Enforce));
-        assert!(d.detail.contains("config Env AWS_SECRET_ACCESS_KEY"), "{}", d.detail);
+        let d = decide(
+            &images(vec![image(lookup, None)]),
+            &settings(GateMode::Enforce),
+        );
+        assert!(
+            d.detail.contains("config Env AWS_SECRET_ACCESS_KEY"),
+            "{}",
+            d.detail
+        );
         assert!(d.detail.contains("and 4 more"), "{}", d.detail);
     }
 
@@ -596,7 +663,13 @@ mod tests {
     fn an_exemption_lifts_dirty_and_incomplete_and_is_reported() {
         let s = settings(GateMode::Enforce);
         for v in [Verdict::Dirty, Verdict::Incomplete] {
-            let d = decide(&images(vec![image(verdict(v, false), Some("INC-42 vendor test key"))]), &s);
+            let d = decide(
+                &images(vec![image(
+                    verdict(v, false),
+                    Some("INC-42 vendor test key"),
+                )]),
+                &s,
+            );
             check(&d, Outcome::Allow, Reason::Exempted, false);
             assert_eq!(d.exemptions.len(), 1);
             assert!(d.exemptions[0].contains("INC-42"), "{:?}", d.exemptions);
@@ -609,10 +682,21 @@ mod tests {
     #[test]
     fn unscanned_pending_and_failed_scans() {
         let s = settings(GateMode::Enforce);
-        check(&decide(&images(vec![image(Lookup::Unscanned, None)]), &s), Outcome::Deny, Reason::Unscanned, false);
+        check(
+            &decide(&images(vec![image(Lookup::Unscanned, None)]), &s),
+            Outcome::Deny,
+            Reason::Unscanned,
+            false,
+        );
         let d = decide(&images(vec![image(Lookup::Pending, None)]), &s);
         check(&d, Outcome::Deny, Reason::ScanPending, true);
-        let d = decide(&images(vec![image(Lookup::ScanFailed("registry: connection refused".into()), None)]), &s);
+        let d = decide(
+            &images(vec![image(
+                Lookup::ScanFailed("registry: connection refused".into()),
+                None,
+            )]),
+            &s,
+        );
         check(&d, Outcome::Deny, Reason::ScanFailed, true);
         assert!(d.detail.contains("connection refused"), "{}", d.detail);
         let bare = ImageState {
@@ -635,7 +719,11 @@ mod tests {
             &s,
         );
         check(&d, Outcome::Deny, Reason::Dirty, false);
-        assert!(d.detail.contains("being scanned"), "every problem is listed: {}", d.detail);
+        assert!(
+            d.detail.contains("being scanned"),
+            "every problem is listed: {}",
+            d.detail
+        );
         // An exempted dirty image next to a clean one is allowed, the exemption reported.
         let d = decide(
             &images(vec![
@@ -658,11 +746,23 @@ mod tests {
             Lookup::ScanFailed("x".into()),
         ] {
             let d = decide(&images(vec![image(lookup, None)]), &s);
-            assert_eq!((d.outcome, d.retryable), (Outcome::WouldDeny, false), "{d:?}");
+            assert_eq!(
+                (d.outcome, d.retryable),
+                (Outcome::WouldDeny, false),
+                "{d:?}"
+            );
         }
-        check(&decide(&Workload::Unknown, &s), Outcome::WouldDeny, Reason::UnknownWorkload, false);
         check(
-            &decide(&images(vec![image(verdict(Verdict::Clean, false), None)]), &s),
+            &decide(&Workload::Unknown, &s),
+            Outcome::WouldDeny,
+            Reason::UnknownWorkload,
+            false,
+        );
+        check(
+            &decide(
+                &images(vec![image(verdict(Verdict::Clean, false), None)]),
+                &s,
+            ),
             Outcome::Allow,
             Reason::Clean,
             false,
@@ -675,9 +775,15 @@ mod tests {
         f.location_kind = "history".into();
         f.name = Some("NPM_TOKEN".into());
         f.platform = Some("linux/arm64".into());
-        assert_eq!(describe_finding(&f), "aws-access-key-id in build history (NPM_TOKEN), layer 2 [linux/arm64]");
+        assert_eq!(
+            describe_finding(&f),
+            "aws-access-key-id in build history (NPM_TOKEN), layer 2 [linux/arm64]"
+        );
         f.location_kind = "label".into();
         f.platform = None;
-        assert_eq!(describe_finding(&f), "aws-access-key-id in config label NPM_TOKEN");
+        assert_eq!(
+            describe_finding(&f),
+            "aws-access-key-id in config label NPM_TOKEN"
+        );
     }
 }

@@ -70,7 +70,11 @@ pub fn is_digest(s: &str) -> bool {
 
 /// A short, printable prefix of untrusted input for error messages.
 fn shown(s: &str) -> String {
-    let head: String = s.chars().take(40).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect();
+    let head: String = s
+        .chars()
+        .take(40)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
     if s.chars().count() > 40 {
         format!("{head}…")
     } else {
@@ -123,7 +127,9 @@ pub fn parse(s: &str) -> Result<ImageRef, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !host_ok {
-        return bad("the first component must be the registry host (with a `.` or a port, or `localhost`)");
+        return bad(
+            "the first component must be the registry host (with a `.` or a port, or `localhost`)",
+        );
     }
     // The tag is after the last `:` of the last path component.
     let (path, tag) = match path.rsplit_once(':') {
@@ -183,19 +189,28 @@ mod tests {
     #[test]
     fn the_accepted_forms() {
         let r = parse(&format!("registry.example.com/shop/api@{D}")).expect("pinned");
-        assert_eq!(r.repository.as_deref(), Some("registry.example.com/shop/api"));
+        assert_eq!(
+            r.repository.as_deref(),
+            Some("registry.example.com/shop/api")
+        );
         assert_eq!(r.digest.as_deref(), Some(D));
         assert_eq!(r.host(), Some("registry.example.com"));
         assert_eq!(r.to_string(), format!("registry.example.com/shop/api@{D}"));
         let r = parse("127.0.0.1:5000/app:1").expect("tag");
-        assert_eq!((r.repository.as_deref(), r.tag.as_deref()), (Some("127.0.0.1:5000/app"), Some("1")));
+        assert_eq!(
+            (r.repository.as_deref(), r.tag.as_deref()),
+            (Some("127.0.0.1:5000/app"), Some("1"))
+        );
         assert_eq!(r.host(), Some("127.0.0.1:5000"));
         assert_eq!(r.registry_source().as_deref(), Some("127.0.0.1:5000/app:1"));
         let r = parse(&format!("localhost/app:v2@{D}")).expect("both");
         assert_eq!(r.tag.as_deref(), Some("v2"));
         assert_eq!(r.pinned(), Some(format!("localhost/app@{D}")));
         let r = parse(D).expect("bare");
-        assert_eq!((r.repository.clone(), r.pinned()), (None, Some(D.to_owned())));
+        assert_eq!(
+            (r.repository.clone(), r.pinned()),
+            (None, Some(D.to_owned()))
+        );
     }
 
     #[test]

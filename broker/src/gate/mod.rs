@@ -73,14 +73,20 @@ pub fn workload_images(identity: &Identity) -> Option<(TrustSource, Vec<ImageRef
 
 /// The verdict with the allowlist applied: findings it allows are dropped, and the verdict is
 /// decided again from what remains. Pure.
-pub fn effective(rec: &VerdictRecord, allowlist: Option<&Allowlist>) -> (Verdict, Vec<FindingSummary>) {
+pub fn effective(
+    rec: &VerdictRecord,
+    allowlist: Option<&Allowlist>,
+) -> (Verdict, Vec<FindingSummary>) {
     let counted: Vec<FindingSummary> = rec
         .findings
         .iter()
         .filter(|f| {
             allowlist.is_none_or(|a| {
-                let path = (f.location_kind == "file").then_some(f.name.as_deref()).flatten();
-                a.reason_for_summary(&f.rule, &f.fingerprint, path).is_none()
+                let path = (f.location_kind == "file")
+                    .then_some(f.name.as_deref())
+                    .flatten();
+                a.reason_for_summary(&f.rule, &f.fingerprint, path)
+                    .is_none()
             })
         })
         .cloned()
@@ -121,7 +127,11 @@ pub fn record_from_report(
     let mut incomplete = Vec::new();
     for img in &selected {
         let platform = if is_index { img.platform.clone() } else { None };
-        for f in img.findings.iter().filter(|f| f.severity != lanyard_scan::rules::Severity::Info) {
+        for f in img
+            .findings
+            .iter()
+            .filter(|f| f.severity != lanyard_scan::rules::Severity::Info)
+        {
             let (layer, name) = match &f.location {
                 lanyard_scan::Location::Env { name } | lanyard_scan::Location::Label { name } => {
                     (None, Some(name.clone()))
@@ -285,15 +295,26 @@ impl Gate {
     /// `gate.unscanned` is `scan` (waiting at most `wait`; the scan goes on after that and
     /// stores its verdict). A verdict from an older ruleset serves while a background re-scan
     /// runs.
-    pub async fn lookup(self: &Arc<Self>, image: &ImageRef, wait: Duration) -> Result<Lookup, StoreError> {
+    pub async fn lookup(
+        self: &Arc<Self>,
+        image: &ImageRef,
+        wait: Duration,
+    ) -> Result<Lookup, StoreError> {
         let Some(digest) = image.digest.as_deref() else {
             return Ok(Lookup::Unscanned);
         };
         if let Some(rec) = self.store.verdict(digest, &self.ruleset_version).await? {
-            self.metrics.gate_verdict_lookups.with_label_values(&["hit"]).inc();
+            self.metrics
+                .gate_verdict_lookups
+                .with_label_values(&["hit"])
+                .inc();
             return Ok(self.lookup_from(&rec, false));
         }
-        if let Some(rec) = self.store.previous_verdict(digest, &self.ruleset_version).await? {
+        if let Some(rec) = self
+            .store
+            .previous_verdict(digest, &self.ruleset_version)
+            .await?
+        {
             self.metrics
                 .gate_verdict_lookups
                 .with_label_values(&["previous_ruleset"])
@@ -307,7 +328,10 @@ impl Gate {
             }
             return Ok(self.lookup_from(&rec, true));
         }
-        self.metrics.gate_verdict_lookups.with_label_values(&["miss"]).inc();
+        self.metrics
+            .gate_verdict_lookups
+            .with_label_values(&["miss"])
+            .inc();
         let source = match (self.config.unscanned, image.registry_source()) {
             (Unscanned::Scan, Some(source)) => source,
             _ => return Ok(Lookup::Unscanned),
@@ -322,7 +346,10 @@ impl Gate {
 
     /// The stored verdict for `digest` under the current ruleset (or the previous one), with
     /// the allowlist applied, for `image verdict`.
-    pub async fn stored(&self, digest: &str) -> Result<Option<(VerdictRecord, Lookup)>, StoreError> {
+    pub async fn stored(
+        &self,
+        digest: &str,
+    ) -> Result<Option<(VerdictRecord, Lookup)>, StoreError> {
         if let Some(rec) = self.store.verdict(digest, &self.ruleset_version).await? {
             let l = self.lookup_from(&rec, false);
             return Ok(Some((rec, l)));
@@ -370,9 +397,7 @@ impl Gate {
             ));
         };
         let digest = self.resolve(image, wait).await?;
-        if !force
-            && let Some(rec) = self.store.verdict(&digest, &self.ruleset_version).await?
-        {
+        if !force && let Some(rec) = self.store.verdict(&digest, &self.ruleset_version).await? {
             return Ok((digest, Some(Ok(Arc::new(rec)))));
         }
         let rx = self.scan(format!("{repo}@{digest}"), digest.clone(), "admin");
@@ -383,8 +408,16 @@ impl Gate {
     /// Starts a scan of `source` (`host/path@digest`) keyed by `digest`, or joins the one
     /// running for it. The scan runs in its own task, at most `gate.max_concurrent_scans` at
     /// once, and stores its verdict whether or not anyone still waits.
-    pub fn scan(self: &Arc<Self>, source: String, digest: String, trigger: &'static str) -> watch::Receiver<Option<ScanResult>> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub fn scan(
+        self: &Arc<Self>,
+        source: String,
+        digest: String,
+        trigger: &'static str,
+    ) -> watch::Receiver<Option<ScanResult>> {
+        let mut inflight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(rx) = inflight.get(&digest) {
             self.metrics.gate_scan_waiters.inc();
             return rx.clone();
@@ -415,7 +448,10 @@ impl Gate {
         let host = source.split_once('/').map(|(h, _)| h).unwrap_or_default();
         let result = async {
             let opts = self
-                .options(host, Some(Duration::from_secs(self.config.scan_timeout_seconds)))
+                .options(
+                    host,
+                    Some(Duration::from_secs(self.config.scan_timeout_seconds)),
+                )
                 .await?;
             let report = lanyard_scan::scan(&Source::Registry(source.to_owned()), &opts)
                 .await
@@ -428,7 +464,10 @@ impl Gate {
                 &self.config.platforms,
                 crate::issue::lifetime::whole_seconds(self.clock.now()),
             );
-            self.store.put_verdict(&rec).await.map_err(|e| e.to_string())?;
+            self.store
+                .put_verdict(&rec)
+                .await
+                .map_err(|e| e.to_string())?;
             // Each platform's own manifest too, so a lookup by a platform digest finds it.
             if !rec.platforms.is_empty() {
                 for img in &report.images {
@@ -443,7 +482,10 @@ impl Gate {
                         rec.scanned_at,
                     );
                     one.platforms.clear();
-                    self.store.put_verdict(&one).await.map_err(|e| e.to_string())?;
+                    self.store
+                        .put_verdict(&one)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
             }
             Ok::<_, String>(Arc::new(rec))
@@ -457,9 +499,18 @@ impl Gate {
             },
             Err(_) => "error",
         };
-        self.metrics.gate_scans.with_label_values(&[trigger, label]).inc();
+        self.metrics
+            .gate_scans
+            .with_label_values(&[trigger, label])
+            .inc();
         match &result {
-            Ok(r) => info!(digest, trigger, verdict = label, findings = r.findings.len(), "image scanned"),
+            Ok(r) => info!(
+                digest,
+                trigger,
+                verdict = label,
+                findings = r.findings.len(),
+                "image scanned"
+            ),
             Err(e) => warn!(digest, trigger, error = %e, "image scan failed"),
         }
         result
@@ -508,14 +559,21 @@ impl Gate {
         let mut skipped: HashSet<String> = HashSet::new();
         let mut ran = 0;
         loop {
-            let batch = match self.store.digests_without_verdict(&self.ruleset_version, 64 + skipped.len()).await {
+            let batch = match self
+                .store
+                .digests_without_verdict(&self.ruleset_version, 64 + skipped.len())
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "cannot list verdicts to re-scan; will retry at the next start");
                     return ran;
                 }
             };
-            let todo: Vec<_> = batch.into_iter().filter(|(d, _)| !skipped.contains(d)).collect();
+            let todo: Vec<_> = batch
+                .into_iter()
+                .filter(|(d, _)| !skipped.contains(d))
+                .collect();
             if todo.is_empty() {
                 return ran;
             }
@@ -523,7 +581,11 @@ impl Gate {
                 skipped.insert(digest.clone());
                 let Some(repo) = repo else { continue };
                 let rx = self.scan(format!("{repo}@{digest}"), digest, "rescan");
-                let _ = wait_for(rx, Duration::from_secs(self.config.scan_timeout_seconds + 5)).await;
+                let _ = wait_for(
+                    rx,
+                    Duration::from_secs(self.config.scan_timeout_seconds + 5),
+                )
+                .await;
                 ran += 1;
             }
         }
@@ -607,7 +669,11 @@ impl Gate {
     /// Whether a verdict exists for a bare digest (under any ruleset): what lets a bootstrap
     /// token bind a bare digest.
     pub async fn has_verdict(&self, digest: &str) -> Result<bool, StoreError> {
-        Ok(self.store.verdict(digest, &self.ruleset_version).await?.is_some()
+        Ok(self
+            .store
+            .verdict(digest, &self.ruleset_version)
+            .await?
+            .is_some()
             || self
                 .store
                 .previous_verdict(digest, &self.ruleset_version)
@@ -617,7 +683,10 @@ impl Gate {
 }
 
 /// Waits at most `wait` for a scan's result.
-async fn wait_for(mut rx: watch::Receiver<Option<ScanResult>>, wait: Duration) -> Option<ScanResult> {
+async fn wait_for(
+    mut rx: watch::Receiver<Option<ScanResult>>,
+    wait: Duration,
+) -> Option<ScanResult> {
     let done = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
     match done {
         Ok(Ok(v)) => v.clone(),
@@ -633,15 +702,23 @@ fn is_loopback_host(host: &str) -> bool {
         _ => host,
     };
     let h = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read_bounded(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("gate.allowlist_file {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("gate.allowlist_file {}: {e}", path.display()))?;
     if meta.len() > lanyard_scan::allow::MAX_ALLOWLIST_BYTES {
-        return Err(format!("gate.allowlist_file {}: larger than {} bytes", path.display(), lanyard_scan::allow::MAX_ALLOWLIST_BYTES));
+        return Err(format!(
+            "gate.allowlist_file {}: larger than {} bytes",
+            path.display(),
+            lanyard_scan::allow::MAX_ALLOWLIST_BYTES
+        ));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("gate.allowlist_file {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("gate.allowlist_file {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -653,7 +730,11 @@ mod tests {
             digest: format!("sha256:{}", "a".repeat(64)),
             ruleset_version: "r1".into(),
             repository: Some("registry.example.com/shop/api".into()),
-            verdict: if dirty { Verdict::Dirty } else { Verdict::Clean },
+            verdict: if dirty {
+                Verdict::Dirty
+            } else {
+                Verdict::Clean
+            },
             findings: if dirty {
                 vec![FindingSummary {
                     rule: "aws-access-key-id".into(),
@@ -677,15 +758,23 @@ mod tests {
         let rec = verdict_record(true);
         assert_eq!(effective(&rec, None).0, Verdict::Dirty);
         let by_fp = Allowlist::parse(
-            &format!("allow:\n  - fingerprint: \"{}\"\n    reason: test key\n", rec.findings[0].fingerprint),
+            &format!(
+                "allow:\n  - fingerprint: \"{}\"\n    reason: test key\n",
+                rec.findings[0].fingerprint
+            ),
             "t",
         )
         .expect("parse");
         let (v, f) = effective(&rec, Some(&by_fp));
         assert_eq!((v, f.len()), (Verdict::Clean, 0));
-        let by_path = Allowlist::parse("allow:\n  - path: \"app/**\"\n    reason: fixtures\n", "t").expect("parse");
+        let by_path = Allowlist::parse("allow:\n  - path: \"app/**\"\n    reason: fixtures\n", "t")
+            .expect("parse");
         assert_eq!(effective(&rec, Some(&by_path)).0, Verdict::Clean);
-        let other_rule = Allowlist::parse("allow:\n  - path: \"app/**\"\n    rule: github-pat\n    reason: x\n", "t").expect("parse");
+        let other_rule = Allowlist::parse(
+            "allow:\n  - path: \"app/**\"\n    rule: github-pat\n    reason: x\n",
+            "t",
+        )
+        .expect("parse");
         assert_eq!(effective(&rec, Some(&other_rule)).0, Verdict::Dirty);
         // An incomplete scan stays incomplete whatever the allowlist says.
         let mut inc = verdict_record(false);

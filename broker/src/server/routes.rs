@@ -335,7 +335,14 @@ async fn scan_image(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers, "POST /v1/admin/scans", &request_id).await?;
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/scans",
+            &request_id,
+        )
+        .await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: ScanRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
@@ -389,7 +396,14 @@ async fn exempt_image(
 ) -> Response {
     let request_id = new_request_id();
     let result = async {
-        require_admin(&broker, &conn, &headers, "POST /v1/admin/exemptions", &request_id).await?;
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/exemptions",
+            &request_id,
+        )
+        .await?;
         let limit = broker.config().limits.max_request_body_bytes;
         let req: ExemptionRequest = body_json(body, limit, false)?
             .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;

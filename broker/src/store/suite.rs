@@ -909,18 +909,31 @@ pub(super) fn verdict(digest: &str, ruleset: &str, dirty: bool, at: u64) -> Verd
 }
 
 async fn verdicts_are_keyed_by_digest_and_ruleset(s: Arc<dyn Store>) {
-    let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+    let (a, b) = (
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    );
     assert_eq!(s.verdict(&a, "r1").await.expect("read"), None);
-    s.put_verdict(&verdict(&a, "r1", true, 1_000)).await.expect("put");
-    s.put_verdict(&verdict(&b, "r1", false, 1_000)).await.expect("put");
+    s.put_verdict(&verdict(&a, "r1", true, 1_000))
+        .await
+        .expect("put");
+    s.put_verdict(&verdict(&b, "r1", false, 1_000))
+        .await
+        .expect("put");
     assert_eq!(
         s.verdict(&a, "r1").await.expect("read"),
         Some(verdict(&a, "r1", true, 1_000)),
         "the whole record, findings summary included, round-trips"
     );
-    assert_eq!(s.verdict(&a, "r2").await.expect("read"), None, "another ruleset");
+    assert_eq!(
+        s.verdict(&a, "r2").await.expect("read"),
+        None,
+        "another ruleset"
+    );
     // A re-scan under the same ruleset replaces the record.
-    s.put_verdict(&verdict(&a, "r1", false, 2_000)).await.expect("replace");
+    s.put_verdict(&verdict(&a, "r1", false, 2_000))
+        .await
+        .expect("replace");
     assert_eq!(
         s.verdict(&a, "r1").await.expect("read"),
         Some(verdict(&a, "r1", false, 2_000))
@@ -928,10 +941,19 @@ async fn verdicts_are_keyed_by_digest_and_ruleset(s: Arc<dyn Store>) {
 }
 
 async fn an_older_rulesets_verdict_is_found_until_a_rescan_exists(s: Arc<dyn Store>) {
-    let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
-    s.put_verdict(&verdict(&a, "r1", false, 1_000)).await.expect("put");
-    s.put_verdict(&verdict(&a, "r2", true, 2_000)).await.expect("put");
-    s.put_verdict(&verdict(&b, "r1", false, 1_000)).await.expect("put");
+    let (a, b) = (
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    );
+    s.put_verdict(&verdict(&a, "r1", false, 1_000))
+        .await
+        .expect("put");
+    s.put_verdict(&verdict(&a, "r2", true, 2_000))
+        .await
+        .expect("put");
+    s.put_verdict(&verdict(&b, "r1", false, 1_000))
+        .await
+        .expect("put");
     assert_eq!(
         s.previous_verdict(&a, "r3").await.expect("read"),
         Some(verdict(&a, "r2", true, 2_000)),
@@ -984,7 +1006,9 @@ async fn exemptions_are_recorded_and_replaced(s: Arc<dyn Store>) {
     s.put_exemption(&newer).await.expect("replace");
     assert_eq!(s.exemption(&a).await.expect("read"), Some(newer));
     assert_eq!(
-        s.exemption(&format!("sha256:{}", "b".repeat(64))).await.expect("read"),
+        s.exemption(&format!("sha256:{}", "b".repeat(64)))
+            .await
+            .expect("read"),
         None
     );
 }
