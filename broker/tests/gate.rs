@@ -752,3 +752,30 @@ async fn a_scan_outlives_the_request_that_timed_out_and_stores_its_verdict() {
         .expect_err("dirty");
     assert_eq!(e.code(), ErrorCode::ImageRefused, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_names_an_image_is_a_bad_request() {
+    let broker = TestBroker::start_with(
+        None,
+        TestBrokerOptions {
+            policies: vec![("policy.yaml".into(), POLICY.into())],
+            extra_config: gate_config(""),
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let token = broker.mint(&["app"], 300).await;
+    let clean = format!(
+        "{}/lanyard/multistage-clean@sha256:{}",
+        registry(),
+        "0".repeat(64)
+    );
+    let (status, body) = broker
+        .post_credentials(Some(&token), &json!({"image": clean}).to_string())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // The token was not spent: without the field it works (it names no image).
+    let (status, body) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{body}");
+    broker.stop().await;
+}
