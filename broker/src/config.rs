@@ -195,7 +195,7 @@ impl GateConfig {
             let at = format!("field `gate.registries[{i}]`");
             if r.host.is_empty() || r.host.contains('/') {
                 return Err(format!(
-                    "{at}.host: give HOST[:PORT], without a scheme or path"
+                    "field `gate.registries[{i}].host`: give HOST[:PORT], without a scheme or path"
                 ));
             }
             match (&r.username, &r.password_file, &r.token_file) {
@@ -1320,6 +1320,60 @@ mod tests {
         assert_eq!(cfg.issuers.len(), 1);
         assert_eq!(cfg.issuers[0].jwks, JwksSource::Discovery);
         assert_eq!(cfg.signing.algorithm, Algorithm::ES256);
+    }
+
+    #[test]
+    fn the_gate_section_is_checked_with_the_field_to_fix() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "g.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load("").expect("defaults");
+        assert_eq!(cfg.gate.mode, GateMode::Enforce);
+        assert_eq!(cfg.gate.unscanned, Unscanned::Scan);
+        assert_eq!(cfg.gate.unknown_workload, UnknownWorkload::Deny);
+        let cfg = load("gate:\n  mode: audit\n  registries:\n    - {host: r.example, username: u, password_file: p}\n")
+            .expect("audit");
+        assert_eq!(cfg.gate.mode, GateMode::Audit);
+        assert!(
+            cfg.gate.registries[0]
+                .password_file
+                .as_ref()
+                .is_some_and(|p| p.is_absolute()),
+            "resolved against the file"
+        );
+        for (extra, field) in [
+            ("gate:\n  mode: enforcing\n", "mode"),
+            (
+                "gate:\n  scan_deadline_seconds: 0\n",
+                "gate.scan_deadline_seconds",
+            ),
+            (
+                "gate:\n  scan_deadline_seconds: 40\n",
+                "server.request_timeout_ms",
+            ),
+            (
+                "gate:\n  max_concurrent_scans: 0\n",
+                "gate.max_concurrent_scans",
+            ),
+            ("gate:\n  platforms: [amd64]\n", "gate.platforms[0]"),
+            (
+                "gate:\n  registries:\n    - {host: r.example, username: u}\n",
+                "gate.registries[0]",
+            ),
+            (
+                "gate:\n  registries:\n    - {host: \"https://r.example\", token_file: t}\n",
+                "gate.registries[0].host",
+            ),
+            (
+                "gate:\n  registries:\n    - {host: r.example, token_file: t}\n    - {host: R.example, token_file: t}\n",
+                "listed twice",
+            ),
+        ] {
+            let e = load(extra).expect_err(extra);
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 
     #[test]
