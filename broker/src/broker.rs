@@ -1417,6 +1417,11 @@ impl Broker {
     /// Re-reads the policy directory. A bad set is refused (and audited) and the last good
     /// one stays active.
     pub async fn reload_policies(&self) -> Result<ReloadOutcome, PolicyErrors> {
+        // The gate's allowlist is re-read with the policies: a change applies to every stored
+        // verdict at its next lookup, with no re-scan. A broken file keeps the last good list.
+        if let Err(e) = self.gate.reload_allowlist() {
+            warn!(error = %e, "gate allowlist not reloaded; keeping the last good one");
+        }
         let loaded = policy::load_dir(&self.config.policies_dir, &|r| {
             self.backends.validate_role(r)
         });
