@@ -781,11 +781,16 @@ async fn a_request_that_names_an_image_is_a_bad_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_allowlist_change_reevaluates_stored_verdicts_without_a_rescan_and_sessions_stay_gated() {
+async fn an_allowlist_change_reevaluates_stored_verdicts_without_a_rescan_and_sessions_stay_gated()
+{
     let reg = registry();
     let dir = tempfile::tempdir().expect("tmp");
     let allow = dir.path().join("allow.yaml");
-    std::fs::write(&allow, "allow:\n  - path: \"app/**\"\n    reason: fixtures of the demo app\n").expect("write");
+    std::fs::write(
+        &allow,
+        "allow:\n  - path: \"app/**\"\n    reason: fixtures of the demo app\n",
+    )
+    .expect("write");
     let broker = TestBroker::start_with(
         None,
         TestBrokerOptions {
@@ -801,8 +806,16 @@ async fn an_allowlist_change_reevaluates_stored_verdicts_without_a_rescan_and_se
     let (status, body) = redeem(&http, &broker.url, minted["token"].as_str().expect("token")).await;
     assert_eq!(status, 200, "allowlisted findings do not count: {body}");
     let session: Value = serde_json::from_str(&body).expect("json");
-    let session_token = session["session"]["token"].as_str().expect("session token").to_owned();
-    assert!(broker.audit_records().iter().any(|r| r["event"] == "issue" && r["gate"] == "allow:clean"));
+    let session_token = session["session"]["token"]
+        .as_str()
+        .expect("session token")
+        .to_owned();
+    assert!(
+        broker
+            .audit_records()
+            .iter()
+            .any(|r| r["event"] == "issue" && r["gate"] == "allow:clean")
+    );
 
     // The allowlist entry goes: the stored findings count again, with no new scan, and the
     // session's next refresh (its token carries the bound image) is refused.
@@ -816,9 +829,18 @@ async fn an_allowlist_change_reevaluates_stored_verdicts_without_a_rescan_and_se
     assert_eq!(resp.status().as_u16(), 200);
     let (status, body) = redeem(&http, &broker.url, &session_token).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("/app/.env") && body.contains("image_refused"), "{body}");
+    assert!(
+        body.contains("/app/.env") && body.contains("image_refused"),
+        "{body}"
+    );
     let m = broker.metrics().await;
-    assert!(m.contains("lanyard_gate_scans_total{result=\"dirty\",trigger=\"demand\"} 1"), "one scan only: {m}");
-    assert!(m.contains("lanyard_gate_verdict_lookups_total{result=\"hit\"} 1"), "{m}");
+    assert!(
+        m.contains("lanyard_gate_scans_total{result=\"dirty\",trigger=\"demand\"} 1"),
+        "one scan only: {m}"
+    );
+    assert!(
+        m.contains("lanyard_gate_verdict_lookups_total{result=\"hit\"} 1"),
+        "{m}"
+    );
     broker.stop().await;
 }

@@ -903,3 +903,50 @@ roles:
     assert_eq!(set.roles["s3"].settings.kind(), "aws-sts");
     assert_eq!(set.roles["db-ok"].settings.kind(), "vault");
 }
+
+#[test]
+fn gate_fields_load_and_bad_values_point_at_their_line() {
+    let roles = "roles:\n  a: {backend: jwt, max_ttl_seconds: 60}\n";
+    let set = load(&[(
+        "p.yaml",
+        &format!(
+            "{roles}rules:\n  - name: r\n    match: {{bootstrap_role: a, image_repository: \"registry.example.com/shop/*\"}}\n    roles: [a]\n    require_image: true\n    gate_mode: audit\n"
+        ),
+    )])
+    .expect("loads");
+    let rule = &set.rules[0];
+    assert!(rule.require_image);
+    assert_eq!(rule.gate_mode, Some(crate::config::GateMode::Audit));
+    let p = rule.selector.image_repository.as_ref().expect("selector");
+    assert!(
+        p.is_match("registry.example.com/shop/api") && !p.is_match("registry.example.com/dev/api")
+    );
+    let set = load(&[(
+        "p.yaml",
+        &format!("{roles}rules:\n  - name: r\n    match: {{bootstrap_role: a}}\n    roles: [a]\n"),
+    )])
+    .expect("defaults");
+    assert!(!set.rules[0].require_image && set.rules[0].gate_mode.is_none());
+    one_error(
+        &[(
+            "p.yaml",
+            &format!(
+                "{roles}rules:\n  - name: r\n    match: {{bootstrap_role: a}}\n    roles: [a]\n    gate_mode: enforcing\n"
+            ),
+        )],
+        "p.yaml",
+        7,
+        &["gate_mode", "`enforce` or `audit`"],
+    );
+    one_error(
+        &[(
+            "p.yaml",
+            &format!(
+                "{roles}rules:\n  - name: r\n    match: {{bootstrap_role: a}}\n    roles: [a]\n    require_image: yes\n"
+            ),
+        )],
+        "p.yaml",
+        7,
+        &["require_image", "true or false"],
+    );
+}
