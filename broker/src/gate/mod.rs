@@ -19,6 +19,7 @@
 //! today the image an admin bound into a bootstrap token; admission records (the validating
 //! webhook) and pod lookups come next and feed the same decision.
 
+pub mod admission;
 pub mod decide;
 pub mod image;
 
