@@ -7,7 +7,7 @@
 //! (`CREATE`, `UPDATE`, and the `pods/ephemeralcontainers` subresource, which a rule on `pods`
 //! alone does not match) or the pod template of a Deployment, StatefulSet, DaemonSet,
 //! ReplicaSet, Job or CronJob — every container, init container and ephemeral container;
-//! [`decide`] turns the gate's verdicts into the answer: allowed or denied with a message a
+//! [`decide()`] turns the gate's verdicts into the answer: allowed or denied with a message a
 //! developer can act on, AdmissionReview `warnings`, and for an allowed, non-dry-run pod the
 //! record to keep (`metadata.uid` → digests).
 
