@@ -844,3 +844,151 @@ async fn an_allowlist_change_reevaluates_stored_verdicts_without_a_rescan_and_se
     );
     broker.stop().await;
 }
+
+/// An AdmissionReview as the Kubernetes documentation shows it, for `object` of `kind`.
+fn admission_review(
+    kind: (&str, &str, &str),
+    resource: &str,
+    object: Value,
+    dry_run: bool,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
+            "resource": {"group": kind.0, "version": kind.1, "resource": resource},
+            "name": "web",
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": object,
+            "oldObject": null,
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    }))
+    .expect("json")
+}
+
+fn pod_spec(init: &str, containers: &[&str]) -> Value {
+    json!({
+        "initContainers": [{"name": "migrate", "image": init}],
+        "containers": containers.iter().enumerate().map(|(i, c)| json!({"name": format!("c{i}"), "image": c})).collect::<Vec<_>>()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_decisions_resolve_tags_and_check_every_container_against_real_images() {
+    use lanyard_broker::gate::admission::{self, AdmissionSettings, OnTimeout};
+    let reg = registry();
+    let b = InProcessBroker::start(POLICY, &gate_config(""))
+        .await
+        .expect("broker");
+    let gate = b.broker.gate().clone();
+    let settings = AdmissionSettings {
+        mode: lanyard_broker::config::GateMode::Enforce,
+        on_timeout: OnTimeout::FailClosed,
+        namespace_exemption: None,
+    };
+    let admit = |body: Vec<u8>| {
+        let gate = gate.clone();
+        let settings = settings.clone();
+        async move {
+            let req = admission::parse_review(&body).expect("review");
+            let w = admission::workload_of(&req, true)
+                .expect("object")
+                .expect("gated");
+            gate.admit(&w, &settings).await.expect("decision")
+        }
+    };
+    let clean = format!("{reg}/lanyard/multistage-clean:1");
+    let dirty = format!("{reg}/lanyard/env-secret:1");
+    let pod = |spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "uid": "pod-uid-7"}, "spec": spec});
+
+    // Clean everywhere: allowed, recorded under the object's UID with the resolved digests.
+    let d = admit(admission_review(
+        ("", "v1", "Pod"),
+        "pods",
+        pod(pod_spec(&clean, &[&clean])),
+        false,
+    ))
+    .await;
+    assert!(d.allowed, "{d:?}");
+    let (uid, digests) = d.record.expect("record");
+    assert_eq!(uid, "pod-uid-7");
+    assert_eq!(digests, vec![digest_of(&clean).await; 2]);
+    // A dry run records nothing.
+    let d = admit(admission_review(
+        ("", "v1", "Pod"),
+        "pods",
+        pod(pod_spec(&clean, &[&clean])),
+        true,
+    ))
+    .await;
+    assert!(d.allowed && d.record.is_none());
+    // One dirty init container among clean ones: denied, naming it and the finding.
+    let d = admit(admission_review(
+        ("", "v1", "Pod"),
+        "pods",
+        pod(pod_spec(&dirty, &[&clean, &clean])),
+        false,
+    ))
+    .await;
+    assert!(!d.allowed);
+    assert!(
+        d.message.contains("init container `migrate`")
+            && d.message.contains("config Env AWS_ACCESS_KEY_ID"),
+        "{}",
+        d.message
+    );
+    assert!(!d.message.contains("`c0`"), "{}", d.message);
+    assert_no_planted("the admission message", &d.message);
+    // A dirty Deployment template is refused before it makes pods.
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"template": {"metadata": {}, "spec": pod_spec(&clean, &[&dirty])}}});
+    let d = admit(admission_review(
+        ("apps", "v1", "Deployment"),
+        "deployments",
+        deployment,
+        false,
+    ))
+    .await;
+    assert!(
+        !d.allowed && d.message.contains("Deployment pod template"),
+        "{}",
+        d.message
+    );
+    // A registry down: a pod fails closed ("retry"); a template is allowed with a warning.
+    let down = format!("127.0.0.1:1/lanyard/app@sha256:{}", "ab".repeat(32));
+    let d = admit(admission_review(
+        ("", "v1", "Pod"),
+        "pods",
+        pod(pod_spec(&clean, &[&down])),
+        false,
+    ))
+    .await;
+    assert!(
+        !d.allowed && d.message.contains("scan pending, retry"),
+        "{}",
+        d.message
+    );
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+        "spec": {"template": {"spec": {"containers": [{"name": "j", "image": down}], "restartPolicy": "Never"}}}});
+    let d = admit(admission_review(("batch", "v1", "Job"), "jobs", job, false)).await;
+    assert!(d.allowed && d.warnings.len() == 1, "{d:?}");
+    // An image without a registry host cannot be checked: refused, not retried.
+    let d = admit(admission_review(
+        ("", "v1", "Pod"),
+        "pods",
+        pod(pod_spec(&clean, &["nginx:1"])),
+        false,
+    ))
+    .await;
+    assert!(
+        !d.allowed && d.message.contains("cannot be checked") && !d.message.contains("retry"),
+        "{}",
+        d.message
+    );
+}

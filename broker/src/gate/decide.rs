@@ -80,6 +80,9 @@ pub enum Lookup {
     Unscanned,
     /// A scan is running and did not finish within the deadline.
     Pending,
+    /// The reference cannot be checked at all (it names no registry host, or its tag does
+    /// not exist): refused, not retryable. The message never holds a secret.
+    Unresolvable(String),
     /// The scan could not run (registry down, image gone). The message is the scanner's,
     /// which never holds a secret.
     ScanFailed(String),
@@ -365,6 +368,16 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                     } else {
                         " (gate.unscanned: deny)"
                     }
+                ),
+            )),
+            Lookup::Unresolvable(why) => problems.push((
+                2,
+                Reason::Unscanned,
+                false,
+                format!(
+                    "image {} cannot be checked: {}",
+                    img.image,
+                    why.chars().take(300).collect::<String>()
                 ),
             )),
             Lookup::ScanFailed(e) => problems.push((
@@ -705,6 +718,19 @@ mod tests {
         };
         let d = decide(&images(vec![bare]), &s);
         assert!(d.detail.contains("bare digest"), "{}", d.detail);
+        let d = decide(
+            &images(vec![image(
+                Lookup::Unresolvable("no registry host".into()),
+                None,
+            )]),
+            &s,
+        );
+        check(&d, Outcome::Deny, Reason::Unscanned, false);
+        assert!(
+            d.detail.contains("cannot be checked: no registry host"),
+            "{}",
+            d.detail
+        );
     }
 
     #[test]

@@ -644,6 +644,60 @@ impl Gate {
         Ok(Workload::Images { source, images })
     }
 
+    /// Decides an admission (the validating webhook, part B): each image of `workload` is
+    /// resolved to a digest (a tag through its registry, within `gate.scan_deadline_seconds`),
+    /// looked up or scanned, its exemption read, and [`admission::decide`] answers. The route
+    /// and the records of admitted pods are not wired yet.
+    pub async fn admit(
+        self: &Arc<Self>,
+        workload: &admission::AdmissionWorkload,
+        settings: &admission::AdmissionSettings,
+    ) -> Result<admission::AdmissionDecision, StoreError> {
+        let wait = Duration::from_secs(self.config.scan_deadline_seconds);
+        let mut states = Vec::with_capacity(workload.images.len());
+        for c in &workload.images {
+            let state = match image::parse(&c.image) {
+                Err(e) => ImageState {
+                    image: c.image.chars().take(200).collect(),
+                    digest: String::new(),
+                    lookup: Lookup::Unresolvable(e),
+                    exemption: None,
+                },
+                Ok(r) => match self.resolve(&r, wait).await {
+                    Err(GateError::Store(e)) => return Err(e),
+                    Err(e) => ImageState {
+                        image: r.to_string(),
+                        digest: String::new(),
+                        lookup: Lookup::ScanFailed(e.to_string()),
+                        exemption: None,
+                    },
+                    Ok(digest) => {
+                        let pinned = ImageRef {
+                            digest: Some(digest.clone()),
+                            tag: None,
+                            ..r
+                        };
+                        let lookup = self.lookup(&pinned, wait).await?;
+                        let exemption = match &lookup {
+                            Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
+                                self.store.exemption(&digest).await?.map(|e| e.reason)
+                            }
+                            _ => None,
+                        };
+                        ImageState {
+                            image: pinned.to_string(),
+                            digest,
+                            lookup,
+                            exemption,
+                        }
+                    }
+                },
+            };
+            states.push(state);
+        }
+        Ok(admission::decide(workload, &states, settings))
+    }
+
     /// Records an exemption for `digest`.
     pub async fn exempt(&self, digest: &str, reason: &str) -> Result<(), GateError> {
         if !image::is_digest(digest) {
