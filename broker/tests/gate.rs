@@ -992,3 +992,50 @@ async fn admission_decisions_resolve_tags_and_check_every_container_against_real
         d.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_rescan_is_not_retried_on_every_issuance() {
+    // The previous ruleset's clean verdict names a registry that is down.
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let store = Arc::new(MemoryStore::new());
+    store
+        .put_verdict(&VerdictRecord {
+            digest: digest.clone(),
+            ruleset_version: "0-previous+000000000000".into(),
+            repository: Some("127.0.0.1:1/lanyard/app".into()),
+            verdict: Verdict::Clean,
+            findings: vec![],
+            incomplete: vec![],
+            platforms: vec![],
+            scanned_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        })
+        .await
+        .expect("old verdict");
+    let b = InProcessBroker::start_with_store(POLICY, &gate_config(""), store)
+        .await
+        .expect("broker");
+    let image = format!("127.0.0.1:1/lanyard/app@{digest}");
+    let errors = || {
+        let m = b.broker.metrics().render();
+        m.lines()
+            .find(|l| {
+                l.starts_with("lanyard_gate_scans_total{result=\"error\",trigger=\"rescan\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The start-up re-scan fails at once (connection refused).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while errors() == 0 {
+        assert!(Instant::now() < deadline, "the start-up re-scan never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        b.issue(&bound(Some(&image), "app"), None)
+            .await
+            .expect("the previous clean verdict serves while the registry is down");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(errors(), 1, "no new re-scan within the retry interval");
+}

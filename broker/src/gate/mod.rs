@@ -222,10 +222,16 @@ pub struct Gate {
     ruleset_version: String,
     allowlist: ArcSwap<AllowState>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<ScanResult>>>>,
+    /// When a background re-scan of a digest last failed: lookups do not start another one
+    /// for [`RESCAN_RETRY_AFTER`] (a registry that is down is not asked on every issuance).
+    rescan_failed: Mutex<HashMap<String, std::time::Instant>>,
     scans: Arc<Semaphore>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 }
+
+/// How long after a failed background re-scan of a digest lookups start no new one.
+pub const RESCAN_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl Gate {
     /// A gate over `store` with the broker's `gate` configuration. Loads the allowlist (an
@@ -244,6 +250,7 @@ impl Gate {
             ruleset_version: lanyard_scan::rules::RuleSet::builtin().version.clone(),
             allowlist: ArcSwap::from_pointee(AllowState::default()),
             inflight: Mutex::new(HashMap::new()),
+            rescan_failed: Mutex::new(HashMap::new()),
             metrics,
             clock,
         });
@@ -323,7 +330,13 @@ impl Gate {
             let source = image
                 .registry_source()
                 .or_else(|| rec.repository.as_ref().map(|r| format!("{r}@{digest}")));
-            if let Some(source) = source {
+            let failed_recently = self
+                .rescan_failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(digest)
+                .is_some_and(|at| at.elapsed() < RESCAN_RETRY_AFTER);
+            if let (Some(source), false) = (source, failed_recently) {
                 // Not awaited: the previous verdict serves meanwhile.
                 drop(self.scan(source, digest.to_owned(), "rescan"));
             }
@@ -429,6 +442,20 @@ impl Gate {
         let gate = Arc::clone(self);
         tokio::spawn(async move {
             let result = gate.run_scan(&source, &digest, trigger).await;
+            {
+                let mut failed = gate
+                    .rescan_failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match &result {
+                    Err(_) if trigger == "rescan" => {
+                        failed.insert(digest.clone(), std::time::Instant::now());
+                    }
+                    _ => {
+                        failed.remove(&digest);
+                    }
+                }
+            }
             // Remove first, then publish: a request arriving after the removal finds the
             // stored verdict.
             gate.inflight
