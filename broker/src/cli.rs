@@ -320,6 +320,10 @@ enum PolicyCommand {
         /// Roles a bootstrap token was minted for (repeatable).
         #[arg(long)]
         bootstrap_role: Vec<String>,
+        /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
+        /// select on `image_repository`.
+        #[arg(long, requires = "bootstrap_role")]
+        image: Option<String>,
         /// The role to explain.
         #[arg(long)]
         role: String,
@@ -613,6 +617,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             namespace,
             service_account,
             bootstrap_role,
+            image,
             role,
             json,
         }) => {
@@ -626,6 +631,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     namespace,
                     service_account,
                     bootstrap_roles: (!bootstrap_role.is_empty()).then_some(bootstrap_role),
+                    image,
                 },
                 role,
             };

@@ -292,3 +292,42 @@ fn dev_mode_writes_a_credential_and_stops_on_ctrl_c() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn policy_explain_checks_the_image_repository_of_a_bound_image() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "roles:\n  db: {backend: jwt, max_ttl_seconds: 60}\nrules:\n  - name: shop-images\n    match: {bootstrap_role: db, image_repository: \"registry.example.com/shop/*\"}\n    roles: [db]\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf8");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let explain = |image: &str| {
+        run(&[
+            "policy",
+            "explain",
+            "--dir",
+            d,
+            "--issuer",
+            "lanyard:bootstrap",
+            "--subject",
+            "bootstrap:bt_1",
+            "--bootstrap-role",
+            "db",
+            "--image",
+            image,
+            "--role",
+            "db",
+        ])
+    };
+    let allowed = explain(&format!("registry.example.com/shop/api@{digest}"));
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    let denied = explain(&format!("registry.example.com/dev/api@{digest}"));
+    assert!(!denied.status.success());
+    let t = text(&denied);
+    assert!(
+        t.contains("image_repository") && t.contains("registry.example.com/dev/api"),
+        "{t}"
+    );
+}

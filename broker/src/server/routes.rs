@@ -520,6 +520,10 @@ pub struct IdentitySpec {
     /// Roles a bootstrap token was minted for.
     #[serde(default)]
     pub bootstrap_roles: Option<Vec<String>>,
+    /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
+    /// select on `image_repository`.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl IdentitySpec {
@@ -541,7 +545,7 @@ impl IdentitySpec {
                 .unwrap_or("explain")
                 .to_owned(),
             roles: roles.clone(),
-            image: None,
+            image: self.image.clone(),
         });
         Identity {
             issuer: if bootstrap.is_some() && self.issuer.is_empty() {
