@@ -331,3 +331,79 @@ fn policy_explain_checks_the_image_repository_of_a_bound_image() {
         "{t}"
     );
 }
+
+/// `lanyard-broker dev` gates images too, reading a plain-HTTP registry on loopback (the test
+/// registry of `tests/peers/images.sh`): a token bound to a dirty image is refused with the
+/// finding, as its banner says.
+#[test]
+fn dev_mode_gates_images_from_a_loopback_registry() {
+    let registry = std::env::var("LANYARD_TEST_REGISTRY")
+        .expect("LANYARD_TEST_REGISTRY is not set: `source tests/peers/images.sh` first");
+    let work = tempfile::tempdir().expect("tmp");
+    let dev_dir = work.path().join("devdir");
+    let child = broker_cmd()
+        .current_dir(work.path())
+        .args(["dev", "--no-sidecar", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dev_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dev");
+    let config = dev_dir.join("broker.yaml");
+    let url = (0..300)
+        .find_map(|_| {
+            let text = std::fs::read_to_string(&config).unwrap_or_default();
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix("public_url: "))
+                .map(|u| u.trim_matches('"').to_owned());
+            // Ready once the admin token and the server are there.
+            if url.is_some() && dev_dir.join("bootstrap-token").is_file() {
+                return url;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            None
+        })
+        .expect("dev mode started");
+    let image = |args: &[&str]| {
+        broker_cmd()
+            .arg("image")
+            .args(args)
+            .args(["--broker", &url, "--ca"])
+            .arg(dev_dir.join("tls/ca.pem"))
+            .arg("--admin-token-file")
+            .arg(dev_dir.join("admin-token"))
+            .output()
+            .expect("run")
+    };
+    let mut out = image(&["scan", &format!("{registry}/lanyard/env-secret:1")]);
+    for _ in 0..20 {
+        // The listener may not accept yet right after the files appear.
+        if !text(&out).contains("cannot reach broker") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out = image(&["scan", &format!("{registry}/lanyard/env-secret:1")]);
+    }
+    let pid = child.id().to_string();
+    let clean = image(&["scan", &format!("{registry}/lanyard/multistage-clean:1")]);
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let dev = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "dirty: {}", text(&out));
+    assert!(
+        text(&out).contains("config Env AWS_ACCESS_KEY_ID"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(clean.status.code(), Some(0), "clean: {}", text(&clean));
+    let banner = text(&dev);
+    assert!(
+        banner.contains("lanyard-broker image scan") && banner.contains("--image"),
+        "{banner}"
+    );
+    assert!(
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .contains("insecure_loopback_registries: true")
+    );
+}
