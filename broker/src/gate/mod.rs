@@ -653,7 +653,11 @@ impl Gate {
             let lookup = if image::is_digest(&digest) {
                 self.lookup(&r, wait).await?
             } else {
-                Lookup::Unscanned
+                Lookup::Unresolvable(
+                    "the bound image is not a digest reference; mint a new token bound to \
+                     REPOSITORY@sha256:DIGEST"
+                        .into(),
+                )
             };
             let exemption = match &lookup {
                 Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
