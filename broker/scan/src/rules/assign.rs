@@ -887,6 +887,11 @@ pub fn find(text: &[u8], hits: &[usize], form: Form) -> Vec<Assignment> {
             key = rest;
         }
         let ke = ks + key.len();
+        // `PASS: name`, `XPASS: name`: a test result line (DejaGnu, Automake logs), not a
+        // password.
+        if matches!(key, b"PASS" | b"XPASS") && text.get(ke) == Some(&b':') {
+            continue;
+        }
         let kind = if key.eq_ignore_ascii_case(b"identified") {
             KeyKind::Password
         } else {
@@ -1162,6 +1167,10 @@ mod tests {
                 Form::Unknown,
             ),
             ("chown app:secrets /srv\n", Form::Config),
+            (
+                "PASS: gdb.arch/amd64-osabi.exp: arch=i386:x86-64: set osabi none\n",
+                Form::Unknown,
+            ),
         ] {
             assert!(
                 detect(text, form).is_empty(),
