@@ -751,7 +751,16 @@ async fn run(command: Command) -> Result<ExitCode, String> {
 async fn run_scan(args: ScanArgs) -> ExitCode {
     match scan_report(&args).await {
         Ok((report, out)) => {
-            println!("{out}");
+            // `scan … | head`: a reader that went away is not an error of the scan (and
+            // `println!` would panic on the broken pipe).
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = writeln!(stdout, "{out}").and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("lanyard-broker scan: cannot write the report: {e}");
+                return ExitCode::from(2);
+            }
             ExitCode::from(report.exit_code())
         }
         Err(message) => {

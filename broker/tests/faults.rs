@@ -167,20 +167,7 @@ async fn a_broker_killed_mid_burst_keeps_every_answered_issuance() {
 
     // The log the killed broker left verifies, chain and store head alike.
     broker.kill();
-    let out = std::process::Command::new(bin)
-        .args(["audit", "verify"])
-        .arg(&broker.audit_file)
-        .arg("--store")
-        .arg(&broker.store_file)
-        .env("LANYARD_LOG", "warn")
-        .output()
-        .expect("run audit verify");
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lanyard_test_support::assert_audit_verifies(bin, &broker.audit_file, Some(&broker.store_file));
 }
 
 /// 0-49 ms, from the clock (the crate has no random-number dependency of its own).

@@ -80,6 +80,28 @@ fn cli_exit_codes_formats_and_allowlist() {
     assert!(err.contains("docker-archive:PATH"), "{err}");
 }
 
+/// `lanyard-broker scan IMAGE | head`: the reader goes away before the report is written;
+/// the scan still exits with its verdict's code, quietly (no panic on the broken pipe).
+#[test]
+fn a_reader_that_goes_away_is_not_a_crash() {
+    let dirty = format!(
+        "oci-archive:{}",
+        images().join("copy-env-rm.oci.tar").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard-broker"))
+        .args(["scan", &dirty])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lanyard-broker");
+    // Close the read end at once: the scan takes far longer than this.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// The CLI's report of the env-secret image is complete and finds what the library finds
 /// (`broker/scan/tests/images.rs` checks those findings one by one).
 fn same_as_library(what: &str, cli: &Report, library: &Report) {

@@ -59,17 +59,10 @@ async fn poll_until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bo
 }
 
 fn audit_verify(site: &ProcessSite) {
-    let out = std::process::Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(site.path().join("audit.log"))
-        .env("LANYARD_LOG", "warn")
-        .output()
-        .expect("run audit verify");
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    lanyard_test_support::assert_audit_verifies(
+        std::path::Path::new(BIN),
+        &site.path().join("audit.log"),
+        None,
     );
 }
 

@@ -101,7 +101,7 @@ curl -sf --cacert ca.pem -X POST -H "Authorization: Bearer $TOKEN" -H 'content-t
   -d '{}' "$URL/v1/credentials" >/dev/null || { echo "the broker does not issue:"; cat broker.log; exit 1; }
 
 load() {
-  oha --no-tui --json --insecure -m POST -H "Authorization: Bearer $TOKEN" \
+  oha --no-tui --output-format json --insecure -m POST -H "Authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d '{}' -c "$CONNECTIONS" "$@" "$URL/v1/credentials"
 }
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
@@ -150,7 +150,8 @@ print(f"open fds: first {fds[0]}, last {fds[-1]}, min {min(fds)}, max {max(fds)}
 PY
 kill "$PID"; wait "$PID" 2>/dev/null || true
 trap - EXIT
-issued="$(grep -c '"event":"issue"' audit.log || true)"
+# Every segment of the log (audit.log, audit.log.000001, …: a new one each 256 MiB).
+issued="$(cat audit.log audit.log.[0-9]* 2>/dev/null | grep -c '"event":"issue"' || true)"
 ok="$(python3 -c "
 import json, os
 print(1 + sum(json.load(open(f))['statusCodeDistribution'].get('200', 0)

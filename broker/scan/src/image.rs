@@ -146,6 +146,7 @@ pub(crate) async fn scan_image(
         files_scanned: budget.files.load(Ordering::Relaxed),
         compressed_bytes: budget.compressed.load(Ordering::Relaxed),
         decompressed_bytes: budget.decompressed.load(Ordering::Relaxed),
+        info_not_listed: budget.info_not_listed.load(Ordering::Relaxed),
     };
     Ok(ImageReport {
         digest: img.digest,

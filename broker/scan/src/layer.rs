@@ -53,6 +53,10 @@ pub(crate) struct Budget {
     pub files: AtomicU64,
     /// Findings kept so far (config and layers), against [`Limits::max_findings`].
     pub findings: AtomicU64,
+    /// `info` findings kept so far, against [`MAX_LISTED_INFO_FINDINGS`].
+    pub info_findings: AtomicU64,
+    /// `info` findings past [`MAX_LISTED_INFO_FINDINGS`]: counted, not kept.
+    pub info_not_listed: AtomicU64,
     /// Bytes of package record files kept for the vendor pass, against
     /// [`vendor::MAX_RECORD_BYTES_PER_IMAGE`].
     pub record_bytes: AtomicU64,
@@ -78,6 +82,8 @@ impl Budget {
             entries: AtomicU64::new(0),
             files: AtomicU64::new(0),
             findings: AtomicU64::new(0),
+            info_findings: AtomicU64::new(0),
+            info_not_listed: AtomicU64::new(0),
             record_bytes: AtomicU64::new(0),
             exceeded: Mutex::new(None),
             cancel,
@@ -823,11 +829,25 @@ impl LayerCtx<'_> {
     /// layer of the image (the reason becomes the layer's incomplete mark).
     /// The file of the layer that holds the finding (the outer archive for a member of a
     /// nested one) is then hashed for the vendor pass.
+    ///
+    /// A finding that is `info` already (public test material, package code) is kept only
+    /// among the image's first [`MAX_LISTED_INFO_FINDINGS`] such; past them it is counted in
+    /// `info_not_listed` and dropped. It can never make the image dirty, so dropping it
+    /// cannot turn a dirty image clean, and a test log in `usr/share/doc` full of
+    /// `PASS: x=y` lines does not make the image incomplete.
     fn keep_finding(&mut self, f: Finding, key: ValueKey) -> io::Result<()> {
-        let max = self.budget.limits.max_findings;
-        let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > max {
-            return Err(self.budget.stop(max_findings_reason(max)));
+        if f.severity == Severity::Info {
+            let n = self.budget.info_findings.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > MAX_LISTED_INFO_FINDINGS {
+                self.budget.info_not_listed.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        } else {
+            let max = self.budget.limits.max_findings;
+            let n = self.budget.findings.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > max {
+                return Err(self.budget.stop(max_findings_reason(max)));
+            }
         }
         if let Location::File { path, .. } = &f.location {
             let file = vendor::layer_file(path);
@@ -910,6 +930,10 @@ impl Retain {
         }
     }
 }
+
+/// `info` findings listed per image; the rest are counted in
+/// [`Stats::info_not_listed`](crate::report::Stats::info_not_listed).
+pub const MAX_LISTED_INFO_FINDINGS: u64 = 1_000;
 
 /// Why an image stopped at [`Limits::max_findings`].
 pub(crate) fn max_findings_reason(max: u64) -> String {

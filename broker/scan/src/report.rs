@@ -215,6 +215,16 @@ pub struct Stats {
     pub compressed_bytes: u64,
     /// Bytes after decompression.
     pub decompressed_bytes: u64,
+    /// `info` findings (public test material, package code) found past the first
+    /// [`crate::layer::MAX_LISTED_INFO_FINDINGS`] of the image: counted here, not listed. They
+    /// never change the verdict, so a documentation-heavy image is not made incomplete by
+    /// them; findings that may count keep their own bound (`max_findings`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub info_not_listed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The scan of one image (one platform of an index, or one image of an archive).
@@ -497,6 +507,13 @@ pub fn render_human(report: &Report) -> String {
             img.stats.files_scanned,
             img.stats.decompressed_bytes / (1 << 20)
         );
+        if img.stats.info_not_listed > 0 {
+            let _ = writeln!(
+                s,
+                "  {} more info finding(s) not listed (public test material or package code)",
+                img.stats.info_not_listed
+            );
+        }
     }
     let _ = writeln!(
         s,

@@ -862,17 +862,13 @@ pub fn is_placeholder(value: &[u8]) -> bool {
         return true;
     }
     let lower = v.to_ascii_lowercase();
+    // Variable and template references (`${`, `{{`, `%(`, `os.environ`…) are
+    // [`placeholder::is_reference`]'s, below.
     const MARKERS: &[&[u8]] = &[
-        b"${",
-        b"$(",
-        b"{{",
-        b"}}",
         b"<",
         b">",
         b"%s",
-        b"%(",
         b"%{",
-        b"#{",
         b"example",
         b"xxxx",
         b"changeme",
@@ -903,9 +899,6 @@ pub fn is_placeholder(value: &[u8]) -> bool {
         b"lorem",
         b"12345678",
         b"abcdefgh",
-        b"process.env",
-        b"os.environ",
-        b"getenv",
     ];
     if MARKERS
         .iter()

@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lanyard_scan::{ScanError, ScanOptions, Source, Verdict, scan};
+use lanyard_scan::{Location, ScanError, ScanOptions, Source, Verdict, scan};
 
 /// An image config whose one layer has this diff id.
 fn config(diff_id: &str) -> String {
@@ -393,10 +393,12 @@ async fn a_small_gzip_bomb_of_key_shaped_strings_stops_at_the_findings_cap() {
     };
     let lines = usize::try_from(max).expect("fits") * 20;
     let body = "GITHUB_TOKEN=ghp_R8vXq2LmN4pT7wYz1aBcD3eF5gH6jK9sUvWx\n".repeat(lines);
-    // In a test directory every finding is informational (the verdict would be clean were the
-    // cap silent); in an app directory they count (dirty).
+    // In an app directory the findings count: the cap stops the scan (dirty, and incomplete
+    // reasons say why). In a test directory every finding is informational: those are listed
+    // up to their own bound and counted past it, and the scan goes on to the end (a flood
+    // of public test material neither fills memory nor hides what comes after it).
     for (case, file, want) in [
-        ("info", "tests/keys.txt", Verdict::Incomplete),
+        ("info", "tests/keys.txt", Verdict::Clean),
         ("counts", "app/keys.txt", Verdict::Dirty),
     ] {
         let case = dir.path().join(case);
@@ -440,16 +442,85 @@ async fn a_small_gzip_bomb_of_key_shaped_strings_stops_at_the_findings_cap() {
             .await
             .expect("scans");
         let img = &r.images[0];
-        assert_eq!(img.findings.len() as u64, max, "{file}");
         assert_eq!(img.verdict, want, "{file}: {:?}", img.incomplete);
-        assert!(
-            img.incomplete
-                .iter()
-                .any(|i| i.contains("limit max_findings")),
-            "{file}: {:?}",
-            img.incomplete
-        );
+        if want == Verdict::Clean {
+            let listed = lanyard_scan::layer::MAX_LISTED_INFO_FINDINGS;
+            assert_eq!(img.findings.len() as u64, listed, "{file}");
+            assert_eq!(img.stats.info_not_listed, lines as u64 - listed);
+            assert!(img.incomplete.is_empty(), "{:?}", img.incomplete);
+        } else {
+            assert_eq!(img.findings.len() as u64, max, "{file}");
+            assert!(
+                img.incomplete
+                    .iter()
+                    .any(|i| i.contains("limit max_findings")),
+                "{file}: {:?}",
+                img.incomplete
+            );
+        }
     }
+}
+
+/// A real secret after a flood of public test material is still found: the informational
+/// findings before it do not use up the cap that stops the scan.
+#[tokio::test]
+async fn a_secret_after_a_flood_of_test_material_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let noise = "PASS: suite.exp: token=ghp_R8vXq2LmN4pT7wYz1aBcD3eF5gH6jK9sUvWx\n".repeat(3_000);
+    let secret = b"GITHUB_TOKEN=ghp_Zq8vXr2LmN4pT7wYz1aBcD3eF5gH6jK9sUvW\n";
+    let layer_dir = dir.path().join("layer");
+    for (p, data) in [
+        ("usr/share/doc/tool/tests/check.log", noise.as_bytes()),
+        ("zz/app/.env", &secret[..]),
+    ] {
+        let path = layer_dir.join(p);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(&path, data).expect("write");
+    }
+    let layer = dir.path().join("layer.tar");
+    let tar_ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&layer_dir)
+        .args(["usr", "zz"])
+        .status()
+        .expect("tar")
+        .success();
+    assert!(tar_ok);
+    let bytes = std::fs::read(&layer).expect("read");
+    let diff_id = sha256(&bytes);
+    let m = manifest(&["layer.tar"]);
+    let tar = docker_archive(
+        &dir.path().join("archive"),
+        &[
+            ("manifest.json", m.as_bytes()),
+            ("config.json", config(&diff_id).as_bytes()),
+            ("layer.tar", &bytes),
+        ],
+        &[],
+    );
+    let opts = ScanOptions {
+        limits: lanyard_scan::Limits {
+            max_findings: 500,
+            ..lanyard_scan::Limits::default()
+        },
+        ..ScanOptions::default()
+    };
+    let r = scan(&Source::DockerArchive(tar), &opts)
+        .await
+        .expect("scans");
+    let img = &r.images[0];
+    assert!(img.incomplete.is_empty(), "{:?}", img.incomplete);
+    assert_eq!(img.verdict, Verdict::Dirty);
+    let counted: Vec<_> = img
+        .findings
+        .iter()
+        .filter(|f| lanyard_scan::report::counts(f))
+        .collect();
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert!(matches!(&counted[0].location, Location::File { path, .. } if path == "zz/app/.env"));
+    assert!(img.stats.info_not_listed > 0);
 }
 
 #[tokio::test]

@@ -44,7 +44,7 @@ pub use jsonwebtoken::Algorithm;
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;
-pub use process::{Answer, ProcessSite, SiteBroker};
+pub use process::{Answer, ProcessSite, SiteBroker, assert_audit_verifies};
 pub use registry::{TokenRegistry, TokenRequest, TokenServer};
 pub use vault::VaultEmulator;
 pub use workload::Workload;

@@ -265,3 +265,23 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Runs `BIN audit verify AUDIT [--store STORE]` and fails the test, with its output, unless
+/// the log verifies.
+pub fn assert_audit_verifies(bin: &Path, audit: &Path, store: Option<&Path>) {
+    let mut cmd = Command::new(bin);
+    cmd.args(["audit", "verify"]).arg(audit);
+    if let Some(store) = store {
+        cmd.arg("--store").arg(store);
+    }
+    let out = cmd
+        .env("LANYARD_LOG", "warn")
+        .output()
+        .expect("run audit verify");
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -22,12 +22,19 @@ pub enum Form {
     /// Anything else (documentation, unknown extensions, image config values): unquoted
     /// values count unless they look like identifiers.
     Unknown,
+    /// A file format whose credential-named keys never hold credentials: `nsswitch.conf`
+    /// (`passwd: files` maps the password database to its source). No assignments are read;
+    /// the token rules still run.
+    NoAssignments,
 }
 
 impl Form {
     /// The form of a file, from its path.
     pub fn of_path(path: &str) -> Form {
         let base = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+        if base == "nsswitch.conf" {
+            return Form::NoAssignments;
+        }
         if base.starts_with(".env")
             || base.starts_with("dockerfile")
             || base.starts_with("containerfile")
@@ -606,9 +613,20 @@ fn values_after(text: &[u8], ks: usize, ke: usize, form: Form) -> Vec<Value> {
             after = eq + 1;
         }
     }
-    let Some(_) = op_len else {
+    let Some(op) = op_len else {
         return whitespace_forms(text, ks, ke, ls, le, before);
     };
+    // `install passwd:amd64 <none> 1:4.13` (a log), `user:group`: a colon with no blank
+    // after it is an assignment only where the key starts its line (`.properties`'
+    // `key:value`) or is quoted (minified JSON).
+    if op == 1
+        && rest.first() == Some(&b':')
+        && !key_quoted
+        && text.get(q + 1).is_some_and(|b| !b.is_ascii_whitespace())
+        && !text[ls..ks].iter().all(|b| matches!(b, b' ' | b'\t'))
+    {
+        return Vec::new();
+    }
     if rest.starts_with(b"=") && text.get(q.wrapping_sub(1)) == Some(&b'!') {
         return Vec::new();
     }
@@ -680,6 +698,10 @@ fn whitespace_forms(
                 .map(|(s, e)| vec![(s, e, true)])
                 .unwrap_or_default();
         }
+        return Vec::new();
+    }
+    // `update-passwd --verbose`: a command and its flag, not a directive and its value.
+    if text[v] == b'-' {
         return Vec::new();
     }
     let (s, e) = unquoted(text, v, le, false);
@@ -826,6 +848,9 @@ fn could_assign(text: &[u8], ks: usize, ke: usize) -> bool {
 /// (byte offsets into `text`, ascending). Pure; at most a few lines are read per hit.
 pub fn find(text: &[u8], hits: &[usize], form: Form) -> Vec<Assignment> {
     let mut out: Vec<Assignment> = Vec::new();
+    if form == Form::NoAssignments {
+        return out;
+    }
     let mut done = 0usize;
     for &h in hits {
         if h < done || h >= text.len() {
@@ -862,6 +887,11 @@ pub fn find(text: &[u8], hits: &[usize], form: Form) -> Vec<Assignment> {
             key = rest;
         }
         let ke = ks + key.len();
+        // `PASS: name`, `XPASS: name`: a test result line (DejaGnu, Automake logs), not a
+        // password.
+        if matches!(key, b"PASS" | b"XPASS") && text.get(ke) == Some(&b':') {
+            continue;
+        }
         let kind = if key.eq_ignore_ascii_case(b"identified") {
             KeyKind::Password
         } else {
@@ -1030,6 +1060,8 @@ mod tests {
             (format!("password:\n    {v}\n"), Form::Config),
             (format!("api_key: >-\n  {v}\n"), Form::Config),
             (format!("requirepass {v}\n"), Form::Config),
+            (format!("db.password:{v}\n"), Form::Config),
+            (format!("{{\"password\":\"{v}\"}}\n"), Form::Config),
             (format!("run --password {v} x\n"), Form::Config),
             (
                 format!("CREATE USER a WITH PASSWORD '{v}';\n"),
@@ -1128,6 +1160,17 @@ mod tests {
                 Form::Config,
             ),
             ("The password is used to log in.\n", Form::Unknown),
+            // Found on a debootstrapped Debian 12: a maintainer script, dpkg's log.
+            ("\t\tupdate-passwd --verbose\n", Form::Unknown),
+            (
+                "2026-12-06 00:57:58 install passwd:amd64 <none> 1:4.13+dfsg1-1\n",
+                Form::Unknown,
+            ),
+            ("chown app:secrets /srv\n", Form::Config),
+            (
+                "PASS: gdb.arch/amd64-osabi.exp: arch=i386:x86-64: set osabi none\n",
+                Form::Unknown,
+            ),
         ] {
             assert!(
                 detect(text, form).is_empty(),
@@ -1159,5 +1202,10 @@ mod tests {
         assert_eq!(Form::of_path("app/settings.py"), Form::Code);
         assert_eq!(Form::of_path("infra/main.tf"), Form::Code);
         assert_eq!(Form::of_path("README.md"), Form::Unknown);
+        assert_eq!(Form::of_path("etc/nsswitch.conf"), Form::NoAssignments);
+        // `passwd: files` in nsswitch.conf is the password database's source.
+        let text = "passwd:         files\nshadow:         files\n";
+        assert!(detect(text, Form::of_path("etc/nsswitch.conf")).is_empty());
+        assert_eq!(detect(text, Form::Config), vec!["files"]);
     }
 }
