@@ -82,26 +82,8 @@ pub struct BrokerConfig {
     pub gate: GateConfig,
 }
 
-/// `gate.mode`: refuse, or only record what would be refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GateMode {
-    /// Refuse credentials to a workload whose images are not clean.
-    #[default]
-    Enforce,
-    /// Issue, and audit and count what enforce mode would have refused (the rollout path).
-    Audit,
-}
-
-impl GateMode {
-    /// Stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::Audit => "audit",
-        }
-    }
-}
+/// `gate.mode` (and a policy rule's `gate_mode`), defined with the policies.
+pub use crate::policy::GateMode;
 
 /// `gate.unscanned`: what an image without a verdict gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

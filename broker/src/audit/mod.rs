@@ -12,6 +12,7 @@
 //! - [`chain`]: the writer ([`AuditLog`]): group commit, segment rotation, and recovery
 //!   from a sink that cannot write (readiness via [`AuditLog::writable`]); sinks (file or
 //!   stdout) and fingerprints.
+//! - [`mod@error`]: [`AuditError`], shared by the writer and start-up.
 //! - [`resume`]: start-up — finding the store's chain head in the file, keeping the complete
 //!   records that chain on from it, cutting (and recording the cut of) only an incomplete
 //!   record at the end.
@@ -26,6 +27,7 @@
 //! - [`mod@query`]: `audit query FILE` filters, across segments.
 
 pub mod chain;
+pub mod error;
 pub mod flood;
 pub mod line;
 pub mod query;
@@ -34,7 +36,8 @@ pub mod resume;
 pub mod segment;
 pub mod verify;
 
-pub use chain::{AuditError, AuditLog, AuditOptions, AuditSink, Fingerprinter, SinkMetrics};
+pub use chain::{AuditLog, AuditOptions, AuditSink, Fingerprinter, SinkMetrics};
+pub use error::AuditError;
 pub use flood::FailureLimiter;
 pub use line::{
     BuildError, LineError, MAX_FIELD_BYTES, MAX_LINE_BYTES, ParsedLine, cut_marker, parse_line,

@@ -23,7 +23,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::chain::AuditError;
+use super::error::AuditError;
 use super::line::{MAX_LINE_BYTES, ParsedLine, parse_line, read_bounded_line};
 use super::record::Event;
 use super::segment;

@@ -858,8 +858,8 @@ impl FileCx<'_> {
         let gate_mode = match get("gate_mode") {
             None => None,
             Some(f) => match self.string(f, &owner).as_deref() {
-                Some("enforce") => Some(crate::config::GateMode::Enforce),
-                Some("audit") => Some(crate::config::GateMode::Audit),
+                Some("enforce") => Some(crate::policy::GateMode::Enforce),
+                Some("audit") => Some(crate::policy::GateMode::Audit),
                 Some(_) => {
                     self.error(
                         f.key_line,

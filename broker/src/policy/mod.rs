@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
 pub use load::{PolicyError, PolicyErrors, load_dir};
@@ -77,7 +77,7 @@ pub struct Rule {
     /// (they are refused: `docs/GATE.md`).
     pub require_image: bool,
     /// `gate_mode`: this rule's gate mode, overriding `gate.mode`.
-    pub gate_mode: Option<crate::config::GateMode>,
+    pub gate_mode: Option<GateMode>,
     /// Where the rule was declared.
     pub location: Location,
 }
@@ -145,4 +145,25 @@ pub struct PolicySet {
     pub files: Vec<PathBuf>,
     /// SHA-256 (hex) over the files' names and contents, to tell versions apart.
     pub digest: String,
+}
+
+/// `gate.mode` globally, `gate_mode` on a rule: refuse, or only record what would be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMode {
+    /// Refuse credentials to a workload whose images are not clean.
+    #[default]
+    Enforce,
+    /// Issue, and audit and count what enforce mode would have refused (the rollout path).
+    Audit,
+}
+
+impl GateMode {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
 }

@@ -916,7 +916,7 @@ fn gate_fields_load_and_bad_values_point_at_their_line() {
     .expect("loads");
     let rule = &set.rules[0];
     assert!(rule.require_image);
-    assert_eq!(rule.gate_mode, Some(crate::config::GateMode::Audit));
+    assert_eq!(rule.gate_mode, Some(crate::policy::GateMode::Audit));
     let p = rule.selector.image_repository.as_ref().expect("selector");
     assert!(
         p.is_match("registry.example.com/shop/api") && !p.is_match("registry.example.com/dev/api")
