@@ -244,16 +244,22 @@ const MAX_REASON_CHARS: usize = 200;
 /// escaped and at most `max` characters, with `…` when cut, so a hostile document cannot make
 /// a log line as long as itself.
 fn bounded(text: &str, max: usize) -> String {
+    // The bound is on what is written: a control character is written escaped (`\u{7f}`,
+    // six bytes), so a run of them must not multiply the length (found by the
+    // `oidc_discovery` fuzz target: 100 DELs made a 600-byte echo).
     let mut out = String::new();
-    for c in text.chars().take(max) {
+    for c in text.chars() {
+        let len_before = out.len();
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
-    }
-    if text.chars().nth(max).is_some() {
-        out.push('…');
+        if out.len() > max {
+            out.truncate(len_before);
+            out.push('…');
+            break;
+        }
     }
     out
 }
@@ -1103,5 +1109,24 @@ mod tests {
         assert!(check_transport("http://localhost.evil.com", "issuer").is_err());
         assert!(check_transport("ftp://x", "issuer").is_err());
         assert!(check_transport("not a url", "issuer").is_err());
+    }
+
+    /// Found by the `oidc_discovery` fuzz target: a `jwks_uri` of control characters was
+    /// echoed escaped, six bytes each, past the error's bound.
+    #[test]
+    fn an_echoed_url_stays_short_whatever_it_holds() {
+        for uri in [
+            format!("e{}eee:", "\u{7f}".repeat(400)),
+            format!("http://10.0.0.1/{}", "\u{1}".repeat(400)),
+            format!("https://{}", "é".repeat(400)),
+            format!("gopher://{}", "x".repeat(4000)),
+        ] {
+            let e = check_transport(&uri, "discovered jwks_uri")
+                .err()
+                .unwrap_or_default();
+            assert!(e.len() <= 400, "{} bytes: {e}", e.len());
+        }
+        assert_eq!(bounded("ab\u{7f}cd", 100), "ab\\u{7f}cd");
+        assert_eq!(bounded(&"\u{7f}".repeat(30), 12), "\\u{7f}\\u{7f}…");
     }
 }
