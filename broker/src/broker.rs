@@ -1159,17 +1159,7 @@ impl Broker {
             .into(),
             ruleset_version: Some(rec.ruleset_version.clone()),
             previous_ruleset: previous,
-            findings: findings
-                .into_iter()
-                .map(|f| lanyard::wire::GateFinding {
-                    rule: f.rule,
-                    location_kind: f.location_kind,
-                    layer: f.layer,
-                    name: f.name,
-                    fingerprint: f.fingerprint,
-                    platform: f.platform,
-                })
-                .collect(),
+            findings,
             incomplete: rec.incomplete.clone(),
             platforms: rec.platforms.clone(),
             scanned_at: Some(rfc3339(rec.scanned_at)),

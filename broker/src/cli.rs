@@ -968,14 +968,7 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
             for f in &v.findings {
                 println!(
                     "  {}",
-                    crate::gate::decide::describe_finding(&crate::store::FindingSummary {
-                        rule: f.rule.clone(),
-                        location_kind: f.location_kind.clone(),
-                        layer: f.layer,
-                        name: f.name.clone(),
-                        fingerprint: f.fingerprint.clone(),
-                        platform: f.platform.clone(),
-                    }) + &format!("  {}", f.fingerprint)
+                    crate::gate::decide::describe_finding(f) + &format!("  {}", f.fingerprint)
                 );
             }
             for i in &v.incomplete {

@@ -159,25 +159,9 @@ pub struct VerdictRecord {
     pub scanned_at: SystemTime,
 }
 
-/// One finding, as the gate keeps it: where it is and which rule, never what it is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FindingSummary {
-    /// Rule id.
-    pub rule: String,
-    /// `env`, `label`, `history` or `file`.
-    pub location_kind: String,
-    /// Layer index, for files and history steps that made a layer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layer: Option<usize>,
-    /// The file's path, or the ENV, label or build-argument name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The scanner's fingerprint (`v1:` + 32 hex), for allowlists.
-    pub fingerprint: String,
-    /// The platform of the image it is in, for an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-}
+/// One finding, as the gate keeps it: where it is and which rule, never what it is. The
+/// same type the admin API answers with ([`lanyard::wire::GateFinding`]).
+pub use lanyard::wire::GateFinding as FindingSummary;
 
 /// An operator's exemption of one image digest from the gate, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
