@@ -727,7 +727,15 @@ pub fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String
         origin: origin.to_owned(),
         reason,
     };
-    let doc: Discovery = serde_json::from_slice(body).map_err(|e| {
+    // JSON is UTF-8 throughout; serde_json does not check the strings it skips (found by the
+    // `oidc_discovery` fuzz target: a byte 0xA7 in an unknown field was accepted).
+    let body = std::str::from_utf8(body).map_err(|e| {
+        invalid(format!(
+            "not an OpenID discovery document: not UTF-8 ({})",
+            bounded(&e.to_string(), MAX_REASON_CHARS)
+        ))
+    })?;
+    let doc: Discovery = serde_json::from_str(body).map_err(|e| {
         invalid(format!(
             "not an OpenID discovery document: {}",
             bounded(&e.to_string(), MAX_REASON_CHARS)
@@ -1127,6 +1135,9 @@ mod tests {
             assert!(e.len() <= 400, "{} bytes: {e}", e.len());
         }
         assert_eq!(bounded("ab\u{7f}cd", 100), "ab\\u{7f}cd");
+        // Invalid UTF-8 in a field the broker does not read is still not JSON.
+        let doc = b"{\"jwks_uri\": \"https://i.example/keys\", \"x\": \"\xa7\"}";
+        assert!(parse_discovery(doc, "https://i.example", "origin").is_err());
         assert_eq!(bounded(&"\u{7f}".repeat(30), 12), "\\u{7f}\\u{7f}…");
     }
 }
