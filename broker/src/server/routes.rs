@@ -292,6 +292,15 @@ async fn require_admin(
     }
 }
 
+/// An admin route's JSON body, which must be there (bounded like every body).
+fn required_body<T: serde::de::DeserializeOwned>(
+    broker: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let limit = broker.config().limits.max_request_body_bytes;
+    body_json(body, limit, false)?.ok_or_else(|| ApiError::BadRequest("empty body".into()))
+}
+
 async fn mint_token(
     State(broker): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
@@ -308,9 +317,7 @@ async fn mint_token(
             &request_id,
         )
         .await?;
-        let limit = broker.config().limits.max_request_body_bytes;
-        let req: MintTokenRequest = body_json(body, limit, false)?
-            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        let req: MintTokenRequest = required_body(&broker, body)?;
         broker.mint_token(&req, &request_id).await
     }
     .await;
@@ -343,9 +350,7 @@ async fn scan_image(
             &request_id,
         )
         .await?;
-        let limit = broker.config().limits.max_request_body_bytes;
-        let req: ScanRequest = body_json(body, limit, false)?
-            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        let req: ScanRequest = required_body(&broker, body)?;
         broker.scan_image(&req, &request_id).await
     }
     .await;
@@ -404,9 +409,7 @@ async fn exempt_image(
             &request_id,
         )
         .await?;
-        let limit = broker.config().limits.max_request_body_bytes;
-        let req: ExemptionRequest = body_json(body, limit, false)?
-            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        let req: ExemptionRequest = required_body(&broker, body)?;
         broker.exempt_image(&req, &request_id).await?;
         Ok::<_, ApiError>(req.digest)
     }
@@ -489,9 +492,7 @@ async fn revoke_session_by_token(
             &request_id,
         )
         .await?;
-        let limit = broker.config().limits.max_request_body_bytes;
-        let req: RevokeSessionRequest = body_json(body, limit, false)?
-            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        let req: RevokeSessionRequest = required_body(&broker, body)?;
         broker
             .revoke_session(SessionRef::Token(req.session_token.expose()), &request_id)
             .await
@@ -586,9 +587,7 @@ async fn explain(
             &request_id,
         )
         .await?;
-        let limit = broker.config().limits.max_request_body_bytes;
-        let req: ExplainRequest = body_json(body, limit, false)?
-            .ok_or_else(|| ApiError::BadRequest("empty body".into()))?;
+        let req: ExplainRequest = required_body(&broker, body)?;
         Ok::<_, ApiError>(broker.explain(&req.identity.to_identity(), &req.role))
     }
     .await;
