@@ -734,6 +734,7 @@ impl Broker {
             identity: identity.subject.clone(),
             credentials,
             session,
+            admitted_at: None,
         })
     }
 

@@ -312,6 +312,7 @@ mod tests {
             identity: "k8s:shop/api".into(),
             credentials: creds,
             session: None,
+            admitted_at: None,
         }
     }
 

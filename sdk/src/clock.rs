@@ -74,14 +74,34 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
 
-/// Parses RFC 3339.
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T07:20:50.125Z`: for instants
+/// a latency is measured from (a pod's admission).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let secs = (millis / 1000) as i64;
+    let whole = rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64));
+    // `rfc3339` ends in `Z`; put the fraction before it.
+    match whole.strip_suffix('Z') {
+        Some(head) => format!("{head}.{:03}Z", millis % 1000),
+        None => whole,
+    }
+}
+
+/// Parses RFC 3339, keeping a fraction of a second when there is one.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     let secs = dt.unix_timestamp();
     if secs < 0 {
         return None;
     }
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(secs as u64)
+            + Duration::from_nanos(u64::from(dt.nanosecond())),
+    )
 }
 
 #[cfg(test)]
@@ -94,6 +114,17 @@ mod tests {
         assert_eq!(unix_seconds(c.now()), 1_000);
         c.advance(Duration::from_secs(5));
         assert_eq!(unix_seconds(c.now()), 1_005);
+    }
+
+    #[test]
+    fn millisecond_instants_round_trip() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_125);
+        let s = rfc3339_millis(t);
+        assert!(s.ends_with(".125Z"), "{s}");
+        assert_eq!(parse_rfc3339(&s), Some(t));
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert!(rfc3339_millis(whole).ends_with(".000Z"));
+        assert_eq!(parse_rfc3339(&rfc3339(whole)), Some(whole));
     }
 
     #[test]

@@ -186,6 +186,7 @@ mod tests {
                 })
                 .collect(),
             session: None,
+            admitted_at: None,
         }
     }
 

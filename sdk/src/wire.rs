@@ -44,6 +44,11 @@ pub struct CredentialResponse {
     /// session token to authenticate later refreshes with (the bootstrap token is spent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<Session>,
+    /// When the image gate took the workload's images from its pod's admission record: when
+    /// the pod was admitted (RFC 3339, milliseconds). The sidecar reports admitted →
+    /// credentials on disk from it (`lanyard_sidecar_admission_to_credentials_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<String>,
 }
 
 impl CredentialResponse {
@@ -426,6 +431,7 @@ mod tests {
             identity: "i".into(),
             credentials: vec![c],
             session: None,
+            admitted_at: None,
         };
         let c = resp.credential("db").expect("granted");
         assert!(resp.credential("other").is_none());

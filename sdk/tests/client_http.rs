@@ -59,6 +59,7 @@ fn credentials(session: Option<Session>) -> CredentialResponse {
             ttl_clamped: false,
         }],
         session,
+        admitted_at: None,
     }
 }
 

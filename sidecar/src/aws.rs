@@ -262,6 +262,7 @@ mod tests {
                 ttl_clamped: false,
             }],
             session: None,
+            admitted_at: None,
         }
     }
 

@@ -555,6 +555,7 @@ mod tests {
             identity: "id".into(),
             credentials,
             session: None,
+            admitted_at: None,
         }
     }
 

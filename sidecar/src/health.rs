@@ -24,6 +24,7 @@ pub struct Status {
     expiry: Mutex<BTreeMap<String, u64>>,
     quit: tokio::sync::Notify,
     aws: std::sync::OnceLock<Arc<crate::aws::AwsServer>>,
+    startup: std::sync::OnceLock<f64>,
 }
 
 impl Status {
@@ -45,6 +46,11 @@ impl Status {
         m.extend(expiries);
     }
 
+    /// Successful refreshes so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
     /// Counts a failed refresh.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
@@ -54,6 +60,12 @@ impl Status {
     pub fn record_refusal(&self) {
         self.refusals.fetch_add(1, Ordering::Relaxed);
         self.record_failure();
+    }
+
+    /// Records, once, how long after the pod's admission the first credentials were on disk
+    /// (seconds). Later calls are ignored: it is a start-up figure.
+    pub fn record_startup(&self, seconds: f64) {
+        let _ = self.startup.set(seconds);
     }
 
     /// Adds the AWS endpoint's request counters to `/metrics`.
@@ -104,6 +116,14 @@ impl Status {
             self.refusals.load(Ordering::Relaxed),
             u8::from(self.is_ready()),
         );
+        if let Some(seconds) = self.startup.get() {
+            let _ = write!(
+                s,
+                "# HELP lanyard_sidecar_admission_to_credentials_seconds From the pod's admission (the broker's admission record) to its first credentials on disk, the image gate included.\n\
+                 # TYPE lanyard_sidecar_admission_to_credentials_seconds gauge\n\
+                 lanyard_sidecar_admission_to_credentials_seconds {seconds:.3}\n"
+            );
+        }
         if let Some(aws) = self.aws.get() {
             s.push_str(&aws.metrics_text());
         }

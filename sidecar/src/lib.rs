@@ -71,7 +71,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use lanyard::clock::{Clock, SystemClock, rfc3339, unix_seconds};
@@ -93,9 +93,18 @@ pub struct Written {
     pub identity: String,
     /// One entry per credential.
     pub credentials: Vec<WrittenCredential>,
+    /// When the broker says the pod was admitted (its admission record), if it did.
+    pub admitted_at: Option<SystemTime>,
 }
 
 impl Written {
+    /// Seconds from the pod's admission to `now` (when the files are on disk), if the broker
+    /// said when the pod was admitted; 0 when the clocks disagree the other way.
+    pub fn since_admission(&self, now: SystemTime) -> Option<f64> {
+        self.admitted_at
+            .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64()))
+    }
+
     /// Every file written, in order.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.credentials
@@ -171,6 +180,10 @@ async fn fetch_write_keep(
     let dir = cfg.dir.clone();
     let request_id = resp.request_id.clone();
     let identity = resp.identity.clone();
+    let admitted_at = resp
+        .admitted_at
+        .as_deref()
+        .and_then(lanyard::clock::parse_rfc3339);
     let targets = opts.targets.clone();
     // fsync and rename block; keep them off the async workers.
     let credentials = tokio::task::spawn_blocking(move || {
@@ -190,6 +203,7 @@ async fn fetch_write_keep(
             request_id,
             identity,
             credentials,
+            admitted_at,
         },
         kept,
     ))
@@ -310,6 +324,15 @@ pub async fn run_with(
                         rotated.push(c.role.clone());
                     }
                     held.insert(c.role.clone(), c.clone());
+                }
+                if let Some(seconds) = written.since_admission(clock.now()) {
+                    if status.refreshes() == 0 {
+                        info!(
+                            seconds = format!("{seconds:.3}"),
+                            "credentials on disk after the pod's admission"
+                        );
+                    }
+                    status.record_startup(seconds);
                 }
                 status.record_success(
                     written
@@ -534,11 +557,15 @@ pub async fn main_with_env(
     } else {
         match init_with(&cfg, &opts).await {
             Ok(written) => {
+                let since_admission = written
+                    .since_admission(SystemClock.now())
+                    .map(|s| format!("{s:.3}"));
                 info!(
                     request_id = %written.request_id,
                     identity = %written.identity,
                     credentials = written.credentials.len(),
                     dir = %cfg.dir.display(),
+                    seconds_since_admission = since_admission.as_deref().unwrap_or("-"),
                     "credentials written"
                 );
                 ExitCode::SUCCESS

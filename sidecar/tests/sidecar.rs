@@ -19,6 +19,20 @@ use lanyard_sidecar::{SidecarConfig, SidecarError};
 
 /// Answers with one `dev-app` credential whose token counts the requests, living `ttl` s.
 async fn issue(State((served, ttl)): State<(Arc<Mutex<u32>>, u64)>) -> Response {
+    (StatusCode::OK, axum::Json(issued(&served, ttl))).into_response()
+}
+
+/// As [`issue`], saying the pod was admitted 2.5 s ago (as the broker does for a pod whose
+/// images came from its admission record).
+async fn admitted(State((served, ttl)): State<(Arc<Mutex<u32>>, u64)>) -> Response {
+    let mut body = issued(&served, ttl);
+    body.admitted_at = Some(lanyard::clock::rfc3339_millis(
+        SystemClock.now() - Duration::from_millis(2_500),
+    ));
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn issued(served: &Mutex<u32>, ttl: u64) -> CredentialResponse {
     let n = {
         let mut s = served.lock().expect("lock");
         *s += 1;
@@ -27,7 +41,7 @@ async fn issue(State((served, ttl)): State<(Arc<Mutex<u32>>, u64)>) -> Response 
     let now = SystemClock.now();
     let mut data = BTreeMap::new();
     data.insert("token".to_owned(), Secret::new(format!("eyJtoken-{n}")));
-    let body = CredentialResponse {
+    CredentialResponse {
         request_id: format!("req-{n}"),
         identity: "k8s:ns/sa".into(),
         credentials: vec![Credential {
@@ -41,8 +55,8 @@ async fn issue(State((served, ttl)): State<(Arc<Mutex<u32>>, u64)>) -> Response 
             ttl_clamped: false,
         }],
         session: None,
-    };
-    (StatusCode::OK, axum::Json(body)).into_response()
+        admitted_at: None,
+    }
 }
 
 async fn refuse() -> Response {
@@ -100,6 +114,7 @@ async fn serve(ttl: u64) -> (SocketAddr, Arc<Mutex<u32>>) {
     let served = Arc::new(Mutex::new(0));
     let app = Router::new()
         .route("/v1/credentials", post(issue))
+        .route("/admitted/v1/credentials", post(admitted))
         .route("/refuse/v1/credentials", post(refuse))
         .route("/once/v1/credentials", post(once))
         .route("/upstream-refused/v1/credentials", post(upstream_refused))
@@ -570,4 +585,71 @@ async fn an_unwritable_directory_is_a_clear_error() {
         assert!(matches!(e, SidecarError::Write { .. }), "{e:?}");
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).expect("chmod back");
+}
+
+/// Scrapes `/metrics` until `lanyard_sidecar_ready 1`.
+async fn ready_metrics(port: u16) -> String {
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == "lanyard_sidecar_ready 1") {
+                return text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sidecar never became ready");
+}
+
+#[tokio::test]
+async fn run_reports_admission_to_credentials_on_disk() {
+    let (addr, _) = serve(60).await;
+    for (path, expect) in [("/admitted", true), ("", false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config_at(&format!("http://{addr}{path}"), dir.path());
+        let health = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = health.local_addr().expect("addr").port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = lanyard_sidecar::Options::default();
+        let run = lanyard_sidecar::run_with(
+            &cfg,
+            &opts,
+            Some(health),
+            Arc::new(SystemClock),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
+        let scrape = async {
+            let text = ready_metrics(port).await;
+            let _ = stop_tx.send(());
+            text
+        };
+        let (ran, text) = tokio::join!(run, scrape);
+        ran.expect("run ok");
+        let listing: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            dir.path().join("dev-app/token").exists(),
+            "{listing:?} {text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("lanyard_sidecar_admission_to_credentials_seconds "));
+        if expect {
+            let seconds: f64 = line
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no startup figure in\n{text}"));
+            // Admitted 2.5 s before the answer; written right after it.
+            assert!((2.5..30.0).contains(&seconds), "{seconds}");
+        } else {
+            assert!(line.is_none(), "no admission, no figure: {text}");
+        }
+    }
 }
