@@ -208,9 +208,11 @@ pub fn workload_of(
 
 /// What a decision that could not be reached in time (a scan pending, a registry down) gives a
 /// pod. Workload templates always get allowed with a warning: `kubectl apply` does not retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnTimeout {
     /// Deny with "scan pending, retry" (controllers retry pod creation).
+    #[default]
     FailClosed,
     /// Allow (audited).
     FailOpen,

@@ -39,6 +39,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client presented a certificate signed by the admin client CA.
     pub admin_cert: bool,
+    /// The client presented a certificate signed by the API server's client CA
+    /// (`gate.admission.client_ca_file`): it may call the admission routes.
+    pub admission_cert: bool,
 }
 
 /// A running server's handle on its background work.
@@ -160,7 +163,12 @@ pub async fn run(
         )
         .map_err(StartError::Tls)?,
     );
-    let server_config = tls::server_config(&tls_cfg, cert.clone()).map_err(StartError::Tls)?;
+    let (server_config, client_cas) = tls::server_setup(
+        &tls_cfg,
+        broker.config().gate.admission.client_ca_file.as_deref(),
+        cert.clone(),
+    )
+    .map_err(StartError::Tls)?;
     let failures = broker.verifier().refresh_all().await;
     for (issuer, reason) in failures {
         warn!(%issuer, %reason, "issuer keys not available yet; will retry in the background");
@@ -172,6 +180,7 @@ pub async fn run(
     let deadlines = deadline::Deadlines::from_config(&broker.config().server);
     let shared = Arc::new(conn::Shared {
         acceptor: TlsAcceptor::from(Arc::new(server_config)),
+        client_cas,
         app: routes::router(broker.clone()),
         http: conn::http_builder(&deadlines, header_limit),
         deadlines,
