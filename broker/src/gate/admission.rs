@@ -1,6 +1,7 @@
-//! The validating admission webhook's pure part (issue 12, part B — **started**: parsing and
-//! the decision; the `/v1/admission/validate` route, image resolution for it and the
-//! admission records are not wired yet).
+//! The validating admission webhook's pure part: parsing and the decision. The route
+//! (`/v1/admission/validate`) adapts HTTP; [`crate::gate::Gate::admit`] resolves and looks up
+//! the images; [`crate::broker::Broker::admission_validate`] writes the record, audits and
+//! counts.
 //!
 //! [`parse_review`] reads an `admission.k8s.io/v1` `AdmissionReview` (the `kube-core` types),
 //! bounded before it parses; [`workload_of`] finds the images of what is admitted — a Pod
@@ -234,13 +235,18 @@ pub struct AdmissionSettings {
 pub struct AdmissionDecision {
     /// Allowed.
     pub allowed: bool,
+    /// Allow, deny, or (audit mode) would deny. An allowance despite a decision that could not
+    /// be reached in time (fail-open, a template) is `Allow` with a retryable reason.
+    pub outcome: Outcome,
     /// The gate's reason label.
     pub reason: Reason,
     /// For a denial: what a developer reads (`kubectl` prints it).
     pub message: String,
     /// AdmissionReview `warnings` (`kubectl` prints them too).
     pub warnings: Vec<String>,
-    /// For an allowed pod that is not a dry run: its UID and the digests it was admitted with.
+    /// For an allowed pod that is not a dry run: its UID and the images it was admitted with
+    /// (`repo@sha256:…`, as resolved and checked). None for a namespace exemption (nothing
+    /// was checked, so nothing is vouched for).
     pub record: Option<(String, Vec<String>)>,
     /// The full detail for the audit record.
     pub detail: String,
@@ -260,17 +266,18 @@ pub fn decide(
     let record = |allowed: bool| match (&workload.admitted, allowed && !workload.dry_run) {
         (Admitted::Pod { uid: Some(uid) }, true) => Some((
             uid.clone(),
-            images.iter().map(|i| i.digest.clone()).collect(),
+            images.iter().map(|i| i.image.clone()).collect(),
         )),
         _ => None,
     };
     if let Some(reason) = &settings.namespace_exemption {
         return AdmissionDecision {
             allowed: true,
+            outcome: Outcome::Allow,
             reason: Reason::Exempted,
             message: String::new(),
             warnings: Vec::new(),
-            record: record(true),
+            record: None,
             detail: format!(
                 "namespace {} is exempted from the image gate: {reason}",
                 workload.namespace.as_deref().unwrap_or("-")
@@ -315,6 +322,7 @@ pub fn decide(
     match d.outcome {
         Outcome::Allow => AdmissionDecision {
             allowed: true,
+            outcome: Outcome::Allow,
             reason: d.reason,
             message: String::new(),
             warnings: Vec::new(),
@@ -323,6 +331,7 @@ pub fn decide(
         },
         Outcome::WouldDeny => AdmissionDecision {
             allowed: true,
+            outcome: Outcome::WouldDeny,
             reason: d.reason,
             message: String::new(),
             warnings: vec![format!(
@@ -336,6 +345,7 @@ pub fn decide(
         {
             AdmissionDecision {
                 allowed: true,
+                outcome: Outcome::Allow,
                 reason: d.reason,
                 message: String::new(),
                 warnings: vec![format!(
@@ -347,6 +357,7 @@ pub fn decide(
         }
         Outcome::Deny => AdmissionDecision {
             allowed: false,
+            outcome: Outcome::Deny,
             reason: d.reason,
             message: if d.retryable {
                 format!("lanyard image gate: scan pending, retry: {detail}")
@@ -653,6 +664,7 @@ mod tests {
         ];
         let d = decide(&w, &images, &settings());
         assert!(!d.allowed && d.record.is_none());
+        assert_eq!((d.outcome, d.reason), (Outcome::Deny, Reason::Dirty));
         for want in [
             "init container `migrate`",
             "npm-token in layer 3 /app/.npmrc",
@@ -665,12 +677,15 @@ mod tests {
 
     #[test]
     fn a_clean_pod_is_allowed_and_recorded_unless_dry_run() {
-        let images = [state("a", clean()), state("b", clean())];
+        let api = format!("registry.example.com/shop/api@{D}");
+        let migrate = format!("registry.example.com/shop/migrate@{D}");
+        let images = [state(&api, clean()), state(&migrate, clean())];
         let d = decide(&two_containers(false), &images, &settings());
-        assert!(d.allowed);
+        assert!(d.allowed && d.outcome == Outcome::Allow && d.reason == Reason::Clean);
         assert_eq!(
             d.record,
-            Some(("pod-uid-1".into(), vec![D.to_owned(), D.to_owned()]))
+            Some(("pod-uid-1".into(), vec![api, migrate])),
+            "the full references, as resolved and checked"
         );
         let d = decide(&two_containers(true), &images, &settings());
         assert!(d.allowed && d.record.is_none(), "dry run: nothing recorded");
@@ -691,6 +706,7 @@ mod tests {
         };
         let d = decide(&two_containers(false), &images, &open);
         assert!(d.allowed && d.warnings.len() == 1, "{d:?}");
+        assert_eq!((d.outcome, d.reason), (Outcome::Allow, Reason::ScanPending));
         let template = AdmissionWorkload {
             admitted: Admitted::Template {
                 kind: "Deployment".into(),
@@ -716,6 +732,7 @@ mod tests {
             d.allowed && d.warnings[0].contains("audit mode") && d.record.is_some(),
             "{d:?}"
         );
+        assert_eq!(d.outcome, Outcome::WouldDeny);
         let exempt = AdmissionSettings {
             namespace_exemption: Some("kube-system: platform images".into()),
             ..settings()
@@ -724,6 +741,10 @@ mod tests {
         assert!(
             d.allowed && d.reason == Reason::Exempted && d.detail.contains("platform images"),
             "{d:?}"
+        );
+        assert_eq!(
+            d.record, None,
+            "nothing was checked in an exempted namespace: no record vouches for its images"
         );
     }
 }

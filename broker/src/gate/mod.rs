@@ -16,8 +16,8 @@
 //!   and exemptions.
 //!
 //! Which images a workload runs comes from a trusted source only ([`decide::TrustSource`]):
-//! today the image an admin bound into a bootstrap token; admission records (the validating
-//! webhook) and pod lookups come next and feed the same decision.
+//! the image an admin bound into a bootstrap token, or the admission record the validating
+//! webhook wrote for a pod token's pod ([`Gate::with_admission`], `gate.pod_tokens: gate`).
 
 pub mod admission;
 pub mod decide;
@@ -37,39 +37,70 @@ use tracing::{info, warn};
 pub use decide::{Decision, ImageState, Lookup, Outcome, Reason, Settings, TrustSource, Workload};
 pub use image::ImageRef;
 
-use crate::authn::Identity;
-use crate::config::{GateConfig, Unscanned};
+use crate::authn::{Identity, PodAdmission};
+use crate::config::{GateConfig, PodTokens, Unscanned};
 use crate::metrics::Metrics;
 use crate::secret_file::read_secret_file;
-use crate::store::{FindingSummary, Store, StoreError, VerdictRecord};
+use crate::store::{AdmissionRecord, FindingSummary, Store, StoreError, VerdictRecord};
 
 /// The repositories of the images a workload runs, from a trusted source (for the policy
-/// selector `image_repository`). Empty when the identity names none.
+/// selector `image_repository`): the bootstrap binding's, or the pod's admission record's
+/// (once the broker looked it up, `gate.pod_tokens: gate`). Empty when the identity names none.
 pub fn image_repositories(identity: &Identity) -> Vec<String> {
-    identity
-        .bootstrap
-        .as_ref()
-        .and_then(|b| b.image.as_deref())
-        .and_then(|i| image::parse(i).ok())
-        .and_then(|r| r.repository)
-        .into_iter()
-        .collect()
+    let mut repos: Vec<String> = Vec::new();
+    for r in workload_images(identity)
+        .map(|(_, refs)| refs)
+        .unwrap_or_default()
+    {
+        if let Some(repo) = r.repository
+            && !repos.contains(&repo)
+        {
+            repos.push(repo);
+        }
+    }
+    repos
 }
 
 /// Which images `identity`'s workload runs, from a trusted source, before verdicts are
-/// looked up: the bootstrap token's binding. Pod tokens name a workload, but until admission
-/// records exist (the validating webhook) no trusted source lists their images: they are
-/// treated as naming none, so only rules with `require_image: true` gate them.
+/// looked up: the bootstrap token's binding, or the admission record of a pod token's pod
+/// (as the broker found it, [`PodAdmission`]). `None`: the identity names no image from a
+/// trusted source (see [`Gate::workload`] for a pod without a record).
 pub fn workload_images(identity: &Identity) -> Option<(TrustSource, Vec<ImageRef>)> {
+    if let Some(PodAdmission::Record { images, .. }) =
+        identity.kubernetes.as_ref().map(|k| &k.admission)
+    {
+        return Some((
+            TrustSource::AdmissionRecord,
+            images.iter().map(|i| pinned_or_bare(i)).collect(),
+        ));
+    }
     let bound = identity.bootstrap.as_ref()?.image.as_deref()?;
-    // Bindings were checked at mint time; an unparsable one (minted before the gate, as a bare
-    // digest of another form) still names an image: it is looked up by nothing and refused.
-    let parsed = image::parse_pinned(bound).unwrap_or(ImageRef {
+    Some((TrustSource::BootstrapBinding, vec![pinned_or_bare(bound)]))
+}
+
+/// A stored reference (a binding, a record's image) as the gate reads it. Bindings were
+/// checked at mint time and records at admission; one that does not parse (minted before the
+/// gate, as a bare digest of another form) still names an image: it is looked up by nothing
+/// and refused.
+fn pinned_or_bare(stored: &str) -> ImageRef {
+    image::parse_pinned(stored).unwrap_or(ImageRef {
         repository: None,
         tag: None,
-        digest: Some(bound.to_owned()),
-    });
-    Some((TrustSource::BootstrapBinding, vec![parsed]))
+        digest: Some(stored.to_owned()),
+    })
+}
+
+/// What the gate's audit detail says about a pod token whose admission record is tag-based.
+pub const TAG_BASED_RECORD: &str = "tag-based admission record, weaker: the pod's images were \
+    written as tags (gate.admission.pin_digests off), so a tag that moved between admission and \
+    the kubelet's pull is not seen";
+
+/// Whether `identity`'s images come from a tag-based admission record.
+pub fn tag_based_record(identity: &Identity) -> bool {
+    matches!(
+        identity.kubernetes.as_ref().map(|k| &k.admission),
+        Some(PodAdmission::Record { pinned: false, .. })
+    )
 }
 
 /// The verdict with the allowlist applied: findings it allows are dropped, and the verdict is
@@ -640,9 +671,42 @@ impl Gate {
         }
     }
 
+    /// Fills in what the admission records say about a pod token's pod (trust source 1),
+    /// with `gate.pod_tokens: gate`: the record of its `kubernetes.io.pod.uid`, or none (a
+    /// Kubernetes token that names no pod counts as none). Other identities, and every
+    /// identity with `gate.pod_tokens: ignore`, are returned as they are.
+    pub async fn with_admission(&self, identity: &Identity) -> Result<Identity, StoreError> {
+        let mut out = identity.clone();
+        if self.config.pod_tokens != PodTokens::Gate {
+            return Ok(out);
+        }
+        let Some(k) = out.kubernetes.as_mut() else {
+            return Ok(out);
+        };
+        let record = match &k.pod_uid {
+            Some(uid) => self.store.admission_record(uid).await?,
+            None => None,
+        };
+        k.admission = match record {
+            Some(r) => PodAdmission::Record {
+                images: r.images,
+                pinned: r.pinned,
+            },
+            None => PodAdmission::NoRecord,
+        };
+        Ok(out)
+    }
+
     /// The workload's images with what is known of each (verdict, exemption), or which
-    /// kind of workload it is when it names none. Scans on demand.
+    /// kind of workload it is when it names none. Scans on demand. A pod token whose pod has
+    /// no admission record ([`Self::with_admission`] found none) is an unknown workload.
     pub async fn workload(self: &Arc<Self>, identity: &Identity) -> Result<Workload, StoreError> {
+        if matches!(
+            identity.kubernetes.as_ref().map(|k| &k.admission),
+            Some(PodAdmission::NoRecord)
+        ) {
+            return Ok(Workload::Unknown);
+        }
         let Some((source, refs)) = workload_images(identity) else {
             return Ok(Workload::NoImage);
         };
@@ -653,11 +717,12 @@ impl Gate {
             let lookup = if image::is_digest(&digest) {
                 self.lookup(&r, wait).await?
             } else {
-                Lookup::Unresolvable(
-                    "the bound image is not a digest reference; mint a new token bound to \
+                Lookup::Unresolvable(match source {
+                    TrustSource::BootstrapBinding => "the bound image is not a digest reference; mint a new token bound to \
                      REPOSITORY@sha256:DIGEST"
                         .into(),
-                )
+                    _ => "the recorded image is not a digest reference".into(),
+                })
             };
             let exemption = match &lookup {
                 Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
@@ -675,58 +740,142 @@ impl Gate {
         Ok(Workload::Images { source, images })
     }
 
-    /// Decides an admission (the validating webhook, part B): each image of `workload` is
-    /// resolved to a digest (a tag through its registry, within `gate.scan_deadline_seconds`),
-    /// looked up or scanned, its exemption read, and [`admission::decide`] answers. The route
-    /// and the records of admitted pods are not wired yet.
+    /// Decides an admission (the validating webhook): each image of `workload` is resolved
+    /// to a digest (a tag through its registry), looked up or scanned, its exemption read —
+    /// every image at once, each scan shared by digest and bounded by
+    /// `gate.max_concurrent_scans` — all within `deadline` (what is not done by then is
+    /// pending), and [`admission::decide`] answers.
     pub async fn admit(
         self: &Arc<Self>,
         workload: &admission::AdmissionWorkload,
         settings: &admission::AdmissionSettings,
+        deadline: Duration,
     ) -> Result<admission::AdmissionDecision, StoreError> {
-        let wait = Duration::from_secs(self.config.scan_deadline_seconds);
-        let mut states = Vec::with_capacity(workload.images.len());
-        for c in &workload.images {
-            let state = match image::parse(&c.image) {
-                Err(e) => ImageState {
-                    image: c.image.chars().take(200).collect(),
+        if settings.namespace_exemption.is_some() {
+            // Nothing is resolved or scanned in an exempted namespace.
+            return Ok(admission::decide(workload, &[], settings));
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        let states = futures_util::future::join_all(
+            workload
+                .images
+                .iter()
+                .map(|c| self.admission_state(&c.image, until)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(admission::decide(workload, &states, settings))
+    }
+
+    async fn admission_state(
+        self: &Arc<Self>,
+        written: &str,
+        until: tokio::time::Instant,
+    ) -> Result<ImageState, StoreError> {
+        let left = || until.saturating_duration_since(tokio::time::Instant::now());
+        let r = match image::parse(written) {
+            Err(e) => {
+                return Ok(ImageState {
+                    image: written.chars().take(200).collect(),
                     digest: String::new(),
                     lookup: Lookup::Unresolvable(e),
                     exemption: None,
-                },
-                Ok(r) => match self.resolve(&r, wait).await {
-                    Err(GateError::Store(e)) => return Err(e),
-                    Err(e) => ImageState {
-                        image: r.to_string(),
-                        digest: String::new(),
-                        lookup: Lookup::ScanFailed(e.to_string()),
-                        exemption: None,
-                    },
-                    Ok(digest) => {
-                        let pinned = ImageRef {
-                            digest: Some(digest.clone()),
-                            tag: None,
-                            ..r
-                        };
-                        let lookup = self.lookup(&pinned, wait).await?;
-                        let exemption = match &lookup {
-                            Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
-                                self.store.exemption(&digest).await?.map(|e| e.reason)
-                            }
-                            _ => None,
-                        };
-                        ImageState {
-                            image: pinned.to_string(),
-                            digest,
-                            lookup,
-                            exemption,
-                        }
-                    }
-                },
-            };
-            states.push(state);
+                });
+            }
+            Ok(r) => r,
+        };
+        let digest = match tokio::time::timeout(left(), self.resolve(&r, left())).await {
+            Err(_) => {
+                return Ok(ImageState {
+                    image: r.to_string(),
+                    digest: String::new(),
+                    lookup: Lookup::Pending,
+                    exemption: None,
+                });
+            }
+            Ok(Err(GateError::Store(e))) => return Err(e),
+            Ok(Err(e)) => {
+                return Ok(ImageState {
+                    image: r.to_string(),
+                    digest: String::new(),
+                    lookup: Lookup::ScanFailed(e.to_string()),
+                    exemption: None,
+                });
+            }
+            Ok(Ok(d)) => d,
+        };
+        let pinned = ImageRef {
+            digest: Some(digest.clone()),
+            tag: None,
+            ..r
+        };
+        let lookup = self.lookup(&pinned, left()).await?;
+        let exemption = match &lookup {
+            Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
+                self.store.exemption(&digest).await?.map(|e| e.reason)
+            }
+            _ => None,
+        };
+        Ok(ImageState {
+            image: pinned.to_string(),
+            digest,
+            lookup,
+            exemption,
+        })
+    }
+
+    /// Saves the record of an admitted pod, durably: `images` as checked, `pinned` as the
+    /// pod wrote them. An existing record of the same pod (an UPDATE: an ephemeral container
+    /// added) is replaced by the union of both, tag-based if either was.
+    pub async fn record_admission(
+        &self,
+        pod_uid: &str,
+        namespace: &str,
+        pod_name: &str,
+        images: &[String],
+        pinned: bool,
+    ) -> Result<AdmissionRecord, StoreError> {
+        let now = crate::issue::lifetime::whole_seconds(self.clock.now());
+        let retention = Duration::from_secs(self.config.admission.record_retention_hours * 3600);
+        let mut rec = AdmissionRecord {
+            pod_uid: pod_uid.to_owned(),
+            namespace: namespace.to_owned(),
+            pod_name: pod_name.to_owned(),
+            images: Vec::with_capacity(images.len()),
+            pinned,
+            admitted_at: now,
+            expires_at: now + retention,
+        };
+        if let Some(old) = self.store.admission_record(pod_uid).await? {
+            rec.images = old.images;
+            rec.pinned &= old.pinned;
+            if rec.pod_name.is_empty() {
+                rec.pod_name = old.pod_name;
+            }
         }
-        Ok(admission::decide(workload, &states, settings))
+        for i in images {
+            if !rec.images.contains(i) {
+                rec.images.push(i.clone());
+            }
+        }
+        self.store.put_admission_record(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Removes the admission records past their retention; returns how many.
+    pub async fn prune_admission_records(&self) -> Result<usize, StoreError> {
+        let n = self
+            .store
+            .prune_admission_records(self.clock.now())
+            .await?;
+        if n > 0 {
+            self.metrics
+                .admission_records_pruned
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            info!(pruned = n, "admission records past their retention removed");
+        }
+        Ok(n)
     }
 
     /// Records an exemption for `digest`.

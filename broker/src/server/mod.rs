@@ -3,7 +3,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
 //! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, pruning
-//! ended session revocations — all stop on shutdown. (The revoked-session set reloads itself:
+//! ended session revocations and expired admission records — all stop on shutdown. (The revoked-session set reloads itself:
 //! see [`Broker`].)
 //!
 //! # Layout
@@ -119,6 +119,9 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
                 }
                 if let Err(e) = broker.prune_session_revocations().await {
                     warn!(error = %e, "pruning ended session revocations failed; will retry");
+                }
+                if let Err(e) = broker.prune_admission_records().await {
+                    warn!(error = %e, "pruning expired admission records failed; will retry");
                 }
             }
         })

@@ -663,6 +663,7 @@ pub fn k8s_pod(
             service_account: service_account.into(),
             pod_name: Some(pod.into()),
             pod_uid: Some(format!("uid-{pod}")),
+            admission: Default::default(),
         }),
         bootstrap: None,
     })
