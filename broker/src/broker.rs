@@ -1401,9 +1401,10 @@ impl Broker {
         let decision = self.gate.admit(&workload, &settings, deadline).await?;
         let mut note = String::new();
         if let Some((uid, images)) = &decision.record {
-            let pinned = workload.images.iter().all(|c| {
-                gate::image::parse(&c.image).is_ok_and(|r| r.digest.is_some())
-            });
+            let pinned = workload
+                .images
+                .iter()
+                .all(|c| gate::image::parse(&c.image).is_ok_and(|r| r.digest.is_some()));
             let rec = self
                 .gate
                 .record_admission(uid, &namespace, &workload.name, images, pinned)

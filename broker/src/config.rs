@@ -268,14 +268,14 @@ impl AdmissionConfig {
             ));
         }
         for (i, e) in self.exempt_namespaces.iter().enumerate() {
-            let at = format!("field `gate.admission.exempt_namespaces[{i}]`");
+            let at = format!("field `gate.admission.exempt_namespaces[{i}]");
             if e.namespace.is_empty() || e.namespace.len() > 63 {
-                return Err(format!("{at}.namespace: give a namespace name"));
+                return Err(format!("{at}.namespace`: give a namespace name"));
             }
             let reason = e.reason.trim();
             if reason.is_empty() || reason.len() > 500 {
                 return Err(format!(
-                    "{at}.reason: give a reason of 1 to 500 characters (it is in every audit \
+                    "{at}.reason`: give a reason of 1 to 500 characters (it is in every audit \
                      record of the exemption's use)"
                 ));
             }
@@ -283,7 +283,7 @@ impl AdmissionConfig {
                 .iter()
                 .any(|o| o.namespace == e.namespace)
             {
-                return Err(format!("{at}: namespace `{}` is listed twice", e.namespace));
+                return Err(format!("{at}`: namespace `{}` is listed twice", e.namespace));
             }
         }
         Ok(())

@@ -920,10 +920,7 @@ async fn admission_decisions_resolve_tags_and_check_every_container_against_real
     assert!(d.allowed, "{d:?}");
     let (uid, images) = d.record.expect("record");
     assert_eq!(uid, "pod-uid-7");
-    let pinned = format!(
-        "{reg}/lanyard/multistage-clean@{}",
-        digest_of(&clean).await
-    );
+    let pinned = format!("{reg}/lanyard/multistage-clean@{}", digest_of(&clean).await);
     assert_eq!(images, vec![pinned; 2]);
     // A dry run records nothing.
     let d = admit(admission_review(

@@ -263,13 +263,18 @@ pub fn decide(
         Admitted::Pod { .. } => "pod".to_owned(),
         Admitted::Template { kind } => format!("{kind} pod template"),
     };
-    let record = |allowed: bool| match (&workload.admitted, allowed && !workload.dry_run) {
-        (Admitted::Pod { uid: Some(uid) }, true) => Some((
-            uid.clone(),
-            images.iter().map(|i| i.image.clone()).collect(),
-        )),
-        _ => None,
-    };
+    // A record vouches for every image of the pod: with one image not even resolved to a
+    // digest (a registry down, allowed by fail-open) there is none, and the pod's tokens
+    // meet an unknown workload rather than a record naming only part of what it runs.
+    let resolved = images.iter().all(|i| !i.digest.is_empty());
+    let record =
+        |allowed: bool| match (&workload.admitted, allowed && !workload.dry_run && resolved) {
+            (Admitted::Pod { uid: Some(uid) }, true) => Some((
+                uid.clone(),
+                images.iter().map(|i| i.image.clone()).collect(),
+            )),
+            _ => None,
+        };
     if let Some(reason) = &settings.namespace_exemption {
         return AdmissionDecision {
             allowed: true,
@@ -707,6 +712,24 @@ mod tests {
         let d = decide(&two_containers(false), &images, &open);
         assert!(d.allowed && d.warnings.len() == 1, "{d:?}");
         assert_eq!((d.outcome, d.reason), (Outcome::Allow, Reason::ScanPending));
+        assert!(
+            d.record.is_some(),
+            "every image has its digest: the record names them all"
+        );
+        // A registry down: one image not even resolved. Fail-open allows, and records nothing
+        // (a record naming part of the pod's images would vouch for what was not checked).
+        let unresolved = [
+            state("a", clean()),
+            ImageState {
+                image: "registry.example.com/shop/migrate:1".into(),
+                digest: String::new(),
+                lookup: Lookup::ScanFailed("connection refused".into()),
+                exemption: None,
+            },
+        ];
+        let d = decide(&two_containers(false), &unresolved, &open);
+        assert!(d.allowed && d.record.is_none(), "{d:?}");
+        assert_eq!(d.reason, Reason::ScanFailed);
         let template = AdmissionWorkload {
             admitted: Admitted::Template {
                 kind: "Deployment".into(),

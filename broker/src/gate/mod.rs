@@ -718,9 +718,11 @@ impl Gate {
                 self.lookup(&r, wait).await?
             } else {
                 Lookup::Unresolvable(match source {
-                    TrustSource::BootstrapBinding => "the bound image is not a digest reference; mint a new token bound to \
+                    TrustSource::BootstrapBinding => {
+                        "the bound image is not a digest reference; mint a new token bound to \
                      REPOSITORY@sha256:DIGEST"
-                        .into(),
+                            .into()
+                    }
                     _ => "the recorded image is not a digest reference".into(),
                 })
             };
@@ -865,10 +867,7 @@ impl Gate {
 
     /// Removes the admission records past their retention; returns how many.
     pub async fn prune_admission_records(&self) -> Result<usize, StoreError> {
-        let n = self
-            .store
-            .prune_admission_records(self.clock.now())
-            .await?;
+        let n = self.store.prune_admission_records(self.clock.now()).await?;
         if n > 0 {
             self.metrics
                 .admission_records_pruned
