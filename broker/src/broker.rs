@@ -1372,6 +1372,12 @@ impl Broker {
         };
         let req = admission::parse_review(body).map_err(bad)?;
         let mut resp = AdmissionResponse::from(&req);
+        // The request's own types are not carried by `parse_review`: the answer is an
+        // `admission.k8s.io/v1` `AdmissionReview`, as the request was (checked there).
+        resp.types = kube_core::TypeMeta {
+            api_version: "admission.k8s.io/v1".to_owned(),
+            kind: "AdmissionReview".to_owned(),
+        };
         let Some(workload) = admission::workload_of(&req, cfg.templates).map_err(bad)? else {
             self.metrics
                 .admission_decisions
