@@ -283,7 +283,10 @@ impl AdmissionConfig {
                 .iter()
                 .any(|o| o.namespace == e.namespace)
             {
-                return Err(format!("{at}`: namespace `{}` is listed twice", e.namespace));
+                return Err(format!(
+                    "{at}`: namespace `{}` is listed twice",
+                    e.namespace
+                ));
             }
         }
         Ok(())

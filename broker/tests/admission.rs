@@ -951,7 +951,7 @@ async fn a_pod_token_is_gated_by_its_pods_admission_record() {
 async fn records_past_their_retention_are_pruned() {
     let reg = registry();
     let clock = std::sync::Arc::new(lanyard::clock::ManualClock::new(
-        std::time::SystemTime::now(),
+        lanyard::clock::Clock::now(&lanyard::clock::SystemClock),
     ));
     let dir = tempfile::tempdir().expect("tmp");
     let apiserver_ca = TestPki::generate(&dir.path().join("apiserver-ca"));
