@@ -387,6 +387,35 @@ fn dev_mode_gates_images_from_a_loopback_registry() {
     }
     let pid = child.id().to_string();
     let clean = image(&["scan", &format!("{registry}/lanyard/multistage-clean:1")]);
+    // The validating webhook, as its banner shows: the sample review (a pod running
+    // 127.0.0.1:5000/app:1) with the dirty image, and the dev API-server token.
+    let review = std::fs::read_to_string(dev_dir.join("admission-review.json"))
+        .expect("sample review")
+        .replace(
+            "127.0.0.1:5000/app:1",
+            &format!("{registry}/lanyard/env-secret:1"),
+        );
+    let token = std::fs::read_to_string(dev_dir.join("admission-token")).expect("token");
+    let ca = std::fs::read(dev_dir.join("tls/ca.pem")).expect("ca");
+    let answer: serde_json::Value =
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                reqwest::Client::builder()
+                    .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("pem"))
+                    .build()
+                    .expect("client")
+                    .post(format!("{url}/v1/admission/validate"))
+                    .bearer_auth(token.trim())
+                    .header("content-type", "application/json")
+                    .body(review)
+                    .send()
+                    .await
+                    .expect("review")
+                    .json()
+                    .await
+                    .expect("json")
+            });
     let _ = Command::new("kill").args(["-INT", &pid]).status();
     let dev = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1), "dirty: {}", text(&out));
@@ -400,6 +429,14 @@ fn dev_mode_gates_images_from_a_loopback_registry() {
     assert!(
         banner.contains("lanyard-broker image scan") && banner.contains("--image"),
         "{banner}"
+    );
+    assert!(banner.contains("/v1/admission/validate"), "{banner}");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("AWS_ACCESS_KEY_ID")),
+        "{answer}"
     );
     assert!(
         std::fs::read_to_string(&config)

@@ -286,6 +286,16 @@ impl Gate {
             clock,
         });
         gate.reload_allowlist()?;
+        let a = &gate.config.admission;
+        if (a.client_ca_file.is_some() || a.token_file.is_some())
+            && gate.config.pod_tokens == PodTokens::Ignore
+        {
+            info!(
+                "the admission webhook is configured and gate.pod_tokens is `ignore`: pod tokens \
+                 are not gated by admission records yet; set `gate.pod_tokens: gate` once every \
+                 running pod was admitted through the webhook (docs/GATE.md)"
+            );
+        }
         Ok(gate)
     }
 
