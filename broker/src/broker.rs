@@ -1413,13 +1413,26 @@ impl Broker {
                 .all(|c| gate::image::parse(&c.image).is_ok_and(|r| r.digest.is_some()));
             let rec = self
                 .gate
-                .record_admission(uid, &namespace, &workload.name, images, pinned)
+                .record_admission(
+                    uid,
+                    &namespace,
+                    &workload.name,
+                    images,
+                    pinned,
+                    workload.changed_only,
+                )
                 .await?;
-            note = format!(
-                "recorded pod uid {uid} ({} image(s){})",
-                rec.images.len(),
-                if rec.pinned { "" } else { ", tag-based" }
-            );
+            note = match rec {
+                Some(rec) => format!(
+                    "recorded pod uid {uid} ({} image(s){})",
+                    rec.images.len(),
+                    if rec.pinned { "" } else { ", tag-based" }
+                ),
+                None => format!(
+                    "pod uid {uid} has no admission record to add to (admitted before the \
+                     webhook, or pruned): nothing recorded, its tokens stay an unknown workload"
+                ),
+            };
         } else if workload.dry_run {
             note = "dry run: nothing recorded".to_owned();
         }

@@ -430,14 +430,14 @@ async fn an_ephemeral_container_added_through_the_subresource_is_checked_and_joi
         .expect("record");
 
     let ephemeral = |image: &str| {
-        let mut spec = spec.clone();
-        spec["ephemeralContainers"] =
+        let mut debugged = spec.clone();
+        debugged["ephemeralContainers"] =
             json!([{"name": "debugger", "image": image, "targetContainerName": "api"}]);
         Review {
             operation: "UPDATE",
             sub_resource: Some("ephemeralcontainers"),
             old_object: Some(pod("shop", "web", &uid, spec.clone())),
-            ..pod_review("shop", &uid, spec)
+            ..pod_review("shop", &uid, debugged)
         }
     };
     // `kubectl debug` with a dirty image: refused, and the record stays as it was.
@@ -468,6 +468,33 @@ async fn an_ephemeral_container_added_through_the_subresource_is_checked_and_joi
             format!("{other}@{digest}")
         ]
     );
+    // A pod admitted before the webhook (no record) gets a clean ephemeral container: allowed,
+    // and no record is started with that container alone (it would vouch for the rest).
+    let unrecorded = admission::uuid();
+    let mut debugged = spec.clone();
+    debugged["ephemeralContainers"] = json!([{"name": "debugger", "image": format!("{other}:1")}]);
+    let r = w
+        .answer(&Review {
+            operation: "UPDATE",
+            sub_resource: Some("ephemeralcontainers"),
+            old_object: Some(pod("shop", "old", &unrecorded, spec.clone())),
+            ..Review::create(
+                POD,
+                "shop",
+                "old",
+                pod("shop", "old", &unrecorded, debugged),
+            )
+        })
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(
+        store.admission_record(&unrecorded).await.expect("read"),
+        None
+    );
+    assert!(
+        w.audit_text().contains("has no admission record to add to"),
+        "said in the audit record"
+    );
     w.broker.stop().await;
 }
 
@@ -478,16 +505,24 @@ async fn a_moved_tag_a_removed_image_and_a_registry_down_are_each_decided_as_doc
     // A tag that moves to a dirty digest after a clean verdict: resolved again, refused.
     let repo = format!("{reg}/{}", unique("moving"));
     push("multistage-clean", &format!("{repo}:1"));
-    let r = w
-        .answer(&pod_review(
-            "shop",
-            &admission::uuid(),
-            pod_spec(&[], &[container("api", &format!("{repo}:1"))]),
-        ))
-        .await;
+    let running = admission::uuid();
+    let spec = pod_spec(&[], &[container("api", &format!("{repo}:1"))]);
+    let r = w.answer(&pod_review("shop", &running, spec.clone())).await;
     assert_eq!(r["allowed"], true, "{r}");
     let clean_digest = digest_of(&format!("{repo}:1")).await;
     push("env-secret", &format!("{repo}:1"));
+    // The running pod's metadata can still change (a label, a finalizer removed): an UPDATE
+    // checks only the images it changes, and this one changes none.
+    let mut relabelled = pod("shop", "web", &running, spec.clone());
+    relabelled["metadata"]["labels"]["version"] = json!("2");
+    let r = w
+        .answer(&Review {
+            operation: "UPDATE",
+            old_object: Some(pod("shop", "web", &running, spec)),
+            ..Review::create(POD, "shop", "web", relabelled)
+        })
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
     let r = w
         .answer(&pod_review(
             "shop",

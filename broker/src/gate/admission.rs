@@ -128,7 +128,11 @@ pub struct AdmissionWorkload {
     pub name: String,
     /// A dry run: decide, but record nothing.
     pub dry_run: bool,
-    /// Every image, in spec order.
+    /// An UPDATE: `images` lists only the containers whose image is not in `oldObject` (the
+    /// others were checked when they were admitted, and a metadata change — a label, a
+    /// finalizer removed — must not fail on a registry that is down).
+    pub changed_only: bool,
+    /// Every image to check, in spec order.
     pub images: Vec<ContainerImage>,
 }
 
@@ -172,6 +176,41 @@ pub fn workload_of(
         _ => return Ok(None),
     };
     let spec = spec.ok_or_else(|| ReviewError::BadObject(format!("{kind} has no pod spec")))?;
+    let mut images = images_of(kind, spec)?;
+    // An UPDATE checks what it changes: containers whose image is new. An `oldObject` that
+    // cannot be read counts as none (everything is checked).
+    let old = match (&req.operation, &req.old_object) {
+        (Operation::Update, Some(old)) => {
+            let path = match &admitted {
+                Admitted::Pod { .. } => "/spec",
+                Admitted::Template { .. } if kind == "CronJob" => {
+                    "/spec/jobTemplate/spec/template/spec"
+                }
+                Admitted::Template { .. } => "/spec/template/spec",
+            };
+            old.data.pointer(path).and_then(|s| images_of(kind, s).ok())
+        }
+        _ => None,
+    };
+    let changed_only = old.is_some();
+    if let Some(old) = old {
+        images.retain(|i| !old.contains(i));
+        if images.is_empty() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(AdmissionWorkload {
+        admitted,
+        namespace: req.namespace.clone(),
+        name: req.name.clone(),
+        dry_run: req.dry_run,
+        changed_only,
+        images,
+    }))
+}
+
+/// The images of a pod spec, bounded.
+fn images_of(kind: &str, spec: &serde_json::Value) -> Result<Vec<ContainerImage>, ReviewError> {
     let spec: PodSpec = serde_json::from_value(spec.clone()).map_err(|e| {
         ReviewError::BadObject(format!("{kind}'s pod spec: {}", short(&e.to_string())))
     })?;
@@ -198,13 +237,7 @@ pub fn workload_of(
             images.len()
         )));
     }
-    Ok(Some(AdmissionWorkload {
-        admitted,
-        namespace: req.namespace.clone(),
-        name: req.name.clone(),
-        dry_run: req.dry_run,
-        images,
-    }))
+    Ok(images)
 }
 
 /// What a decision that could not be reached in time (a scan pending, a registry down) gives a
@@ -552,6 +585,67 @@ mod tests {
     }
 
     #[test]
+    fn an_update_checks_only_the_images_it_changes() {
+        let with_old = |old: serde_json::Value, new: serde_json::Value, sub: Option<&str>| {
+            let mut v: serde_json::Value = serde_json::from_slice(&review(
+                ("", "v1", "Pod"),
+                "pods",
+                sub,
+                "UPDATE",
+                new,
+                false,
+            ))
+            .expect("json");
+            v["request"]["oldObject"] = old;
+            parse_review(&serde_json::to_vec(&v).expect("json")).expect("parse")
+        };
+        let mut before = pod("u");
+        before["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("ephemeralContainers");
+        // A label changed (a finalizer removed, ...): nothing to check.
+        let mut relabelled = before.clone();
+        relabelled["metadata"]["labels"] = serde_json::json!({"app": "api"});
+        assert_eq!(
+            workload_of(&with_old(before.clone(), relabelled, None), true).expect("ok"),
+            None
+        );
+        // `kubectl debug`: only the ephemeral container is checked.
+        let w = workload_of(
+            &with_old(before.clone(), pod("u"), Some("ephemeralcontainers")),
+            true,
+        )
+        .expect("ok")
+        .expect("gated");
+        assert!(w.changed_only);
+        assert_eq!(
+            w.images
+                .iter()
+                .map(|i| (i.container.as_str(), i.kind))
+                .collect::<Vec<_>>(),
+            [("debugger", ContainerKind::Ephemeral)]
+        );
+        // An image changed in place: that container is checked.
+        let mut bumped = before.clone();
+        bumped["spec"]["containers"][0]["image"] =
+            serde_json::json!("registry.example.com/shop/api:1.5");
+        let w = workload_of(&with_old(before.clone(), bumped, None), true)
+            .expect("ok")
+            .expect("gated");
+        assert_eq!(w.images.len(), 1);
+        assert_eq!(w.images[0].image, "registry.example.com/shop/api:1.5");
+        // An unreadable oldObject: everything is checked.
+        let w = workload_of(
+            &with_old(serde_json::json!({"spec": 7}), pod("u"), None),
+            true,
+        )
+        .expect("ok")
+        .expect("gated");
+        assert!(!w.changed_only && w.images.len() == 4);
+    }
+
+    #[test]
     fn malformed_oversized_and_wrong_kind_reviews_are_refused() {
         assert!(matches!(
             parse_review(b"{not json"),
@@ -645,6 +739,7 @@ mod tests {
             namespace: Some("shop".into()),
             name: "my-pod".into(),
             dry_run,
+            changed_only: false,
             images: vec![
                 ContainerImage {
                     container: "api".into(),

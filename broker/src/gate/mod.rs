@@ -839,7 +839,9 @@ impl Gate {
 
     /// Saves the record of an admitted pod, durably: `images` as checked, `pinned` as the
     /// pod wrote them. An existing record of the same pod (an UPDATE: an ephemeral container
-    /// added) is replaced by the union of both, tag-based if either was.
+    /// added) is replaced by the union of both, tag-based if either was. With `add_only`
+    /// (`images` are only what an UPDATE changed) and no record to add to, nothing is saved
+    /// and `None` returned: a record names everything the pod runs, or is not written.
     pub async fn record_admission(
         &self,
         pod_uid: &str,
@@ -847,7 +849,8 @@ impl Gate {
         pod_name: &str,
         images: &[String],
         pinned: bool,
-    ) -> Result<AdmissionRecord, StoreError> {
+        add_only: bool,
+    ) -> Result<Option<AdmissionRecord>, StoreError> {
         let now = crate::issue::lifetime::whole_seconds(self.clock.now());
         let retention = Duration::from_secs(self.config.admission.record_retention_hours * 3600);
         let mut rec = AdmissionRecord {
@@ -859,12 +862,16 @@ impl Gate {
             admitted_at: now,
             expires_at: now + retention,
         };
-        if let Some(old) = self.store.admission_record(pod_uid).await? {
-            rec.images = old.images;
-            rec.pinned &= old.pinned;
-            if rec.pod_name.is_empty() {
-                rec.pod_name = old.pod_name;
+        match self.store.admission_record(pod_uid).await? {
+            Some(old) => {
+                rec.images = old.images;
+                rec.pinned &= old.pinned;
+                if rec.pod_name.is_empty() {
+                    rec.pod_name = old.pod_name;
+                }
             }
+            None if add_only => return Ok(None),
+            None => {}
         }
         for i in images {
             if !rec.images.contains(i) {
@@ -872,7 +879,7 @@ impl Gate {
             }
         }
         self.store.put_admission_record(&rec).await?;
-        Ok(rec)
+        Ok(Some(rec))
     }
 
     /// Removes the admission records past their retention; returns how many.
