@@ -1062,3 +1062,70 @@ async fn records_past_their_retention_are_pruned() {
     );
     broker.stop().await;
 }
+
+/// A TCP proxy on loopback to `target` that holds each new connection for `delay` before
+/// forwarding it: a slow registry. Returns its `host:port`.
+async fn slow_proxy(target: String, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_not_reached_by_the_deadline_fails_closed_for_pods_and_warns_for_templates() {
+    let slow = slow_proxy(registry(), Duration::from_secs(4)).await;
+    let w = Webhook::start(None, "", "    deadline_ms: 1000\n").await;
+    let image = format!("{slow}/lanyard/multistage-clean:1");
+    let started = std::time::Instant::now();
+    let r = w
+        .answer(&pod_review(
+            "shop",
+            &admission::uuid(),
+            pod_spec(&[], &[container("api", &image)]),
+        ))
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3000),
+        "answered by the deadline, not the registry: {took:?}"
+    );
+    let m = message(&r);
+    assert!(
+        r["allowed"] == false && m.contains("scan pending, retry") && m.contains(&image),
+        "{r}"
+    );
+    let r = w
+        .answer(&Review::create(
+            DEPLOYMENT,
+            "shop",
+            "api",
+            admission::deployment("shop", "api", pod_spec(&[], &[container("api", &image)])),
+        ))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("could not decide in time")),
+        "{r}"
+    );
+    let audit = w.audit_text();
+    assert!(
+        audit.contains("deny:scan_pending") && audit.contains("allow:scan_pending"),
+        "both audited:\n{audit}"
+    );
+    w.broker.stop().await;
+}

@@ -797,7 +797,10 @@ impl Gate {
             }
             Ok(r) => r,
         };
-        let digest = match tokio::time::timeout(left(), self.resolve(&r, left())).await {
+        // The deadline, not the registry client's own timeout, ends a slow resolution: what is
+        // not done by then is pending.
+        let resolving = self.resolve(&r, left() + Duration::from_secs(1));
+        let digest = match tokio::time::timeout(left(), resolving).await {
             Err(_) => {
                 return Ok(ImageState {
                     image: r.to_string(),
