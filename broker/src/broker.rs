@@ -1421,7 +1421,15 @@ impl Broker {
                     pinned,
                     workload.changed_only,
                 )
-                .await?;
+                .await
+                .inspect_err(|_| {
+                    // Nothing is allowed unrecorded: the review fails, the API server's
+                    // failurePolicy applies.
+                    self.metrics
+                        .admission_decisions
+                        .with_label_values(&["error", "store", kind])
+                        .inc();
+                })?;
             note = match rec {
                 Some(rec) => format!(
                     "recorded pod uid {uid} ({} image(s){})",

@@ -257,6 +257,10 @@ pub struct Gate {
     /// for [`RESCAN_RETRY_AFTER`] (a registry that is down is not asked on every issuance).
     rescan_failed: Mutex<HashMap<String, std::time::Instant>>,
     scans: Arc<Semaphore>,
+    /// Held while an admission record is read and replaced (an UPDATE's union), so two
+    /// reviews of one pod in this process do not lose each other's images. (Replicas sharing
+    /// a store can still interleave; the API server serialises a pod's updates.)
+    records: tokio::sync::Mutex<()>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 }
@@ -282,6 +286,7 @@ impl Gate {
             allowlist: ArcSwap::from_pointee(AllowState::default()),
             inflight: Mutex::new(HashMap::new()),
             rescan_failed: Mutex::new(HashMap::new()),
+            records: tokio::sync::Mutex::new(()),
             metrics,
             clock,
         });
@@ -865,6 +870,7 @@ impl Gate {
             admitted_at: now,
             expires_at: now + retention,
         };
+        let _serialised = self.records.lock().await;
         match self.store.admission_record(pod_uid).await? {
             Some(old) => {
                 rec.images = old.images;
@@ -1035,6 +1041,91 @@ mod tests {
         inc.verdict = Verdict::Incomplete;
         inc.incomplete = vec!["layer 0: truncated".into()];
         assert_eq!(effective(&inc, Some(&by_path)).0, Verdict::Incomplete);
+    }
+
+    fn pod_identity(uid: Option<&str>) -> Identity {
+        Identity {
+            issuer: "https://kubernetes.test".into(),
+            subject: "system:serviceaccount:shop:api".into(),
+            kubernetes: Some(crate::authn::KubernetesIdentity {
+                namespace: "shop".into(),
+                service_account: "api".into(),
+                pod_name: uid.map(|_| "api-7d9c8b6f5-x2k4q".to_owned()),
+                pod_uid: uid.map(str::to_owned),
+                admission: PodAdmission::NotLooked,
+            }),
+            bootstrap: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pod_tokens_are_gated_by_their_pods_admission_record_only_when_configured() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let clock = Arc::new(lanyard::clock::ManualClock::at_unix(1_800_000_000));
+        let img = format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64));
+        let gate = |pod_tokens| {
+            Gate::new(
+                store.clone(),
+                GateConfig {
+                    pod_tokens,
+                    ..GateConfig::default()
+                },
+                Metrics::new(),
+                clock.clone(),
+            )
+            .expect("gate")
+        };
+        let on = gate(PodTokens::Gate);
+        on.record_admission(
+            "u-1",
+            "shop",
+            "api",
+            std::slice::from_ref(&img),
+            false,
+            false,
+        )
+        .await
+        .expect("record")
+        .expect("written");
+        // Recorded: the record's images, its repositories for policies, tag-based said.
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup");
+        assert_eq!(
+            workload_images(&id).map(|(s, r)| (s, r.len())),
+            Some((TrustSource::AdmissionRecord, 1))
+        );
+        assert_eq!(image_repositories(&id), ["registry.example.com/shop/api"]);
+        assert!(tag_based_record(&id));
+        // No record, or a token bound to no pod: an unknown workload.
+        for uid in [Some("u-2"), None] {
+            let id = on.with_admission(&pod_identity(uid)).await.expect("lookup");
+            assert_eq!(
+                on.workload(&id).await.expect("workload"),
+                Workload::Unknown,
+                "{uid:?}"
+            );
+            assert!(image_repositories(&id).is_empty());
+        }
+        // An UPDATE adding an image to a pod without a record starts none.
+        assert_eq!(
+            on.record_admission("u-3", "shop", "x", std::slice::from_ref(&img), true, true)
+                .await
+                .expect("record"),
+            None
+        );
+        // `gate.pod_tokens: ignore` (the default): not looked up, the token names no image.
+        let off = gate(PodTokens::default());
+        let id = off
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup");
+        assert_eq!(
+            off.workload(&id).await.expect("workload"),
+            Workload::NoImage
+        );
+        assert!(image_repositories(&id).is_empty());
     }
 
     #[test]
