@@ -704,7 +704,7 @@ impl Broker {
         policy::check_request(req).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         // A pod token's admission record (trust source 1) is read before the policy, so
         // `image_repository` selectors see its images.
-        let identity = &self.gate.with_admission(&auth.identity).await?;
+        let identity = &*self.gate.with_admission(&auth.identity).await?;
         let set = self.policy.load_full();
         let decision = policy::evaluate(&set, identity, req.roles.as_deref());
         if !decision.denied.is_empty() || decision.granted.is_empty() {

@@ -90,8 +90,8 @@ pub struct Metrics {
     /// from `gate::Reason`).
     pub gate_decisions: IntCounterVec,
     /// `lanyard_admission_decisions_total{outcome,reason,kind}`: validating-webhook answers
-    /// (outcome allow|deny|would_deny|error; reason from `gate::Reason`, or `exempted_namespace`,
-    /// `not_gated`, `bad_review`, `unauthenticated`; kind pod|template|other).
+    /// (outcome allow|deny|would_deny|error; reason from `gate::Reason`, or `not_gated`,
+    /// `bad_review`, `unauthenticated`, `store`; kind pod|template|other).
     pub admission_decisions: IntCounterVec,
     /// `lanyard_admission_decision_duration_seconds{kind}`: how long a review took to decide.
     pub admission_duration: HistogramVec,

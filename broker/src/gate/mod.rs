@@ -690,13 +690,17 @@ impl Gate {
     /// with `gate.pod_tokens: gate`: the record of its `kubernetes.io.pod.uid`, or none (a
     /// Kubernetes token that names no pod counts as none). Other identities, and every
     /// identity with `gate.pod_tokens: ignore`, are returned as they are.
-    pub async fn with_admission(&self, identity: &Identity) -> Result<Identity, StoreError> {
-        let mut out = identity.clone();
-        if self.config.pod_tokens != PodTokens::Gate {
-            return Ok(out);
+    pub async fn with_admission<'a>(
+        &self,
+        identity: &'a Identity,
+    ) -> Result<std::borrow::Cow<'a, Identity>, StoreError> {
+        use std::borrow::Cow;
+        if self.config.pod_tokens != PodTokens::Gate || identity.kubernetes.is_none() {
+            return Ok(Cow::Borrowed(identity));
         }
+        let mut out = identity.clone();
         let Some(k) = out.kubernetes.as_mut() else {
-            return Ok(out);
+            return Ok(Cow::Owned(out));
         };
         let record = match &k.pod_uid {
             Some(uid) => self.store.admission_record(uid).await?,
@@ -709,7 +713,7 @@ impl Gate {
             },
             None => PodAdmission::NoRecord,
         };
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 
     /// The workload's images with what is known of each (verdict, exemption), or which
@@ -1091,7 +1095,8 @@ mod tests {
         let id = on
             .with_admission(&pod_identity(Some("u-1")))
             .await
-            .expect("lookup");
+            .expect("lookup")
+            .into_owned();
         assert_eq!(
             workload_images(&id).map(|(s, r)| (s, r.len())),
             Some((TrustSource::AdmissionRecord, 1))
@@ -1100,7 +1105,11 @@ mod tests {
         assert!(tag_based_record(&id));
         // No record, or a token bound to no pod: an unknown workload.
         for uid in [Some("u-2"), None] {
-            let id = on.with_admission(&pod_identity(uid)).await.expect("lookup");
+            let id = on
+                .with_admission(&pod_identity(uid))
+                .await
+                .expect("lookup")
+                .into_owned();
             assert_eq!(
                 on.workload(&id).await.expect("workload"),
                 Workload::Unknown,
@@ -1120,7 +1129,8 @@ mod tests {
         let id = off
             .with_admission(&pod_identity(Some("u-1")))
             .await
-            .expect("lookup");
+            .expect("lookup")
+            .into_owned();
         assert_eq!(
             off.workload(&id).await.expect("workload"),
             Workload::NoImage
