@@ -1396,6 +1396,15 @@ impl Broker {
                 format!("{kind} {namespace}/{} pod template", workload.name)
             }
         };
+        // Who asked for it (the API server's `userInfo`): a user or a controller, never a secret.
+        let by: String = req
+            .user_info
+            .username
+            .as_deref()
+            .unwrap_or("?")
+            .chars()
+            .take(120)
+            .collect();
         let settings = admission::AdmissionSettings {
             mode: self.config.gate.mode,
             on_timeout: cfg.on_timeout,
@@ -1444,6 +1453,11 @@ impl Broker {
         } else if workload.dry_run {
             note = "dry run: nothing recorded".to_owned();
         }
+        note = if note.is_empty() {
+            format!("requested by {by}")
+        } else {
+            format!("{note}; requested by {by}")
+        };
         let images: Vec<String> = match &decision.record {
             Some((_, images)) => images.clone(),
             None => workload.images.iter().map(|c| c.image.clone()).collect(),

@@ -395,6 +395,13 @@ async fn clean_pods_are_recorded_and_dirty_containers_init_containers_and_templa
         })
         .expect("an admission record naming the recorded uid");
     assert_eq!(allowed["identity"], "pod shop/web");
+    assert!(
+        allowed["reason"]
+            .as_str()
+            .is_some_and(|r| r
+                .contains("requested by system:serviceaccount:kube-system:replicaset-controller")),
+        "who asked, from the review's userInfo: {allowed}"
+    );
     let metrics = w.broker.metrics().await;
     for want in [
         "lanyard_admission_decisions_total{kind=\"pod\",outcome=\"allow\",reason=\"clean\"} 2",
