@@ -1136,3 +1136,74 @@ async fn a_decision_not_reached_by_the_deadline_fails_closed_for_pods_and_warns_
     );
     w.broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_process_keeps_no_planted_secret_in_its_log_when_refusing_dirty_pods() {
+    use lanyard_test_support::BrokerProcess;
+    let reg = registry();
+    let dir = tempfile::tempdir().expect("tmp");
+    let apiserver_ca = TestPki::generate(&dir.path().join("apiserver-ca"));
+    let broker = BrokerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_lanyard-broker")),
+        None,
+        TestBrokerOptions {
+            extra_config: format!(
+                "gate:\n  insecure_loopback_registries: true\n  admission:\n    client_ca_file: {}\n",
+                apiserver_ca.ca_path().display()
+            ),
+            log_level: "debug",
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let api = admission::apiserver_client(&broker.pki.ca_path(), &apiserver_ca);
+    let mut answers = String::new();
+    // Every dirty test image: env secrets, a file a later layer deleted, an .npmrc in a
+    // Docker-format image, an index with a dirty platform.
+    for image in [
+        format!("{reg}/lanyard/env-secret:1"),
+        format!("{reg}/lanyard/copy-env-rm:1"),
+        format!("{reg}/lanyard/npmrc-rm:docker"),
+        format!("{reg}/lanyard/multi:1"),
+    ] {
+        let review = pod_review(
+            "shop",
+            &admission::uuid(),
+            pod_spec(&[], &[container("app", &image)]),
+        );
+        let resp = api
+            .post(format!("{}/v1/admission/validate", broker.url))
+            .json(&review.to_json())
+            .send()
+            .await
+            .expect("review");
+        assert_eq!(resp.status().as_u16(), 200);
+        let answer: Value = resp.json().await.expect("json");
+        assert_eq!(answer["response"]["allowed"], false, "{image}: {answer}");
+        answers.push_str(&answer.to_string());
+    }
+    let metrics = broker
+        .http()
+        .get(format!("{}/metrics", broker.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains(
+        "lanyard_admission_decisions_total{kind=\"pod\",outcome=\"deny\",reason=\"dirty\"} 4"
+    ));
+    assert_no_planted("the answers", &answers);
+    assert_no_planted("the metrics", &metrics);
+    assert_no_planted(
+        "the audit log",
+        &std::fs::read_to_string(&broker.audit_file).expect("audit"),
+    );
+    let log = std::fs::read_to_string(&broker.log_file).expect("log");
+    assert!(
+        log.contains("image scanned"),
+        "the log is the broker's: {log}"
+    );
+    assert_no_planted("the broker's log", &log);
+}
