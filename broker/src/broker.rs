@@ -1452,6 +1452,13 @@ impl Broker {
             };
         } else if workload.dry_run {
             note = "dry run: nothing recorded".to_owned();
+        } else if decision.allowed
+            && settings.namespace_exemption.is_none()
+            && matches!(workload.admitted, Admitted::Pod { uid: None })
+        {
+            note = "the pod has no metadata.uid (is the webhook registered as validating?): \
+                    nothing recorded"
+                .to_owned();
         }
         note = if note.is_empty() {
             format!("requested by {by}")
