@@ -324,6 +324,11 @@ enum PolicyCommand {
         /// select on `image_repository`.
         #[arg(long, requires = "bootstrap_role")]
         image: Option<String>,
+        /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
+        /// pod token under `gate.pod_tokens: gate` and rules that select on
+        /// `image_repository`.
+        #[arg(long, requires_all = ["namespace", "service_account"])]
+        pod_image: Vec<String>,
         /// The role to explain.
         #[arg(long)]
         role: String,
@@ -618,6 +623,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             service_account,
             bootstrap_role,
             image,
+            pod_image,
             role,
             json,
         }) => {
@@ -632,6 +638,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     service_account,
                     bootstrap_roles: (!bootstrap_role.is_empty()).then_some(bootstrap_role),
                     image,
+                    pod_images: (!pod_image.is_empty()).then_some(pod_image),
                 },
                 role,
             };

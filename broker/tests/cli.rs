@@ -332,6 +332,58 @@ fn policy_explain_checks_the_image_repository_of_a_bound_image() {
     );
 }
 
+#[test]
+fn policy_explain_checks_the_image_repository_of_a_pods_admission_record() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "roles:\n  db: {backend: jwt, max_ttl_seconds: 60}\nrules:\n  - name: shop-pods\n    match: {namespace: shop, image_repository: \"registry.example.com/shop/*\"}\n    roles: [db]\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf8");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let explain = |images: &[String]| {
+        let mut args = vec![
+            "policy".to_owned(),
+            "explain".into(),
+            "--dir".into(),
+            d.into(),
+            "--issuer".into(),
+            "https://kubernetes.test".into(),
+            "--subject".into(),
+            "system:serviceaccount:shop:api".into(),
+            "--namespace".into(),
+            "shop".into(),
+            "--service-account".into(),
+            "api".into(),
+            "--role".into(),
+            "db".into(),
+        ];
+        for i in images {
+            args.push("--pod-image".into());
+            args.push(i.clone());
+        }
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let shop = format!("registry.example.com/shop/api@{digest}");
+    let allowed = explain(std::slice::from_ref(&shop));
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    // Every image of the record must match: a debug container from elsewhere does not.
+    let denied = explain(&[shop, format!("docker.io/library/busybox@{digest}")]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("docker.io/library/busybox"),
+        "{}",
+        text(&denied)
+    );
+    let none = explain(&[]);
+    assert!(
+        !none.status.success() && text(&none).contains("no image from a trusted source"),
+        "{}",
+        text(&none)
+    );
+}
+
 /// `lanyard-broker dev` gates images too, reading a plain-HTTP registry on loopback (the test
 /// registry of `tests/peers/images.sh`): a token bound to a dirty image is refused with the
 /// finding, as its banner says.

@@ -606,6 +606,11 @@ pub struct IdentitySpec {
     /// select on `image_repository`.
     #[serde(default)]
     pub image: Option<String>,
+    /// The images of a pod's admission record (`HOST/REPO@sha256:…`), for a pod token under
+    /// `gate.pod_tokens: gate` and rules that select on `image_repository`. Needs
+    /// `namespace` and `service_account`.
+    #[serde(default)]
+    pub pod_images: Option<Vec<String>>,
 }
 
 impl IdentitySpec {
@@ -617,7 +622,13 @@ impl IdentitySpec {
                 service_account: sa.clone(),
                 pod_name: None,
                 pod_uid: None,
-                admission: Default::default(),
+                admission: match &self.pod_images {
+                    Some(images) => crate::authn::PodAdmission::Record {
+                        images: images.clone(),
+                        pinned: true,
+                    },
+                    None => Default::default(),
+                },
             }),
             _ => None,
         };
@@ -708,5 +719,31 @@ async fn reload(
             ApiError::BadRequest(format!("policies rejected, last good set kept:\n{errors}"))
                 .into_response_with_id(Some(&request_id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explained_pod_identity_carries_its_admission_records_repositories() {
+        let spec: IdentitySpec = serde_json::from_value(serde_json::json!({
+            "issuer": "https://kubernetes.test",
+            "subject": "system:serviceaccount:shop:api",
+            "namespace": "shop",
+            "service_account": "api",
+            "pod_images": [format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64))]
+        }))
+        .expect("spec");
+        assert_eq!(
+            crate::gate::image_repositories(&spec.to_identity()),
+            ["registry.example.com/shop/api"]
+        );
+        let without = IdentitySpec {
+            pod_images: None,
+            ..spec
+        };
+        assert!(crate::gate::image_repositories(&without.to_identity()).is_empty());
     }
 }
