@@ -777,15 +777,29 @@ impl Gate {
             return Ok(admission::decide(workload, &[], settings));
         }
         let until = tokio::time::Instant::now() + deadline;
-        let states = futures_util::future::join_all(
-            workload
-                .images
-                .iter()
-                .map(|c| self.admission_state(&c.image, until)),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+        // Each distinct reference once (an init container and a container often share one).
+        let mut distinct: Vec<&str> = Vec::new();
+        for c in &workload.images {
+            if !distinct.contains(&c.image.as_str()) {
+                distinct.push(&c.image);
+            }
+        }
+        let checked =
+            futures_util::future::join_all(distinct.iter().map(|i| self.admission_state(i, until)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+        let states: Vec<ImageState> = workload
+            .images
+            .iter()
+            .map(|c| {
+                let at = distinct
+                    .iter()
+                    .position(|i| *i == c.image)
+                    .unwrap_or_default();
+                checked[at].clone()
+            })
+            .collect();
         Ok(admission::decide(workload, &states, settings))
     }
 
