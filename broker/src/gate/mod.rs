@@ -703,7 +703,7 @@ impl Gate {
             return Ok(Cow::Owned(out));
         };
         let record = match &k.pod_uid {
-            Some(uid) => self.store.admission_record(uid).await?,
+            Some(uid) => self.admission_record_in_use(uid).await?,
             None => None,
         };
         k.admission = match record {
@@ -714,6 +714,38 @@ impl Gate {
             None => PodAdmission::NoRecord,
         };
         Ok(Cow::Owned(out))
+    }
+
+    /// The record of the pod `pod_uid` as a token of it is gated: none once past its
+    /// `expires_at` (pruning may not have run yet), and kept while in use — a record past half
+    /// its retention is extended to `now + record_retention_hours`, so a pod that runs longer
+    /// than the retention, asking for credentials meanwhile, keeps its record (one store write
+    /// per record per half retention). A failed extension is logged; the record still serves.
+    async fn admission_record_in_use(
+        &self,
+        pod_uid: &str,
+    ) -> Result<Option<AdmissionRecord>, StoreError> {
+        let now = crate::issue::lifetime::whole_seconds(self.clock.now());
+        let Some(rec) = self.store.admission_record(pod_uid).await? else {
+            return Ok(None);
+        };
+        if rec.expires_at <= now {
+            return Ok(None);
+        }
+        let retention = Duration::from_secs(self.config.admission.record_retention_hours * 3600);
+        if rec.expires_at >= now + retention / 2 {
+            return Ok(Some(rec));
+        }
+        let _serialised = self.records.lock().await;
+        // Read again under the lock: an UPDATE may have replaced it meanwhile.
+        let Some(mut rec) = self.store.admission_record(pod_uid).await? else {
+            return Ok(None);
+        };
+        rec.expires_at = now + retention;
+        if let Err(e) = self.store.put_admission_record(&rec).await {
+            warn!(error = %e, pod_uid, "cannot extend the admission record in use; it serves until it expires");
+        }
+        Ok(Some(rec))
     }
 
     /// The workload's images with what is known of each (verdict, exemption), or which
@@ -1131,6 +1163,35 @@ mod tests {
             );
             assert!(image_repositories(&id).is_empty());
         }
+        // In use, a record outlives its retention; unused, it expires (retention 168 h).
+        let hour = Duration::from_secs(3600);
+        clock.advance(hour * 100);
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(image_repositories(&id).len(), 1, "used at 100 h: extended");
+        let extended = store
+            .admission_record("u-1")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(
+            extended.expires_at,
+            lanyard::clock::Clock::now(clock.as_ref()) + hour * 168
+        );
+        clock.advance(hour * 200);
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(
+            on.workload(&id).await.expect("workload"),
+            Workload::Unknown,
+            "past its expiry, even before pruning: no record"
+        );
         // An UPDATE adding an image to a pod without a record starts none.
         assert_eq!(
             on.record_admission("u-3", "shop", "x", std::slice::from_ref(&img), true, true)
