@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionResponse, AdmissionReview};
 use lanyard::clock::{Clock, rfc3339};
 use lanyard::wire::{
     Credential, CredentialRequest, CredentialResponse, MintTokenRequest, MintTokenResponse,
@@ -700,7 +702,9 @@ impl Broker {
         request_id: &str,
     ) -> Result<CredentialResponse, ApiError> {
         policy::check_request(req).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let identity = &auth.identity;
+        // A pod token's admission record (trust source 1) is read before the policy, so
+        // `image_repository` selectors see its images.
+        let identity = &*self.gate.with_admission(&auth.identity).await?;
         let set = self.policy.load_full();
         let decision = policy::evaluate(&set, identity, req.roles.as_deref());
         if !decision.denied.is_empty() || decision.granted.is_empty() {
@@ -760,7 +764,11 @@ impl Broker {
                     grant.role, grant.rule
                 )));
             };
-            let d = gate::decide::decide(&workload, &self.gate.settings_for(rule));
+            let mut d = gate::decide::decide(&workload, &self.gate.settings_for(rule));
+            let weak = gate::tag_based_record(identity);
+            if weak {
+                d.detail = format!("{}; {}", d.detail, gate::TAG_BASED_RECORD);
+            }
             self.metrics
                 .gate_decisions
                 .with_label_values(&[d.outcome.as_str(), d.reason.as_str()])
@@ -787,10 +795,11 @@ impl Broker {
                     self.audit(rec).await?;
                 }
                 Outcome::Allow
-                    if matches!(
-                        d.reason,
-                        gate::Reason::Exempted | gate::Reason::UnknownWorkload
-                    ) =>
+                    if weak
+                        || matches!(
+                            d.reason,
+                            gate::Reason::Exempted | gate::Reason::UnknownWorkload
+                        ) =>
                 {
                     let rec =
                         AuditRecord::gate_note(self.now(), request_id, identity, &grant.role, &d);
@@ -1313,6 +1322,173 @@ impl Broker {
     /// Deletes the revocations of sessions that have ended anyway.
     pub async fn prune_session_revocations(&self) -> Result<usize, ApiError> {
         Ok(self.store.prune_session_revocations(self.now()).await?)
+    }
+
+    /// Deletes the admission records past `gate.admission.record_retention_hours`.
+    pub async fn prune_admission_records(&self) -> Result<usize, ApiError> {
+        Ok(self.gate.prune_admission_records().await?)
+    }
+
+    /// Audits and counts a caller of the admission `route` that is not the API server
+    /// (`reason`, a stable label) and returns the opaque 401 (or the audit failure).
+    pub async fn refuse_admission(
+        &self,
+        request_id: &str,
+        route: &str,
+        reason: &'static str,
+        source: IpAddr,
+    ) -> ApiError {
+        self.metrics
+            .admission_decisions
+            .with_label_values(&["error", "unauthenticated", "other"])
+            .inc();
+        self.metrics.denials.with_label_values(&["-", reason]).inc();
+        let rec = AuditRecord::admission_auth_failure(self.now(), request_id, route, reason);
+        match self.audit_auth_failure(rec, Some(source)).await {
+            Ok(()) => ApiError::Unauthenticated(AuthnError::Missing),
+            Err(e) => e,
+        }
+    }
+
+    /// Decides an `AdmissionReview` (`POST /v1/admission/validate`, from an authenticated
+    /// API server): parses it (bounded), finds the images of the pod or pod template, lets
+    /// [`Gate::admit`] resolve and check them within `gate.admission.deadline_ms`, and
+    /// answers with the pure [`gate::admission::decide`]'s decision. An allowed pod that is
+    /// not a dry run gets its admission record written durably first. Every decision is
+    /// audited and counted; a review that is not one is a 400.
+    pub async fn admission_validate(
+        &self,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<AdmissionReview<DynamicObject>, ApiError> {
+        use gate::admission::{self, Admitted};
+        let started = std::time::Instant::now();
+        let cfg = &self.config.gate.admission;
+        let bad = |e: admission::ReviewError| {
+            self.metrics
+                .admission_decisions
+                .with_label_values(&["error", "bad_review", "other"])
+                .inc();
+            ApiError::BadRequest(e.to_string())
+        };
+        let req = admission::parse_review(body).map_err(bad)?;
+        let mut resp = AdmissionResponse::from(&req);
+        // The request's own types are not carried by `parse_review`: the answer is an
+        // `admission.k8s.io/v1` `AdmissionReview`, as the request was (checked there).
+        resp.types = kube_core::TypeMeta {
+            api_version: "admission.k8s.io/v1".to_owned(),
+            kind: "AdmissionReview".to_owned(),
+        };
+        let Some(workload) = admission::workload_of(&req, cfg.templates).map_err(bad)? else {
+            self.metrics
+                .admission_decisions
+                .with_label_values(&["allow", "not_gated", "other"])
+                .inc();
+            return Ok(resp.into_review());
+        };
+        let kind = match &workload.admitted {
+            Admitted::Pod { .. } => "pod",
+            Admitted::Template { .. } => "template",
+        };
+        let namespace = workload.namespace.clone().unwrap_or_default();
+        let what = match &workload.admitted {
+            Admitted::Pod { .. } => format!("pod {namespace}/{}", workload.name),
+            Admitted::Template { kind } => {
+                format!("{kind} {namespace}/{} pod template", workload.name)
+            }
+        };
+        // Who asked for it (the API server's `userInfo`): a user or a controller, never a secret.
+        let by: String = req
+            .user_info
+            .username
+            .as_deref()
+            .unwrap_or("?")
+            .chars()
+            .take(120)
+            .collect();
+        let settings = admission::AdmissionSettings {
+            mode: self.config.gate.mode,
+            on_timeout: cfg.on_timeout,
+            namespace_exemption: cfg
+                .exemption(&namespace)
+                .map(|e| e.reason.trim().to_owned()),
+        };
+        let deadline = Duration::from_millis(cfg.deadline_ms);
+        let decision = self.gate.admit(&workload, &settings, deadline).await?;
+        let mut note = String::new();
+        if let Some((uid, images)) = &decision.record {
+            let pinned = workload
+                .images
+                .iter()
+                .all(|c| gate::image::parse(&c.image).is_ok_and(|r| r.digest.is_some()));
+            let rec = self
+                .gate
+                .record_admission(
+                    uid,
+                    &namespace,
+                    &workload.name,
+                    images,
+                    pinned,
+                    workload.changed_only,
+                )
+                .await
+                .inspect_err(|_| {
+                    // Nothing is allowed unrecorded: the review fails, the API server's
+                    // failurePolicy applies.
+                    self.metrics
+                        .admission_decisions
+                        .with_label_values(&["error", "store", kind])
+                        .inc();
+                })?;
+            note = match rec {
+                Some(rec) => format!(
+                    "recorded pod uid {uid} ({} image(s){})",
+                    rec.images.len(),
+                    if rec.pinned { "" } else { ", tag-based" }
+                ),
+                None => format!(
+                    "pod uid {uid} has no admission record to add to (admitted before the \
+                     webhook, or pruned): nothing recorded, its tokens stay an unknown workload"
+                ),
+            };
+        } else if workload.dry_run {
+            note = "dry run: nothing recorded".to_owned();
+        } else if decision.allowed
+            && settings.namespace_exemption.is_none()
+            && matches!(workload.admitted, Admitted::Pod { uid: None })
+        {
+            note = "the pod has no metadata.uid (is the webhook registered as validating?): \
+                    nothing recorded"
+                .to_owned();
+        }
+        note = if note.is_empty() {
+            format!("requested by {by}")
+        } else {
+            format!("{note}; requested by {by}")
+        };
+        let images: Vec<String> = match &decision.record {
+            Some((_, images)) => images.clone(),
+            None => workload.images.iter().map(|c| c.image.clone()).collect(),
+        };
+        let rec = AuditRecord::admission(self.now(), request_id, &what, &images, &decision, &note);
+        self.audit(rec).await?;
+        self.metrics
+            .admission_decisions
+            .with_label_values(&[decision.outcome.as_str(), decision.reason.as_str(), kind])
+            .inc();
+        self.metrics
+            .admission_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        if decision.allowed {
+            if !decision.warnings.is_empty() {
+                resp.warnings = Some(decision.warnings);
+            }
+        } else {
+            resp = resp.deny(&decision.message);
+            resp.result = kube_core::Status::failure(&decision.message, "Forbidden").with_code(403);
+        }
+        Ok(resp.into_review())
     }
 
     /// Revokes a lease: by an admin, or by the workload it was issued to.

@@ -324,6 +324,11 @@ enum PolicyCommand {
         /// select on `image_repository`.
         #[arg(long, requires = "bootstrap_role")]
         image: Option<String>,
+        /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
+        /// pod token under `gate.pod_tokens: gate` and rules that select on
+        /// `image_repository`.
+        #[arg(long, requires_all = ["namespace", "service_account"])]
+        pod_image: Vec<String>,
         /// The role to explain.
         #[arg(long)]
         role: String,
@@ -366,7 +371,7 @@ enum AuditCommand {
         decision: Option<Decision>,
         /// Event: issue, deny, token_mint, token_redeem, token_revoke, session_revoke,
         /// lease_revoke, policy_reload, audit_segment, audit_repair, gate, image_scan,
-        /// image_exempt.
+        /// image_exempt, admission.
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
@@ -396,7 +401,7 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
         "use issue, deny, token_mint, token_redeem, token_revoke, session_revoke, lease_revoke, \
-         policy_reload, audit_segment, audit_repair, gate, image_scan or image_exempt"
+         policy_reload, audit_segment, audit_repair, gate, image_scan, image_exempt or admission"
             .to_owned()
     })
 }
@@ -618,6 +623,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             service_account,
             bootstrap_role,
             image,
+            pod_image,
             role,
             json,
         }) => {
@@ -632,6 +638,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     service_account,
                     bootstrap_roles: (!bootstrap_role.is_empty()).then_some(bootstrap_role),
                     image,
+                    pod_images: (!pod_image.is_empty()).then_some(pod_image),
                 },
                 role,
             };

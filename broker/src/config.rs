@@ -144,6 +144,153 @@ pub struct GateConfig {
     /// Plain HTTP to registries on loopback addresses only (`lanyard-broker dev`, tests).
     #[serde(default)]
     pub insecure_loopback_registries: bool,
+    /// `ignore` (default) or `gate`: whether a Kubernetes pod token is gated by the admission
+    /// record of its pod (`docs/GATE.md`). Turn it on once the validating webhook is installed
+    /// and every running pod was admitted through it.
+    #[serde(default)]
+    pub pod_tokens: PodTokens,
+    /// The admission webhooks (`/v1/admission/validate`, `/v1/admission/mutate`).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// `gate.pod_tokens`: whether Kubernetes pod tokens are gated by admission records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodTokens {
+    /// A pod token names no image (as before the webhook): only rules with
+    /// `require_image: true` gate it. The default, so that upgrading the broker does not
+    /// refuse every pod that was created before the webhook was installed.
+    #[default]
+    Ignore,
+    /// A pod token's images are those of the admission record for its `kubernetes.io.pod.uid`;
+    /// a pod without a record is an unknown workload (`gate.unknown_workload`).
+    Gate,
+}
+
+/// What a pod whose admission could not be decided in time gets (`gate.admission.on_timeout`).
+pub use crate::gate::admission::OnTimeout;
+
+/// A namespace the admission webhook lets through unchecked, with the reason (audited on
+/// every use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceExemption {
+    /// The namespace, exactly.
+    pub namespace: String,
+    /// Why (required, 1 to 500 characters).
+    pub reason: String,
+}
+
+/// `gate.admission`: the validating webhook and the records it writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Check the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
+    /// and CronJobs too (default true).
+    #[serde(default = "default_true")]
+    pub templates: bool,
+    /// `fail-closed` (default) or `fail-open`: for a pod whose images could not be checked
+    /// within `deadline_ms` (a scan pending, a registry down). Templates are always allowed
+    /// with a warning then.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// How long a decision may take, in milliseconds (default 8000). Must be below the
+    /// `timeoutSeconds` of the `ValidatingWebhookConfiguration` (at most 30 s), or the API
+    /// server gives up first and applies its `failurePolicy` instead of this answer.
+    #[serde(default = "default_admission_deadline")]
+    pub deadline_ms: u64,
+    /// Namespaces let through unchecked, each with a reason.
+    #[serde(default)]
+    pub exempt_namespaces: Vec<NamespaceExemption>,
+    /// How long an admission record is kept, in hours (default 168, a week): a pod token of a
+    /// pod older than this finds no record (an unknown workload).
+    #[serde(default = "default_record_retention")]
+    pub record_retention_hours: u64,
+    /// Rewrite pods' tag references to the checked digest (`/v1/admission/mutate`; default
+    /// true). Off: records are tag-based, weaker.
+    #[serde(default = "default_true")]
+    pub pin_digests: bool,
+    /// PEM CA of the API server's client certificate (its AdmissionConfiguration kubeconfig):
+    /// a connection presenting a certificate signed by it may call the admission routes.
+    /// Use a CA of its own, not the admin client CA.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// A file holding a bearer token the API server presents instead (its kubeconfig's
+    /// `token`), re-read on every review. With neither this nor `client_ca_file`, the
+    /// admission routes refuse everyone.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admission_deadline() -> u64 {
+    8_000
+}
+fn default_record_retention() -> u64 {
+    168
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            templates: true,
+            on_timeout: OnTimeout::default(),
+            deadline_ms: default_admission_deadline(),
+            exempt_namespaces: Vec::new(),
+            record_retention_hours: default_record_retention(),
+            pin_digests: true,
+            client_ca_file: None,
+            token_file: None,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The exemption of `namespace`, if it has one.
+    pub fn exemption(&self, namespace: &str) -> Option<&NamespaceExemption> {
+        self.exempt_namespaces
+            .iter()
+            .find(|e| e.namespace == namespace)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(100..=29_000).contains(&self.deadline_ms) {
+            return Err(format!(
+                "field `gate.admission.deadline_ms`: {} is outside 100 to 29000 (it must be below \
+                 the webhook's timeoutSeconds, at most 30 s)",
+                self.deadline_ms
+            ));
+        }
+        if !(1..=24 * 366).contains(&self.record_retention_hours) {
+            return Err(format!(
+                "field `gate.admission.record_retention_hours`: {} is outside 1 to 8784",
+                self.record_retention_hours
+            ));
+        }
+        for (i, e) in self.exempt_namespaces.iter().enumerate() {
+            let at = format!("field `gate.admission.exempt_namespaces[{i}]");
+            if e.namespace.is_empty() || e.namespace.len() > 63 {
+                return Err(format!("{at}.namespace`: give a namespace name"));
+            }
+            let reason = e.reason.trim();
+            if reason.is_empty() || reason.len() > 500 {
+                return Err(format!(
+                    "{at}.reason`: give a reason of 1 to 500 characters (it is in every audit \
+                     record of the exemption's use)"
+                ));
+            }
+            if self.exempt_namespaces[..i]
+                .iter()
+                .any(|o| o.namespace == e.namespace)
+            {
+                return Err(format!(
+                    "{at}`: namespace `{}` is listed twice",
+                    e.namespace
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl GateConfig {
@@ -196,7 +343,7 @@ impl GateConfig {
                 return Err(format!("{at}: host `{}` is listed twice", r.host));
             }
         }
-        Ok(())
+        self.admission.check()
     }
 }
 
@@ -223,6 +370,8 @@ impl Default for GateConfig {
             allowlist_file: None,
             registries: Vec::new(),
             insecure_loopback_registries: false,
+            pod_tokens: PodTokens::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -1114,6 +1263,15 @@ impl BrokerConfig {
         if let Some(p) = self.gate.allowlist_file.as_mut() {
             fix(p);
         }
+        for p in [
+            self.gate.admission.client_ca_file.as_mut(),
+            self.gate.admission.token_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
         for r in &mut self.gate.registries {
             for p in [r.password_file.as_mut(), r.token_file.as_mut()]
                 .into_iter()
@@ -1157,6 +1315,23 @@ impl BrokerConfig {
                  the gate's answer",
                 self.gate.scan_deadline_seconds, self.server.request_timeout_ms
             ));
+        }
+        if self.gate.admission.deadline_ms >= self.server.request_timeout_ms {
+            return Err(format!(
+                "field `gate.admission.deadline_ms`: {} is not below `server.request_timeout_ms` \
+                 ({} ms); a review would get the request deadline's 503 instead of the decision",
+                self.gate.admission.deadline_ms, self.server.request_timeout_ms
+            ));
+        }
+        if self.gate.admission.client_ca_file.is_some()
+            && self.gate.admission.client_ca_file == self.tls.admin_client_ca_file
+        {
+            return Err(
+                "field `gate.admission.client_ca_file`: the same file as `tls.admin_client_ca_file`; \
+                 give the API server a CA of its own, or every admin certificate could write \
+                 admission records and every API-server certificate would be an admin"
+                    .into(),
+            );
         }
         if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
             return Err(format!(
@@ -1356,6 +1531,87 @@ mod tests {
             let e = load(extra).expect_err(extra);
             assert!(e.contains(field), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn the_admission_section_has_safe_defaults_and_is_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "b.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load("").expect("defaults");
+        let a = &cfg.gate.admission;
+        assert_eq!(cfg.gate.pod_tokens, PodTokens::Ignore);
+        assert!(a.templates && a.pin_digests);
+        assert_eq!(a.on_timeout, OnTimeout::FailClosed);
+        assert_eq!((a.deadline_ms, a.record_retention_hours), (8_000, 168));
+        assert!(a.client_ca_file.is_none() && a.token_file.is_none());
+        let cfg = load(
+            "gate:\n  pod_tokens: gate\n  admission:\n    on_timeout: fail-open\n    templates: false\n    client_ca_file: apiserver-ca.pem\n    exempt_namespaces:\n      - {namespace: kube-system, reason: platform images}\n",
+        )
+        .expect("set");
+        assert_eq!(cfg.gate.pod_tokens, PodTokens::Gate);
+        assert_eq!(cfg.gate.admission.on_timeout, OnTimeout::FailOpen);
+        assert!(
+            cfg.gate
+                .admission
+                .client_ca_file
+                .as_ref()
+                .is_some_and(|p| p.is_absolute()),
+            "relative to the config file"
+        );
+        assert_eq!(
+            cfg.gate
+                .admission
+                .exemption("kube-system")
+                .map(|e| e.reason.as_str()),
+            Some("platform images")
+        );
+        for (extra, field) in [
+            ("gate:\n  pod_tokens: yes\n", "pod_tokens"),
+            (
+                "gate:\n  admission:\n    on_timeout: closed\n",
+                "on_timeout",
+            ),
+            (
+                "gate:\n  admission:\n    deadline_ms: 30000\n",
+                "gate.admission.deadline_ms",
+            ),
+            (
+                "gate:\n  admission:\n    deadline_ms: 20000\nserver:\n  request_timeout_ms: 15000\n",
+                "server.request_timeout_ms",
+            ),
+            (
+                "gate:\n  admission:\n    record_retention_hours: 0\n",
+                "record_retention_hours",
+            ),
+            (
+                "gate:\n  admission:\n    exempt_namespaces:\n      - {namespace: kube-system, reason: \" \"}\n",
+                "exempt_namespaces[0].reason",
+            ),
+            (
+                "gate:\n  admission:\n    exempt_namespaces:\n      - {namespace: a, reason: x}\n      - {namespace: a, reason: y}\n",
+                "listed twice",
+            ),
+            ("gate:\n  admission:\n    token: x\n", "token"),
+        ] {
+            let e = load(extra).expect_err(extra);
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let shared = MINIMAL.replace(
+            "key_file: tls/key.pem\n",
+            "key_file: tls/key.pem\n  admin_client_ca_file: ca.pem\n",
+        );
+        let file = write(
+            dir.path(),
+            "s.yaml",
+            &format!("{shared}gate:\n  admission:\n    client_ca_file: ca.pem\n"),
+        );
+        let e = BrokerConfig::load(&file, std::iter::empty())
+            .map(|_| ())
+            .expect_err("one CA for admins and the API server");
+        assert!(e.to_string().contains("admin_client_ca_file"), "{e}");
     }
 
     #[test]

@@ -202,6 +202,14 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
     if !admin_token_file.is_file() {
         write_private(&admin_token_file, random_token().as_bytes())?;
     }
+    // The API server's credential for the admission webhooks (a bearer token in dev; a
+    // client certificate from its own CA in production, `gate.admission.client_ca_file`).
+    let admission_token_file = dir.join("admission-token");
+    if !admission_token_file.is_file() {
+        write_private(&admission_token_file, random_token().as_bytes())?;
+    }
+    let review_file = dir.join("admission-review.json");
+    std::fs::write(&review_file, SAMPLE_REVIEW).map_err(io_err(&review_file))?;
     let policies = match &opts.policies {
         Some(p) => p.clone(),
         None if Path::new("policies").is_dir() => std::env::current_dir()
@@ -239,6 +247,7 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
          audit:\n  sink: audit.log\n\
          # The image gate checks every image-bound token; plain HTTP to loopback registries only.\n\
          gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n\
+         \x20 admission:\n    token_file: admission-token\n\
          reload_interval_seconds: 2\n",
         cfg = config_file.display(),
         policies = policies.display(),
@@ -276,6 +285,32 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
     ))
 }
 
+/// An `AdmissionReview` of a pod running `127.0.0.1:5000/app:1`, shaped as the Kubernetes
+/// documentation shows it, for trying the webhook in dev mode.
+const SAMPLE_REVIEW: &str = r#"{
+  "apiVersion": "admission.k8s.io/v1",
+  "kind": "AdmissionReview",
+  "request": {
+    "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+    "resource": {"group": "", "version": "v1", "resource": "pods"},
+    "namespace": "dev",
+    "name": "app",
+    "operation": "CREATE",
+    "userInfo": {"username": "dev"},
+    "object": {
+      "apiVersion": "v1",
+      "kind": "Pod",
+      "metadata": {"name": "app", "namespace": "dev", "uid": "0b5d3c2e-9f1a-4c6b-8e7d-1a2b3c4d5e6f"},
+      "spec": {"containers": [{"name": "app", "image": "127.0.0.1:5000/app:1"}]}
+    },
+    "oldObject": null,
+    "dryRun": false,
+    "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+  }
+}
+"#;
+
 /// What dev mode prints once it is up.
 pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
     let d = env.dir.display();
@@ -312,7 +347,10 @@ pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
          lanyard-broker image scan 127.0.0.1:5000/app:1          # scan ahead; prints the verdict and app@sha256:…\n  \
          lanyard-broker token create --role {role} --image 127.0.0.1:5000/app:1 > /tmp/lanyard-token\n  \
          curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat /tmp/lanyard-token)\" {url}/v1/credentials\n  \
-         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n\n\
+         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n  \
+         # the validating admission webhook, as the API server calls it (a pod running app:1):\n  \
+         curl --cacert {ca} -H \"Authorization: Bearer $(cat {d}/admission-token)\" \
+         -H 'Content-Type: application/json' --data @{d}/admission-review.json {url}/v1/admission/validate\n\n\
          Ctrl-C stops.\n",
         url = env.url,
         admin = env.admin_token_file.display(),

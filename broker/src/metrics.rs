@@ -89,6 +89,15 @@ pub struct Metrics {
     /// `lanyard_gate_decisions_total{outcome,reason}` (outcome allow|deny|would_deny; reason
     /// from `gate::Reason`).
     pub gate_decisions: IntCounterVec,
+    /// `lanyard_admission_decisions_total{outcome,reason,kind}`: validating-webhook answers
+    /// (outcome allow|deny|would_deny|error; reason from `gate::Reason`, or `not_gated`,
+    /// `bad_review`, `unauthenticated`, `store`; kind pod|template|other).
+    pub admission_decisions: IntCounterVec,
+    /// `lanyard_admission_decision_duration_seconds{kind}`: how long a review took to decide.
+    pub admission_duration: HistogramVec,
+    /// `lanyard_admission_records_pruned_total`: admission records removed after their
+    /// retention.
+    pub admission_records_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -291,8 +300,26 @@ impl Metrics {
             "Image gate decisions by outcome (allow|deny|would_deny) and reason.",
             &["outcome", "reason"],
         );
+        let admission_decisions = counter(
+            "lanyard_admission_decisions_total",
+            "Validating admission webhook answers by outcome (allow|deny|would_deny|error), \
+             reason and kind (pod|template|other).",
+            &["outcome", "reason", "kind"],
+        );
+        let admission_duration = histogram(
+            "lanyard_admission_decision_duration_seconds",
+            "Time to decide an admission review, by kind (pod|template|other).",
+            &["kind"],
+        );
+        let admission_records_pruned = int_counter(
+            "lanyard_admission_records_pruned_total",
+            "Admission records removed after gate.admission.record_retention_hours.",
+        );
         Self {
             registry,
+            admission_decisions,
+            admission_duration,
+            admission_records_pruned,
             gate_verdict_lookups,
             gate_scans,
             gate_scan_waiters,

@@ -15,8 +15,8 @@ use lanyard_broker::error::ApiError;
 use lanyard_broker::store::memory::MemoryStore;
 use lanyard_broker::store::sqlite::SqliteStore;
 use lanyard_broker::store::{
-    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, RedeemedToken, ReserveOutcome,
-    SessionRevocation, SigningKeyRecord, Store, StoreError, VerdictRecord,
+    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, RedeemedToken,
+    ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError, VerdictRecord,
 };
 use lanyard_test_support::moto::STS_ROLE_ARN;
 use lanyard_test_support::{InProcessBroker, MotoServer, TestBroker, TestBrokerOptions};
@@ -554,6 +554,25 @@ impl Store for CommitFails {
     }
     async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
         self.inner.exemption(d).await
+    }
+    async fn put_admission_record(&self, r: &AdmissionRecord) -> Result<(), StoreError> {
+        self.inner.put_admission_record(r).await
+    }
+    async fn admission_record(&self, uid: &str) -> Result<Option<AdmissionRecord>, StoreError> {
+        self.inner.admission_record(uid).await
+    }
+    async fn delete_admission_record(&self, uid: &str) -> Result<bool, StoreError> {
+        self.inner.delete_admission_record(uid).await
+    }
+    async fn admission_records_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AdmissionRecord>, StoreError> {
+        self.inner.admission_records_page(after, limit).await
+    }
+    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
+        self.inner.prune_admission_records(now).await
     }
 }
 

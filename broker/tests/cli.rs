@@ -332,6 +332,58 @@ fn policy_explain_checks_the_image_repository_of_a_bound_image() {
     );
 }
 
+#[test]
+fn policy_explain_checks_the_image_repository_of_a_pods_admission_record() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "roles:\n  db: {backend: jwt, max_ttl_seconds: 60}\nrules:\n  - name: shop-pods\n    match: {namespace: shop, image_repository: \"registry.example.com/shop/*\"}\n    roles: [db]\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf8");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let explain = |images: &[String]| {
+        let mut args = vec![
+            "policy".to_owned(),
+            "explain".into(),
+            "--dir".into(),
+            d.into(),
+            "--issuer".into(),
+            "https://kubernetes.test".into(),
+            "--subject".into(),
+            "system:serviceaccount:shop:api".into(),
+            "--namespace".into(),
+            "shop".into(),
+            "--service-account".into(),
+            "api".into(),
+            "--role".into(),
+            "db".into(),
+        ];
+        for i in images {
+            args.push("--pod-image".into());
+            args.push(i.clone());
+        }
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let shop = format!("registry.example.com/shop/api@{digest}");
+    let allowed = explain(std::slice::from_ref(&shop));
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    // Every image of the record must match: a debug container from elsewhere does not.
+    let denied = explain(&[shop, format!("docker.io/library/busybox@{digest}")]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("docker.io/library/busybox"),
+        "{}",
+        text(&denied)
+    );
+    let none = explain(&[]);
+    assert!(
+        !none.status.success() && text(&none).contains("no image from a trusted source"),
+        "{}",
+        text(&none)
+    );
+}
+
 /// `lanyard-broker dev` gates images too, reading a plain-HTTP registry on loopback (the test
 /// registry of `tests/peers/images.sh`): a token bound to a dirty image is refused with the
 /// finding, as its banner says.
@@ -387,6 +439,35 @@ fn dev_mode_gates_images_from_a_loopback_registry() {
     }
     let pid = child.id().to_string();
     let clean = image(&["scan", &format!("{registry}/lanyard/multistage-clean:1")]);
+    // The validating webhook, as its banner shows: the sample review (a pod running
+    // 127.0.0.1:5000/app:1) with the dirty image, and the dev API-server token.
+    let review = std::fs::read_to_string(dev_dir.join("admission-review.json"))
+        .expect("sample review")
+        .replace(
+            "127.0.0.1:5000/app:1",
+            &format!("{registry}/lanyard/env-secret:1"),
+        );
+    let token = std::fs::read_to_string(dev_dir.join("admission-token")).expect("token");
+    let ca = std::fs::read(dev_dir.join("tls/ca.pem")).expect("ca");
+    let answer: serde_json::Value =
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                reqwest::Client::builder()
+                    .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("pem"))
+                    .build()
+                    .expect("client")
+                    .post(format!("{url}/v1/admission/validate"))
+                    .bearer_auth(token.trim())
+                    .header("content-type", "application/json")
+                    .body(review)
+                    .send()
+                    .await
+                    .expect("review")
+                    .json()
+                    .await
+                    .expect("json")
+            });
     let _ = Command::new("kill").args(["-INT", &pid]).status();
     let dev = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1), "dirty: {}", text(&out));
@@ -400,6 +481,14 @@ fn dev_mode_gates_images_from_a_loopback_registry() {
     assert!(
         banner.contains("lanyard-broker image scan") && banner.contains("--image"),
         "{banner}"
+    );
+    assert!(banner.contains("/v1/admission/validate"), "{banner}");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("AWS_ACCESS_KEY_ID")),
+        "{answer}"
     );
     assert!(
         std::fs::read_to_string(&config)

@@ -900,7 +900,9 @@ async fn admission_decisions_resolve_tags_and_check_every_container_against_real
             let w = admission::workload_of(&req, true)
                 .expect("object")
                 .expect("gated");
-            gate.admit(&w, &settings).await.expect("decision")
+            gate.admit(&w, &settings, Duration::from_secs(20))
+                .await
+                .expect("decision")
         }
     };
     let clean = format!("{reg}/lanyard/multistage-clean:1");
@@ -916,9 +918,10 @@ async fn admission_decisions_resolve_tags_and_check_every_container_against_real
     ))
     .await;
     assert!(d.allowed, "{d:?}");
-    let (uid, digests) = d.record.expect("record");
+    let (uid, images) = d.record.expect("record");
     assert_eq!(uid, "pod-uid-7");
-    assert_eq!(digests, vec![digest_of(&clean).await; 2]);
+    let pinned = format!("{reg}/lanyard/multistage-clean@{}", digest_of(&clean).await);
+    assert_eq!(images, vec![pinned; 2]);
     // A dry run records nothing.
     let d = admit(admission_review(
         ("", "v1", "Pod"),

@@ -77,6 +77,9 @@ pub enum Event {
     ImageScan,
     /// An operator exempted an image digest from the gate.
     ImageExempt,
+    /// The validating admission webhook decided a review (allowed, denied, or allowed with a
+    /// warning), or refused a caller that is not the API server.
+    Admission,
 }
 
 impl Event {
@@ -96,6 +99,7 @@ impl Event {
             Self::Gate => "gate",
             Self::ImageScan => "image_scan",
             Self::ImageExempt => "image_exempt",
+            Self::Admission => "admission",
         }
     }
 }
@@ -399,6 +403,56 @@ impl AuditRecord {
         rec.image = Some(image.to_owned());
         rec.gate = Some(format!("verdict:{verdict}"));
         rec
+    }
+
+    /// The validating webhook decided the admission of `what` (`pod shop/web`, `Deployment
+    /// shop/api pod template`): `images` as checked (references, never a secret), the
+    /// decision's detail (findings as locations only), and whether a record was written.
+    pub fn admission(
+        now: SystemTime,
+        request_id: &str,
+        what: &str,
+        images: &[String],
+        decision: &crate::gate::admission::AdmissionDecision,
+        note: &str,
+    ) -> Self {
+        let verdict = if decision.allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        };
+        let mut reason = format!(
+            "admission of {what}: {}:{}: {}",
+            decision.outcome.as_str(),
+            decision.reason.as_str(),
+            decision.detail
+        );
+        for w in &decision.warnings {
+            reason.push_str(&format!("; warning: {w}"));
+        }
+        if !note.is_empty() {
+            reason.push_str(&format!("; {note}"));
+        }
+        let mut rec = Self::at(now, Event::Admission, verdict, reason).request(request_id);
+        rec.identity = Some(what.to_owned());
+        rec.image = (!images.is_empty()).then(|| images.join(", "));
+        rec.gate = Some(format!(
+            "{}:{}",
+            decision.outcome.as_str(),
+            decision.reason.as_str()
+        ));
+        rec
+    }
+
+    /// A caller of the admission `route` that is not the API server (`reason`).
+    pub fn admission_auth_failure(
+        now: SystemTime,
+        request_id: &str,
+        route: &str,
+        reason: &str,
+    ) -> Self {
+        let reason = format!("admission caller not authenticated ({route}): {reason}");
+        Self::at(now, Event::Admission, Decision::Deny, reason).request(request_id)
     }
 
     /// An operator exempted `digest` from the gate, for `reason`.
@@ -728,6 +782,7 @@ mod tests {
                 service_account: "api".into(),
                 pod_name: None,
                 pod_uid: None,
+                admission: Default::default(),
             }),
             bootstrap: None,
         }

@@ -683,7 +683,7 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{ExemptionRecord, VerdictRecord};
+    use crate::store::{AdmissionRecord, ExemptionRecord, VerdictRecord};
 
     const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const GRACE: Duration = Duration::from_secs(30);
@@ -1112,6 +1112,25 @@ mod tests {
         }
         async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
             self.inner.exemption(d).await
+        }
+        async fn put_admission_record(&self, r: &AdmissionRecord) -> Result<(), StoreError> {
+            self.inner.put_admission_record(r).await
+        }
+        async fn admission_record(&self, uid: &str) -> Result<Option<AdmissionRecord>, StoreError> {
+            self.inner.admission_record(uid).await
+        }
+        async fn delete_admission_record(&self, uid: &str) -> Result<bool, StoreError> {
+            self.inner.delete_admission_record(uid).await
+        }
+        async fn admission_records_page(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<AdmissionRecord>, StoreError> {
+            self.inner.admission_records_page(after, limit).await
+        }
+        async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
+            self.inner.prune_admission_records(now).await
         }
     }
 

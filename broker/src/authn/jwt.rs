@@ -514,6 +514,7 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
                 service_account: required(&["serviceaccount", "name"], "serviceaccount.name")?,
                 pod_name: name(&["pod", "name"], "pod.name")?,
                 pod_uid: name(&["pod", "uid"], "pod.uid")?,
+                admission: Default::default(),
             })
         }
         Some(_) => {

@@ -59,6 +59,30 @@ pub struct KubernetesIdentity {
     /// Pod UID, when the token is bound to a pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// What the broker's admission records say about the pod: filled in by the broker after
+    /// authentication (`gate.pod_tokens: gate`), never from the token.
+    #[serde(skip)]
+    pub admission: PodAdmission,
+}
+
+/// The admission record of a pod token's pod, as the broker found it in its store (trust
+/// source 1 of the image gate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PodAdmission {
+    /// Not looked up: `gate.pod_tokens: ignore` (the token names no image).
+    #[default]
+    NotLooked,
+    /// Looked up, and there is none (the pod was not admitted through the webhook, its record
+    /// was pruned, or the token names no pod): an unknown workload.
+    NoRecord,
+    /// The pod was admitted with these images.
+    Record {
+        /// `repo@sha256:…`, as resolved and checked at admission.
+        images: Vec<String>,
+        /// Every container's image was written as a digest reference; `false`: tag-based,
+        /// weaker.
+        pinned: bool,
+    },
 }
 
 /// What a bootstrap token was bound to when it was minted.

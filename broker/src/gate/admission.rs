@@ -1,6 +1,7 @@
-//! The validating admission webhook's pure part (issue 12, part B — **started**: parsing and
-//! the decision; the `/v1/admission/validate` route, image resolution for it and the
-//! admission records are not wired yet).
+//! The validating admission webhook's pure part: parsing and the decision. The route
+//! (`/v1/admission/validate`) adapts HTTP; [`crate::gate::Gate::admit`] resolves and looks up
+//! the images; [`crate::broker::Broker::admission_validate`] writes the record, audits and
+//! counts.
 //!
 //! [`parse_review`] reads an `admission.k8s.io/v1` `AdmissionReview` (the `kube-core` types),
 //! bounded before it parses; [`workload_of`] finds the images of what is admitted — a Pod
@@ -127,7 +128,11 @@ pub struct AdmissionWorkload {
     pub name: String,
     /// A dry run: decide, but record nothing.
     pub dry_run: bool,
-    /// Every image, in spec order.
+    /// An UPDATE: `images` lists only the containers whose image is not in `oldObject` (the
+    /// others were checked when they were admitted, and a metadata change — a label, a
+    /// finalizer removed — must not fail on a registry that is down).
+    pub changed_only: bool,
+    /// Every image to check, in spec order.
     pub images: Vec<ContainerImage>,
 }
 
@@ -171,6 +176,41 @@ pub fn workload_of(
         _ => return Ok(None),
     };
     let spec = spec.ok_or_else(|| ReviewError::BadObject(format!("{kind} has no pod spec")))?;
+    let mut images = images_of(kind, spec)?;
+    // An UPDATE checks what it changes: containers whose image is new. An `oldObject` that
+    // cannot be read counts as none (everything is checked).
+    let old = match (&req.operation, &req.old_object) {
+        (Operation::Update, Some(old)) => {
+            let path = match &admitted {
+                Admitted::Pod { .. } => "/spec",
+                Admitted::Template { .. } if kind == "CronJob" => {
+                    "/spec/jobTemplate/spec/template/spec"
+                }
+                Admitted::Template { .. } => "/spec/template/spec",
+            };
+            old.data.pointer(path).and_then(|s| images_of(kind, s).ok())
+        }
+        _ => None,
+    };
+    let changed_only = old.is_some();
+    if let Some(old) = old {
+        images.retain(|i| !old.contains(i));
+        if images.is_empty() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(AdmissionWorkload {
+        admitted,
+        namespace: req.namespace.clone(),
+        name: req.name.clone(),
+        dry_run: req.dry_run,
+        changed_only,
+        images,
+    }))
+}
+
+/// The images of a pod spec, bounded.
+fn images_of(kind: &str, spec: &serde_json::Value) -> Result<Vec<ContainerImage>, ReviewError> {
     let spec: PodSpec = serde_json::from_value(spec.clone()).map_err(|e| {
         ReviewError::BadObject(format!("{kind}'s pod spec: {}", short(&e.to_string())))
     })?;
@@ -197,20 +237,16 @@ pub fn workload_of(
             images.len()
         )));
     }
-    Ok(Some(AdmissionWorkload {
-        admitted,
-        namespace: req.namespace.clone(),
-        name: req.name.clone(),
-        dry_run: req.dry_run,
-        images,
-    }))
+    Ok(images)
 }
 
 /// What a decision that could not be reached in time (a scan pending, a registry down) gives a
 /// pod. Workload templates always get allowed with a warning: `kubectl apply` does not retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnTimeout {
     /// Deny with "scan pending, retry" (controllers retry pod creation).
+    #[default]
     FailClosed,
     /// Allow (audited).
     FailOpen,
@@ -232,13 +268,18 @@ pub struct AdmissionSettings {
 pub struct AdmissionDecision {
     /// Allowed.
     pub allowed: bool,
+    /// Allow, deny, or (audit mode) would deny. An allowance despite a decision that could not
+    /// be reached in time (fail-open, a template) is `Allow` with a retryable reason.
+    pub outcome: Outcome,
     /// The gate's reason label.
     pub reason: Reason,
     /// For a denial: what a developer reads (`kubectl` prints it).
     pub message: String,
     /// AdmissionReview `warnings` (`kubectl` prints them too).
     pub warnings: Vec<String>,
-    /// For an allowed pod that is not a dry run: its UID and the digests it was admitted with.
+    /// For an allowed pod that is not a dry run: its UID and the images it was admitted with
+    /// (`repo@sha256:…`, as resolved and checked). None for a namespace exemption (nothing
+    /// was checked, so nothing is vouched for).
     pub record: Option<(String, Vec<String>)>,
     /// The full detail for the audit record.
     pub detail: String,
@@ -255,20 +296,26 @@ pub fn decide(
         Admitted::Pod { .. } => "pod".to_owned(),
         Admitted::Template { kind } => format!("{kind} pod template"),
     };
-    let record = |allowed: bool| match (&workload.admitted, allowed && !workload.dry_run) {
-        (Admitted::Pod { uid: Some(uid) }, true) => Some((
-            uid.clone(),
-            images.iter().map(|i| i.digest.clone()).collect(),
-        )),
-        _ => None,
-    };
+    // A record vouches for every image of the pod: with one image not even resolved to a
+    // digest (a registry down, allowed by fail-open) there is none, and the pod's tokens
+    // meet an unknown workload rather than a record naming only part of what it runs.
+    let resolved = images.iter().all(|i| !i.digest.is_empty());
+    let record =
+        |allowed: bool| match (&workload.admitted, allowed && !workload.dry_run && resolved) {
+            (Admitted::Pod { uid: Some(uid) }, true) => Some((
+                uid.clone(),
+                images.iter().map(|i| i.image.clone()).collect(),
+            )),
+            _ => None,
+        };
     if let Some(reason) = &settings.namespace_exemption {
         return AdmissionDecision {
             allowed: true,
+            outcome: Outcome::Allow,
             reason: Reason::Exempted,
             message: String::new(),
             warnings: Vec::new(),
-            record: record(true),
+            record: None,
             detail: format!(
                 "namespace {} is exempted from the image gate: {reason}",
                 workload.namespace.as_deref().unwrap_or("-")
@@ -313,6 +360,7 @@ pub fn decide(
     match d.outcome {
         Outcome::Allow => AdmissionDecision {
             allowed: true,
+            outcome: Outcome::Allow,
             reason: d.reason,
             message: String::new(),
             warnings: Vec::new(),
@@ -321,6 +369,7 @@ pub fn decide(
         },
         Outcome::WouldDeny => AdmissionDecision {
             allowed: true,
+            outcome: Outcome::WouldDeny,
             reason: d.reason,
             message: String::new(),
             warnings: vec![format!(
@@ -334,6 +383,7 @@ pub fn decide(
         {
             AdmissionDecision {
                 allowed: true,
+                outcome: Outcome::Allow,
                 reason: d.reason,
                 message: String::new(),
                 warnings: vec![format!(
@@ -345,6 +395,7 @@ pub fn decide(
         }
         Outcome::Deny => AdmissionDecision {
             allowed: false,
+            outcome: Outcome::Deny,
             reason: d.reason,
             message: if d.retryable {
                 format!("lanyard image gate: scan pending, retry: {detail}")
@@ -534,6 +585,67 @@ mod tests {
     }
 
     #[test]
+    fn an_update_checks_only_the_images_it_changes() {
+        let with_old = |old: serde_json::Value, new: serde_json::Value, sub: Option<&str>| {
+            let mut v: serde_json::Value = serde_json::from_slice(&review(
+                ("", "v1", "Pod"),
+                "pods",
+                sub,
+                "UPDATE",
+                new,
+                false,
+            ))
+            .expect("json");
+            v["request"]["oldObject"] = old;
+            parse_review(&serde_json::to_vec(&v).expect("json")).expect("parse")
+        };
+        let mut before = pod("u");
+        before["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("ephemeralContainers");
+        // A label changed (a finalizer removed, ...): nothing to check.
+        let mut relabelled = before.clone();
+        relabelled["metadata"]["labels"] = serde_json::json!({"app": "api"});
+        assert_eq!(
+            workload_of(&with_old(before.clone(), relabelled, None), true).expect("ok"),
+            None
+        );
+        // `kubectl debug`: only the ephemeral container is checked.
+        let w = workload_of(
+            &with_old(before.clone(), pod("u"), Some("ephemeralcontainers")),
+            true,
+        )
+        .expect("ok")
+        .expect("gated");
+        assert!(w.changed_only);
+        assert_eq!(
+            w.images
+                .iter()
+                .map(|i| (i.container.as_str(), i.kind))
+                .collect::<Vec<_>>(),
+            [("debugger", ContainerKind::Ephemeral)]
+        );
+        // An image changed in place: that container is checked.
+        let mut bumped = before.clone();
+        bumped["spec"]["containers"][0]["image"] =
+            serde_json::json!("registry.example.com/shop/api:1.5");
+        let w = workload_of(&with_old(before.clone(), bumped, None), true)
+            .expect("ok")
+            .expect("gated");
+        assert_eq!(w.images.len(), 1);
+        assert_eq!(w.images[0].image, "registry.example.com/shop/api:1.5");
+        // An unreadable oldObject: everything is checked.
+        let w = workload_of(
+            &with_old(serde_json::json!({"spec": 7}), pod("u"), None),
+            true,
+        )
+        .expect("ok")
+        .expect("gated");
+        assert!(!w.changed_only && w.images.len() == 4);
+    }
+
+    #[test]
     fn malformed_oversized_and_wrong_kind_reviews_are_refused() {
         assert!(matches!(
             parse_review(b"{not json"),
@@ -627,6 +739,7 @@ mod tests {
             namespace: Some("shop".into()),
             name: "my-pod".into(),
             dry_run,
+            changed_only: false,
             images: vec![
                 ContainerImage {
                     container: "api".into(),
@@ -651,6 +764,7 @@ mod tests {
         ];
         let d = decide(&w, &images, &settings());
         assert!(!d.allowed && d.record.is_none());
+        assert_eq!((d.outcome, d.reason), (Outcome::Deny, Reason::Dirty));
         for want in [
             "init container `migrate`",
             "npm-token in layer 3 /app/.npmrc",
@@ -663,12 +777,15 @@ mod tests {
 
     #[test]
     fn a_clean_pod_is_allowed_and_recorded_unless_dry_run() {
-        let images = [state("a", clean()), state("b", clean())];
+        let api = format!("registry.example.com/shop/api@{D}");
+        let migrate = format!("registry.example.com/shop/migrate@{D}");
+        let images = [state(&api, clean()), state(&migrate, clean())];
         let d = decide(&two_containers(false), &images, &settings());
-        assert!(d.allowed);
+        assert!(d.allowed && d.outcome == Outcome::Allow && d.reason == Reason::Clean);
         assert_eq!(
             d.record,
-            Some(("pod-uid-1".into(), vec![D.to_owned(), D.to_owned()]))
+            Some(("pod-uid-1".into(), vec![api, migrate])),
+            "the full references, as resolved and checked"
         );
         let d = decide(&two_containers(true), &images, &settings());
         assert!(d.allowed && d.record.is_none(), "dry run: nothing recorded");
@@ -689,6 +806,25 @@ mod tests {
         };
         let d = decide(&two_containers(false), &images, &open);
         assert!(d.allowed && d.warnings.len() == 1, "{d:?}");
+        assert_eq!((d.outcome, d.reason), (Outcome::Allow, Reason::ScanPending));
+        assert!(
+            d.record.is_some(),
+            "every image has its digest: the record names them all"
+        );
+        // A registry down: one image not even resolved. Fail-open allows, and records nothing
+        // (a record naming part of the pod's images would vouch for what was not checked).
+        let unresolved = [
+            state("a", clean()),
+            ImageState {
+                image: "registry.example.com/shop/migrate:1".into(),
+                digest: String::new(),
+                lookup: Lookup::ScanFailed("connection refused".into()),
+                exemption: None,
+            },
+        ];
+        let d = decide(&two_containers(false), &unresolved, &open);
+        assert!(d.allowed && d.record.is_none(), "{d:?}");
+        assert_eq!(d.reason, Reason::ScanFailed);
         let template = AdmissionWorkload {
             admitted: Admitted::Template {
                 kind: "Deployment".into(),
@@ -714,6 +850,7 @@ mod tests {
             d.allowed && d.warnings[0].contains("audit mode") && d.record.is_some(),
             "{d:?}"
         );
+        assert_eq!(d.outcome, Outcome::WouldDeny);
         let exempt = AdmissionSettings {
             namespace_exemption: Some("kube-system: platform images".into()),
             ..settings()
@@ -722,6 +859,10 @@ mod tests {
         assert!(
             d.allowed && d.reason == Reason::Exempted && d.detail.contains("platform images"),
             "{d:?}"
+        );
+        assert_eq!(
+            d.record, None,
+            "nothing was checked in an exempted namespace: no record vouches for its images"
         );
     }
 }

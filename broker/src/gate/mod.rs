@@ -16,8 +16,8 @@
 //!   and exemptions.
 //!
 //! Which images a workload runs comes from a trusted source only ([`decide::TrustSource`]):
-//! today the image an admin bound into a bootstrap token; admission records (the validating
-//! webhook) and pod lookups come next and feed the same decision.
+//! the image an admin bound into a bootstrap token, or the admission record the validating
+//! webhook wrote for a pod token's pod ([`Gate::with_admission`], `gate.pod_tokens: gate`).
 
 pub mod admission;
 pub mod decide;
@@ -37,39 +37,70 @@ use tracing::{info, warn};
 pub use decide::{Decision, ImageState, Lookup, Outcome, Reason, Settings, TrustSource, Workload};
 pub use image::ImageRef;
 
-use crate::authn::Identity;
-use crate::config::{GateConfig, Unscanned};
+use crate::authn::{Identity, PodAdmission};
+use crate::config::{GateConfig, PodTokens, Unscanned};
 use crate::metrics::Metrics;
 use crate::secret_file::read_secret_file;
-use crate::store::{FindingSummary, Store, StoreError, VerdictRecord};
+use crate::store::{AdmissionRecord, FindingSummary, Store, StoreError, VerdictRecord};
 
 /// The repositories of the images a workload runs, from a trusted source (for the policy
-/// selector `image_repository`). Empty when the identity names none.
+/// selector `image_repository`): the bootstrap binding's, or the pod's admission record's
+/// (once the broker looked it up, `gate.pod_tokens: gate`). Empty when the identity names none.
 pub fn image_repositories(identity: &Identity) -> Vec<String> {
-    identity
-        .bootstrap
-        .as_ref()
-        .and_then(|b| b.image.as_deref())
-        .and_then(|i| image::parse(i).ok())
-        .and_then(|r| r.repository)
-        .into_iter()
-        .collect()
+    let mut repos: Vec<String> = Vec::new();
+    for r in workload_images(identity)
+        .map(|(_, refs)| refs)
+        .unwrap_or_default()
+    {
+        if let Some(repo) = r.repository
+            && !repos.contains(&repo)
+        {
+            repos.push(repo);
+        }
+    }
+    repos
 }
 
 /// Which images `identity`'s workload runs, from a trusted source, before verdicts are
-/// looked up: the bootstrap token's binding. Pod tokens name a workload, but until admission
-/// records exist (the validating webhook) no trusted source lists their images: they are
-/// treated as naming none, so only rules with `require_image: true` gate them.
+/// looked up: the bootstrap token's binding, or the admission record of a pod token's pod
+/// (as the broker found it, [`PodAdmission`]). `None`: the identity names no image from a
+/// trusted source (see [`Gate::workload`] for a pod without a record).
 pub fn workload_images(identity: &Identity) -> Option<(TrustSource, Vec<ImageRef>)> {
+    if let Some(PodAdmission::Record { images, .. }) =
+        identity.kubernetes.as_ref().map(|k| &k.admission)
+    {
+        return Some((
+            TrustSource::AdmissionRecord,
+            images.iter().map(|i| pinned_or_bare(i)).collect(),
+        ));
+    }
     let bound = identity.bootstrap.as_ref()?.image.as_deref()?;
-    // Bindings were checked at mint time; an unparsable one (minted before the gate, as a bare
-    // digest of another form) still names an image: it is looked up by nothing and refused.
-    let parsed = image::parse_pinned(bound).unwrap_or(ImageRef {
+    Some((TrustSource::BootstrapBinding, vec![pinned_or_bare(bound)]))
+}
+
+/// A stored reference (a binding, a record's image) as the gate reads it. Bindings were
+/// checked at mint time and records at admission; one that does not parse (minted before the
+/// gate, as a bare digest of another form) still names an image: it is looked up by nothing
+/// and refused.
+fn pinned_or_bare(stored: &str) -> ImageRef {
+    image::parse_pinned(stored).unwrap_or(ImageRef {
         repository: None,
         tag: None,
-        digest: Some(bound.to_owned()),
-    });
-    Some((TrustSource::BootstrapBinding, vec![parsed]))
+        digest: Some(stored.to_owned()),
+    })
+}
+
+/// What the gate's audit detail says about a pod token whose admission record is tag-based.
+pub const TAG_BASED_RECORD: &str = "tag-based admission record, weaker: the pod's images were \
+    written as tags (gate.admission.pin_digests off), so a tag that moved between admission and \
+    the kubelet's pull is not seen";
+
+/// Whether `identity`'s images come from a tag-based admission record.
+pub fn tag_based_record(identity: &Identity) -> bool {
+    matches!(
+        identity.kubernetes.as_ref().map(|k| &k.admission),
+        Some(PodAdmission::Record { pinned: false, .. })
+    )
 }
 
 /// The verdict with the allowlist applied: findings it allows are dropped, and the verdict is
@@ -226,6 +257,10 @@ pub struct Gate {
     /// for [`RESCAN_RETRY_AFTER`] (a registry that is down is not asked on every issuance).
     rescan_failed: Mutex<HashMap<String, std::time::Instant>>,
     scans: Arc<Semaphore>,
+    /// Held while an admission record is read and replaced (an UPDATE's union), so two
+    /// reviews of one pod in this process do not lose each other's images. (Replicas sharing
+    /// a store can still interleave; the API server serialises a pod's updates.)
+    records: tokio::sync::Mutex<()>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 }
@@ -251,10 +286,21 @@ impl Gate {
             allowlist: ArcSwap::from_pointee(AllowState::default()),
             inflight: Mutex::new(HashMap::new()),
             rescan_failed: Mutex::new(HashMap::new()),
+            records: tokio::sync::Mutex::new(()),
             metrics,
             clock,
         });
         gate.reload_allowlist()?;
+        let a = &gate.config.admission;
+        if (a.client_ca_file.is_some() || a.token_file.is_some())
+            && gate.config.pod_tokens == PodTokens::Ignore
+        {
+            info!(
+                "the admission webhook is configured and gate.pod_tokens is `ignore`: pod tokens \
+                 are not gated by admission records yet; set `gate.pod_tokens: gate` once every \
+                 running pod was admitted through the webhook (docs/GATE.md)"
+            );
+        }
         Ok(gate)
     }
 
@@ -640,9 +686,78 @@ impl Gate {
         }
     }
 
+    /// Fills in what the admission records say about a pod token's pod (trust source 1),
+    /// with `gate.pod_tokens: gate`: the record of its `kubernetes.io.pod.uid`, or none (a
+    /// Kubernetes token that names no pod counts as none). Other identities, and every
+    /// identity with `gate.pod_tokens: ignore`, are returned as they are.
+    pub async fn with_admission<'a>(
+        &self,
+        identity: &'a Identity,
+    ) -> Result<std::borrow::Cow<'a, Identity>, StoreError> {
+        use std::borrow::Cow;
+        if self.config.pod_tokens != PodTokens::Gate || identity.kubernetes.is_none() {
+            return Ok(Cow::Borrowed(identity));
+        }
+        let mut out = identity.clone();
+        let Some(k) = out.kubernetes.as_mut() else {
+            return Ok(Cow::Owned(out));
+        };
+        let record = match &k.pod_uid {
+            Some(uid) => self.admission_record_in_use(uid).await?,
+            None => None,
+        };
+        k.admission = match record {
+            Some(r) => PodAdmission::Record {
+                images: r.images,
+                pinned: r.pinned,
+            },
+            None => PodAdmission::NoRecord,
+        };
+        Ok(Cow::Owned(out))
+    }
+
+    /// The record of the pod `pod_uid` as a token of it is gated: none once past its
+    /// `expires_at` (pruning may not have run yet), and kept while in use — a record past half
+    /// its retention is extended to `now + record_retention_hours`, so a pod that runs longer
+    /// than the retention, asking for credentials meanwhile, keeps its record (one store write
+    /// per record per half retention). A failed extension is logged; the record still serves.
+    async fn admission_record_in_use(
+        &self,
+        pod_uid: &str,
+    ) -> Result<Option<AdmissionRecord>, StoreError> {
+        let now = crate::issue::lifetime::whole_seconds(self.clock.now());
+        let Some(rec) = self.store.admission_record(pod_uid).await? else {
+            return Ok(None);
+        };
+        if rec.expires_at <= now {
+            return Ok(None);
+        }
+        let retention = Duration::from_secs(self.config.admission.record_retention_hours * 3600);
+        if rec.expires_at >= now + retention / 2 {
+            return Ok(Some(rec));
+        }
+        let _serialised = self.records.lock().await;
+        // Read again under the lock: an UPDATE may have replaced it meanwhile.
+        let Some(mut rec) = self.store.admission_record(pod_uid).await? else {
+            return Ok(None);
+        };
+        rec.expires_at = now + retention;
+        if let Err(e) = self.store.put_admission_record(&rec).await {
+            warn!(error = %e, pod_uid, "cannot extend the admission record in use; it serves until it expires");
+        }
+        Ok(Some(rec))
+    }
+
     /// The workload's images with what is known of each (verdict, exemption), or which
-    /// kind of workload it is when it names none. Scans on demand.
+    /// kind of workload it is when it names none. Scans on demand. A pod token whose pod has
+    /// no admission record ([`Self::with_admission`] found none) is an unknown workload.
     pub async fn workload(self: &Arc<Self>, identity: &Identity) -> Result<Workload, StoreError> {
+        if matches!(
+            identity.kubernetes.as_ref().map(|k| &k.admission),
+            Some(PodAdmission::NoRecord)
+        ) {
+            return Ok(Workload::Unknown);
+        }
         let Some((source, refs)) = workload_images(identity) else {
             return Ok(Workload::NoImage);
         };
@@ -653,11 +768,14 @@ impl Gate {
             let lookup = if image::is_digest(&digest) {
                 self.lookup(&r, wait).await?
             } else {
-                Lookup::Unresolvable(
-                    "the bound image is not a digest reference; mint a new token bound to \
+                Lookup::Unresolvable(match source {
+                    TrustSource::BootstrapBinding => {
+                        "the bound image is not a digest reference; mint a new token bound to \
                      REPOSITORY@sha256:DIGEST"
-                        .into(),
-                )
+                            .into()
+                    }
+                    _ => "the recorded image is not a digest reference".into(),
+                })
             };
             let exemption = match &lookup {
                 Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
@@ -675,58 +793,164 @@ impl Gate {
         Ok(Workload::Images { source, images })
     }
 
-    /// Decides an admission (the validating webhook, part B): each image of `workload` is
-    /// resolved to a digest (a tag through its registry, within `gate.scan_deadline_seconds`),
-    /// looked up or scanned, its exemption read, and [`admission::decide`] answers. The route
-    /// and the records of admitted pods are not wired yet.
+    /// Decides an admission (the validating webhook): each image of `workload` is resolved
+    /// to a digest (a tag through its registry), looked up or scanned, its exemption read —
+    /// every image at once, each scan shared by digest and bounded by
+    /// `gate.max_concurrent_scans` — all within `deadline` (what is not done by then is
+    /// pending), and [`admission::decide`] answers.
     pub async fn admit(
         self: &Arc<Self>,
         workload: &admission::AdmissionWorkload,
         settings: &admission::AdmissionSettings,
+        deadline: Duration,
     ) -> Result<admission::AdmissionDecision, StoreError> {
-        let wait = Duration::from_secs(self.config.scan_deadline_seconds);
-        let mut states = Vec::with_capacity(workload.images.len());
+        if settings.namespace_exemption.is_some() {
+            // Nothing is resolved or scanned in an exempted namespace.
+            return Ok(admission::decide(workload, &[], settings));
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        // Each distinct reference once (an init container and a container often share one).
+        let mut distinct: Vec<&str> = Vec::new();
         for c in &workload.images {
-            let state = match image::parse(&c.image) {
-                Err(e) => ImageState {
-                    image: c.image.chars().take(200).collect(),
+            if !distinct.contains(&c.image.as_str()) {
+                distinct.push(&c.image);
+            }
+        }
+        let checked =
+            futures_util::future::join_all(distinct.iter().map(|i| self.admission_state(i, until)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+        let states: Vec<ImageState> = workload
+            .images
+            .iter()
+            .map(|c| {
+                let at = distinct
+                    .iter()
+                    .position(|i| *i == c.image)
+                    .unwrap_or_default();
+                checked[at].clone()
+            })
+            .collect();
+        Ok(admission::decide(workload, &states, settings))
+    }
+
+    async fn admission_state(
+        self: &Arc<Self>,
+        written: &str,
+        until: tokio::time::Instant,
+    ) -> Result<ImageState, StoreError> {
+        let left = || until.saturating_duration_since(tokio::time::Instant::now());
+        let r = match image::parse(written) {
+            Err(e) => {
+                return Ok(ImageState {
+                    image: written.chars().take(200).collect(),
                     digest: String::new(),
                     lookup: Lookup::Unresolvable(e),
                     exemption: None,
-                },
-                Ok(r) => match self.resolve(&r, wait).await {
-                    Err(GateError::Store(e)) => return Err(e),
-                    Err(e) => ImageState {
-                        image: r.to_string(),
-                        digest: String::new(),
-                        lookup: Lookup::ScanFailed(e.to_string()),
-                        exemption: None,
-                    },
-                    Ok(digest) => {
-                        let pinned = ImageRef {
-                            digest: Some(digest.clone()),
-                            tag: None,
-                            ..r
-                        };
-                        let lookup = self.lookup(&pinned, wait).await?;
-                        let exemption = match &lookup {
-                            Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
-                                self.store.exemption(&digest).await?.map(|e| e.reason)
-                            }
-                            _ => None,
-                        };
-                        ImageState {
-                            image: pinned.to_string(),
-                            digest,
-                            lookup,
-                            exemption,
-                        }
-                    }
-                },
-            };
-            states.push(state);
+                });
+            }
+            Ok(r) => r,
+        };
+        // The deadline, not the registry client's own timeout, ends a slow resolution: what is
+        // not done by then is pending.
+        let resolving = self.resolve(&r, left() + Duration::from_secs(1));
+        let digest = match tokio::time::timeout(left(), resolving).await {
+            Err(_) => {
+                return Ok(ImageState {
+                    image: r.to_string(),
+                    digest: String::new(),
+                    lookup: Lookup::Pending,
+                    exemption: None,
+                });
+            }
+            Ok(Err(GateError::Store(e))) => return Err(e),
+            Ok(Err(e)) => {
+                return Ok(ImageState {
+                    image: r.to_string(),
+                    digest: String::new(),
+                    lookup: Lookup::ScanFailed(e.to_string()),
+                    exemption: None,
+                });
+            }
+            Ok(Ok(d)) => d,
+        };
+        let pinned = ImageRef {
+            digest: Some(digest.clone()),
+            tag: None,
+            ..r
+        };
+        let lookup = self.lookup(&pinned, left()).await?;
+        let exemption = match &lookup {
+            Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
+                self.store.exemption(&digest).await?.map(|e| e.reason)
+            }
+            _ => None,
+        };
+        Ok(ImageState {
+            image: pinned.to_string(),
+            digest,
+            lookup,
+            exemption,
+        })
+    }
+
+    /// Saves the record of an admitted pod, durably: `images` as checked, `pinned` as the
+    /// pod wrote them. An existing record of the same pod (an UPDATE: an ephemeral container
+    /// added) is replaced by the union of both, tag-based if either was. With `add_only`
+    /// (`images` are only what an UPDATE changed) and no record to add to, nothing is saved
+    /// and `None` returned: a record names everything the pod runs, or is not written.
+    pub async fn record_admission(
+        &self,
+        pod_uid: &str,
+        namespace: &str,
+        pod_name: &str,
+        images: &[String],
+        pinned: bool,
+        add_only: bool,
+    ) -> Result<Option<AdmissionRecord>, StoreError> {
+        let now = crate::issue::lifetime::whole_seconds(self.clock.now());
+        let retention = Duration::from_secs(self.config.admission.record_retention_hours * 3600);
+        let mut rec = AdmissionRecord {
+            pod_uid: pod_uid.to_owned(),
+            namespace: namespace.to_owned(),
+            pod_name: pod_name.to_owned(),
+            images: Vec::with_capacity(images.len()),
+            pinned,
+            admitted_at: now,
+            expires_at: now + retention,
+        };
+        let _serialised = self.records.lock().await;
+        match self.store.admission_record(pod_uid).await? {
+            Some(old) => {
+                rec.images = old.images;
+                rec.pinned &= old.pinned;
+                if rec.pod_name.is_empty() {
+                    rec.pod_name = old.pod_name;
+                }
+            }
+            None if add_only => return Ok(None),
+            None => {}
         }
-        Ok(admission::decide(workload, &states, settings))
+        for i in images {
+            if !rec.images.contains(i) {
+                rec.images.push(i.clone());
+            }
+        }
+        self.store.put_admission_record(&rec).await?;
+        Ok(Some(rec))
+    }
+
+    /// Removes the admission records past their retention; returns how many.
+    pub async fn prune_admission_records(&self) -> Result<usize, StoreError> {
+        let n = self.store.prune_admission_records(self.clock.now()).await?;
+        if n > 0 {
+            self.metrics
+                .admission_records_pruned
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            info!(pruned = n, "admission records past their retention removed");
+        }
+        Ok(n)
     }
 
     /// Records an exemption for `digest`.
@@ -867,6 +1091,126 @@ mod tests {
         inc.verdict = Verdict::Incomplete;
         inc.incomplete = vec!["layer 0: truncated".into()];
         assert_eq!(effective(&inc, Some(&by_path)).0, Verdict::Incomplete);
+    }
+
+    fn pod_identity(uid: Option<&str>) -> Identity {
+        Identity {
+            issuer: "https://kubernetes.test".into(),
+            subject: "system:serviceaccount:shop:api".into(),
+            kubernetes: Some(crate::authn::KubernetesIdentity {
+                namespace: "shop".into(),
+                service_account: "api".into(),
+                pod_name: uid.map(|_| "api-7d9c8b6f5-x2k4q".to_owned()),
+                pod_uid: uid.map(str::to_owned),
+                admission: PodAdmission::NotLooked,
+            }),
+            bootstrap: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pod_tokens_are_gated_by_their_pods_admission_record_only_when_configured() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let clock = Arc::new(lanyard::clock::ManualClock::at_unix(1_800_000_000));
+        let img = format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64));
+        let gate = |pod_tokens| {
+            Gate::new(
+                store.clone(),
+                GateConfig {
+                    pod_tokens,
+                    ..GateConfig::default()
+                },
+                Metrics::new(),
+                clock.clone(),
+            )
+            .expect("gate")
+        };
+        let on = gate(PodTokens::Gate);
+        on.record_admission(
+            "u-1",
+            "shop",
+            "api",
+            std::slice::from_ref(&img),
+            false,
+            false,
+        )
+        .await
+        .expect("record")
+        .expect("written");
+        // Recorded: the record's images, its repositories for policies, tag-based said.
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(
+            workload_images(&id).map(|(s, r)| (s, r.len())),
+            Some((TrustSource::AdmissionRecord, 1))
+        );
+        assert_eq!(image_repositories(&id), ["registry.example.com/shop/api"]);
+        assert!(tag_based_record(&id));
+        // No record, or a token bound to no pod: an unknown workload.
+        for uid in [Some("u-2"), None] {
+            let id = on
+                .with_admission(&pod_identity(uid))
+                .await
+                .expect("lookup")
+                .into_owned();
+            assert_eq!(
+                on.workload(&id).await.expect("workload"),
+                Workload::Unknown,
+                "{uid:?}"
+            );
+            assert!(image_repositories(&id).is_empty());
+        }
+        // In use, a record outlives its retention; unused, it expires (retention 168 h).
+        let hour = Duration::from_secs(3600);
+        clock.advance(hour * 100);
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(image_repositories(&id).len(), 1, "used at 100 h: extended");
+        let extended = store
+            .admission_record("u-1")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(
+            extended.expires_at,
+            lanyard::clock::Clock::now(clock.as_ref()) + hour * 168
+        );
+        clock.advance(hour * 200);
+        let id = on
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(
+            on.workload(&id).await.expect("workload"),
+            Workload::Unknown,
+            "past its expiry, even before pruning: no record"
+        );
+        // An UPDATE adding an image to a pod without a record starts none.
+        assert_eq!(
+            on.record_admission("u-3", "shop", "x", std::slice::from_ref(&img), true, true)
+                .await
+                .expect("record"),
+            None
+        );
+        // `gate.pod_tokens: ignore` (the default): not looked up, the token names no image.
+        let off = gate(PodTokens::default());
+        let id = off
+            .with_admission(&pod_identity(Some("u-1")))
+            .await
+            .expect("lookup")
+            .into_owned();
+        assert_eq!(
+            off.workload(&id).await.expect("workload"),
+            Workload::NoImage
+        );
+        assert!(image_repositories(&id).is_empty());
     }
 
     #[test]

@@ -733,6 +733,7 @@ mod tests {
                 service_account: "api".into(),
                 pod_name: None,
                 pod_uid: None,
+                admission: Default::default(),
             }),
             bootstrap: None,
         }

@@ -382,6 +382,7 @@ mod tests {
                 service_account: "api".into(),
                 pod_name: pod.map(str::to_owned),
                 pod_uid: Some("5f0c-11".into()),
+                admission: Default::default(),
             }),
             bootstrap: None,
         }

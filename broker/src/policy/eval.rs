@@ -460,6 +460,7 @@ rules:
                 service_account: service_account.to_owned(),
                 pod_name: None,
                 pod_uid: None,
+                admission: Default::default(),
             }),
             bootstrap: None,
         }

@@ -68,6 +68,8 @@ pub fn http_builder(d: &Deadlines, header_limit: u32) -> auto::Builder<TokioExec
 pub struct Shared {
     /// TLS.
     pub acceptor: TlsAcceptor,
+    /// The client CAs a connection's certificate is classified by.
+    pub client_cas: super::tls::ClientCas,
     /// The routes.
     pub app: Router,
     /// HTTP settings, from [`http_builder`].
@@ -290,11 +292,15 @@ pub async fn serve(
         },
     };
     let (_, tls) = stream.get_ref();
-    let admin_cert = tls.peer_certificates().is_some_and(|c| !c.is_empty());
+    let class = shared.client_cas.classify(tls.peer_certificates());
     let http2 = tls.alpn_protocol() == Some(b"h2");
 
     let activity = Arc::new(Activity::new(Instant::now()));
-    let info = ConnInfo { peer, admin_cert };
+    let info = ConnInfo {
+        peer,
+        admin_cert: class.admin,
+        admission_cert: class.admission,
+    };
     let svc = {
         let app = shared.app.clone();
         let activity = activity.clone();

@@ -3,7 +3,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server in-process. Background tasks: certificate reload, policy reload, signing
 //! key rotation, JWKS refresh, backend upkeep and revoke-on-expiry of Vault leases, pruning
-//! ended session revocations — all stop on shutdown. (The revoked-session set reloads itself:
+//! ended session revocations and expired admission records — all stop on shutdown. (The revoked-session set reloads itself:
 //! see [`Broker`].)
 //!
 //! # Layout
@@ -39,6 +39,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client presented a certificate signed by the admin client CA.
     pub admin_cert: bool,
+    /// The client presented a certificate signed by the API server's client CA
+    /// (`gate.admission.client_ca_file`): it may call the admission routes.
+    pub admission_cert: bool,
 }
 
 /// A running server's handle on its background work.
@@ -117,6 +120,9 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
                 if let Err(e) = broker.prune_session_revocations().await {
                     warn!(error = %e, "pruning ended session revocations failed; will retry");
                 }
+                if let Err(e) = broker.prune_admission_records().await {
+                    warn!(error = %e, "pruning expired admission records failed; will retry");
+                }
             }
         })
     };
@@ -160,7 +166,12 @@ pub async fn run(
         )
         .map_err(StartError::Tls)?,
     );
-    let server_config = tls::server_config(&tls_cfg, cert.clone()).map_err(StartError::Tls)?;
+    let (server_config, client_cas) = tls::server_setup(
+        &tls_cfg,
+        broker.config().gate.admission.client_ca_file.as_deref(),
+        cert.clone(),
+    )
+    .map_err(StartError::Tls)?;
     let failures = broker.verifier().refresh_all().await;
     for (issuer, reason) in failures {
         warn!(%issuer, %reason, "issuer keys not available yet; will retry in the background");
@@ -172,6 +183,7 @@ pub async fn run(
     let deadlines = deadline::Deadlines::from_config(&broker.config().server);
     let shared = Arc::new(conn::Shared {
         acceptor: TlsAcceptor::from(Arc::new(server_config)),
+        client_cas,
         app: routes::router(broker.clone()),
         http: conn::http_builder(&deadlines, header_limit),
         deadlines,

@@ -47,6 +47,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/scans", post(scan_image))
         .route("/v1/admin/verdicts/{digest}", get(get_verdict))
         .route("/v1/admin/exemptions", post(exempt_image))
+        .route(
+            "/v1/admission/validate",
+            post(admission_validate).layer(DefaultBodyLimit::max(
+                crate::gate::admission::MAX_REVIEW_BYTES,
+            )),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -273,6 +279,81 @@ async fn admin_credential(
         presented.as_bytes(),
     )
     .map_err(|_| "admin_wrong_token")
+}
+
+/// Whether the request comes from the API server: a client certificate from
+/// `gate.admission.client_ca_file`, or the bearer token in `gate.admission.token_file`
+/// (re-read every time, compared in constant time). Admins are not the API server. `Err` is
+/// why not, a stable label.
+async fn admission_credential(
+    broker: &Broker,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    if conn.admission_cert {
+        return Ok(());
+    }
+    let cfg = &broker.config().gate.admission;
+    if cfg.client_ca_file.is_none() && cfg.token_file.is_none() {
+        return Err("admission_not_configured");
+    }
+    let Some(presented) = bearer(headers) else {
+        return Err("admission_missing_credential");
+    };
+    let Some(file) = cfg.token_file.as_ref() else {
+        return Err("admission_token_not_configured");
+    };
+    let expected = match read_secret_file(file).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::warn!(%error, "cannot use gate.admission.token_file");
+            return Err("admission_token_file_unusable");
+        }
+    };
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        expected.expose().as_bytes(),
+        presented.as_bytes(),
+    )
+    .map_err(|_| "admission_wrong_token")
+}
+
+/// `POST /v1/admission/validate`: the validating admission webhook. Only the API server
+/// (authenticated before the body is read) gets an answer: an `AdmissionReview` whose
+/// `response.uid` is the request's. A body that is not a review this webhook handles is a
+/// 400; one above [`crate::gate::admission::MAX_REVIEW_BYTES`] a 413, cut off unread.
+async fn admission_validate(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    req: Request,
+) -> Response {
+    use axum::extract::FromRequest as _;
+    const ROUTE: &str = "POST /v1/admission/validate";
+    let request_id = new_request_id();
+    let result = async {
+        if let Err(reason) = admission_credential(&broker, &conn, req.headers()).await {
+            return Err(broker
+                .refuse_admission(&request_id, ROUTE, reason, conn.peer.ip())
+                .await);
+        }
+        let body = Bytes::from_request(req, &()).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(crate::gate::admission::MAX_REVIEW_BYTES)
+            } else if let Some(late) = deadline::body_timed_out(&r) {
+                ApiError::BodyTimeout(late.after_ms)
+            } else {
+                ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+            }
+        })?;
+        broker.admission_validate(&body, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(review) => Json(review).into_response(),
+        Err(e) => {
+            tracing::info!(code = %e.code(), "admission review not answered");
+            e.into_response_with_id(Some(&request_id))
+        }
+    }
 }
 
 /// Admits only an admin to `route`; anyone else gets the opaque 401, audited and counted
@@ -525,6 +606,11 @@ pub struct IdentitySpec {
     /// select on `image_repository`.
     #[serde(default)]
     pub image: Option<String>,
+    /// The images of a pod's admission record (`HOST/REPO@sha256:…`), for a pod token under
+    /// `gate.pod_tokens: gate` and rules that select on `image_repository`. Needs
+    /// `namespace` and `service_account`.
+    #[serde(default)]
+    pub pod_images: Option<Vec<String>>,
 }
 
 impl IdentitySpec {
@@ -536,6 +622,13 @@ impl IdentitySpec {
                 service_account: sa.clone(),
                 pod_name: None,
                 pod_uid: None,
+                admission: match &self.pod_images {
+                    Some(images) => crate::authn::PodAdmission::Record {
+                        images: images.clone(),
+                        pinned: true,
+                    },
+                    None => Default::default(),
+                },
             }),
             _ => None,
         };
@@ -626,5 +719,31 @@ async fn reload(
             ApiError::BadRequest(format!("policies rejected, last good set kept:\n{errors}"))
                 .into_response_with_id(Some(&request_id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explained_pod_identity_carries_its_admission_records_repositories() {
+        let spec: IdentitySpec = serde_json::from_value(serde_json::json!({
+            "issuer": "https://kubernetes.test",
+            "subject": "system:serviceaccount:shop:api",
+            "namespace": "shop",
+            "service_account": "api",
+            "pod_images": [format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64))]
+        }))
+        .expect("spec");
+        assert_eq!(
+            crate::gate::image_repositories(&spec.to_identity()),
+            ["registry.example.com/shop/api"]
+        );
+        let without = IdentitySpec {
+            pod_images: None,
+            ..spec
+        };
+        assert!(crate::gate::image_repositories(&without.to_identity()).is_empty());
     }
 }

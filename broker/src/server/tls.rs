@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -163,13 +164,103 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// Reads a PEM CA file into a root store.
+fn roots(ca_file: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError {
+            what: "client CA",
+            file: ca_file.to_path_buf(),
+            message: format!("cannot read PEM certificates: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError {
+            what: "client CA",
+            file: ca_file.to_path_buf(),
+            message: "no CERTIFICATE block found".into(),
+        });
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| TlsError {
+            what: "client CA",
+            file: ca_file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn verifier(
+    roots: rustls::RootCertStore,
+    file: &Path,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError {
+            what: "client CA",
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Which client CAs a connection's certificate chains to: the admin client CA
+/// (`tls.admin_client_ca_file`) and the API server's (`gate.admission.client_ca_file`). The
+/// handshake accepts a certificate from either; after it, each is checked on its own, so an
+/// API-server certificate is never an admin's and the reverse.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCas {
+    admin: Option<Arc<dyn ClientCertVerifier>>,
+    admission: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// What a connection's client certificate proves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientClass {
+    /// Signed by the admin client CA.
+    pub admin: bool,
+    /// Signed by the API server's client CA (`gate.admission.client_ca_file`).
+    pub admission: bool,
+}
+
+impl ClientCas {
+    /// Classifies the chain a client presented (already verified by the handshake against
+    /// one of the CAs).
+    pub fn classify(&self, chain: Option<&[CertificateDer<'_>]>) -> ClientClass {
+        let Some((end, intermediates)) = chain.and_then(<[CertificateDer<'_>]>::split_first) else {
+            return ClientClass::default();
+        };
+        let now = rustls_pki_types::UnixTime::now();
+        let ok = |v: &Option<Arc<dyn ClientCertVerifier>>| {
+            v.as_ref()
+                .is_some_and(|v| v.verify_client_cert(end, intermediates, now).is_ok())
+        };
+        ClientClass {
+            admin: ok(&self.admin),
+            admission: ok(&self.admission),
+        }
+    }
+}
+
 /// Builds the rustls server configuration. With `admin_client_ca_file`, client certificates
 /// signed by that CA are verified (and mark admin connections); clients without one are
-/// still accepted.
+/// still accepted. (The admin CA only; the broker itself uses [`server_setup`].)
 pub fn server_config(
     tls: &TlsConfig,
     cert: Arc<ReloadingCert>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_setup(tls, None, cert).map(|(cfg, _)| cfg)
+}
+
+/// The rustls server configuration and the client CAs to classify connections by: client
+/// certificates signed by the admin client CA or by `admission_ca` (the API server's) are
+/// verified in the handshake; clients without one are still accepted.
+pub fn server_setup(
+    tls: &TlsConfig,
+    admission_ca: Option<&Path>,
+    cert: Arc<ReloadingCert>,
+) -> Result<(rustls::ServerConfig, ClientCas), TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {
@@ -177,36 +268,24 @@ pub fn server_config(
             file: tls.cert_file.clone(),
             message: e.to_string(),
         })?;
-    let builder = match &tls.admin_client_ca_file {
+    let mut cas = ClientCas::default();
+    let mut all = rustls::RootCertStore::empty();
+    let mut last_file = None;
+    for (file, slot) in [
+        (tls.admin_client_ca_file.as_deref(), &mut cas.admin),
+        (admission_ca, &mut cas.admission),
+    ] {
+        let Some(file) = file else { continue };
+        let r = roots(file)?;
+        all.roots.extend(r.roots.iter().cloned());
+        *slot = Some(verifier(r, file)?);
+        last_file = Some(file.to_path_buf());
+    }
+    let builder = match last_file {
         None => builder.with_no_client_auth(),
-        Some(ca_file) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(ca_file)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsError {
-                    what: "client CA",
-                    file: ca_file.clone(),
-                    message: format!("cannot read PEM certificates: {e}"),
-                })?;
-            for c in certs {
-                roots.add(c).map_err(|e| TlsError {
-                    what: "client CA",
-                    file: ca_file.clone(),
-                    message: e.to_string(),
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError {
-                    what: "client CA",
-                    file: ca_file.clone(),
-                    message: e.to_string(),
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(file) => builder.with_client_cert_verifier(verifier(all, &file)?),
     };
     let mut cfg = builder.with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, cas))
 }

@@ -1,5 +1,5 @@
 //! Persistent state: bootstrap tokens, session revocations, leases, signing keys, the audit
-//! chain head, local secrets, image verdicts and image exemptions.
+//! chain head, local secrets, image verdicts, image exemptions and admission records.
 //!
 //! [`Store`] is a trait so PostgreSQL can back replicas later. Every operation that must be
 //! atomic across replicas (reserving, committing or releasing a bootstrap token's redemption)
@@ -172,6 +172,31 @@ pub struct ExemptionRecord {
     pub reason: String,
     /// When it was recorded.
     pub created_at: SystemTime,
+}
+
+/// What the validating admission webhook admitted a pod with: the images of its containers,
+/// init and ephemeral containers, each resolved to a digest and checked. Trust source 1 of
+/// the gate: a pod token (`kubernetes.io.pod.uid`) is gated by the record for its pod.
+/// Written durably before the webhook answers; removed after `expires_at` (or when the pod
+/// is gone, where pod lookups are configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionRecord {
+    /// `request.object.metadata.uid` of the admitted pod (not the review's `request.uid`).
+    pub pod_uid: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name; may be empty (`generateName` before the name is set).
+    pub pod_name: String,
+    /// Full references `repo@sha256:…`, as resolved and checked, in spec order.
+    pub images: Vec<String>,
+    /// Every container's `image` was already a digest reference at validation (digest
+    /// pinning on). `false`: tag-based, weaker — a tag may move between admission and the
+    /// kubelet's pull.
+    pub pinned: bool,
+    /// When the pod was admitted.
+    pub admitted_at: SystemTime,
+    /// `admitted_at` + `gate.admission.record_retention_hours`: pruned after.
+    pub expires_at: SystemTime,
 }
 
 mod unix_seconds {
@@ -374,4 +399,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The exemption for `digest`, if one was recorded.
     async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError>;
+
+    /// Saves an admission record, replacing any for the same pod UID (an UPDATE of the pod
+    /// writes the union of its images). Durable when it returns.
+    async fn put_admission_record(&self, rec: &AdmissionRecord) -> Result<(), StoreError>;
+
+    /// The admission record of the pod with this UID, if one was saved and not removed
+    /// (whatever its `expires_at`: pruning removes it).
+    async fn admission_record(&self, pod_uid: &str) -> Result<Option<AdmissionRecord>, StoreError>;
+
+    /// Deletes the record of this pod. Returns whether one existed.
+    async fn delete_admission_record(&self, pod_uid: &str) -> Result<bool, StoreError>;
+
+    /// Up to `limit` records with a pod UID after `after_uid` (all when `None`), ordered by
+    /// pod UID: for sweeps that page through them.
+    async fn admission_records_page(
+        &self,
+        after_uid: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AdmissionRecord>, StoreError>;
+
+    /// Deletes the records whose `expires_at` is at or before `now`; returns how many.
+    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError>;
 }

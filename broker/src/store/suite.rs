@@ -8,7 +8,8 @@
 //! `expired_leases` by backend, oldest first, with a limit; concurrent inserts), signing keys
 //! (with when each starts signing), the audit chain head, [`Store::record_group`], [`Store::local_secret`],
 //! image verdicts (keyed by digest and ruleset version, the previous ruleset's found, what a
-//! re-scan has left) and exemptions. The `contract!`
+//! re-scan has left), exemptions and admission records (replaced by pod UID, paged in UID
+//! order, deleted, pruned at their expiry second). The `contract!`
 //! invocations at the bottom turn every case into one `#[tokio::test]` per implementation, so
 //! a failure names both, e.g. `store::suite::sqlite_file::expired_leases_by_backend_oldest_first`.
 //!
@@ -35,7 +36,7 @@ use lanyard::Secret;
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{
-    BootstrapTokenRecord, ChainHead, ExemptionRecord, FindingSummary, LeaseRecord,
+    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, FindingSummary, LeaseRecord,
     MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
     Store, StoreError, VerdictRecord,
 };
@@ -1013,6 +1014,114 @@ async fn exemptions_are_recorded_and_replaced(s: Arc<dyn Store>) {
     );
 }
 
+pub(super) fn admission(uid: &str, images: &[&str], pinned: bool, expires: u64) -> AdmissionRecord {
+    AdmissionRecord {
+        pod_uid: uid.to_owned(),
+        namespace: "shop".to_owned(),
+        pod_name: if uid.ends_with('0') {
+            String::new()
+        } else {
+            format!("pod-{uid}")
+        },
+        images: images.iter().map(|i| (*i).to_owned()).collect(),
+        pinned,
+        admitted_at: t(1_000),
+        expires_at: t(expires),
+    }
+}
+
+async fn admission_records_are_kept_by_pod_uid_and_replaced(s: Arc<dyn Store>) {
+    let a = format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64));
+    let b = format!("registry.example.com/shop/debug@sha256:{}", "b".repeat(64));
+    assert_eq!(s.admission_record("u-1").await.expect("read"), None);
+    let rec = admission("u-1", &[&a], true, 5_000);
+    s.put_admission_record(&rec).await.expect("put");
+    assert_eq!(
+        s.admission_record("u-1").await.expect("read"),
+        Some(rec.clone())
+    );
+    // An UPDATE (an ephemeral container added) replaces it with the union.
+    let union = AdmissionRecord {
+        images: vec![a.clone(), b.clone()],
+        pinned: false,
+        admitted_at: t(2_000),
+        ..rec.clone()
+    };
+    s.put_admission_record(&union).await.expect("replace");
+    assert_eq!(
+        s.admission_record("u-1").await.expect("read"),
+        Some(union.clone())
+    );
+    // A record with an empty pod name (generateName) and no images round-trips too.
+    let unnamed = admission("u-20", &[], true, 5_000);
+    s.put_admission_record(&unnamed).await.expect("put");
+    assert_eq!(
+        s.admission_record("u-20").await.expect("read"),
+        Some(unnamed)
+    );
+    assert!(s.delete_admission_record("u-1").await.expect("delete"));
+    assert!(!s.delete_admission_record("u-1").await.expect("again"));
+    assert_eq!(s.admission_record("u-1").await.expect("read"), None);
+    assert_eq!(
+        s.admission_record("u-20")
+            .await
+            .expect("read")
+            .map(|r| r.pod_uid),
+        Some("u-20".to_owned()),
+        "deleting one record leaves the others"
+    );
+}
+
+async fn admission_records_are_paged_by_uid_and_pruned_at_expiry(s: Arc<dyn Store>) {
+    let img = format!("r.example/a@sha256:{}", "c".repeat(64));
+    for (uid, expires) in [
+        ("u-3", 3_000),
+        ("u-1", 1_500),
+        ("u-4", 9_000),
+        ("u-2", 2_000),
+    ] {
+        s.put_admission_record(&admission(uid, &[&img], true, expires))
+            .await
+            .expect("put");
+    }
+    let uids = |v: Vec<AdmissionRecord>| v.into_iter().map(|r| r.pod_uid).collect::<Vec<_>>();
+    assert_eq!(
+        uids(s.admission_records_page(None, 2).await.expect("page")),
+        ["u-1", "u-2"]
+    );
+    assert_eq!(
+        uids(
+            s.admission_records_page(Some("u-2"), 2)
+                .await
+                .expect("page")
+        ),
+        ["u-3", "u-4"]
+    );
+    assert!(
+        s.admission_records_page(Some("u-4"), 2)
+            .await
+            .expect("page")
+            .is_empty()
+    );
+    assert_eq!(
+        uids(
+            s.admission_records_page(Some("u-1"), 10)
+                .await
+                .expect("page")
+        ),
+        ["u-2", "u-3", "u-4"]
+    );
+    // Pruned at the expiry second, not before.
+    assert_eq!(s.prune_admission_records(t(1_499)).await.expect("prune"), 0);
+    assert_eq!(s.prune_admission_records(t(2_000)).await.expect("prune"), 2);
+    assert_eq!(
+        uids(s.admission_records_page(None, 10).await.expect("page")),
+        ["u-3", "u-4"]
+    );
+    assert_eq!(s.admission_record("u-1").await.expect("read"), None);
+    assert_eq!(s.prune_admission_records(t(2_000)).await.expect("again"), 0);
+}
+
 /// One `#[tokio::test]` per case, each on a fresh store from `$fresh`.
 macro_rules! cases {
     ($fresh:expr) => {
@@ -1039,6 +1148,8 @@ macro_rules! cases {
             verdicts_are_keyed_by_digest_and_ruleset,
             an_older_rulesets_verdict_is_found_until_a_rescan_exists,
             exemptions_are_recorded_and_replaced,
+            admission_records_are_kept_by_pod_uid_and_replaced,
+            admission_records_are_paged_by_uid_and_pruned_at_expiry,
         );
     };
     (@each $fresh:expr; $($case:ident),* $(,)?) => {$(

@@ -56,6 +56,9 @@ pub struct TestBrokerOptions {
     /// More keys of the `audit:` section, each line indented two spaces (e.g.
     /// `"  auth_failures: {records_per_window: 5}\n"`).
     pub audit_config: String,
+    /// `LANYARD_LOG` of a [`BrokerProcess`] (default `warn`; `info` or `debug` for tests that
+    /// check what the broker logs).
+    pub log_level: &'static str,
 }
 
 impl Default for TestBrokerOptions {
@@ -68,6 +71,7 @@ impl Default for TestBrokerOptions {
             clock: None,
             audit_file: None,
             audit_config: String::new(),
+            log_level: "warn",
         }
     }
 }
@@ -394,6 +398,7 @@ pub struct BrokerProcess {
     /// The process's stdout and stderr (appended across restarts).
     pub log_file: PathBuf,
     bin: PathBuf,
+    log_level: String,
     addr: SocketAddr,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
@@ -419,7 +424,7 @@ impl BrokerProcess {
             |port| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let config = write_config(dir.path(), addr, &pki, issuer, &opts);
-                spawn(bin, &config, &log_file)
+                spawn(bin, &config, &log_file, opts.log_level)
             },
             |_, port| ready(client_trusting(&ca), port),
             || std::fs::read_to_string(&log_file).unwrap_or_default(),
@@ -435,6 +440,7 @@ impl BrokerProcess {
             log_file,
             pki,
             bin: bin.to_owned(),
+            log_level: opts.log_level.to_owned(),
             child: Some(child),
             dir,
         }
@@ -458,7 +464,12 @@ impl BrokerProcess {
     /// instead of becoming ready within 30 s.
     pub async fn restart(&mut self) -> Result<(), String> {
         self.kill();
-        let mut child = spawn(&self.bin, &self.config_file, &self.log_file);
+        let mut child = spawn(
+            &self.bin,
+            &self.config_file,
+            &self.log_file,
+            &self.log_level,
+        );
         let client = self.http();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -505,7 +516,7 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn spawn(bin: &Path, config: &Path, log: &Path) -> std::process::Child {
+fn spawn(bin: &Path, config: &Path, log: &Path, level: &str) -> std::process::Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -514,7 +525,7 @@ fn spawn(bin: &Path, config: &Path, log: &Path) -> std::process::Child {
     std::process::Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
-        .env("LANYARD_LOG", "warn")
+        .env("LANYARD_LOG", level)
         .stdout(out.try_clone().expect("log file"))
         .stderr(out)
         .spawn()
@@ -663,6 +674,7 @@ pub fn k8s_pod(
             service_account: service_account.into(),
             pod_name: Some(pod.into()),
             pod_uid: Some(format!("uid-{pod}")),
+            admission: Default::default(),
         }),
         bootstrap: None,
     })

@@ -4,6 +4,9 @@
 //! peers instead of copying fixtures between files.
 //!
 //! # Layout
+//! - [`admission`]: `AdmissionReview` requests shaped as the Kubernetes documentation shows
+//!   them (pods, the `ephemeralcontainers` subresource, workload templates) and a client
+//!   calling the admission routes as the API server does (a client certificate).
 //! - [`broker`]: [`TestBroker`], the real broker in-process on `127.0.0.1:0` over TLS, with
 //!   its own temp directory, config, policies, store and audit log; [`BrokerProcess`], the
 //!   `lanyard-broker serve` binary with the same layout in its own process, killed and
@@ -29,6 +32,7 @@
 //! These helpers panic on setup failures: they run only in tests, where a panic is the
 //! clearest report.
 
+pub mod admission;
 pub mod broker;
 pub mod child;
 pub mod moto;
