@@ -738,7 +738,13 @@ impl Broker {
             identity: identity.subject.clone(),
             credentials,
             session,
-            admitted_at: None,
+            admitted_at: match identity.kubernetes.as_ref().map(|k| &k.admission) {
+                Some(crate::authn::PodAdmission::Record {
+                    admitted_at: Some(t),
+                    ..
+                }) => Some(lanyard::clock::rfc3339_millis(*t)),
+                _ => None,
+            },
         })
     }
 

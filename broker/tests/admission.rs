@@ -891,6 +891,7 @@ async fn a_pod_token_is_gated_by_its_pods_admission_record() {
     // Clean, written as a tag: credentials for both roles (the record's repository matches
     // `image_repository`), and the gate says the record is tag-based.
     let tagged = admission::uuid();
+    let before = lanyard::clock::Clock::now(&lanyard::clock::SystemClock);
     let r = w
         .answer(&pod_review(
             "shop",
@@ -904,6 +905,22 @@ async fn a_pod_token_is_gated_by_its_pods_admission_record() {
         .post_credentials(Some(&pod_token(&issuer, &tagged)), "")
         .await;
     assert_eq!(status, 200, "{body}");
+    // The answer says when the pod was admitted, to the millisecond (the sidecar measures
+    // admission → credentials on disk from it).
+    let admitted = body["admitted_at"]
+        .as_str()
+        .and_then(lanyard::clock::parse_rfc3339)
+        .unwrap_or_else(|| panic!("no admitted_at in {body}"));
+    let since = admitted
+        .duration_since(before)
+        .unwrap_or_else(|_| panic!("admitted_at {admitted:?} is before the review was sent"));
+    assert!(since < Duration::from_secs(30), "{since:?}");
+    assert!(
+        body["admitted_at"]
+            .as_str()
+            .is_some_and(|t| t.len() == "2026-01-01T00:00:00.000Z".len()),
+        "{body}"
+    );
     let roles: Vec<&str> = body["credentials"]
         .as_array()
         .expect("credentials")

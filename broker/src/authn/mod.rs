@@ -82,6 +82,10 @@ pub enum PodAdmission {
         /// Every container's image was written as a digest reference; `false`: tag-based,
         /// weaker.
         pinned: bool,
+        /// When the pod was admitted (the answer's `admitted_at`, from which the sidecar
+        /// measures admission → credentials on disk); `None` where no record was read
+        /// (`policy explain`).
+        admitted_at: Option<std::time::SystemTime>,
     },
 }
 

@@ -710,6 +710,7 @@ impl Gate {
             Some(r) => PodAdmission::Record {
                 images: r.images,
                 pinned: r.pinned,
+                admitted_at: Some(r.admitted_at),
             },
             None => PodAdmission::NoRecord,
         };
@@ -917,7 +918,8 @@ impl Gate {
             pod_name: pod_name.to_owned(),
             images: Vec::with_capacity(images.len()),
             pinned,
-            admitted_at: now,
+            // Exact (milliseconds are stored): the sidecar's start-up figure counts from it.
+            admitted_at: self.clock.now(),
             expires_at: now + retention,
         };
         let _serialised = self.records.lock().await;
@@ -925,6 +927,8 @@ impl Gate {
             Some(old) => {
                 rec.images = old.images;
                 rec.pinned &= old.pinned;
+                // The pod was admitted when it was created; an UPDATE does not move that.
+                rec.admitted_at = old.admitted_at;
                 if rec.pod_name.is_empty() {
                     rec.pod_name = old.pod_name;
                 }

@@ -626,6 +626,7 @@ impl IdentitySpec {
                     Some(images) => crate::authn::PodAdmission::Record {
                         images: images.clone(),
                         pinned: true,
+                        admitted_at: None,
                     },
                     None => Default::default(),
                 },

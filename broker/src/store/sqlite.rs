@@ -113,14 +113,15 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );",
     // v6: admission records — the images the validating webhook admitted a pod with, by the
-    // pod's UID (`images` a JSON array of `repo@sha256:…`), pruned after `expires_at`.
+    // pod's UID (`images` a JSON array of `repo@sha256:…`), pruned after `expires_at`;
+    // `admitted_at_ms` in milliseconds (the sidecar's start-up figure is measured from it).
     "CREATE TABLE admission_records (
         pod_uid     TEXT PRIMARY KEY NOT NULL,
         namespace   TEXT NOT NULL,
         pod_name    TEXT NOT NULL,
         images      TEXT NOT NULL,
         pinned      INTEGER NOT NULL,
-        admitted_at INTEGER NOT NULL,
+        admitted_at_ms INTEGER NOT NULL,
         expires_at  INTEGER NOT NULL
     );
     CREATE INDEX admission_records_expires_at ON admission_records (expires_at);",
@@ -564,6 +565,21 @@ fn to_unix(t: SystemTime) -> Result<i64, StoreError> {
 fn from_unix(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
     u64::try_from(v)
         .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
+}
+
+fn to_unix_millis(t: SystemTime) -> Result<i64, StoreError> {
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    i64::try_from(millis)
+        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
+}
+
+fn from_unix_millis(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
+    u64::try_from(v)
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
         .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
 }
 
@@ -1321,7 +1337,7 @@ impl Store for SqliteStore {
     async fn put_admission_record(&self, rec: &AdmissionRecord) -> Result<(), StoreError> {
         let images = serde_json::to_string(&rec.images)
             .map_err(|e| StoreError::Backend(format!("put_admission_record: {e}")))?;
-        let admitted_at = to_unix(rec.admitted_at)?;
+        let admitted_at = to_unix_millis(rec.admitted_at)?;
         let expires_at = to_unix(rec.expires_at)?;
         let (uid, ns, name, pinned) = (
             rec.pod_uid.clone(),
@@ -1332,7 +1348,7 @@ impl Store for SqliteStore {
         self.run("put_admission_record", move |conn| {
             conn.execute(
                 "INSERT OR REPLACE INTO admission_records \
-                 (pod_uid, namespace, pod_name, images, pinned, admitted_at, expires_at) \
+                 (pod_uid, namespace, pod_name, images, pinned, admitted_at_ms, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![uid, ns, name, images, pinned, admitted_at, expires_at],
             )
@@ -1419,7 +1435,7 @@ impl Store for SqliteStore {
 type AdmissionRow = (String, String, String, String, bool, i64, i64);
 
 const ADMISSION_COLUMNS: &str =
-    "pod_uid, namespace, pod_name, images, pinned, admitted_at, expires_at";
+    "pod_uid, namespace, pod_name, images, pinned, admitted_at_ms, expires_at";
 
 fn admission_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AdmissionRow> {
     Ok((
@@ -1439,7 +1455,7 @@ fn decode_admission(row: AdmissionRow) -> Result<AdmissionRecord, StoreError> {
     let images: Vec<String> = serde_json::from_str(&images)
         .map_err(|e| StoreError::Corrupt(format!("{what}: images: {e}")))?;
     Ok(AdmissionRecord {
-        admitted_at: from_unix(admitted_at, &what)?,
+        admitted_at: from_unix_millis(admitted_at, &what)?,
         expires_at: from_unix(expires_at, &what)?,
         pod_uid,
         namespace,
