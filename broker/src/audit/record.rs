@@ -178,6 +178,10 @@ pub struct AuditRecord {
     /// The image gate's outcome and reason (`allow:clean`, `deny:dirty`, `would_deny:dirty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<String>,
+    /// Where the image gate learnt the workload's images (`bootstrap_binding`,
+    /// `admission_record`, `pod_status`), when it learnt them from a trusted source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_source: Option<String>,
 }
 
 impl AuditRecord {
@@ -206,6 +210,7 @@ impl AuditRecord {
             segment: None,
             cut_bytes: None,
             gate: None,
+            gate_source: None,
         }
     }
 
@@ -235,6 +240,7 @@ impl AuditRecord {
             segment: _,
             cut_bytes: _,
             gate,
+            gate_source,
         } = self;
         let optional = [
             request_id,
@@ -250,6 +256,7 @@ impl AuditRecord {
             upstream_lease,
             source,
             gate,
+            gate_source,
         ];
         let mut fields = vec![time, reason];
         fields.extend(optional.into_iter().flatten());
@@ -320,6 +327,7 @@ impl AuditRecord {
             decision.outcome.as_str(),
             decision.reason.as_str()
         ));
+        self.gate_source = decision.source.map(|s| s.as_str().to_owned());
         self
     }
 
