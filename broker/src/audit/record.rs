@@ -328,6 +328,10 @@ impl AuditRecord {
             decision.reason.as_str()
         ));
         self.gate_source = decision.source.map(|s| s.as_str().to_owned());
+        // The images the gate checked, when the identity binds none (a pod token).
+        if self.image.is_none() {
+            self.image = gate_images(decision);
+        }
         self
     }
 
