@@ -144,7 +144,7 @@ fn message(body: &Value) -> String {
 }
 
 fn record(uid: &str, name: &str, images: &[&str]) -> AdmissionRecord {
-    let now = SystemTime::now();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_unix());
     AdmissionRecord {
         pod_uid: uid.into(),
         namespace: "shop".into(),
