@@ -31,6 +31,9 @@ pub const MAX_CONTAINERS: usize = 256;
 /// Longest `imageID` accepted, in bytes.
 pub const MAX_IMAGE_ID_BYTES: usize = 1024;
 
+/// Longest message of an error [`parse_response`] returns, in bytes.
+pub const MAX_ERROR_BYTES: usize = 600;
+
 /// `docker-pullable://` — the prefix of Docker-era (dockershim, cri-dockerd) image IDs.
 const DOCKER_PULLABLE: &str = "docker-pullable://";
 
@@ -60,7 +63,8 @@ pub enum PodImages {
     Gone(String),
 }
 
-/// Why a lookup said nothing about the pod. Retryable; never taken as "gone".
+/// Why a lookup said nothing about the pod. Retryable; never taken as "gone". The message
+/// from [`parse_response`] is at most [`MAX_ERROR_BYTES`] long, whatever the answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct PodLookupError(pub String);
@@ -217,8 +221,12 @@ pub fn parse_response(
 ) -> Result<PodImages, PodLookupError> {
     match status {
         200 => {
+            // serde's message may quote the input: shortened.
             let pod: Pod = serde_json::from_slice(body).map_err(|e| {
-                PodLookupError(format!("the API server's answer is not a Pod: {e}"))
+                PodLookupError(format!(
+                    "the API server's answer is not a Pod: {}",
+                    shown(&e.to_string())
+                ))
             })?;
             if pod.metadata.name.as_deref().is_some_and(|n| n != name) {
                 return Err(PodLookupError(
@@ -273,7 +281,7 @@ fn status_message(body: &[u8]) -> String {
     serde_json::from_slice::<Status>(body)
         .ok()
         .and_then(|s| s.message.or(s.reason))
-        .map(|m| format!(" ({})", m.chars().take(200).collect::<String>()))
+        .map(|m| format!(" ({})", shown(&m)))
         .unwrap_or_default()
 }
 
@@ -599,6 +607,33 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn errors_stay_short_whatever_the_answer_quotes() {
+        let long = "é".repeat(5_000);
+        let mut v = pod(A, B);
+        v["spec"]["containers"][0]["imagePullPolicy"] = json!(5);
+        v["metadata"]["labels"] = json!(long);
+        let body = serde_json::to_vec(&v).expect("json");
+        let e = parse_response(200, &body, "api-7d9c8b6f5-x2k4q", UID).expect_err("not a pod");
+        assert!(e.0.len() <= MAX_ERROR_BYTES, "{}", e.0.len());
+        let st = json!({"kind": "Status", "apiVersion": "v1", "message": long, "code": 500});
+        let e = parse_response(500, &serde_json::to_vec(&st).expect("json"), &long, &long)
+            .expect_err("500");
+        assert!(e.0.len() <= MAX_ERROR_BYTES, "{}", e.0.len());
+        let mut v = pod(A, B);
+        v["metadata"]["uid"] = json!(long);
+        v["metadata"]["name"] = json!(long);
+        let Ok(PodImages::Gone(why)) = parse_response(
+            200,
+            &serde_json::to_vec(&v).expect("json"),
+            &long,
+            &long[2..],
+        ) else {
+            panic!("gone")
+        };
+        assert!(why.len() <= MAX_ERROR_BYTES, "{}", why.len());
     }
 
     #[test]
