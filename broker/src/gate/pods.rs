@@ -646,6 +646,32 @@ mod tests {
         assert!(parse(&v).is_err());
     }
 
+    #[tokio::test]
+    async fn a_client_that_cannot_be_made_names_the_field_to_fix() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = |in_cluster: bool, ca: Option<&str>, token: &str| PodLookupConfig {
+            in_cluster,
+            api_server: (!in_cluster).then(|| "https://127.0.0.1:6443".to_owned()),
+            ca_file: ca.map(|c| dir.path().join(c)),
+            token_file: (!in_cluster).then(|| dir.path().join(token)),
+            timeout_ms: 1_000,
+            sweep_interval_seconds: 60,
+            sweep_batch: 10,
+        };
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+            let e = PodLookup::new(&cfg(true, None, "")).expect_err("not in a cluster");
+            assert!(e.contains("gate.pod_lookup.in_cluster"), "{e}");
+        }
+        let e = PodLookup::new(&cfg(false, Some("missing.pem"), "t")).expect_err("no CA");
+        assert!(e.contains("gate.pod_lookup.ca_file"), "{e}");
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").expect("write");
+        let e = PodLookup::new(&cfg(false, Some("empty.pem"), "t")).expect_err("empty CA");
+        assert!(e.contains("no certificate"), "{e}");
+        std::fs::write(dir.path().join("token"), "secret-token-value").expect("write");
+        let ok = PodLookup::new(&cfg(false, None, "token")).expect("a client");
+        assert!(!format!("{ok:?}").contains("secret-token-value"));
+    }
+
     #[test]
     fn only_object_names_go_into_the_path() {
         assert!(is_object_name("shop", 63));
