@@ -219,7 +219,11 @@ async fn a_pod_whose_app_image_is_not_pulled_yet_is_an_unknown_workload_until_it
     site.api.set_pod(&pod);
     let (status, body) = site.ask("api-7d9c8b6f5-ccccc", &u).await;
     assert_eq!(status, 403, "{body}");
-    assert!(message(&body).contains("no trusted source"), "{body}");
+    let m = message(&body);
+    assert!(
+        m.contains("no trusted source") && m.contains("container(s) app have no imageID"),
+        "{m}"
+    );
     assert_eq!(site.last("deny")["gate"], "deny:unknown_workload");
     // Pulled: the refresh gets credentials.
     let pulled = TestPod::new("shop", "api-7d9c8b6f5-ccccc", &u)

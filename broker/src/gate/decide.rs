@@ -39,6 +39,13 @@ pub enum Workload {
     NoImage,
     /// The identity names a workload (a pod token) but no trusted source says what it runs.
     Unknown,
+    /// A pod token whose pod has a container without an `imageID` yet (its image is being
+    /// pulled): the pod lookup says nothing, decided as [`Workload::Unknown`]; the containers
+    /// are named in the message.
+    PodNotReady {
+        /// The containers without an `imageID`.
+        waiting: Vec<String>,
+    },
     /// A pod token whose pod is gone, per the pod lookup (trust source 3): the API server
     /// answers NotFound for it, or another uid under its name (it was recreated). Refused
     /// under every rule; the detail says which.
@@ -241,6 +248,20 @@ pub fn describe_finding(f: &FindingSummary) -> String {
     s
 }
 
+/// Up to [`MAX_FINDINGS_SHOWN`] names, and how many more.
+fn shown_names(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(MAX_FINDINGS_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > MAX_FINDINGS_SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - MAX_FINDINGS_SHOWN));
+    }
+    s
+}
+
 /// Decides whether the workload may have credentials under `settings`. Pure.
 pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
     let rule = &settings.rule;
@@ -271,9 +292,18 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                 None,
             );
         }
-        Workload::Unknown => {
-            let detail = "no trusted source says which images this workload runs (no admission \
-                          record for the pod, no image bound into its token)";
+        Workload::Unknown | Workload::PodNotReady { .. } => {
+            let detail = match workload {
+                Workload::PodNotReady { waiting } => format!(
+                    "no trusted source says which images this workload runs yet: its pod's \
+                     container(s) {} have no imageID (their images are being pulled; a retry \
+                     once they run succeeds), and it has no admission record",
+                    shown_names(waiting)
+                ),
+                _ => "no trusted source says which images this workload runs (no admission \
+                      record for the pod, no image bound into its token)"
+                    .to_owned(),
+            };
             return match settings.unknown_workload {
                 UnknownWorkload::Allow => Decision {
                     outcome: Outcome::Allow,
@@ -647,6 +677,18 @@ mod tests {
             unknown_workload: UnknownWorkload::Allow,
             ..settings(GateMode::Enforce)
         };
+        let not_ready = Workload::PodNotReady {
+            waiting: vec!["app".into()],
+        };
+        let d = decide(&not_ready, &settings(GateMode::Enforce));
+        check(&d, Outcome::Deny, Reason::UnknownWorkload, false);
+        assert!(d.detail.contains("app have no imageID"), "{}", d.detail);
+        check(
+            &decide(&not_ready, &allow),
+            Outcome::Allow,
+            Reason::UnknownWorkload,
+            false,
+        );
         let d = decide(
             &Workload::PodGone("pod api-1 no longer exists".into()),
             &allow,

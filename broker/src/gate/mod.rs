@@ -710,8 +710,8 @@ impl Gate {
 
     /// Trust source 3: which images a pod token's pod runs, from its container statuses in
     /// the Kubernetes API. `None` when `gate.pod_lookup` is off or the identity names no pod;
-    /// else the images (each looked up or scanned, as a bound image), `Unknown` while some
-    /// container has no `imageID` yet, `PodGone`, or `PodLookupFailed` (retryable).
+    /// else the images (each looked up or scanned, as a bound image), `PodNotReady` (decided
+    /// as an unknown workload) while some container has no `imageID` yet, `PodGone`, or `PodLookupFailed` (retryable).
     pub async fn pod_workload(
         self: &Arc<Self>,
         identity: &Identity,
@@ -730,7 +730,9 @@ impl Gate {
                 return Ok(Some(Workload::PodLookupFailed(e.0)));
             }
             Ok(pods::PodImages::Gone(why)) => return Ok(Some(Workload::PodGone(why))),
-            Ok(pods::PodImages::NotReady { .. }) => return Ok(Some(Workload::Unknown)),
+            Ok(pods::PodImages::NotReady { waiting }) => {
+                return Ok(Some(Workload::PodNotReady { waiting }));
+            }
             Ok(pods::PodImages::Images(images)) => images,
         };
         let wait = Duration::from_secs(self.config.scan_deadline_seconds);

@@ -285,6 +285,25 @@ fn status_message(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// An error and its sources (`a: b: c`), at most 300 characters, printable.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if parts.last() != Some(&text) && parts.len() < 6 {
+            parts.push(text);
+        }
+        next = s.source();
+    }
+    parts
+        .join(": ")
+        .chars()
+        .take(300)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// A DNS-1123 label (a namespace) or subdomain (a pod name): what may go into the path.
 fn is_object_name(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -371,10 +390,11 @@ impl PodLookup {
             kc
         };
         let timeout = Duration::from_millis(config.timeout_ms);
+        // The connection within the deadline; the whole lookup under it (`lookup`), so its
+        // message, not a transport's, says what happened.
         kc.connect_timeout = Some(timeout);
-        kc.read_timeout = Some(timeout);
-        kc.write_timeout = Some(timeout);
-        kc.reset_reader_on_write = true;
+        kc.read_timeout = None;
+        kc.write_timeout = None;
         // One answer within the deadline, no retries behind the gate's back.
         kc.default_retry = false;
         let client = kube::Client::try_from(kc).map_err(|e| format!("gate.pod_lookup: {e}"))?;
@@ -403,7 +423,10 @@ impl PodLookup {
             .map_err(|e| PodLookupError(format!("building the pod request: {e}")))?;
         let ask = async {
             let resp = self.client.send(request).await.map_err(|e| {
-                PodLookupError(format!("cannot reach the Kubernetes API server: {e}"))
+                PodLookupError(format!(
+                    "cannot reach the Kubernetes API server: {}",
+                    error_chain(&e)
+                ))
             })?;
             let status = resp.status().as_u16();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_POD_BYTES)
