@@ -60,6 +60,10 @@ struct Site {
 
 impl Site {
     async fn start() -> Self {
+        Self::start_sweeping_every(3600).await
+    }
+
+    async fn start_sweeping_every(sweep_interval_seconds: u64) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let pki = TestPki::generate(&dir.path().join("kube-pki"));
         let api = KubeApi::start(&pki, API_TOKEN).await;
@@ -72,7 +76,7 @@ impl Site {
                 extra_config: format!(
                     "gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n  \
                      pod_lookup:\n    api_server: \"{}\"\n    ca_file: {}\n    token_file: {}\n    \
-                     timeout_ms: 1500\n    sweep_interval_seconds: 3600\n    sweep_batch: 2\n",
+                     timeout_ms: 1500\n    sweep_interval_seconds: {sweep_interval_seconds}\n    sweep_batch: 2\n",
                     api.url(),
                     pki.ca_path().display(),
                     token_file.display()
@@ -429,5 +433,40 @@ fn the_emulators_pods_are_v1_pods() {
             .expect("ephemeral")
             .len(),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_sweeps_the_records_of_gone_pods_on_its_own() {
+    let (clean, _) = images().await;
+    let site = Site::start_sweeping_every(10).await;
+    let store = site.store();
+    let (running, gone) = (uid(), uid());
+    site.api
+        .set_pod(&TestPod::new("shop", "api-6", &running).container(
+            "app",
+            "shop/api:1",
+            Some(&clean),
+        ));
+    for (u, name) in [(&running, "api-6"), (&gone, "api-7")] {
+        store
+            .put_admission_record(&record(u, name, &[&clean]))
+            .await
+            .expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.admission_record(&gone).await.expect("read").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the gone pod's record is still there after 30 s (sweep every 10 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        store
+            .admission_record(&running)
+            .await
+            .expect("read")
+            .is_some()
     );
 }
