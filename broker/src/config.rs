@@ -164,11 +164,11 @@ pub struct PodLookupConfig {
     /// The API server's `https://` URL (outside the cluster); with `token_file`.
     #[serde(default)]
     pub api_server: Option<String>,
-    /// The CA bundle (PEM) the API server's certificate is checked against, re-read when it
-    /// changes; without it, the system's roots.
+    /// The CA bundle (PEM) the API server's certificate is checked against, re-read about
+    /// every minute (kube-rs); without it, the system's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// A bearer token for the API server, re-read when it changes.
+    /// A bearer token for the API server, re-read about every minute (kube-rs).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Deadline of one lookup, connection included.

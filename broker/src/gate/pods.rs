@@ -378,14 +378,14 @@ impl PodLookup {
                     ));
                 }
                 kc.root_cert = Some(certs);
-                // Re-read when the CA rotates.
+                // kube-rs re-reads it about every minute (a rotated CA).
                 kc.root_cert_file = Some(ca.clone());
             }
             let token = config
                 .token_file
                 .as_ref()
                 .ok_or("gate.pod_lookup.token_file: required with api_server")?;
-            // kube-rs re-reads the file as it changes (a projected token is rotated).
+            // kube-rs re-reads it about every minute (a projected token is rotated).
             kc.auth_info.token_file = Some(token.display().to_string());
             kc
         };
