@@ -390,7 +390,7 @@ async fn the_api_server_down_or_hanging_is_a_retryable_503_and_the_sweep_deletes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_the_api_server_refuses_is_a_clear_error_naming_the_fix() {
+async fn a_token_or_rbac_the_api_server_refuses_is_a_clear_error_naming_the_fix() {
     let (clean, _) = images().await;
     let site = Site::start().await;
     let u = uid();
@@ -405,6 +405,16 @@ async fn a_token_the_api_server_refuses_is_a_clear_error_naming_the_fix() {
         "{m}"
     );
     assert!(!m.contains(API_TOKEN));
+    // The token is right, RBAC is missing: the message names the permission.
+    site.api.set_token(API_TOKEN);
+    site.api.set_failure(KubeFailure::Forbidden);
+    let (status, body) = site.ask("api-4", &u).await;
+    assert_eq!(status, 503, "{body}");
+    let m = message(&body);
+    assert!(m.contains("403") && m.contains("`get` on `pods`"), "{m}");
+    site.api.set_failure(KubeFailure::None);
+    let (status, body) = site.ask("api-4", &u).await;
+    assert_eq!(status, 200, "{body}");
     site.no_token_anywhere();
 }
 

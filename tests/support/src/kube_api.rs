@@ -31,6 +31,9 @@ pub enum KubeFailure {
     Unavailable,
     /// No answer for a minute.
     Hang,
+    /// `403` with a `v1.Status` `Forbidden`, as RBAC answers a service account without
+    /// `get` on `pods` (after the token was checked).
+    Forbidden,
 }
 
 struct Shared {
@@ -159,7 +162,7 @@ async fn get_pod(
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let failure = *lock(&shared.failure);
     match failure {
-        KubeFailure::None => {}
+        KubeFailure::None | KubeFailure::Forbidden => {}
         KubeFailure::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
@@ -191,6 +194,17 @@ async fn get_pod(
             "Unauthorized",
             "Unauthorized".into(),
             None,
+        );
+    }
+    if failure == KubeFailure::Forbidden {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "pods \"{name}\" is forbidden: User \"system:serviceaccount:lanyard:lanyard-broker\" \
+                 cannot get resource \"pods\" in API group \"\" in the namespace \"{namespace}\""
+            ),
+            Some(json!({"name": name, "kind": "pods"})),
         );
     }
     let pod = lock(&shared.pods)
