@@ -555,31 +555,6 @@ impl Store for CommitFails {
     async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
         self.inner.exemption(d).await
     }
-    async fn put_admission_record(
-        &self,
-        r: &lanyard_broker::store::AdmissionRecord,
-    ) -> Result<(), StoreError> {
-        self.inner.put_admission_record(r).await
-    }
-    async fn admission_record(
-        &self,
-        uid: &str,
-    ) -> Result<Option<lanyard_broker::store::AdmissionRecord>, StoreError> {
-        self.inner.admission_record(uid).await
-    }
-    async fn delete_admission_record(&self, uid: &str) -> Result<bool, StoreError> {
-        self.inner.delete_admission_record(uid).await
-    }
-    async fn admission_records_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<lanyard_broker::store::AdmissionRecord>, StoreError> {
-        self.inner.admission_records_page(after, limit).await
-    }
-    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
-        self.inner.prune_admission_records(now).await
-    }
 }
 
 /// The store fails as the redemption commits (500): nothing is handed out, the reservation is

@@ -1113,31 +1113,6 @@ mod tests {
         async fn exemption(&self, d: &str) -> Result<Option<ExemptionRecord>, StoreError> {
             self.inner.exemption(d).await
         }
-        async fn put_admission_record(
-            &self,
-            r: &crate::store::AdmissionRecord,
-        ) -> Result<(), StoreError> {
-            self.inner.put_admission_record(r).await
-        }
-        async fn admission_record(
-            &self,
-            uid: &str,
-        ) -> Result<Option<crate::store::AdmissionRecord>, StoreError> {
-            self.inner.admission_record(uid).await
-        }
-        async fn delete_admission_record(&self, uid: &str) -> Result<bool, StoreError> {
-            self.inner.delete_admission_record(uid).await
-        }
-        async fn admission_records_page(
-            &self,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Vec<crate::store::AdmissionRecord>, StoreError> {
-            self.inner.admission_records_page(after, limit).await
-        }
-        async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
-            self.inner.prune_admission_records(now).await
-        }
     }
 
     #[tokio::test]

@@ -14,9 +14,9 @@ use std::time::SystemTime;
 use lanyard::Secret;
 
 use super::{
-    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
-    MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
-    Store, StoreError, VerdictRecord,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, MAX_LOCAL_SECRET_BYTES,
+    RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    VerdictRecord,
 };
 
 /// A [`Store`] held in process memory (a mutex over hash maps). Not persistent; see the
@@ -40,8 +40,6 @@ struct Inner {
     /// Verdicts by (digest, ruleset version).
     verdicts: std::collections::BTreeMap<(String, String), VerdictRecord>,
     exemptions: HashMap<String, ExemptionRecord>,
-    /// Admission records by pod UID.
-    admission: std::collections::BTreeMap<String, AdmissionRecord>,
 }
 
 /// A bootstrap token and where its redemption stands.
@@ -417,46 +415,5 @@ impl Store for MemoryStore {
 
     async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError> {
         Ok(self.lock().exemptions.get(digest).cloned())
-    }
-
-    async fn put_admission_record(&self, rec: &AdmissionRecord) -> Result<(), StoreError> {
-        self.lock()
-            .admission
-            .insert(rec.pod_uid.clone(), rec.clone());
-        Ok(())
-    }
-
-    async fn admission_record(&self, pod_uid: &str) -> Result<Option<AdmissionRecord>, StoreError> {
-        Ok(self.lock().admission.get(pod_uid).cloned())
-    }
-
-    async fn delete_admission_record(&self, pod_uid: &str) -> Result<bool, StoreError> {
-        Ok(self.lock().admission.remove(pod_uid).is_some())
-    }
-
-    async fn admission_records_page(
-        &self,
-        after_uid: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AdmissionRecord>, StoreError> {
-        use std::ops::Bound;
-        let inner = self.lock();
-        let start = match after_uid {
-            Some(a) => Bound::Excluded(a.to_owned()),
-            None => Bound::Unbounded,
-        };
-        Ok(inner
-            .admission
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, r)| r.clone())
-            .collect())
-    }
-
-    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
-        let mut inner = self.lock();
-        let before = inner.admission.len();
-        inner.admission.retain(|_, r| r.expires_at > now);
-        Ok(before - inner.admission.len())
     }
 }

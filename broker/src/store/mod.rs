@@ -174,27 +174,6 @@ pub struct ExemptionRecord {
     pub created_at: SystemTime,
 }
 
-/// The images of a pod its admission was decided on (the validating webhook): trust source 1
-/// of the image gate, kept until the pod is gone or `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdmissionRecord {
-    /// The pod's `metadata.uid`.
-    pub pod_uid: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name; may be empty (`generateName` before the name is set).
-    pub pod_name: String,
-    /// Full references `repo@sha256:…`, as resolved and checked.
-    pub images: Vec<String>,
-    /// Every container's `image` was already a digest reference at validation (digest
-    /// pinning on); false: tag-based, weaker.
-    pub pinned: bool,
-    /// When it was admitted.
-    pub admitted_at: SystemTime,
-    /// `admitted_at` + `gate.admission.record_retention`.
-    pub expires_at: SystemTime,
-}
-
 mod unix_seconds {
     use std::time::{Duration, SystemTime};
 
@@ -395,24 +374,4 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The exemption for `digest`, if one was recorded.
     async fn exemption(&self, digest: &str) -> Result<Option<ExemptionRecord>, StoreError>;
-
-    /// Saves (or replaces) the admission record of a pod.
-    async fn put_admission_record(&self, rec: &AdmissionRecord) -> Result<(), StoreError>;
-
-    /// The admission record of the pod with `pod_uid`, if one is kept.
-    async fn admission_record(&self, pod_uid: &str) -> Result<Option<AdmissionRecord>, StoreError>;
-
-    /// Deletes the admission record of `pod_uid`; whether there was one.
-    async fn delete_admission_record(&self, pod_uid: &str) -> Result<bool, StoreError>;
-
-    /// Up to `limit` admission records with a pod UID after `after_uid` (all when `None`),
-    /// ordered by pod UID: a sweep pages through them.
-    async fn admission_records_page(
-        &self,
-        after_uid: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AdmissionRecord>, StoreError>;
-
-    /// Deletes the admission records whose `expires_at` is at or before `now`; how many.
-    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError>;
 }

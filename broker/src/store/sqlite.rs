@@ -27,9 +27,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use super::{
-    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
-    MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
-    Store, StoreError, VerdictRecord,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord, MAX_LOCAL_SECRET_BYTES,
+    RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord, Store, StoreError,
+    VerdictRecord,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -112,18 +112,6 @@ pub const MIGRATIONS: &[&str] = &[
         reason     TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
-    // v6: admission records (the validating webhook): a pod's checked images by pod UID,
-    // kept until the pod is gone or the record expires.
-    "CREATE TABLE admission_records (
-        pod_uid     TEXT PRIMARY KEY NOT NULL,
-        namespace   TEXT NOT NULL,
-        pod_name    TEXT NOT NULL,
-        images      TEXT NOT NULL,
-        pinned      INTEGER NOT NULL,
-        admitted_at INTEGER NOT NULL,
-        expires_at  INTEGER NOT NULL
-    );
-    CREATE INDEX admission_records_expires_at ON admission_records (expires_at);",
 ];
 
 /// A closure to run on the store thread.
@@ -1317,132 +1305,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn put_admission_record(&self, rec: &AdmissionRecord) -> Result<(), StoreError> {
-        let admitted_at = to_unix(rec.admitted_at)?;
-        let expires_at = to_unix(rec.expires_at)?;
-        let images = serde_json::to_string(&rec.images)
-            .map_err(|e| StoreError::Backend(format!("encoding admission record: {e}")))?;
-        let rec = rec.clone();
-        self.run("put_admission_record", move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO admission_records \
-                 (pod_uid, namespace, pod_name, images, pinned, admitted_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    rec.pod_uid,
-                    rec.namespace,
-                    rec.pod_name,
-                    images,
-                    rec.pinned,
-                    admitted_at,
-                    expires_at
-                ],
-            )
-            .map_err(sql_error("put_admission_record"))?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn admission_record(&self, pod_uid: &str) -> Result<Option<AdmissionRecord>, StoreError> {
-        let uid = pod_uid.to_owned();
-        self.run_read("admission_record", move |conn| {
-            let row = conn
-                .query_row(
-                    &format!("{ADMISSION_COLUMNS} WHERE pod_uid = ?1"),
-                    params![uid],
-                    admission_row,
-                )
-                .optional()
-                .map_err(sql_error("admission_record"))?;
-            row.map(decode_admission).transpose()
-        })
-        .await
-    }
-
-    async fn delete_admission_record(&self, pod_uid: &str) -> Result<bool, StoreError> {
-        let uid = pod_uid.to_owned();
-        self.run("delete_admission_record", move |conn| {
-            let n = conn
-                .execute(
-                    "DELETE FROM admission_records WHERE pod_uid = ?1",
-                    params![uid],
-                )
-                .map_err(sql_error("delete_admission_record"))?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn admission_records_page(
-        &self,
-        after_uid: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AdmissionRecord>, StoreError> {
-        let after = after_uid.map(str::to_owned);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run_read("admission_records_page", move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "{ADMISSION_COLUMNS} WHERE (?1 IS NULL OR pod_uid > ?1) \
-                     ORDER BY pod_uid LIMIT ?2"
-                ))
-                .map_err(sql_error("admission_records_page"))?;
-            let rows = stmt
-                .query_map(params![after, limit], admission_row)
-                .map_err(sql_error("admission_records_page"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql_error("admission_records_page"))?;
-            rows.into_iter().map(decode_admission).collect()
-        })
-        .await
-    }
-
-    async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError> {
-        let now = to_unix(now)?;
-        self.run("prune_admission_records", move |conn| {
-            conn.execute(
-                "DELETE FROM admission_records WHERE expires_at <= ?1",
-                params![now],
-            )
-            .map_err(sql_error("prune_admission_records"))
-        })
-        .await
-    }
-}
-
-const ADMISSION_COLUMNS: &str = "SELECT pod_uid, namespace, pod_name, images, pinned, \
-     admitted_at, expires_at FROM admission_records";
-
-type AdmissionRow = (String, String, String, String, bool, i64, i64);
-
-fn admission_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AdmissionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
-}
-
-fn decode_admission(row: AdmissionRow) -> Result<AdmissionRecord, StoreError> {
-    let (pod_uid, namespace, pod_name, images, pinned, admitted_at, expires_at) = row;
-    let what = format!("admission record of pod {pod_uid}");
-    let images: Vec<String> = serde_json::from_str(&images)
-        .map_err(|e| StoreError::Corrupt(format!("{what}: images: {e}")))?;
-    Ok(AdmissionRecord {
-        admitted_at: from_unix(admitted_at, &what)?,
-        expires_at: from_unix(expires_at, &what)?,
-        pod_uid,
-        namespace,
-        pod_name,
-        images,
-        pinned,
-    })
 }
 
 fn decode_verdict(json: &str) -> Result<VerdictRecord, StoreError> {

@@ -35,7 +35,7 @@ use lanyard::Secret;
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{
-    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, FindingSummary, LeaseRecord,
+    BootstrapTokenRecord, ChainHead, ExemptionRecord, FindingSummary, LeaseRecord,
     MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
     Store, StoreError, VerdictRecord,
 };
@@ -1013,79 +1013,6 @@ async fn exemptions_are_recorded_and_replaced(s: Arc<dyn Store>) {
     );
 }
 
-fn admission(uid: &str, expires: u64) -> AdmissionRecord {
-    AdmissionRecord {
-        pod_uid: uid.to_owned(),
-        namespace: "shop".to_owned(),
-        pod_name: format!("api-{uid}"),
-        images: vec![
-            format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64)),
-            format!(
-                "registry.example.com/shop/sidecar@sha256:{}",
-                "b".repeat(64)
-            ),
-        ],
-        pinned: true,
-        admitted_at: t(1_000),
-        expires_at: t(expires),
-    }
-}
-
-async fn admission_records_round_trip_page_by_uid_and_are_pruned(s: Arc<dyn Store>) {
-    assert_eq!(s.admission_record("u1").await.expect("read"), None);
-    let mut unnamed = admission("u3", 5_000);
-    unnamed.pod_name = String::new();
-    unnamed.pinned = false;
-    for rec in [
-        admission("u2", 2_000),
-        admission("u1", 3_000),
-        unnamed.clone(),
-    ] {
-        s.put_admission_record(&rec).await.expect("put");
-    }
-    assert_eq!(
-        s.admission_record("u3").await.expect("read"),
-        Some(unnamed.clone())
-    );
-    let replaced = AdmissionRecord {
-        images: vec![format!("sha256:{}", "c".repeat(64))],
-        ..admission("u1", 3_000)
-    };
-    s.put_admission_record(&replaced).await.expect("replace");
-    assert_eq!(
-        s.admission_record("u1").await.expect("read"),
-        Some(replaced)
-    );
-    let uids = |page: Vec<AdmissionRecord>| -> Vec<String> {
-        page.into_iter().map(|r| r.pod_uid).collect()
-    };
-    assert_eq!(
-        uids(s.admission_records_page(None, 2).await.expect("page")),
-        ["u1", "u2"]
-    );
-    assert_eq!(
-        uids(s.admission_records_page(Some("u2"), 2).await.expect("page")),
-        ["u3"]
-    );
-    assert!(
-        s.admission_records_page(Some("u3"), 2)
-            .await
-            .expect("page")
-            .is_empty()
-    );
-    assert!(s.delete_admission_record("u2").await.expect("delete"));
-    assert!(!s.delete_admission_record("u2").await.expect("delete again"));
-    assert_eq!(
-        s.prune_admission_records(t(3_000)).await.expect("prune"),
-        1,
-        "u1 expires at 3 000"
-    );
-    assert_eq!(
-        uids(s.admission_records_page(None, 10).await.expect("page")),
-        ["u3"]
-    );
-}
-
 /// One `#[tokio::test]` per case, each on a fresh store from `$fresh`.
 macro_rules! cases {
     ($fresh:expr) => {
@@ -1112,7 +1039,6 @@ macro_rules! cases {
             verdicts_are_keyed_by_digest_and_ruleset,
             an_older_rulesets_verdict_is_found_until_a_rescan_exists,
             exemptions_are_recorded_and_replaced,
-            admission_records_round_trip_page_by_uid_and_are_pruned,
         );
     };
     (@each $fresh:expr; $($case:ident),* $(,)?) => {$(
