@@ -152,6 +152,10 @@ pub struct GateConfig {
     /// The admission webhooks (`/v1/admission/validate`, `/v1/admission/mutate`).
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// Pod lookups through the Kubernetes API (trust source 3, `docs/GATE.md`); off when
+    /// absent.
+    #[serde(default)]
+    pub pod_lookup: Option<PodLookupConfig>,
 }
 
 /// `gate.pod_tokens`: whether Kubernetes pod tokens are gated by admission records.
@@ -293,6 +297,119 @@ impl AdmissionConfig {
     }
 }
 
+/// `gate.pod_lookup`: where the broker reads pods (`GET /api/v1/namespaces/{ns}/pods/{name}`)
+/// to learn which images a pod token's workload runs, and sweeps the admission records of
+/// gone pods.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodLookupConfig {
+    /// The broker runs in the cluster: its service account's token and CA
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount/`) and `KUBERNETES_SERVICE_HOST` /
+    /// `KUBERNETES_SERVICE_PORT`. Or give `api_server`.
+    #[serde(default)]
+    pub in_cluster: bool,
+    /// The API server's `https://` URL (outside the cluster); with `token_file`.
+    #[serde(default)]
+    pub api_server: Option<String>,
+    /// The CA bundle (PEM) the API server's certificate is checked against, re-read about
+    /// every minute (kube-rs); without it, the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A bearer token for the API server, re-read about every minute (kube-rs).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Deadline of one lookup, connection included.
+    #[serde(default = "default_pod_lookup_timeout")]
+    pub timeout_ms: u64,
+    /// How often the admission records of gone pods are swept.
+    #[serde(default = "default_pod_sweep_interval")]
+    pub sweep_interval_seconds: u64,
+    /// Most pods looked up in one sweep (the next sweep goes on from there).
+    #[serde(default = "default_pod_sweep_batch")]
+    pub sweep_batch: usize,
+}
+
+fn default_pod_lookup_timeout() -> u64 {
+    2_000
+}
+fn default_pod_sweep_interval() -> u64 {
+    300
+}
+fn default_pod_sweep_batch() -> usize {
+    100
+}
+
+impl PodLookupConfig {
+    fn check(&self) -> Result<(), String> {
+        match (self.in_cluster, &self.api_server) {
+            (true, Some(_)) => {
+                return Err(
+                    "field `gate.pod_lookup`: give `in_cluster: true` or `api_server`, not both"
+                        .into(),
+                );
+            }
+            (false, None) => {
+                return Err(
+                    "field `gate.pod_lookup`: give `in_cluster: true` (the broker's service \
+                     account) or `api_server` with `token_file`"
+                        .into(),
+                );
+            }
+            (true, None) => {
+                if self.ca_file.is_some() || self.token_file.is_some() {
+                    return Err(
+                        "field `gate.pod_lookup`: `ca_file` and `token_file` go with \
+                                `api_server`; in the cluster the service account's are used"
+                            .into(),
+                    );
+                }
+            }
+            (false, Some(url)) => {
+                let parsed = reqwest::Url::parse(url).map_err(|e| {
+                    format!("field `gate.pod_lookup.api_server`: not a valid URL ({e})")
+                })?;
+                if parsed.scheme() != "https" || parsed.host_str().is_none() {
+                    return Err(
+                        "field `gate.pod_lookup.api_server`: give the API server's https:// URL"
+                            .into(),
+                    );
+                }
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    return Err(
+                        "field `gate.pod_lookup.api_server`: no credentials in the URL; use \
+                         `token_file`"
+                            .into(),
+                    );
+                }
+                if self.token_file.is_none() {
+                    return Err(
+                        "field `gate.pod_lookup.token_file`: required with `api_server`".into(),
+                    );
+                }
+            }
+        }
+        if !(100..=10_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "field `gate.pod_lookup.timeout_ms`: {} is outside 100 to 10000",
+                self.timeout_ms
+            ));
+        }
+        if !(10..=86_400).contains(&self.sweep_interval_seconds) {
+            return Err(format!(
+                "field `gate.pod_lookup.sweep_interval_seconds`: {} is outside 10 to 86400",
+                self.sweep_interval_seconds
+            ));
+        }
+        if !(1..=10_000).contains(&self.sweep_batch) {
+            return Err(format!(
+                "field `gate.pod_lookup.sweep_batch`: {} is outside 1 to 10000",
+                self.sweep_batch
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl GateConfig {
     fn check(&self) -> Result<(), String> {
         if self.scan_deadline_seconds == 0 || self.scan_deadline_seconds > 300 {
@@ -343,7 +460,11 @@ impl GateConfig {
                 return Err(format!("{at}: host `{}` is listed twice", r.host));
             }
         }
-        self.admission.check()
+        self.admission.check()?;
+        if let Some(p) = &self.pod_lookup {
+            p.check()?;
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +493,7 @@ impl Default for GateConfig {
             insecure_loopback_registries: false,
             pod_tokens: PodTokens::default(),
             admission: AdmissionConfig::default(),
+            pod_lookup: None,
         }
     }
 }
@@ -1280,6 +1402,14 @@ impl BrokerConfig {
                 fix(p);
             }
         }
+        if let Some(l) = self.gate.pod_lookup.as_mut() {
+            for p in [l.ca_file.as_mut(), l.token_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         if self.audit.sink != "stdout" {
             let mut p = PathBuf::from(&self.audit.sink);
             fix(&mut p);
@@ -1332,6 +1462,17 @@ impl BrokerConfig {
                  admission records and every API-server certificate would be an admin"
                     .into(),
             );
+        }
+        if let Some(l) = &self.gate.pod_lookup
+            && self.gate.scan_deadline_seconds * 1000 + l.timeout_ms
+                >= self.server.request_timeout_ms
+        {
+            return Err(format!(
+                "field `gate.pod_lookup.timeout_ms`: {} ms and `gate.scan_deadline_seconds` \
+                 ({} s) together are not below `server.request_timeout_ms` ({} ms); an issuance \
+                 would get the deadline's 503 instead of the gate's answer",
+                l.timeout_ms, self.gate.scan_deadline_seconds, self.server.request_timeout_ms
+            ));
         }
         if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
             return Err(format!(
@@ -1494,6 +1635,20 @@ mod tests {
             .expect("audit");
         assert_eq!(cfg.gate.mode, GateMode::Audit);
         assert!(
+            cfg.gate.pod_lookup.is_none(),
+            "pod lookups are off by default"
+        );
+        let cfg = load("gate:\n  pod_lookup: {api_server: \"https://10.0.0.1:6443\", ca_file: ca.pem, token_file: t}\n")
+            .expect("pod lookup");
+        let l = cfg.gate.pod_lookup.as_ref().expect("on");
+        assert_eq!(
+            (l.timeout_ms, l.sweep_interval_seconds, l.sweep_batch),
+            (2_000, 300, 100)
+        );
+        assert!(l.token_file.as_ref().is_some_and(|p| p.is_absolute()));
+        let cfg = load("gate:\n  mode: audit\n  registries:\n    - {host: r.example, username: u, password_file: p}\n")
+            .expect("audit");
+        assert!(
             cfg.gate.registries[0]
                 .password_file
                 .as_ref()
@@ -1526,6 +1681,39 @@ mod tests {
             (
                 "gate:\n  registries:\n    - {host: r.example, token_file: t}\n    - {host: R.example, token_file: t}\n",
                 "listed twice",
+            ),
+            ("gate:\n  pod_lookup: {}\n", "gate.pod_lookup"),
+            (
+                "gate:\n  pod_lookup: {in_cluster: true, api_server: \"https://k\"}\n",
+                "not both",
+            ),
+            (
+                "gate:\n  pod_lookup: {in_cluster: true, token_file: t}\n",
+                "go with `api_server`",
+            ),
+            (
+                "gate:\n  pod_lookup: {api_server: \"http://k:6443\", token_file: t}\n",
+                "gate.pod_lookup.api_server",
+            ),
+            (
+                "gate:\n  pod_lookup: {api_server: \"https://k:6443\"}\n",
+                "gate.pod_lookup.token_file",
+            ),
+            (
+                "gate:\n  pod_lookup: {in_cluster: true, timeout_ms: 50}\n",
+                "gate.pod_lookup.timeout_ms",
+            ),
+            (
+                "gate:\n  scan_deadline_seconds: 25\n  pod_lookup: {in_cluster: true, timeout_ms: 6000}\n",
+                "server.request_timeout_ms",
+            ),
+            (
+                "gate:\n  pod_lookup: {in_cluster: true, sweep_batch: 0}\n",
+                "gate.pod_lookup.sweep_batch",
+            ),
+            (
+                "gate:\n  pod_lookup: {in_cluster: true, namespace: x}\n",
+                "namespace",
             ),
         ] {
             let e = load(extra).expect_err(extra);

@@ -58,7 +58,7 @@ pub enum ApiError {
     /// and the finding's location, never a secret.
     #[error("{0}")]
     ImageRefused(String),
-    /// The image gate is scanning, or could not reach the registry (503 `scan_pending`,
+    /// The image gate is scanning, or could not reach the registry or the Kubernetes API (503 `scan_pending`,
     /// retryable).
     #[error("{0}")]
     ScanPending(String),

@@ -80,6 +80,9 @@ pub struct Metrics {
     /// `lanyard_gate_verdict_lookups_total{result}` (hit|miss|previous_ruleset): verdict
     /// cache lookups of the image gate.
     pub gate_verdict_lookups: IntCounterVec,
+    /// `lanyard_gate_pod_lookups_total{purpose,result}` (purpose issue|sweep; result
+    /// images|not_ready|gone|error): pod lookups through the Kubernetes API.
+    pub gate_pod_lookups: IntCounterVec,
     /// `lanyard_gate_scans_total{trigger,result}` (trigger demand|admin|rescan; result
     /// clean|dirty|incomplete|error): image scans the gate ran.
     pub gate_scans: IntCounterVec,
@@ -285,6 +288,12 @@ impl Metrics {
             "Image gate verdict lookups by result (hit|miss|previous_ruleset).",
             &["result"],
         );
+        let gate_pod_lookups = counter(
+            "lanyard_gate_pod_lookups_total",
+            "Pod lookups through the Kubernetes API by purpose (issue|sweep) and result \
+             (images|not_ready|gone|error).",
+            &["purpose", "result"],
+        );
         let gate_scans = counter(
             "lanyard_gate_scans_total",
             "Image scans run by the gate, by trigger (demand|admin|rescan) and result \
@@ -321,6 +330,7 @@ impl Metrics {
             admission_duration,
             admission_records_pruned,
             gate_verdict_lookups,
+            gate_pod_lookups,
             gate_scans,
             gate_scan_waiters,
             gate_decisions,

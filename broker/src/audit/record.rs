@@ -182,6 +182,10 @@ pub struct AuditRecord {
     /// The image gate's outcome and reason (`allow:clean`, `deny:dirty`, `would_deny:dirty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<String>,
+    /// Where the image gate learnt the workload's images (`bootstrap_binding`,
+    /// `admission_record`, `pod_status`), when it learnt them from a trusted source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_source: Option<String>,
 }
 
 impl AuditRecord {
@@ -210,6 +214,7 @@ impl AuditRecord {
             segment: None,
             cut_bytes: None,
             gate: None,
+            gate_source: None,
         }
     }
 
@@ -239,6 +244,7 @@ impl AuditRecord {
             segment: _,
             cut_bytes: _,
             gate,
+            gate_source,
         } = self;
         let optional = [
             request_id,
@@ -254,6 +260,7 @@ impl AuditRecord {
             upstream_lease,
             source,
             gate,
+            gate_source,
         ];
         let mut fields = vec![time, reason];
         fields.extend(optional.into_iter().flatten());
@@ -324,6 +331,11 @@ impl AuditRecord {
             decision.outcome.as_str(),
             decision.reason.as_str()
         ));
+        self.gate_source = decision.source.map(|s| s.as_str().to_owned());
+        // The images the gate checked, when the identity binds none (a pod token).
+        if self.image.is_none() {
+            self.image = gate_images(decision);
+        }
         self
     }
 

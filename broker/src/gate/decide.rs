@@ -39,6 +39,21 @@ pub enum Workload {
     NoImage,
     /// The identity names a workload (a pod token) but no trusted source says what it runs.
     Unknown,
+    /// A pod token whose pod has a container without an `imageID` yet (its image is being
+    /// pulled): the pod lookup says nothing, decided as [`Workload::Unknown`]; the containers
+    /// are named in the message.
+    PodNotReady {
+        /// The containers without an `imageID`.
+        waiting: Vec<String>,
+    },
+    /// A pod token whose pod is gone, per the pod lookup (trust source 3): the API server
+    /// answers NotFound for it, or another uid under its name (it was recreated). Refused
+    /// under every rule; the detail says which.
+    PodGone(String),
+    /// A pod token whose pod could not be looked up (API server down, slow or refusing):
+    /// refused with a retryable 503 — a gated identity never falls open because the API is
+    /// down.
+    PodLookupFailed(String),
     /// The images, from a trusted source.
     Images {
         /// The source.
@@ -151,6 +166,10 @@ pub enum Reason {
     UnknownWorkload,
     /// The rule requires an image and the identity names none.
     ImageRequired,
+    /// The pod the token names is gone (pod lookup).
+    PodGone,
+    /// The pod lookup failed (retryable).
+    PodLookupFailed,
 }
 
 impl Reason {
@@ -168,6 +187,8 @@ impl Reason {
             Self::ScanFailed => "scan_failed",
             Self::UnknownWorkload => "unknown_workload",
             Self::ImageRequired => "image_required",
+            Self::PodGone => "pod_gone",
+            Self::PodLookupFailed => "pod_lookup_failed",
         }
     }
 }
@@ -227,6 +248,20 @@ pub fn describe_finding(f: &FindingSummary) -> String {
     s
 }
 
+/// Up to [`MAX_FINDINGS_SHOWN`] names, and how many more.
+fn shown_names(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(MAX_FINDINGS_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > MAX_FINDINGS_SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - MAX_FINDINGS_SHOWN));
+    }
+    s
+}
+
 /// Decides whether the workload may have credentials under `settings`. Pure.
 pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
     let rule = &settings.rule;
@@ -257,9 +292,18 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                 None,
             );
         }
-        Workload::Unknown => {
-            let detail = "no trusted source says which images this workload runs (no admission \
-                          record for the pod, no image bound into its token)";
+        Workload::Unknown | Workload::PodNotReady { .. } => {
+            let detail = match workload {
+                Workload::PodNotReady { waiting } => format!(
+                    "no trusted source says which images this workload runs yet: its pod's \
+                     container(s) {} have no imageID (their images are being pulled; a retry \
+                     once they run succeeds), and it has no admission record",
+                    shown_names(waiting)
+                ),
+                _ => "no trusted source says which images this workload runs (no admission \
+                      record for the pod, no image bound into its token)"
+                    .to_owned(),
+            };
             return match settings.unknown_workload {
                 UnknownWorkload::Allow => Decision {
                     outcome: Outcome::Allow,
@@ -281,6 +325,32 @@ pub fn decide(workload: &Workload, settings: &Settings) -> Decision {
                     None,
                 ),
             };
+        }
+        Workload::PodGone(why) => {
+            return refuse(
+                settings,
+                Reason::PodGone,
+                false,
+                format!(
+                    "rule `{rule}`: {why}; a token of a pod that no longer exists gets nothing"
+                ),
+                Vec::new(),
+                Some(TrustSource::PodStatus),
+            );
+        }
+        Workload::PodLookupFailed(why) => {
+            return refuse(
+                settings,
+                Reason::PodLookupFailed,
+                true,
+                format!(
+                    "rule `{rule}`: which images the pod runs cannot be read from the Kubernetes \
+                     API now ({}); retry shortly",
+                    why.chars().take(300).collect::<String>()
+                ),
+                Vec::new(),
+                Some(TrustSource::PodStatus),
+            );
         }
         Workload::Images { source, images } => (images, *source),
     };
@@ -596,6 +666,62 @@ mod tests {
             &decide(&images(vec![]), &s),
             Outcome::Deny,
             Reason::UnknownWorkload,
+            false,
+        );
+    }
+
+    #[test]
+    fn a_gone_pod_is_refused_even_where_unknown_workloads_are_allowed_and_a_failed_lookup_is_retryable()
+     {
+        let allow = Settings {
+            unknown_workload: UnknownWorkload::Allow,
+            ..settings(GateMode::Enforce)
+        };
+        let not_ready = Workload::PodNotReady {
+            waiting: vec!["app".into()],
+        };
+        let d = decide(&not_ready, &settings(GateMode::Enforce));
+        check(&d, Outcome::Deny, Reason::UnknownWorkload, false);
+        assert!(d.detail.contains("app have no imageID"), "{}", d.detail);
+        check(
+            &decide(&not_ready, &allow),
+            Outcome::Allow,
+            Reason::UnknownWorkload,
+            false,
+        );
+        let d = decide(
+            &Workload::PodGone("pod api-1 no longer exists".into()),
+            &allow,
+        );
+        check(&d, Outcome::Deny, Reason::PodGone, false);
+        assert_eq!(d.source, Some(TrustSource::PodStatus));
+        assert!(
+            d.detail.contains("api-1") && d.detail.contains("shop-api"),
+            "{}",
+            d.detail
+        );
+        let d = decide(
+            &Workload::PodLookupFailed("API server answered 503".into()),
+            &allow,
+        );
+        check(&d, Outcome::Deny, Reason::PodLookupFailed, true);
+        assert!(
+            d.detail.contains("503") && d.detail.contains("retry"),
+            "{}",
+            d.detail
+        );
+        // Audit mode records them and issues, as for every other refusal.
+        let audit = settings(GateMode::Audit);
+        check(
+            &decide(&Workload::PodLookupFailed("down".into()), &audit),
+            Outcome::WouldDeny,
+            Reason::PodLookupFailed,
+            false,
+        );
+        check(
+            &decide(&Workload::PodGone("gone".into()), &audit),
+            Outcome::WouldDeny,
+            Reason::PodGone,
             false,
         );
     }

@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`image`]: image references (`repo@sha256:…`, tags for operator tools, bare digests),
 //!   parsed and bounded.
+//! - [`pods`]: pod lookups through the Kubernetes API (trust source 3): the client and the
+//!   pure parse of its answers.
 //! - [`decide`]: the pure decision — a workload's images and what is known about them, the
 //!   settings that apply → allow, deny or (audit mode) would deny, with a reason.
 //! - this module: [`Gate`], the service around it — verdict lookups in the store (keyed by
@@ -16,12 +18,15 @@
 //!   and exemptions.
 //!
 //! Which images a workload runs comes from a trusted source only ([`decide::TrustSource`]):
-//! the image an admin bound into a bootstrap token, or the admission record the validating
-//! webhook wrote for a pod token's pod ([`Gate::with_admission`], `gate.pod_tokens: gate`).
+//! the image an admin bound into a bootstrap token; the admission record the validating
+//! webhook wrote for a pod token's pod ([`Gate::with_admission`], `gate.pod_tokens: gate`);
+//! and, where `gate.pod_lookup` is set, the pod's container statuses read from the
+//! Kubernetes API ([`pods`]). All feed the same decision.
 
 pub mod admission;
 pub mod decide;
 pub mod image;
+pub mod pods;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -263,6 +268,23 @@ pub struct Gate {
     records: tokio::sync::Mutex<()>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
+    /// The pod lookup (trust source 3), when `gate.pod_lookup` is set.
+    pods: Option<pods::PodLookup>,
+    /// Where the next sweep of admission records goes on from (a pod UID).
+    sweep_cursor: tokio::sync::Mutex<Option<String>>,
+}
+
+/// What one sweep of admission records did ([`Gate::sweep_admission_records`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Records whose pod was looked up.
+    pub checked: usize,
+    /// Records deleted: their pod is gone.
+    pub deleted: usize,
+    /// The lookup failed (the sweep stopped there; nothing was deleted for it).
+    pub error: Option<String>,
+    /// The sweep reached the last record (the next one starts from the first).
+    pub wrapped: bool,
 }
 
 /// How long after a failed background re-scan of a digest lookups start no new one.
@@ -278,7 +300,14 @@ impl Gate {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, String> {
+        let pods = config
+            .pod_lookup
+            .as_ref()
+            .map(pods::PodLookup::new)
+            .transpose()?;
         let gate = Arc::new(Self {
+            pods,
+            sweep_cursor: tokio::sync::Mutex::new(None),
             store,
             scans: Arc::new(Semaphore::new(config.max_concurrent_scans.max(1))),
             config,
@@ -751,15 +780,24 @@ impl Gate {
 
     /// The workload's images with what is known of each (verdict, exemption), or which
     /// kind of workload it is when it names none. Scans on demand. A pod token whose pod has
-    /// no admission record ([`Self::with_admission`] found none) is an unknown workload.
+    /// no admission record ([`Self::with_admission`] found none) is looked up in the
+    /// Kubernetes API where `gate.pod_lookup` is set (trust source 3), else it is an unknown
+    /// workload. With `gate.pod_tokens: ignore`, pod lookups (when set) still gate pod tokens.
     pub async fn workload(self: &Arc<Self>, identity: &Identity) -> Result<Workload, StoreError> {
         if matches!(
             identity.kubernetes.as_ref().map(|k| &k.admission),
             Some(PodAdmission::NoRecord)
         ) {
-            return Ok(Workload::Unknown);
+            return Ok(self
+                .pod_workload(identity)
+                .await?
+                .unwrap_or(Workload::Unknown));
         }
         let Some((source, refs)) = workload_images(identity) else {
+            // Source 3, the pod lookup, for pod tokens no record speaks for.
+            if let Some(w) = self.pod_workload(identity).await? {
+                return Ok(w);
+            }
             return Ok(Workload::NoImage);
         };
         let wait = Duration::from_secs(self.config.scan_deadline_seconds);
@@ -792,6 +830,143 @@ impl Gate {
             });
         }
         Ok(Workload::Images { source, images })
+    }
+
+    /// Trust source 3: which images a pod token's pod runs, from its container statuses in
+    /// the Kubernetes API. `None` when `gate.pod_lookup` is off or the identity names no pod;
+    /// else the images (each looked up or scanned, as a bound image), `PodNotReady` (decided
+    /// as an unknown workload) while some container has no `imageID` yet, `PodGone`, or `PodLookupFailed` (retryable).
+    pub async fn pod_workload(
+        self: &Arc<Self>,
+        identity: &Identity,
+    ) -> Result<Option<Workload>, StoreError> {
+        let (Some(lookup), Some(k)) = (&self.pods, &identity.kubernetes) else {
+            return Ok(None);
+        };
+        let (Some(name), Some(uid)) = (&k.pod_name, &k.pod_uid) else {
+            return Ok(None);
+        };
+        let answer = lookup.lookup(&k.namespace, name, uid).await;
+        self.count_pod_lookup("issue", &answer);
+        let images = match answer {
+            Err(e) => {
+                warn!(namespace = %k.namespace, pod = %name, error = %e, "pod lookup failed");
+                return Ok(Some(Workload::PodLookupFailed(e.0)));
+            }
+            Ok(pods::PodImages::Gone(why)) => return Ok(Some(Workload::PodGone(why))),
+            Ok(pods::PodImages::NotReady { waiting }) => {
+                return Ok(Some(Workload::PodNotReady { waiting }));
+            }
+            Ok(pods::PodImages::Images(images)) => images,
+        };
+        let wait = Duration::from_secs(self.config.scan_deadline_seconds);
+        let mut states = Vec::with_capacity(images.len());
+        for img in images {
+            let state = match img.parsed {
+                Err(why) => ImageState {
+                    image: img.image_id,
+                    digest: String::new(),
+                    lookup: Lookup::Unresolvable(why),
+                    exemption: None,
+                },
+                Ok(r) => {
+                    let digest = r.digest.clone().unwrap_or_default();
+                    let lookup = self.lookup(&r, wait).await?;
+                    let exemption = match &lookup {
+                        Lookup::Verdict { verdict, .. } if *verdict != Verdict::Clean => {
+                            self.store.exemption(&digest).await?.map(|e| e.reason)
+                        }
+                        _ => None,
+                    };
+                    ImageState {
+                        image: if r.repository.is_some() {
+                            r.to_string()
+                        } else {
+                            img.image_id
+                        },
+                        digest,
+                        lookup,
+                        exemption,
+                    }
+                }
+            };
+            states.push(state);
+        }
+        Ok(Some(Workload::Images {
+            source: TrustSource::PodStatus,
+            images: states,
+        }))
+    }
+
+    fn count_pod_lookup(
+        &self,
+        purpose: &str,
+        answer: &Result<pods::PodImages, pods::PodLookupError>,
+    ) {
+        let result = match answer {
+            Ok(pods::PodImages::Images(_)) => "images",
+            Ok(pods::PodImages::NotReady { .. }) => "not_ready",
+            Ok(pods::PodImages::Gone(_)) => "gone",
+            Err(_) => "error",
+        };
+        self.metrics
+            .gate_pod_lookups
+            .with_label_values(&[purpose, result])
+            .inc();
+    }
+
+    /// Whether pod lookups are on (`gate.pod_lookup`).
+    pub fn pod_lookup_enabled(&self) -> bool {
+        self.pods.is_some()
+    }
+
+    /// One sweep of admission records: up to `gate.pod_lookup.sweep_batch` records, from
+    /// where the last sweep stopped, each one's pod looked up; a record whose pod is gone
+    /// (NotFound, or another uid under its name) is deleted. The first failed lookup ends the
+    /// sweep and deletes nothing (it goes on from that record next time). Records without a
+    /// pod name wait for their retention. Nothing when pod lookups are off.
+    pub async fn sweep_admission_records(&self) -> Result<SweepReport, StoreError> {
+        let (Some(lookup), Some(cfg)) = (&self.pods, &self.config.pod_lookup) else {
+            return Ok(SweepReport::default());
+        };
+        let mut cursor = self.sweep_cursor.lock().await;
+        let page = self
+            .store
+            .admission_records_page(cursor.as_deref(), cfg.sweep_batch)
+            .await?;
+        let mut report = SweepReport {
+            wrapped: page.len() < cfg.sweep_batch,
+            ..SweepReport::default()
+        };
+        for rec in &page {
+            if !rec.pod_name.is_empty() {
+                let answer = lookup
+                    .lookup(&rec.namespace, &rec.pod_name, &rec.pod_uid)
+                    .await;
+                self.count_pod_lookup("sweep", &answer);
+                report.checked += 1;
+                match answer {
+                    Err(e) => {
+                        warn!(error = %e, "admission record sweep stopped: the pod lookup failed; nothing deleted, will retry");
+                        report.error = Some(e.0);
+                        report.wrapped = false;
+                        return Ok(report);
+                    }
+                    Ok(pods::PodImages::Gone(why)) => {
+                        if self.store.delete_admission_record(&rec.pod_uid).await? {
+                            report.deleted += 1;
+                            info!(namespace = %rec.namespace, pod = %rec.pod_name, uid = %rec.pod_uid, why = %why, "admission record of a gone pod deleted");
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            *cursor = Some(rec.pod_uid.clone());
+        }
+        if report.wrapped {
+            *cursor = None;
+        }
+        Ok(report)
     }
 
     /// Decides an admission (the validating webhook): each image of `workload` is resolved

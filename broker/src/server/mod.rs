@@ -136,14 +136,37 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
+    let mut tasks = vec![reload, rotate, backends, auth_failures];
+    // Admission records of gone pods, where pod lookups are on (gate.pod_lookup).
+    if let Some(l) = &broker.config().gate.pod_lookup {
+        let broker = broker.clone();
+        tasks.push(periodic(
+            Duration::from_secs(l.sweep_interval_seconds),
+            rx.clone(),
+            move || {
+                let broker = broker.clone();
+                async move {
+                    match broker.gate().sweep_admission_records().await {
+                        Ok(r) if r.deleted > 0 => {
+                            info!(
+                                checked = r.checked,
+                                deleted = r.deleted,
+                                "admission records of gone pods deleted"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "admission record sweep failed; will retry"),
+                    }
+                }
+            },
+        ));
+    }
     let jwks = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })
     };
-    Background {
-        stop,
-        tasks: vec![reload, rotate, backends, auth_failures, jwks],
-    }
+    tasks.push(jwks);
+    Background { stop, tasks }
 }
 
 /// Serves the broker on `listener` until `shutdown` resolves, then stops accepting, lets

@@ -23,6 +23,9 @@
 //!   bodies for exactly the paths lanyard calls), since no Vault can be installed here.
 //! - [`process`]: [`SiteBroker`], `lanyard-broker serve` as its own process on loopback;
 //!   several share one [`ProcessSite`] (PKI, policies, admin token, SQLite store) as replicas.
+//! - [`kube_api`]: [`KubeApi`], an emulator of the Kubernetes API server's pod read
+//!   (`GET /api/v1/namespaces/{ns}/pods/{name}`, documented `v1.Pod` and `v1.Status` bodies,
+//!   bearer token checked) over HTTPS, with pods a test sets, deletes, or makes fail.
 //! - [`pki`]: [`TestPki`], a throwaway CA plus a server certificate for `localhost` /
 //!   `127.0.0.1` (and client certificates), written as PEM files.
 //! - [`registry`]: [`TokenRegistry`], a real `docker-registry` (distribution 2.8) on loopback
@@ -35,6 +38,7 @@
 pub mod admission;
 pub mod broker;
 pub mod child;
+pub mod kube_api;
 pub mod moto;
 pub mod oidc;
 pub mod pki;
@@ -45,6 +49,7 @@ pub mod workload;
 
 pub use broker::{BrokerProcess, InProcessBroker, TestBroker, TestBrokerOptions, k8s_pod};
 pub use jsonwebtoken::Algorithm;
+pub use kube_api::{KubeApi, KubeFailure, TestPod};
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
 pub use pki::TestPki;

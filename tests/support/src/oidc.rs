@@ -338,7 +338,7 @@ impl OidcIssuer {
 }
 
 /// Serves `router` over TLS, one task per connection.
-async fn serve_tls(
+pub(crate) async fn serve_tls(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     config: Arc<rustls::ServerConfig>,
