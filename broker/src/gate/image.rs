@@ -82,6 +82,45 @@ fn shown(s: &str) -> String {
     }
 }
 
+/// Whether `host` is a registry host as references write it: a name with a `.` or a port, or
+/// `localhost`, or a bracketed IPv6 address; a port is 1 to 5 digits. (A "port" that is not a
+/// number would make `sha256:x./repo:tag` a host, whose printed form reads as a bare digest.)
+fn host_ok(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("[v6]", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    if name == "[v6]" {
+        return true;
+    }
+    !name.is_empty()
+        && (name.contains('.') || port.is_some() || name == "localhost")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+}
+
 /// Parses any reference: with a digest, a tag, or both; or a bare digest. The repository must
 /// name its registry host (`registry.example.com/shop/api`, `127.0.0.1:5000/app`,
 /// `localhost/app`): the gate never guesses a default registry.
@@ -121,12 +160,7 @@ pub fn parse(s: &str) -> Result<ImageRef, String> {
     let Some((host, path)) = name.split_once('/') else {
         return bad("no registry host (write it out, e.g. registry.example.com/shop/api)");
     };
-    let host_ok = !host.is_empty()
-        && (host.contains('.') || host.contains(':') || host == "localhost")
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    if !host_ok {
+    if !host_ok(host) {
         return bad(
             "the first component must be the registry host (with a `.` or a port, or `localhost`)",
         );
@@ -226,9 +260,25 @@ mod tests {
             "registry.example.com//api:1".to_owned(),
             "registry.example.com/api:".to_owned(),
             format!("registry.example.com/{}:1", "a".repeat(600)),
+            // A port must be a number (found by the image_ref fuzz target: this one printed
+            // back as `sha256:dmt25./sba:-3`, which reads as a bare digest).
+            "sHa256:dMt25./sba:-3".to_owned(),
+            "registry.example.com:/api:1".to_owned(),
+            "registry.example.com:123456/api:1".to_owned(),
+            "[::1/api:1".to_owned(),
+            "[zz]:5000/api:1".to_owned(),
         ] {
             let e = parse(&bad).expect_err(&bad);
             assert!(e.len() < 300, "{e}");
+        }
+        for good in [
+            "[::1]:5000/api:1",
+            "[::1]/api:1",
+            "localhost:5000/api:1",
+            "r-1.example/a:1",
+        ] {
+            let r = parse(good).expect(good);
+            assert_eq!(parse(&r.to_string()).expect("again"), r, "{good}");
         }
         let e = parse_pinned("registry.example.com/api:1").expect_err("tag only");
         assert!(e.contains("REPOSITORY@sha256:DIGEST"), "{e}");
