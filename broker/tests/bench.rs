@@ -37,6 +37,86 @@ rules:
     roles: [app]
 "#;
 
+/// A broker for the HTTPS issuance bench and a pod token for it. With `gated`, the image gate
+/// is on as production runs it: pod tokens gated by their pod's admission record
+/// (`gate.pod_tokens: gate`), the record created first through `/v1/admission/validate` for a
+/// pod of the clean test image (pinned by digest, its verdict then cached in the store), so
+/// each issuance reads the record and the cached verdict. Without, the gate is off (pod tokens
+/// name no image). Needs the test registry (`source tests/peers/images.sh`) when gated.
+async fn issuance_broker(issuer: &OidcIssuer, gated: bool) -> (TestBroker, String) {
+    use lanyard_test_support::admission::{POD, Review, container, pod, pod_spec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let webhook_token = format!("apiserver-{:016x}", fastrand::u64(..));
+    let token_file = dir.path().join("apiserver-token");
+    std::fs::write(&token_file, &webhook_token).expect("token file");
+    let extra_config = if gated {
+        format!(
+            "gate:\n  insecure_loopback_registries: true\n  pod_tokens: gate\n  admission:\n    token_file: {}\n",
+            token_file.display()
+        )
+    } else {
+        String::new()
+    };
+    let broker = TestBroker::start_with(
+        Some(issuer),
+        TestBrokerOptions {
+            policies: vec![("bench.yaml".into(), JWT_POLICY.into())],
+            extra_config,
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let uid = lanyard_test_support::admission::uuid();
+    let mut claims = issuer.k8s_claims(
+        "shop",
+        "api",
+        "lanyard",
+        lanyard_test_support::now_unix(),
+        3600,
+    );
+    claims["kubernetes.io"]["pod"]["uid"] = serde_json::json!(uid);
+    let token = issuer.token(jsonwebtoken::Algorithm::RS256, claims);
+    if gated {
+        let reg = std::env::var("LANYARD_TEST_REGISTRY")
+            .expect("LANYARD_TEST_REGISTRY: `source tests/peers/images.sh` first");
+        let opts = lanyard_scan::ScanOptions {
+            insecure_loopback_registry: true,
+            ..lanyard_scan::ScanOptions::default()
+        };
+        let tagged = format!("{reg}/lanyard/multistage-clean:1");
+        let digest = lanyard_scan::resolve_digest(&tagged, &opts)
+            .await
+            .expect("resolve");
+        let image = format!("{reg}/lanyard/multistage-clean@{digest}");
+        let review = Review::create(
+            POD,
+            "shop",
+            "api-0",
+            pod(
+                "shop",
+                "api-0",
+                &uid,
+                pod_spec(&[], &[container("app", &image)]),
+            ),
+        );
+        let answer: serde_json::Value = broker
+            .http()
+            .post(format!("{}/v1/admission/validate", broker.url))
+            .bearer_auth(&webhook_token)
+            .json(&review.to_json())
+            .send()
+            .await
+            .expect("review")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    }
+    // The token file must outlive the broker (it is re-read on every review).
+    std::mem::forget(dir);
+    (broker, token)
+}
+
 fn sts_policy(tags: &str) -> String {
     format!(
         r#"
@@ -411,17 +491,19 @@ async fn bench_https_issuance_vs_crypto_only() {
         lanyard_broker::cli::init_tracing(&level, lanyard_broker::cli::LogFormat::Text)
     });
     let issuer = OidcIssuer::start().await;
-    let broker = TestBroker::start_with(
-        Some(&issuer),
-        TestBrokerOptions {
-            policies: vec![("bench.yaml".into(), JWT_POLICY.into())],
-            ..TestBrokerOptions::default()
-        },
-    )
-    .await;
-    let token = issuer.k8s_token("shop", "api", "lanyard", 3600);
+    // The image gate is on, as production runs it (LANYARD_BENCH_GATE=off turns it off).
+    let gated = std::env::var("LANYARD_BENCH_GATE").map_or(true, |v| v != "off");
+    let (broker, token) = issuance_broker(&issuer, gated).await;
     let (status, issued) = broker.post_credentials(Some(&token), "{}").await;
     assert_eq!(status, 200, "{issued}");
+    println!(
+        "BENCH image gate: {}",
+        if gated {
+            "on (admission record, cached verdict)"
+        } else {
+            "off"
+        }
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("issue.lua");
@@ -492,6 +574,63 @@ async fn bench_https_issuance_vs_crypto_only() {
     );
     assert_eq!(non2xx, 0, "every request must have been issued");
     broker.stop().await;
+}
+
+/// The issue-12 figure: issuance with the image gate on (a pod token gated by its pod's
+/// admission record, the verdict cached) against the gate off, in the same run: two brokers,
+/// `wrk -t2 -c64` for 10 s on each in turn (on, off, on, off, …), five pairs after a warm-up;
+/// prints each pair's ratio and their median. Build with `--release`; needs `wrk` and the test
+/// registry (`source tests/peers/images.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release --ignored --nocapture (needs wrk and tests/peers/images.sh)"]
+async fn bench_https_gate_on_vs_off() {
+    let issuer = OidcIssuer::start().await;
+    let (on, on_token) = issuance_broker(&issuer, true).await;
+    let (off, off_token) = issuance_broker(&issuer, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runs = Vec::new();
+    for (name, broker, token) in [("on", &on, &on_token), ("off", &off, &off_token)] {
+        let (status, body) = broker.post_credentials(Some(token), "{}").await;
+        assert_eq!(status, 200, "{body}");
+        let script = dir.path().join(format!("{name}.lua"));
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = \"{{}}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+            ),
+        )
+        .expect("script");
+        runs.push((format!("{}/v1/credentials", broker.url), script));
+    }
+    let run = |i: usize, secs: u32| {
+        let (u, s) = runs[i].clone();
+        tokio::task::spawn_blocking(move || wrk(&u, &s, 64, secs))
+    };
+    run(0, 3).await.expect("join");
+    run(1, 3).await.expect("join");
+    let mut ratios = Vec::new();
+    for pair in 1..=5 {
+        let (r_on, p50_on, p99_on, bad_on) = run(0, 10).await.expect("join");
+        let (r_off, p50_off, p99_off, bad_off) = run(1, 10).await.expect("join");
+        assert_eq!(bad_on + bad_off, 0, "every request must have been issued");
+        let ratio = r_on / r_off;
+        println!(
+            "BENCH pair {pair}: gate on {r_on:.0} req/s (p50 {p50_on}, p99 {p99_on}), off {r_off:.0} req/s (p50 {p50_off}, p99 {p99_off}), on/off {ratio:.3}"
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let audited_gate = on
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "issue" && r["gate_source"] == "admission_record")
+        .count();
+    println!(
+        "BENCH https issuance, gate on (admission record + cached verdict) / gate off, median of 5 pairs: {:.3} (min {:.3}, max {:.3}); {audited_gate} issue records name the admission record",
+        ratios[2], ratios[0], ratios[4]
+    );
+    on.stop().await;
+    off.stop().await;
 }
 
 /// A policy granting role `app` to bootstrap tokens minted for it.
