@@ -144,6 +144,37 @@ pub struct GateConfig {
     /// Plain HTTP to registries on loopback addresses only (`lanyard-broker dev`, tests).
     #[serde(default)]
     pub insecure_loopback_registries: bool,
+    /// The admission webhooks (`docs/GATE.md`).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// `gate.admission`: the admission webhooks. (Part B of issue 12 is built by several hands:
+/// this branch adds the fields digest pinning reads; the validating webhook adds its own.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// `POST /v1/admission/mutate` rewrites a pod's `image: repo:tag` to `repo@sha256:…`
+    /// (default true). Off: the route allows every pod unpatched.
+    #[serde(default = "default_true")]
+    pub pin_digests: bool,
+    /// How long an admission webhook may take to answer, in milliseconds: below the API
+    /// server's `timeoutSeconds` for the webhook (default 8000, `timeoutSeconds: 10`).
+    #[serde(default = "default_admission_deadline_ms")]
+    pub deadline_ms: u64,
+}
+
+fn default_admission_deadline_ms() -> u64 {
+    8000
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            pin_digests: true,
+            deadline_ms: default_admission_deadline_ms(),
+        }
+    }
 }
 
 impl GateConfig {
@@ -172,6 +203,13 @@ impl GateConfig {
                     "field `gate.platforms[{i}]`: `{p}` is not OS/ARCH[/VARIANT] (e.g. linux/amd64)"
                 ));
             }
+        }
+        if self.admission.deadline_ms == 0 || self.admission.deadline_ms > 29_000 {
+            return Err(format!(
+                "field `gate.admission.deadline_ms`: {} is outside 1 to 29000 (the API server \
+                 waits at most 30 s for a webhook)",
+                self.admission.deadline_ms
+            ));
         }
         for (i, r) in self.registries.iter().enumerate() {
             let at = format!("field `gate.registries[{i}]`");
@@ -223,6 +261,7 @@ impl Default for GateConfig {
             allowlist_file: None,
             registries: Vec::new(),
             insecure_loopback_registries: false,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -1158,6 +1197,14 @@ impl BrokerConfig {
                 self.gate.scan_deadline_seconds, self.server.request_timeout_ms
             ));
         }
+        if self.gate.admission.deadline_ms >= self.server.request_timeout_ms {
+            return Err(format!(
+                "field `gate.admission.deadline_ms`: {} is not below `server.request_timeout_ms` \
+                 ({} ms); an admission review would get the deadline's 503 instead of the \
+                 webhook's answer",
+                self.gate.admission.deadline_ms, self.server.request_timeout_ms
+            ));
+        }
         if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
             return Err(format!(
                 "field `public_url`: `{}` must be an http(s) URL",
@@ -1315,6 +1362,10 @@ mod tests {
         assert_eq!(cfg.gate.mode, GateMode::Enforce);
         assert_eq!(cfg.gate.unscanned, Unscanned::Scan);
         assert_eq!(cfg.gate.unknown_workload, UnknownWorkload::Deny);
+        assert!(cfg.gate.admission.pin_digests, "pinning is on by default");
+        assert_eq!(cfg.gate.admission.deadline_ms, 8000);
+        let cfg = load("gate:\n  admission:\n    pin_digests: false\n").expect("pinning off");
+        assert!(!cfg.gate.admission.pin_digests);
         let cfg = load("gate:\n  mode: audit\n  registries:\n    - {host: r.example, username: u, password_file: p}\n")
             .expect("audit");
         assert_eq!(cfg.gate.mode, GateMode::Audit);
@@ -1351,6 +1402,14 @@ mod tests {
             (
                 "gate:\n  registries:\n    - {host: r.example, token_file: t}\n    - {host: R.example, token_file: t}\n",
                 "listed twice",
+            ),
+            (
+                "gate:\n  admission:\n    pin_digest: false\n",
+                "pin_digest",
+            ),
+            (
+                "gate:\n  admission:\n    deadline_ms: 0\n",
+                "gate.admission.deadline_ms",
             ),
         ] {
             let e = load(extra).expect_err(extra);

@@ -22,6 +22,7 @@
 pub mod admission;
 pub mod decide;
 pub mod image;
+pub mod pin;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
