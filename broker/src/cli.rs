@@ -366,7 +366,7 @@ enum AuditCommand {
         decision: Option<Decision>,
         /// Event: issue, deny, token_mint, token_redeem, token_revoke, session_revoke,
         /// lease_revoke, policy_reload, audit_segment, audit_repair, gate, image_scan,
-        /// image_exempt.
+        /// image_exempt, admission_pin.
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
@@ -396,7 +396,8 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
         "use issue, deny, token_mint, token_redeem, token_revoke, session_revoke, lease_revoke, \
-         policy_reload, audit_segment, audit_repair, gate, image_scan or image_exempt"
+         policy_reload, audit_segment, audit_repair, gate, image_scan, image_exempt or \
+         admission_pin"
             .to_owned()
     })
 }

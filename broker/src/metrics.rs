@@ -89,6 +89,9 @@ pub struct Metrics {
     /// `lanyard_gate_decisions_total{outcome,reason}` (outcome allow|deny|would_deny; reason
     /// from `gate::Reason`).
     pub gate_decisions: IntCounterVec,
+    /// `lanyard_admission_pinned_images_total{result}` (pinned|unpinned|already_pinned|
+    /// unchanged): images of pods the mutating webhook saw, by what it did with each.
+    pub admission_pinned_images: IntCounterVec,
 }
 
 impl Metrics {
@@ -291,8 +294,17 @@ impl Metrics {
             "Image gate decisions by outcome (allow|deny|would_deny) and reason.",
             &["outcome", "reason"],
         );
+        let admission_pinned_images = counter(
+            "lanyard_admission_pinned_images_total",
+            "Pod images seen by the mutating admission webhook, by result: pinned (tag \
+             rewritten to its digest), unpinned (left as a tag: unresolvable in time, no \
+             registry host, or pinning off), already_pinned (written with a digest), unchanged \
+             (an update that does not change it).",
+            &["result"],
+        );
         Self {
             registry,
+            admission_pinned_images,
             gate_verdict_lookups,
             gate_scans,
             gate_scan_waiters,

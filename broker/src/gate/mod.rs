@@ -231,6 +231,10 @@ pub struct Gate {
     clock: Arc<dyn Clock>,
 }
 
+/// Tags [`Gate::resolve_tags`] resolves at once (one admission review names at most
+/// [`admission::MAX_IMAGES`]).
+pub const RESOLVE_CONCURRENCY: usize = 8;
+
 /// How long after a failed background re-scan of a digest lookups start no new one.
 pub const RESCAN_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -394,6 +398,48 @@ impl Gate {
         lanyard_scan::resolve_digest(&source, &opts)
             .await
             .map_err(|e| GateError::Registry(e.to_string()))
+    }
+
+    /// Resolves each distinct tag reference of `refs` to the digest its registry names now (a
+    /// manifest fetch each, with the host's configured credentials, [`RESOLVE_CONCURRENCY`] at
+    /// a time), all within `deadline`: a reference not answered by then is an `Err` that says
+    /// so. For the mutating admission webhook's digest pinning.
+    pub async fn resolve_tags(
+        &self,
+        refs: &[&ImageRef],
+        deadline: Duration,
+    ) -> HashMap<ImageRef, Result<String, String>> {
+        use futures_util::stream::{self, StreamExt as _};
+        let until = tokio::time::Instant::now() + deadline;
+        let mut distinct: Vec<ImageRef> = Vec::with_capacity(refs.len());
+        for r in refs {
+            if !distinct.contains(r) {
+                distinct.push((*r).clone());
+            }
+        }
+        stream::iter(distinct)
+            .map(|r| self.resolve_until(r, until, deadline))
+            .buffer_unordered(RESOLVE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn resolve_until(
+        &self,
+        r: ImageRef,
+        until: tokio::time::Instant,
+        deadline: Duration,
+    ) -> (ImageRef, Result<String, String>) {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let answer = match tokio::time::timeout_at(until, self.resolve(&r, left)).await {
+            Ok(Ok(digest)) => Ok(digest),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the registry did not answer within {} ms",
+                deadline.as_millis()
+            )),
+        };
+        (r, answer)
     }
 
     /// Scans `image` ahead (an operator or CI right after a push): a tag is resolved to its

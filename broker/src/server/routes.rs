@@ -25,6 +25,7 @@ use super::deadline::{self, DeadlineLayerState, Deadlines};
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
 use crate::broker::{Broker, SessionRef, new_request_id};
 use crate::error::ApiError;
+use crate::gate::admission::MAX_REVIEW_BYTES;
 use crate::secret_file::read_secret_file;
 
 type AppState = Arc<Broker>;
@@ -47,6 +48,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/scans", post(scan_image))
         .route("/v1/admin/verdicts/{digest}", get(get_verdict))
         .route("/v1/admin/exemptions", post(exempt_image))
+        .route(
+            "/v1/admission/mutate",
+            // An AdmissionReview may be far above the JSON API's body limit (a pod of 1.5 MiB,
+            // twice in an update); it is bounded by its own.
+            post(admission_mutate).layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -328,6 +335,65 @@ async fn mint_token(
             Json(r),
         )
             .into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// Admits only the API server to an admission route (`route`). **To wire:** the validating
+/// webhook's branch brings how the API server authenticates (its client certificate or
+/// token, `gate.admission`); until the merge the admission routes take the admin credential,
+/// so no anonymous caller can use the broker's registry credentials to learn a private tag's
+/// digest. A refusal is the opaque 401, audited and counted.
+async fn authorize_admission(
+    broker: &Broker,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    route: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    require_admin(broker, conn, headers, route, request_id).await
+}
+
+/// An AdmissionReview body: bounded by [`MAX_REVIEW_BYTES`] before it is read whole; one
+/// above it is a 400 that says so (the API server sent something this webhook does not take).
+fn review_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BadRequest(format!(
+                "AdmissionReview larger than {MAX_REVIEW_BYTES} bytes"
+            ))
+        } else if let Some(late) = deadline::body_timed_out(&r) {
+            ApiError::BodyTimeout(late.after_ms)
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+        }
+    })
+}
+
+/// `POST /v1/admission/mutate`: digest pinning ([`Broker::mutate_admission`]); answers an
+/// AdmissionReview, always allowed, with a JSONPatch when a tag was pinned.
+async fn admission_mutate(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        authorize_admission(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admission/mutate",
+            &request_id,
+        )
+        .await?;
+        let body = review_body(body)?;
+        broker.mutate_admission(&body, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
     }
 }
