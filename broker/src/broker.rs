@@ -1198,7 +1198,7 @@ impl Broker {
         body: &[u8],
         request_id: &str,
     ) -> Result<gate::pin::MutateReview, ApiError> {
-        use gate::pin::{self, Plan, Pinning};
+        use gate::pin::{self, Pinning, Plan};
         let bad = |e: gate::admission::ReviewError| ApiError::BadRequest(e.to_string());
         let req = gate::admission::parse_review(body).map_err(bad)?;
         let plan = pin::plan(&req).map_err(bad)?;

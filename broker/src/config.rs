@@ -1403,10 +1403,7 @@ mod tests {
                 "gate:\n  registries:\n    - {host: r.example, token_file: t}\n    - {host: R.example, token_file: t}\n",
                 "listed twice",
             ),
-            (
-                "gate:\n  admission:\n    pin_digest: false\n",
-                "pin_digest",
-            ),
+            ("gate:\n  admission:\n    pin_digest: false\n", "pin_digest"),
             (
                 "gate:\n  admission:\n    deadline_ms: 0\n",
                 "gate.admission.deadline_ms",

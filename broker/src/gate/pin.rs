@@ -197,12 +197,10 @@ pub fn pin(
             Ok(digest) if image::is_digest(&digest) => {
                 let value = pinned_reference(&t.image, &digest);
                 out.pinned.push(format!("{what}: {} → {value}", t.image));
-                out.patch
-                    .0
-                    .push(PatchOperation::Replace(ReplaceOperation {
-                        path: t.pointer.clone(),
-                        value: serde_json::Value::String(value),
-                    }));
+                out.patch.0.push(PatchOperation::Replace(ReplaceOperation {
+                    path: t.pointer.clone(),
+                    value: serde_json::Value::String(value),
+                }));
             }
             Ok(other) => out.warnings.push(warning(
                 &what,
@@ -498,7 +496,14 @@ mod tests {
     fn a_pod_already_pinned_gets_no_operation() {
         let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "a", "image": format!("registry.example.com/a@{D2}")}]}});
-        let v = review(("", "v1", "Pod"), "pods", None, "CREATE", object.clone(), None);
+        let v = review(
+            ("", "v1", "Pod"),
+            "pods",
+            None,
+            "CREATE",
+            object.clone(),
+            None,
+        );
         let p = plan_of(&v);
         assert!(targets(&p).is_empty());
         let answer = response("u", &pin(targets(&p), &registry));
@@ -534,7 +539,14 @@ mod tests {
             None,
         );
         assert_eq!(plan_of(&v), Plan::NotAPod);
-        let v = review(("", "v1", "Pod"), "pods", Some("status"), "UPDATE", pod(), None);
+        let v = review(
+            ("", "v1", "Pod"),
+            "pods",
+            Some("status"),
+            "UPDATE",
+            pod(),
+            None,
+        );
         assert_eq!(plan_of(&v), Plan::NotAPod, "another subresource");
         let mut v = review(("", "v1", "Pod"), "pods", None, "DELETE", pod(), None);
         v["request"]["object"] = serde_json::Value::Null;
@@ -596,12 +608,19 @@ mod tests {
     #[test]
     fn images_that_cannot_be_pinned_are_left_with_a_warning_and_never_denied() {
         let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"containers": [
-                {"name": "hub", "image": "nginx:1.27"},
-                {"name": "moved", "image": "registry.example.com/a:1"},
-                {"name": "odd", "image": "registry.example.com/b:1"}
-            ]}});
-        let v = review(("", "v1", "Pod"), "pods", None, "CREATE", object.clone(), None);
+        "spec": {"containers": [
+            {"name": "hub", "image": "nginx:1.27"},
+            {"name": "moved", "image": "registry.example.com/a:1"},
+            {"name": "odd", "image": "registry.example.com/b:1"}
+        ]}});
+        let v = review(
+            ("", "v1", "Pod"),
+            "pods",
+            None,
+            "CREATE",
+            object.clone(),
+            None,
+        );
         let p = plan_of(&v);
         let odd = |r: &ImageRef| match r.repository.as_deref() {
             Some("registry.example.com/a") => None,
