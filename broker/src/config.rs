@@ -162,6 +162,12 @@ pub struct AdmissionConfig {
     /// server's `timeoutSeconds` for the webhook (default 8000, `timeoutSeconds: 10`).
     #[serde(default = "default_admission_deadline_ms")]
     pub deadline_ms: u64,
+    /// A file holding the bearer token the API server presents to the admission routes (its
+    /// AdmissionConfiguration kubeconfig's `token`), re-read on every review. Without it the
+    /// admission routes refuse everyone. (The validating webhook's branch brings the
+    /// API server's client certificate as the other way.)
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_admission_deadline_ms() -> u64 {
@@ -173,6 +179,7 @@ impl Default for AdmissionConfig {
         Self {
             pin_digests: true,
             deadline_ms: default_admission_deadline_ms(),
+            token_file: None,
         }
     }
 }
@@ -1151,6 +1158,9 @@ impl BrokerConfig {
             fix(p);
         }
         if let Some(p) = self.gate.allowlist_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.gate.admission.token_file.as_mut() {
             fix(p);
         }
         for r in &mut self.gate.registries {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
+use lanyard_broker::gate::admission::MAX_REVIEW_BYTES;
 use lanyard_test_support::broker::{TestBroker, TestBrokerOptions};
 use serde_json::{Value, json};
 
@@ -47,17 +48,25 @@ fn registry_digest(reference: &str, creds: Option<&str>) -> String {
     lanyard_scan::util::sha256_digest(&out.stdout)
 }
 
-async fn broker(extra: &str) -> TestBroker {
-    TestBroker::start_with(
+/// The bearer token the broker takes from the API server (`gate.admission.token_file`).
+const API_SERVER_TOKEN: &str = "api-server-token-for-the-pinning-tests";
+
+/// A broker with the gate's `registries` lines (`gate_extra`) and more `gate.admission` keys
+/// (`admission_extra`, indented four spaces); the API server's token file is written.
+async fn broker(gate_extra: &str, admission_extra: &str) -> TestBroker {
+    let b = TestBroker::start_with(
         None,
         TestBrokerOptions {
             extra_config: format!(
-                "gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n{extra}"
+                "gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n{gate_extra}  admission:\n    token_file: admission-token\n{admission_extra}"
             ),
             ..TestBrokerOptions::default()
         },
     )
-    .await
+    .await;
+    // Re-read on every review: written after the start is soon enough.
+    std::fs::write(b.dir().join("admission-token"), API_SERVER_TOKEN).expect("token file");
+    b
 }
 
 /// An AdmissionReview as the Kubernetes documentation shows it
@@ -113,13 +122,12 @@ fn pod(containers: Value, init: Value, ephemeral: Value) -> Value {
     })
 }
 
-/// POSTs `body` to the mutate route with the admin credential (what the admission routes
-/// take until the API server's authentication is wired); status and JSON.
+/// POSTs `body` to the mutate route as the API server (its bearer token); status and JSON.
 async fn mutate(b: &TestBroker, body: Vec<u8>) -> (u16, Value) {
     let resp = b
         .http()
         .post(format!("{}/v1/admission/mutate", b.url))
-        .bearer_auth(&b.admin_token)
+        .bearer_auth(API_SERVER_TOKEN)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -166,9 +174,12 @@ async fn a_pods_tags_in_every_container_list_are_pinned_to_the_registrys_digests
     let password_file = env("LANYARD_TEST_REGISTRY_PASSWORD_FILE");
     let password = std::fs::read_to_string(&password_file).expect("password");
     // The private registry's credentials come from the broker's config, never the request.
-    let b = broker(&format!(
-        "  registries:\n    - host: \"{auth_reg}\"\n      username: {user}\n      password_file: {password_file}\n"
-    ))
+    let b = broker(
+        &format!(
+            "  registries:\n    - host: \"{auth_reg}\"\n      username: {user}\n      password_file: {password_file}\n"
+        ),
+        "",
+    )
     .await;
     let clean = format!("{reg}/lanyard/multistage-clean:1");
     let index = format!("{reg}/lanyard/multi:1");
@@ -265,7 +276,7 @@ async fn a_pods_tags_in_every_container_list_are_pinned_to_the_registrys_digests
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_pods_deployments_and_dry_runs_get_no_patch_or_no_record() {
     let reg = registry();
-    let b = broker("").await;
+    let b = broker("", "").await;
     let clean = format!("{reg}/lanyard/multistage-clean:1");
     let digest = registry_digest(&clean, None);
     // A pod already pinned: no operation.
@@ -359,7 +370,7 @@ async fn an_unresolvable_tag_is_allowed_unpatched_with_a_warning_within_the_dead
             conns.push(c);
         }
     });
-    let b = broker("  admission:\n    deadline_ms: 1500\n").await;
+    let b = broker("", "    deadline_ms: 1500\n").await;
     let clean = format!("{reg}/lanyard/multistage-clean:1");
     let object = pod(
         json!([
@@ -435,7 +446,7 @@ async fn an_unresolvable_tag_is_allowed_unpatched_with_a_warning_within_the_dead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_pinning_off_every_pod_is_allowed_without_a_patch() {
     let reg = registry();
-    let b = broker("  admission:\n    pin_digests: false\n").await;
+    let b = broker("", "    pin_digests: false\n").await;
     let object = pod(
         json!([{"name": "app", "image": format!("{reg}/lanyard/multistage-clean:1")}]),
         json!([]),
@@ -454,7 +465,7 @@ async fn with_pinning_off_every_pod_is_allowed_without_a_patch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_wrong_kind_and_unauthenticated_reviews_are_refused() {
-    let b = broker("").await;
+    let b = broker("", "").await;
     let good = pod_review(pod(
         json!([{"name": "app", "image": "registry.example.com/a:1"}]),
         json!([]),
@@ -490,33 +501,39 @@ async fn malformed_oversized_wrong_kind_and_unauthenticated_reviews_are_refused(
             serde_json::to_vec(&too_many).expect("json"),
             "at most 256",
         ),
-        (
-            "oversized",
-            vec![b' '; 4 * 1024 * 1024],
-            "AdmissionReview larger than",
-        ),
     ] {
         let (status, err) = mutate(&b, body).await;
         assert_eq!(status, 400, "{what}: {err}");
         let message = err["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(want), "{what}: {err}");
     }
-    // Without the credential the admission routes take: the opaque 401, audited.
-    let resp = b
-        .http()
-        .post(format!("{}/v1/admission/mutate", b.url))
-        .json(&good)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 401);
-    assert!(
-        b.audit_records().iter().any(|r| r["event"] == "deny"
-            && r["reason"]
-                .as_str()
-                .is_some_and(|s| s.contains("/v1/admission/mutate"))),
-        "the refusal is audited"
-    );
+    // Above the review bound: cut off unread, as the validating route does.
+    let (status, err) = mutate(&b, vec![b' '; MAX_REVIEW_BYTES + 1]).await;
+    assert_eq!(status, 413, "{err}");
+    // Without the API server's token (an admin is not the API server): the opaque 401,
+    // audited, before the body is read.
+    for bearer in [None, Some(b.admin_token.as_str()), Some("guess")] {
+        let mut req = b
+            .http()
+            .post(format!("{}/v1/admission/mutate", b.url))
+            .json(&good);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 401, "{bearer:?}");
+    }
+    let refusals = b
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            r["event"] == "deny"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("/v1/admission/mutate"))
+        })
+        .count();
+    assert_eq!(refusals, 3, "each refusal is audited");
     // The refused and malformed reviews wrote no pinning record.
     assert!(
         !b.audit_records()

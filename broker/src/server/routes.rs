@@ -339,11 +339,14 @@ async fn mint_token(
     }
 }
 
-/// Admits only the API server to an admission route (`route`). **To wire:** the validating
-/// webhook's branch brings how the API server authenticates (its client certificate or
-/// token, `gate.admission`); until the merge the admission routes take the admin credential,
-/// so no anonymous caller can use the broker's registry credentials to learn a private tag's
-/// digest. A refusal is the opaque 401, audited and counted.
+/// Admits only the API server to an admission route (`route`): the bearer token in
+/// `gate.admission.token_file` (re-read every time, compared in constant time); admins are
+/// not the API server. A refusal is the opaque 401, audited and counted.
+///
+/// **To wire at the merge:** the validating webhook's branch authenticates the API server
+/// its own way (`admission_credential`: a client certificate from
+/// `gate.admission.client_ca_file`, or this token) and audits a refusal with
+/// `refuse_admission`; this function becomes that, so both admission routes share one check.
 async fn authorize_admission(
     broker: &Broker,
     conn: &ConnInfo,
@@ -351,44 +354,57 @@ async fn authorize_admission(
     route: &str,
     request_id: &str,
 ) -> Result<(), ApiError> {
-    require_admin(broker, conn, headers, route, request_id).await
-}
-
-/// An AdmissionReview body: bounded by [`MAX_REVIEW_BYTES`] before it is read whole; one
-/// above it is a 400 that says so (the API server sent something this webhook does not take).
-fn review_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BadRequest(format!(
-                "AdmissionReview larger than {MAX_REVIEW_BYTES} bytes"
-            ))
-        } else if let Some(late) = deadline::body_timed_out(&r) {
-            ApiError::BodyTimeout(late.after_ms)
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
-        }
-    })
+    let check = async {
+        let Some(file) = broker.config().gate.admission.token_file.as_ref() else {
+            return Err("admission_not_configured");
+        };
+        let Some(presented) = bearer(headers) else {
+            return Err("admission_missing_credential");
+        };
+        let expected = match read_secret_file(file).await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(%error, "cannot use gate.admission.token_file");
+                return Err("admission_token_file_unusable");
+            }
+        };
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            expected.expose().as_bytes(),
+            presented.as_bytes(),
+        )
+        .map_err(|_| "admission_wrong_token")
+    };
+    match check.await {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(broker
+            .refuse_admin(request_id, route, reason, conn.peer.ip())
+            .await),
+    }
 }
 
 /// `POST /v1/admission/mutate`: digest pinning ([`Broker::mutate_admission`]); answers an
-/// AdmissionReview, always allowed, with a JSONPatch when a tag was pinned.
+/// AdmissionReview, always allowed, with a JSONPatch when a tag was pinned. The API server is
+/// authenticated before the body is read; a body above [`MAX_REVIEW_BYTES`] is a 413, cut
+/// off unread (as `/v1/admission/validate`).
 async fn admission_mutate(
     State(broker): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Response {
+    use axum::extract::FromRequest as _;
+    const ROUTE: &str = "POST /v1/admission/mutate";
     let request_id = new_request_id();
     let result = async {
-        authorize_admission(
-            &broker,
-            &conn,
-            &headers,
-            "POST /v1/admission/mutate",
-            &request_id,
-        )
-        .await?;
-        let body = review_body(body)?;
+        authorize_admission(&broker, &conn, req.headers(), ROUTE, &request_id).await?;
+        let body = Bytes::from_request(req, &()).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(MAX_REVIEW_BYTES)
+            } else if let Some(late) = deadline::body_timed_out(&r) {
+                ApiError::BodyTimeout(late.after_ms)
+            } else {
+                ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+            }
+        })?;
         broker.mutate_admission(&body, &request_id).await
     }
     .await;
