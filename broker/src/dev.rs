@@ -372,10 +372,10 @@ pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
          lanyard-broker audit verify {d}/audit.log\n\n\
          The image gate, with a local registry (e.g. `docker-registry serve` on 127.0.0.1:5000):\n  \
          lanyard-broker image scan 127.0.0.1:5000/app:1          # scan ahead; prints the verdict and app@sha256:…\n  \
+         lanyard-broker image verdict 127.0.0.1:5000/app@sha256:DIGEST   # the stored verdict; DIGEST as `image scan` printed it\n  \
          lanyard-broker token create --role {role} --image 127.0.0.1:5000/app:1 > /tmp/lanyard-token\n  \
          curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat /tmp/lanyard-token)\" {url}/v1/credentials\n  \
-         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n  \
-         lanyard-broker image verdict 127.0.0.1:5000/app@sha256:DIGEST   # the digest `image scan` printed\n\n\
+         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n\n\
          The admission webhooks, as the API server calls them ({review} is a pod running\n\
          {image}; edit the image for your registry):\n  \
          curl --cacert {ca} -H \"Authorization: Bearer $(cat {admission})\" -H 'Content-Type: application/json' --data-binary @{review} {url}/v1/admission/mutate\n  \
