@@ -1193,7 +1193,7 @@ impl Broker {
     /// resolved in time is left with a warning. A workload template, and every pod while
     /// `gate.admission.pin_digests` is off, is allowed unpatched. Audited (not for a dry run,
     /// whose answer is the same) when a tag was seen; counted.
-    pub async fn mutate_admission(
+    pub async fn admission_mutate(
         &self,
         body: &[u8],
         request_id: &str,
@@ -1235,7 +1235,7 @@ impl Broker {
         count("unpinned", pinning.warnings.len());
         if !req.dry_run {
             let pod = format!(
-                "{}/{}",
+                "pod {}/{}",
                 req.namespace.as_deref().unwrap_or("-"),
                 if req.name.is_empty() {
                     "(generated name)"

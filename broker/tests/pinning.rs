@@ -251,6 +251,7 @@ async fn a_pods_tags_in_every_container_list_are_pinned_to_the_registrys_digests
         .expect("an admission_pin record");
     assert_eq!(rec["decision"], "allow");
     assert_eq!(rec["gate"], "pin:pinned");
+    assert_eq!(rec["identity"], "pod shop/web-1");
     let reason = rec["reason"].as_str().expect("reason");
     assert!(
         reason.contains("pod shop/web-1") && reason.contains("init container `migrate`"),
@@ -356,6 +357,49 @@ async fn pinned_pods_deployments_and_dry_runs_get_no_patch_or_no_record() {
     );
 }
 
+/// `kubectl debug` adds an ephemeral container through the `pods/ephemeralcontainers`
+/// subresource (an `UPDATE` of the running pod): the new container is pinned, and nothing
+/// else is touched — rewriting a running container's image would restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_container_added_through_the_subresource_is_pinned_alone() {
+    let reg = registry();
+    let b = broker("", "").await;
+    let app = format!("{reg}/lanyard/multistage-clean:1");
+    let debug = format!("{reg}/lanyard/env-secret:1");
+    let running = pod(json!([{"name": "app", "image": app}]), json!([]), json!([]));
+    let mut debugged = running.clone();
+    debugged["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger-x7k2", "image": debug, "targetContainerName": "app"}]);
+    let r = review(
+        ("", "v1", "Pod"),
+        "pods",
+        Some("ephemeralcontainers"),
+        "UPDATE",
+        debugged.clone(),
+        Some(running),
+        false,
+    );
+    let (status, answer) = mutate(&b, serde_json::to_vec(&r).expect("json")).await;
+    assert_eq!(status, 200, "{answer}");
+    let (patched, ops) = apply(&answer, &debugged);
+    assert_eq!(ops, 1, "{answer}");
+    assert_eq!(
+        images(&patched, "containers"),
+        [app],
+        "the running container is untouched"
+    );
+    let repo = debug.rsplit_once(':').expect("tag").0;
+    assert_eq!(
+        images(&patched, "ephemeralContainers"),
+        [format!("{repo}@{}", registry_digest(&debug, None))]
+    );
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("lanyard_admission_pinned_images_total{result=\"unchanged\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_tag_is_allowed_unpatched_with_a_warning_within_the_deadline() {
     let reg = registry();
@@ -415,7 +459,11 @@ async fn an_unresolvable_tag_is_allowed_unpatched_with_a_warning_within_the_dead
         .map(|w| w.as_str().expect("text"))
         .collect();
     assert_eq!(warnings.len(), 3, "{warnings:?}");
-    assert!(warnings[0].contains("container `gone`"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("container `gone`") && warnings[0].contains("manifest unknown"),
+        "{}",
+        warnings[0]
+    );
     assert!(
         warnings[1].contains("container `hung`")
             && warnings[1].contains("did not answer within 1350 ms"),

@@ -25,7 +25,7 @@
 //! | [`AuditRecord::gate_note`] | `gate`, allow | request, identity, role, image, gate (`would_deny:<reason>` in audit mode, `allow:exempted`, `allow:unknown_workload`) |
 //! | [`AuditRecord::image_scan`] | `image_scan`, allow / deny | request, image, gate (`verdict:<verdict>`) — an operator's scan ahead |
 //! | [`AuditRecord::image_exempt`] | `image_exempt`, allow | request, image (the digest); the reason is the operator's |
-//! | [`AuditRecord::admission_pin`] | `admission_pin`, allow | request, image (the pinned references), gate (`pin:pinned`, `pin:partial`, `pin:unpinned`); the reason names the pod and each image pinned or left as a tag, with why |
+//! | [`AuditRecord::admission_pin`] | `admission_pin`, allow | request, identity (`pod NAMESPACE/NAME`), image (the pinned references), gate (`pin:pinned`, `pin:partial`, `pin:unpinned`); the reason names the pod and each image pinned or left as a tag, with why |
 //!
 //! An `issue` record carries `gate` too: the gate's outcome and reason for it (`allow:clean`,
 //! `allow:no_image`, ...).
@@ -418,7 +418,8 @@ impl AuditRecord {
         rec
     }
 
-    /// The mutating admission webhook answered for `pod` (`namespace/name`): the images it
+    /// The mutating admission webhook answered for `pod` (`pod namespace/name`, also in
+    /// `identity` as the validating webhook's `admission` records have it): the images it
     /// pinned (`container `c`: repo:tag → repo@sha256:…`) and the warnings of those it left
     /// as tags. Always allow: pinning never denies.
     pub fn admission_pin(
@@ -433,7 +434,7 @@ impl AuditRecord {
             (true, false) => "unpinned",
             _ => "partial",
         };
-        let mut reason = format!("pod {pod}:");
+        let mut reason = format!("{pod}:");
         if !pinned.is_empty() {
             reason.push_str(&format!(" pinned {}", pinned.join("; ")));
         }
@@ -445,6 +446,7 @@ impl AuditRecord {
         }
         let mut rec =
             Self::at(now, Event::AdmissionPin, Decision::Allow, reason).request(request_id);
+        rec.identity = Some(pod.to_owned());
         if !pinned.is_empty() {
             rec.image = Some(
                 pinned

@@ -226,7 +226,16 @@ fn kind_name(kind: ContainerKind) -> &'static str {
 
 fn warning(what: &str, image: &str, why: &str) -> String {
     let image: String = image.chars().take(120).collect();
-    let why: String = why.chars().take(200).collect();
+    // Kubernetes may cut long warnings: the container and the image first, and of a long
+    // reason its start and its end (where a registry error says what it is).
+    let n = why.chars().count();
+    let why: String = if n <= 160 {
+        why.to_owned()
+    } else {
+        let head: String = why.chars().take(60).collect();
+        let tail: String = why.chars().skip(n - 100).collect();
+        format!("{head}…{tail}")
+    };
     format!(
         "lanyard: {what} image {image} not pinned to a digest ({why}); it runs by tag, and \
          the image gate records the pod as tag-based"

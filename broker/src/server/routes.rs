@@ -382,7 +382,7 @@ async fn authorize_admission(
     }
 }
 
-/// `POST /v1/admission/mutate`: digest pinning ([`Broker::mutate_admission`]); answers an
+/// `POST /v1/admission/mutate`: digest pinning ([`Broker::admission_mutate`]); answers an
 /// AdmissionReview, always allowed, with a JSONPatch when a tag was pinned. The API server is
 /// authenticated before the body is read; a body above [`MAX_REVIEW_BYTES`] is a 413, cut
 /// off unread (as `/v1/admission/validate`).
@@ -405,7 +405,7 @@ async fn admission_mutate(
                 ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
             }
         })?;
-        broker.mutate_admission(&body, &request_id).await
+        broker.admission_mutate(&body, &request_id).await
     }
     .await;
     match result {
