@@ -7,6 +7,8 @@
 //! pure part is unit-tested in `gate::pin`.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -398,6 +400,62 @@ async fn an_ephemeral_container_added_through_the_subresource_is_pinned_alone() 
         metrics.contains("lanyard_admission_pinned_images_total{result=\"unchanged\"} 1"),
         "{metrics}"
     );
+}
+
+/// A TCP proxy on loopback to `target` counting the connections it takes: how often the
+/// broker went to the registry.
+async fn counting_proxy(target: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (addr.to_string(), count)
+}
+
+/// A Deployment scaled up creates many pods with one tag at once: the registry is asked once
+/// (each manifest GET counts as a pull at registries such as Docker Hub), and every pod is
+/// pinned to the same digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reviews_of_one_tag_ask_the_registry_once() {
+    let (proxy, connections) = counting_proxy(registry()).await;
+    let b = broker("", "").await;
+    let tag = format!("{proxy}/lanyard/multistage-clean:1");
+    let object = pod(json!([{"name": "app", "image": tag}]), json!([]), json!([]));
+    let body = serde_json::to_vec(&pod_review(object.clone())).expect("json");
+    let answers = futures_util::future::join_all((0..12).map(|_| mutate(&b, body.clone()))).await;
+    let asked = connections.load(Ordering::SeqCst);
+    let want = format!(
+        "{proxy}/lanyard/multistage-clean@{}",
+        registry_digest(&format!("{}/lanyard/multistage-clean:1", registry()), None)
+    );
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(
+            images(&apply(answer, &object).0, "containers"),
+            [want.clone()]
+        );
+    }
+    assert!(
+        (1..=2).contains(&asked),
+        "12 reviews of one tag took {asked} registry connections"
+    );
+    // Within the reuse window, another review asks nothing.
+    let (_, answer) = mutate(&b, body).await;
+    assert_eq!(images(&apply(&answer, &object).0, "containers"), [want]);
+    assert_eq!(connections.load(Ordering::SeqCst), asked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
