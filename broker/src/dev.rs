@@ -7,7 +7,7 @@
 //!
 //! The image gate is on, reading plain-HTTP registries on loopback addresses only, and both
 //! admission webhooks are served (they come with the server's router): the API server's
-//! token is `<dir>/admission-token`, and `<dir>/examples/pod-review.json` is an
+//! token is `<dir>/admission-token`, and `<dir>/admission-review.json` is an
 //! AdmissionReview to try them with `curl`, as the banner shows.
 
 use std::io::Write as _;
@@ -253,9 +253,7 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
     if !admission_token_file.is_file() {
         write_private(&admission_token_file, random_token().as_bytes())?;
     }
-    let examples = dir.join("examples");
-    std::fs::create_dir_all(&examples).map_err(io_err(&examples))?;
-    let pod_review_file = examples.join("pod-review.json");
+    let pod_review_file = dir.join("admission-review.json");
     if !pod_review_file.is_file() {
         std::fs::write(&pod_review_file, example_pod_review(EXAMPLE_IMAGE))
             .map_err(io_err(&pod_review_file))?;

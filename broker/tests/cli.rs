@@ -492,7 +492,7 @@ fn dev_mode_serves_the_admission_webhooks_as_its_banner_shows() {
         .replace("127.0.0.1:5000/app@sha256:DIGEST", &pinned);
     let verdict = sh(&format!("{export}; {verdict}"));
     // "Edit the image for your registry."
-    let review = dev_dir.join("examples/pod-review.json");
+    let review = dev_dir.join("admission-review.json");
     let text_of_review = std::fs::read_to_string(&review).expect("example review");
     assert!(text_of_review.contains("127.0.0.1:5000/app:1"));
     std::fs::write(
