@@ -1201,6 +1201,79 @@ impl Broker {
         self.audit(rec).await
     }
 
+    /// The mutating admission webhook (`POST /v1/admission/mutate`): reads the review
+    /// (bounded, [`gate::admission::parse_review`]), finds a pod's image tags
+    /// ([`gate::pin::plan`]), resolves them through the registry within
+    /// `gate.admission.deadline_ms` (credentials per host from config), and answers allowed
+    /// with the JSONPatch that pins them ([`gate::pin::pin`]). It never denies: a tag not
+    /// resolved in time is left with a warning. A workload template, and every pod while
+    /// `gate.admission.pin_digests` is off, is allowed unpatched. Audited (not for a dry run,
+    /// whose answer is the same) when a tag was seen; counted.
+    pub async fn admission_mutate(
+        &self,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<gate::pin::MutateReview, ApiError> {
+        use gate::pin::{self, Pinning, Plan};
+        let bad = |e: gate::admission::ReviewError| ApiError::BadRequest(e.to_string());
+        let req = gate::admission::parse_review(body).map_err(bad)?;
+        let plan = pin::plan(&req).map_err(bad)?;
+        let Plan::Pod {
+            targets,
+            already_pinned,
+            unchanged,
+        } = plan
+        else {
+            return Ok(pin::response(&req.uid, &Pinning::default()));
+        };
+        let count = |result: &str, n: usize| {
+            self.metrics
+                .admission_pinned_images
+                .with_label_values(&[result])
+                .inc_by(n as u64);
+        };
+        count("already_pinned", already_pinned);
+        count("unchanged", unchanged);
+        let config = &self.config.gate.admission;
+        if targets.is_empty() || !config.pin_digests {
+            count("unpinned", targets.len());
+            return Ok(pin::response(&req.uid, &Pinning::default()));
+        }
+        // Most of the deadline for the registry; the rest answers and audits.
+        let deadline = Duration::from_millis(config.deadline_ms * 9 / 10);
+        let refs: Vec<&gate::ImageRef> = targets
+            .iter()
+            .filter_map(|t| t.reference.as_ref().ok())
+            .collect();
+        let resolved = self.gate.resolve_tags(&refs, deadline).await;
+        let pinning = pin::pin(&targets, &|r| resolved.get(r).cloned());
+        count("pinned", pinning.pinned.len());
+        count("unpinned", pinning.warnings.len());
+        if !req.dry_run {
+            let pod = format!(
+                "pod {}/{}",
+                req.namespace.as_deref().unwrap_or("-"),
+                if req.name.is_empty() {
+                    "(generated name)"
+                } else {
+                    req.name.as_str()
+                }
+            );
+            if !pinning.warnings.is_empty() {
+                warn!(%pod, unpinned = pinning.warnings.len(), "admission: image tags left unpinned");
+            }
+            self.audit(AuditRecord::admission_pin(
+                self.now(),
+                request_id,
+                &pod,
+                &pinning.pinned,
+                &pinning.warnings,
+            ))
+            .await?;
+        }
+        Ok(pin::response(&req.uid, &pinning))
+    }
+
     /// Revokes an unredeemed bootstrap token (admin), even one a request is redeeming: that
     /// redemption then fails to commit.
     pub async fn revoke_token(&self, token_id: &str, request_id: &str) -> Result<(), ApiError> {

@@ -437,6 +437,13 @@ impl GateConfig {
                 ));
             }
         }
+        if self.admission.deadline_ms == 0 || self.admission.deadline_ms > 29_000 {
+            return Err(format!(
+                "field `gate.admission.deadline_ms`: {} is outside 1 to 29000 (the API server \
+                 waits at most 30 s for a webhook)",
+                self.admission.deadline_ms
+            ));
+        }
         for (i, r) in self.registries.iter().enumerate() {
             let at = format!("field `gate.registries[{i}]`");
             if r.host.is_empty() || r.host.contains('/') {
@@ -1631,6 +1638,10 @@ mod tests {
         assert_eq!(cfg.gate.mode, GateMode::Enforce);
         assert_eq!(cfg.gate.unscanned, Unscanned::Scan);
         assert_eq!(cfg.gate.unknown_workload, UnknownWorkload::Deny);
+        assert!(cfg.gate.admission.pin_digests, "pinning is on by default");
+        assert_eq!(cfg.gate.admission.deadline_ms, 8000);
+        let cfg = load("gate:\n  admission:\n    pin_digests: false\n").expect("pinning off");
+        assert!(!cfg.gate.admission.pin_digests);
         let cfg = load("gate:\n  mode: audit\n  registries:\n    - {host: r.example, username: u, password_file: p}\n")
             .expect("audit");
         assert_eq!(cfg.gate.mode, GateMode::Audit);
@@ -1714,6 +1725,11 @@ mod tests {
             (
                 "gate:\n  pod_lookup: {in_cluster: true, namespace: x}\n",
                 "namespace",
+            ),
+            ("gate:\n  admission:\n    pin_digest: false\n", "pin_digest"),
+            (
+                "gate:\n  admission:\n    deadline_ms: 0\n",
+                "gate.admission.deadline_ms",
             ),
         ] {
             let e = load(extra).expect_err(extra);

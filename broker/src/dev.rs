@@ -4,6 +4,11 @@
 //! SQLite store and an audit log; loads the policies; starts the broker on loopback; mints a
 //! bootstrap token; runs an in-process sidecar that writes credentials into `<dir>/secrets`
 //! and keeps them fresh; prints what it did and how to talk to it. Ctrl-C stops it all.
+//!
+//! The image gate is on, reading plain-HTTP registries on loopback addresses only, and both
+//! admission webhooks are served (they come with the server's router): the API server's
+//! token is `<dir>/admission-token`, and `<dir>/admission-review.json` is an
+//! AdmissionReview to try them with `curl`, as the banner shows.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -183,6 +188,48 @@ pub struct DevEnv {
     pub secrets_dir: PathBuf,
     /// Generated configuration file.
     pub config_file: PathBuf,
+    /// The bearer token the admission webhooks take (as the API server's).
+    pub admission_token_file: PathBuf,
+    /// An example AdmissionReview (a pod naming `127.0.0.1:5000/app:1`) for the webhooks.
+    pub pod_review_file: PathBuf,
+}
+
+/// The image the example AdmissionReview names: a local registry's (`docker-registry serve`
+/// on its default address).
+pub const EXAMPLE_IMAGE: &str = "127.0.0.1:5000/app:1";
+
+/// An AdmissionReview as the API server sends it for a pod `CREATE` (the Kubernetes
+/// documentation's shape) whose one container runs `image`.
+pub fn example_pod_review(image: &str) -> String {
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "dev-app",
+            "namespace": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "dev", "groups": ["system:authenticated"]},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "dev-app",
+                    "namespace": "default",
+                    "uid": "9f1d3c52-5b7e-4a0e-9d55-2b1f0c6d7e8a"
+                },
+                "spec": {"containers": [{"name": "app", "image": image}]}
+            },
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    });
+    serde_json::to_string_pretty(&review).unwrap_or_default() + "\n"
 }
 
 /// Prepares the dev directory and starts the broker; returns the environment and the
@@ -208,8 +255,11 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
     if !admission_token_file.is_file() {
         write_private(&admission_token_file, random_token().as_bytes())?;
     }
-    let review_file = dir.join("admission-review.json");
-    std::fs::write(&review_file, SAMPLE_REVIEW).map_err(io_err(&review_file))?;
+    let pod_review_file = dir.join("admission-review.json");
+    if !pod_review_file.is_file() {
+        std::fs::write(&pod_review_file, example_pod_review(EXAMPLE_IMAGE))
+            .map_err(io_err(&pod_review_file))?;
+    }
     let policies = match &opts.policies {
         Some(p) => p.clone(),
         None if Path::new("policies").is_dir() => std::env::current_dir()
@@ -245,7 +295,8 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
          admin:\n  token_file: admin-token\n\
          store:\n  sqlite_path: store.db\n\
          audit:\n  sink: audit.log\n\
-         # The image gate checks every image-bound token; plain HTTP to loopback registries only.\n\
+         # The image gate checks every image-bound token and serves both admission webhooks;\n\
+         # plain HTTP to loopback registries only.\n\
          gate:\n  insecure_loopback_registries: true\n  scan_deadline_seconds: 20\n\
          \x20 admission:\n    token_file: admission-token\n\
          reload_interval_seconds: 2\n",
@@ -280,6 +331,8 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
             bootstrap_token_file,
             secrets_dir,
             config_file,
+            admission_token_file,
+            pod_review_file,
         },
         listener,
     ))
@@ -345,15 +398,22 @@ pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
          lanyard-broker audit verify {d}/audit.log\n\n\
          The image gate, with a local registry (e.g. `docker-registry serve` on 127.0.0.1:5000):\n  \
          lanyard-broker image scan 127.0.0.1:5000/app:1          # scan ahead; prints the verdict and app@sha256:…\n  \
+         lanyard-broker image verdict 127.0.0.1:5000/app@sha256:DIGEST   # the stored verdict; DIGEST as `image scan` printed it\n  \
          lanyard-broker token create --role {role} --image 127.0.0.1:5000/app:1 > /tmp/lanyard-token\n  \
          curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat /tmp/lanyard-token)\" {url}/v1/credentials\n  \
-         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n  \
-         # the validating admission webhook, as the API server calls it (a pod running app:1):\n  \
-         curl --cacert {ca} -H \"Authorization: Bearer $(cat {d}/admission-token)\" \
-         -H 'Content-Type: application/json' --data @{d}/admission-review.json {url}/v1/admission/validate\n\n\
+         # a dirty image gets 403 image_refused naming the rule and the finding's layer and path\n\n\
+         The admission webhooks, as the API server calls them ({review} is a pod running\n\
+         {image}; edit the image for your registry):\n  \
+         curl --cacert {ca} -H \"Authorization: Bearer $(cat {admission})\" -H 'Content-Type: application/json' --data-binary @{review} {url}/v1/admission/mutate\n  \
+         # allowed, with a JSONPatch pinning the tag to its digest: add | jq -r .response.patch | base64 -d\n  \
+         curl --cacert {ca} -H \"Authorization: Bearer $(cat {admission})\" -H 'Content-Type: application/json' --data-binary @{review} {url}/v1/admission/validate\n  \
+         # a dirty image is denied with the finding; a clean one allowed, and recorded for the pod's UID\n\n\
          Ctrl-C stops.\n",
         url = env.url,
         admin = env.admin_token_file.display(),
+        admission = env.admission_token_file.display(),
+        review = env.pod_review_file.display(),
+        image = EXAMPLE_IMAGE,
     ));
     s
 }

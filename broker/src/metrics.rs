@@ -101,6 +101,9 @@ pub struct Metrics {
     /// `lanyard_admission_records_pruned_total`: admission records removed after their
     /// retention.
     pub admission_records_pruned: IntCounter,
+    /// `lanyard_admission_pinned_images_total{result}` (pinned|unpinned|already_pinned|
+    /// unchanged): images of pods the mutating webhook saw, by what it did with each.
+    pub admission_pinned_images: IntCounterVec,
 }
 
 impl Metrics {
@@ -324,11 +327,20 @@ impl Metrics {
             "lanyard_admission_records_pruned_total",
             "Admission records removed after gate.admission.record_retention_hours.",
         );
+        let admission_pinned_images = counter(
+            "lanyard_admission_pinned_images_total",
+            "Pod images seen by the mutating admission webhook, by result: pinned (tag \
+             rewritten to its digest), unpinned (left as a tag: unresolvable in time, no \
+             registry host, or pinning off), already_pinned (written with a digest), unchanged \
+             (an update that does not change it).",
+            &["result"],
+        );
         Self {
             registry,
             admission_decisions,
             admission_duration,
             admission_records_pruned,
+            admission_pinned_images,
             gate_verdict_lookups,
             gate_pod_lookups,
             gate_scans,

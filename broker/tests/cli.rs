@@ -496,3 +496,140 @@ fn dev_mode_gates_images_from_a_loopback_registry() {
             .contains("insecure_loopback_registries: true")
     );
 }
+
+/// `lanyard-broker dev` serves both admission webhooks, and the steps its banner prints work
+/// as printed against a plain-HTTP loopback registry (the test registry of
+/// `tests/peers/images.sh`, written into the example review as the banner says to): scan
+/// ahead, `image verdict`, and the `curl` of the example AdmissionReview to
+/// `/v1/admission/mutate`, which answers with the patch pinning the tag to the digest the scan
+/// printed. The `/v1/admission/validate` line is printed the same way, with the same token
+/// and file.
+#[test]
+fn dev_mode_serves_the_admission_webhooks_as_its_banner_shows() {
+    use base64::Engine as _;
+    use std::io::BufRead as _;
+    let registry = std::env::var("LANYARD_TEST_REGISTRY")
+        .expect("LANYARD_TEST_REGISTRY is not set: `source tests/peers/images.sh` first");
+    let work = tempfile::tempdir().expect("tmp");
+    let dev_dir = work.path().join("devdir");
+    let mut child = broker_cmd()
+        .current_dir(work.path())
+        .args(["dev", "--no-sidecar", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dev_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Ctrl-C stops.") {
+                let _ = tx.send(banner.clone());
+            }
+        }
+    });
+    let banner = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the dev banner");
+    let pid = child.id().to_string();
+    let step = |starts: &str| {
+        banner
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(starts))
+            .unwrap_or_else(|| panic!("no `{starts}` step in:\n{banner}"))
+            .to_owned()
+    };
+    let bin = env!("CARGO_BIN_EXE_lanyard-broker");
+    let sh = |script: &str| {
+        Command::new("sh")
+            .args(["-c", script])
+            .env("LANYARD_LOG", "warn")
+            .output()
+            .expect("sh")
+    };
+    let export = step("export LANYARD_BROKER_URL=");
+    let tag = format!("{registry}/lanyard/multistage-clean:1");
+    let scan = step("lanyard-broker image scan")
+        .replace("lanyard-broker", bin)
+        .replace("127.0.0.1:5000/app:1", &tag);
+    let mut out = sh(&format!("{export}; {scan}"));
+    for _ in 0..20 {
+        // The listener may not accept yet right after the banner.
+        if !text(&out).contains("cannot reach broker") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out = sh(&format!("{export}; {scan}"));
+    }
+    let scanned = text(&out);
+    let digest = scanned
+        .split("@sha256:")
+        .nth(1)
+        .map(|rest| format!("sha256:{}", &rest[..64]))
+        .unwrap_or_else(|| panic!("no digest in: {scanned}"));
+    let pinned = format!("{registry}/lanyard/multistage-clean@{digest}");
+    let verdict = step("lanyard-broker image verdict")
+        .replace("lanyard-broker", bin)
+        .replace("127.0.0.1:5000/app@sha256:DIGEST", &pinned);
+    let verdict = sh(&format!("{export}; {verdict}"));
+    // "Edit the image for your registry."
+    let review = dev_dir.join("admission-review.json");
+    let text_of_review = std::fs::read_to_string(&review).expect("example review");
+    assert!(text_of_review.contains("127.0.0.1:5000/app:1"));
+    std::fs::write(
+        &review,
+        text_of_review.replace("127.0.0.1:5000/app:1", &tag),
+    )
+    .expect("edit");
+    let mutate_line = banner
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl") && l.ends_with("/v1/admission/mutate"))
+        .expect("a curl of the mutate route")
+        .to_owned();
+    let validate_line = banner
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl") && l.ends_with("/v1/admission/validate"))
+        .expect("a curl of the validate route")
+        .to_owned();
+    let answer = sh(&format!("{mutate_line} --silent --show-error"));
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(0), "scan: {scanned}");
+    assert_eq!(
+        verdict.status.code(),
+        Some(0),
+        "verdict: {}",
+        text(&verdict)
+    );
+    assert!(text(&verdict).contains("clean"), "{}", text(&verdict));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&answer.stdout).unwrap_or_else(|_| panic!("{}", text(&answer)));
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["response"]["patch"].as_str().expect("a patch"))
+        .expect("base64");
+    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("json");
+    assert_eq!(
+        patch,
+        serde_json::json!([{"op": "replace", "path": "/spec/containers/0/image", "value": pinned}])
+    );
+    // The validate step: the same credential and review, the other route.
+    assert_eq!(
+        validate_line.replace("/v1/admission/validate", "/v1/admission/mutate"),
+        mutate_line
+    );
+}

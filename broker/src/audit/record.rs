@@ -25,6 +25,7 @@
 //! | [`AuditRecord::gate_note`] | `gate`, allow | request, identity, role, image, gate (`would_deny:<reason>` in audit mode, `allow:exempted`, `allow:unknown_workload`) |
 //! | [`AuditRecord::image_scan`] | `image_scan`, allow / deny | request, image, gate (`verdict:<verdict>`) — an operator's scan ahead |
 //! | [`AuditRecord::image_exempt`] | `image_exempt`, allow | request, image (the digest); the reason is the operator's |
+//! | [`AuditRecord::admission_pin`] | `admission_pin`, allow | request, identity (`pod NAMESPACE/NAME`), image (the pinned references), gate (`pin:pinned`, `pin:partial`, `pin:unpinned`); the reason names the pod and each image pinned or left as a tag, with why |
 //!
 //! An `issue` record carries `gate` too: the gate's outcome and reason for it (`allow:clean`,
 //! `allow:no_image`, ...).
@@ -80,6 +81,8 @@ pub enum Event {
     /// The validating admission webhook decided a review (allowed, denied, or allowed with a
     /// warning), or refused a caller that is not the API server.
     Admission,
+    /// The mutating admission webhook pinned a pod's image tags to digests, or could not.
+    AdmissionPin,
 }
 
 impl Event {
@@ -100,6 +103,7 @@ impl Event {
             Self::ImageScan => "image_scan",
             Self::ImageExempt => "image_exempt",
             Self::Admission => "admission",
+            Self::AdmissionPin => "admission_pin",
         }
     }
 }
@@ -477,6 +481,48 @@ impl AuditRecord {
         )
         .request(request_id);
         rec.image = Some(digest.to_owned());
+        rec
+    }
+
+    /// The mutating admission webhook answered for `pod` (`pod namespace/name`, also in
+    /// `identity` as the validating webhook's `admission` records have it): the images it
+    /// pinned (`container `c`: repo:tag → repo@sha256:…`) and the warnings of those it left
+    /// as tags. Always allow: pinning never denies.
+    pub fn admission_pin(
+        now: SystemTime,
+        request_id: &str,
+        pod: &str,
+        pinned: &[String],
+        unpinned: &[String],
+    ) -> Self {
+        let outcome = match (pinned.is_empty(), unpinned.is_empty()) {
+            (false, true) => "pinned",
+            (true, false) => "unpinned",
+            _ => "partial",
+        };
+        let mut reason = format!("{pod}:");
+        if !pinned.is_empty() {
+            reason.push_str(&format!(" pinned {}", pinned.join("; ")));
+        }
+        if !unpinned.is_empty() {
+            if !pinned.is_empty() {
+                reason.push(';');
+            }
+            reason.push_str(&format!(" left as tags: {}", unpinned.join("; ")));
+        }
+        let mut rec =
+            Self::at(now, Event::AdmissionPin, Decision::Allow, reason).request(request_id);
+        rec.identity = Some(pod.to_owned());
+        if !pinned.is_empty() {
+            rec.image = Some(
+                pinned
+                    .iter()
+                    .filter_map(|p| p.rsplit_once(" → ").map(|(_, r)| r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        rec.gate = Some(format!("pin:{outcome}"));
         rec
     }
 

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod decide;
 pub mod image;
 pub mod pods;
+pub mod pin;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -261,6 +262,9 @@ pub struct Gate {
     /// When a background re-scan of a digest last failed: lookups do not start another one
     /// for [`RESCAN_RETRY_AFTER`] (a registry that is down is not asked on every issuance).
     rescan_failed: Mutex<HashMap<String, std::time::Instant>>,
+    /// Tag resolutions for digest pinning: running (shared by every review that waits for
+    /// it) or done within [`TAG_RESOLUTION_TTL`].
+    tags: Mutex<HashMap<ImageRef, TagResolution>>,
     scans: Arc<Semaphore>,
     /// Held while an admission record is read and replaced (an UPDATE's union), so two
     /// reviews of one pod in this process do not lose each other's images. (Replicas sharing
@@ -285,6 +289,29 @@ pub struct SweepReport {
     pub error: Option<String>,
     /// The sweep reached the last record (the next one starts from the first).
     pub wrapped: bool,
+}
+
+/// Tags [`Gate::resolve_tags`] resolves at once (one admission review names at most
+/// [`admission::MAX_IMAGES`]).
+pub const RESOLVE_CONCURRENCY: usize = 8;
+
+/// How long a tag's resolution serves later reviews: a Deployment scaled to 50 pods asks the
+/// registry once, not 50 times (each a manifest GET, which registries such as Docker Hub
+/// count as a pull). It changes which digest a tag is pinned to by at most this long, never
+/// what is checked: the validating webhook checks the digest that was pinned.
+pub const TAG_RESOLUTION_TTL: Duration = Duration::from_secs(5);
+
+/// Most tag resolutions kept; past it, expired ones are dropped.
+const MAX_TAG_RESOLUTIONS: usize = 4096;
+
+/// A tag resolution: running (its result comes on the channel), or done.
+#[derive(Debug)]
+enum TagResolution {
+    Running(watch::Receiver<Option<Result<String, String>>>),
+    Done {
+        digest: String,
+        at: std::time::Instant,
+    },
 }
 
 /// How long after a failed background re-scan of a digest lookups start no new one.
@@ -316,6 +343,7 @@ impl Gate {
             inflight: Mutex::new(HashMap::new()),
             rescan_failed: Mutex::new(HashMap::new()),
             records: tokio::sync::Mutex::new(()),
+            tags: Mutex::new(HashMap::new()),
             metrics,
             clock,
         });
@@ -468,6 +496,102 @@ impl Gate {
         lanyard_scan::resolve_digest(&source, &opts)
             .await
             .map_err(|e| GateError::Registry(e.to_string()))
+    }
+
+    /// Resolves each distinct tag reference of `refs` to the digest its registry names (a
+    /// manifest fetch each, with the host's configured credentials, [`RESOLVE_CONCURRENCY`] at
+    /// a time), all within `deadline`: a reference not answered by then is an `Err` that says
+    /// so. One fetch per tag at a time, shared by every review that asks meanwhile, and its
+    /// digest reused for [`TAG_RESOLUTION_TTL`] (failures are not kept). For the mutating
+    /// admission webhook's digest pinning.
+    pub async fn resolve_tags(
+        self: &Arc<Self>,
+        refs: &[&ImageRef],
+        deadline: Duration,
+    ) -> HashMap<ImageRef, Result<String, String>> {
+        use futures_util::stream::{self, StreamExt as _};
+        let until = tokio::time::Instant::now() + deadline;
+        let mut distinct: Vec<ImageRef> = Vec::with_capacity(refs.len());
+        for r in refs {
+            if !distinct.contains(r) {
+                distinct.push((*r).clone());
+            }
+        }
+        stream::iter(distinct)
+            .map(|r| self.resolve_until(r, until, deadline))
+            .buffer_unordered(RESOLVE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn resolve_until(
+        self: &Arc<Self>,
+        r: ImageRef,
+        until: tokio::time::Instant,
+        deadline: Duration,
+    ) -> (ImageRef, Result<String, String>) {
+        let rx = {
+            let mut tags = self
+                .tags
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match tags.get(&r) {
+                Some(TagResolution::Done { digest, at }) if at.elapsed() < TAG_RESOLUTION_TTL => {
+                    return (r, Ok(digest.clone()));
+                }
+                Some(TagResolution::Running(rx)) => rx.clone(),
+                _ => {
+                    if tags.len() >= MAX_TAG_RESOLUTIONS {
+                        tags.retain(|_, t| match t {
+                            TagResolution::Running(_) => true,
+                            TagResolution::Done { at, .. } => at.elapsed() < TAG_RESOLUTION_TTL,
+                        });
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    tags.insert(r.clone(), TagResolution::Running(rx.clone()));
+                    // Not tied to this review: the reviews that wait on it meanwhile get its
+                    // answer even if this one stops waiting. Bounded by the registry client's
+                    // timeout, a little past this review's deadline.
+                    let gate = Arc::clone(self);
+                    let key = r.clone();
+                    let timeout = deadline + Duration::from_secs(1);
+                    tokio::spawn(async move {
+                        let answer = gate.resolve(&key, timeout).await.map_err(|e| e.to_string());
+                        let mut tags = gate
+                            .tags
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        match &answer {
+                            Ok(digest) => {
+                                tags.insert(
+                                    key,
+                                    TagResolution::Done {
+                                        digest: digest.clone(),
+                                        at: std::time::Instant::now(),
+                                    },
+                                );
+                            }
+                            Err(_) => {
+                                tags.remove(&key);
+                            }
+                        }
+                        drop(tags);
+                        let _ = tx.send(Some(answer));
+                    });
+                    rx
+                }
+            }
+        };
+        let mut rx = rx;
+        let answer = match tokio::time::timeout_at(until, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.clone().unwrap_or_else(|| Err("no answer".into())),
+            Ok(Err(_)) => Err("the resolution stopped without an answer".into()),
+            Err(_) => Err(format!(
+                "the registry did not answer within {} ms",
+                deadline.as_millis()
+            )),
+        };
+        (r, answer)
     }
 
     /// Scans `image` ahead (an operator or CI right after a push): a tag is resolved to its

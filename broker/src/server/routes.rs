@@ -25,6 +25,7 @@ use super::deadline::{self, DeadlineLayerState, Deadlines};
 use crate::authn::{BOOTSTRAP_ISSUER, BootstrapBinding, Identity, KubernetesIdentity};
 use crate::broker::{Broker, SessionRef, new_request_id};
 use crate::error::ApiError;
+use crate::gate::admission::MAX_REVIEW_BYTES;
 use crate::secret_file::read_secret_file;
 
 type AppState = Arc<Broker>;
@@ -49,9 +50,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/exemptions", post(exempt_image))
         .route(
             "/v1/admission/validate",
-            post(admission_validate).layer(DefaultBodyLimit::max(
-                crate::gate::admission::MAX_REVIEW_BYTES,
-            )),
+            post(admission_validate).layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES)),
+        )
+        .route(
+            "/v1/admission/mutate",
+            // An AdmissionReview may be far above the JSON API's body limit (a pod of 1.5 MiB,
+            // twice in an update); it is bounded by its own.
+            post(admission_mutate).layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES)),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -326,24 +331,11 @@ async fn admission_validate(
     Extension(conn): Extension<ConnInfo>,
     req: Request,
 ) -> Response {
-    use axum::extract::FromRequest as _;
     const ROUTE: &str = "POST /v1/admission/validate";
     let request_id = new_request_id();
     let result = async {
-        if let Err(reason) = admission_credential(&broker, &conn, req.headers()).await {
-            return Err(broker
-                .refuse_admission(&request_id, ROUTE, reason, conn.peer.ip())
-                .await);
-        }
-        let body = Bytes::from_request(req, &()).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(crate::gate::admission::MAX_REVIEW_BYTES)
-            } else if let Some(late) = deadline::body_timed_out(&r) {
-                ApiError::BodyTimeout(late.after_ms)
-            } else {
-                ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
-            }
-        })?;
+        authorize_admission(&broker, &conn, req.headers(), ROUTE, &request_id).await?;
+        let body = review_body(req).await?;
         broker.admission_validate(&body, &request_id).await
     }
     .await;
@@ -409,6 +401,61 @@ async fn mint_token(
             Json(r),
         )
             .into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// Admits only the API server to an admission route (`route`), before the body is read
+/// ([`admission_credential`]); a refusal is the opaque 401, audited and counted.
+async fn authorize_admission(
+    broker: &Broker,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    route: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    match admission_credential(broker, conn, headers).await {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(broker
+            .refuse_admission(request_id, route, reason, conn.peer.ip())
+            .await),
+    }
+}
+
+/// The body of an admission review, bounded by the route's own limit
+/// ([`MAX_REVIEW_BYTES`]: a 413, cut off unread).
+async fn review_body(req: Request) -> Result<Bytes, ApiError> {
+    use axum::extract::FromRequest as _;
+    Bytes::from_request(req, &()).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_REVIEW_BYTES)
+        } else if let Some(late) = deadline::body_timed_out(&r) {
+            ApiError::BodyTimeout(late.after_ms)
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {}", r.body_text()))
+        }
+    })
+}
+
+/// `POST /v1/admission/mutate`: digest pinning ([`Broker::admission_mutate`]); answers an
+/// AdmissionReview, always allowed, with a JSONPatch when a tag was pinned. The API server is
+/// authenticated before the body is read; a body above [`MAX_REVIEW_BYTES`] is a 413, cut
+/// off unread (as `/v1/admission/validate`).
+async fn admission_mutate(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    req: Request,
+) -> Response {
+    const ROUTE: &str = "POST /v1/admission/mutate";
+    let request_id = new_request_id();
+    let result = async {
+        authorize_admission(&broker, &conn, req.headers(), ROUTE, &request_id).await?;
+        let body = review_body(req).await?;
+        broker.admission_mutate(&body, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
     }
 }
