@@ -338,32 +338,6 @@ pub async fn prepare(opts: &DevOptions) -> Result<(DevEnv, TcpListener), DevErro
     ))
 }
 
-/// An `AdmissionReview` of a pod running `127.0.0.1:5000/app:1`, shaped as the Kubernetes
-/// documentation shows it, for trying the webhook in dev mode.
-const SAMPLE_REVIEW: &str = r#"{
-  "apiVersion": "admission.k8s.io/v1",
-  "kind": "AdmissionReview",
-  "request": {
-    "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-    "resource": {"group": "", "version": "v1", "resource": "pods"},
-    "namespace": "dev",
-    "name": "app",
-    "operation": "CREATE",
-    "userInfo": {"username": "dev"},
-    "object": {
-      "apiVersion": "v1",
-      "kind": "Pod",
-      "metadata": {"name": "app", "namespace": "dev", "uid": "0b5d3c2e-9f1a-4c6b-8e7d-1a2b3c4d5e6f"},
-      "spec": {"containers": [{"name": "app", "image": "127.0.0.1:5000/app:1"}]}
-    },
-    "oldObject": null,
-    "dryRun": false,
-    "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-  }
-}
-"#;
-
 /// What dev mode prints once it is up.
 pub fn banner(env: &DevEnv, role: &str, sidecar: bool) -> String {
     let d = env.dir.display();

@@ -602,6 +602,7 @@ fn dev_mode_serves_the_admission_webhooks_as_its_banner_shows() {
         .expect("a curl of the validate route")
         .to_owned();
     let answer = sh(&format!("{mutate_line} --silent --show-error"));
+    let validated = sh(&format!("{validate_line} --silent --show-error"));
     let _ = Command::new("kill").args(["-INT", &pid]).status();
     let _ = child.wait();
     assert_eq!(out.status.code(), Some(0), "scan: {scanned}");
@@ -627,9 +628,13 @@ fn dev_mode_serves_the_admission_webhooks_as_its_banner_shows() {
         patch,
         serde_json::json!([{"op": "replace", "path": "/spec/containers/0/image", "value": pinned}])
     );
-    // The validate step: the same credential and review, the other route.
+    // The validate step: the same credential and review, the other route: the clean image
+    // is admitted (and the pod recorded).
     assert_eq!(
         validate_line.replace("/v1/admission/validate", "/v1/admission/mutate"),
         mutate_line
     );
+    let validated: serde_json::Value = serde_json::from_slice(&validated.stdout)
+        .unwrap_or_else(|_| panic!("{}", text(&validated)));
+    assert_eq!(validated["response"]["allowed"], true, "{validated}");
 }

@@ -633,10 +633,12 @@ async fn malformed_oversized_wrong_kind_and_unauthenticated_reviews_are_refused(
         .audit_records()
         .into_iter()
         .filter(|r| {
-            r["event"] == "deny"
-                && r["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("/v1/admission/mutate"))
+            r["event"] == "admission"
+                && r["decision"] == "deny"
+                && r["reason"].as_str().is_some_and(|s| {
+                    s.contains("admission caller not authenticated")
+                        && s.contains("/v1/admission/mutate")
+                })
         })
         .count();
     assert_eq!(refusals, 3, "each refusal is audited");

@@ -26,8 +26,8 @@
 pub mod admission;
 pub mod decide;
 pub mod image;
-pub mod pods;
 pub mod pin;
+pub mod pods;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
