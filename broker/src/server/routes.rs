@@ -272,18 +272,36 @@ async fn admin_credential(
     let Some(file) = broker.config().admin.token_file.as_ref() else {
         return Err("admin_token_not_configured");
     };
+    bearer_matches_file(
+        file,
+        presented,
+        "the admin token file",
+        ("admin_token_file_unusable", "admin_wrong_token"),
+    )
+    .await
+}
+
+/// Whether `presented` is the token in `file` (re-read every time, compared in constant
+/// time). `Err` is one of `labels`: (the file cannot be used — logged, naming `what` —, the
+/// token is another).
+async fn bearer_matches_file(
+    file: &std::path::Path,
+    presented: &str,
+    what: &str,
+    labels: (&'static str, &'static str),
+) -> Result<(), &'static str> {
     let expected = match read_secret_file(file).await {
         Ok(token) => token,
         Err(error) => {
-            tracing::warn!(%error, "cannot use the admin token file");
-            return Err("admin_token_file_unusable");
+            tracing::warn!(%error, "cannot use {what}");
+            return Err(labels.0);
         }
     };
     aws_lc_rs::constant_time::verify_slices_are_equal(
         expected.expose().as_bytes(),
         presented.as_bytes(),
     )
-    .map_err(|_| "admin_wrong_token")
+    .map_err(|_| labels.1)
 }
 
 /// Whether the request comes from the API server: a client certificate from
@@ -308,18 +326,13 @@ async fn admission_credential(
     let Some(file) = cfg.token_file.as_ref() else {
         return Err("admission_token_not_configured");
     };
-    let expected = match read_secret_file(file).await {
-        Ok(token) => token,
-        Err(error) => {
-            tracing::warn!(%error, "cannot use gate.admission.token_file");
-            return Err("admission_token_file_unusable");
-        }
-    };
-    aws_lc_rs::constant_time::verify_slices_are_equal(
-        expected.expose().as_bytes(),
-        presented.as_bytes(),
+    bearer_matches_file(
+        file,
+        presented,
+        "gate.admission.token_file",
+        ("admission_token_file_unusable", "admission_wrong_token"),
     )
-    .map_err(|_| "admission_wrong_token")
+    .await
 }
 
 /// `POST /v1/admission/validate`: the validating admission webhook. Only the API server
