@@ -23,6 +23,9 @@
 //! and, where `gate.pod_lookup` is set, the pod's container statuses read from the
 //! Kubernetes API ([`pods`]). All feed the same decision.
 
+/// How many locks admission records are spread over (by pod UID).
+const RECORD_LOCKS: usize = 64;
+
 pub mod admission;
 pub mod decide;
 pub mod image;
@@ -266,10 +269,12 @@ pub struct Gate {
     /// it) or done within [`TAG_RESOLUTION_TTL`].
     tags: Mutex<HashMap<ImageRef, TagResolution>>,
     scans: Arc<Semaphore>,
-    /// Held while an admission record is read and replaced (an UPDATE's union), so two
-    /// reviews of one pod in this process do not lose each other's images. (Replicas sharing
-    /// a store can still interleave; the API server serialises a pod's updates.)
-    records: tokio::sync::Mutex<()>,
+    /// One is held while an admission record is read and replaced (an UPDATE's union), so
+    /// two reviews of one pod in this process do not lose each other's images: the pod's UID
+    /// picks the lock, so reviews of other pods go on (and their records share a commit).
+    /// (Replicas sharing a store can still interleave; the API server serialises a pod's
+    /// updates.)
+    records: Box<[tokio::sync::Mutex<()>]>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     /// The pod lookup (trust source 3), when `gate.pod_lookup` is set.
@@ -342,7 +347,9 @@ impl Gate {
             allowlist: ArcSwap::from_pointee(AllowState::default()),
             inflight: Mutex::new(HashMap::new()),
             rescan_failed: Mutex::new(HashMap::new()),
-            records: tokio::sync::Mutex::new(()),
+            records: (0..RECORD_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             tags: Mutex::new(HashMap::new()),
             metrics,
             clock,
@@ -890,7 +897,7 @@ impl Gate {
         if rec.expires_at >= now + retention / 2 {
             return Ok(Some(rec));
         }
-        let _serialised = self.records.lock().await;
+        let _serialised = self.record_lock(pod_uid).lock().await;
         // Read again under the lock: an UPDATE may have replaced it meanwhile.
         let Some(mut rec) = self.store.admission_record(pod_uid).await? else {
             return Ok(None);
@@ -1221,7 +1228,7 @@ impl Gate {
             admitted_at: self.clock.now(),
             expires_at: now + retention,
         };
-        let _serialised = self.records.lock().await;
+        let _serialised = self.record_lock(pod_uid).lock().await;
         match self.store.admission_record(pod_uid).await? {
             Some(old) => {
                 rec.images = old.images;
@@ -1242,6 +1249,15 @@ impl Gate {
         }
         self.store.put_admission_record(&rec).await?;
         Ok(Some(rec))
+    }
+
+    /// The lock of `pod_uid`'s admission record (see `records`).
+    fn record_lock(&self, pod_uid: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pod_uid.hash(&mut h);
+        let i = usize::try_from(h.finish() % RECORD_LOCKS as u64).unwrap_or(0);
+        &self.records[i]
     }
 
     /// Removes the admission records past their retention; returns how many.

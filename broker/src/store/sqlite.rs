@@ -1799,13 +1799,13 @@ mod tests {
         let path = dir.path().join("lanyard.db");
         {
             let s = SqliteStore::open(&path).expect("open");
-            let puts = (0..200).map(|i| {
+            let puts = (0..200_usize).map(|i| {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let rec = crate::store::suite::admission(
                         &format!("uid-{i:03}1"),
                         &["r.example/a@sha256:00"],
-                        i % 2 == 0,
+                        i.is_multiple_of(2),
                         9_000,
                     );
                     s.put_admission_record(&rec).await
@@ -1829,7 +1829,7 @@ mod tests {
             }
             for r in &page {
                 let i: usize = r.pod_uid[4..7].parse().expect("index");
-                assert_eq!(r.pinned, i % 2 == 0, "{r:?}");
+                assert_eq!(r.pinned, i.is_multiple_of(2), "{r:?}");
                 assert_eq!(r.pod_name, format!("pod-{}", r.pod_uid));
             }
             seen += page.len();
