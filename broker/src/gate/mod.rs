@@ -25,6 +25,10 @@
 
 /// How many locks admission records are spread over (by pod UID).
 const RECORD_LOCKS: usize = 64;
+/// How long an admission record read from the store serves issuance without a new read.
+const RECORD_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Most admission records cached; past it the cache starts again empty.
+const RECORD_CACHE_MAX: usize = 65_536;
 
 pub mod admission;
 pub mod decide;
@@ -275,6 +279,11 @@ pub struct Gate {
     /// (Replicas sharing a store can still interleave; the API server serialises a pod's
     /// updates.)
     records: Box<[tokio::sync::Mutex<()>]>,
+    /// Admission records recently read or written here, by pod UID, with when: a pod token's
+    /// issuance reads its pod's record from here for [`RECORD_CACHE_TTL`] (this process
+    /// writes every record change it makes through it; a change made by another process
+    /// sharing the store is seen within the TTL). At most [`RECORD_CACHE_MAX`] entries.
+    record_cache: dashmap::DashMap<String, (AdmissionRecord, std::time::Instant)>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     /// The pod lookup (trust source 3), when `gate.pod_lookup` is set.
@@ -350,6 +359,7 @@ impl Gate {
             records: (0..RECORD_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            record_cache: dashmap::DashMap::new(),
             tags: Mutex::new(HashMap::new()),
             metrics,
             clock,
@@ -887,8 +897,21 @@ impl Gate {
         pod_uid: &str,
     ) -> Result<Option<AdmissionRecord>, StoreError> {
         let now = crate::issue::lifetime::whole_seconds(self.clock.now());
-        let Some(rec) = self.store.admission_record(pod_uid).await? else {
-            return Ok(None);
+        let cached = self
+            .record_cache
+            .get(pod_uid)
+            .filter(|e| e.1.elapsed() < RECORD_CACHE_TTL)
+            .map(|e| e.0.clone());
+        let rec = match cached {
+            Some(rec) => rec,
+            None => {
+                let Some(rec) = self.store.admission_record(pod_uid).await? else {
+                    self.record_cache.remove(pod_uid);
+                    return Ok(None);
+                };
+                self.cache_record(&rec);
+                rec
+            }
         };
         if rec.expires_at <= now {
             return Ok(None);
@@ -905,8 +928,21 @@ impl Gate {
         rec.expires_at = now + retention;
         if let Err(e) = self.store.put_admission_record(&rec).await {
             warn!(error = %e, pod_uid, "cannot extend the admission record in use; it serves until it expires");
+        } else {
+            self.cache_record(&rec);
         }
         Ok(Some(rec))
+    }
+
+    /// Keeps `rec` as the latest known state of its pod's record (see `record_cache`).
+    fn cache_record(&self, rec: &AdmissionRecord) {
+        if self.record_cache.len() >= RECORD_CACHE_MAX {
+            self.record_cache.clear();
+        }
+        self.record_cache.insert(
+            rec.pod_uid.clone(),
+            (rec.clone(), std::time::Instant::now()),
+        );
     }
 
     /// The workload's images with what is known of each (verdict, exemption), or which
@@ -1084,6 +1120,7 @@ impl Gate {
                         return Ok(report);
                     }
                     Ok(pods::PodImages::Gone(why)) => {
+                        self.record_cache.remove(&rec.pod_uid);
                         if self.store.delete_admission_record(&rec.pod_uid).await? {
                             report.deleted += 1;
                             info!(namespace = %rec.namespace, pod = %rec.pod_name, uid = %rec.pod_uid, why = %why, "admission record of a gone pod deleted");
@@ -1248,6 +1285,7 @@ impl Gate {
             }
         }
         self.store.put_admission_record(&rec).await?;
+        self.cache_record(&rec);
         Ok(Some(rec))
     }
 
