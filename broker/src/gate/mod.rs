@@ -27,8 +27,10 @@
 const RECORD_LOCKS: usize = 64;
 /// How long an admission record read from the store serves issuance without a new read.
 const RECORD_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Most admission records cached; past it the cache starts again empty.
+/// Most admission records (and verdicts) cached; past it a cache starts again empty.
 const RECORD_CACHE_MAX: usize = 65_536;
+/// How long a verdict read from the store serves issuance without a new read.
+const VERDICT_CACHE_TTL: Duration = Duration::from_secs(5);
 
 pub mod admission;
 pub mod decide;
@@ -284,6 +286,10 @@ pub struct Gate {
     /// writes every record change it makes through it; a change made by another process
     /// sharing the store is seen within the TTL). At most [`RECORD_CACHE_MAX`] entries.
     record_cache: dashmap::DashMap<String, (AdmissionRecord, std::time::Instant)>,
+    /// Verdicts under the current ruleset recently read from the store, by digest, with when:
+    /// issuance reads them from here for [`VERDICT_CACHE_TTL`]; a scan that stores a verdict
+    /// drops the digest at once. At most [`RECORD_CACHE_MAX`] entries.
+    verdict_cache: dashmap::DashMap<String, (Arc<VerdictRecord>, std::time::Instant)>,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     /// The pod lookup (trust source 3), when `gate.pod_lookup` is set.
@@ -360,6 +366,7 @@ impl Gate {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             record_cache: dashmap::DashMap::new(),
+            verdict_cache: dashmap::DashMap::new(),
             tags: Mutex::new(HashMap::new()),
             metrics,
             clock,
@@ -431,7 +438,28 @@ impl Gate {
         let Some(digest) = image.digest.as_deref() else {
             return Ok(Lookup::Unscanned);
         };
-        if let Some(rec) = self.store.verdict(digest, &self.ruleset_version).await? {
+        let cached = self
+            .verdict_cache
+            .get(digest)
+            .filter(|e| e.1.elapsed() < VERDICT_CACHE_TTL)
+            .map(|e| e.0.clone());
+        let current = match cached {
+            Some(rec) => Some(rec),
+            None => self
+                .store
+                .verdict(digest, &self.ruleset_version)
+                .await?
+                .map(|rec| {
+                    let rec = Arc::new(rec);
+                    if self.verdict_cache.len() >= RECORD_CACHE_MAX {
+                        self.verdict_cache.clear();
+                    }
+                    self.verdict_cache
+                        .insert(digest.to_owned(), (rec.clone(), std::time::Instant::now()));
+                    rec
+                }),
+        };
+        if let Some(rec) = current {
             self.metrics
                 .gate_verdict_lookups
                 .with_label_values(&["hit"])
@@ -712,6 +740,7 @@ impl Gate {
                 .put_verdict(&rec)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.verdict_cache.remove(digest);
             // Each platform's own manifest too, so a lookup by a platform digest finds it.
             if !rec.platforms.is_empty() {
                 for img in &report.images {
@@ -730,6 +759,7 @@ impl Gate {
                         .put_verdict(&one)
                         .await
                         .map_err(|e| e.to_string())?;
+                    self.verdict_cache.remove(&img.digest);
                 }
             }
             Ok::<_, String>(Arc::new(rec))
