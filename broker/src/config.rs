@@ -172,8 +172,17 @@ pub enum PodTokens {
     Gate,
 }
 
-/// What a pod whose admission could not be decided in time gets (`gate.admission.on_timeout`).
-pub use crate::gate::admission::OnTimeout;
+/// `gate.admission.on_timeout`: what a pod whose admission could not be decided in time (a
+/// scan pending, a registry down) gets. Workload templates always get allowed with a warning: `kubectl apply` does not retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnTimeout {
+    /// Deny with "scan pending, retry" (controllers retry pod creation).
+    #[default]
+    FailClosed,
+    /// Allow (audited).
+    FailOpen,
+}
 
 /// A namespace the admission webhook lets through unchecked, with the reason (audited on
 /// every use).

@@ -240,17 +240,8 @@ fn images_of(kind: &str, spec: &serde_json::Value) -> Result<Vec<ContainerImage>
     Ok(images)
 }
 
-/// What a decision that could not be reached in time (a scan pending, a registry down) gives a
-/// pod. Workload templates always get allowed with a warning: `kubectl apply` does not retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnTimeout {
-    /// Deny with "scan pending, retry" (controllers retry pod creation).
-    #[default]
-    FailClosed,
-    /// Allow (audited).
-    FailOpen,
-}
+/// What a pod whose decision could not be reached in time gets (defined with the config).
+pub use crate::config::OnTimeout;
 
 /// The settings of one admission decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
