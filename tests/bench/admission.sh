@@ -252,7 +252,8 @@ PY
 
 cold_once() {
   local reg; reg="$(cat "$W/registry")"
-  [[ -f "$W/cold-review.json" ]] || reviews "$reg/bench/cold:1" 1 > "$W/cold-review.json"
+  # Written each time: the registry's port changes with every setup.
+  reviews "$reg/bench/cold:1" 1 > "$W/cold-review.json"
   start_broker "$W/cold"
   local answer; answer="$(review_once "$URL" "$W/cold-review.json")"
   kill "$PID"; wait "$PID" 2>/dev/null || true

@@ -36,12 +36,15 @@ pub(crate) async fn scan_image(
     rules: &'static RuleSet,
     internal: &Arc<AtomicBool>,
 ) -> Result<ImageReport, ScanError> {
-    let budget = Arc::new(Budget::new(
-        opts.limits,
-        internal.clone(),
-        opts.cancel.flag(),
-        opts.progress.clone(),
-    ));
+    let budget = Arc::new(
+        Budget::new(
+            opts.limits,
+            internal.clone(),
+            opts.cancel.flag(),
+            opts.progress.clone(),
+        )
+        .with_file_workers(file_workers(opts.layer_parallelism())),
+    );
     if let Some(p) = &opts.progress {
         p.add_total(img.layers.iter().map(|l| l.2).sum());
     }
@@ -160,6 +163,13 @@ pub(crate) async fn scan_image(
         findings,
         stats,
     })
+}
+
+/// File workers per layer: with one core to use (`--parallelism 1`) none — each layer's walk
+/// scans its files itself — otherwise as many as the cores the scan may use, so one large
+/// layer keeps them all busy (layers scanned side by side share the cores through the OS).
+fn file_workers(parallelism: usize) -> usize {
+    if parallelism > 1 { parallelism } else { 0 }
 }
 
 fn failed_layer(info: &LayerInfo, why: &str) -> LayerResult {

@@ -66,6 +66,9 @@ pub(crate) struct Budget {
     /// The caller's cancel token.
     pub user_cancel: Arc<AtomicBool>,
     pub progress: Option<Arc<dyn Progress>>,
+    /// Threads that scan a layer's small files while its tar stream is walked (0: the walk
+    /// scans every file itself). See [`scan_layer`].
+    pub file_workers: usize,
 }
 
 impl Budget {
@@ -89,7 +92,14 @@ impl Budget {
             cancel,
             user_cancel,
             progress,
+            file_workers: 0,
         }
+    }
+
+    /// The same budget with `n` file workers per layer.
+    pub(crate) fn with_file_workers(mut self, n: usize) -> Self {
+        self.file_workers = n;
+        self
     }
 
     fn stop(&self, why: String) -> io::Error {
@@ -376,35 +386,241 @@ struct LayerCtx<'a> {
     /// The current top-level file's bytes (up to a bound), for its digests or as a record.
     retained: Vec<u8>,
     outer_failed: Arc<AtomicBool>,
+    /// Where the walk hands small top-level files to the file workers (none: it scans them).
+    dispatch: Option<Dispatch>,
 }
 
-/// Scans one layer blob. Never fails: problems become `incomplete` reasons (with whatever was
-/// found before them) or, for nested archives, warnings.
-pub(crate) fn scan_layer<R: Read>(
-    blob: R,
-    info: &LayerInfo,
-    rules: &RuleSet,
-    budget: &Budget,
-) -> LayerResult {
-    let mut ctx = LayerCtx {
-        rules,
-        budget,
-        info,
-        out: LayerResult {
+impl<'a> LayerCtx<'a> {
+    fn new(rules: &'a RuleSet, budget: &'a Budget, info: &'a LayerInfo) -> Self {
+        LayerCtx {
+            rules,
+            budget,
+            info,
+            out: LayerCtx::fresh_out(info),
+            buf: Vec::with_capacity(CHUNK + OVERLAP),
+            retained: Vec::new(),
+            outer_failed: Arc::new(AtomicBool::new(false)),
+            dispatch: None,
+        }
+    }
+
+    fn fresh_out(info: &LayerInfo) -> LayerResult {
+        LayerResult {
             vendor: LayerVendor {
                 layer: info.index,
                 ..LayerVendor::default()
             },
             ..LayerResult::default()
-        },
-        buf: Vec::with_capacity(CHUNK + OVERLAP),
-        retained: Vec::new(),
-        outer_failed: Arc::new(AtomicBool::new(false)),
-    };
+        }
+    }
+}
+
+/// Top-level files at most this large are read whole and scanned by a file worker.
+const WORKER_FILE_MAX: u64 = 1 << 20;
+
+/// A top-level file for a file worker: its place in the layer, path and bytes.
+struct FileJob {
+    seq: u64,
+    path: String,
+    bytes: Vec<u8>,
+}
+
+/// What scanning one top-level file added, in the layer's file order.
+struct FileDone {
+    seq: u64,
+    out: LayerResult,
+    /// An error that ends the layer's walk (a limit reached, the scan cancelled).
+    result: Result<(), String>,
+}
+
+/// The walk's side of the file workers.
+struct Dispatch {
+    jobs: Option<std::sync::mpsc::SyncSender<FileJob>>,
+    /// File buffers the workers are done with, for the next files.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    next_seq: u64,
+    /// Files the walk scanned itself (too large to hand over), in order.
+    own: Vec<FileDone>,
+}
+
+/// A file worker: scans the files it is handed, each into a result of its own.
+fn file_worker(
+    rules: &RuleSet,
+    budget: &Budget,
+    info: &LayerInfo,
+    jobs: &Mutex<std::sync::mpsc::Receiver<FileJob>>,
+    done: &std::sync::mpsc::Sender<FileDone>,
+    spare: &std::sync::mpsc::Sender<Vec<u8>>,
+) {
+    let mut ctx = LayerCtx::new(rules, budget, info);
+    loop {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = job else { return };
+        let result = ctx
+            .scan_file(Cursor::new(&job.bytes[..]), &job.path, 0)
+            .map_err(|e| e.to_string());
+        let out = std::mem::replace(&mut ctx.out, LayerCtx::fresh_out(info));
+        let _ = spare.send(job.bytes);
+        if done
+            .send(FileDone {
+                seq: job.seq,
+                out,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Appends one file's result to the layer's, as the serial walk would have added it.
+fn merge_file(into: &mut LayerResult, from: LayerResult) {
+    into.findings.extend(from.findings);
+    into.keys.extend(from.keys);
+    into.vendor.records.extend(from.vendor.records);
+    into.vendor.links.extend(from.vendor.links);
+    into.vendor.hashed.extend(from.vendor.hashed);
+    into.whiteouts.extend(from.whiteouts);
+    for s in from.incomplete {
+        if into.incomplete.len() < MAX_LIST {
+            into.incomplete.push(s);
+        }
+    }
+    for s in from.warnings {
+        if into.warnings.len() < MAX_LIST {
+            into.warnings.push(s);
+        }
+    }
+}
+
+/// Decoded bytes handed from a layer's decoding thread to its scanning thread at a time.
+const DECODED_PIECE: usize = 256 << 10;
+/// Pieces in flight between the two threads (bounds the memory a layer holds, whatever its
+/// size: `DECODED_PIECE` × this).
+const DECODED_QUEUE: usize = 4;
+
+/// What a layer's decoding thread sends its scanning thread.
+enum Decoded {
+    /// The compression was recognised (or not: then the reason, and nothing follows).
+    Started(Result<(), io::Error>),
+    /// The next piece of the decompressed tar stream.
+    Piece(Vec<u8>),
+    /// Reading or decompressing failed; nothing follows.
+    Failed(io::Error),
+}
+
+/// The scanning thread's end of the decoding thread's pieces: a reader of the decompressed
+/// tar stream. The stream ends when the decoding thread is done (its digests then final).
+struct Pieces {
+    rx: std::sync::mpsc::Receiver<Decoded>,
+    current: Vec<u8>,
+    at: usize,
+    /// Read pieces go back to the decoding thread for reuse (so the two threads pass the same
+    /// few buffers around rather than allocate one per piece on one thread and free it on
+    /// the other, which lets an allocator's per-thread caches grow).
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(Decoded::Piece(p)) => {
+                    let spent = std::mem::replace(&mut self.current, p);
+                    if spent.capacity() > 0 {
+                        let _ = self.spent.send(spent);
+                    }
+                    self.at = 0;
+                }
+                Ok(Decoded::Failed(e)) => return Err(e),
+                Ok(Decoded::Started(_)) => {
+                    return Err(io::Error::other("decoder protocol: started twice"));
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The digests a layer's decoding thread computes: the algorithms, and where each result
+/// appears once the stream has been read to its end.
+struct LayerDigests {
+    raw_alg: DigestAlgorithm,
+    decoded_alg: DigestAlgorithm,
+    raw: Mutex<Option<Arc<Mutex<Option<String>>>>>,
+    decoded: Mutex<Option<Arc<Mutex<Option<String>>>>>,
+}
+
+/// The decoding half of a layer: reads the blob, hashes it, decompresses it, hashes the
+/// result, and sends it on in pieces. Stops when the scanning half goes away.
+fn decode_layer<R: Read>(
+    blob: R,
+    budget: &Budget,
+    digests: &LayerDigests,
+    tx: &std::sync::mpsc::SyncSender<Decoded>,
+    spent: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let (raw_alg, decoded_alg) = (digests.raw_alg, digests.decoded_alg);
+    let (raw_digest, decoded_digest) = (&digests.raw, &digests.decoded);
     let raw = RawCounting {
         inner: blob,
         budget,
     };
+    let (raw, raw_result) = Hashing::new(raw, raw_alg);
+    *raw_digest.lock().unwrap_or_else(|p| p.into_inner()) = Some(raw_result);
+    let decoded = match decoder(raw) {
+        Ok((_, d)) => d,
+        Err(e) => {
+            let _ = tx.send(Decoded::Started(Err(e)));
+            return;
+        }
+    };
+    let (mut decoded, decoded_result) = Hashing::new(decoded, decoded_alg);
+    *decoded_digest.lock().unwrap_or_else(|p| p.into_inner()) = Some(decoded_result);
+    if tx.send(Decoded::Started(Ok(()))).is_err() {
+        return;
+    }
+    loop {
+        if budget.cancelled() {
+            let _ = tx.send(Decoded::Failed(budget.stop("scan cancelled".into())));
+            return;
+        }
+        let mut piece = spent.try_recv().unwrap_or_default();
+        piece.resize(DECODED_PIECE, 0);
+        match read_full(&mut decoded, &mut piece) {
+            Ok(0) => return,
+            Ok(n) => {
+                piece.truncate(n);
+                if tx.send(Decoded::Piece(piece)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Decoded::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Scans one layer blob. Never fails: problems become `incomplete` reasons (with whatever was
+/// found before them) or, for nested archives, warnings.
+///
+/// Two threads share the work: one reads, hashes and decompresses the blob (what `zcat` does,
+/// plus the digests), the other walks the tar stream and scans it, so a single large layer
+/// keeps two cores busy. Between them at most `DECODED_QUEUE` pieces are in flight.
+pub(crate) fn scan_layer<R: Read + Send>(
+    blob: R,
+    info: &LayerInfo,
+    rules: &RuleSet,
+    budget: &Budget,
+) -> LayerResult {
+    let mut ctx = LayerCtx::new(rules, budget, info);
     let layer = format!("layer {} ({})", info.index, info.digest);
     // The algorithm each expected digest names; one that names none is refused, never skipped.
     let algorithm = |expected: &Option<String>| match expected {
@@ -421,16 +637,110 @@ pub(crate) fn scan_layer<R: Read>(
                 return ctx.out;
             }
         };
-    let (raw, raw_digest) = Hashing::new(raw, raw_alg);
-    let (comp, decoded) = match decoder(raw) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.out.incomplete.push(format!("{layer}: {e}"));
-            return ctx.out;
-        }
+    let digests = LayerDigests {
+        raw_alg,
+        decoded_alg,
+        raw: Mutex::new(None),
+        decoded: Mutex::new(None),
     };
-    let _ = comp;
-    let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel();
+        let digests = &digests;
+        let decoding = std::thread::Builder::new()
+            .name("lanyard-layer-decode".into())
+            .spawn_scoped(scope, move || {
+                decode_layer(blob, budget, digests, &tx, &spent_rx);
+                drop(tx);
+            });
+        if let Err(e) = decoding {
+            ctx.out
+                .incomplete
+                .push(format!("{layer}: cannot start a decoding thread: {e}"));
+            return;
+        }
+        match rx.recv() {
+            Ok(Decoded::Started(Ok(()))) => {}
+            Ok(Decoded::Started(Err(e)) | Decoded::Failed(e)) => {
+                ctx.out.incomplete.push(format!("{layer}: {e}"));
+                return;
+            }
+            Ok(Decoded::Piece(_)) | Err(_) => {
+                ctx.out.incomplete.push(format!(
+                    "{layer}: the layer's decoder stopped before it started"
+                ));
+                return;
+            }
+        }
+        let slot = |s: &Mutex<Option<Arc<Mutex<Option<String>>>>>| {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default()
+        };
+        let raw_digest = slot(&digests.raw);
+        let decoded_digest = slot(&digests.decoded);
+        // File workers: small files are scanned while the walk goes on.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<FileDone>();
+        let mut workers = Vec::new();
+        if budget.file_workers > 0 {
+            let (job_tx, job_rx) =
+                std::sync::mpsc::sync_channel::<FileJob>(2 * budget.file_workers);
+            let job_rx = Arc::new(Mutex::new(job_rx));
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+            for _ in 0..budget.file_workers {
+                let (job_rx, done_tx, spare_tx) =
+                    (job_rx.clone(), done_tx.clone(), spare_tx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("lanyard-layer-files".into())
+                    .spawn_scoped(scope, move || {
+                        file_worker(rules, budget, info, &job_rx, &done_tx, &spare_tx);
+                    });
+                if let Ok(h) = spawned {
+                    workers.push(h);
+                }
+            }
+            if !workers.is_empty() {
+                ctx.dispatch = Some(Dispatch {
+                    jobs: Some(job_tx),
+                    spare: spare_rx,
+                    next_seq: 0,
+                    own: Vec::new(),
+                });
+            }
+        }
+        drop(done_tx);
+        scan_decoded(
+            &mut ctx,
+            Pieces {
+                rx,
+                current: Vec::new(),
+                at: 0,
+                spent: spent_tx,
+            },
+            &layer,
+            &raw_digest,
+            &decoded_digest,
+            workers,
+            &done_rx,
+        );
+    });
+    ctx.out
+}
+
+/// The scanning half of [`scan_layer`]: walks the decompressed tar stream, then reads it to its
+/// end (the gzip trailer is checked and the digests complete) and checks the digests.
+fn scan_decoded(
+    ctx: &mut LayerCtx<'_>,
+    decoded: Pieces,
+    layer: &str,
+    raw_digest: &Arc<Mutex<Option<String>>>,
+    decoded_digest: &Arc<Mutex<Option<String>>>,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, ()>>,
+    done: &std::sync::mpsc::Receiver<FileDone>,
+) {
+    let budget = ctx.budget;
+    let info = ctx.info;
     let counted = Counting {
         inner: decoded,
         budget,
@@ -446,7 +756,9 @@ pub(crate) fn scan_layer<R: Read>(
             ..TarLimits::default()
         },
     );
-    match ctx.walk_tar(&mut tar, "", 0) {
+    let walked = ctx.walk_tar(&mut tar, "", 0);
+    let walked = ctx.gather_files(walked, workers, done);
+    match walked {
         Ok(()) => {
             if !tar.clean_end {
                 ctx.out.incomplete.push(format!(
@@ -460,12 +772,12 @@ pub(crate) fn scan_layer<R: Read>(
                     .incomplete
                     .push(format!("{layer}: after the tar stream: {e}"));
             } else {
-                ctx.check_digest(&layer, "blob", &info.verify_raw, &raw_digest);
+                ctx.check_digest(layer, "blob", &info.verify_raw, raw_digest);
                 ctx.check_digest(
-                    &layer,
+                    layer,
                     "uncompressed content (diff_id)",
                     &info.verify_decoded,
-                    &decoded_digest,
+                    decoded_digest,
                 );
             }
         }
@@ -474,10 +786,47 @@ pub(crate) fn scan_layer<R: Read>(
             ctx.out.incomplete.push(format!("{layer}: {why}"));
         }
     }
-    ctx.out
 }
 
 impl LayerCtx<'_> {
+    /// After the walk: stops the file workers and adds every file's result in the layer's file
+    /// order, so the outcome is the serial walk's. A file that ended in an error (a limit, a
+    /// cancellation) ends the layer as the walk would have.
+    fn gather_files(
+        &mut self,
+        walked: Result<(), String>,
+        workers: Vec<std::thread::ScopedJoinHandle<'_, ()>>,
+        done: &std::sync::mpsc::Receiver<FileDone>,
+    ) -> Result<(), String> {
+        let Some(mut dispatch) = self.dispatch.take() else {
+            return walked;
+        };
+        dispatch.jobs = None;
+        let mut files = std::mem::take(&mut dispatch.own);
+        for w in workers {
+            if w.join().is_err() {
+                return Err("a file worker failed".into());
+            }
+        }
+        files.extend(done.try_iter());
+        files.sort_by_key(|f| f.seq);
+        let mut first_error = None;
+        for f in files {
+            if first_error.is_some() {
+                break;
+            }
+            merge_file(&mut self.out, f.out);
+            if let Err(e) = f.result {
+                first_error = Some(e);
+            }
+        }
+        match (walked, first_error) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(e)) => Err(self.budget.stopped().unwrap_or(e)),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
     fn check_digest(
         &mut self,
         layer: &str,
@@ -562,9 +911,50 @@ impl LayerCtx<'_> {
             }
             let full = format!("{prefix}{path}");
             let data = tar.data();
+            if depth == 0 && self.dispatch.is_some() {
+                self.dispatch_file(data, full, h.size)?;
+                continue;
+            }
             self.scan_file(data, &full, depth)
                 .map_err(|e| e.to_string())?;
         }
+    }
+
+    /// A top-level file when there are file workers: a small one is read whole and handed
+    /// over; a large one is scanned here (streamed), its result kept in file order.
+    fn dispatch_file<R: Read>(
+        &mut self,
+        mut data: R,
+        path: String,
+        size: u64,
+    ) -> Result<(), String> {
+        let Some(d) = self.dispatch.as_mut() else {
+            return Err("no file workers".into());
+        };
+        let seq = d.next_seq;
+        d.next_seq += 1;
+        if size <= WORKER_FILE_MAX
+            && let Some(jobs) = d.jobs.clone()
+        {
+            let mut bytes = d.spare.try_recv().unwrap_or_default();
+            bytes.clear();
+            bytes.reserve(usize::try_from(size).unwrap_or(0));
+            data.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            return jobs
+                .send(FileJob { seq, path, bytes })
+                .map_err(|_| "the file workers stopped".to_owned());
+        }
+        let base = std::mem::replace(&mut self.out, LayerCtx::fresh_out(self.info));
+        let result = self.scan_file(data, &path, 0).map_err(|e| e.to_string());
+        let out = std::mem::replace(&mut self.out, base);
+        if let Some(d) = self.dispatch.as_mut() {
+            d.own.push(FileDone {
+                seq,
+                out,
+                result: result.clone(),
+            });
+        }
+        result
     }
 
     /// Scans one file's bytes: a nested archive is opened, anything else is content. Errors
@@ -1414,5 +1804,139 @@ mod tests {
                 let _ = scan_layer_bytes(&m);
             }
         }
+    }
+
+    /// Everything a layer's scan reports, in order, for comparing two scans of it.
+    fn whole(r: &LayerResult) -> String {
+        let vendor = &r.vendor;
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            r.findings
+                .iter()
+                .map(|f| (&f.rule, format!("{:?}", f.location), &f.fingerprint))
+                .collect::<Vec<_>>(),
+            r.keys,
+            vendor
+                .records
+                .iter()
+                .map(|x| (&x.path, x.bytes.as_ref().map(Vec::len)))
+                .collect::<Vec<_>>(),
+            vendor.links,
+            vendor.hashed.iter().map(|h| &h.path).collect::<Vec<_>>(),
+            r.whiteouts,
+            r.incomplete,
+            r.warnings,
+        )
+    }
+
+    /// A layer with a bit of everything: many small files (some with secrets), a nested
+    /// gzip tar with one, a whiteout, a symlink, a package record, and a file larger than a
+    /// worker takes whole with a secret at its end.
+    fn mixed_layer() -> Vec<u8> {
+        let mut owned: Vec<(String, u8, Vec<u8>)> = Vec::new();
+        for i in 0..60 {
+            let body = if i % 7 == 3 {
+                format!("line one\ntoken: ghp_{}\n", fake(ALNUM, 36, i))
+            } else {
+                format!("plain text file {i}\n")
+            };
+            owned.push((format!("srv/f{i:03}.txt"), b'0', body.into_bytes()));
+        }
+        let inner = build_tar(&[(
+            "conf/app.env",
+            b'0',
+            format!("GH=ghp_{}\n", fake(ALNUM, 36, 99)).as_bytes(),
+        )]);
+        owned.push(("srv/bundle.tar.gz".into(), b'0', gzip(&inner)));
+        owned.push(("srv/.wh.old".into(), b'0', Vec::new()));
+        owned.push((
+            "var/lib/dpkg/status".into(),
+            b'0',
+            b"Package: x\nStatus: install ok installed\n\n".to_vec(),
+        ));
+        let mut big = vec![b'a'; (WORKER_FILE_MAX + 4096) as usize];
+        big.extend_from_slice(format!("\nkey=ghp_{}\n", fake(ALNUM, 36, 42)).as_bytes());
+        owned.push(("srv/big.log".into(), b'0', big));
+        for i in 60..80 {
+            owned.push((
+                format!("srv/f{i:03}.txt"),
+                b'0',
+                format!("after the big one {i}\n").into_bytes(),
+            ));
+        }
+        let entries: Vec<(&str, u8, &[u8])> = owned
+            .iter()
+            .map(|(p, t, b)| (p.as_str(), *t, b.as_slice()))
+            .collect();
+        gzip(&build_tar(&entries))
+    }
+
+    #[test]
+    fn file_workers_report_exactly_what_the_serial_walk_reports() {
+        let blob = mixed_layer();
+        let serial = scan_layer(
+            &blob[..],
+            &info(2),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        assert_eq!(serial.incomplete, Vec::<String>::new());
+        assert!(
+            serial.findings.len() >= 10,
+            "the layer has secrets in small, nested and large files: {:?}",
+            rules_of(&serial)
+        );
+        let paths: Vec<String> = rules_of(&serial).into_iter().map(|(_, p, _)| p).collect();
+        assert!(paths.iter().any(|p| p == "srv/big.log"), "{paths:?}");
+        assert!(
+            paths.iter().any(|p| p == "srv/bundle.tar.gz!/conf/app.env"),
+            "{paths:?}"
+        );
+        assert_eq!(serial.whiteouts.len(), 1);
+        assert_eq!(serial.vendor.records.len(), 1);
+        for workers in [1, 2, 5] {
+            let b = budget(Limits::default()).with_file_workers(workers);
+            let parallel = scan_layer(&blob[..], &info(2), RuleSet::builtin(), &b);
+            assert_eq!(whole(&parallel), whole(&serial), "{workers} file workers");
+        }
+    }
+
+    #[test]
+    fn with_file_workers_a_limit_still_ends_the_layer_incomplete() {
+        let blob = mixed_layer();
+        let limits = Limits {
+            max_findings: 3,
+            ..Limits::default()
+        };
+        for workers in [0, 2] {
+            let b = budget(limits).with_file_workers(workers);
+            let r = scan_layer(&blob[..], &info(0), RuleSet::builtin(), &b);
+            assert!(
+                r.incomplete.iter().any(|i| i.contains("max_findings")),
+                "{workers} workers: {:?}",
+                r.incomplete
+            );
+            assert!(
+                r.findings.len() <= 3,
+                "{workers} workers: {}",
+                r.findings.len()
+            );
+        }
+    }
+
+    #[test]
+    fn with_file_workers_a_truncated_layer_is_incomplete_and_keeps_what_was_found() {
+        let blob = mixed_layer();
+        let cut = &blob[..blob.len() / 2];
+        let serial = scan_layer(
+            cut,
+            &info(0),
+            RuleSet::builtin(),
+            &budget(Limits::default()),
+        );
+        let b = budget(Limits::default()).with_file_workers(2);
+        let parallel = scan_layer(cut, &info(0), RuleSet::builtin(), &b);
+        assert_eq!(serial.incomplete.len(), 1, "{:?}", serial.incomplete);
+        assert_eq!(whole(&parallel), whole(&serial));
     }
 }
