@@ -186,22 +186,24 @@ impl<R: Read> Read for Tripwire<R> {
     }
 }
 
-/// The digest (under one algorithm) of everything read through it.
+/// The digest (under one algorithm) of everything read through it — or, without an algorithm
+/// (nothing to check the digest against), just the reads.
 pub(crate) struct Hashing<R> {
     inner: R,
-    alg: DigestAlgorithm,
-    ctx: Option<aws_lc_rs::digest::Context>,
+    ctx: Option<(DigestAlgorithm, aws_lc_rs::digest::Context)>,
     result: Arc<Mutex<Option<String>>>,
 }
 
 impl<R> Hashing<R> {
-    pub(crate) fn new(inner: R, alg: DigestAlgorithm) -> (Self, Arc<Mutex<Option<String>>>) {
+    pub(crate) fn new(
+        inner: R,
+        alg: Option<DigestAlgorithm>,
+    ) -> (Self, Arc<Mutex<Option<String>>>) {
         let result = Arc::new(Mutex::new(None));
         (
             Hashing {
                 inner,
-                alg,
-                ctx: Some(aws_lc_rs::digest::Context::new(alg.provider())),
+                ctx: alg.map(|a| (a, aws_lc_rs::digest::Context::new(a.provider()))),
                 result: result.clone(),
             },
             result,
@@ -213,12 +215,12 @@ impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n == 0 {
-            if let Some(ctx) = self.ctx.take() {
+            if let Some((alg, ctx)) = self.ctx.take() {
                 let d = ctx.finish();
                 *self.result.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("{}:{}", self.alg.name(), hex::encode(d.as_ref())));
+                    Some(format!("{}:{}", alg.name(), hex::encode(d.as_ref())));
             }
-        } else if let Some(ctx) = &mut self.ctx {
+        } else if let Some((_, ctx)) = &mut self.ctx {
             ctx.update(&buf[..n]);
         }
         Ok(n)
@@ -550,8 +552,9 @@ impl Read for Pieces {
 /// The digests a layer's decoding thread computes: the algorithms, and where each result
 /// appears once the stream has been read to its end.
 struct LayerDigests {
-    raw_alg: DigestAlgorithm,
-    decoded_alg: DigestAlgorithm,
+    /// `None` when there is no digest to check (then none is computed).
+    raw_alg: Option<DigestAlgorithm>,
+    decoded_alg: Option<DigestAlgorithm>,
     raw: Mutex<Option<Arc<Mutex<Option<String>>>>>,
     decoded: Mutex<Option<Arc<Mutex<Option<String>>>>>,
 }
@@ -623,9 +626,10 @@ pub(crate) fn scan_layer<R: Read + Send>(
     let mut ctx = LayerCtx::new(rules, budget, info);
     let layer = format!("layer {} ({})", info.index, info.digest);
     // The algorithm each expected digest names; one that names none is refused, never skipped.
+    // No expected digest, no digest computed (an OCI layer's diff_id, say, is not checked).
     let algorithm = |expected: &Option<String>| match expected {
-        None => Ok(DigestAlgorithm::Sha256),
-        Some(d) => DigestAlgorithm::of(d),
+        None => Ok(None),
+        Some(d) => DigestAlgorithm::of(d).map(Some),
     };
     let (raw_alg, decoded_alg) =
         match (algorithm(&info.verify_raw), algorithm(&info.verify_decoded)) {
