@@ -69,6 +69,10 @@ pub(crate) struct Budget {
     /// Threads that scan a layer's small files while its tar stream is walked (0: the walk
     /// scans every file itself). See [`scan_layer`].
     pub file_workers: usize,
+    /// Whether a layer is decoded on a thread of its own (false: one thread does everything,
+    /// and `file_workers` is not used — for the fuzz target, where no thread may outlive an
+    /// input).
+    pub layer_threads: bool,
 }
 
 impl Budget {
@@ -93,6 +97,7 @@ impl Budget {
             user_cancel,
             progress,
             file_workers: 0,
+            layer_threads: true,
         }
     }
 
@@ -641,6 +646,33 @@ pub(crate) fn scan_layer<R: Read + Send>(
                 return ctx.out;
             }
         };
+    if !budget.layer_threads {
+        // One thread does it all, in order (the fuzz target's way: no thread outlives a run).
+        let raw = RawCounting {
+            inner: blob,
+            budget,
+        };
+        let (raw, raw_digest) = Hashing::new(raw, raw_alg);
+        let decoded = match decoder(raw) {
+            Ok((_, d)) => d,
+            Err(e) => {
+                ctx.out.incomplete.push(format!("{layer}: {e}"));
+                return ctx.out;
+            }
+        };
+        let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
+        let (_, none) = std::sync::mpsc::channel();
+        scan_decoded(
+            &mut ctx,
+            decoded,
+            &layer,
+            &raw_digest,
+            &decoded_digest,
+            Vec::new(),
+            &none,
+        );
+        return ctx.out;
+    }
     let digests = LayerDigests {
         raw_alg,
         decoded_alg,
@@ -734,9 +766,9 @@ pub(crate) fn scan_layer<R: Read + Send>(
 
 /// The scanning half of [`scan_layer`]: walks the decompressed tar stream, then reads it to its
 /// end (the gzip trailer is checked and the digests complete) and checks the digests.
-fn scan_decoded(
+fn scan_decoded<R: Read>(
     ctx: &mut LayerCtx<'_>,
-    decoded: Pieces,
+    decoded: R,
     layer: &str,
     raw_digest: &Arc<Mutex<Option<String>>>,
     decoded_digest: &Arc<Mutex<Option<String>>>,
@@ -1348,12 +1380,13 @@ pub fn scan_layer_bytes(blob: &[u8]) -> (usize, usize) {
         max_nesting: 3,
         max_findings: 10_000,
     };
-    let budget = Budget::new(
+    let mut budget = Budget::new(
         limits,
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
         None,
     );
+    budget.layer_threads = false;
     let info = LayerInfo {
         index: 0,
         digest: "sha256:fuzz".into(),
@@ -1903,6 +1936,10 @@ mod tests {
             let parallel = scan_layer(&blob[..], &info(2), RuleSet::builtin(), &b);
             assert_eq!(whole(&parallel), whole(&serial), "{workers} file workers");
         }
+        let mut one = budget(Limits::default());
+        one.layer_threads = false;
+        let inline = scan_layer(&blob[..], &info(2), RuleSet::builtin(), &one);
+        assert_eq!(whole(&inline), whole(&serial), "one thread for everything");
     }
 
     #[test]
