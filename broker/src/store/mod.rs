@@ -9,11 +9,14 @@
 //! - this module: the [`Store`] trait, its records and [`StoreError`].
 //! - [`sqlite`]: the embedded default (one file, nothing to install; several replicas on one
 //!   host may share it).
+//! - [`postgres`]: PostgreSQL, what several broker replicas share (migrations under an
+//!   advisory lock, a bounded connection pool, TLS through rustls).
 //! - [`memory`]: in process memory, not persistent (tests, embedding).
 //! - `suite` (tests only): the trait's behavioural contract, written once and run against
 //!   every implementation; a new store joins it with one line.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
