@@ -1505,3 +1505,270 @@ impl Store for PostgresStore {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
+
+/// PostgreSQL-only behaviour: migrations, many connections and handles racing, the database
+/// going away and coming back, TLS and the URL's secrecy. What every store promises is
+/// checked by the shared contract in `super::suite`.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lanyard_test_support::{Postgres, TestPki};
+
+    use super::*;
+    use crate::store::suite::{lease, t, token};
+
+    async fn fresh(prefix: &str) -> (String, PostgresStore) {
+        let url = Postgres::shared().create_database(prefix);
+        let store = PostgresStore::connect(&PostgresOptions::new(url.clone()))
+            .await
+            .expect("connect");
+        (url, store)
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_on_an_empty_database_and_a_rerun_is_a_no_op() {
+        let url = Postgres::shared().create_database("migrate");
+        let store = PostgresStore::open(&PostgresOptions::new(url)).expect("open");
+        assert_eq!(store.schema_version().await.expect("version"), 0);
+        let first = store.migrate().await.expect("migrate");
+        let all: Vec<u32> = (1..=u32::try_from(MIGRATIONS.len()).expect("few")).collect();
+        assert_eq!(first, all);
+        assert_eq!(
+            store.schema_version().await.expect("version"),
+            u32::try_from(MIGRATIONS.len()).expect("few")
+        );
+        assert_eq!(store.migrate().await.expect("re-run"), Vec::<u32>::new());
+        // The schema works after both runs.
+        store.insert_lease(&lease("ls_1")).await.expect("insert");
+        assert!(store.get_lease("ls_1").await.expect("get").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_connecting_at_once_migrate_once() {
+        let url = Postgres::shared().create_database("together");
+        let opts = PostgresOptions::new(url.clone());
+        let stores: Vec<PostgresStore> = (0..4)
+            .map(|_| PostgresStore::open(&opts).expect("open"))
+            .collect();
+        let applied = futures_util::future::join_all(stores.iter().map(PostgresStore::migrate))
+            .await
+            .into_iter()
+            .map(|r| r.expect("migrate").len())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            applied.iter().sum::<usize>(),
+            MIGRATIONS.len(),
+            "{applied:?}"
+        );
+        assert_eq!(applied.iter().filter(|n| **n > 0).count(), 1, "{applied:?}");
+        let conn = stores[0].conn("test").await.expect("conn");
+        let rows: i64 = conn
+            .query_one("SELECT count(*) FROM lanyard_schema_migrations", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(rows, i64::try_from(MIGRATIONS.len()).expect("few"));
+        drop(url);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let (url, store) = fresh("newer").await;
+        let conn = store.conn("test").await.expect("conn");
+        conn.execute(
+            "INSERT INTO lanyard_schema_migrations (version, applied_at) VALUES (99, 0)",
+            &[],
+        )
+        .await
+        .expect("insert");
+        drop(conn);
+        let err = PostgresStore::connect(&PostgresOptions::new(url))
+            .await
+            .expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("schema version 99 is newer"), "{msg}");
+        assert!(
+            !msg.contains(lanyard_test_support::postgres::SUPERUSER_PASSWORD),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_connections_reserve_a_token_exactly_once() {
+        let (url, store) = fresh("race").await;
+        store
+            .insert_bootstrap_token(&token("bt_1", "h1", 10_000))
+            .await
+            .expect("insert");
+        // Four handles (as four replicas), 8 connections each, 100 racers.
+        let mut opts = PostgresOptions::new(url);
+        opts.pool_size = 8;
+        let handles: Vec<Arc<PostgresStore>> = (0..4)
+            .map(|_| Arc::new(PostgresStore::open(&opts).expect("open")))
+            .collect();
+        let tasks = (0..100).map(|i| {
+            let s = handles[i % handles.len()].clone();
+            tokio::spawn(async move {
+                s.reserve_bootstrap_token("h1", &format!("r{i}"), t(2_000), t(2_030))
+                    .await
+                    .expect("reserve")
+            })
+        });
+        let outcomes = futures_util::future::join_all(tasks).await;
+        let won = outcomes
+            .iter()
+            .filter(|o| matches!(o.as_ref().expect("task"), ReserveOutcome::Reserved(_)))
+            .count();
+        let held = outcomes
+            .iter()
+            .filter(|o| matches!(o.as_ref().expect("task"), ReserveOutcome::Held { .. }))
+            .count();
+        assert_eq!((won, held), (1, 99));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_database_is_unavailable_and_recovers_without_a_new_store() {
+        let pg = Postgres::start();
+        pg.psql("CREATE DATABASE app");
+        let mut opts = PostgresOptions::new(pg.url("app"));
+        opts.connect_timeout = Duration::from_secs(2);
+        let store = PostgresStore::connect(&opts).await.expect("connect");
+        store.insert_lease(&lease("ls_1")).await.expect("insert");
+        store.check_writable().await.expect("writable");
+        pg.stop();
+        let err = store.get_lease("ls_1").await.expect_err("down");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = store.check_writable().await.expect_err("down");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = store.insert_lease(&lease("ls_2")).await.expect_err("down");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        pg.restart();
+        store.check_writable().await.expect("writable again");
+        assert!(store.get_lease("ls_1").await.expect("get").is_some());
+        assert!(
+            store.get_lease("ls_2").await.expect("get").is_none(),
+            "nothing half-written"
+        );
+        store
+            .insert_lease(&lease("ls_2"))
+            .await
+            .expect("insert after recovery");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_database_is_not_writable() {
+        let (url, store) = fresh("readonly").await;
+        let db = url.rsplit('/').next().expect("db").to_owned();
+        Postgres::shared().psql(&format!(
+            "ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ));
+        // New connections take the setting; the pool's existing one does not.
+        let fresh_store = PostgresStore::open(&PostgresOptions::new(url)).expect("open");
+        let err = fresh_store.check_writable().await.expect_err("read-only");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = fresh_store
+            .insert_lease(&lease("ls_1"))
+            .await
+            .expect_err("read-only");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        drop(store);
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let pw = "s3cret-pw";
+        let opts = PostgresOptions::new(format!("postgres://app:{pw}@db.example:5432/lanyard"));
+        let shown = format!("{opts:?} {}", opts.shown());
+        assert!(!shown.contains(pw), "{shown}");
+        assert!(shown.contains("db.example"), "{shown}");
+        // Errors about the URL name it without the password.
+        for url in [
+            format!("postgres://app:{pw}@db.example/lanyard?sslmode=disable"),
+            format!("postgres://app:{pw}@db.example/lanyard?sslmode=prefer"),
+            format!("postgres://app:{pw}@db.example/lanyard"),
+            format!("postgres://app:{pw}@db.example:notaport/lanyard"),
+            format!("mysql://app:{pw}@db.example/lanyard"),
+            format!("postgres://app:{pw}@127.0.0.1/"),
+        ] {
+            let err = PostgresStore::open(&PostgresOptions::new(url.clone()))
+                .expect_err(&url)
+                .to_string();
+            assert!(!err.contains(pw), "{err}");
+            assert!(err.contains("store.postgres_url"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_mode_follows_sslmode_and_the_host() {
+        let mode = |url: &str, ca: bool| {
+            let mut o = PostgresOptions::new(url);
+            if ca {
+                o.ca_file = Some(PathBuf::from("ca.pem"));
+            }
+            parse_url(&o).map(|(_, m)| m).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/db", false),
+            Ok(TlsMode::Disable)
+        );
+        assert_eq!(
+            mode("postgres://u@localhost/db", false),
+            Ok(TlsMode::Disable)
+        );
+        assert_eq!(mode("postgres://u@[::1]/db", false), Ok(TlsMode::Disable));
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/db?sslmode=verify-full", true),
+            Ok(TlsMode::VerifyFull)
+        );
+        assert_eq!(
+            mode("postgres://u@db.example/db?sslmode=require", true),
+            Ok(TlsMode::VerifyFull)
+        );
+        assert_eq!(
+            mode("postgres://u@db.example/db", true),
+            Ok(TlsMode::VerifyFull)
+        );
+        let no_ca = mode("postgres://u@db.example/db", false).expect_err("needs a CA");
+        assert!(no_ca.contains("store.postgres_ca_file"), "{no_ca}");
+        let plain = mode("postgres://u@db.example/db?sslmode=disable", true).expect_err("plain");
+        assert!(plain.contains("plain text"), "{plain}");
+        let prefer = mode("postgres://u@db.example/db?sslmode=prefer", true).expect_err("prefer");
+        assert!(prefer.contains("not supported"), "{prefer}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_full_connects_to_a_server_with_a_certificate_from_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::generate(dir.path());
+        let pg = Postgres::start_tls(&pki);
+        pg.psql("CREATE DATABASE app");
+        // The certificate names 127.0.0.1 and localhost: both verify.
+        for host in ["127.0.0.1", "localhost"] {
+            let url = pg.url("app").replace("127.0.0.1", host) + "?sslmode=verify-full";
+            let mut opts = PostgresOptions::new(url);
+            opts.ca_file = Some(pki.ca_path());
+            let store = PostgresStore::connect(&opts).await.expect("TLS connect");
+            store.check_writable().await.expect("writable");
+            let conn = store.conn("test").await.expect("conn");
+            let ssl: bool = conn
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_ssl")
+                .get(0);
+            assert!(ssl, "the connection is encrypted");
+        }
+        // Another CA's certificate is refused.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = TestPki::generate(other_dir.path());
+        let mut opts = PostgresOptions::new(pg.url("app") + "?sslmode=verify-full");
+        opts.ca_file = Some(other.ca_path());
+        opts.connect_timeout = Duration::from_secs(2);
+        let err = PostgresStore::connect(&opts).await.expect_err("untrusted");
+        let msg = err.to_string();
+        assert!(msg.contains("certificate") || msg.contains("TLS"), "{msg}");
+    }
+}
