@@ -39,7 +39,6 @@ use crate::issue::{
 use crate::metrics::Metrics;
 use crate::policy::{self, Denial, Explanation, Grant, PolicyErrors, PolicySet};
 use crate::server::tls::TlsError;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{LeaseRecord, SessionRevocation, Store, StoreError};
 
 /// Why the broker could not start. Each names the file or field to fix.
@@ -49,7 +48,7 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open store {path}: {source}")]
     Store {
-        /// Database path.
+        /// The database's path, or its URL without the password.
         path: String,
         /// Why.
         source: StoreError,
@@ -153,12 +152,13 @@ impl Broker {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, StartError> {
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.store.sqlite_path).map_err(|source| StartError::Store {
-                path: config.store.sqlite_path.display().to_string(),
-                source,
-            })?,
-        );
+        let store: Arc<dyn Store> =
+            crate::store::open(&config.store)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: config.store.describe(),
+                    source,
+                })?;
         Self::with_store(config, clock, metrics, store).await
     }
 
@@ -202,7 +202,7 @@ impl Broker {
         let fingerprinter = Fingerprinter::load(store.as_ref())
             .await
             .map_err(|source| StartError::Store {
-                path: config.store.sqlite_path.display().to_string(),
+                path: config.store.describe(),
                 source,
             })?;
         info!(
@@ -223,7 +223,7 @@ impl Broker {
         )
         .await
         .map_err(|source| StartError::Store {
-            path: config.store.sqlite_path.display().to_string(),
+            path: config.store.describe(),
             source,
         })?;
         metrics.revoked_sessions.set(revocations.len() as i64);

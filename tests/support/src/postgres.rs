@@ -301,6 +301,13 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
     }
 
+    /// Like [`Postgres::psql`] against database `db`.
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        let socket_dir = self.dir.path().to_str().expect("utf-8").to_owned();
+        self.run_psql(&socket_dir, "test", None, db, sql)
+            .unwrap_or_else(|e| panic!("psql -d {db} {sql:?}: {e}"))
+    }
+
     fn run_psql(
         &self,
         host: &str,
