@@ -183,3 +183,111 @@ async fn two_brokers_started_together_migrate_once_and_redeem_a_token_exactly_on
         "{statuses:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_moves_a_used_sqlite_broker_to_postgres() {
+    let pg = Postgres::start();
+    pg.psql("CREATE DATABASE lanyard");
+    let url = pg.url("lanyard");
+    let mut broker = BrokerProcess::start(
+        bin(),
+        None,
+        TestBrokerOptions {
+            extra_config: "bootstrap:\n  redeem_grace_seconds: 0\n".into(),
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    // Use it: a redeemed token (a lease, a session), an unused one, an exemption.
+    let (_, _, body) = mint(&broker).await;
+    let redeemed = token_of(&body);
+    let (status, _, body) = redeem(&broker, &redeemed).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = mint(&broker).await;
+    let unused = token_of(&body);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let resp = broker
+        .http()
+        .post(format!("{}/v1/admin/exemptions", broker.url))
+        .bearer_auth(&broker.admin_token)
+        .json(&serde_json::json!({"digest": digest, "reason": "vendor test key"}))
+        .send()
+        .await
+        .expect("exempt");
+    assert_eq!(resp.status().as_u16(), 201);
+    let jwks = |b: &BrokerProcess| {
+        let (http, url) = (b.http(), format!("{}/v1/jwks", b.url));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .expect("jwks")
+                .json::<Value>()
+                .await
+                .expect("jwks json")
+        }
+    };
+    let keys_before = jwks(&broker).await;
+    broker.kill();
+
+    let url_file = broker.dir().join("pg-url");
+    std::fs::write(&url_file, format!("{url}\n")).expect("url file");
+    let migrate = || {
+        std::process::Command::new(bin())
+            .args(["store", "migrate", "--from"])
+            .arg(&broker.store_file)
+            .arg("--to-file")
+            .arg(&url_file)
+            .env("LANYARD_LOG", "warn")
+            .output()
+            .expect("run store migrate")
+    };
+    let out = migrate();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for part in [
+        "signing_keys 1",
+        "local_secrets 1",
+        "bootstrap_tokens 2",
+        "leases 1",
+        "image_exemptions 1",
+        "audit_head 1",
+    ] {
+        assert!(stdout.contains(part), "{part} in {stdout}");
+    }
+    let password = lanyard_test_support::postgres::SUPERUSER_PASSWORD;
+    assert!(!stdout.contains(password) && !stderr.contains(password));
+    // A second run is refused: the database is in use.
+    let again = migrate();
+    let stderr = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(!again.status.success());
+    assert!(stderr.contains("already holds broker state"), "{stderr}");
+
+    // The same broker (directory, audit log) on PostgreSQL: it resumes the audit chain, signs
+    // with the same keys, and the tokens are where they were.
+    let config = std::fs::read_to_string(&broker.config_file).expect("config");
+    let config = config.replace(
+        "  sqlite_path: store.db\n",
+        &format!("  postgres_url_file: {}\n", url_file.display()),
+    );
+    std::fs::write(&broker.config_file, config).expect("config");
+    broker.restart().await.expect("starts on PostgreSQL");
+    assert_eq!(jwks(&broker).await, keys_before);
+    let (status, _, body) = redeem(&broker, &redeemed).await;
+    assert_ne!(status, 200, "a redeemed token stays redeemed: {body}");
+    let (status, _, body) = redeem(&broker, &unused).await;
+    assert_eq!(status, 200, "{body}");
+    broker.kill();
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(&broker.audit_file)
+        .output()
+        .expect("audit verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -15,6 +15,7 @@
 //! - `suite` (tests only): the trait's behavioural contract, written once and run against
 //!   every implementation; a new store joins it with one line.
 
+pub mod copy;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
@@ -272,7 +273,7 @@ pub async fn open(config: &crate::config::StoreConfig) -> Result<Arc<dyn Store>,
 }
 
 /// Reads a URL file: at most [`MAX_URL_FILE_BYTES`], UTF-8, trimmed, not empty.
-fn read_url_file(file: &std::path::Path) -> Result<Secret, StoreError> {
+pub fn read_url_file(file: &std::path::Path) -> Result<Secret, StoreError> {
     use std::io::Read as _;
     let shown = file.display();
     let mut text = zeroize::Zeroizing::new(String::new());

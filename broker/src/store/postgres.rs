@@ -108,7 +108,7 @@ pub const MIGRATIONS: &[&str] = &[
         active_from BIGINT NOT NULL
     );
     CREATE TABLE audit_head (
-        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        id   BIGINT PRIMARY KEY CHECK (id = 1),
         seq  BIGINT NOT NULL,
         hash TEXT NOT NULL
     );
@@ -492,7 +492,10 @@ impl PostgresStore {
     }
 
     /// A connection from the pool; [`StoreError::Unavailable`] when none comes in time.
-    async fn conn(&self, op: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn conn(
+        &self,
+        op: &'static str,
+    ) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| pool_error(op, &e))
     }
 
@@ -580,7 +583,7 @@ impl From<tokio_postgres::Error> for PgFailure {
 
 /// The error's message: for a server error its SQLSTATE and primary message only (never its
 /// DETAIL, which may quote a row's values), otherwise the driver's message and its causes.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
