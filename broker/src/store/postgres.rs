@@ -463,7 +463,6 @@ impl PostgresStore {
                 self.shown
             )));
         }
-        let now = to_unix(SystemTime::now())?;
         let mut applied = Vec::new();
         for (idx, sql) in MIGRATIONS.iter().enumerate().skip(current_idx) {
             let to = idx + 1;
@@ -475,8 +474,9 @@ impl PostgresStore {
                 )
             })?;
             tx.execute(
-                "INSERT INTO lanyard_schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[&to_i32, &now],
+                "INSERT INTO lanyard_schema_migrations (version, applied_at) \
+                 VALUES ($1, extract(epoch FROM now())::bigint)",
+                &[&to_i32],
             )
             .await
             .map_err(|e| fail(&format!("recording schema v{to}"), pg_error("record")(e)))?;

@@ -166,6 +166,8 @@ impl Postgres {
 
     /// Starts `sh` watching this process: when it is gone, stop the cluster (immediate mode)
     /// and remove its directory.
+    // The watcher must outlive this process, which therefore never waits for it.
+    #[allow(clippy::zombie_processes)]
     fn watch_parent(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {owner}{pg_ctl} -D {data} -m immediate -w stop >/dev/null 2>&1; rm -rf {root}",
