@@ -119,6 +119,9 @@ pub struct Broker {
     metrics: Metrics,
     policy_ok: AtomicBool,
     gate: Arc<Gate>,
+    /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
+    /// start): who holds a background job's claim.
+    replica: String,
 }
 
 /// A request id: `req_` + 16 hex characters.
@@ -257,6 +260,7 @@ impl Broker {
             metrics,
             policy_ok: AtomicBool::new(true),
             gate,
+            replica: format!("rp_{}", random_hex(8)),
         });
         broker.spawn_revocation_reload();
         // Verdicts of an older ruleset serve until their re-scan has stored a new one.
@@ -1394,6 +1398,32 @@ impl Broker {
                 } else {
                     warn!(error = %e, age_seconds = age, "cannot reload the revoked sessions; will retry");
                 }
+            }
+        }
+    }
+
+    /// This process's id among replicas sharing the store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether this replica runs the background job `job` now: of the replicas sharing a
+    /// PostgreSQL store one holds each job, renewing its claim at every run (every
+    /// `reload_interval_seconds`); another takes over once the claim has not been renewed for
+    /// three periods (its holder stopped). On SQLite or in memory every process runs its
+    /// jobs. A failed claim skips this run (logged).
+    pub async fn claim_job(&self, job: &str) -> bool {
+        let every = Duration::from_secs(self.config.reload_interval_seconds.max(1));
+        let now = self.clock.now();
+        match self
+            .store
+            .claim_job(job, &self.replica, now, now + every * 3)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                warn!(error = %e, job, "claiming a background job failed; skipping this run");
+                false
             }
         }
     }

@@ -382,8 +382,15 @@ enum AuditCommand {
         file: PathBuf,
         /// The broker's SQLite store: also checks the file ends at the recorded chain head
         /// (detects a truncated tail).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store_url_file")]
         store: Option<PathBuf>,
+        /// The broker's PostgreSQL store, as a file holding its URL (as
+        /// `store.postgres_url_file`): the same check against its chain head.
+        #[arg(long)]
+        store_url_file: Option<PathBuf>,
+        /// PEM CA certificates for TLS to that PostgreSQL store (`store.postgres_ca_file`).
+        #[arg(long, requires = "store_url_file")]
+        store_ca_file: Option<PathBuf>,
     },
     /// Print the records matching every given filter (JSON lines).
     Query {
@@ -721,14 +728,29 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             println!("copied {} into {}: {report}", from.display(), opts.shown());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { file, store }) => {
-            let expected = match store {
-                None => None,
-                Some(path) => {
-                    use crate::store::Store as _;
+        Command::Audit(AuditCommand::Verify {
+            file,
+            store,
+            store_url_file,
+            store_ca_file,
+        }) => {
+            use crate::store::Store as _;
+            let expected = match (store, store_url_file) {
+                (None, None) => None,
+                (Some(path), _) => {
                     let s = crate::store::sqlite::SqliteStore::open(&path)
                         .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
                     s.audit_head().await.map_err(|e| e.to_string())?
+                }
+                (None, Some(url_file)) => {
+                    let url = crate::store::read_url_file(&url_file).map_err(|e| e.to_string())?;
+                    let mut opts = crate::store::postgres::PostgresOptions::new(url);
+                    opts.ca_file = store_ca_file;
+                    let s = crate::store::postgres::PostgresStore::open(&opts)
+                        .map_err(|e| format!("cannot open store {}: {e}", opts.shown()))?;
+                    s.audit_head()
+                        .await
+                        .map_err(|e| format!("store {}: {e}", opts.shown()))?
                 }
             };
             let segments = match audit::segment::open_from(&file)

@@ -155,9 +155,9 @@ async fn two_brokers_started_together_migrate_once_and_redeem_a_token_exactly_on
     );
     let versions = pg.psql_db(
         "lanyard",
-        "SELECT string_agg(version::text, ',') FROM lanyard_schema_migrations",
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM lanyard_schema_migrations",
     );
-    assert_eq!(versions, "1", "each migration recorded once");
+    assert_eq!(versions, "1,2", "each migration recorded once");
     // A token minted at one is redeemed at the other, once.
     let (status, _, body) = mint(&a).await;
     assert_eq!(status, 201, "{body}");
@@ -279,15 +279,33 @@ async fn store_migrate_moves_a_used_sqlite_broker_to_postgres() {
     let (status, _, body) = redeem(&broker, &unused).await;
     assert_eq!(status, 200, "{body}");
     broker.kill();
+    // The log verifies, and ends at the head the PostgreSQL store holds now.
     let out = std::process::Command::new(bin())
         .args(["audit", "verify"])
         .arg(&broker.audit_file)
+        .arg("--store-url-file")
+        .arg(&url_file)
+        .output()
+        .expect("audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("chain intact"), "{stdout}");
+    // A head the log does not reach (a truncated tail) fails the check.
+    pg.psql_db("lanyard", "UPDATE audit_head SET seq = seq + 1");
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(&broker.audit_file)
+        .arg("--store-url-file")
+        .arg(&url_file)
         .output()
         .expect("audit verify");
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

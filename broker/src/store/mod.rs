@@ -483,6 +483,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes the records whose `expires_at` is at or before `now`; returns how many.
     async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// Claims the background job `job` (a sweep, a prune) for `holder` until `until`, so that
+    /// of the replicas sharing the store one runs it per period: true when `holder` may run
+    /// it now — no one holds it, the claim lapsed (its `until` at or before `now`: its holder
+    /// stopped), or `holder` holds it already (the claim is then extended to `until`). A
+    /// fenced row, not a session-level advisory lock (which dies silently with a pooled
+    /// connection). Stores serving one process (memory, SQLite) claim always: each process
+    /// runs its jobs, as before replicas.
+    async fn claim_job(
+        &self,
+        job: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let _ = (job, holder, now, until);
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -145,6 +145,12 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at     BIGINT NOT NULL
     );
     CREATE INDEX admission_records_expires_at ON admission_records (expires_at);"#,
+    // v2: background jobs claimed by one replica at a time (`Store::claim_job`).
+    "CREATE TABLE job_claims (
+        job        TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        held_until BIGINT NOT NULL
+    );",
 ];
 
 /// How the connection to the database is protected (`sslmode` in the URL).
@@ -1507,6 +1513,32 @@ impl Store for PostgresStore {
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
+
+    async fn claim_job(
+        &self,
+        job: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let now = to_unix(now)?;
+        let until = to_unix(until)?;
+        // One statement: the row is inserted, or taken over only when its holder is this one
+        // or its claim lapsed (the condition is re-checked under the row lock); a row comes
+        // back only when this holder has the job.
+        let row = self
+            .query_opt(
+                "claim_job",
+                "INSERT INTO job_claims (job, holder, held_until) VALUES ($1, $2, $4) \
+                 ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, \
+                 held_until = excluded.held_until \
+                 WHERE job_claims.holder = excluded.holder OR job_claims.held_until <= $3 \
+                 RETURNING holder",
+                &[&job, &holder, &now, &until],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
 }
 
 /// PostgreSQL-only behaviour: migrations, many connections and handles racing, the database
@@ -1573,6 +1605,67 @@ mod tests {
             .get(0);
         assert_eq!(rows, i64::try_from(MIGRATIONS.len()).expect("few"));
         drop(url);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_is_claimed_by_one_holder_until_its_claim_lapses() {
+        let (url, a) = fresh("jobs").await;
+        let b = PostgresStore::open(&PostgresOptions::new(url)).expect("second handle");
+        assert!(
+            a.claim_job("sweep", "r-a", t(100), t(115))
+                .await
+                .expect("a")
+        );
+        assert!(
+            !b.claim_job("sweep", "r-b", t(101), t(116))
+                .await
+                .expect("b")
+        );
+        // Another job is free; the holder renews its own claim.
+        assert!(
+            b.claim_job("prune", "r-b", t(101), t(116))
+                .await
+                .expect("b")
+        );
+        assert!(
+            a.claim_job("sweep", "r-a", t(110), t(125))
+                .await
+                .expect("renew")
+        );
+        assert!(
+            !b.claim_job("sweep", "r-b", t(124), t(139))
+                .await
+                .expect("held")
+        );
+        // a stops renewing: at its claim's end b takes over, and a is then refused.
+        assert!(
+            b.claim_job("sweep", "r-b", t(125), t(140))
+                .await
+                .expect("lapsed")
+        );
+        assert!(
+            !a.claim_job("sweep", "r-a", t(126), t(141))
+                .await
+                .expect("taken")
+        );
+        // Racing holders on a free job: exactly one gets it.
+        let claims = futures_util::future::join_all((0..20).map(|i| {
+            let s = if i % 2 == 0 { &a } else { &b };
+            s.claim_job(
+                "rotate",
+                if i % 2 == 0 { "r-a" } else { "r-b" },
+                t(200),
+                t(215),
+            )
+        }))
+        .await;
+        let holders: std::collections::BTreeSet<_> = claims
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| *c.as_ref().expect("claim"))
+            .map(|(i, _)| i % 2)
+            .collect();
+        assert_eq!(holders.len(), 1, "{claims:?}");
     }
 
     #[tokio::test]
