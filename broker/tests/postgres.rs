@@ -1,8 +1,9 @@
 //! Brokers on PostgreSQL (issue 14), as real `lanyard-broker serve` processes over TLS on
 //! loopback against a real throwaway cluster: the database going away makes the broker
 //! unready and its requests retryable 503s with nothing half-written, and it recovers without
-//! a restart; two brokers started together on one empty database migrate it once and share
-//! bootstrap tokens, each redeemed exactly once across them.
+//! a restart; three brokers started together on one empty database migrate it once, share
+//! bootstrap tokens, each redeemed exactly once across them, and run the sweeps on one of
+//! them; `store migrate` moves a used SQLite broker to PostgreSQL.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -145,11 +146,12 @@ async fn a_lost_database_makes_the_broker_unready_and_it_recovers_without_a_rest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_brokers_started_together_migrate_once_and_redeem_a_token_exactly_once() {
+async fn three_brokers_started_together_migrate_once_and_redeem_a_token_exactly_once() {
     let pg = Postgres::start();
     pg.psql("CREATE DATABASE lanyard");
     let url = pg.url("lanyard");
-    let (a, b) = tokio::join!(
+    let (a, b, c) = tokio::join!(
+        BrokerProcess::start(bin(), None, on_postgres(&url)),
         BrokerProcess::start(bin(), None, on_postgres(&url)),
         BrokerProcess::start(bin(), None, on_postgres(&url)),
     );
@@ -166,12 +168,12 @@ async fn two_brokers_started_together_migrate_once_and_redeem_a_token_exactly_on
     assert_eq!(status, 200, "{body}");
     let (status, _, body) = redeem(&a, &token).await;
     assert_ne!(status, 200, "{body}");
-    // 40 redemptions of one token, spread over both: exactly one wins.
-    let (status, _, body) = mint(&b).await;
+    // 100 redemptions of one token, spread over the three: exactly one wins.
+    let (status, _, body) = mint(&c).await;
     assert_eq!(status, 201, "{body}");
     let token = token_of(&body);
-    let brokers = [&a, &b];
-    let attempts = (0..40).map(|i| redeem(brokers[i % 2], &token));
+    let brokers = [&a, &b, &c];
+    let attempts = (0..100).map(|i| redeem(brokers[i % 3], &token));
     let statuses: Vec<u16> = futures_util::future::join_all(attempts)
         .await
         .into_iter()
@@ -182,6 +184,17 @@ async fn two_brokers_started_together_migrate_once_and_redeem_a_token_exactly_on
         1,
         "{statuses:?}"
     );
+    // The sweeps run on one replica, which keeps its claim (renewed every second here).
+    let holder = || {
+        pg.psql_db(
+            "lanyard",
+            "SELECT holder FROM job_claims WHERE job = 'expiry_sweeps'",
+        )
+    };
+    let first = holder();
+    assert!(first.starts_with("rp_"), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(holder(), first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
