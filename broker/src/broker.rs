@@ -120,7 +120,7 @@ pub struct Broker {
     policy_ok: AtomicBool,
     gate: Arc<Gate>,
     /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
-    /// start): who holds a background job's claim.
+    /// start; the key ring's, which is built first): who holds a background job's claim.
     replica: String,
 }
 
@@ -240,6 +240,7 @@ impl Broker {
         metrics
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
+        let replica = keys.replica_id().to_owned();
         let broker = Arc::new(Self {
             auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
                 records_per_window: config.audit.auth_failures.records_per_window,
@@ -260,7 +261,7 @@ impl Broker {
             metrics,
             policy_ok: AtomicBool::new(true),
             gate,
-            replica: format!("rp_{}", random_hex(8)),
+            replica,
         });
         broker.spawn_revocation_reload();
         // Verdicts of an older ruleset serve until their re-scan has stored a new one.

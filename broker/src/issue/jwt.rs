@@ -389,7 +389,15 @@ pub struct KeyRing {
     keys: ArcSwap<Keys>,
     /// Serialises rotations within this process.
     rotation: tokio::sync::Mutex<()>,
+    /// This process's id among replicas sharing the store (`rp_` + 16 hex): who claims a
+    /// rotation ([`Store::claim_job`]), so that one replica creates each new key.
+    replica: String,
 }
+
+/// How long a replica's claim on creating the next key lasts: others skip creating one
+/// meanwhile (and load the one it created at their next reload); if it stopped before
+/// creating it, another replica creates it after this.
+pub const ROTATION_CLAIM: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -426,6 +434,15 @@ impl KeyRing {
             alg,
             keys: ArcSwap::from_pointee(Vec::new()),
             rotation: tokio::sync::Mutex::new(()),
+            replica: {
+                let mut id = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut id).map_err(|_| {
+                    KeyError::Store(StoreError::Backend(
+                        "the system random number generator failed".into(),
+                    ))
+                })?;
+                format!("rp_{}", hex::encode(id))
+            },
         };
         ring.reload().await?;
         if ring.keys.load().is_empty() {
@@ -493,7 +510,15 @@ impl KeyRing {
 
         let newest = keys.last().map(|k| (k.active_from, k.alg == self.alg));
         if let Some(active_from) = self.schedule.new_key(newest, now) {
-            self.create_key(&mut keys, active_from).await?;
+            // One replica creates it: the others (on a shared PostgreSQL store) skip, and
+            // load it at their next reload, well within `publish_ahead_seconds`.
+            if self
+                .store
+                .claim_job("key_rotation", &self.replica, now, now + ROTATION_CLAIM)
+                .await?
+            {
+                self.create_key(&mut keys, active_from).await?;
+            }
         }
 
         let active_from: Vec<SystemTime> = keys.iter().map(|k| k.active_from).collect();
@@ -513,6 +538,11 @@ impl KeyRing {
         let after: Vec<String> = keys.iter().map(|k| k.kid.clone()).collect();
         self.keys.store(Arc::new(keys));
         Ok(before != after)
+    }
+
+    /// This process's id among replicas sharing the store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica
     }
 
     /// Each loaded key's `kid` and state at the ring's clock, in schedule order (for
@@ -1125,6 +1155,47 @@ mod tests {
             assert_eq!(signer(&a), signer(&b), "replicas switch together at {t}");
         }
         assert_eq!(signer(&a), a.key_states()[1].0, "the new key signs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_rotating_at_once_on_postgres_create_one_key() {
+        let url = lanyard_test_support::Postgres::shared().create_database("rotation");
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::postgres::PostgresStore::connect(
+                &crate::store::postgres::PostgresOptions::new(url),
+            )
+            .await
+            .expect("connect"),
+        );
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let mut rings = Vec::new();
+        for _ in 0..4 {
+            rings.push(Arc::new(
+                ring_with(store.clone(), clock.clone(), Algorithm::ES256).await,
+            ));
+        }
+        assert_eq!(store.signing_keys().await.expect("keys").len(), 1);
+        clock.set(at(700));
+        // Each replica's periodic task, at once.
+        let tasks = rings.iter().map(|r| {
+            let r = r.clone();
+            tokio::spawn(async move { r.rotate_if_due().await })
+        });
+        for r in futures_util::future::join_all(tasks).await {
+            r.expect("task").expect("rotate");
+        }
+        assert_eq!(
+            store.signing_keys().await.expect("keys").len(),
+            2,
+            "one replica created the next key"
+        );
+        // The others load it at their next reload; all publish the same keys.
+        for r in &rings {
+            r.rotate_if_due().await.expect("reload");
+        }
+        for r in &rings[1..] {
+            assert_eq!(r.jwks(), rings[0].jwks());
+        }
     }
 
     #[tokio::test]
