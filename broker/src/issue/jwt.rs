@@ -1160,18 +1160,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_rotating_at_once_on_postgres_create_one_key() {
         let url = lanyard_test_support::Postgres::shared().create_database("rotation");
+        let opts = crate::store::postgres::PostgresOptions::new(url);
         let store: Arc<dyn Store> = Arc::new(
-            crate::store::postgres::PostgresStore::connect(
-                &crate::store::postgres::PostgresOptions::new(url),
-            )
-            .await
-            .expect("connect"),
+            crate::store::postgres::PostgresStore::connect(&opts)
+                .await
+                .expect("connect"),
         );
         let clock = Arc::new(ManualClock::at_unix(T0));
+        // Four replicas, each with its own store handle (its own pool, warmed by the load).
         let mut rings = Vec::new();
         for _ in 0..4 {
+            let own: Arc<dyn Store> =
+                Arc::new(crate::store::postgres::PostgresStore::open(&opts).expect("open"));
             rings.push(Arc::new(
-                ring_with(store.clone(), clock.clone(), Algorithm::ES256).await,
+                ring_with(own, clock.clone(), Algorithm::ES256).await,
             ));
         }
         assert_eq!(store.signing_keys().await.expect("keys").len(), 1);
