@@ -399,6 +399,10 @@ pub struct KeyRing {
 /// creating it, another replica creates it after this.
 pub const ROTATION_CLAIM: Duration = Duration::from_secs(60);
 
+/// How long a replica starting on an empty store waits for the replica that claimed the
+/// first key to create it.
+pub const FIRST_KEY_WAIT: Duration = Duration::from_secs(10);
+
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys = self.keys.load();
@@ -447,10 +451,27 @@ impl KeyRing {
         ring.reload().await?;
         if ring.keys.load().is_empty() {
             let _guard = ring.rotation.lock().await;
-            let mut keys = (**ring.keys.load()).clone();
+            // Replicas starting together on an empty store: the one that claims the rotation
+            // creates the first key; the others wait for it (up to FIRST_KEY_WAIT, then create
+            // one themselves: the claimer may have died).
             let now = ring.clock.now();
-            ring.create_key(&mut keys, now).await?;
-            ring.keys.store(Arc::new(keys));
+            if !ring
+                .store
+                .claim_job("key_rotation", &ring.replica, now, now + ROTATION_CLAIM)
+                .await?
+            {
+                let waited = std::time::Instant::now();
+                while ring.keys.load().is_empty() && waited.elapsed() < FIRST_KEY_WAIT {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ring.reload().await?;
+                }
+            }
+            if ring.keys.load().is_empty() {
+                let mut keys = (**ring.keys.load()).clone();
+                let now = ring.clock.now();
+                ring.create_key(&mut keys, now).await?;
+                ring.keys.store(Arc::new(keys));
+            }
         }
         Ok(ring)
     }
@@ -1158,7 +1179,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replicas_rotating_at_once_on_postgres_create_one_key() {
+    async fn replicas_starting_and_rotating_at_once_on_postgres_create_one_key_each_time() {
         let url = lanyard_test_support::Postgres::shared().create_database("rotation");
         let opts = crate::store::postgres::PostgresOptions::new(url);
         let store: Arc<dyn Store> = Arc::new(
@@ -1167,16 +1188,27 @@ mod tests {
                 .expect("connect"),
         );
         let clock = Arc::new(ManualClock::at_unix(T0));
-        // Four replicas, each with its own store handle (its own pool, warmed by the load).
-        let mut rings = Vec::new();
-        for _ in 0..4 {
+        // Four replicas starting together on the empty database, each with its own store
+        // handle (its own pool): one creates the first key, the others load it.
+        let starts = (0..4).map(|_| {
             let own: Arc<dyn Store> =
                 Arc::new(crate::store::postgres::PostgresStore::open(&opts).expect("open"));
-            rings.push(Arc::new(
-                ring_with(own, clock.clone(), Algorithm::ES256).await,
-            ));
+            let clock = clock.clone();
+            tokio::spawn(async move { ring_with(own, clock, Algorithm::ES256).await })
+        });
+        let rings: Vec<Arc<KeyRing>> = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|r| Arc::new(r.expect("task")))
+            .collect();
+        assert_eq!(
+            store.signing_keys().await.expect("keys").len(),
+            1,
+            "one first key"
+        );
+        for r in &rings[1..] {
+            assert_eq!(r.jwks(), rings[0].jwks());
         }
-        assert_eq!(store.signing_keys().await.expect("keys").len(), 1);
         clock.set(at(700));
         // Each replica's periodic task, at once.
         let tasks = rings.iter().map(|r| {
