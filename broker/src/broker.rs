@@ -39,7 +39,6 @@ use crate::issue::{
 use crate::metrics::Metrics;
 use crate::policy::{self, Denial, Explanation, Grant, PolicyErrors, PolicySet};
 use crate::server::tls::TlsError;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{LeaseRecord, SessionRevocation, Store, StoreError};
 
 /// Why the broker could not start. Each names the file or field to fix.
@@ -49,7 +48,7 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open store {path}: {source}")]
     Store {
-        /// Database path.
+        /// The database's path, or its URL without the password.
         path: String,
         /// Why.
         source: StoreError,
@@ -120,6 +119,9 @@ pub struct Broker {
     metrics: Metrics,
     policy_ok: AtomicBool,
     gate: Arc<Gate>,
+    /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
+    /// start; the key ring's, which is built first): who holds a background job's claim.
+    replica: String,
 }
 
 /// A request id: `req_` + 16 hex characters.
@@ -153,12 +155,13 @@ impl Broker {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, StartError> {
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.store.sqlite_path).map_err(|source| StartError::Store {
-                path: config.store.sqlite_path.display().to_string(),
-                source,
-            })?,
-        );
+        let store: Arc<dyn Store> =
+            crate::store::open(&config.store)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: config.store.describe(),
+                    source,
+                })?;
         Self::with_store(config, clock, metrics, store).await
     }
 
@@ -202,7 +205,7 @@ impl Broker {
         let fingerprinter = Fingerprinter::load(store.as_ref())
             .await
             .map_err(|source| StartError::Store {
-                path: config.store.sqlite_path.display().to_string(),
+                path: config.store.describe(),
                 source,
             })?;
         info!(
@@ -223,7 +226,7 @@ impl Broker {
         )
         .await
         .map_err(|source| StartError::Store {
-            path: config.store.sqlite_path.display().to_string(),
+            path: config.store.describe(),
             source,
         })?;
         metrics.revoked_sessions.set(revocations.len() as i64);
@@ -237,6 +240,7 @@ impl Broker {
         metrics
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
+        let replica = keys.replica_id().to_owned();
         let broker = Arc::new(Self {
             auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
                 records_per_window: config.audit.auth_failures.records_per_window,
@@ -257,6 +261,7 @@ impl Broker {
             metrics,
             policy_ok: AtomicBool::new(true),
             gate,
+            replica,
         });
         broker.spawn_revocation_reload();
         // Verdicts of an older ruleset serve until their re-scan has stored a new one.
@@ -1394,6 +1399,32 @@ impl Broker {
                 } else {
                     warn!(error = %e, age_seconds = age, "cannot reload the revoked sessions; will retry");
                 }
+            }
+        }
+    }
+
+    /// This process's id among replicas sharing the store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether this replica runs the background job `job` now: of the replicas sharing a
+    /// PostgreSQL store one holds each job, renewing its claim at every run (every
+    /// `reload_interval_seconds`); another takes over once the claim has not been renewed for
+    /// three periods (its holder stopped). On SQLite or in memory every process runs its
+    /// jobs. A failed claim skips this run (logged).
+    pub async fn claim_job(&self, job: &str) -> bool {
+        let every = Duration::from_secs(self.config.reload_interval_seconds.max(1));
+        let now = self.clock.now();
+        match self
+            .store
+            .claim_job(job, &self.replica, now, now + every * 3)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                warn!(error = %e, job, "claiming a background job failed; skipping this run");
+                false
             }
         }
     }

@@ -32,6 +32,7 @@ Examples:
   lanyard-broker image scan registry.example.com/shop/api:1.4   # scan ahead in CI; needs the admin variables too
   lanyard-broker image verdict registry.example.com/shop/api@sha256:…
   lanyard-broker image exempt sha256:… --reason \"vendor test key, INC-42\"
+  lanyard-broker store migrate --from /var/lib/lanyard/lanyard.db --to-file /run/secrets/postgres-url
 
 Exit codes: 0 success, 1 failure (invalid policy, broken audit chain, refused request), 2 usage error.
 `scan`, `image scan`, `image verdict`: 0 clean, 1 secrets found, 2 error, incomplete or still pending.
@@ -120,6 +121,40 @@ enum Command {
     /// See docs/GATE.md.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The broker's store, offline: move from SQLite to PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `lanyard-broker store …`.
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy an SQLite store into an empty PostgreSQL database (schema created first): signing
+    /// keys, local secrets, bootstrap tokens (unexpired or redeemed), leases (unexpired or
+    /// still to revoke), session revocations, verdicts, exemptions, admission records and the
+    /// audit chain head. Stop every broker using the SQLite file first. See
+    /// docs/OPERATIONS.md.
+    Migrate {
+        /// The SQLite file (`store.sqlite_path`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL (`postgres://user:password@host:port/db?sslmode=verify-full`).
+        /// Holds a password: prefer `--to-file`, or the variable.
+        #[arg(
+            long,
+            env = "LANYARD_STORE_MIGRATE_TO",
+            hide_env_values = true,
+            required_unless_present = "to_file",
+            conflicts_with = "to_file"
+        )]
+        to: Option<lanyard::Secret>,
+        /// File holding the PostgreSQL URL.
+        #[arg(long)]
+        to_file: Option<PathBuf>,
+        /// PEM CA certificates the PostgreSQL server's certificate must chain to (TLS).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// `lanyard-broker image …`.
@@ -347,8 +382,15 @@ enum AuditCommand {
         file: PathBuf,
         /// The broker's SQLite store: also checks the file ends at the recorded chain head
         /// (detects a truncated tail).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store_url_file")]
         store: Option<PathBuf>,
+        /// The broker's PostgreSQL store, as a file holding its URL (as
+        /// `store.postgres_url_file`): the same check against its chain head.
+        #[arg(long)]
+        store_url_file: Option<PathBuf>,
+        /// PEM CA certificates for TLS to that PostgreSQL store (`store.postgres_ca_file`).
+        #[arg(long, requires = "store_url_file")]
+        store_ca_file: Option<PathBuf>,
     },
     /// Print the records matching every given filter (JSON lines).
     Query {
@@ -658,14 +700,57 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
-        Command::Audit(AuditCommand::Verify { file, store }) => {
-            let expected = match store {
-                None => None,
-                Some(path) => {
-                    use crate::store::Store as _;
+        Command::Store(StoreCommand::Migrate {
+            from,
+            to,
+            to_file,
+            ca_file,
+        }) => {
+            let mut config = crate::config::StoreConfig::sqlite(&from);
+            config.sqlite_path = None;
+            config.postgres_url = to;
+            config.postgres_url_file = to_file;
+            config.postgres_ca_file = ca_file;
+            config.check()?;
+            let url = match (&config.postgres_url, &config.postgres_url_file) {
+                (Some(u), _) => u.clone(),
+                (None, Some(f)) => crate::store::read_url_file(f).map_err(|e| e.to_string())?,
+                (None, None) => return Err("give --to or --to-file".into()),
+            };
+            let mut opts = crate::store::postgres::PostgresOptions::new(url);
+            opts.ca_file = config.postgres_ca_file.clone();
+            let to = crate::store::postgres::PostgresStore::connect(&opts)
+                .await
+                .map_err(|e| format!("cannot open {}: {e}", opts.shown()))?;
+            let report = crate::store::copy::sqlite_to_postgres(&from, &to, SystemClock.now())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("copied {} into {}: {report}", from.display(), opts.shown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify {
+            file,
+            store,
+            store_url_file,
+            store_ca_file,
+        }) => {
+            use crate::store::Store as _;
+            let expected = match (store, store_url_file) {
+                (None, None) => None,
+                (Some(path), _) => {
                     let s = crate::store::sqlite::SqliteStore::open(&path)
                         .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
                     s.audit_head().await.map_err(|e| e.to_string())?
+                }
+                (None, Some(url_file)) => {
+                    let url = crate::store::read_url_file(&url_file).map_err(|e| e.to_string())?;
+                    let mut opts = crate::store::postgres::PostgresOptions::new(url);
+                    opts.ca_file = store_ca_file;
+                    let s = crate::store::postgres::PostgresStore::open(&opts)
+                        .map_err(|e| format!("cannot open store {}: {e}", opts.shown()))?;
+                    s.audit_head()
+                        .await
+                        .map_err(|e| format!("store {}: {e}", opts.shown()))?
                 }
             };
             let segments = match audit::segment::open_from(&file)

@@ -737,12 +737,130 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// Persistent state.
+/// Persistent state: exactly one of `sqlite_path` (the embedded default, one broker or
+/// replicas on one host) or `postgres_url` / `postgres_url_file` (replicas anywhere).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite database file (created if missing).
-    pub sqlite_path: PathBuf,
+    #[serde(default)]
+    pub sqlite_path: Option<PathBuf>,
+    /// PostgreSQL URL, `postgres://user:password@host:port/database?sslmode=verify-full`.
+    /// Holds a password: a [`lanyard::Secret`], never logged (messages show it without the
+    /// password). Prefer `postgres_url_file`.
+    #[serde(default)]
+    pub postgres_url: Option<lanyard::Secret>,
+    /// File holding the PostgreSQL URL (read at start; surrounding whitespace ignored).
+    #[serde(default)]
+    pub postgres_url_file: Option<PathBuf>,
+    /// PEM CA certificates the PostgreSQL server's certificate must chain to (TLS).
+    #[serde(default)]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Most connections to PostgreSQL this broker holds open.
+    #[serde(default = "default_postgres_pool_size")]
+    pub postgres_pool_size: usize,
+    /// How long connecting to PostgreSQL, or waiting for a free pooled connection, may take
+    /// before the request gets a retryable 503.
+    #[serde(default = "default_postgres_connect_timeout")]
+    pub postgres_connect_timeout_seconds: u64,
+}
+
+/// Largest `store.postgres_pool_size`.
+pub const MAX_POSTGRES_POOL_SIZE: usize = 1_000;
+
+/// Largest `store.postgres_connect_timeout_seconds`.
+pub const MAX_POSTGRES_CONNECT_TIMEOUT_SECONDS: u64 = 120;
+
+fn default_postgres_pool_size() -> usize {
+    crate::store::postgres::DEFAULT_POOL_SIZE
+}
+
+fn default_postgres_connect_timeout() -> u64 {
+    crate::store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs()
+}
+
+/// Which store a [`StoreConfig`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// SQLite at this path.
+    Sqlite(PathBuf),
+    /// PostgreSQL (URL given inline or in a file).
+    Postgres,
+}
+
+impl StoreConfig {
+    /// A store on the SQLite file `path`, the PostgreSQL keys at their defaults.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        Self {
+            sqlite_path: Some(path.into()),
+            postgres_url: None,
+            postgres_url_file: None,
+            postgres_ca_file: None,
+            postgres_pool_size: default_postgres_pool_size(),
+            postgres_connect_timeout_seconds: default_postgres_connect_timeout(),
+        }
+    }
+
+    /// Which store is configured; an error naming the keys unless exactly one is.
+    pub fn choice(&self) -> Result<StoreChoice, String> {
+        match (
+            &self.sqlite_path,
+            self.postgres_url.is_some(),
+            self.postgres_url_file.is_some(),
+        ) {
+            (Some(p), false, false) => Ok(StoreChoice::Sqlite(p.clone())),
+            (None, true, false) | (None, false, true) => Ok(StoreChoice::Postgres),
+            (None, false, false) => Err("section `store`: set `sqlite_path` (one broker, or \
+                 replicas on one host) or `postgres_url_file` / `postgres_url` (replicas)"
+                .into()),
+            _ => Err(
+                "section `store`: set only one of `sqlite_path`, `postgres_url` and \
+                 `postgres_url_file`"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Checks the keys: one store named, PostgreSQL settings in range and only with it.
+    pub fn check(&self) -> Result<(), String> {
+        let choice = self.choice()?;
+        if matches!(choice, StoreChoice::Sqlite(_)) && self.postgres_ca_file.is_some() {
+            return Err("field `store.postgres_ca_file`: set without a PostgreSQL store".into());
+        }
+        if !(1..=MAX_POSTGRES_POOL_SIZE).contains(&self.postgres_pool_size) {
+            return Err(format!(
+                "field `store.postgres_pool_size`: {} is out of range (1 to \
+                 {MAX_POSTGRES_POOL_SIZE}); PostgreSQL's max_connections is shared by every \
+                 replica",
+                self.postgres_pool_size
+            ));
+        }
+        if !(1..=MAX_POSTGRES_CONNECT_TIMEOUT_SECONDS)
+            .contains(&self.postgres_connect_timeout_seconds)
+        {
+            return Err(format!(
+                "field `store.postgres_connect_timeout_seconds`: {} is out of range (1 to \
+                 {MAX_POSTGRES_CONNECT_TIMEOUT_SECONDS})",
+                self.postgres_connect_timeout_seconds
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store for messages: the SQLite path, or the PostgreSQL URL without its password
+    /// (or the file holding it).
+    pub fn describe(&self) -> String {
+        match (
+            &self.sqlite_path,
+            &self.postgres_url,
+            &self.postgres_url_file,
+        ) {
+            (Some(p), _, _) => p.display().to_string(),
+            (None, Some(url), _) => crate::store::postgres::redacted_url(url.expose()),
+            (None, None, Some(f)) => format!("the PostgreSQL URL in {}", f.display()),
+            (None, None, None) => "no store".to_owned(),
+        }
+    }
 }
 
 /// Where audit records go.
@@ -1394,7 +1512,16 @@ impl BrokerConfig {
             fix(p);
         }
         fix(&mut self.policies_dir);
-        fix(&mut self.store.sqlite_path);
+        for p in [
+            self.store.sqlite_path.as_mut(),
+            self.store.postgres_url_file.as_mut(),
+            self.store.postgres_ca_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
         if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);
         }
@@ -1453,6 +1580,7 @@ impl BrokerConfig {
 
     /// Cross-field checks that types cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.store.check()?;
         self.gate.check()?;
         if self.gate.scan_deadline_seconds * 1000 >= self.server.request_timeout_ms {
             return Err(format!(
@@ -1828,6 +1956,62 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_or_postgres_and_the_url_never_shows() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let head = MINIMAL
+            .strip_suffix("store:\n  sqlite_path: data/lanyard.db\n")
+            .expect("MINIMAL ends with the store");
+        let load = |store: &str| {
+            let file = write(dir.path(), "b.yaml", &format!("{head}store:\n{store}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let pw = "pg-pass-word";
+        let cfg = load(&format!(
+            "  postgres_url: postgres://app:{pw}@db.example/lanyard?sslmode=verify-full\n  postgres_ca_file: pg-ca.pem\n"
+        ))
+        .expect("postgres");
+        assert_eq!(cfg.store.choice(), Ok(StoreChoice::Postgres));
+        assert_eq!(
+            cfg.store.postgres_ca_file,
+            Some(dir.path().join("pg-ca.pem"))
+        );
+        assert_eq!(cfg.store.postgres_pool_size, 16);
+        assert_eq!(cfg.store.postgres_connect_timeout_seconds, 5);
+        let shown = format!("{:?} {}", cfg.store, cfg.store.describe());
+        assert!(!shown.contains(pw), "{shown}");
+        assert!(shown.contains("db.example"), "{shown}");
+        let cfg = load("  postgres_url_file: pg-url\n  postgres_pool_size: 4\n").expect("file");
+        assert_eq!(cfg.store.postgres_url_file, Some(dir.path().join("pg-url")));
+        assert_eq!(cfg.store.postgres_pool_size, 4);
+        for (store, field) in [
+            ("  postgres_pool_size: 4\n", "set `sqlite_path`"),
+            (
+                "  sqlite_path: a.db\n  postgres_url: postgres://u@h/d\n",
+                "only one of",
+            ),
+            (
+                "  postgres_url: postgres://u@h/d\n  postgres_url_file: f\n",
+                "only one of",
+            ),
+            (
+                "  sqlite_path: a.db\n  postgres_ca_file: ca.pem\n",
+                "store.postgres_ca_file",
+            ),
+            (
+                "  postgres_url_file: f\n  postgres_pool_size: 0\n",
+                "store.postgres_pool_size",
+            ),
+            (
+                "  postgres_url_file: f\n  postgres_connect_timeout_seconds: 0\n",
+                "store.postgres_connect_timeout_seconds",
+            ),
+        ] {
+            let e = load(store).expect_err(store);
+            assert!(e.contains(field), "{store}: {e}");
+        }
+    }
+
+    #[test]
     fn audit_segments_and_auth_failure_limits_are_checked() {
         let dir = tempfile::tempdir().expect("tmp");
         let load = |extra: &str| {
@@ -1858,7 +2042,10 @@ mod tests {
         assert_eq!(cfg.listen, default_listen());
         assert_eq!(cfg.audit.sink, "stdout");
         assert_eq!(cfg.tls.cert_file, dir.path().join("tls/cert.pem"));
-        assert_eq!(cfg.store.sqlite_path, dir.path().join("data/lanyard.db"));
+        assert_eq!(
+            cfg.store.sqlite_path,
+            Some(dir.path().join("data/lanyard.db"))
+        );
         assert_eq!(cfg.limits.max_request_body_bytes, 64 * 1024);
     }
 
@@ -1882,7 +2069,7 @@ mod tests {
         ];
         let cfg = BrokerConfig::load(&file, env).expect("loads");
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:9443");
-        assert_eq!(cfg.store.sqlite_path, PathBuf::from("/data/x.db"));
+        assert_eq!(cfg.store.sqlite_path, Some(PathBuf::from("/data/x.db")));
         assert_eq!(cfg.limits.max_token_bytes, 2048);
     }
 

@@ -389,7 +389,19 @@ pub struct KeyRing {
     keys: ArcSwap<Keys>,
     /// Serialises rotations within this process.
     rotation: tokio::sync::Mutex<()>,
+    /// This process's id among replicas sharing the store (`rp_` + 16 hex): who claims a
+    /// rotation ([`Store::claim_job`]), so that one replica creates each new key.
+    replica: String,
 }
+
+/// How long a replica's claim on creating the next key lasts: others skip creating one
+/// meanwhile (and load the one it created at their next reload); if it stopped before
+/// creating it, another replica creates it after this.
+pub const ROTATION_CLAIM: Duration = Duration::from_secs(60);
+
+/// How long a replica starting on an empty store waits for the replica that claimed the
+/// first key to create it.
+pub const FIRST_KEY_WAIT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -426,14 +438,40 @@ impl KeyRing {
             alg,
             keys: ArcSwap::from_pointee(Vec::new()),
             rotation: tokio::sync::Mutex::new(()),
+            replica: {
+                let mut id = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut id).map_err(|_| {
+                    KeyError::Store(StoreError::Backend(
+                        "the system random number generator failed".into(),
+                    ))
+                })?;
+                format!("rp_{}", hex::encode(id))
+            },
         };
         ring.reload().await?;
         if ring.keys.load().is_empty() {
             let _guard = ring.rotation.lock().await;
-            let mut keys = (**ring.keys.load()).clone();
+            // Replicas starting together on an empty store: the one that claims the rotation
+            // creates the first key; the others wait for it (up to FIRST_KEY_WAIT, then create
+            // one themselves: the claimer may have died).
             let now = ring.clock.now();
-            ring.create_key(&mut keys, now).await?;
-            ring.keys.store(Arc::new(keys));
+            if !ring
+                .store
+                .claim_job("key_rotation", &ring.replica, now, now + ROTATION_CLAIM)
+                .await?
+            {
+                let waited = std::time::Instant::now();
+                while ring.keys.load().is_empty() && waited.elapsed() < FIRST_KEY_WAIT {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ring.reload().await?;
+                }
+            }
+            if ring.keys.load().is_empty() {
+                let mut keys = (**ring.keys.load()).clone();
+                let now = ring.clock.now();
+                ring.create_key(&mut keys, now).await?;
+                ring.keys.store(Arc::new(keys));
+            }
         }
         Ok(ring)
     }
@@ -493,7 +531,15 @@ impl KeyRing {
 
         let newest = keys.last().map(|k| (k.active_from, k.alg == self.alg));
         if let Some(active_from) = self.schedule.new_key(newest, now) {
-            self.create_key(&mut keys, active_from).await?;
+            // One replica creates it: the others (on a shared PostgreSQL store) skip, and
+            // load it at their next reload, well within `publish_ahead_seconds`.
+            if self
+                .store
+                .claim_job("key_rotation", &self.replica, now, now + ROTATION_CLAIM)
+                .await?
+            {
+                self.create_key(&mut keys, active_from).await?;
+            }
         }
 
         let active_from: Vec<SystemTime> = keys.iter().map(|k| k.active_from).collect();
@@ -513,6 +559,11 @@ impl KeyRing {
         let after: Vec<String> = keys.iter().map(|k| k.kid.clone()).collect();
         self.keys.store(Arc::new(keys));
         Ok(before != after)
+    }
+
+    /// This process's id among replicas sharing the store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica
     }
 
     /// Each loaded key's `kid` and state at the ring's clock, in schedule order (for
@@ -1125,6 +1176,60 @@ mod tests {
             assert_eq!(signer(&a), signer(&b), "replicas switch together at {t}");
         }
         assert_eq!(signer(&a), a.key_states()[1].0, "the new key signs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_and_rotating_at_once_on_postgres_create_one_key_each_time() {
+        let url = lanyard_test_support::Postgres::shared().create_database("rotation");
+        let opts = crate::store::postgres::PostgresOptions::new(url);
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::postgres::PostgresStore::connect(&opts)
+                .await
+                .expect("connect"),
+        );
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        // Four replicas starting together on the empty database, each with its own store
+        // handle (its own pool): one creates the first key, the others load it.
+        let starts = (0..4).map(|_| {
+            let own: Arc<dyn Store> =
+                Arc::new(crate::store::postgres::PostgresStore::open(&opts).expect("open"));
+            let clock = clock.clone();
+            tokio::spawn(async move { ring_with(own, clock, Algorithm::ES256).await })
+        });
+        let rings: Vec<Arc<KeyRing>> = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|r| Arc::new(r.expect("task")))
+            .collect();
+        assert_eq!(
+            store.signing_keys().await.expect("keys").len(),
+            1,
+            "one first key"
+        );
+        for r in &rings[1..] {
+            assert_eq!(r.jwks(), rings[0].jwks());
+        }
+        clock.set(at(700));
+        // Each replica's periodic task, at once.
+        let tasks = rings.iter().map(|r| {
+            let r = r.clone();
+            tokio::spawn(async move { r.rotate_if_due().await })
+        });
+        for r in futures_util::future::join_all(tasks).await {
+            r.expect("task").expect("rotate");
+        }
+        assert_eq!(
+            store.signing_keys().await.expect("keys").len(),
+            2,
+            "one replica created the next key"
+        );
+        // The others load it at their next reload; all publish the same keys.
+        for r in &rings {
+            r.rotate_if_due().await.expect("reload");
+        }
+        for r in &rings[1..] {
+            assert_eq!(r.jwks(), rings[0].jwks());
+        }
     }
 
     #[tokio::test]

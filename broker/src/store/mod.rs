@@ -9,15 +9,20 @@
 //! - this module: the [`Store`] trait, its records and [`StoreError`].
 //! - [`sqlite`]: the embedded default (one file, nothing to install; several replicas on one
 //!   host may share it).
+//! - [`postgres`]: PostgreSQL, what several broker replicas share (migrations under an
+//!   advisory lock, a bounded connection pool, TLS through rustls).
 //! - [`memory`]: in process memory, not persistent (tests, embedding).
 //! - `suite` (tests only): the trait's behavioural contract, written once and run against
 //!   every implementation; a new store joins it with one line.
 
+pub mod copy;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use lanyard::Secret;
@@ -237,6 +242,63 @@ pub enum StoreError {
     Duplicate(String),
 }
 
+/// Largest `store.postgres_url_file` read, in bytes.
+pub const MAX_URL_FILE_BYTES: u64 = 8 * 1024;
+
+/// Opens the store `config` names: the SQLite file, or PostgreSQL (connecting and applying
+/// its migrations). The PostgreSQL URL is read from `postgres_url_file` when that is set.
+pub async fn open(config: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    use crate::config::StoreChoice;
+    match config.choice().map_err(StoreError::Backend)? {
+        StoreChoice::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path)?)),
+        StoreChoice::Postgres => {
+            let url = match (&config.postgres_url, &config.postgres_url_file) {
+                (Some(url), _) => url.clone(),
+                (None, Some(file)) => read_url_file(file)?,
+                (None, None) => {
+                    return Err(StoreError::Backend("no PostgreSQL URL configured".into()));
+                }
+            };
+            let opts = postgres::PostgresOptions {
+                url,
+                ca_file: config.postgres_ca_file.clone(),
+                pool_size: config.postgres_pool_size,
+                connect_timeout: std::time::Duration::from_secs(
+                    config.postgres_connect_timeout_seconds,
+                ),
+            };
+            Ok(Arc::new(postgres::PostgresStore::connect(&opts).await?))
+        }
+    }
+}
+
+/// Reads a URL file: at most [`MAX_URL_FILE_BYTES`], UTF-8, trimmed, not empty.
+pub fn read_url_file(file: &std::path::Path) -> Result<Secret, StoreError> {
+    use std::io::Read as _;
+    let shown = file.display();
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_URL_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "store.postgres_url_file {shown}: cannot read it: {e}"
+            ))
+        })?;
+    if text.len() as u64 > MAX_URL_FILE_BYTES {
+        return Err(StoreError::Backend(format!(
+            "store.postgres_url_file {shown}: larger than {MAX_URL_FILE_BYTES} bytes; it must \
+             hold one URL"
+        )));
+    }
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "store.postgres_url_file {shown}: empty; write postgres://user:password@host:port/db"
+        )));
+    }
+    Ok(Secret::new(url))
+}
+
 /// Largest secret [`Store::local_secret`] creates, in bytes.
 pub const MAX_LOCAL_SECRET_BYTES: usize = 1024;
 
@@ -421,4 +483,48 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes the records whose `expires_at` is at or before `now`; returns how many.
     async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// Claims the background job `job` (a sweep, a prune) for `holder` until `until`, so that
+    /// of the replicas sharing the store one runs it per period: true when `holder` may run
+    /// it now — no one holds it, the claim lapsed (its `until` at or before `now`: its holder
+    /// stopped), or `holder` holds it already (the claim is then extended to `until`). A
+    /// fenced row, not a session-level advisory lock (which dies silently with a pooled
+    /// connection). Stores serving one process (memory, SQLite) claim always: each process
+    /// runs its jobs, as before replicas.
+    async fn claim_job(
+        &self,
+        job: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let _ = (job, holder, now, until);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_file_is_read_trimmed_and_bounded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("url");
+        std::fs::write(&file, "  postgres://u:pw@h/db\n").expect("write");
+        assert_eq!(
+            read_url_file(&file).expect("read").expose(),
+            "postgres://u:pw@h/db"
+        );
+        std::fs::write(&file, "\n \n").expect("write");
+        let e = read_url_file(&file).expect_err("empty").to_string();
+        assert!(e.contains("empty"), "{e}");
+        std::fs::write(&file, "x".repeat(9 * 1024)).expect("write");
+        let e = read_url_file(&file).expect_err("large").to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let e = read_url_file(&dir.path().join("missing"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+    }
 }

@@ -16,8 +16,7 @@
 //! **Adding an implementation is one line** at the bottom: `contract!(name, expression);`,
 //! where the expression (evaluated inside the async test, so it may `.await`) gives a fresh,
 //! empty store, or a [`Fixture`] when something must outlive the test body (a temporary
-//! directory, a database to drop). A PostgreSQL store would add
-//! `contract!(postgres, fresh_postgres().await);`.
+//! directory, a database to drop), as `contract!(postgres, fresh_postgres().await);` does.
 //!
 //! **Adding a case**: write the `async fn` below and add its name to the list in `cases!`.
 //! What only one implementation can show (SQLite's persistence across reopen, several handles
@@ -73,6 +72,18 @@ fn sqlite_file() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("lanyard.db")).expect("open");
     Fixture::keeping(store, dir)
+}
+
+/// A PostgreSQL store on a fresh database of the test process's shared throwaway cluster
+/// (`tests/support`'s `Postgres::shared`), migrated.
+pub(super) async fn fresh_postgres() -> Fixture {
+    let pg = lanyard_test_support::Postgres::shared();
+    let url = pg.create_database("contract");
+    let store =
+        super::postgres::PostgresStore::connect(&super::postgres::PostgresOptions::new(url))
+            .await
+            .expect("connect to PostgreSQL");
+    Fixture::from(store)
 }
 
 /// `secs` after the Unix epoch.
@@ -1178,3 +1189,4 @@ contract!(
     SqliteStore::open_in_memory().expect("open")
 );
 contract!(sqlite_file, sqlite_file());
+contract!(postgres, fresh_postgres().await);

@@ -59,6 +59,9 @@ pub struct TestBrokerOptions {
     /// `LANYARD_LOG` of a [`BrokerProcess`] (default `warn`; `info` or `debug` for tests that
     /// check what the broker logs).
     pub log_level: &'static str,
+    /// The keys of the `store:` section, each line indented two spaces (empty: the default
+    /// `  sqlite_path: store.db\n`), e.g. `"  postgres_url_file: pg-url\n"`.
+    pub store_config: String,
 }
 
 impl Default for TestBrokerOptions {
@@ -72,6 +75,7 @@ impl Default for TestBrokerOptions {
             audit_file: None,
             audit_config: String::new(),
             log_level: "warn",
+            store_config: String::new(),
         }
     }
 }
@@ -349,8 +353,13 @@ fn write_config(
     };
     let config_text = format!(
         "listen: \"{addr}\"\npublic_url: \"https://{addr}\"\ntls:\n  cert_file: {cert}\n  key_file: {key}\n{mtls}\
-         policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n  sqlite_path: store.db\n\
+         policies_dir: policies\nadmin:\n  token_file: admin-token\nstore:\n{store}\
          audit:\n  sink: {audit}\n{audit_extra}reload_interval_seconds: 1\n{issuers}{extra}\n",
+        store = if opts.store_config.is_empty() {
+            "  sqlite_path: store.db\n"
+        } else {
+            &opts.store_config
+        },
         cert = pki.cert_path().display(),
         key = pki.key_path().display(),
         audit = audit_path(dir, opts).display(),

@@ -11,6 +11,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::child::free_ports;
 
@@ -28,6 +30,8 @@ pub struct Postgres {
     port: u16,
     /// The server options `pg_ctl start -o` was given (reused by [`Postgres::restart`]).
     opts: String,
+    /// Files the server reads besides its data directory (a TLS certificate and key).
+    keep: Option<tempfile::TempDir>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -79,6 +83,111 @@ impl Postgres {
     /// Starts a cluster with PostgreSQL's durability settings left on (benchmarks).
     pub fn start_durable() -> Self {
         Self::start_with(&[])
+    }
+
+    /// Starts a cluster serving TLS (`ssl=on`) with the certificate and key of `pki` (its
+    /// server certificate names `localhost` and `127.0.0.1`), besides plain TCP.
+    pub fn start_tls(pki: &crate::TestPki) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lanyard-pg-tls-")
+            .tempdir()
+            .expect("temp dir for the server certificate");
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        std::fs::copy(pki.cert_path(), &cert).expect("copy cert");
+        std::fs::copy(pki.key_path(), &key).expect("copy key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod dir");
+        }
+        if is_root() {
+            let st = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(
+                st.success(),
+                "chown postgres {} failed",
+                dir.path().display()
+            );
+        }
+        let cert_opt = format!("ssl_cert_file={}", cert.display());
+        let key_opt = format!("ssl_key_file={}", key.display());
+        let mut pg = Self::start_with(&[
+            "-c",
+            "fsync=off",
+            "-c",
+            "ssl=on",
+            "-c",
+            &cert_opt,
+            "-c",
+            &key_opt,
+        ]);
+        pg.keep = Some(dir);
+        pg
+    }
+
+    /// One cluster for the whole test process, started on first use (`fsync=off`). A
+    /// watcher process stops it and removes its directory once this process has exited
+    /// (statics are never dropped). Give each test its own database
+    /// ([`Postgres::create_database`]).
+    pub fn shared() -> &'static Self {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let pg = Self::start();
+            pg.watch_parent();
+            pg
+        })
+    }
+
+    /// Creates a fresh, empty database named after `prefix` plus a counter; returns its URL
+    /// (as [`Postgres::url`]).
+    pub fn create_database(&self, prefix: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name: String = format!("{prefix}_{n}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.psql(&format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Starts `sh` watching this process: when it is gone, stop the cluster (immediate mode)
+    /// and remove its directory.
+    // The watcher must outlive this process, which therefore never waits for it.
+    #[allow(clippy::zombie_processes)]
+    fn watch_parent(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {owner}{pg_ctl} -D {data} -m immediate -w stop >/dev/null 2>&1; rm -rf {root}",
+            pid = std::process::id(),
+            owner = if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data_dir(),
+            root = self.dir.path().display(),
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the PostgreSQL watcher");
     }
 
     fn start_with(settings: &[&str]) -> Self {
@@ -143,6 +252,7 @@ impl Postgres {
                     bin,
                     port,
                     opts,
+                    keep: None,
                 };
             }
             why = format!(
@@ -191,6 +301,13 @@ impl Postgres {
         let socket_dir = self.dir.path().to_str().expect("utf-8").to_owned();
         self.run_psql(&socket_dir, "test", None, "postgres", sql)
             .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
+    }
+
+    /// Like [`Postgres::psql`] against database `db`.
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        let socket_dir = self.dir.path().to_str().expect("utf-8").to_owned();
+        self.run_psql(&socket_dir, "test", None, db, sql)
+            .unwrap_or_else(|e| panic!("psql -d {db} {sql:?}: {e}"))
     }
 
     fn run_psql(
