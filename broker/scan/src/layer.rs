@@ -560,8 +560,31 @@ struct LayerDigests {
     /// `None` when there is no digest to check (then none is computed).
     raw_alg: Option<DigestAlgorithm>,
     decoded_alg: Option<DigestAlgorithm>,
-    raw: Mutex<Option<Arc<Mutex<Option<String>>>>>,
-    decoded: Mutex<Option<Arc<Mutex<Option<String>>>>>,
+    raw: Mutex<Option<DigestSlot>>,
+    decoded: Mutex<Option<DigestSlot>>,
+}
+
+/// A layer blob's decompressed stream, counted against the budget, with the digests of the
+/// blob and of the stream (each final once the stream has been read to its end).
+type DigestSlot = Arc<Mutex<Option<String>>>;
+
+/// What [`open_layer`] gives: the stream and the two digests' slots.
+type OpenedLayer<'a> = (Hashing<Box<dyn Read + 'a>>, DigestSlot, DigestSlot);
+
+fn open_layer<'a, R: Read + 'a>(
+    blob: R,
+    budget: &'a Budget,
+    raw_alg: Option<DigestAlgorithm>,
+    decoded_alg: Option<DigestAlgorithm>,
+) -> io::Result<OpenedLayer<'a>> {
+    let raw = RawCounting {
+        inner: blob,
+        budget,
+    };
+    let (raw, raw_digest) = Hashing::new(raw, raw_alg);
+    let (_, decoded) = decoder(raw)?;
+    let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
+    Ok((decoded, raw_digest, decoded_digest))
 }
 
 /// The decoding half of a layer: reads the blob, hashes it, decompresses it, hashes the
@@ -573,23 +596,16 @@ fn decode_layer<R: Read>(
     tx: &std::sync::mpsc::SyncSender<Decoded>,
     spent: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let (raw_alg, decoded_alg) = (digests.raw_alg, digests.decoded_alg);
-    let (raw_digest, decoded_digest) = (&digests.raw, &digests.decoded);
-    let raw = RawCounting {
-        inner: blob,
-        budget,
-    };
-    let (raw, raw_result) = Hashing::new(raw, raw_alg);
-    *raw_digest.lock().unwrap_or_else(|p| p.into_inner()) = Some(raw_result);
-    let decoded = match decoder(raw) {
-        Ok((_, d)) => d,
-        Err(e) => {
-            let _ = tx.send(Decoded::Started(Err(e)));
-            return;
-        }
-    };
-    let (mut decoded, decoded_result) = Hashing::new(decoded, decoded_alg);
-    *decoded_digest.lock().unwrap_or_else(|p| p.into_inner()) = Some(decoded_result);
+    let (mut decoded, raw_result, decoded_result) =
+        match open_layer(blob, budget, digests.raw_alg, digests.decoded_alg) {
+            Ok(opened) => opened,
+            Err(e) => {
+                let _ = tx.send(Decoded::Started(Err(e)));
+                return;
+            }
+        };
+    *digests.raw.lock().unwrap_or_else(|p| p.into_inner()) = Some(raw_result);
+    *digests.decoded.lock().unwrap_or_else(|p| p.into_inner()) = Some(decoded_result);
     if tx.send(Decoded::Started(Ok(()))).is_err() {
         return;
     }
@@ -648,19 +664,14 @@ pub(crate) fn scan_layer<R: Read + Send>(
         };
     if !budget.layer_threads {
         // One thread does it all, in order (the fuzz target's way: no thread outlives a run).
-        let raw = RawCounting {
-            inner: blob,
-            budget,
-        };
-        let (raw, raw_digest) = Hashing::new(raw, raw_alg);
-        let decoded = match decoder(raw) {
-            Ok((_, d)) => d,
-            Err(e) => {
-                ctx.out.incomplete.push(format!("{layer}: {e}"));
-                return ctx.out;
-            }
-        };
-        let (decoded, decoded_digest) = Hashing::new(decoded, decoded_alg);
+        let (decoded, raw_digest, decoded_digest) =
+            match open_layer(blob, budget, raw_alg, decoded_alg) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    ctx.out.incomplete.push(format!("{layer}: {e}"));
+                    return ctx.out;
+                }
+            };
         let (_, none) = std::sync::mpsc::channel();
         scan_decoded(
             &mut ctx,

@@ -503,6 +503,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Seconds since the epoch as the stores keep them.
+pub(crate) fn to_unix(t: SystemTime) -> Result<i64, StoreError> {
+    i64::try_from(lanyard::clock::unix_seconds(t))
+        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
+}
+
+/// A stored seconds-since-the-epoch column read back; `what` names it in the error.
+pub(crate) fn from_unix(v: i64, what: &dyn std::fmt::Display) -> Result<SystemTime, StoreError> {
+    u64::try_from(v)
+        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
+}
+
+/// Milliseconds since the epoch as the stores keep them.
+pub(crate) fn to_unix_millis(t: SystemTime) -> Result<i64, StoreError> {
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    i64::try_from(millis)
+        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
+}
+
+/// A stored milliseconds column read back; `what` names it in the error.
+pub(crate) fn from_unix_millis(
+    v: i64,
+    what: &dyn std::fmt::Display,
+) -> Result<SystemTime, StoreError> {
+    u64::try_from(v)
+        .map(|ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

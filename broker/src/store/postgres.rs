@@ -46,7 +46,6 @@ use std::time::{Duration, SystemTime};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lanyard::Secret;
-use lanyard::clock::unix_seconds;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -55,7 +54,7 @@ use zeroize::Zeroizing;
 use super::{
     AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
     MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
-    Store, StoreError, VerdictRecord,
+    Store, StoreError, VerdictRecord, from_unix, from_unix_millis, to_unix, to_unix_millis,
 };
 
 /// The advisory lock key migrations hold (`pg_advisory_xact_lock`): "lanyard" in ASCII.
@@ -635,32 +634,6 @@ fn is_transient(code: &SqlState) -> bool {
         || c.starts_with("53")
         || c.starts_with("57P")
         || matches!(c, "40001" | "40P01" | "55P03" | "25006")
-}
-
-fn to_unix(t: SystemTime) -> Result<i64, StoreError> {
-    i64::try_from(unix_seconds(t))
-        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
-}
-
-fn from_unix(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
-    u64::try_from(v)
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
-}
-
-fn to_unix_millis(t: SystemTime) -> Result<i64, StoreError> {
-    let millis = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    i64::try_from(millis)
-        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
-}
-
-fn from_unix_millis(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
-    u64::try_from(v)
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
 }
 
 fn limit_i64(limit: usize) -> i64 {

@@ -22,14 +22,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use lanyard::Secret;
-use lanyard::clock::unix_seconds;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
 use super::{
     AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
     MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
-    Store, StoreError, VerdictRecord,
+    Store, StoreError, VerdictRecord, from_unix, from_unix_millis, to_unix, to_unix_millis,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -593,32 +592,6 @@ fn insert_error(op: &'static str, what: String) -> impl Fn(rusqlite::Error) -> S
         }
         _ => sql_error(op)(e),
     }
-}
-
-fn to_unix(t: SystemTime) -> Result<i64, StoreError> {
-    i64::try_from(unix_seconds(t))
-        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
-}
-
-fn from_unix(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
-    u64::try_from(v)
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
-}
-
-fn to_unix_millis(t: SystemTime) -> Result<i64, StoreError> {
-    let millis = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    i64::try_from(millis)
-        .map_err(|_| StoreError::Backend("time is too far in the future to store".to_owned()))
-}
-
-fn from_unix_millis(v: i64, what: &dyn fmt::Display) -> Result<SystemTime, StoreError> {
-    u64::try_from(v)
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .map_err(|_| StoreError::Corrupt(format!("{what}: negative timestamp {v}")))
 }
 
 fn opt_from_unix(
