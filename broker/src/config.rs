@@ -1175,6 +1175,17 @@ pub enum VaultAuth {
         #[serde(default = "default_k8s_mount")]
         mount: String,
     },
+    /// JWT auth (Vault's `jwt` method) with a token from a file, e.g. one the platform
+    /// projects for the broker (re-read at each login).
+    Jwt {
+        /// The Vault role.
+        role: String,
+        /// File holding the JWT.
+        jwt_file: PathBuf,
+        /// Auth mount.
+        #[serde(default = "default_jwt_mount")]
+        mount: String,
+    },
 }
 
 /// The `vault` backend.
@@ -1257,6 +1268,9 @@ fn default_approle_mount() -> String {
 }
 fn default_k8s_mount() -> String {
     "kubernetes".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 fn default_k8s_jwt_file() -> PathBuf {
     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -1439,6 +1453,7 @@ impl BrokerConfig {
                 VaultAuth::Token { token_file } => fix(token_file),
                 VaultAuth::Approle { secret_id_file, .. } => fix(secret_id_file),
                 VaultAuth::Kubernetes { jwt_file, .. } => fix(jwt_file),
+                VaultAuth::Jwt { jwt_file, .. } => fix(jwt_file),
             }
         }
         for iss in &mut self.issuers {
