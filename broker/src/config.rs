@@ -1209,6 +1209,11 @@ pub struct VaultConfig {
     /// Revoke a Vault lease upstream when the broker's lease for it expires.
     #[serde(default = "default_true")]
     pub revoke_on_expiry: bool,
+    /// Keep renewing a renewable Vault lease (dynamic secrets) that is shorter than the TTL
+    /// granted, so the credential lives that TTL (see `issue::renewal`); off: the credential
+    /// lives as long as Vault's first lease.
+    #[serde(default = "default_true")]
+    pub renew_leases: bool,
     /// See [`UpstreamLimits::max_concurrency`].
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,

@@ -245,13 +245,15 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
         Ok(user.as_str()),
         "the issued user and password log in"
     );
+    // OpenBao's lease is the database role's 300 s; the broker renews it up to the 600 s it
+    // granted, so that is the credential's lifetime.
     assert_eq!(
-        cred.ttl_seconds, 300,
-        "min(requested 600, the role's 300 s)"
+        cred.ttl_seconds, 600,
+        "the TTL granted, not OpenBao's first lease"
     );
     assert_eq!(
         unix_seconds(parse_rfc3339(&cred.expires_at).expect("time")),
-        unix_seconds(b.clock.now()) + 300
+        unix_seconds(b.clock.now()) + 600
     );
     assert!(!b.audit_log().contains(&password));
 
@@ -276,7 +278,7 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
     let user2 = second.credentials[0].data["username"].expose().to_owned();
     assert!(pg_has_role(&pg, &user2));
     assert_eq!(b.broker.sweep_expired_leases().await.expect("sweep"), 0);
-    b.clock.advance(Duration::from_secs(300));
+    b.clock.advance(Duration::from_secs(600));
     assert_eq!(b.broker.sweep_expired_leases().await.expect("sweep"), 1);
     assert!(!pg_has_role(&pg, &user2), "dropped on expiry");
     assert_eq!(
@@ -285,6 +287,113 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
             .filter(|r| r["auth"]["policies"].to_string().contains("db-t2-broker"))
             .count(),
         2
+    );
+}
+
+/// `rolvaliduntil` of a PostgreSQL role, in Unix seconds.
+fn pg_valid_until(pg: &Postgres, user: &str) -> i64 {
+    pg.psql(&format!(
+        "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = '{}'",
+        user.replace('\'', "''")
+    ))
+    .parse()
+    .expect("valid until")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_leases_are_renewed_while_held_up_to_the_ttl_granted_and_a_vault_cap_ends_them() {
+    let bao = OpenBao::shared().await;
+    let pg = Postgres::start();
+    // `short`: 3 s leases, renewable for an hour. `capped`: 3 s leases, at most 5 s.
+    bao.database_postgres("db-t6", &pg, "short", 3, 3600).await;
+    bao.database_role("db-t6", "capped", 3, 5).await;
+    bao.policy(
+        "db-t6-broker",
+        "path \"db-t6/creds/*\" { capabilities = [\"read\"] }\n\
+         path \"sys/leases/*\" { capabilities = [\"update\"] }",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (auth, _) = token_auth(bao, &dir, &["db-t6-broker"]).await;
+    let policy = r#"
+roles:
+  short:
+    backend: vault
+    max_ttl_seconds: 8
+    default_ttl_seconds: 8
+    settings: {kind: dynamic, mount: db-t6, role: short}
+  capped:
+    backend: vault
+    max_ttl_seconds: 8
+    default_ttl_seconds: 8
+    settings: {kind: dynamic, mount: db-t6, role: capped}
+rules:
+  - name: shop
+    match: {namespace: shop}
+    roles: [short, capped]
+"#;
+    let b = InProcessBroker::start(policy, &vault_config(bao, &auth, ""))
+        .await
+        .expect("broker");
+    let me = k8s_pod("shop", "api", "a");
+    let resp = issue(&b, &me, &["short", "capped"], None)
+        .await
+        .expect("issued");
+    let by = |r: &str| resp.credentials.iter().find(|c| c.role == r).expect("role");
+    let (short, capped) = (by("short"), by("capped"));
+    assert_eq!(short.ttl_seconds, 8, "the TTL granted, renewed up to");
+    assert_eq!(capped.ttl_seconds, 8);
+    let user = |c: &lanyard::wire::Credential| c.data["username"].expose().to_owned();
+    let (short_user, capped_user) = (user(short), user(capped));
+    let first_valid_until = pg_valid_until(&pg, &short_user);
+
+    // Six seconds, the broker's clock kept with the real one (OpenBao's): renewed at two
+    // thirds of each 3 s lease. Without renewal OpenBao would have dropped both users at 3 s.
+    let mut total = lanyard_broker::broker::LeaseRenewals::default();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        b.clock.advance(Duration::from_secs(1));
+        let r = b.broker.renew_leases().await;
+        total.renewed += r.renewed;
+        total.capped += r.capped;
+        total.failed += r.failed;
+    }
+    assert_eq!(total.failed, 0, "{total:?}");
+    assert_eq!(total.capped, 1, "OpenBao capped `capped` at 5 s: {total:?}");
+    assert!(total.renewed >= 3, "{total:?}");
+    assert!(
+        pg_valid_until(&pg, &short_user) >= first_valid_until + 4,
+        "OpenBao moved VALID UNTIL with each renewal"
+    );
+    assert_eq!(
+        pg.psql_as(
+            &short_user,
+            short.data["password"].expose(),
+            "postgres",
+            "SELECT 1"
+        )
+        .as_deref(),
+        Ok("1"),
+        "the renewed credential still logs in past its first lease"
+    );
+    // OpenBao revoked the capped one at its 5 s cap (its expiry manager runs the statements).
+    let mut gone = false;
+    for _ in 0..20 {
+        if !pg_has_role(&pg, &capped_user) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the capped lease ended upstream");
+
+    // At the TTL granted the broker stops renewing and the sweep revokes it.
+    b.clock.advance(Duration::from_secs(2));
+    assert_eq!(b.broker.renew_leases().await, Default::default());
+    assert!(b.broker.sweep_expired_leases().await.expect("sweep") >= 1);
+    assert!(
+        !pg_has_role(&pg, &short_user),
+        "dropped at the end of the TTL granted"
     );
 }
 

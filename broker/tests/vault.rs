@@ -8,9 +8,11 @@ use lanyard::clock::{Clock, parse_rfc3339, unix_seconds};
 use lanyard::wire::ErrorCode;
 use lanyard_test_support::{InProcessBroker, VaultEmulator, k8s_pod};
 
+/// Lease renewal is off here: these tests check the credential that lives as long as Vault's
+/// first lease; renewal is tested against OpenBao (`broker/tests/openbao.rs`).
 fn vault_config(vault: &VaultEmulator, auth: &str) -> String {
     format!(
-        "backends:\n  vault:\n    address: \"{}\"\n    namespace: team-a\n    max_requests_per_second: 1000\n    auth:\n{auth}",
+        "backends:\n  vault:\n    address: \"{}\"\n    namespace: team-a\n    max_requests_per_second: 1000\n    renew_leases: false\n    auth:\n{auth}",
         vault.url
     )
 }

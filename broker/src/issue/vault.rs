@@ -972,6 +972,10 @@ impl Backend for VaultBackend {
     fn revokes_on_expiry(&self) -> bool {
         self.config.revoke_on_expiry
     }
+
+    fn renews_leases(&self) -> bool {
+        self.config.renew_leases
+    }
 }
 
 #[cfg(test)]

@@ -107,13 +107,15 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
-    // Upstream backends: the broker's own Vault token, and revoke-on-expiry of Vault leases.
+    // Upstream backends: the broker's own Vault token, renewal of the Vault leases it holds,
+    // and revoke-on-expiry of Vault leases.
     let backends = {
         let broker = broker.clone();
         periodic(every, rx.clone(), move || {
             let broker = broker.clone();
             async move {
                 broker.maintain_backends().await;
+                broker.renew_leases().await;
                 if let Err(e) = broker.sweep_expired_leases().await {
                     warn!(error = %e, "lease expiry sweep failed; will retry");
                 }
