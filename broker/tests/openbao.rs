@@ -882,3 +882,86 @@ rules:
         .expect("revoked");
     assert!(out.upstream_revoked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_holds_the_brokers_login_and_its_secrets() {
+    let bao = OpenBao::shared().await;
+    let ns = "team-t7";
+    bao.write(&format!("sys/namespaces/{ns}"), json!({})).await;
+    bao.write_in(
+        ns,
+        "sys/mounts/kv",
+        json!({"type": "kv", "options": {"version": "2"}}),
+    )
+    .await;
+    bao.write_in(ns, "kv/data/apps/shop/db", json!({"data": {"password": "ns-pass"}}))
+        .await;
+    bao.write_in(
+        ns,
+        "sys/policies/acl/read",
+        json!({"policy": "path \"kv/data/*\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    bao.write_in(ns, "sys/auth/approle", json!({"type": "approle"}))
+        .await;
+    bao.write_in(
+        ns,
+        "auth/approle/role/lanyard",
+        json!({"token_policies": ["read"], "token_ttl": "1h"}),
+    )
+    .await;
+    bao.write_in(
+        ns,
+        "auth/approle/role/lanyard/role-id",
+        json!({"role_id": "ns-role"}),
+    )
+    .await;
+    bao.write_in(
+        ns,
+        "auth/approle/role/lanyard/custom-secret-id",
+        json!({"secret_id": "ns-secret"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = secret_file(&dir, "secret-id", "ns-secret");
+    let auth = format!(
+        "      approle:\n        role_id: ns-role\n        secret_id_file: \"{file}\"\n"
+    );
+    let policy = r#"
+roles:
+  pw:
+    backend: vault
+    max_ttl_seconds: 3600
+    default_ttl_seconds: 600
+    settings: {kind: kv2, mount: kv, path: "apps/{{namespace}}/db"}
+rules:
+  - name: shop
+    match: {namespace: shop}
+    roles: [pw]
+"#;
+    let b = InProcessBroker::start(
+        policy,
+        &vault_config(bao, &auth, &format!("    namespace: {ns}\n")),
+    )
+    .await
+    .expect("broker");
+    let resp = issue(&b, &k8s_pod("shop", "api", "a"), &["pw"], None)
+        .await
+        .expect("issued from the namespace");
+    assert_eq!(resp.credentials[0].data["password"].expose(), "ns-pass");
+    // The same login and path outside the namespace do not exist.
+    let (status, _) = bao
+        .call(
+            reqwest::Method::POST,
+            "auth/approle/login",
+            Some(json!({"role_id": "ns-role", "secret_id": "ns-secret"})),
+        )
+        .await;
+    assert_ne!(status, 200, "the AppRole lives in the namespace only");
+    let in_ns = bao
+        .audited("auth/approle/login")
+        .into_iter()
+        .filter(|r| r["request"]["namespace"]["path"] == json!(format!("{ns}/")))
+        .count();
+    assert_eq!(in_ns, 1, "the broker logged in inside the namespace");
+}

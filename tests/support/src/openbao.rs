@@ -290,10 +290,35 @@ impl OpenBao {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.call_in(None, token, method, path, body).await
+    }
+
+    /// Writes (POST) with the root token in namespace `ns` (`X-Vault-Namespace`); panics
+    /// unless it succeeds. Returns the body.
+    pub async fn write_in(&self, ns: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self
+            .call_in(Some(ns), ROOT_TOKEN, reqwest::Method::POST, path, Some(body))
+            .await;
+        assert!((200..300).contains(&status), "OpenBao POST {ns}/{path}: {status} {v}");
+        v
+    }
+
+    /// Calls the API with `token`, in namespace `ns` if given.
+    pub async fn call_in(
+        &self,
+        ns: Option<&str>,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http_client()
             .request(method, format!("{}/v1/{path}", self.url))
             .header("X-Vault-Token", token);
+        if let Some(ns) = ns {
+            req = req.header("X-Vault-Namespace", ns);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
