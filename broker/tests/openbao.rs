@@ -894,8 +894,12 @@ async fn a_namespace_holds_the_brokers_login_and_its_secrets() {
         json!({"type": "kv", "options": {"version": "2"}}),
     )
     .await;
-    bao.write_in(ns, "kv/data/apps/shop/db", json!({"data": {"password": "ns-pass"}}))
-        .await;
+    bao.write_in(
+        ns,
+        "kv/data/apps/shop/db",
+        json!({"data": {"password": "ns-pass"}}),
+    )
+    .await;
     bao.write_in(
         ns,
         "sys/policies/acl/read",
@@ -924,9 +928,8 @@ async fn a_namespace_holds_the_brokers_login_and_its_secrets() {
     .await;
     let dir = tempfile::tempdir().expect("tmp");
     let file = secret_file(&dir, "secret-id", "ns-secret");
-    let auth = format!(
-        "      approle:\n        role_id: ns-role\n        secret_id_file: \"{file}\"\n"
-    );
+    let auth =
+        format!("      approle:\n        role_id: ns-role\n        secret_id_file: \"{file}\"\n");
     let policy = r#"
 roles:
   pw:

@@ -121,18 +121,23 @@ impl OpenBao {
             .get_or_init(|| async {
                 let bao = Self::start_with(OpenBaoOptions { tls: true }).await;
                 let pid = bao.child.as_ref().map(Child::id).expect("running");
-                Command::new("sh")
+                // In the background of a shell that exits at once (so nothing is left to
+                // wait for): polls this process, then stops the server and removes its
+                // directory.
+                let started = Command::new("sh")
                     .args([
                         "-c",
-                        "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; kill \"$1\"",
+                        "(while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; kill \"$1\"; sleep 2; rm -rf \"$2\") &",
                         &std::process::id().to_string(),
                         &pid.to_string(),
+                        &bao.dir.path().display().to_string(),
                     ])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
-                    .spawn()
+                    .status()
                     .expect("watchdog for the shared OpenBao");
+                assert!(started.success(), "watchdog for the shared OpenBao: {started}");
                 bao
             })
             .await
@@ -297,9 +302,18 @@ impl OpenBao {
     /// unless it succeeds. Returns the body.
     pub async fn write_in(&self, ns: &str, path: &str, body: Value) -> Value {
         let (status, v) = self
-            .call_in(Some(ns), ROOT_TOKEN, reqwest::Method::POST, path, Some(body))
+            .call_in(
+                Some(ns),
+                ROOT_TOKEN,
+                reqwest::Method::POST,
+                path,
+                Some(body),
+            )
             .await;
-        assert!((200..300).contains(&status), "OpenBao POST {ns}/{path}: {status} {v}");
+        assert!(
+            (200..300).contains(&status),
+            "OpenBao POST {ns}/{path}: {status} {v}"
+        );
         v
     }
 
