@@ -1672,11 +1672,25 @@ impl Broker {
     /// failed one is retried at the next call while the upstream lease lasts.
     pub async fn renew_leases(&self) -> LeaseRenewals {
         let mut out = LeaseRenewals::default();
+        let count = |backend: &str, outcome: &str| {
+            self.metrics
+                .lease_renewals
+                .with_label_values(&[backend, outcome])
+                .inc();
+        };
         for held in self.renewals.due(self.now()) {
             let Some(backend) = self.backends.get(&held.backend) else {
                 self.renewals.release(&held.lease_id);
                 continue;
             };
+            // Revoked meanwhile through another replica (which cannot release it here).
+            if let Ok(Some(lease)) = self.store.get_lease(&held.lease_id).await
+                && lease.revoked_at.is_some()
+            {
+                self.renewals.release(&held.lease_id);
+                count(&held.backend, "dropped");
+                continue;
+            }
             let now = self.now();
             let increment = held.increment(now);
             let renewed = backend
@@ -1697,14 +1711,31 @@ impl Broker {
                     {
                         Some(Renewed::Capped(at)) => {
                             out.capped += 1;
+                            count(&held.backend, "capped");
                             warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, ends_at = %rfc3339(at), lease_ends_at = %rfc3339(held.until), "the upstream capped a lease renewal: the credential ends before the time handed out (raise the upstream role's max TTL to the lanyard role's max_ttl_seconds)");
                         }
-                        Some(_) => out.renewed += 1,
+                        Some(_) => {
+                            out.renewed += 1;
+                            count(&held.backend, "renewed");
+                        }
                         None => {}
                     }
                 }
+                // The upstream refused (the lease is gone, or renewing it is not allowed):
+                // asking again cannot help.
+                Err(
+                    e @ BackendError::Upstream {
+                        retryable: false, ..
+                    },
+                ) => {
+                    out.failed += 1;
+                    count(&held.backend, "dropped");
+                    self.renewals.release(&held.lease_id);
+                    warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, error = %e, "the upstream refused to renew a lease; it ends with its current upstream lease");
+                }
                 Err(e) => {
                     out.failed += 1;
+                    count(&held.backend, "failed");
                     warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, error = %e, "renewing an upstream lease failed; will retry while it lasts");
                 }
             }

@@ -346,6 +346,17 @@ rules:
     let user = |c: &lanyard::wire::Credential| c.data["username"].expose().to_owned();
     let (short_user, capped_user) = (user(short), user(capped));
     let first_valid_until = pg_valid_until(&pg, &short_user);
+    // A third lease, revoked by its workload at once: renewed no more.
+    let other = k8s_pod("shop", "api", "b");
+    let revoked = issue(&b, &other, &["short"], None).await.expect("issued");
+    b.broker
+        .revoke_lease(
+            &revoked.credentials[0].lease_id,
+            Some(&other.identity),
+            "req_rv",
+        )
+        .await
+        .expect("revoked");
 
     // Six seconds, the broker's clock kept with the real one (OpenBao's): renewed at two
     // thirds of each 3 s lease. Without renewal OpenBao would have dropped both users at 3 s.
@@ -360,7 +371,8 @@ rules:
     }
     assert_eq!(total.failed, 0, "{total:?}");
     assert_eq!(total.capped, 1, "OpenBao capped `capped` at 5 s: {total:?}");
-    assert!(total.renewed >= 3, "{total:?}");
+    // `short` at 2, 4 and 6 s (the last up to the 8 s granted); `capped` at 2 s.
+    assert_eq!(total.renewed, 4, "{total:?}");
     assert!(
         pg_valid_until(&pg, &short_user) >= first_valid_until + 4,
         "OpenBao moved VALID UNTIL with each renewal"

@@ -1,6 +1,8 @@
 //! The `vault` backend through the real `vaultrs` client against the Vault emulator in
-//! `lanyard-test-support` (no Vault can be installed here; the emulator returns Vault's
-//! documented response bodies for the paths lanyard calls — see its module doc).
+//! `lanyard-test-support` (Vault's documented response bodies for the paths lanyard calls —
+//! see its module doc), for what the real OpenBao of `openbao.rs` cannot be made to do:
+//! Kubernetes auth, exact request bodies, and the broker's token renewal on a manual clock.
+//! The table in `docs/ARCHITECTURE.md` says which test uses which server.
 
 use std::time::Duration;
 
