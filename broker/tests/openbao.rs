@@ -229,7 +229,7 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
     )
     .await;
     let dir = tempfile::tempdir().expect("tmp");
-    let (auth, _) = token_auth(bao, &dir, &["db-t2-broker"]).await;
+    let (auth, broker_token) = token_auth(bao, &dir, &["db-t2-broker"]).await;
     let b = InProcessBroker::start(DB_POLICY, &vault_config(bao, &auth, ""))
         .await
         .expect("broker");
@@ -288,6 +288,22 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
             .count(),
         2
     );
+
+    // Vault ties a lease to the token that created it: revoking the broker's token revokes
+    // every credential the broker issued with it (CONFIG.md: the broker's token max TTL).
+    let third = issue(&b, &me, &["db"], None).await.expect("issued");
+    let user3 = third.credentials[0].data["username"].expose().to_owned();
+    assert!(pg_has_role(&pg, &user3));
+    bao.revoke_token(&broker_token).await;
+    let mut gone = false;
+    for _ in 0..20 {
+        if !pg_has_role(&pg, &user3) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the broker's token took its leases with it");
 }
 
 /// `rolvaliduntil` of a PostgreSQL role, in Unix seconds.
