@@ -636,3 +636,33 @@ impl Drop for OpenBao {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dev_server_answers_restarts_empty_and_stops_on_drop() {
+        if std::env::var_os("LANYARD_BAO").is_none() {
+            eprintln!("skipped: LANYARD_BAO unset (run through ./test.sh)");
+            return;
+        }
+        let mut bao = OpenBao::start().await;
+        bao.enable_secrets("kv", "kv").await;
+        assert_eq!(bao.kv_put("kv", "a", json!({"k": "v"})).await, 1);
+        assert_eq!(bao.audited("kv/data/a").len(), 1, "the audit device logs");
+        bao.restart().await;
+        let (status, _) = bao.call(reqwest::Method::GET, "kv/data/a", None).await;
+        assert_ne!(status, 200, "a restarted dev server has nothing");
+        let pid = bao.child.as_ref().map(Child::id).expect("running");
+        let dir = bao.dir.path().to_owned();
+        drop(bao);
+        let alive = Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .expect("kill -0");
+        assert!(!alive.success(), "the server stopped with its value");
+        assert!(!dir.exists());
+    }
+}
