@@ -889,7 +889,23 @@ rules:
     assert!(msg.contains("AppRole login: Vault answered 403"), "{msg}");
     assert!(!msg.contains("lanyard-secret-id"), "{msg}");
     operator_setup(&bao, &pg, "after").await;
-    b.clock.advance(Duration::from_secs(600));
+    // The three database leases the broker was renewing are unknown to the new server: their
+    // renewals are refused, so the broker stops renewing them and says so (a warning naming
+    // each lease, `lanyard_lease_renewals_total{outcome="dropped"}`).
+    b.clock.advance(Duration::from_secs(250));
+    let renewals = b.broker.renew_leases().await;
+    assert_eq!(renewals.failed, 3, "{renewals:?}");
+    assert_eq!(
+        b.broker.renew_leases().await,
+        Default::default(),
+        "dropped, not retried"
+    );
+    let metrics = b.broker.metrics().render();
+    assert!(
+        metrics.contains("lanyard_lease_renewals_total{backend=\"vault\",outcome=\"dropped\"} 3"),
+        "{metrics}"
+    );
+    b.clock.advance(Duration::from_secs(350));
     let again = issue(&b, &me, &["pw"], None)
         .await
         .expect("logged in again");
