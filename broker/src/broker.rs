@@ -132,7 +132,8 @@ pub struct LeaseRenewals {
     pub renewed: usize,
     /// Leases the upstream would not extend as far as asked (they end early).
     pub capped: usize,
-    /// Renewals that failed (retried at the next call).
+    /// Renewals that failed: refused ones are dropped (the lease ends with its current
+    /// upstream lease), others are retried at the next call.
     pub failed: usize,
 }
 
