@@ -182,10 +182,14 @@ rules:
         let err = issue(&b, &me, &[role], None).await.expect_err(role);
         let body = err.body(Some("req_test"));
         assert!(
-            body.error.message.contains("Vault answered 404"),
+            body.error.message.ends_with(
+                "Vault answered 404 (no secret at this path, or the version read is deleted or \
+                 destroyed)"
+            ),
             "{role}: {}",
             body.error.message
         );
+        assert_eq!(err.code(), ErrorCode::UpstreamRefused, "{role}");
         assert!(!body.error.retryable, "{role}: {}", body.error.message);
         assert!(
             !body.error.message.contains("pass"),
@@ -387,11 +391,13 @@ rules:
         total.capped += r.capped;
         total.failed += r.failed;
     }
+    // No failure: the lease its workload revoked was not renewed (OpenBao would refuse it).
     assert_eq!(total.failed, 0, "{total:?}");
     assert_eq!(total.capped, 1, "OpenBao capped `capped` at 5 s: {total:?}");
-    // `short` at about 2, 4 and 6 s (the last up to the 8 s granted); `capped` at 2 s, then
-    // capped at about 4 s.
-    assert_eq!(total.renewed, 4, "{total:?}");
+    // `short` at about 2, 4 and 6 s (the last up to the 8 s granted); `capped` at about 2 s
+    // (once more if that renewal came early: OpenBao counts from its own issue time), then
+    // capped.
+    assert!(total.renewed >= 4, "{total:?}");
     assert!(
         pg_valid_until(&pg, &short_user) >= first_valid_until + 4,
         "OpenBao moved VALID UNTIL with each renewal"

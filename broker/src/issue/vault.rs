@@ -95,7 +95,11 @@ fn summarize(e: &ClientError, what: &str) -> BackendError {
                 .take(160)
                 .collect();
             let retryable = *code >= 500 || *code == 429 || *code == 412;
-            (format!("{what}: Vault answered {code}: {first}"), retryable)
+            if first.is_empty() {
+                (format!("{what}: Vault answered {code}"), retryable)
+            } else {
+                (format!("{what}: Vault answered {code}: {first}"), retryable)
+            }
         }
         ClientError::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, .. } => (
@@ -514,8 +518,28 @@ impl VaultBackend {
                     None => vaultrs::kv2::read(&*client, mount, path).await,
                 }
             })
-            .await?;
+            .await
+            .map_err(kv2_not_found)?;
         kv2_credential(fields, keys, &what, now, ttl)
+    }
+}
+
+/// Vault answers a KV v2 read of a missing secret, and of a deleted or destroyed version,
+/// with a bare 404: says which those are.
+fn kv2_not_found(e: BackendError) -> BackendError {
+    match e {
+        BackendError::Upstream {
+            backend,
+            message,
+            retryable,
+        } if message.ends_with("Vault answered 404") => BackendError::Upstream {
+            backend,
+            message: format!(
+                "{message} (no secret at this path, or the version read is deleted or destroyed)"
+            ),
+            retryable,
+        },
+        other => other,
     }
 }
 
