@@ -47,6 +47,7 @@ source tests/peers/moto.sh     # moto_server (STS) and boto3 in a venv under tar
 source tests/peers/images.sh   # buildah test images, two OCI registries (docker-registry)
 source tests/peers/debian-app.sh  # a real Debian + pip image for the scanner's false positives
 source tests/peers/postgres.sh  # PostgreSQL binaries; tests start throwaway clusters
+source tests/peers/openbao.sh   # OpenBao's bao binary (Vault API); tests start dev servers
 if ! command -v rpmbuild >/dev/null 2>&1; then  # the scanner's RPM database test
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null
 fi

@@ -33,6 +33,7 @@ use crate::config::BrokerConfig;
 use crate::error::ApiError;
 use crate::gate::{self, Gate, Outcome};
 use crate::issue::jwt::{KeyError, KeyRing};
+use crate::issue::renewal::{Held, Renewals, Renewed};
 use crate::issue::{
     self, Backend, BackendError, Backends, IssueRequest, Issued, LeaseRef, lifetime,
 };
@@ -111,6 +112,8 @@ pub struct Broker {
     verifier: JwtVerifier,
     policy: ArcSwap<PolicySet>,
     backends: Backends,
+    /// Upstream leases kept alive while their broker lease lasts (`issue::renewal`).
+    renewals: Renewals,
     keys: Arc<KeyRing>,
     audit: AuditLog,
     /// Which failed authentications are recorded one by one; locked only on that path.
@@ -122,6 +125,18 @@ pub struct Broker {
     /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
     /// start; the key ring's, which is built first): who holds a background job's claim.
     replica: String,
+}
+
+/// What one [`Broker::renew_leases`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseRenewals {
+    /// Leases extended.
+    pub renewed: usize,
+    /// Leases the upstream would not extend as far as asked (they end early).
+    pub capped: usize,
+    /// Renewals that failed: refused ones are dropped (the lease ends with its current
+    /// upstream lease), others are retried at the next call.
+    pub failed: usize,
 }
 
 /// A request id: `req_` + 16 hex characters.
@@ -255,6 +270,7 @@ impl Broker {
             verifier,
             policy: ArcSwap::from_pointee(set),
             backends,
+            renewals: Renewals::default(),
             keys,
             audit,
             fingerprinter,
@@ -929,7 +945,28 @@ impl Broker {
                 return Err(err);
             }
         };
-        let granted = plan.grant(now, issued.expires_at);
+        // A renewable upstream lease shorter than the TTL granted is renewed up to it, so the
+        // credential lives the TTL granted (`issue::renewal`).
+        let upstream_expires_at = issued.expires_at;
+        let renew = match &issued.upstream_lease {
+            Some(upstream)
+                if issued.renewable
+                    && backend.renews_leases()
+                    && upstream_expires_at > now
+                    && upstream_expires_at < now + plan.ttl =>
+            {
+                Some(upstream.clone())
+            }
+            _ => None,
+        };
+        let granted = plan.grant(
+            now,
+            if renew.is_some() {
+                now + plan.ttl
+            } else {
+                issued.expires_at
+            },
+        );
         let lease = LeaseRecord {
             lease_id,
             role: role.name.clone(),
@@ -947,6 +984,19 @@ impl Broker {
         let lease_id = lease.lease_id.clone();
         // The lease row is saved with the audit group that holds this record.
         self.audit_with_lease(rec, lease).await?;
+        if let Some(upstream_lease) = renew {
+            self.renewals.hold(Held {
+                lease_id: lease_id.clone(),
+                backend: role.backend.clone(),
+                role: role.name.clone(),
+                upstream_lease,
+                until: granted.expires_at,
+                upstream_expires_at,
+                step: upstream_expires_at
+                    .duration_since(now)
+                    .unwrap_or(Duration::ZERO),
+            });
+        }
         self.metrics
             .issuances
             .with_label_values(&[&role.name, &role.backend])
@@ -1627,6 +1677,7 @@ impl Broker {
                 role: &lease.role,
             })
             .await?;
+        self.renewals.release(lease_id);
         let newly = self.store.mark_lease_revoked(lease_id, self.now()).await?;
         let rec = AuditRecord::lease_revoke(self.now(), request_id, &lease, upstream_revoked);
         self.audit(rec).await?;
@@ -1645,6 +1696,83 @@ impl Broker {
                 warn!(backend = backend.kind(), error = %e, "backend upkeep failed; will retry");
             }
         }
+    }
+
+    /// Renews the upstream leases that are due (`issue::renewal`): each by one step of its
+    /// upstream lease, never past the broker's lease end. A renewal the upstream caps is
+    /// logged (the credential ends then, before the time handed out) and not tried again; a
+    /// failed one is retried at the next call while the upstream lease lasts.
+    pub async fn renew_leases(&self) -> LeaseRenewals {
+        let mut out = LeaseRenewals::default();
+        let count = |backend: &str, outcome: &str| {
+            self.metrics
+                .lease_renewals
+                .with_label_values(&[backend, outcome])
+                .inc();
+        };
+        for held in self.renewals.due(self.now()) {
+            let Some(backend) = self.backends.get(&held.backend) else {
+                self.renewals.release(&held.lease_id);
+                continue;
+            };
+            // Revoked meanwhile through another replica (which cannot release it here).
+            if let Ok(Some(lease)) = self.store.get_lease(&held.lease_id).await
+                && lease.revoked_at.is_some()
+            {
+                self.renewals.release(&held.lease_id);
+                count(&held.backend, "dropped");
+                continue;
+            }
+            let now = self.now();
+            let increment = held.increment(now);
+            let renewed = backend
+                .renew(
+                    &LeaseRef {
+                        lease_id: &held.lease_id,
+                        upstream_lease: Some(&held.upstream_lease),
+                        role: &held.role,
+                    },
+                    increment,
+                )
+                .await;
+            match renewed {
+                Ok(granted_until) => {
+                    match self
+                        .renewals
+                        .renewed(&held.lease_id, now, increment, granted_until)
+                    {
+                        Some(Renewed::Capped(at)) => {
+                            out.capped += 1;
+                            count(&held.backend, "capped");
+                            warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, ends_at = %rfc3339(at), lease_ends_at = %rfc3339(held.until), "the upstream capped a lease renewal: the credential ends before the time handed out (raise the upstream role's max TTL to the lanyard role's max_ttl_seconds)");
+                        }
+                        Some(_) => {
+                            out.renewed += 1;
+                            count(&held.backend, "renewed");
+                        }
+                        None => {}
+                    }
+                }
+                // The upstream refused (the lease is gone, or renewing it is not allowed):
+                // asking again cannot help.
+                Err(
+                    e @ BackendError::Upstream {
+                        retryable: false, ..
+                    },
+                ) => {
+                    out.failed += 1;
+                    count(&held.backend, "dropped");
+                    self.renewals.release(&held.lease_id);
+                    warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, error = %e, "the upstream refused to renew a lease; it ends with its current upstream lease");
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    count(&held.backend, "failed");
+                    warn!(lease_id = %held.lease_id, role = %held.role, backend = %held.backend, error = %e, "renewing an upstream lease failed; will retry while it lasts");
+                }
+            }
+        }
+        out
     }
 
     /// Revoke-on-expiry: revokes upstream the expired, unrevoked leases of the backends that
@@ -1675,6 +1803,7 @@ impl Broker {
                         continue;
                     }
                 };
+                self.renewals.release(&lease.lease_id);
                 if !self.store.mark_lease_revoked(&lease.lease_id, now).await? {
                     continue;
                 }

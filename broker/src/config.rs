@@ -1293,6 +1293,17 @@ pub enum VaultAuth {
         #[serde(default = "default_k8s_mount")]
         mount: String,
     },
+    /// JWT auth (Vault's `jwt` method) with a token from a file, e.g. one the platform
+    /// projects for the broker (re-read at each login).
+    Jwt {
+        /// The Vault role.
+        role: String,
+        /// File holding the JWT.
+        jwt_file: PathBuf,
+        /// Auth mount.
+        #[serde(default = "default_jwt_mount")]
+        mount: String,
+    },
 }
 
 /// The `vault` backend.
@@ -1316,6 +1327,11 @@ pub struct VaultConfig {
     /// Revoke a Vault lease upstream when the broker's lease for it expires.
     #[serde(default = "default_true")]
     pub revoke_on_expiry: bool,
+    /// Keep renewing a renewable Vault lease (dynamic secrets) that is shorter than the TTL
+    /// granted, so the credential lives that TTL (see `issue::renewal`); off: the credential
+    /// lives as long as Vault's first lease.
+    #[serde(default = "default_true")]
+    pub renew_leases: bool,
     /// See [`UpstreamLimits::max_concurrency`].
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -1375,6 +1391,9 @@ fn default_approle_mount() -> String {
 }
 fn default_k8s_mount() -> String {
     "kubernetes".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 fn default_k8s_jwt_file() -> PathBuf {
     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -1566,6 +1585,7 @@ impl BrokerConfig {
                 VaultAuth::Token { token_file } => fix(token_file),
                 VaultAuth::Approle { secret_id_file, .. } => fix(secret_id_file),
                 VaultAuth::Kubernetes { jwt_file, .. } => fix(jwt_file),
+                VaultAuth::Jwt { jwt_file, .. } => fix(jwt_file),
             }
         }
         for iss in &mut self.issuers {

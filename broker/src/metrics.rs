@@ -42,6 +42,10 @@ pub struct Metrics {
     pub coalesced_waiters: IntCounterVec,
     /// `lanyard_upstream_duration_seconds{backend}`: latency of upstream calls.
     pub upstream_duration: HistogramVec,
+    /// `lanyard_lease_renewals_total{backend,outcome}` (renewed|capped|failed|dropped):
+    /// renewals of issued upstream leases the broker holds (`issue::renewal`); `capped`
+    /// means the credential ends before the time handed out.
+    pub lease_renewals: IntCounterVec,
     /// `lanyard_open_connections`: connections holding one of `server.max_connections`
     /// slots (TLS handshake included).
     pub open_connections: IntGauge,
@@ -200,6 +204,11 @@ impl Metrics {
             "lanyard_coalesced_waiters_total",
             "Requests that shared another request's upstream call, by backend.",
             &["backend"],
+        );
+        let lease_renewals = counter(
+            "lanyard_lease_renewals_total",
+            "Renewals of issued upstream leases, by backend and outcome (renewed, capped, failed, dropped).",
+            &["backend", "outcome"],
         );
         let upstream_duration = histogram(
             "lanyard_upstream_duration_seconds",
@@ -361,6 +370,7 @@ impl Metrics {
             upstream_calls,
             cache_hits,
             coalesced_waiters,
+            lease_renewals,
             upstream_duration,
             issuances,
             denials,

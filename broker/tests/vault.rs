@@ -1,6 +1,8 @@
 //! The `vault` backend through the real `vaultrs` client against the Vault emulator in
-//! `lanyard-test-support` (no Vault can be installed here; the emulator returns Vault's
-//! documented response bodies for the paths lanyard calls — see its module doc).
+//! `lanyard-test-support` (Vault's documented response bodies for the paths lanyard calls —
+//! see its module doc), for what the real OpenBao of `openbao.rs` cannot be made to do:
+//! Kubernetes auth, exact request bodies, and the broker's token renewal on a manual clock.
+//! The table in `docs/ARCHITECTURE.md` says which test uses which server.
 
 use std::time::Duration;
 
@@ -8,9 +10,11 @@ use lanyard::clock::{Clock, parse_rfc3339, unix_seconds};
 use lanyard::wire::ErrorCode;
 use lanyard_test_support::{InProcessBroker, VaultEmulator, k8s_pod};
 
+/// Lease renewal is off here: these tests check the credential that lives as long as Vault's
+/// first lease; renewal is tested against OpenBao (`broker/tests/openbao.rs`).
 fn vault_config(vault: &VaultEmulator, auth: &str) -> String {
     format!(
-        "backends:\n  vault:\n    address: \"{}\"\n    namespace: team-a\n    max_requests_per_second: 1000\n    auth:\n{auth}",
+        "backends:\n  vault:\n    address: \"{}\"\n    namespace: team-a\n    max_requests_per_second: 1000\n    renew_leases: false\n    auth:\n{auth}",
         vault.url
     )
 }

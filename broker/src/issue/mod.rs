@@ -7,6 +7,8 @@
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
 //! - [`lifetime`]: the TTL to ask a backend for and the lifetime handed out (role cap,
 //!   upstream expiry, `refresh_after`), as pure functions.
+//! - [`renewal`]: renewal of issued upstream leases (Vault dynamic secrets) while the
+//!   workload holds them, up to the broker's lease end.
 //!
 //! [`Backends::from_config`] builds the configured backends. Beyond issuing, a backend
 //! declares what it can do: renew and revoke upstream (Vault leases; STS sessions and
@@ -22,6 +24,7 @@
 pub mod cache;
 pub mod jwt;
 pub mod lifetime;
+pub mod renewal;
 pub mod sts;
 pub mod vault;
 
@@ -147,6 +150,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether the broker should [`revoke`](Backend::revoke) this backend's leases upstream
     /// once they expire (the revoke-on-expiry sweep). Default: no.
     fn revokes_on_expiry(&self) -> bool {
+        false
+    }
+
+    /// Whether the broker keeps [renewing](Backend::renew) this backend's renewable leases
+    /// that are shorter than the TTL granted, up to it ([`renewal`]). Default: no.
+    fn renews_leases(&self) -> bool {
         false
     }
 }

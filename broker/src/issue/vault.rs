@@ -14,7 +14,7 @@
 //!   equal to the granted TTL; revocable by accessor.
 //!
 //! Expiry is min(requested TTL, Vault's lease). The broker itself logs in with a token file,
-//! AppRole or Kubernetes auth, and [`VaultBackend::maintain`] renews its token (or logs in
+//! AppRole, Kubernetes or JWT auth, and [`VaultBackend::maintain`] renews its token (or logs in
 //! again) at two thirds of its TTL. Vault errors are summarised as status and Vault's first
 //! error message, cut short; request bodies and secrets never appear.
 
@@ -89,24 +89,33 @@ struct Envelope {
 fn summarize(e: &ClientError, what: &str) -> BackendError {
     let (message, retryable) = match e {
         ClientError::APIError { code, errors } => {
-            let first: String = errors
-                .first()
-                .map(String::as_str)
-                .unwrap_or("")
+            let first: String = first_error(errors.first().map(String::as_str).unwrap_or(""))
                 .chars()
                 .filter(|c| !c.is_control())
                 .take(160)
                 .collect();
             let retryable = *code >= 500 || *code == 429 || *code == 412;
-            (format!("{what}: Vault answered {code}: {first}"), retryable)
+            if first.is_empty() {
+                (format!("{what}: Vault answered {code}"), retryable)
+            } else {
+                (format!("{what}: Vault answered {code}: {first}"), retryable)
+            }
         }
         ClientError::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, .. } => (
                 format!("{what}: Vault answered {code}"),
                 *code >= 500 || *code == 429,
             ),
-            rustify::errors::ClientError::RequestError { .. } => {
-                (format!("{what}: Vault unreachable"), true)
+            rustify::errors::ClientError::RequestError { source, .. } => {
+                let timed_out = source.chain().any(|e| {
+                    e.downcast_ref::<reqwest::Error>()
+                        .is_some_and(reqwest::Error::is_timeout)
+                });
+                if timed_out {
+                    (format!("{what}: Vault did not answer in time"), true)
+                } else {
+                    (format!("{what}: Vault unreachable"), true)
+                }
             }
             _ => (format!("{what}: unexpected response from Vault"), true),
         },
@@ -123,6 +132,24 @@ fn summarize(e: &ClientError, what: &str) -> BackendError {
         message,
         retryable,
     }
+}
+
+/// The first error of a Vault error message. Vault and OpenBao wrap some errors in Go's
+/// multierror text (`"1 error occurred:\n\t* permission denied\n\n"`, as OpenBao 2.7
+/// answers a policy's denial): that is the first `* ` item; any other message is itself.
+fn first_error(message: &str) -> &str {
+    let trimmed = message.trim();
+    let Some((head, rest)) = trimmed.split_once(':') else {
+        return trimmed;
+    };
+    if !(head.ends_with(" error occurred") || head.ends_with(" errors occurred")) {
+        return trimmed;
+    }
+    rest.lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("* "))
+        .map(str::trim)
+        .unwrap_or(trimmed)
 }
 
 fn rustify_error(e: rustify::errors::ClientError) -> ClientError {
@@ -315,6 +342,26 @@ impl VaultBackend {
                 )
                 .await;
             }
+            VaultAuth::Jwt {
+                role,
+                jwt_file,
+                mount,
+            } => {
+                let jwt = read_secret_file(jwt_file).await?;
+                let auth = {
+                    let client = self.client.read().await;
+                    vaultrs::auth::oidc::login(&*client, mount, jwt.expose(), Some(role.clone()))
+                        .await
+                        .map_err(|e| summarize(&e, "JWT login"))?
+                };
+                self.set_token(
+                    state,
+                    Secret::new(auth.client_token),
+                    auth.lease_duration,
+                    auth.renewable,
+                )
+                .await;
+            }
         }
         info!(
             ttl_seconds = state.ttl.as_secs(),
@@ -383,8 +430,18 @@ impl VaultBackend {
             && !matches!(self.config.auth, VaultAuth::Token { .. })
         {
             self.token.lock().await.token = None;
-            if !fresh_login && let BackendError::Upstream { retryable, .. } = &mut err {
+            if !fresh_login
+                && let BackendError::Upstream {
+                    retryable, message, ..
+                } = &mut err
+            {
                 *retryable = true;
+                message.push_str(
+                    " (if the broker's token is no longer valid — revoked, expired, or Vault \
+                     restarted without its storage, taking the leases it issued — the broker \
+                     logs in again at the next request)",
+                );
+                warn!(error = %message, "Vault refused the broker's token; will log in again");
             }
         }
         err
@@ -461,8 +518,28 @@ impl VaultBackend {
                     None => vaultrs::kv2::read(&*client, mount, path).await,
                 }
             })
-            .await?;
+            .await
+            .map_err(kv2_not_found)?;
         kv2_credential(fields, keys, &what, now, ttl)
+    }
+}
+
+/// Vault answers a KV v2 read of a missing secret, and of a deleted or destroyed version,
+/// with a bare 404: says which those are.
+fn kv2_not_found(e: BackendError) -> BackendError {
+    match e {
+        BackendError::Upstream {
+            backend,
+            message,
+            retryable,
+        } if message.ends_with("Vault answered 404") => BackendError::Upstream {
+            backend,
+            message: format!(
+                "{message} (no secret at this path, or the version read is deleted or destroyed)"
+            ),
+            retryable,
+        },
+        other => other,
     }
 }
 
@@ -919,6 +996,10 @@ impl Backend for VaultBackend {
     fn revokes_on_expiry(&self) -> bool {
         self.config.revoke_on_expiry
     }
+
+    fn renews_leases(&self) -> bool {
+        self.config.renew_leases
+    }
 }
 
 #[cfg(test)]
@@ -963,6 +1044,24 @@ mod tests {
             matches!(&err, BackendError::Internal(m) if m.contains("jwt settings")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_multierror_message_is_summarised_by_its_first_error() {
+        assert_eq!(
+            first_error("1 error occurred:\n\t* permission denied\n\n"),
+            "permission denied"
+        );
+        assert_eq!(
+            first_error("2 errors occurred:\n\t* invalid lease\n\t* second\n\n"),
+            "invalid lease"
+        );
+        assert_eq!(first_error("Vault is sealed"), "Vault is sealed");
+        assert_eq!(
+            first_error("missing client token: see docs"),
+            "missing client token: see docs"
+        );
+        assert_eq!(first_error("3 errors occurred:"), "3 errors occurred:");
     }
 
     #[test]

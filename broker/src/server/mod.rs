@@ -107,14 +107,17 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
-    // Upstream backends: the broker's own Vault token, and revoke-on-expiry of Vault leases
-    // (with the prunes: by one replica at a time, `Broker::claim_job`).
+    // Upstream backends: the broker's own Vault token, renewal of the Vault leases this
+    // replica issued and holds, and revoke-on-expiry of Vault leases (with the prunes: by one
+    // replica at a time, `Broker::claim_job`).
     let backends = {
         let broker = broker.clone();
         periodic(every, rx.clone(), move || {
             let broker = broker.clone();
             async move {
                 broker.maintain_backends().await;
+                // Each replica renews the leases it handed out (its own, in memory).
+                broker.renew_leases().await;
                 // Sweeps over shared rows: one replica at a time (each replica's own Vault
                 // token, above, is its own).
                 if !broker.claim_job("expiry_sweeps").await {

@@ -19,8 +19,13 @@
 //! - [`moto`]: [`MotoServer`], a real `moto_server` (STS) on loopback behind a recording
 //!   proxy that counts calls and keeps their exact parameters; [`moto::AwsStack`], moto + an
 //!   OIDC issuer + a broker granting an `aws-sts` role, for zero-code AWS SDK tests.
+//! - [`openbao`]: [`OpenBao`], a real OpenBao server (Vault's HTTP API) in dev mode on
+//!   loopback with a file audit device, and helpers that configure it through its API
+//!   (mounts, policies, AppRole, JWT auth, the database engine on a [`Postgres`], PKI).
 //! - [`vault`]: [`VaultEmulator`], an emulator of the Vault HTTP API (documented response
-//!   bodies for exactly the paths lanyard calls), since no Vault can be installed here.
+//!   bodies for exactly the paths lanyard calls), for what the real server cannot be made
+//!   to do (Kubernetes auth without an API server, an exact answer on demand).
+//! - [`postgres`]: [`Postgres`], a throwaway PostgreSQL cluster on a free loopback port.
 //! - [`process`]: [`SiteBroker`], `lanyard-broker serve` as its own process on loopback;
 //!   several share one [`ProcessSite`] (PKI, policies, admin token, SQLite store) as replicas.
 //! - [`kube_api`]: [`KubeApi`], an emulator of the Kubernetes API server's pod read
@@ -41,6 +46,7 @@ pub mod child;
 pub mod kube_api;
 pub mod moto;
 pub mod oidc;
+pub mod openbao;
 pub mod pki;
 pub mod postgres;
 pub mod process;
@@ -53,6 +59,7 @@ pub use jsonwebtoken::Algorithm;
 pub use kube_api::{KubeApi, KubeFailure, TestPod};
 pub use moto::{MotoServer, StsCall, boto3_python};
 pub use oidc::{OidcIssuer, now_unix};
+pub use openbao::{OpenBao, OpenBaoOptions};
 pub use pki::TestPki;
 pub use postgres::Postgres;
 pub use process::{Answer, ProcessSite, SiteBroker, assert_audit_verifies};

@@ -1,9 +1,11 @@
 //! [`VaultEmulator`]: an **emulator** of the HashiCorp Vault HTTP API, on loopback, for the
 //! paths lanyard calls — not Vault.
 //!
-//! Neither Vault nor OpenBao can be installed on the machines these tests run on, and
-//! RustyVault answers in shapes `vaultrs` cannot parse, so the `vault` backend is tested
-//! against this emulator through the real `vaultrs` client. It is deliberately small and
+//! The `vault` backend is tested against a real OpenBao ([`crate::openbao`]); this emulator
+//! stays for what the real server cannot be made to do: Kubernetes auth (OpenBao would need a
+//! Kubernetes API server), an exact answer on demand (a denial switched on and off between
+//! requests, a 503), and timing on a manual clock (OpenBao's TTLs run on real time). The
+//! table in `docs/ARCHITECTURE.md` lists which test uses which. It is deliberately small and
 //! follows Vault's documented response bodies exactly for each path it serves: every answer
 //! carries the envelope `request_id`, `lease_id`, `renewable`, `lease_duration`, `data`,
 //! `wrap_info`, `warnings`, `auth`; logins and token creation fill `auth{client_token,
