@@ -46,6 +46,8 @@ step "peers: real servers and artifacts the tests use (each exports where it is)
 source tests/peers/moto.sh     # moto_server (STS) and boto3 in a venv under target/peers/
 source tests/peers/images.sh   # buildah test images, two OCI registries (docker-registry)
 source tests/peers/debian-app.sh  # a real Debian + pip image for the scanner's false positives
+source tests/peers/k8s-tools.sh   # helm, kubernetes-validate, promtool (chart and injection tests)
+export LANYARD_TEST_SH=1          # tests whose peer tool is missing fail here instead of skipping
 if ! command -v rpmbuild >/dev/null 2>&1; then  # the scanner's RPM database test
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null
 fi

@@ -1809,6 +1809,63 @@ mod tests {
     }
 
     #[test]
+    fn the_inject_section_is_off_by_default_and_checked_with_the_field_to_fix() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "i.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        assert!(
+            load("").expect("defaults").inject.is_none(),
+            "off unless configured"
+        );
+        let base = "inject:\n  image: registry.example.com/lanyard/sidecar:0.1\n  broker_url: https://lanyard.lanyard-system.svc:8443\n  ca_file: tls/ca.crt\n";
+        let cfg = load(base).expect("inject");
+        let i = cfg.inject.as_ref().expect("on");
+        assert_eq!(
+            (
+                i.audience.as_str(),
+                i.token_expiration_seconds,
+                i.health_port,
+                i.startup_timeout_seconds
+            ),
+            ("lanyard", 600, 8099, 60)
+        );
+        assert!(
+            i.ca_file.as_ref().is_some_and(|p| p.is_absolute()),
+            "resolved against the file"
+        );
+        let limits = i.resources.limits.as_ref().expect("limits");
+        assert_eq!(limits["memory"].0, "64Mi");
+        for (extra, want) in [
+            (
+                "  token_expiration_seconds: 599\n",
+                "inject.token_expiration_seconds",
+            ),
+            (
+                "  image_pull_policy: Sometimes\n",
+                "inject.image_pull_policy",
+            ),
+            (
+                "  startup_timeout_seconds: 0\n",
+                "inject.startup_timeout_seconds",
+            ),
+            ("  sidecar_image: x\n", "sidecar_image"),
+            (
+                "issuers:\n  - issuer: https://k8s\n    audiences: [api]\n",
+                "inject.audience",
+            ),
+        ] {
+            let e = load(&format!("{base}{extra}")).expect_err(extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = load("inject:\n  image: i\n  broker_url: https://b:8443\n").expect_err("no CA");
+        assert!(e.contains("inject.ca_file"), "{e}");
+        load("inject:\n  image: i\n  broker_url: http://127.0.0.1:8080\n")
+            .expect("http needs no CA");
+    }
+
+    #[test]
     fn the_gate_section_is_checked_with_the_field_to_fix() {
         let dir = tempfile::tempdir().expect("tmp");
         let load = |extra: &str| {
