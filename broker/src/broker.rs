@@ -1891,24 +1891,6 @@ pub struct RevokeResult {
     pub expires_at: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_ids_sort_by_issue_time_and_never_repeat() {
-        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        let a = lease_id(t(1_764_000_000_000));
-        let b = lease_id(t(1_764_000_000_001));
-        let c = lease_id(t(1_764_000_000_001));
-        assert!(a < b && a < c, "{a} {b} {c}");
-        assert_ne!(b, c, "same millisecond, different ids");
-        assert_eq!(a.len(), 3 + 12 + 16, "{a}");
-        assert!(a.starts_with("ls_019ab"), "{a}");
-        assert!(a[3..].bytes().all(|x| x.is_ascii_hexdigit()), "{a}");
-    }
-}
-
 /// The broker's CA for injected sidecars (`inject.ca_file`), read at each injection so a
 /// rotated CA is handed out at once; `None` (the injection is then refused, and the reason
 /// logged) when it cannot be read, is not UTF-8 or is above
@@ -1939,5 +1921,23 @@ async fn read_ca(path: &std::path::Path) -> Option<String> {
             warn!(file = %path.display(), error = %e, "cannot read inject.ca_file");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_sort_by_issue_time_and_never_repeat() {
+        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let a = lease_id(t(1_764_000_000_000));
+        let b = lease_id(t(1_764_000_000_001));
+        let c = lease_id(t(1_764_000_000_001));
+        assert!(a < b && a < c, "{a} {b} {c}");
+        assert_ne!(b, c, "same millisecond, different ids");
+        assert_eq!(a.len(), 3 + 12 + 16, "{a}");
+        assert!(a.starts_with("ls_019ab"), "{a}");
+        assert!(a[3..].bytes().all(|x| x.is_ascii_hexdigit()), "{a}");
     }
 }
