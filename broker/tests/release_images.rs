@@ -21,7 +21,7 @@ fn missing(what: &str) {
         std::env::var_os("LANYARD_TEST_SH").is_none(),
         "{what} under ./test.sh"
     );
-    eprintln!("\n!!! SKIPPED: {what}. Run ./test.sh. !!!\n");
+    k8s::skipped(&format!("{what}. Run ./test.sh"));
 }
 
 /// buildah with the test's own storage.

@@ -23,13 +23,20 @@ pub fn tool(var: &str, what: &str) -> Option<String> {
              {what}; is it sourced from test.sh?"
         ),
         _ => {
-            eprintln!(
-                "\n!!! SKIPPED: {var} is not set: this test needs {what}. Run ./test.sh, or \
-                 `source tests/peers/k8s-tools.sh` before `cargo test`. !!!\n"
-            );
+            skipped(&format!(
+                "{var} is not set: this test needs {what}. Run ./test.sh, or `source \
+                 tests/peers/k8s-tools.sh` before `cargo test`"
+            ));
             None
         }
     }
+}
+
+/// Says loudly that a test is skipped: straight to the process's stderr, past the test
+/// harness's capture (which hides `eprintln!` of a passing test).
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "\n!!! SKIPPED: {why} !!!\n");
 }
 
 /// `helm`, or a loud skip.
