@@ -609,6 +609,17 @@ fn check_with_sidecar(
         }
         m
     })?;
+    // What `run` checks only once it serves the AWS endpoint: the token file's name and mode.
+    if common.aws_listen.is_some() {
+        lanyard_sidecar::names::check_name("aws-token-file", &common.aws_token_file)
+            .map_err(|e| format!("annotation lanyard.dev/aws-token-file: {}", short(&e, 200)))?;
+        common.aws_token_opts().map_err(|e| {
+            format!(
+                "annotation lanyard.dev/aws-token-mode: {}",
+                short(&e.to_string(), 200)
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -1143,6 +1154,14 @@ mod tests {
             (
                 json!({"lanyard.dev/inject": "true", "lanyard.dev/ttl-seconds": "-5"}),
                 "--ttl-seconds",
+            ),
+            (
+                json!({"lanyard.dev/inject": "true", "lanyard.dev/aws-listen": "127.0.0.1:8098", "lanyard.dev/aws-token-file": "../token"}),
+                "annotation lanyard.dev/aws-token-file",
+            ),
+            (
+                json!({"lanyard.dev/inject": "true", "lanyard.dev/aws-listen": "127.0.0.1:8098", "lanyard.dev/aws-token-mode": "rw-r--r--"}),
+                "annotation lanyard.dev/aws-token-mode",
             ),
             (
                 json!({"lanyard.dev/inject": "true", "lanyard.dev/revoke-on-shutdown": "maybe"}),
