@@ -541,7 +541,8 @@ fn sidecar_container(config: &InjectConfig, args: &[String], env: &[(String, Str
 /// Checks the sidecar's command line and targets with the sidecar's own parser, as
 /// `lanyard-sidecar run` would at start. A target naming a `template_file` (a file in the
 /// sidecar's container, not the broker's) is checked for its syntax only: the broker never
-/// reads a path a pod names.
+/// reads a path a pod names. (clap also reads the sidecar's `LANYARD_*` variables from the
+/// broker's own environment for flags not given; the broker's deployment sets none of them.)
 fn check_with_sidecar(
     args: &[String],
     targets: &[(String, String)],
