@@ -48,6 +48,8 @@ source tests/peers/images.sh   # buildah test images, two OCI registries (docker
 source tests/peers/debian-app.sh  # a real Debian + pip image for the scanner's false positives
 source tests/peers/postgres.sh  # PostgreSQL binaries; tests start throwaway clusters
 source tests/peers/openbao.sh   # OpenBao's bao binary (Vault API); tests start dev servers
+source tests/peers/k8s-tools.sh   # helm, kubernetes-validate, promtool (chart and injection tests)
+export LANYARD_TEST_SH=1          # tests whose peer tool is missing fail here instead of skipping
 if ! command -v rpmbuild >/dev/null 2>&1; then  # the scanner's RPM database test
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null
 fi

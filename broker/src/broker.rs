@@ -1257,29 +1257,131 @@ impl Broker {
     }
 
     /// The mutating admission webhook (`POST /v1/admission/mutate`): reads the review
-    /// (bounded, [`gate::admission::parse_review`]), finds a pod's image tags
-    /// ([`gate::pin::plan`]), resolves them through the registry within
-    /// `gate.admission.deadline_ms` (credentials per host from config), and answers allowed
-    /// with the JSONPatch that pins them ([`gate::pin::pin`]). It never denies: a tag not
-    /// resolved in time is left with a warning. A workload template, and every pod while
-    /// `gate.admission.pin_digests` is off, is allowed unpatched. Audited (not for a dry run,
-    /// whose answer is the same) when a tag was seen; counted.
+    /// (bounded, [`gate::admission::parse_review`]); for a pod annotated `lanyard.dev/inject`
+    /// plans the sidecar's injection ([`gate::inject::plan`], with the `inject` section and
+    /// the CA read now) — refused with a message when the pod cannot be injected as written;
+    /// then, on the pod as injected, finds the image tags ([`gate::pin::plan`]), resolves
+    /// them through the registry within `gate.admission.deadline_ms` (credentials per host
+    /// from config), and answers allowed with one JSONPatch: the injection's operations, then
+    /// the pins ([`gate::pin::pin`]). Pinning never denies: a tag not resolved in time is
+    /// left with a warning. A workload template is allowed unpatched; with
+    /// `gate.admission.pin_digests` off nothing is pinned. Audited (not for a dry run, whose
+    /// answer is the same) when a tag was seen and when a sidecar is injected or refused;
+    /// counted.
     pub async fn admission_mutate(
         &self,
         body: &[u8],
         request_id: &str,
     ) -> Result<gate::pin::MutateReview, ApiError> {
+        use gate::inject::{self, Injection};
         use gate::pin::{self, Pinning, Plan};
         let bad = |e: gate::admission::ReviewError| ApiError::BadRequest(e.to_string());
         let req = gate::admission::parse_review(body).map_err(bad)?;
-        let plan = pin::plan(&req).map_err(bad)?;
+        let pod = format!(
+            "pod {}/{}",
+            req.namespace.as_deref().unwrap_or("-"),
+            if req.name.is_empty() {
+                "(generated name)"
+            } else {
+                req.name.as_str()
+            }
+        );
+
+        // Injection first: its operations index the pod as submitted.
+        let inject_config = self.config.inject.as_ref();
+        let ca_pem = match inject_config.and_then(|c| c.ca_file.as_ref()) {
+            Some(path) if inject::requested(&req) => read_ca(path).await,
+            _ => None,
+        };
+        let count_injection = |result: &str| {
+            self.metrics
+                .admission_injections
+                .with_label_values(&[result])
+                .inc();
+        };
+        let (inject_ops, inject_warnings) =
+            match inject::plan(&req, inject_config, ca_pem.as_deref()).map_err(bad)? {
+                Injection::NotRequested => (Vec::new(), Vec::new()),
+                Injection::Disabled => {
+                    count_injection("disabled");
+                    (
+                        Vec::new(),
+                        vec![
+                            "lanyard: lanyard.dev/inject is set, but this broker has no `inject` \
+                             section: the pod runs without the sidecar"
+                                .to_owned(),
+                        ],
+                    )
+                }
+                Injection::Refused(message) => {
+                    count_injection("refused");
+                    warn!(%pod, "admission: sidecar injection refused");
+                    if !req.dry_run {
+                        self.audit(AuditRecord::admission_inject(
+                            self.now(),
+                            request_id,
+                            &pod,
+                            Err(&message),
+                        ))
+                        .await?;
+                    }
+                    return Ok(pin::refusal(&req.uid, &message));
+                }
+                Injection::Patch {
+                    ops,
+                    added_sidecar,
+                    warnings,
+                    summary,
+                } => {
+                    count_injection(if added_sidecar {
+                        "injected"
+                    } else {
+                        "reinvoked"
+                    });
+                    if added_sidecar && !req.dry_run {
+                        self.audit(AuditRecord::admission_inject(
+                            self.now(),
+                            request_id,
+                            &pod,
+                            Ok(&summary),
+                        ))
+                        .await?;
+                    }
+                    (ops, warnings)
+                }
+            };
+        // Pinning reads the pod as injected, so the sidecar's image is pinned too.
+        let injected;
+        let pin_req = if inject_ops.is_empty() {
+            &req
+        } else {
+            let internal = |e: String| ApiError::Internal(format!("sidecar injection: {e}"));
+            let mut doc =
+                serde_json::to_value(req.object.as_ref()).map_err(|e| internal(e.to_string()))?;
+            json_patch::patch(&mut doc, &inject_ops).map_err(|e| internal(e.to_string()))?;
+            let mut r = req.clone();
+            r.object = Some(serde_json::from_value(doc).map_err(|e| internal(e.to_string()))?);
+            injected = r;
+            &injected
+        };
+        let with_injection = |mut pinning: Pinning| {
+            let mut ops = inject_ops.clone();
+            ops.append(&mut pinning.patch.0);
+            pinning.patch.0 = ops;
+            let mut warnings = inject_warnings.clone();
+            warnings.append(&mut pinning.warnings);
+            pinning.warnings = warnings;
+            pinning
+        };
+
+        let plan = pin::plan(pin_req).map_err(bad)?;
         let Plan::Pod {
             targets,
             already_pinned,
             unchanged,
         } = plan
         else {
-            return Ok(pin::response(&req.uid, &Pinning::default()));
+            return Ok(pin::response(&req.uid, &with_injection(Pinning::default())));
         };
         let count = |result: &str, n: usize| {
             self.metrics
@@ -1292,7 +1394,7 @@ impl Broker {
         let config = &self.config.gate.admission;
         if targets.is_empty() || !config.pin_digests {
             count("unpinned", targets.len());
-            return Ok(pin::response(&req.uid, &Pinning::default()));
+            return Ok(pin::response(&req.uid, &with_injection(Pinning::default())));
         }
         // Most of the deadline for the registry; the rest answers and audits.
         let deadline = Duration::from_millis(config.deadline_ms * 9 / 10);
@@ -1305,15 +1407,6 @@ impl Broker {
         count("pinned", pinning.pinned.len());
         count("unpinned", pinning.warnings.len());
         if !req.dry_run {
-            let pod = format!(
-                "pod {}/{}",
-                req.namespace.as_deref().unwrap_or("-"),
-                if req.name.is_empty() {
-                    "(generated name)"
-                } else {
-                    req.name.as_str()
-                }
-            );
             if !pinning.warnings.is_empty() {
                 warn!(%pod, unpinned = pinning.warnings.len(), "admission: image tags left unpinned");
             }
@@ -1326,7 +1419,7 @@ impl Broker {
             ))
             .await?;
         }
-        Ok(pin::response(&req.uid, &pinning))
+        Ok(pin::response(&req.uid, &with_injection(pinning)))
     }
 
     /// Revokes an unredeemed bootstrap token (admin), even one a request is redeeming: that
@@ -1956,6 +2049,39 @@ pub struct RevokeResult {
     pub upstream_revoked: bool,
     /// Its expiry.
     pub expires_at: String,
+}
+
+/// The broker's CA for injected sidecars (`inject.ca_file`), read at each injection so a
+/// rotated CA is handed out at once; `None` (the injection is then refused, and the reason
+/// logged) when it cannot be read, is not UTF-8 or is above
+/// [`gate::inject::MAX_CA_BYTES`].
+async fn read_ca(path: &std::path::Path) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let f = tokio::fs::File::open(path).await?;
+        let mut buf = Vec::new();
+        f.take(gate::inject::MAX_CA_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match read.await {
+        Ok(b) if b.len() <= gate::inject::MAX_CA_BYTES => match String::from_utf8(b) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                warn!(file = %path.display(), "inject.ca_file is not UTF-8 PEM");
+                None
+            }
+        },
+        Ok(_) => {
+            warn!(file = %path.display(), "inject.ca_file is larger than 64 KiB");
+            None
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read inject.ca_file");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -443,8 +443,8 @@ fn parse_decision(s: &str) -> Result<Decision, String> {
 fn parse_event(s: &str) -> Result<Event, String> {
     serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
         "use issue, deny, token_mint, token_redeem, token_revoke, session_revoke, lease_revoke, \
-         policy_reload, audit_segment, audit_repair, gate, image_scan, image_exempt, admission or \
-         admission_pin"
+         policy_reload, audit_segment, audit_repair, gate, image_scan, image_exempt, admission, \
+         admission_pin or admission_inject"
             .to_owned()
     })
 }

@@ -32,6 +32,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "reload_interval_seconds",
     "backends",
     "gate",
+    "inject",
 ];
 
 /// The whole broker configuration.
@@ -80,6 +81,9 @@ pub struct BrokerConfig {
     /// The image gate (`docs/GATE.md`).
     #[serde(default)]
     pub gate: GateConfig,
+    /// Sidecar injection by the mutating webhook (`docs/KUBERNETES.md`); off when absent.
+    #[serde(default)]
+    pub inject: Option<InjectConfig>,
 }
 
 /// `gate.mode` (and a policy rule's `gate_mode`), defined with the policies.
@@ -305,6 +309,163 @@ impl AdmissionConfig {
         Ok(())
     }
 }
+
+// ---- inject (issue 15): sidecar injection by the mutating webhook ----------------------------
+
+/// Smallest `inject.token_expiration_seconds`: the API server refuses a projected
+/// service-account token asked for less than ten minutes.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: u64 = 600;
+
+/// `inject`: what the mutating webhook (`/v1/admission/mutate`) adds to a pod annotated
+/// `lanyard.dev/inject: "true"` (`docs/KUBERNETES.md`). The planner is
+/// [`crate::gate::inject`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// The sidecar image (`registry/lanyard-sidecar@sha256:…` recommended; a tag is pinned to
+    /// its digest like every other image when `gate.admission.pin_digests` is on).
+    pub image: String,
+    /// `imagePullPolicy` of the sidecar (default `IfNotPresent`).
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// The broker's URL as pods reach it (`--broker`), e.g.
+    /// `https://lanyard.lanyard-system.svc:8443`.
+    pub broker_url: String,
+    /// PEM CA of the broker's serving certificate, handed to the sidecar (`--ca`) through a
+    /// pod annotation projected into its token volume; re-read at every injection (at most
+    /// 64 KiB). Required for an `https://` `broker_url`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `audience` of the projected service-account token (default `lanyard`); an issuer in
+    /// `issuers` must accept it.
+    #[serde(default = "default_inject_audience")]
+    pub audience: String,
+    /// `expirationSeconds` of the projected token (default 600, at least 600, at most 86400);
+    /// the kubelet renews it at 80% of its life and the sidecar re-reads it.
+    #[serde(default = "default_token_expiration")]
+    pub token_expiration_seconds: u64,
+    /// Port of the sidecar's `/healthz`, `/readyz` and `/metrics` (default 8099).
+    #[serde(default = "default_inject_health_port")]
+    pub health_port: u16,
+    /// How long the app waits for its first credentials: the startup probe's
+    /// `failureThreshold` at one probe a second (default 60, 1 to 600).
+    #[serde(default = "default_inject_startup")]
+    pub startup_timeout_seconds: u32,
+    /// `resources` of the sidecar container (Kubernetes `ResourceRequirements`; default:
+    /// requests cpu 10m, memory 32Mi; limits memory 64Mi).
+    #[serde(default = "default_inject_resources")]
+    pub resources: k8s_openapi::api::core::v1::ResourceRequirements,
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_inject_audience() -> String {
+    "lanyard".into()
+}
+fn default_token_expiration() -> u64 {
+    MIN_TOKEN_EXPIRATION_SECONDS
+}
+fn default_inject_health_port() -> u16 {
+    8099
+}
+fn default_inject_startup() -> u32 {
+    60
+}
+fn default_inject_resources() -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let q = |s: &str| Quantity(s.to_owned());
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), q("10m")),
+                ("memory".to_owned(), q("32Mi")),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        limits: Some([("memory".to_owned(), q("64Mi"))].into_iter().collect()),
+        ..Default::default()
+    }
+}
+
+impl InjectConfig {
+    /// Checks the section; `audiences` are those the configured issuers accept (empty: no
+    /// issuer configured, nothing to compare with).
+    fn check(&self, audiences: &[&str]) -> Result<(), String> {
+        let at = |f: &str, m: String| format!("field `inject.{f}`: {m}");
+        if self.image.trim().is_empty() || self.image.len() > 512 || self.image.contains(' ') {
+            return Err(at(
+                "image",
+                "give the sidecar image, e.g. registry.example.com/lanyard-sidecar@sha256:…".into(),
+            ));
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            return Err(at(
+                "image_pull_policy",
+                format!(
+                    "`{}` is not Always, IfNotPresent or Never",
+                    self.image_pull_policy
+                ),
+            ));
+        }
+        let https = self.broker_url.starts_with("https://");
+        if !(https || self.broker_url.starts_with("http://")) || self.broker_url.len() > 512 {
+            return Err(at(
+                "broker_url",
+                format!("`{}` must be an http(s) URL", self.broker_url),
+            ));
+        }
+        if https && self.ca_file.is_none() {
+            return Err(at(
+                "ca_file",
+                "required with an https:// `inject.broker_url`: the sidecar checks the broker's \
+                 certificate against it"
+                    .into(),
+            ));
+        }
+        if self.audience.is_empty() || self.audience.len() > 253 {
+            return Err(at(
+                "audience",
+                "give an audience of 1 to 253 characters".into(),
+            ));
+        }
+        if !audiences.is_empty() && !audiences.contains(&self.audience.as_str()) {
+            return Err(at(
+                "audience",
+                format!(
+                    "`{}` is not an audience of any `issuers[]`: the injected sidecars' tokens \
+                     would all be refused; add it to the Kubernetes issuer's `audiences`",
+                    self.audience
+                ),
+            ));
+        }
+        if !(MIN_TOKEN_EXPIRATION_SECONDS..=86_400).contains(&self.token_expiration_seconds) {
+            return Err(at(
+                "token_expiration_seconds",
+                format!(
+                    "{} is outside {MIN_TOKEN_EXPIRATION_SECONDS} (the API server's minimum) to 86400",
+                    self.token_expiration_seconds
+                ),
+            ));
+        }
+        if self.health_port == 0 {
+            return Err(at(
+                "health_port",
+                "must be a port number, 1 to 65535".into(),
+            ));
+        }
+        if !(1..=600).contains(&self.startup_timeout_seconds) {
+            return Err(at(
+                "startup_timeout_seconds",
+                format!("{} is outside 1 to 600", self.startup_timeout_seconds),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- end inject ---------------------------------------------------------------------------
 
 /// `gate.pod_lookup`: where the broker reads pods (`GET /api/v1/namespaces/{ns}/pods/{name}`)
 /// to learn which images a pod token's workload runs, and sweeps the admission records of
@@ -1547,6 +1708,9 @@ impl BrokerConfig {
         if let Some(p) = self.gate.allowlist_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.inject.as_mut().and_then(|i| i.ca_file.as_mut()) {
+            fix(p);
+        }
         for p in [
             self.gate.admission.client_ca_file.as_mut(),
             self.gate.admission.token_file.as_mut(),
@@ -1602,6 +1766,14 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.store.check()?;
         self.gate.check()?;
+        if let Some(inject) = &self.inject {
+            let audiences: Vec<&str> = self
+                .issuers
+                .iter()
+                .flat_map(|i| i.audiences.iter().map(String::as_str))
+                .collect();
+            inject.check(&audiences)?;
+        }
         if self.gate.scan_deadline_seconds * 1000 >= self.server.request_timeout_ms {
             return Err(format!(
                 "field `gate.scan_deadline_seconds`: {} s is not below `server.request_timeout_ms` \
@@ -1782,6 +1954,63 @@ mod tests {
         assert_eq!(cfg.issuers.len(), 1);
         assert_eq!(cfg.issuers[0].jwks, JwksSource::Discovery);
         assert_eq!(cfg.signing.algorithm, Algorithm::ES256);
+    }
+
+    #[test]
+    fn the_inject_section_is_off_by_default_and_checked_with_the_field_to_fix() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |extra: &str| {
+            let file = write(dir.path(), "i.yaml", &format!("{MINIMAL}{extra}"));
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        assert!(
+            load("").expect("defaults").inject.is_none(),
+            "off unless configured"
+        );
+        let base = "inject:\n  image: registry.example.com/lanyard/sidecar:0.1\n  broker_url: https://lanyard.lanyard-system.svc:8443\n  ca_file: tls/ca.crt\n";
+        let cfg = load(base).expect("inject");
+        let i = cfg.inject.as_ref().expect("on");
+        assert_eq!(
+            (
+                i.audience.as_str(),
+                i.token_expiration_seconds,
+                i.health_port,
+                i.startup_timeout_seconds
+            ),
+            ("lanyard", 600, 8099, 60)
+        );
+        assert!(
+            i.ca_file.as_ref().is_some_and(|p| p.is_absolute()),
+            "resolved against the file"
+        );
+        let limits = i.resources.limits.as_ref().expect("limits");
+        assert_eq!(limits["memory"].0, "64Mi");
+        for (extra, want) in [
+            (
+                "  token_expiration_seconds: 599\n",
+                "inject.token_expiration_seconds",
+            ),
+            (
+                "  image_pull_policy: Sometimes\n",
+                "inject.image_pull_policy",
+            ),
+            (
+                "  startup_timeout_seconds: 0\n",
+                "inject.startup_timeout_seconds",
+            ),
+            ("  sidecar_image: x\n", "sidecar_image"),
+            (
+                "issuers:\n  - issuer: https://k8s\n    audiences: [api]\n",
+                "inject.audience",
+            ),
+        ] {
+            let e = load(&format!("{base}{extra}")).expect_err(extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = load("inject:\n  image: i\n  broker_url: https://b:8443\n").expect_err("no CA");
+        assert!(e.contains("inject.ca_file"), "{e}");
+        load("inject:\n  image: i\n  broker_url: http://127.0.0.1:8080\n")
+            .expect("http needs no CA");
     }
 
     #[test]

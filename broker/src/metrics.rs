@@ -108,6 +108,9 @@ pub struct Metrics {
     /// `lanyard_admission_pinned_images_total{result}` (pinned|unpinned|already_pinned|
     /// unchanged): images of pods the mutating webhook saw, by what it did with each.
     pub admission_pinned_images: IntCounterVec,
+    /// `lanyard_admission_injections_total{result}` (injected|reinvoked|refused|disabled):
+    /// pods annotated `lanyard.dev/inject`, by what the mutating webhook did (issue 15).
+    pub admission_injections: IntCounterVec,
 }
 
 impl Metrics {
@@ -344,8 +347,17 @@ impl Metrics {
              (an update that does not change it).",
             &["result"],
         );
+        let admission_injections = counter(
+            "lanyard_admission_injections_total",
+            "Pods annotated lanyard.dev/inject seen by the mutating admission webhook, by \
+             result: injected (sidecar added), reinvoked (already there; only what new \
+             containers lacked added), refused (the pod cannot be injected as written), \
+             disabled (no inject section in the broker's config).",
+            &["result"],
+        );
         Self {
             registry,
+            admission_injections,
             admission_decisions,
             admission_duration,
             admission_records_pruned,

@@ -589,7 +589,7 @@ pub struct RuleSet {
 /// The rule set's series. Patterns are hashed into the version automatically; bump this when the
 /// filters in code change (placeholder, code-reference, overlap, test-material and package
 /// decisions), since they change verdicts too.
-const RULES_SERIES: &str = "2026.3";
+const RULES_SERIES: &str = "2026.4";
 
 impl RuleSet {
     /// The built-in rule set, compiled on first use.
@@ -818,13 +818,29 @@ fn trim_value(v: &[u8]) -> &[u8] {
 /// Does a candidate value pass the rule's entropy threshold and the placeholder filter (and,
 /// for generic assignment rules, the code-reference filter)?
 pub fn accept_value(def: &RuleDef, value: &[u8]) -> bool {
-    if value.is_empty() || is_placeholder(value) {
+    if value.is_empty() || is_placeholder(value) || names_its_rule(def, value) {
         return false;
     }
     if def.id.starts_with("generic-") && looks_like_code(value) {
         return false;
     }
     def.min_entropy <= 0.0 || shannon_entropy(&strip_ws(value)) >= def.min_entropy
+}
+
+/// Does the value spell out its own rule's id after its prefix
+/// (`gldt-gitlab-deploy-tokenGitLab`)? Then it is a table of rules or a document naming the
+/// kind of secret, not a secret: this scanner's own binary holds each rule's keyword next to
+/// its id (`gldt-` then `gitlab-deploy-token`), and the random part of a token never contains
+/// a rule id. (Some formats start with their id, `AGE-SECRET-KEY-1…`: that is the prefix, not
+/// a spelling out.) Found by scanning the release images (issue 15).
+fn names_its_rule(def: &RuleDef, value: &[u8]) -> bool {
+    let id = def.id.as_bytes();
+    id.len() >= 8
+        && value
+            .to_ascii_lowercase()
+            .windows(id.len())
+            .skip(1)
+            .any(|w| w == id)
 }
 
 fn strip_ws(v: &[u8]) -> Vec<u8> {
@@ -1790,6 +1806,23 @@ pub(crate) mod tests {
             .map(|m| set.rules[m.rule].def.id)
             .collect();
         assert_eq!(found, vec!["github-pat"]);
+    }
+
+    #[test]
+    fn a_value_that_spells_out_its_rule_id_is_the_rule_table_not_a_secret() {
+        let set = RuleSet::builtin();
+        // As the rule table sits in this scanner's own binary: keyword, id, description, regex.
+        let table =
+            b"\x00gldt-gitlab-deploy-tokenGitLab deploy token\\b(?P<s>gldt-[A-Za-z0-9_]{20,})\x00";
+        assert!(
+            set.scan(table, true).is_empty(),
+            "{:?}",
+            set.scan(table, true)
+        );
+        let real = b"\x00gldt-Zq3xT9vK2mP8wR4nL6yB\x00";
+        let found = set.scan(real, true);
+        assert_eq!(found.len(), 1, "a real-looking deploy token is still found");
+        assert_eq!(set.rules[found[0].rule].def.id, "gitlab-deploy-token");
     }
 
     #[test]

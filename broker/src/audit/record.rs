@@ -83,6 +83,9 @@ pub enum Event {
     Admission,
     /// The mutating admission webhook pinned a pod's image tags to digests, or could not.
     AdmissionPin,
+    /// The mutating admission webhook injected the sidecar into a pod annotated
+    /// `lanyard.dev/inject`, or refused to (issue 15).
+    AdmissionInject,
 }
 
 impl Event {
@@ -104,6 +107,7 @@ impl Event {
             Self::ImageExempt => "image_exempt",
             Self::Admission => "admission",
             Self::AdmissionPin => "admission_pin",
+            Self::AdmissionInject => "admission_inject",
         }
     }
 }
@@ -523,6 +527,24 @@ impl AuditRecord {
             );
         }
         rec.gate = Some(format!("pin:{outcome}"));
+        rec
+    }
+
+    /// The mutating webhook injected the sidecar into `pod` (`detail`: roles and target
+    /// names, never values), or refused to (`refusal`: the message the client got).
+    pub fn admission_inject(
+        now: SystemTime,
+        request_id: &str,
+        pod: &str,
+        detail: Result<&str, &str>,
+    ) -> Self {
+        let (decision, reason, outcome) = match detail {
+            Ok(d) => (Decision::Allow, format!("{pod}: {d}"), "inject:injected"),
+            Err(m) => (Decision::Deny, format!("{pod}: {m}"), "inject:refused"),
+        };
+        let mut rec = Self::at(now, Event::AdmissionInject, decision, reason).request(request_id);
+        rec.identity = Some(pod.to_owned());
+        rec.gate = Some(outcome.to_owned());
         rec
     }
 

@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`image`]: image references (`repo@sha256:…`, tags for operator tools, bare digests),
 //!   parsed and bounded.
+//! - [`inject`]: sidecar injection by pod annotation, the mutating webhook's pure part
+//!   composed with [`pin`] (digest pinning) into one patch.
 //! - [`pods`]: pod lookups through the Kubernetes API (trust source 3): the client and the
 //!   pure parse of its answers.
 //! - [`decide`]: the pure decision — a workload's images and what is known about them, the
@@ -35,6 +37,7 @@ const VERDICT_CACHE_TTL: Duration = Duration::from_secs(5);
 pub mod admission;
 pub mod decide;
 pub mod image;
+pub mod inject;
 pub mod pin;
 pub mod pods;
 

@@ -262,8 +262,12 @@ pub struct MutateReview {
 pub struct MutateResponse {
     /// The review's `request.uid`.
     pub uid: String,
-    /// Always true: pinning never denies (the validating webhook does).
+    /// True but for an injection refused ([`super::inject::Injection::Refused`]): pinning
+    /// never denies (the validating webhook does).
     pub allowed: bool,
+    /// Why the review is refused (`allowed: false` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<MutateStatus>,
     /// `JSONPatch` when there is a patch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
@@ -273,6 +277,34 @@ pub struct MutateResponse {
     /// Shown to the client (`kubectl` prints them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// `status` of a refused [`MutateResponse`], as the API server reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MutateStatus {
+    /// HTTP-style code shown to the client (403).
+    pub code: u16,
+    /// What `kubectl` prints.
+    pub message: String,
+}
+
+/// The refusal of the review whose `request.uid` is `uid`, with `message`. Pure.
+pub fn refusal(uid: &str, message: &str) -> MutateReview {
+    MutateReview {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: MutateResponse {
+            uid: uid.to_owned(),
+            allowed: false,
+            status: Some(MutateStatus {
+                code: 403,
+                message: message.to_owned(),
+            }),
+            patch_type: None,
+            patch: None,
+            warnings: Vec::new(),
+        },
+    }
 }
 
 /// The answer to the review whose `request.uid` is `uid`: allowed, with the patch when it
@@ -289,6 +321,7 @@ pub fn response(uid: &str, pinning: &Pinning) -> MutateReview {
         response: MutateResponse {
             uid: uid.to_owned(),
             allowed: true,
+            status: None,
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
             warnings: pinning.warnings.clone(),

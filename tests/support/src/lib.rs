@@ -28,6 +28,8 @@
 //! - [`postgres`]: [`Postgres`], a throwaway PostgreSQL cluster on a free loopback port.
 //! - [`process`]: [`SiteBroker`], `lanyard-broker serve` as its own process on loopback;
 //!   several share one [`ProcessSite`] (PKI, policies, admin token, SQLite store) as replicas.
+//! - [`k8s`]: the Kubernetes tools of `tests/peers/k8s-tools.sh` (`helm`,
+//!   `kubernetes-validate`, `promtool`), skipped loudly outside `./test.sh` when missing.
 //! - [`kube_api`]: [`KubeApi`], an emulator of the Kubernetes API server's pod read
 //!   (`GET /api/v1/namespaces/{ns}/pods/{name}`, documented `v1.Pod` and `v1.Status` bodies,
 //!   bearer token checked) over HTTPS, with pods a test sets, deletes, or makes fail.
@@ -43,6 +45,7 @@
 pub mod admission;
 pub mod broker;
 pub mod child;
+pub mod k8s;
 pub mod kube_api;
 pub mod moto;
 pub mod oidc;
