@@ -1489,9 +1489,11 @@ pub struct VaultConfig {
     #[serde(default = "default_true")]
     pub revoke_on_expiry: bool,
     /// Keep renewing a renewable Vault lease (dynamic secrets) that is shorter than the TTL
-    /// granted, so the credential lives that TTL (see `issue::renewal`); off: the credential
-    /// lives as long as Vault's first lease.
-    #[serde(default = "default_true")]
+    /// granted, so the credential lives that TTL (see `issue::renewal`); off (the default):
+    /// the credential lives as long as Vault's first lease. Off by default while the set of
+    /// leases renewed lives in one process's memory: a restart would stop renewals of
+    /// credentials already handed out for longer.
+    #[serde(default)]
     pub renew_leases: bool,
     /// See [`UpstreamLimits::max_concurrency`].
     #[serde(default = "default_max_concurrency")]
@@ -2339,6 +2341,8 @@ mod tests {
         assert_eq!(sts.limits().cache_refresh_fraction, 0.5);
         let vault = cfg.backends.vault.expect("vault");
         assert!(vault.revoke_on_expiry);
+        // Off until the renewal set outlives a restart (CONFIG.md, "Lease renewal").
+        assert!(!vault.renew_leases);
         match vault.auth {
             VaultAuth::Approle {
                 secret_id_file,

@@ -31,7 +31,7 @@ fn vault_config(bao: &OpenBao, auth: &str, extra: &str) -> String {
         String::new()
     };
     format!(
-        "backends:\n  vault:\n    address: \"{}\"\n{ca}    max_requests_per_second: 1000\n{extra}    auth:\n{auth}",
+        "backends:\n  vault:\n    address: \"{}\"\n{ca}    max_requests_per_second: 1000\n    renew_leases: true\n{extra}    auth:\n{auth}",
         bao.url
     )
 }
