@@ -959,6 +959,9 @@ impl Broker {
             }
             _ => None,
         };
+        let renew_step = upstream_expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
         let granted = plan.grant(
             now,
             if renew.is_some() {
@@ -978,6 +981,7 @@ impl Broker {
             upstream_lease: issued.upstream_lease,
             fingerprint: self.fingerprinter.fingerprint(&issued.data),
             revoked_at: None,
+            renew_step_secs: renew.as_ref().map(|_| renew_step.as_secs().max(1)),
         };
         let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted)
             .with_gate(gate_decision);
@@ -992,9 +996,7 @@ impl Broker {
                 upstream_lease,
                 until: granted.expires_at,
                 upstream_expires_at,
-                step: upstream_expires_at
-                    .duration_since(now)
-                    .unwrap_or(Duration::ZERO),
+                step: renew_step,
             });
         }
         self.metrics
@@ -1789,6 +1791,45 @@ impl Broker {
                 warn!(backend = backend.kind(), error = %e, "backend upkeep failed; will retry");
             }
         }
+    }
+
+    /// Takes up renewing the leases handed out before this process started (`renew_step_secs`
+    /// in the store: by an earlier process, or by another replica), as a starting broker does
+    /// once. Their upstream expiry is not known here, so each is renewed at the next
+    /// [`Broker::renew_leases`]; one whose upstream lease ended meanwhile is refused there and
+    /// dropped. Returns how many are held.
+    pub async fn resume_renewals(&self) -> Result<usize, StoreError> {
+        /// At most this many leases are taken up at start.
+        const MAX_RESUMED: usize = 100_000;
+        let now = self.now();
+        let mut held = 0;
+        for lease in self.store.renewable_leases(now, MAX_RESUMED).await? {
+            let (Some(upstream_lease), Some(step)) = (lease.upstream_lease, lease.renew_step_secs)
+            else {
+                continue;
+            };
+            if !self
+                .backends
+                .get(&lease.backend)
+                .is_some_and(|b| b.renews_leases())
+            {
+                continue;
+            }
+            let step = Duration::from_secs(step.max(1));
+            self.renewals.hold(Held {
+                lease_id: lease.lease_id,
+                backend: lease.backend,
+                role: lease.role,
+                upstream_lease,
+                until: lease.expires_at,
+                // Not known here: taken as ending a third of a step from now, which makes the
+                // lease due at once (and not yet past, which would drop it).
+                upstream_expires_at: now + step / 3,
+                step,
+            });
+            held += 1;
+        }
+        Ok(held)
     }
 
     /// Renews the upstream leases that are due (`issue::renewal`): each by one step of its

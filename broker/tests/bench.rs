@@ -710,6 +710,7 @@ async fn synchronous_round(synchronous: lanyard_broker::store::sqlite::Synchrono
             upstream_lease: None,
             fingerprint: "hmac-sha256:00".into(),
             revoked_at: None,
+            renew_step_secs: None,
         };
         let head = ChainHead {
             seq: i as u64 + 1,

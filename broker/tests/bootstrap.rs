@@ -511,6 +511,13 @@ impl Store for CommitFails {
     ) -> Result<Vec<LeaseRecord>, StoreError> {
         self.inner.expired_leases(backend, now, limit).await
     }
+    async fn renewable_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.inner.renewable_leases(now, limit).await
+    }
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.inner.signing_keys().await
     }

@@ -14,9 +14,11 @@
 //! (a Vault Enterprise / OpenBao namespaces feature the dev server's root namespace does
 //! not exercise), and exact request bodies the real server does not echo back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard::clock::{Clock, parse_rfc3339, unix_seconds};
+
 use lanyard::wire::{CredentialRequest, CredentialResponse, ErrorCode};
 use lanyard_broker::broker::Authenticated;
 use lanyard_broker::error::ApiError;
@@ -431,6 +433,77 @@ rules:
     assert!(
         !pg_has_role(&pg, &short_user),
         "dropped at the end of the TTL granted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_takes_up_renewing_what_an_earlier_process_handed_out() {
+    use lanyard_broker::store::{Store, memory::MemoryStore};
+    let bao = OpenBao::shared().await;
+    let pg = Postgres::start();
+    // 3 s leases, renewable for an hour; the lanyard role grants 8 s.
+    bao.database_postgres("db-t9", &pg, "short", 3, 3600).await;
+    bao.policy(
+        "db-t9-broker",
+        "path \"db-t9/creds/*\" { capabilities = [\"read\"] }\n\
+         path \"sys/leases/*\" { capabilities = [\"update\"] }",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (auth, _) = token_auth(bao, &dir, &["db-t9-broker"]).await;
+    let policy = r#"
+roles:
+  short:
+    backend: vault
+    max_ttl_seconds: 8
+    default_ttl_seconds: 8
+    settings: {kind: dynamic, mount: db-t9, role: short}
+rules:
+  - name: shop
+    match: {namespace: shop}
+    roles: [short]
+"#;
+    // Both "processes" share the store, as a restarted broker shares its database.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let first =
+        InProcessBroker::start_with_store(policy, &vault_config(bao, &auth, ""), store.clone())
+            .await
+            .expect("broker");
+    let me = k8s_pod("shop", "api", "a");
+    let resp = issue(&first, &me, &["short"], None).await.expect("issued");
+    let cred = &resp.credentials[0];
+    assert_eq!(
+        cred.ttl_seconds, 8,
+        "handed out for the TTL granted, to be renewed"
+    );
+    let user = cred.data["username"].expose().to_owned();
+    let password = cred.data["password"].expose().to_owned();
+    let second = first.restart_with_store(store).await.expect("restarted");
+    assert_eq!(
+        second.broker.renew_leases().await,
+        Default::default(),
+        "a new process holds nothing until it takes the store's leases up"
+    );
+    assert_eq!(second.broker.resume_renewals().await.expect("resume"), 1);
+    // Five seconds, looked at four times a second: past the 3 s OpenBao gave at issue.
+    let (t0, real0) = (second.clock.now(), std::time::Instant::now());
+    let mut renewed = 0;
+    while real0.elapsed() < Duration::from_secs(5) {
+        let r = second.broker.renew_leases().await;
+        assert_eq!(r.failed, 0, "{r:?}");
+        renewed += r.renewed;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        second.clock.set(t0 + real0.elapsed());
+    }
+    assert!(
+        renewed >= 2,
+        "renewed at once, then at two thirds of each 3 s: {renewed}"
+    );
+    assert_eq!(
+        pg.psql_as(&user, &password, "postgres", "SELECT 1")
+            .as_deref(),
+        Ok("1"),
+        "the credential outlives its first lease under the restarted broker"
     );
 }
 

@@ -939,6 +939,7 @@ mod tests {
             upstream_lease: None,
             fingerprint: "fp".into(),
             revoked_at: None,
+            renew_step_secs: None,
         }
     }
 

@@ -893,6 +893,7 @@ mod tests {
             upstream_lease: upstream.map(str::to_owned),
             fingerprint: "hmac-sha256:00ff".into(),
             revoked_at: None,
+            renew_step_secs: None,
         }
     }
 

@@ -1063,6 +1063,13 @@ mod tests {
         ) -> Result<Vec<crate::store::LeaseRecord>, StoreError> {
             unreachable!()
         }
+        async fn renewable_leases(
+            &self,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<crate::store::LeaseRecord>, StoreError> {
+            unreachable!()
+        }
         async fn mark_lease_revoked(&self, _: &str, _: SystemTime) -> Result<bool, StoreError> {
             unreachable!()
         }

@@ -15,8 +15,10 @@
 //! ([`Renewed::Capped`]) and stops renewing. The operator's fix is an upstream `max_ttl` at
 //! least the lanyard role's `max_ttl_seconds`.
 //!
-//! The set of held leases lives in memory: a broker that restarts does not renew the leases
-//! an earlier process issued (they end at their upstream expiry).
+//! The set of held leases lives in memory, and each lease renewed is marked in the store
+//! (`LeaseRecord::renew_step_secs`): a starting broker takes them up
+//! (`Broker::resume_renewals`), so a restart does not end them early. Replicas each renew
+//! what they issued or took up at their start (see CONFIG.md, "Lease renewal").
 //!
 //! The decisions ([`Held::due`], [`Held::increment`], [`Held::after`]) are pure and tested
 //! with plain times; [`Renewals`] holds the set.

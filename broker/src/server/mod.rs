@@ -107,16 +107,33 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             }
         })
     };
+    // Renewals of leases handed out before this process started (kept in the store) are taken
+    // up once; the upkeep below renews them with this process's own.
+    {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            match broker.resume_renewals().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    leases = n,
+                    "resumed renewing leases handed out before this start"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "could not read the leases to renew; those handed out before this start end with their upstream lease")
+                }
+            }
+        });
+    }
     // Upstream backends: the broker's own Vault token, renewal of the Vault leases this
-    // replica issued and holds, and revoke-on-expiry of Vault leases (with the prunes: by one
-    // replica at a time, `Broker::claim_job`).
+    // replica holds, and revoke-on-expiry of Vault leases (with the prunes: by one replica at
+    // a time, `Broker::claim_job`).
     let backends = {
         let broker = broker.clone();
         periodic(every, rx.clone(), move || {
             let broker = broker.clone();
             async move {
                 broker.maintain_backends().await;
-                // Each replica renews the leases it handed out (its own, in memory).
+                // Each replica renews the leases it holds (handed out, or taken up at start).
                 broker.renew_leases().await;
                 // Sweeps over shared rows: one replica at a time (each replica's own Vault
                 // token, above, is its own).

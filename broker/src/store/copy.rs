@@ -103,6 +103,7 @@ const TABLES: &[Table] = &[
             ("upstream_lease", Text),
             ("fingerprint", Text),
             ("revoked_at", Int),
+            ("renew_step_secs", Int),
         ],
         filter: "expires_at > ?1 OR (revoked_at IS NULL AND upstream_lease IS NOT NULL)",
         order: "lease_id",

@@ -297,6 +297,28 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn renewable_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let mut out: Vec<LeaseRecord> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| {
+                l.renew_step_secs.is_some()
+                    && l.revoked_at.is_none()
+                    && l.upstream_lease.is_some()
+                    && l.expires_at > now
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.expires_at, &a.lease_id).cmp(&(b.expires_at, &b.lease_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         let mut keys = self.lock().signing_keys.clone();
         keys.sort_by_key(|k| k.created_at);

@@ -111,6 +111,10 @@ pub struct LeaseRecord {
     pub fingerprint: String,
     /// When it was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
+    /// The upstream lease's own length, in seconds, when the broker keeps renewing it up to
+    /// `expires_at` (`issue::renewal`); `None` when it is not renewed. Kept so that a broker
+    /// that restarts goes on renewing what an earlier process handed out.
+    pub renew_step_secs: Option<u64>,
 }
 
 /// A JWT signing key held by the broker.
@@ -388,6 +392,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn expired_leases(
         &self,
         backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError>;
+
+    /// Leases the broker renews (`renew_step_secs` set), not revoked and still running at
+    /// `now`, soonest expiry first, at most `limit`: what a starting broker resumes renewing.
+    async fn renewable_leases(
+        &self,
         now: SystemTime,
         limit: usize,
     ) -> Result<Vec<LeaseRecord>, StoreError>;

@@ -150,6 +150,9 @@ pub const MIGRATIONS: &[&str] = &[
         holder     TEXT NOT NULL,
         held_until BIGINT NOT NULL
     );",
+    // v3: the upstream lease length of a lease the broker renews (`issue::renewal`), so a
+    // restarted broker resumes renewing it.
+    "ALTER TABLE leases ADD COLUMN renew_step_secs BIGINT;",
 ];
 
 /// How the connection to the database is protected (`sslmode` in the URL).
@@ -734,7 +737,7 @@ impl TokenRow {
 }
 
 const LEASE_COLUMNS: &str = "lease_id, role, backend, subject, issuer, issued_at, expires_at, \
-     upstream_lease, fingerprint, revoked_at";
+     upstream_lease, fingerprint, revoked_at, renew_step_secs";
 
 fn decode_lease(r: &Row) -> Result<LeaseRecord, StoreError> {
     let lease_id: String = col(r, 0, "lease")?;
@@ -750,6 +753,7 @@ fn decode_lease(r: &Row) -> Result<LeaseRecord, StoreError> {
         upstream_lease: col(r, 7, &what)?,
         fingerprint: col(r, 8, &what)?,
         revoked_at: revoked_at.map(|v| from_unix(v, &what)).transpose()?,
+        renew_step_secs: col::<Option<i64>>(r, 10, &what)?.map(|s| u64::try_from(s).unwrap_or(0)),
         lease_id,
     })
 }
@@ -759,6 +763,7 @@ struct LeaseParams {
     issued_at: i64,
     expires_at: i64,
     revoked_at: Option<i64>,
+    renew_step_secs: Option<i64>,
 }
 
 fn lease_params(rec: &LeaseRecord) -> Result<LeaseParams, StoreError> {
@@ -766,14 +771,17 @@ fn lease_params(rec: &LeaseRecord) -> Result<LeaseParams, StoreError> {
         issued_at: to_unix(rec.issued_at)?,
         expires_at: to_unix(rec.expires_at)?,
         revoked_at: rec.revoked_at.map(to_unix).transpose()?,
+        renew_step_secs: rec
+            .renew_step_secs
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
     })
 }
 
 /// Inserts a lease unless its id exists; `Duplicate` then (the transaction goes on: `ON
 /// CONFLICT DO NOTHING` raises nothing, so one duplicate does not abort a group).
 const INSERT_LEASE: &str = "INSERT INTO leases (lease_id, role, backend, subject, issuer, \
-     issued_at, expires_at, upstream_lease, fingerprint, revoked_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (lease_id) DO NOTHING";
+     issued_at, expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (lease_id) DO NOTHING";
 
 const WRITE_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
      ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
@@ -801,6 +809,7 @@ async fn insert_lease_on<C: deadpool_postgres::GenericClient>(
                 &rec.upstream_lease,
                 &rec.fingerprint,
                 &p.revoked_at,
+                &p.renew_step_secs,
             ],
         )
         .await
@@ -1123,6 +1132,26 @@ impl Store for PostgresStore {
                      ORDER BY expires_at, lease_id LIMIT $3"
                 ),
                 &[&backend, &now, &limit_i64(limit)],
+            )
+            .await?;
+        rows.iter().map(decode_lease).collect()
+    }
+
+    async fn renewable_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let now = to_unix(now)?;
+        let rows = self
+            .query(
+                "renewable_leases",
+                &format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases WHERE renew_step_secs IS NOT NULL \
+                     AND revoked_at IS NULL AND upstream_lease IS NOT NULL AND expires_at > $1 \
+                     ORDER BY expires_at, lease_id LIMIT $2"
+                ),
+                &[&now, &limit_i64(limit)],
             )
             .await?;
         rows.iter().map(decode_lease).collect()

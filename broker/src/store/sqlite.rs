@@ -124,6 +124,9 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL
     );
     CREATE INDEX admission_records_expires_at ON admission_records (expires_at);",
+    // v7: the upstream lease length of a lease the broker renews (`issue::renewal`), so a
+    // restarted broker resumes renewing it.
+    "ALTER TABLE leases ADD COLUMN renew_step_secs INTEGER;",
 ];
 
 /// A closure to run on the store thread.
@@ -414,13 +417,16 @@ fn check_lease_times(rec: &LeaseRecord) -> Result<(), StoreError> {
 }
 
 fn insert_lease_row(conn: &Connection, rec: &LeaseRecord) -> Result<(), StoreError> {
+    let step = rec
+        .renew_step_secs
+        .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
     let issued_at = to_unix(rec.issued_at)?;
     let expires_at = to_unix(rec.expires_at)?;
     let revoked_at = rec.revoked_at.map(to_unix).transpose()?;
     conn.prepare_cached(
         "INSERT INTO leases (lease_id, role, backend, subject, issuer, issued_at, \
-         expires_at, upstream_lease, fingerprint, revoked_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -433,7 +439,8 @@ fn insert_lease_row(conn: &Connection, rec: &LeaseRecord) -> Result<(), StoreErr
             expires_at,
             rec.upstream_lease,
             rec.fingerprint,
-            revoked_at
+            revoked_at,
+            step,
         ])
     })
     .map_err(insert_error(
@@ -948,7 +955,8 @@ impl Store for SqliteStore {
             let row = conn
                 .query_row(
                     "SELECT lease_id, role, backend, subject, issuer, issued_at, expires_at, \
-                     upstream_lease, fingerprint, revoked_at FROM leases WHERE lease_id = ?1",
+                     upstream_lease, fingerprint, revoked_at, renew_step_secs FROM leases \
+                     WHERE lease_id = ?1",
                     params![lease_id],
                     |r| {
                         Ok((
@@ -965,6 +973,7 @@ impl Store for SqliteStore {
                                 r.get::<_, Option<String>>(7)?,
                                 r.get::<_, String>(8)?,
                                 r.get::<_, Option<i64>>(9)?,
+                                r.get::<_, Option<i64>>(10)?,
                             ),
                         ))
                     },
@@ -973,7 +982,7 @@ impl Store for SqliteStore {
                 .map_err(sql_error("get_lease"))?;
             let Some((
                 (lease_id, role, backend, subject, issuer),
-                (issued_at, expires_at, upstream_lease, fingerprint, revoked_at),
+                (issued_at, expires_at, upstream_lease, fingerprint, revoked_at, step),
             )) = row
             else {
                 return Ok(None);
@@ -990,9 +999,42 @@ impl Store for SqliteStore {
                 issuer,
                 upstream_lease,
                 fingerprint,
+                renew_step_secs: step.map(|s| u64::try_from(s).unwrap_or(0)),
             }))
         })
         .await
+    }
+
+    async fn renewable_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .run("renewable_leases", move |conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT lease_id FROM leases WHERE renew_step_secs IS NOT NULL \
+                         AND revoked_at IS NULL AND upstream_lease IS NOT NULL \
+                         AND expires_at > ?1 ORDER BY expires_at, lease_id LIMIT ?2",
+                    )
+                    .map_err(sql_error("renewable_leases"))?;
+                let rows = stmt
+                    .query_map(params![now, limit], |r| r.get::<_, String>(0))
+                    .map_err(sql_error("renewable_leases"))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql_error("renewable_leases"))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = self.get_lease(&id).await? {
+                out.push(l);
+            }
+        }
+        Ok(out)
     }
 
     async fn mark_lease_revoked(
@@ -1720,7 +1762,7 @@ mod tests {
                  expires_at) VALUES ('bt_x','hx','not json',NULL,1,5000);
                  INSERT INTO bootstrap_tokens (token_id, token_hash, roles, image, created_at, \
                  expires_at, reserved_by) VALUES ('bt_y','hy','[]',NULL,1,5000,'r');
-                 INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL);
+                 INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL,NULL);
                  INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday',NULL);
                  INSERT INTO audit_head VALUES (1, -1, 'h');
                  INSERT INTO local_secrets VALUES ('n', 'not-hex!');",

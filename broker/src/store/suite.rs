@@ -116,6 +116,7 @@ pub(super) fn lease(id: &str) -> LeaseRecord {
         upstream_lease: Some("vault-lease-1".to_owned()),
         fingerprint: "fp:0123".to_owned(),
         revoked_at: None,
+        renew_step_secs: None,
     }
 }
 
@@ -530,6 +531,45 @@ pub(super) async fn a_lease_is_marked_revoked_once(s: Arc<dyn Store>) {
     // The first revocation's time stays.
     l.revoked_at = Some(t(2_500));
     assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
+}
+
+/// `renewable_leases`: leases with a renewal step, not revoked, with an upstream lease, still
+/// running at `now` (expiry after it); soonest expiry first; at most `limit`; the step kept.
+pub(super) async fn renewable_leases_are_the_running_renewed_ones(s: Arc<dyn Store>) {
+    let now = 2_500;
+    let at = |id: &str, expires: u64, step: Option<u64>| LeaseRecord {
+        backend: "vault".to_owned(),
+        expires_at: t(expires),
+        renew_step_secs: step,
+        ..lease(id)
+    };
+    let mut revoked = at("ls_revoked", 2_800, Some(60));
+    revoked.revoked_at = Some(t(2_400));
+    let mut no_upstream = at("ls_no_upstream", 2_800, Some(60));
+    no_upstream.upstream_lease = None;
+    for l in [
+        at("ls_late", 2_900, Some(300)),
+        at("ls_soon", 2_600, Some(60)),
+        at("ls_not_renewed", 2_700, None),
+        at("ls_ended", now, Some(60)),
+        revoked,
+        no_upstream,
+    ] {
+        s.insert_lease(&l).await.expect("insert");
+    }
+    let got = s.renewable_leases(t(now), 100).await.expect("list");
+    let ids: Vec<&str> = got.iter().map(|l| l.lease_id.as_str()).collect();
+    assert_eq!(ids, ["ls_soon", "ls_late"]);
+    assert_eq!(got[0].renew_step_secs, Some(60));
+    assert_eq!(got[1].renew_step_secs, Some(300));
+    assert_eq!(
+        s.get_lease("ls_late").await.expect("get").as_ref(),
+        Some(&got[1]),
+        "whole records"
+    );
+    let one = s.renewable_leases(t(now), 1).await.expect("list");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].lease_id, "ls_soon");
 }
 
 /// `expired_leases`: of one backend, expired at or before `now`, not revoked, with an
@@ -1149,6 +1189,7 @@ macro_rules! cases {
             leases_round_trip,
             a_lease_is_marked_revoked_once,
             expired_leases_by_backend_oldest_first,
+            renewable_leases_are_the_running_renewed_ones,
             concurrent_lease_inserts_each_succeed_or_fail_alone,
             signing_keys_listed_oldest_first_and_deleted,
             audit_head_is_absent_then_overwritten,

@@ -644,6 +644,27 @@ impl InProcessBroker {
         Ok(Self { broker, clock, dir })
     }
 
+    /// A new broker process, as after a restart: the same directory (config, policies, audit
+    /// log) and `store` (the one this broker used, for a restart that keeps its database), a
+    /// fresh clock at the real time. This broker is dropped first.
+    pub async fn restart_with_store(
+        self,
+        store: Arc<dyn lanyard_broker::store::Store>,
+    ) -> Result<Self, String> {
+        use lanyard::clock::Clock as _;
+        let Self { broker, dir, .. } = self;
+        drop(broker);
+        let config = BrokerConfig::load(&dir.path().join("broker.yaml"), std::iter::empty())
+            .map_err(|e| e.to_string())?;
+        let clock = Arc::new(lanyard::clock::ManualClock::new(
+            lanyard::clock::SystemClock.now(),
+        ));
+        let broker = Broker::with_store(config, clock.clone(), Metrics::new(), store)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self { broker, clock, dir })
+    }
+
     /// The audit log's text.
     pub fn audit_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
