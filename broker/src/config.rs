@@ -932,12 +932,32 @@ pub const MAX_POSTGRES_POOL_SIZE: usize = 1_000;
 /// Largest `store.postgres_connect_timeout_seconds`.
 pub const MAX_POSTGRES_CONNECT_TIMEOUT_SECONDS: u64 = 120;
 
+/// Default `store.postgres_pool_size`.
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 16;
+
+/// Default `store.postgres_connect_timeout_seconds`.
+pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A PostgreSQL URL with any password and query removed, for messages and `Debug`;
+/// `postgres://? (not a valid URL)` when it does not parse.
+pub fn redacted_postgres_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "postgres://? (not a valid URL)".to_owned(),
+    }
+}
+
 fn default_postgres_pool_size() -> usize {
-    crate::store::postgres::DEFAULT_POOL_SIZE
+    DEFAULT_POSTGRES_POOL_SIZE
 }
 
 fn default_postgres_connect_timeout() -> u64 {
-    crate::store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs()
+    DEFAULT_POSTGRES_CONNECT_TIMEOUT.as_secs()
 }
 
 /// Which store a [`StoreConfig`] names.
@@ -1017,7 +1037,7 @@ impl StoreConfig {
             &self.postgres_url_file,
         ) {
             (Some(p), _, _) => p.display().to_string(),
-            (None, Some(url), _) => crate::store::postgres::redacted_url(url.expose()),
+            (None, Some(url), _) => redacted_postgres_url(url.expose()),
             (None, None, Some(f)) => format!("the PostgreSQL URL in {}", f.display()),
             (None, None, None) => "no store".to_owned(),
         }

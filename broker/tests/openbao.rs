@@ -312,6 +312,21 @@ async fn database_credentials_log_in_and_are_dropped_on_revocation_and_on_expiry
     assert!(gone, "the broker's token took its leases with it");
 }
 
+/// Token auth for a broker that reads database credentials from `mount` and renews leases
+/// (policy `<mount>-broker`).
+async fn renewing_db_broker_auth(bao: &OpenBao, mount: &str, dir: &tempfile::TempDir) -> String {
+    let policy = format!("{mount}-broker");
+    bao.policy(
+        &policy,
+        &format!(
+            "path \"{mount}/creds/*\" {{ capabilities = [\"read\"] }}\n\
+             path \"sys/leases/*\" {{ capabilities = [\"update\"] }}"
+        ),
+    )
+    .await;
+    token_auth(bao, dir, &[&policy]).await.0
+}
+
 /// `rolvaliduntil` of a PostgreSQL role, in Unix seconds.
 fn pg_valid_until(pg: &Postgres, user: &str) -> i64 {
     pg.psql(&format!(
@@ -329,14 +344,8 @@ async fn database_leases_are_renewed_while_held_up_to_the_ttl_granted_and_a_vaul
     // `short`: 3 s leases, renewable for an hour. `capped`: 3 s leases, at most 5 s.
     bao.database_postgres("db-t6", &pg, "short", 3, 3600).await;
     bao.database_role("db-t6", "capped", 3, 5).await;
-    bao.policy(
-        "db-t6-broker",
-        "path \"db-t6/creds/*\" { capabilities = [\"read\"] }\n\
-         path \"sys/leases/*\" { capabilities = [\"update\"] }",
-    )
-    .await;
     let dir = tempfile::tempdir().expect("tmp");
-    let (auth, _) = token_auth(bao, &dir, &["db-t6-broker"]).await;
+    let auth = renewing_db_broker_auth(bao, "db-t6", &dir).await;
     let policy = r#"
 roles:
   short:
@@ -443,14 +452,8 @@ async fn a_restarted_broker_takes_up_renewing_what_an_earlier_process_handed_out
     let pg = Postgres::start();
     // 3 s leases, renewable for an hour; the lanyard role grants 8 s.
     bao.database_postgres("db-t9", &pg, "short", 3, 3600).await;
-    bao.policy(
-        "db-t9-broker",
-        "path \"db-t9/creds/*\" { capabilities = [\"read\"] }\n\
-         path \"sys/leases/*\" { capabilities = [\"update\"] }",
-    )
-    .await;
     let dir = tempfile::tempdir().expect("tmp");
-    let (auth, _) = token_auth(bao, &dir, &["db-t9-broker"]).await;
+    let auth = renewing_db_broker_auth(bao, "db-t9", &dir).await;
     let policy = r#"
 roles:
   short:

@@ -63,11 +63,12 @@ pub const MIGRATION_LOCK: i64 = 0x006c_616e_7961_7264;
 /// How long [`Store::check_writable`] waits for its answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Default [`PostgresOptions::pool_size`].
-pub const DEFAULT_POOL_SIZE: usize = 16;
-
-/// Default [`PostgresOptions::connect_timeout`].
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+// Defaults and the URL's printable form live with the store's config section (the config
+// must not depend on the store: that made an import circle).
+pub use crate::config::{
+    DEFAULT_POSTGRES_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POSTGRES_POOL_SIZE as DEFAULT_POOL_SIZE, redacted_postgres_url as redacted_url,
+};
 
 /// Schema migrations; entry `i` takes the schema from version `i` to version `i + 1`. Never
 /// edit an entry that was released: append one.
@@ -204,19 +205,6 @@ impl PostgresOptions {
     /// The URL without its password (`postgres://user@host:port/db`), for messages.
     pub fn shown(&self) -> String {
         redacted_url(self.url.expose())
-    }
-}
-
-/// `url` with any password and query removed; `postgres://?` when it does not parse.
-pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
-        Err(_) => "postgres://? (not a valid URL)".to_owned(),
     }
 }
 
