@@ -401,7 +401,7 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gate::decide::Lookup;
     use crate::store::FindingSummary;
@@ -410,7 +410,7 @@ mod tests {
 
     /// A review shaped as the Kubernetes documentation shows it
     /// (`/docs/reference/access-authn-authz/extensible-admission-controllers/`).
-    fn review(
+    pub(crate) fn review(
         kind: (&str, &str, &str),
         resource: &str,
         sub: Option<&str>,

@@ -652,21 +652,8 @@ mod tests {
     /// A review of `object` as the Kubernetes documentation shows one
     /// (`/docs/reference/access-authn-authz/extensible-admission-controllers/`, "Request").
     fn review(kind: (&str, &str, &str), resource: &str, op: &str, object: Value) -> Value {
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
-            "resource": {"group": kind.0, "version": kind.1, "resource": resource},
-            "requestKind": {"group": kind.0, "version": kind.1, "kind": kind.2},
-            "requestResource": {"group": kind.0, "version": kind.1, "resource": resource},
-            "name": "my-pod",
-            "namespace": "shop",
-            "operation": op,
-            "userInfo": {"username": "admin", "uid": "014fbff9a07c", "groups": ["system:authenticated"]},
-            "object": object,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }})
+        let bytes = crate::gate::admission::tests::review(kind, resource, None, op, object, false);
+        serde_json::from_slice(&bytes).expect("json")
     }
 
     /// The pod of the Kubernetes documentation's "Configure a Pod to Use a Volume for
