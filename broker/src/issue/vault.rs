@@ -286,7 +286,8 @@ impl VaultBackend {
 
     /// Logs in with the configured method.
     async fn login(&self, state: &mut TokenState) -> Result<(), BackendError> {
-        match &self.config.auth {
+        // A login method's answer, or `None` for a token given as is (set above).
+        let auth = match &self.config.auth {
             VaultAuth::Token { token_file } => {
                 let token = read_secret_file(token_file).await?;
                 self.client.write().await.set_token(token.expose());
@@ -301,6 +302,7 @@ impl VaultBackend {
                     }
                 };
                 self.set_token(state, token, ttl, renewable).await;
+                None
             }
             VaultAuth::Approle {
                 role_id,
@@ -308,19 +310,12 @@ impl VaultBackend {
                 mount,
             } => {
                 let secret_id = read_secret_file(secret_id_file).await?;
-                let auth = {
-                    let client = self.client.read().await;
+                let client = self.client.read().await;
+                Some(
                     vaultrs::auth::approle::login(&*client, mount, role_id, secret_id.expose())
                         .await
-                        .map_err(|e| summarize(&e, "AppRole login"))?
-                };
-                self.set_token(
-                    state,
-                    Secret::new(auth.client_token),
-                    auth.lease_duration,
-                    auth.renewable,
+                        .map_err(|e| summarize(&e, "AppRole login"))?,
                 )
-                .await;
             }
             VaultAuth::Kubernetes {
                 role,
@@ -328,19 +323,12 @@ impl VaultBackend {
                 mount,
             } => {
                 let jwt = read_secret_file(jwt_file).await?;
-                let auth = {
-                    let client = self.client.read().await;
+                let client = self.client.read().await;
+                Some(
                     vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.expose())
                         .await
-                        .map_err(|e| summarize(&e, "Kubernetes login"))?
-                };
-                self.set_token(
-                    state,
-                    Secret::new(auth.client_token),
-                    auth.lease_duration,
-                    auth.renewable,
+                        .map_err(|e| summarize(&e, "Kubernetes login"))?,
                 )
-                .await;
             }
             VaultAuth::Jwt {
                 role,
@@ -348,20 +336,22 @@ impl VaultBackend {
                 mount,
             } => {
                 let jwt = read_secret_file(jwt_file).await?;
-                let auth = {
-                    let client = self.client.read().await;
+                let client = self.client.read().await;
+                Some(
                     vaultrs::auth::oidc::login(&*client, mount, jwt.expose(), Some(role.clone()))
                         .await
-                        .map_err(|e| summarize(&e, "JWT login"))?
-                };
-                self.set_token(
-                    state,
-                    Secret::new(auth.client_token),
-                    auth.lease_duration,
-                    auth.renewable,
+                        .map_err(|e| summarize(&e, "JWT login"))?,
                 )
-                .await;
             }
+        };
+        if let Some(auth) = auth {
+            self.set_token(
+                state,
+                Secret::new(auth.client_token),
+                auth.lease_duration,
+                auth.renewable,
+            )
+            .await;
         }
         info!(
             ttl_seconds = state.ttl.as_secs(),
