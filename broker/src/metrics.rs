@@ -7,9 +7,22 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-/// All broker metrics, registered in one registry.
+/// All broker metrics, registered in one registry: a shared handle (cloning it, as every
+/// request's middleware state does, is one reference count, not one per metric).
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<Registered>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Registered;
+
+    fn deref(&self) -> &Registered {
+        &self.0
+    }
+}
+
+/// The metrics behind a [`Metrics`] handle.
+#[derive(Debug)]
+pub struct Registered {
     registry: Registry,
     /// `lanyard_issuances_total{role,backend}`.
     pub issuances: IntCounterVec,
@@ -355,7 +368,7 @@ impl Metrics {
              disabled (no inject section in the broker's config).",
             &["result"],
         );
-        Self {
+        Self(std::sync::Arc::new(Registered {
             registry,
             admission_injections,
             admission_decisions,
@@ -394,7 +407,7 @@ impl Metrics {
             policy_rules,
             bootstrap_tokens,
             audit_records,
-        }
+        }))
     }
 
     /// The audit sink's health metrics, for the audit writer.

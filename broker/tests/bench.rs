@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lanyard_test_support::{
-    InProcessBroker, MotoServer, OidcIssuer, TestBroker, TestBrokerOptions, k8s_pod,
+    InProcessBroker, MotoServer, OidcIssuer, OpenBao, OpenBaoOptions, TestBroker,
+    TestBrokerOptions, k8s_pod,
 };
 
 const JWT_POLICY: &str = r#"
@@ -536,6 +537,13 @@ async fn bench_https_issuance_vs_crypto_only() {
         let (r, p50, p99, bad) = run(&url, c, 10).await.expect("join");
         println!("BENCH   {c} connections: {r:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {bad}");
     }
+    // With LANYARD_BAO (tests/peers/openbao.sh, as tests/bench/issuance.sh does): OpenBao's
+    // token create under the same wrk, right after, on a fresh dev server over TLS with a
+    // file audit device — the issue-18 comparison.
+    let openbao = match std::env::var_os("LANYARD_BAO") {
+        Some(_) => Some(openbao_token_create(&dir, rps).await),
+        None => None,
+    };
     // The floor under any broker here: the same TLS + HTTP stack and wrk, answering with an
     // issuance-sized body, without and then with the per-request crypto.
     let mut floors = Vec::new();
@@ -572,8 +580,45 @@ async fn bench_https_issuance_vs_crypto_only() {
         100.0 * floors[1].0 / crypto_rate,
         100.0 * rps / floors[1].0
     );
+    if let Some((bao_rps, bao_p50, bao_p99)) = openbao {
+        println!(
+            "  openbao token create (2.7.2, dev server, TLS, file audit device), same wrk: {bao_rps:.0} req/s, p50 {bao_p50}, p99 {bao_p99}\n  \
+             issuance / openbao token create: {:.2}x",
+            rps / bao_rps
+        );
+    }
     assert_eq!(non2xx, 0, "every request must have been issued");
     broker.stop().await;
+}
+
+/// OpenBao's `POST /v1/auth/token/create` (a child of the root token, 1 h TTL) under
+/// `wrk -t2 -c64 -d20s` after a 3 s warm-up, on a fresh dev server over TLS (`-dev-tls`) with a
+/// file audit device (`-config=FILE`). Returns requests/s, p50 and p99.
+async fn openbao_token_create(dir: &tempfile::TempDir, lanyard_rps: f64) -> (f64, String, String) {
+    let bao = OpenBao::start_with(OpenBaoOptions { tls: true }).await;
+    let script = dir.path().join("bao.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{{\"ttl\":\"1h\"}}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"X-Vault-Token\"] = \"{}\"\n",
+            lanyard_test_support::openbao::ROOT_TOKEN
+        ),
+    )
+    .expect("script");
+    let url = format!("{}/v1/auth/token/create", bao.url);
+    let run = |secs: u32| {
+        let (u, s) = (url.clone(), script.clone());
+        tokio::task::spawn_blocking(move || wrk(&u, &s, 64, secs))
+    };
+    run(3).await.expect("join"); // warm up
+    let (rps, p50, p99, bad) = run(20).await.expect("join");
+    assert_eq!(bad, 0, "OpenBao answers every token create");
+    let created = bao.audited("auth/token/create").len();
+    println!(
+        "BENCH openbao token create: {rps:.0} req/s (lanyard {lanyard_rps:.0}), {created} audited by its file device"
+    );
+    drop(bao);
+    (rps, p50, p99)
 }
 
 /// The issue-12 figure: issuance with the image gate on (a pod token gated by its pod's
