@@ -857,3 +857,111 @@ async fn bench_sqlite_synchronous_normal_vs_full() {
         }
     }
 }
+
+/// `oha` against `url` (POST `{}` with `token`, 64 connections) for `secs` seconds, at `rate`
+/// requests per second when given (`-q`, with latency correction so a stall counts for the
+/// requests it held back); returns its JSON summary.
+fn oha(url: &str, token: &str, rate: Option<u64>, secs: u64) -> serde_json::Value {
+    let mut cmd = std::process::Command::new("oha");
+    cmd.args([
+        "--no-tui",
+        "--output-format",
+        "json",
+        "--insecure",
+        "-m",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        "-c",
+        "64",
+        "-z",
+        &format!("{secs}s"),
+    ]);
+    if let Some(q) = rate {
+        cmd.args(["-q", &q.to_string(), "--latency-correction"]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("run oha (cargo install oha --version 1.16.0)");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("oha's JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// p50 / p99 / p99.9 in milliseconds, and the answers by status, from an oha summary.
+fn latencies(d: &serde_json::Value) -> (f64, f64, f64, String) {
+    let p = |k: &str| d["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    (
+        p("p50"),
+        p("p99"),
+        p("p99.9"),
+        d["statusCodeDistribution"].to_string(),
+    )
+}
+
+/// The issue-18 tail figure: the peak issuance rate (`oha -c 64`, 20 s), then half of it at a
+/// fixed rate (`oha -q`) for `LANYARD_BENCH_SECONDS` (600) against the broker (configured as
+/// `bench_https` runs it: TLS, SQLite, fsynced audit, the gate on), then the same rate against
+/// the floor server (TLS + HTTP only) and the floor + crypto server in the same run, for as
+/// long each. Prints p50 / p99 / p99.9 of each. Build with `--release`; needs `oha` and the
+/// test registry (`source tests/peers/images.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release --ignored --nocapture (needs oha and tests/peers/images.sh)"]
+async fn bench_https_half_load_tail() {
+    let secs: u64 = std::env::var("LANYARD_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let issuer = OidcIssuer::start().await;
+    let (broker, token) = issuance_broker(&issuer, true).await;
+    let (status, issued) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{issued}");
+    let url = format!("{}/v1/credentials", broker.url);
+    let load = |url: &str, rate: Option<u64>, secs: u64| {
+        let (u, t) = (url.to_owned(), token.clone());
+        tokio::task::spawn_blocking(move || oha(&u, &t, rate, secs))
+    };
+    load(&url, None, 3).await.expect("join"); // warm up
+    let peak = load(&url, None, 20).await.expect("join");
+    let peak_rps = peak["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let rate = (peak_rps / 2.0).round() as u64;
+    println!(
+        "BENCH half-load tail: peak {peak_rps:.0} req/s (oha -c 64, 20 s); rate {rate} req/s for {secs} s each"
+    );
+    let mut rows = vec![(
+        "issuance",
+        load(&url, Some(rate), secs).await.expect("join"),
+    )];
+    let crypto = Arc::new(Crypto::new(&issuer));
+    for (name, with_crypto) in [("floor", false), ("floor + crypto", true)] {
+        let floor_url = floor_server(
+            &broker,
+            with_crypto.then(|| crypto.clone()),
+            issued.to_string(),
+        )
+        .await;
+        load(&floor_url, None, 2).await.expect("join"); // warm up
+        rows.push((
+            name,
+            load(&floor_url, Some(rate), secs).await.expect("join"),
+        ));
+    }
+    for (name, d) in &rows {
+        let (p50, p99, p999, statuses) = latencies(d);
+        println!(
+            "  {name}: {:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, statuses {statuses}",
+            d["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let p999 = |i: usize| latencies(&rows[i].1).2;
+    println!(
+        "  issuance p99.9 / floor p99.9: {:.2}; / floor + crypto p99.9: {:.2}",
+        p999(0) / p999(1),
+        p999(0) / p999(2)
+    );
+    broker.stop().await;
+}
