@@ -25,6 +25,7 @@ use super::jwks::{IssuerKeys, VerificationKey, alg_name};
 use super::{AuthnError, Identity, IssuerConfigError, KubernetesIdentity};
 use crate::config::{
     Algorithm, IssuerConfig, LimitsConfig, MAX_LEEWAY_SECONDS, MIN_JWKS_REFRESH_FLOOR_SECONDS,
+    is_valid_trust_domain,
 };
 use crate::metrics::Metrics;
 
@@ -151,11 +152,15 @@ fn accepted_alg(name: &str) -> Result<Algorithm, AuthnError> {
     match name {
         "RS256" => Ok(Algorithm::RS256),
         "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
         "PS256" => Ok(Algorithm::PS256),
+        "PS384" => Ok(Algorithm::PS384),
+        "PS512" => Ok(Algorithm::PS512),
         "ES256" => Ok(Algorithm::ES256),
         "ES384" => Ok(Algorithm::ES384),
+        "ES512" => Ok(Algorithm::ES512),
         "EdDSA" => Ok(Algorithm::EdDSA),
-        "none" | "HS256" | "HS384" | "HS512" | "RS512" | "PS384" | "PS512" | "ES512" => {
+        "none" | "HS256" | "HS384" | "HS512" => {
             Err(AuthnError::AlgorithmNotAllowed(name.to_owned()))
         }
         _ => Err(AuthnError::AlgorithmNotAllowed(
@@ -174,6 +179,8 @@ struct IssuerState {
 struct Inner {
     issuers: Vec<IssuerState>,
     by_name: HashMap<String, usize>,
+    /// SPIFFE trust domain → its issuer, for JWT-SVIDs without `iss`.
+    by_trust_domain: HashMap<String, usize>,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
 }
@@ -230,6 +237,7 @@ impl JwtVerifier {
     ) -> Result<Self, IssuerConfigError> {
         let mut states = Vec::with_capacity(issuers.len());
         let mut by_name = HashMap::new();
+        let mut by_trust_domain = HashMap::new();
         for cfg in issuers {
             let issuer = || cfg.issuer.clone();
             if cfg.leeway_seconds > MAX_LEEWAY_SECONDS {
@@ -247,11 +255,33 @@ impl JwtVerifier {
             if cfg.audiences.is_empty() {
                 return Err(IssuerConfigError::NoAudiences { issuer: issuer() });
             }
-            if cfg.algorithms.is_empty() {
+            if cfg.algorithms().is_empty() {
                 return Err(IssuerConfigError::NoAlgorithms { issuer: issuer() });
             }
             if by_name.insert(issuer(), states.len()).is_some() {
                 return Err(IssuerConfigError::Duplicate { issuer: issuer() });
+            }
+            if let Some(td) = &cfg.spiffe_trust_domain {
+                let reason = if !is_valid_trust_domain(td) {
+                    Some(
+                        "spiffe_trust_domain is not a trust domain name (lowercase letters, \
+                         digits, `.`, `-`, `_`; without `spiffe://`)",
+                    )
+                } else if cfg.algorithms().contains(&Algorithm::EdDSA) {
+                    Some("EdDSA is not a JWT-SVID algorithm; remove it from `algorithms`")
+                } else if by_trust_domain.insert(td.clone(), states.len()).is_some() {
+                    Some(
+                        "another issuer has the same spiffe_trust_domain; one trust domain, one bundle",
+                    )
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(IssuerConfigError::KeySource {
+                        issuer: issuer(),
+                        reason: reason.to_owned(),
+                    });
+                }
             }
             let keys = IssuerKeys::new(cfg, limits, clock.clone(), metrics.clone())?;
             states.push(IssuerState {
@@ -263,6 +293,7 @@ impl JwtVerifier {
             inner: Arc::new(Inner {
                 issuers: states,
                 by_name,
+                by_trust_domain,
                 clock,
                 max_token_bytes: limits.max_token_bytes,
             }),
@@ -324,21 +355,31 @@ impl JwtVerifier {
         } = jwt;
         let alg = accepted_alg(&header.alg)?;
 
-        let iss = match claims.get("iss") {
-            Some(Value::String(s)) => s.as_str(),
-            _ => {
-                return Err(AuthnError::InvalidClaims(
-                    "`iss` missing or not a string".into(),
-                ));
+        // The issuer: named by `iss`; or, for a JWT-SVID without `iss`, the trust domain its
+        // `sub` names — only that trust domain's bundle may verify it.
+        let index = match claims.get("iss") {
+            Some(Value::String(iss)) => self.inner.by_name.get(iss.as_str()),
+            None => match claims.get("sub").and_then(Value::as_str).map(spiffe_id) {
+                Some(Ok((td, _))) => self.inner.by_trust_domain.get(td),
+                _ => {
+                    return Err(AuthnError::InvalidClaims(
+                        "`iss` missing, and `sub` is not a SPIFFE ID".into(),
+                    ));
+                }
+            },
+            Some(_) => {
+                return Err(AuthnError::InvalidClaims("`iss` is not a string".into()));
             }
         };
-        let issuer = self
-            .inner
-            .by_name
-            .get(iss)
+        let issuer = index
             .and_then(|&i| self.inner.issuers.get(i))
             .ok_or(AuthnError::UntrustedIssuer)?;
-        if !issuer.cfg.algorithms.contains(&alg) {
+        if let Some(td) = &issuer.cfg.spiffe_trust_domain {
+            // Checked before any key lookup, so a token naming another trust domain fetches
+            // nothing.
+            check_svid(&header, &claims, td)?;
+        }
+        if !issuer.cfg.algorithms().contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed(alg_name(alg).to_owned()));
         }
         if let Some(Value::Array(a)) = claims.get("aud")
@@ -355,7 +396,7 @@ impl JwtVerifier {
         }
         check_audience(&claims, &issuer.cfg.audiences)?;
         self.check_times(&claims, issuer.cfg.leeway_seconds)?;
-        identity(&issuer.cfg.issuer, &claims)
+        identity(&issuer.cfg, claims)
     }
 
     async fn find_key(
@@ -477,9 +518,77 @@ fn bounded(value: &str, name: &str, max: usize) -> Result<String, AuthnError> {
     Ok(value.to_owned())
 }
 
+/// Longest SPIFFE ID accepted, in bytes (SPIFFE ID, section 2.3: 2048); `sub` is further
+/// bounded by [`MAX_SUBJECT_BYTES`].
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
+/// Splits a SPIFFE ID (`spiffe://<trust domain>/<path>`) into its trust domain and path
+/// (with its leading `/`, possibly empty), checking the SPIFFE ID spec's syntax: scheme
+/// `spiffe` in lowercase, a valid trust domain, no port, user info, query or fragment,
+/// path segments of letters, digits, `.`, `-` and `_`, none empty, `.` or `..`, and no
+/// trailing `/`. The error names what is wrong, never the value.
+pub fn spiffe_id(id: &str) -> Result<(&str, &str), &'static str> {
+    if id.len() > MAX_SPIFFE_ID_BYTES {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = id.strip_prefix("spiffe://").ok_or("not a spiffe:// URI")?;
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !is_valid_trust_domain(td) {
+        return Err("the trust domain is empty or has characters other than a-z 0-9 . - _");
+    }
+    if !path.is_empty() {
+        for segment in path[1..].split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err("a path segment is empty, `.` or `..`");
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err("a path segment has characters other than A-Z a-z 0-9 . - _");
+            }
+        }
+    }
+    Ok((td, path))
+}
+
+/// The JWT-SVID checks of a SPIFFE trust domain's token (SPIFFE JWT-SVID, section 3): `typ`,
+/// when present, is `JWT` or `JOSE`; `sub` is a SPIFFE ID of trust domain `td`.
+fn check_svid(header: &UnverifiedHeader, claims: &Value, td: &str) -> Result<(), AuthnError> {
+    if let Some(typ) = &header.typ
+        && typ != "JWT"
+        && typ != "JOSE"
+    {
+        return Err(AuthnError::Malformed(
+            "a JWT-SVID's `typ` must be JWT or JOSE".into(),
+        ));
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AuthnError::InvalidClaims("`sub` missing, empty or not a string".into()))?;
+    match spiffe_id(sub) {
+        Ok((domain, _)) if domain == td => Ok(()),
+        Ok(_) => Err(AuthnError::InvalidClaims(
+            "`sub` is a SPIFFE ID of another trust domain than the issuer's".into(),
+        )),
+        Err(why) => Err(AuthnError::InvalidClaims(format!(
+            "`sub` is not a SPIFFE ID: {why}"
+        ))),
+    }
+}
+
 /// Builds the identity from verified claims. Each claim that becomes part of the identity is
-/// bounded ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]).
-fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
+/// bounded ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]). A SPIFFE trust domain's
+/// token gets its SPIFFE ID and never a Kubernetes identity (a JWT-SVID is not a
+/// service-account token, whatever claims it carries); every claim is kept for the policies'
+/// claim selectors.
+fn identity(cfg: &IssuerConfig, claims: Value) -> Result<Identity, AuthnError> {
+    let issuer = cfg.issuer.as_str();
+    let spiffe = cfg.spiffe_trust_domain.is_some();
     let subject = match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => bounded(s, "sub", MAX_SUBJECT_BYTES)?,
         _ => {
@@ -489,6 +598,7 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
         }
     };
     let kubernetes = match claims.get("kubernetes.io") {
+        _ if spiffe => None,
         None => None,
         Some(k8s @ Value::Object(_)) => {
             let name = |path: &[&str], field: &str| {
@@ -523,11 +633,16 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
             ));
         }
     };
+    let Value::Object(claims) = claims else {
+        return Err(AuthnError::Malformed("payload is not a JSON object".into()));
+    };
     Ok(Identity {
         issuer: issuer.to_owned(),
+        spiffe_id: spiffe.then(|| subject.clone()),
         subject,
         kubernetes,
         bootstrap: None,
+        claims,
     })
 }
 
@@ -559,10 +674,13 @@ mod tests {
             audiences: vec![AUD.to_owned(), "other".to_owned()],
             jwks,
             ca_file: None,
-            algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            algorithms: Some(vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]),
             leeway_seconds: 30,
             refresh_interval_seconds: 300,
             min_refresh_interval_seconds: 10,
+            spiffe_trust_domain: None,
+            claim_profile: None,
+            claim_types: Default::default(),
         }
     }
 
@@ -767,7 +885,7 @@ mod tests {
 
     #[tokio::test]
     async fn algorithm_off_the_issuer_allow_list_is_refused() {
-        let s = setup_with(|c, _| c.algorithms = vec![Algorithm::RS256]).await;
+        let s = setup_with(|c, _| c.algorithms = Some(vec![Algorithm::RS256])).await;
         let token = s.issuer.token(Jws::ES256, claims(&s.issuer.url()));
         assert_eq!(
             s.verifier.verify(&token).await,

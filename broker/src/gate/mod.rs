@@ -1495,6 +1495,8 @@ mod tests {
                 admission: PodAdmission::NotLooked,
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 

@@ -463,6 +463,8 @@ rules:
                 admission: Default::default(),
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -472,6 +474,8 @@ rules:
             subject: subject.to_owned(),
             kubernetes: None,
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -485,6 +489,8 @@ rules:
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
                 image: None,
             }),
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 

@@ -711,6 +711,8 @@ impl IdentitySpec {
             subject: self.subject.clone(),
             kubernetes,
             bootstrap,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 }
