@@ -926,6 +926,24 @@ impl ClaimProfile {
 }
 
 impl IssuerConfig {
+    /// An issuer with this name and every other field at its default (no audience): for
+    /// looking up what a well-known issuer sends, never for verifying.
+    pub fn named(issuer: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: Vec::new(),
+            jwks: default_jwks_source(),
+            ca_file: None,
+            algorithms: None,
+            leeway_seconds: default_leeway(),
+            refresh_interval_seconds: default_jwks_refresh(),
+            min_refresh_interval_seconds: default_jwks_min_refresh(),
+            spiffe_trust_domain: None,
+            claim_profile: None,
+            claim_types: Default::default(),
+        }
+    }
+
     /// The algorithms accepted: `algorithms` as configured, else the default for the kind of
     /// issuer ([`DEFAULT_ALGORITHMS`], or [`Algorithm::JWT_SVID`] for a trust domain).
     pub fn algorithms(&self) -> &[Algorithm] {
