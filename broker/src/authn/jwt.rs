@@ -1501,4 +1501,309 @@ mod tests {
             .expect("run_refresh returns on shutdown")
             .expect("no panic");
     }
+
+    // --- SPIFFE trust domains: JWT-SVIDs (issue 16) ---
+
+    use lanyard_test_support::{SpiffeTrustDomain, SvidAlg};
+
+    /// A verifier trusting each `(trust domain, issuer name)`, its bundle fetched from the
+    /// bundle endpoint.
+    fn spiffe_verifier(
+        domains: &[(&SpiffeTrustDomain, &str)],
+        clock: Arc<ManualClock>,
+    ) -> JwtVerifier {
+        let cfgs: Vec<IssuerConfig> = domains
+            .iter()
+            .map(|(td, name)| spiffe_cfg(name, td, JwksSource::Url(td.bundle_url())))
+            .collect();
+        JwtVerifier::new(&cfgs, &LimitsConfig::default(), clock, Metrics::new())
+            .expect("valid SPIFFE issuers")
+    }
+
+    fn spiffe_cfg(name: &str, td: &SpiffeTrustDomain, jwks: JwksSource) -> IssuerConfig {
+        IssuerConfig {
+            spiffe_trust_domain: Some(td.trust_domain().to_owned()),
+            algorithms: None,
+            ..cfg(name, jwks)
+        }
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_of_every_allowed_algorithm_verify_with_and_without_iss() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let name = "spiffe://example.org";
+        let v = spiffe_verifier(&[(&td, name)], Arc::new(ManualClock::at_unix(T0)));
+        for alg in SvidAlg::ALL {
+            // The spec's minimal shape: sub, aud (a string), exp; no iss.
+            let minimal = td.claims("/ns/shop/sa/api", json!(AUD), T0, 300);
+            let id = v
+                .verify(&td.svid(alg, &minimal))
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?} without iss: {e}"));
+            assert_eq!(id.subject, "spiffe://example.org/ns/shop/sa/api");
+            assert_eq!(id.spiffe_id.as_deref(), Some(id.subject.as_str()));
+            assert_eq!(id.issuer, name);
+            assert_eq!(id.kubernetes, None);
+            // With iss, aud a list naming other audiences too, typ JOSE.
+            let mut full = td.claims("/billing", json!(["other-service", AUD]), T0, 300);
+            full["iss"] = json!(name);
+            let id = v
+                .verify(&td.svid_typed(alg, &full, Some("JOSE")))
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?} with iss: {e}"));
+            assert_eq!(
+                id.spiffe_id.as_deref(),
+                Some("spiffe://example.org/billing")
+            );
+            assert_eq!(id.claims.get("iss"), Some(&json!(name)));
+            // No typ at all is fine too.
+            assert!(v.verify(&td.svid_typed(alg, &minimal, None)).await.is_ok());
+        }
+        assert_eq!(td.fetches(), 1, "one bundle fetch for every algorithm");
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_signed_with_another_trust_domains_key_is_refused() {
+        let a = SpiffeTrustDomain::start("a.example").await;
+        let b = SpiffeTrustDomain::start("b.example").await;
+        let v = spiffe_verifier(
+            &[(&a, "spiffe://a.example"), (&b, "spiffe://b.example")],
+            Arc::new(ManualClock::at_unix(T0)),
+        );
+        assert!(v.refresh_all().await.is_empty());
+        let b_sub = b.claims("/payments", json!(AUD), T0, 300);
+        // Genuine: B's key for B's SPIFFE ID.
+        assert!(v.verify(&b.svid(SvidAlg::ES256, &b_sub)).await.is_ok());
+        // A's key for a SPIFFE ID of B, without iss: verified only against B's bundle,
+        // which does not have A's key.
+        for alg in [SvidAlg::ES256, SvidAlg::RS256, SvidAlg::PS512] {
+            assert_eq!(
+                v.verify(&a.svid(alg, &b_sub)).await,
+                Err(AuthnError::UnknownKey),
+                "{alg:?}"
+            );
+        }
+        // Claiming A as issuer does not help: A's bundle speaks only for A's trust domain,
+        // and that is checked before any key lookup.
+        let fetches = (a.fetches(), b.fetches());
+        let mut via_a = b_sub.clone();
+        via_a["iss"] = json!("spiffe://a.example");
+        assert!(matches!(
+            v.verify(&a.svid(SvidAlg::ES256, &via_a)).await,
+            Err(AuthnError::InvalidClaims(m)) if m.contains("another trust domain")
+        ));
+        // Claiming B as issuer: B's keys, and A's key is not among them.
+        let mut via_b = b_sub.clone();
+        via_b["iss"] = json!("spiffe://b.example");
+        assert_eq!(
+            v.verify(&a.svid(SvidAlg::ES256, &via_b)).await,
+            Err(AuthnError::UnknownKey)
+        );
+        assert_eq!(a.fetches(), fetches.0, "A's bundle is never consulted");
+        // A trust domain no issuer has: untrusted, nothing fetched.
+        let c = json!({"sub": "spiffe://c.example/x", "aud": AUD, "exp": T0 + 300});
+        assert_eq!(
+            v.verify(&a.svid(SvidAlg::ES256, &c)).await,
+            Err(AuthnError::UntrustedIssuer)
+        );
+        // No iss and a sub that is not a SPIFFE ID.
+        let k8s = json!({"sub": "system:serviceaccount:shop:api", "aud": AUD, "exp": T0 + 300});
+        assert!(matches!(
+            v.verify(&a.svid(SvidAlg::ES256, &k8s)).await,
+            Err(AuthnError::InvalidClaims(m)) if m.contains("not a SPIFFE ID")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_is_never_a_kubernetes_identity_and_needs_a_valid_spiffe_id() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let v = spiffe_verifier(
+            &[(&td, "https://oidc.example.org")],
+            Arc::new(ManualClock::at_unix(T0)),
+        );
+        let mut c = td.claims("/ns/shop/sa/api", json!(AUD), T0, 300);
+        c["kubernetes.io"] = json!({"namespace": "shop", "serviceaccount": {"name": "api"},
+            "pod": {"name": "api-1", "uid": "u"}});
+        let id = v.verify(&td.svid(SvidAlg::ES384, &c)).await.expect("valid");
+        assert_eq!(
+            id.kubernetes, None,
+            "pod claims in a JWT-SVID are not a pod identity"
+        );
+        assert!(id.claims.contains_key("kubernetes.io"));
+        for (sub, why) in [
+            ("spiffe://example.org/a//b", "segment"),
+            ("spiffe://example.org/a/../b", "segment"),
+            ("spiffe://example.org/a/", "segment"),
+            ("spiffe://example.org/a?b", "characters"),
+            (
+                "spiffe://Example.org/a",
+                "trust domain is empty or has characters",
+            ),
+            ("spiffe://other.org/a", "another trust domain"),
+            ("https://example.org/a", "not a spiffe"),
+        ] {
+            let mut c = td.claims("/x", json!(AUD), T0, 300);
+            c["sub"] = json!(sub);
+            c["iss"] = json!("https://oidc.example.org");
+            let r = v.verify(&td.svid(SvidAlg::ES256, &c)).await;
+            assert!(
+                matches!(&r, Err(AuthnError::InvalidClaims(m)) if m.contains(why)),
+                "{sub}: {r:?}"
+            );
+        }
+        let c = td.claims("/x", json!(AUD), T0, 300);
+        assert!(matches!(
+            v.verify(&td.svid_typed(SvidAlg::ES256, &c, Some("at+jwt"))).await,
+            Err(AuthnError::Malformed(m)) if m.contains("typ")
+        ));
+    }
+
+    #[test]
+    fn spiffe_ids_are_parsed_by_the_spec() {
+        assert_eq!(spiffe_id("spiffe://example.org"), Ok(("example.org", "")));
+        assert_eq!(
+            spiffe_id("spiffe://example.org/ns/shop/sa/api"),
+            Ok(("example.org", "/ns/shop/sa/api"))
+        );
+        assert_eq!(
+            spiffe_id("spiffe://td_1-x.y/A.b-c_d"),
+            Ok(("td_1-x.y", "/A.b-c_d"))
+        );
+        for bad in [
+            "SPIFFE://example.org/a",
+            "spiffe://",
+            "spiffe:///a",
+            "spiffe://example.org:8080/a",
+            "spiffe://user@example.org/a",
+            "spiffe://example.org/a#frag",
+            "spiffe://example.org/%41",
+            "spiffe://example.org/.",
+        ] {
+            assert!(spiffe_id(bad).is_err(), "{bad}");
+        }
+        assert!(spiffe_id(&format!("spiffe://e.org/{}", "a".repeat(2100))).is_err());
+    }
+
+    #[tokio::test]
+    async fn bundle_endpoint_over_tls_trusts_only_the_configured_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = lanyard_test_support::TestPki::generate(dir.path());
+        let td = SpiffeTrustDomain::start_https("example.org", &pki).await;
+        assert!(td.bundle_url().starts_with("https://"));
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let token = td.svid(SvidAlg::RS256, &td.claims("/a", json!(AUD), T0, 300));
+
+        let untrusting = spiffe_cfg(
+            "spiffe://example.org",
+            &td,
+            JwksSource::Url(td.bundle_url()),
+        );
+        let v = JwtVerifier::new(
+            &[untrusting],
+            &LimitsConfig::default(),
+            clock.clone(),
+            Metrics::new(),
+        )
+        .expect("config");
+        assert_eq!(v.verify(&token).await, Err(AuthnError::KeysUnavailable));
+        assert_eq!(
+            td.fetches(),
+            0,
+            "the TLS handshake failed before any request"
+        );
+
+        let mut trusting = spiffe_cfg(
+            "spiffe://example.org",
+            &td,
+            JwksSource::Url(td.bundle_url()),
+        );
+        trusting.ca_file = Some(pki.ca_path());
+        let v = JwtVerifier::new(&[trusting], &LimitsConfig::default(), clock, Metrics::new())
+            .expect("config");
+        assert!(v.verify(&token).await.is_ok());
+        assert_eq!(td.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_file_is_a_trust_domain_source() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bundle.json");
+        std::fs::write(&path, td.bundle_json().to_string()).expect("write bundle");
+        let v = JwtVerifier::new(
+            &[spiffe_cfg(
+                "spiffe://example.org",
+                &td,
+                JwksSource::File(path),
+            )],
+            &LimitsConfig::default(),
+            Arc::new(ManualClock::at_unix(T0)),
+            Metrics::new(),
+        )
+        .expect("bundle file loads at new()");
+        let token = td.svid(SvidAlg::ES512, &td.claims("/a", json!(AUD), T0, 300));
+        assert!(v.verify(&token).await.is_ok());
+        assert_eq!(td.fetches(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oidc_issuer_never_takes_a_token_without_iss_nor_jwt_svid_keys() {
+        let s = setup().await;
+        let token = s.issuer.token(
+            Jws::RS256,
+            without(
+                with(claims("x"), "sub", json!("spiffe://example.org/a")),
+                "iss",
+            ),
+        );
+        assert_eq!(
+            s.verifier.verify(&token).await,
+            Err(AuthnError::UntrustedIssuer)
+        );
+        assert_eq!(s.issuer.jwks_fetches(), 0);
+        let td = SpiffeTrustDomain::start("example.org").await;
+        // A SPIFFE bundle configured as an OIDC JWKS: its jwt-svid keys are not `sig` keys.
+        let err = super::super::jwks::KeySet::parse(
+            td.bundle_json().to_string().as_bytes(),
+            "iss",
+            "test",
+        )
+        .expect_err("no sig keys");
+        assert!(err.to_string().contains("usable signing key"), "{err}");
+    }
+
+    #[test]
+    fn trust_domain_issuers_are_checked_at_new() {
+        let build = |cfgs: Vec<IssuerConfig>| {
+            JwtVerifier::new(
+                &cfgs,
+                &LimitsConfig::default(),
+                Arc::new(ManualClock::at_unix(T0)),
+                Metrics::new(),
+            )
+        };
+        let td = |name: &str, domain: &str| IssuerConfig {
+            spiffe_trust_domain: Some(domain.to_owned()),
+            algorithms: None,
+            ..cfg(
+                name,
+                JwksSource::Url("https://spire.example.org/bundle".into()),
+            )
+        };
+        let msg = |r: Result<JwtVerifier, IssuerConfigError>| r.expect_err("refused").to_string();
+        assert!(msg(build(vec![td("a", "Example.org")])).contains("not a trust domain name"));
+        assert!(
+            msg(build(vec![td("a", "example.org"), td("b", "example.org")]))
+                .contains("same spiffe_trust_domain")
+        );
+        let mut eddsa = td("a", "example.org");
+        eddsa.algorithms = Some(vec![Algorithm::ES256, Algorithm::EdDSA]);
+        assert!(msg(build(vec![eddsa])).contains("EdDSA"));
+        let mut discovery = td("https://spire.example.org", "example.org");
+        discovery.jwks = JwksSource::Discovery;
+        assert!(msg(build(vec![discovery])).contains("trust bundle"));
+        // The default algorithms of a trust domain are the JWT-SVID ones.
+        assert_eq!(td("a", "example.org").algorithms(), Algorithm::JWT_SVID);
+        build(vec![td("a", "example.org"), td("b", "other.example")]).expect("two trust domains");
+    }
 }
