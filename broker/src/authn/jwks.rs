@@ -1312,4 +1312,103 @@ mod tests {
         assert!(parse_discovery(doc, "https://i.example", "origin").is_err());
         assert_eq!(bounded(&"\u{7f}".repeat(30), 12), "\\u{7f}\\u{7f}…");
     }
+
+    // --- SPIFFE trust bundles (issue 16) ---
+
+    #[tokio::test]
+    async fn a_spiffe_bundle_keeps_its_jwt_svid_keys_only() {
+        let td = lanyard_test_support::SpiffeTrustDomain::start("example.org").await;
+        let mut doc = td.bundle_json();
+        // The test bundle: RSA, P-256, P-384, P-521 jwt-svid keys and an x509-svid authority.
+        let set = KeySet::parse_bundle(doc.to_string().as_bytes(), "td", "test").expect("bundle");
+        let kinds: Vec<KeyKind> = set.keys().iter().map(|k| k.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                KeyKind::Rsa,
+                KeyKind::EcP256,
+                KeyKind::EcP384,
+                KeyKind::EcP521
+            ]
+        );
+        assert_eq!(set.refresh_hint(), Some(300));
+        let rsa = &set.keys()[0];
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::RS512,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ] {
+            assert!(rsa.usable_for(alg), "{alg:?}");
+        }
+        assert!(set.keys()[3].usable_for(Algorithm::ES512));
+        // A `sig` key, a jwt-svid key without kid, a key without use: none is a bundle's
+        // JWT key.
+        let keys = doc["keys"].as_array_mut().expect("keys");
+        let mut sig = keys[1].clone();
+        sig["use"] = json!("sig");
+        sig["kid"] = json!("sig-key");
+        let mut no_kid = keys[1].clone();
+        no_kid.as_object_mut().expect("object").remove("kid");
+        let mut no_use = keys[2].clone();
+        no_use.as_object_mut().expect("object").remove("use");
+        no_use["kid"] = json!("no-use");
+        let only_bad = json!({"keys": [sig, no_kid, no_use, keys[4].clone()]});
+        let err = KeySet::parse_bundle(only_bad.to_string().as_bytes(), "td", "test")
+            .expect_err("no jwt-svid key")
+            .to_string();
+        assert!(err.contains("usable jwt-svid key"), "{err}");
+    }
+
+    #[test]
+    fn bundle_refresh_hints_are_bounded_and_typed() {
+        let td_key = || {
+            let kp = aws_lc_rs::signature::EcdsaKeyPair::generate(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            )
+            .expect("key");
+            use aws_lc_rs::signature::KeyPair as _;
+            kp.public_key().as_ref().to_vec()
+        };
+        let point = td_key();
+        let doc = |hint: serde_json::Value| {
+            let mut d = json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "use": "jwt-svid", "kid": "k",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            }], "spiffe_sequence": 7});
+            if !hint.is_null() {
+                d["spiffe_refresh_hint"] = hint;
+            }
+            KeySet::parse_bundle(d.to_string().as_bytes(), "td", "test")
+        };
+        assert_eq!(doc(json!(60)).expect("ok").refresh_hint(), Some(60));
+        assert_eq!(
+            doc(serde_json::Value::Null).expect("ok").refresh_hint(),
+            None
+        );
+        assert_eq!(
+            doc(json!(u64::MAX)).expect("ok").refresh_hint(),
+            Some(MAX_REFRESH_HINT_SECONDS)
+        );
+        for bad in [json!(-1), json!("60"), json!(1.5), json!([60])] {
+            let err = doc(bad.clone()).expect_err("refused").to_string();
+            assert!(err.contains("spiffe_refresh_hint"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_refresh_period_follows_the_hint_within_the_issuers_bounds() {
+        let s = Duration::from_secs;
+        // No hint: the configured interval.
+        assert_eq!(refresh_period(s(300), s(10), None), s(300));
+        // A shorter hint is followed...
+        assert_eq!(refresh_period(s(300), s(10), Some(60)), s(60));
+        // ...but never below the minimum interval (nor 1 s)...
+        assert_eq!(refresh_period(s(300), s(10), Some(0)), s(10));
+        assert_eq!(refresh_period(s(300), s(0), Some(0)), s(1));
+        // ...and a longer one never stretches the configured interval.
+        assert_eq!(refresh_period(s(300), s(10), Some(86_400)), s(300));
+        // A configured interval below the minimum wins over both.
+        assert_eq!(refresh_period(s(5), s(10), Some(1)), s(5));
+    }
 }
