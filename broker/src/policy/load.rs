@@ -1179,11 +1179,10 @@ pub fn claim_warnings(set: &PolicySet, issuers: &[IssuerConfig]) -> Vec<PolicyEr
                 Some(sent) => {
                     if let Some(v) = sel.values.iter().find(|v| v.claim_type() != sent) {
                         out.push(warn(format!(
-                            "warning: rule {:?}: claims.{} is written as a {} ({v}), but {issuer} \
-                             sends it as a {}, so it never matches{}",
+                            "warning: rule {:?}: claims.{} wants {v}, but {issuer} sends it as a \
+                             {}, so it never matches{}",
                             rule.name,
                             sel.name,
-                            v.claim_type().as_str(),
                             sent.as_str(),
                             if sent == crate::config::ClaimType::String {
                                 " (quote it)"
