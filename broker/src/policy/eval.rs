@@ -889,4 +889,172 @@ rules that grant orders-api:
             .collect();
         assert_eq!(matched, vec!["dev-bootstrap"]);
     }
+
+    // --- claim and SPIFFE ID selectors (issue 16) ---
+
+    const CLAIMS_POLICY: &str = "\
+roles:
+  deploy: {backend: jwt, max_ttl_seconds: 300}
+  svc: {backend: jwt, max_ttl_seconds: 300}
+rules:
+  - name: protected-main
+    match:
+      issuer: https://ci.example
+      claims:
+        project_path: 'acme/*'
+        ref_protected: 'true'
+        runner_id: [7, 12]
+    roles: [deploy]
+  - name: bool-protected
+    match:
+      issuer: https://ci.example
+      claims: {protected: true}
+    roles: [deploy]
+  - name: shop-workloads
+    match: {spiffe_id: 'spiffe://example.org/ns/shop/**'}
+    roles: [svc]
+";
+
+    fn claims_set() -> PolicySet {
+        let parsed = parse_file(
+            Path::new("c.yaml"),
+            CLAIMS_POLICY,
+            &crate::policy::RoleSettings::parse,
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        PolicySet {
+            roles: parsed
+                .roles
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            rules: parsed.rules,
+            ..PolicySet::default()
+        }
+    }
+
+    fn ci(claims: serde_json::Value) -> Identity {
+        let mut id = oidc(
+            "https://ci.example",
+            "project_path:acme/app:ref_type:branch:ref:main",
+        );
+        id.claims = claims.as_object().expect("object").clone();
+        id
+    }
+
+    fn roles_for(set: &PolicySet, id: &Identity) -> Vec<String> {
+        evaluate(set, id, None)
+            .granted
+            .into_iter()
+            .map(|g| format!("{}<-{}", g.role, g.rule))
+            .collect()
+    }
+
+    #[test]
+    fn claim_selectors_match_by_json_type() {
+        let set = claims_set();
+        let good = serde_json::json!({
+            "project_path": "acme/app", "ref_protected": "true", "runner_id": 12,
+        });
+        assert_eq!(
+            roles_for(&set, &ci(good.clone())),
+            ["deploy<-protected-main"]
+        );
+        // The boolean true is not the string "true", nor the string "12" the number 12.
+        for (claim, value) in [
+            ("ref_protected", serde_json::json!(true)),
+            ("runner_id", serde_json::json!("12")),
+            ("project_path", serde_json::json!(["acme/app"])),
+            ("runner_id", serde_json::json!(8)),
+            ("project_path", serde_json::json!("other/app")),
+        ] {
+            let mut c = good.clone();
+            c[claim] = value.clone();
+            assert!(roles_for(&set, &ci(c)).is_empty(), "{claim}: {value}");
+        }
+        // A missing claim never matches; a boolean selector matches only a boolean.
+        let mut c = good.clone();
+        c.as_object_mut().expect("object").remove("runner_id");
+        assert!(roles_for(&set, &ci(c)).is_empty());
+        assert_eq!(
+            roles_for(&set, &ci(serde_json::json!({"protected": true}))),
+            ["deploy<-bool-protected"]
+        );
+        assert!(roles_for(&set, &ci(serde_json::json!({"protected": "true"}))).is_empty());
+        // The same claims from another issuer match nothing.
+        let mut other = ci(good);
+        other.issuer = "https://elsewhere.example".into();
+        assert!(roles_for(&set, &other).is_empty());
+    }
+
+    #[test]
+    fn spiffe_id_selectors_match_only_verified_spiffe_ids() {
+        let set = claims_set();
+        let svid = |id: &str| {
+            let mut i = oidc("spiffe://example.org", id);
+            i.spiffe_id = Some(id.to_owned());
+            i
+        };
+        assert_eq!(
+            roles_for(&set, &svid("spiffe://example.org/ns/shop/sa/api")),
+            ["svc<-shop-workloads"]
+        );
+        assert!(roles_for(&set, &svid("spiffe://example.org/ns/dev/sa/api")).is_empty());
+        // The same subject from an issuer that is not a trust domain has no SPIFFE ID.
+        let plain = oidc(
+            "https://issuer.example",
+            "spiffe://example.org/ns/shop/sa/api",
+        );
+        assert!(roles_for(&set, &plain).is_empty());
+        let e = explain(&set, &plain, "svc");
+        assert!(
+            e.checks[0]
+                .mismatch
+                .as_deref()
+                .is_some_and(|m| m.contains("spiffe_id") && m.contains("no SPIFFE ID")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn explain_shows_which_claim_selector_matched_or_failed() {
+        let set = claims_set();
+        let id = ci(serde_json::json!({
+            "project_path": "acme/app", "ref_protected": true, "runner_id": 7,
+        }));
+        let e = explain(&set, &id, "deploy");
+        assert!(!e.allowed);
+        let check = &e.checks[0];
+        assert_eq!(check.rule, "protected-main");
+        assert_eq!(
+            check.mismatch.as_deref(),
+            Some("claims.ref_protected: wanted \"true\", got true (boolean)")
+        );
+        assert_eq!(
+            check.matched_on,
+            ["issuer", "claims.project_path", "claims.runner_id"]
+        );
+        assert_eq!(
+            e.checks[1].mismatch.as_deref(),
+            Some("claims.protected: wanted true (boolean), got no such claim")
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "rule protected-main (c.yaml:5): does not match (claims.ref_protected: wanted \
+                 \"true\", got true (boolean); matched on issuer, claims.project_path, \
+                 claims.runner_id)"
+            ),
+            "{text}"
+        );
+        // A long claim value is shown bounded.
+        let long = ci(serde_json::json!({"project_path": "x".repeat(500)}));
+        let m = explain(&set, &long, "deploy").checks[0]
+            .mismatch
+            .clone()
+            .expect("mismatch");
+        assert!(m.len() < 200 && m.contains('…'), "{m}");
+        let json = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["checks"][0]["matched_on"][1], "claims.project_path");
+    }
 }
