@@ -341,50 +341,54 @@ enum PolicyCommand {
         config: Option<PathBuf>,
     },
     /// Say which rule allows or denies a role to an identity.
-    Explain {
-        /// Policy directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Issuer URL of the identity (`lanyard:bootstrap` for bootstrap tokens).
-        #[arg(long, default_value = "")]
-        issuer: String,
-        /// Subject (`sub`), e.g. `system:serviceaccount:shop:api`; defaults to `--spiffe-id`.
-        #[arg(long, required_unless_present = "spiffe_id")]
-        subject: Option<String>,
-        /// The SPIFFE ID of a JWT-SVID verified by a trust domain's bundle, for rules that
-        /// select on `spiffe_id`.
-        #[arg(long)]
-        spiffe_id: Option<String>,
-        /// The token's claims as a JSON object (e.g. `{"repository": "octo-org/app",
-        /// "ref_protected": "true"}`), or `@FILE` holding one, for rules that select on
-        /// `claims`.
-        #[arg(long)]
-        claims: Option<String>,
-        /// Kubernetes namespace.
-        #[arg(long)]
-        namespace: Option<String>,
-        /// Kubernetes service account.
-        #[arg(long)]
-        service_account: Option<String>,
-        /// Roles a bootstrap token was minted for (repeatable).
-        #[arg(long)]
-        bootstrap_role: Vec<String>,
-        /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
-        /// select on `image_repository`.
-        #[arg(long, requires = "bootstrap_role")]
-        image: Option<String>,
-        /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
-        /// pod token under `gate.pod_tokens: gate` and rules that select on
-        /// `image_repository`.
-        #[arg(long, requires_all = ["namespace", "service_account"])]
-        pod_image: Vec<String>,
-        /// The role to explain.
-        #[arg(long)]
-        role: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(Box<ExplainArgs>),
+}
+
+/// `policy explain`'s arguments (boxed: the largest subcommand).
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// Policy directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Issuer URL of the identity (`lanyard:bootstrap` for bootstrap tokens).
+    #[arg(long, default_value = "")]
+    issuer: String,
+    /// Subject (`sub`), e.g. `system:serviceaccount:shop:api`; defaults to `--spiffe-id`.
+    #[arg(long, required_unless_present = "spiffe_id")]
+    subject: Option<String>,
+    /// The SPIFFE ID of a JWT-SVID verified by a trust domain's bundle, for rules that
+    /// select on `spiffe_id`.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// The token's claims as a JSON object (e.g. `{"repository": "octo-org/app",
+    /// "ref_protected": "true"}`), or `@FILE` holding one, for rules that select on
+    /// `claims`.
+    #[arg(long)]
+    claims: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Kubernetes service account.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Roles a bootstrap token was minted for (repeatable).
+    #[arg(long)]
+    bootstrap_role: Vec<String>,
+    /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
+    /// select on `image_repository`.
+    #[arg(long, requires = "bootstrap_role")]
+    image: Option<String>,
+    /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
+    /// pod token under `gate.pod_tokens: gate` and rules that select on
+    /// `image_repository`.
+    #[arg(long, requires_all = ["namespace", "service_account"])]
+    pod_image: Vec<String>,
+    /// The role to explain.
+    #[arg(long)]
+    role: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -683,20 +687,21 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Policy(PolicyCommand::Explain {
-            dir,
-            issuer,
-            subject,
-            spiffe_id,
-            claims,
-            namespace,
-            service_account,
-            bootstrap_role,
-            image,
-            pod_image,
-            role,
-            json,
-        }) => {
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            let ExplainArgs {
+                dir,
+                issuer,
+                subject,
+                spiffe_id,
+                claims,
+                namespace,
+                service_account,
+                bootstrap_role,
+                image,
+                pod_image,
+                role,
+                json,
+            } = *args;
             let claims =
                 match claims {
                     None => None,
