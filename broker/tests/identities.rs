@@ -306,3 +306,110 @@ rules:
         .await;
     assert_eq!(status, 403, "{body}");
 }
+
+fn lanyard_broker(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard-broker"))
+        .env("LANYARD_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("run lanyard-broker");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn policy_check_warns_on_claim_types_and_explain_shows_the_claim_that_failed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::generate(&dir.path().join("tls"));
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("ci.yaml"),
+        r#"roles:
+  deploy: {backend: jwt, max_ttl_seconds: 300}
+rules:
+  - name: platform-deploys
+    match:
+      issuer: https://gitlab.example.com
+      claims:
+        project_path: "acme/platform/*"
+        ref_protected: true
+        runner_id: 27
+    roles: [deploy]
+"#,
+    )
+    .expect("policy");
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url: https://127.0.0.1:1\npolicies_dir: policies\nstore:\n  sqlite_path: s.db\n\
+             audit:\n  sink: a.log\nlisten: 127.0.0.1:0\ntls:\n  cert_file: {}\n  key_file: {}\n\
+             issuers:\n  - issuer: https://gitlab.example.com\n    audiences: [lanyard]\n    \
+             claim_profile: gitlab\n",
+            pki.cert_path().display(),
+            pki.key_path().display()
+        ),
+    )
+    .expect("config");
+    let p = policies.to_str().expect("utf8");
+    // Without the configuration, a self-managed GitLab's claims are unknown: no warning.
+    let (code, out) = lanyard_broker(&["policy", "check", p]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    // With it, the boolean `ref_protected` is flagged (GitLab sends a string); the number
+    // `runner_id` is right. Warnings do not fail the check.
+    let (code, out) = lanyard_broker(&[
+        "policy",
+        "check",
+        "--config",
+        config.to_str().expect("utf8"),
+        p,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ci.yaml:9: warning: rule \"platform-deploys\": claims.ref_protected wants true (boolean), but https://gitlab.example.com sends it as a string"),
+        "{out}"
+    );
+    assert_eq!(out.matches("warning").count(), 1, "{out}");
+
+    let (code, out) = lanyard_broker(&[
+        "policy",
+        "explain",
+        "--dir",
+        p,
+        "--issuer",
+        "https://gitlab.example.com",
+        "--subject",
+        "project_path:acme/platform/api:ref_type:branch:ref:main",
+        "--claims",
+        r#"{"project_path": "acme/platform/api", "ref_protected": "true", "runner_id": 27}"#,
+        "--role",
+        "deploy",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("claims.ref_protected: wanted true (boolean), got \"true\" (string); matched on issuer, claims.project_path, claims.runner_id"),
+        "{out}"
+    );
+    let (code, out) = lanyard_broker(&[
+        "policy",
+        "explain",
+        "--dir",
+        p,
+        "--spiffe-id",
+        "spiffe://example.org/a",
+        "--claims",
+        "[1]",
+        "--role",
+        "deploy",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--claims: give a JSON object"), "{out}");
+}
