@@ -1411,4 +1411,22 @@ mod tests {
         // A configured interval below the minimum wins over both.
         assert_eq!(refresh_period(s(5), s(10), Some(1)), s(5));
     }
+
+    #[test]
+    fn hostile_bundles_get_short_errors() {
+        let long = "x".repeat(100_000);
+        for body in [
+            json!({"keys": [], "spiffe_refresh_hint": long}),
+            json!({"keys": [{"use": "jwt-svid", "kid": long, "kty": "EC"}]}),
+            json!({"keys": [{"use": long, "kid": "k"}], "spiffe_sequence": 1}),
+            json!({"keys": long}),
+            json!({"keys": [], "spiffe_sequence": {"n": long}}),
+            json!(long),
+        ] {
+            let err = KeySet::parse_bundle(body.to_string().as_bytes(), "td", "test")
+                .expect_err("refused")
+                .to_string();
+            assert!(err.len() < 400, "{} bytes: {err:.300}", err.len());
+        }
+    }
 }
