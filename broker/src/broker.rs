@@ -198,6 +198,9 @@ impl Broker {
             },
         )?;
         metrics.policy_rules.set(set.rules.len() as i64);
+        for w in policy::claim_warnings(&set, &config.issuers) {
+            warn!("{w}");
+        }
         let verifier = JwtVerifier::new(
             &config.issuers,
             &config.limits,
@@ -1977,6 +1980,9 @@ impl Broker {
                 };
                 self.metrics.policy_rules.set(set.rules.len() as i64);
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                for w in policy::claim_warnings(&set, &self.config.issuers) {
+                    warn!("{w}");
+                }
                 info!(digest = %set.digest, rules = set.rules.len(), "policies reloaded");
                 let rec = AuditRecord::policy_reload(self.now(), set.rules.len(), &set.digest);
                 self.policy.store(Arc::new(set));

@@ -330,47 +330,65 @@ enum LeaseCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy directory; prints `file:line: problem` for each error.
+    /// Validate a policy directory; prints `file:line: problem` for each error, and
+    /// `file:line: warning: ...` for claim selectors that cannot match what their issuer sends.
     Check {
         /// Policy directory.
         dir: PathBuf,
+        /// The broker's configuration file: its issuers' `claim_profile` and `claim_types`
+        /// type the claim selectors (without it, only well-known issuer URLs are known).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Say which rule allows or denies a role to an identity.
-    Explain {
-        /// Policy directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Issuer URL of the identity (`lanyard:bootstrap` for bootstrap tokens).
-        #[arg(long, default_value = "")]
-        issuer: String,
-        /// Subject (`sub`), e.g. `system:serviceaccount:shop:api`.
-        #[arg(long)]
-        subject: String,
-        /// Kubernetes namespace.
-        #[arg(long)]
-        namespace: Option<String>,
-        /// Kubernetes service account.
-        #[arg(long)]
-        service_account: Option<String>,
-        /// Roles a bootstrap token was minted for (repeatable).
-        #[arg(long)]
-        bootstrap_role: Vec<String>,
-        /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
-        /// select on `image_repository`.
-        #[arg(long, requires = "bootstrap_role")]
-        image: Option<String>,
-        /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
-        /// pod token under `gate.pod_tokens: gate` and rules that select on
-        /// `image_repository`.
-        #[arg(long, requires_all = ["namespace", "service_account"])]
-        pod_image: Vec<String>,
-        /// The role to explain.
-        #[arg(long)]
-        role: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(Box<ExplainArgs>),
+}
+
+/// `policy explain`'s arguments (boxed: the largest subcommand).
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// Policy directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Issuer URL of the identity (`lanyard:bootstrap` for bootstrap tokens).
+    #[arg(long, default_value = "")]
+    issuer: String,
+    /// Subject (`sub`), e.g. `system:serviceaccount:shop:api`; defaults to `--spiffe-id`.
+    #[arg(long, required_unless_present = "spiffe_id")]
+    subject: Option<String>,
+    /// The SPIFFE ID of a JWT-SVID verified by a trust domain's bundle, for rules that
+    /// select on `spiffe_id`.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// The token's claims as a JSON object (e.g. `{"repository": "octo-org/app",
+    /// "ref_protected": "true"}`), or `@FILE` holding one, for rules that select on
+    /// `claims`.
+    #[arg(long)]
+    claims: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Kubernetes service account.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Roles a bootstrap token was minted for (repeatable).
+    #[arg(long)]
+    bootstrap_role: Vec<String>,
+    /// The image bound into that bootstrap token (`HOST/REPO@sha256:…`), for rules that
+    /// select on `image_repository`.
+    #[arg(long, requires = "bootstrap_role")]
+    image: Option<String>,
+    /// An image of the pod's admission record (`HOST/REPO@sha256:…`, repeatable), for a
+    /// pod token under `gate.pod_tokens: gate` and rules that select on
+    /// `image_repository`.
+    #[arg(long, requires_all = ["namespace", "service_account"])]
+    pod_image: Vec<String>,
+    /// The role to explain.
+    #[arg(long)]
+    role: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -635,10 +653,21 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             println!("{}", String::from_utf8_lossy(&body));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { dir }) => {
+        Command::Policy(PolicyCommand::Check { dir, config }) => {
             let backends = known_backends();
+            let issuers = match &config {
+                Some(file) => {
+                    crate::config::BrokerConfig::load(file, std::iter::empty())
+                        .map_err(|e| e.to_string())?
+                        .issuers
+                }
+                None => Vec::new(),
+            };
             match crate::policy::load_dir(&dir, &|r| backends.validate_role(r)) {
                 Ok(set) => {
+                    for w in crate::policy::claim_warnings(&set, &issuers) {
+                        println!("{w}");
+                    }
                     println!(
                         "{}: ok ({} files, {} roles, {} rules, digest {})",
                         dir.display(),
@@ -658,18 +687,40 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Policy(PolicyCommand::Explain {
-            dir,
-            issuer,
-            subject,
-            namespace,
-            service_account,
-            bootstrap_role,
-            image,
-            pod_image,
-            role,
-            json,
-        }) => {
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            let ExplainArgs {
+                dir,
+                issuer,
+                subject,
+                spiffe_id,
+                claims,
+                namespace,
+                service_account,
+                bootstrap_role,
+                image,
+                pod_image,
+                role,
+                json,
+            } = *args;
+            let claims =
+                match claims {
+                    None => None,
+                    Some(text) => {
+                        let text = match text.strip_prefix('@') {
+                            Some(file) => std::fs::read_to_string(file)
+                                .map_err(|e| format!("--claims: cannot read {file}: {e}"))?,
+                            None => text,
+                        };
+                        match serde_json::from_str(&text) {
+                            Ok(serde_json::Value::Object(map)) => Some(map),
+                            _ => return Err(
+                                "--claims: give a JSON object, e.g. '{\"ref_type\": \"branch\"}'"
+                                    .into(),
+                            ),
+                        }
+                    }
+                };
+            let subject = subject.or_else(|| spiffe_id.clone()).unwrap_or_default();
             let backends = known_backends();
             let set = crate::policy::load_dir(&dir, &|r| backends.validate_role(r))
                 .map_err(|e| format!("policies in {} are invalid:\n{e}", dir.display()))?;
@@ -682,6 +733,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     bootstrap_roles: (!bootstrap_role.is_empty()).then_some(bootstrap_role),
                     image,
                     pod_images: (!pod_image.is_empty()).then_some(pod_image),
+                    spiffe_id,
+                    claims,
                 },
                 role,
             };

@@ -732,15 +732,262 @@ pub enum Algorithm {
     RS256,
     /// RSASSA-PKCS1-v1_5 with SHA-384.
     RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
     /// RSASSA-PSS with SHA-256.
     PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
     /// ECDSA P-256 with SHA-256.
     ES256,
     /// ECDSA P-384 with SHA-384.
     ES384,
+    /// ECDSA P-521 with SHA-512.
+    ES512,
     /// Ed25519.
     EdDSA,
 }
+
+impl Algorithm {
+    /// The algorithms a JWT-SVID may be signed with (SPIFFE JWT-SVID, section 3): RS, ES and
+    /// PS at 256, 384 and 512 bits — the default of a `spiffe_trust_domain` issuer.
+    pub const JWT_SVID: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::ES512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+}
+
+// --- SPIFFE trust domains and claim types (issue 16) ---
+
+/// The JSON type of a claim, as an issuer sends it (`issuers[].claim_types`), so that
+/// `policy check` can warn about a selector that cannot match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimType {
+    /// A JSON string (GitHub and GitLab send `"true"` and numbers as strings).
+    String,
+    /// A JSON `true`/`false`.
+    Boolean,
+    /// A JSON number.
+    Number,
+    /// A JSON array.
+    Array,
+    /// A JSON object.
+    Object,
+}
+
+impl ClaimType {
+    /// The JSON type of `v` (`None` for `null`).
+    pub fn of(v: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value as J;
+        match v {
+            J::Null => None,
+            J::Bool(_) => Some(Self::Boolean),
+            J::Number(_) => Some(Self::Number),
+            J::String(_) => Some(Self::String),
+            J::Array(_) => Some(Self::Array),
+            J::Object(_) => Some(Self::Object),
+        }
+    }
+
+    /// Stable name (`string`, `boolean`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Boolean => "boolean",
+            Self::Number => "number",
+            Self::Array => "array",
+            Self::Object => "object",
+        }
+    }
+}
+
+/// A known issuer's claim set (`issuers[].claim_profile`), as its documentation publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimProfile {
+    /// GitHub Actions (`https://token.actions.githubusercontent.com`).
+    Github,
+    /// GitLab CI/CD ID tokens (`https://gitlab.com` or a self-managed instance).
+    Gitlab,
+}
+
+/// GitHub Actions' custom claims: every one is a JSON string (`ref_protected` is `"true"`,
+/// `run_id` is `"22259804324"`), per GitHub's OIDC reference.
+const GITHUB_CLAIMS: &[&str] = &[
+    "actor",
+    "actor_id",
+    "base_ref",
+    "check_run_id",
+    "enterprise",
+    "enterprise_id",
+    "environment",
+    "environment_node_id",
+    "event_name",
+    "head_ref",
+    "job_workflow_ref",
+    "job_workflow_sha",
+    "ref",
+    "ref_protected",
+    "ref_type",
+    "repository",
+    "repository_id",
+    "repository_owner",
+    "repository_owner_id",
+    "repository_visibility",
+    "run_attempt",
+    "run_id",
+    "run_number",
+    "runner_environment",
+    "sha",
+    "workflow",
+    "workflow_ref",
+    "workflow_sha",
+];
+
+/// GitLab CI/CD ID tokens' custom claims and their JSON types, per GitLab's ID token
+/// documentation: strings (ids and `ref_protected`/`environment_protected` too) except
+/// `runner_id` (a number) and `groups_direct` (an array).
+const GITLAB_CLAIMS: &[(&str, ClaimType)] = &[
+    ("ci_config_ref_uri", ClaimType::String),
+    ("ci_config_sha", ClaimType::String),
+    ("deployment_tier", ClaimType::String),
+    ("environment", ClaimType::String),
+    ("environment_action", ClaimType::String),
+    ("environment_protected", ClaimType::String),
+    ("groups_direct", ClaimType::Array),
+    ("job_id", ClaimType::String),
+    ("namespace_id", ClaimType::String),
+    ("namespace_path", ClaimType::String),
+    ("pipeline_id", ClaimType::String),
+    ("pipeline_source", ClaimType::String),
+    ("project_id", ClaimType::String),
+    ("project_path", ClaimType::String),
+    ("project_visibility", ClaimType::String),
+    ("ref", ClaimType::String),
+    ("ref_path", ClaimType::String),
+    ("ref_protected", ClaimType::String),
+    ("ref_type", ClaimType::String),
+    ("runner_environment", ClaimType::String),
+    ("runner_id", ClaimType::Number),
+    ("sha", ClaimType::String),
+    ("user_email", ClaimType::String),
+    ("user_id", ClaimType::String),
+    ("user_identities", ClaimType::Array),
+    ("user_login", ClaimType::String),
+];
+
+impl ClaimProfile {
+    /// The profile of a well-known issuer URL (GitHub Actions, gitlab.com), if it is one.
+    pub fn for_issuer(issuer: &str) -> Option<Self> {
+        match issuer.trim_end_matches('/') {
+            "https://token.actions.githubusercontent.com" => Some(Self::Github),
+            "https://gitlab.com" => Some(Self::Gitlab),
+            _ => None,
+        }
+    }
+
+    /// The type the profile's issuer sends claim `name` with; `None` when it does not know
+    /// the claim.
+    pub fn claim_type(self, name: &str) -> Option<ClaimType> {
+        match self {
+            Self::Github => GITHUB_CLAIMS.contains(&name).then_some(ClaimType::String),
+            Self::Gitlab => GITLAB_CLAIMS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t),
+        }
+    }
+
+    /// Every claim the profile knows.
+    pub fn claims(self) -> Vec<&'static str> {
+        match self {
+            Self::Github => GITHUB_CLAIMS.to_vec(),
+            Self::Gitlab => GITLAB_CLAIMS.iter().map(|(n, _)| *n).collect(),
+        }
+    }
+
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Github => "github",
+            Self::Gitlab => "gitlab",
+        }
+    }
+}
+
+impl IssuerConfig {
+    /// An issuer with this name and every other field at its default (no audience): for
+    /// looking up what a well-known issuer sends, never for verifying.
+    pub fn named(issuer: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: Vec::new(),
+            jwks: default_jwks_source(),
+            ca_file: None,
+            algorithms: None,
+            leeway_seconds: default_leeway(),
+            refresh_interval_seconds: default_jwks_refresh(),
+            min_refresh_interval_seconds: default_jwks_min_refresh(),
+            spiffe_trust_domain: None,
+            claim_profile: None,
+            claim_types: Default::default(),
+        }
+    }
+
+    /// The algorithms accepted: `algorithms` as configured, else the default for the kind of
+    /// issuer ([`DEFAULT_ALGORITHMS`], or [`Algorithm::JWT_SVID`] for a trust domain).
+    pub fn algorithms(&self) -> &[Algorithm] {
+        match (&self.algorithms, &self.spiffe_trust_domain) {
+            (Some(list), _) => list,
+            (None, Some(_)) => &Algorithm::JWT_SVID,
+            (None, None) => &DEFAULT_ALGORITHMS,
+        }
+    }
+
+    /// What this issuer is known to send claim `name` as: `claim_types` first, then
+    /// `claim_profile` (or the profile of a well-known issuer URL). `None`: unknown.
+    pub fn claim_type(&self, name: &str) -> Option<ClaimType> {
+        if let Some(t) = self.claim_types.get(name) {
+            return Some(*t);
+        }
+        self.claim_profile
+            .or_else(|| ClaimProfile::for_issuer(&self.issuer))
+            .and_then(|p| p.claim_type(name))
+    }
+
+    /// Whether the issuer declares its claim set (a profile or `claim_types`), so a claim
+    /// it does not list is one it does not send.
+    pub fn declares_claims(&self) -> bool {
+        !self.claim_types.is_empty()
+            || self.claim_profile.is_some()
+            || ClaimProfile::for_issuer(&self.issuer).is_some()
+    }
+}
+
+/// Longest SPIFFE trust domain name accepted (SPIFFE ID spec: 255 bytes).
+pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
+
+/// Whether `td` is a valid SPIFFE trust domain name: 1 to 255 of lowercase letters, digits,
+/// `.`, `-` and `_` (SPIFFE ID, section 2.1).
+pub fn is_valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= MAX_TRUST_DOMAIN_BYTES
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+// --- end SPIFFE trust domains and claim types ---
 
 /// A trusted JWT issuer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -756,9 +1003,10 @@ pub struct IssuerConfig {
     /// CA bundle (PEM) for fetching discovery/JWKS over TLS, in addition to system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Allowed algorithms.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<Algorithm>,
+    /// Allowed algorithms; by default RS256, ES256 and EdDSA, or for a
+    /// `spiffe_trust_domain` those JWT-SVIDs may use ([`Algorithm::JWT_SVID`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<Algorithm>>,
     /// Clock skew tolerated on `exp`/`nbf`/`iat`, at most [`MAX_LEEWAY_SECONDS`].
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -769,14 +1017,28 @@ pub struct IssuerConfig {
     /// [`MIN_JWKS_REFRESH_FLOOR_SECONDS`].
     #[serde(default = "default_jwks_min_refresh")]
     pub min_refresh_interval_seconds: u64,
+    /// A SPIFFE trust domain (`example.org`): `jwks` is its trust bundle (a file, or the
+    /// bundle endpoint URL, `https_web` profile), whose `use: jwt-svid` keys verify
+    /// JWT-SVIDs; `sub` must be a SPIFFE ID in this trust domain; a token without `iss` is
+    /// verified with this bundle when its `sub` names this trust domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_trust_domain: Option<String>,
+    /// The issuer's published claim set (`github`, `gitlab`), for `policy check`'s type
+    /// warnings on claim selectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_profile: Option<ClaimProfile>,
+    /// The JSON type of each claim the issuer sends (`string`, `boolean`, `number`, `array`,
+    /// `object`), for `policy check`'s type warnings; overrides `claim_profile`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claim_types: std::collections::BTreeMap<String, ClaimType>,
 }
 
 fn default_jwks_source() -> JwksSource {
     JwksSource::Discovery
 }
-fn default_algorithms() -> Vec<Algorithm> {
-    vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
-}
+/// The algorithms of an issuer that lists none (not a SPIFFE trust domain).
+pub const DEFAULT_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 fn default_leeway() -> u64 {
     30
 }
@@ -1859,9 +2121,18 @@ impl BrokerConfig {
                     iss.issuer
                 ));
             }
-            if iss.algorithms.is_empty() {
+            if iss.algorithms().is_empty() {
                 return Err(format!(
                     "field `issuers[{i}].algorithms`: must not be empty"
+                ));
+            }
+            if let Some(td) = &iss.spiffe_trust_domain
+                && !is_valid_trust_domain(td)
+            {
+                return Err(format!(
+                    "field `issuers[{i}].spiffe_trust_domain`: `{}` is not a SPIFFE trust \
+                     domain name (lowercase letters, digits, `.`, `-`, `_`; no `spiffe://`)",
+                    td.chars().take(64).collect::<String>()
                 ));
             }
         }

@@ -139,6 +139,8 @@ fn bound(image: Option<&str>, role: &str) -> Authenticated {
             roles: vec![role.into()],
             image: image.map(str::to_owned),
         }),
+        spiffe_id: None,
+        claims: Default::default(),
     })
 }
 

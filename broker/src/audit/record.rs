@@ -865,6 +865,8 @@ mod tests {
                 admission: Default::default(),
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -878,6 +880,8 @@ mod tests {
                 roles: vec!["db".into()],
                 image: Some("sha256:abcd".into()),
             }),
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 

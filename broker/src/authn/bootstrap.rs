@@ -421,6 +421,8 @@ fn identity(rec: &BootstrapTokenRecord) -> Identity {
             roles: rec.roles.clone(),
             image: rec.image.clone(),
         }),
+        spiffe_id: None,
+        claims: Default::default(),
     }
 }
 
@@ -762,6 +764,8 @@ mod tests {
                     roles: vec!["db-read".to_owned(), "queue".to_owned()],
                     image: Some(IMAGE.to_owned()),
                 }),
+                spiffe_id: None,
+                claims: Default::default(),
             }
         );
         let debug = format!("{redemption:?}");

@@ -3,7 +3,9 @@
 //! good key set survives failed refreshes).
 //!
 //! - [`KeySet`]: a parsed JWKS, keeping only keys the broker can verify with (RSA ≥ 2048
-//!   bits, EC P-256/P-384, Ed25519). Symmetric (`kty: oct`) keys are refused.
+//!   bits, EC P-256/P-384/P-521, Ed25519). Symmetric (`kty: oct`) keys are refused. A SPIFFE
+//!   trust bundle ([`KeySet::parse_bundle`]) is a JWKS whose `use: jwt-svid` keys are kept
+//!   (its `x509-svid` authorities are not JWT keys), with its `spiffe_refresh_hint`.
 //! - [`IssuerKeys`]: one issuer's source, its cached [`KeySet`] and refresh bookkeeping
 //!   (one refresh in flight at a time, on-demand refreshes rate-limited by the injected
 //!   clock).
@@ -44,12 +46,14 @@ const MAX_LOGGED_KID: usize = 64;
 /// The key family of a JWK, which decides the algorithms it may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
-    /// `kty: RSA` — RS256, RS384, PS256.
+    /// `kty: RSA` — RS256/384/512, PS256/384/512.
     Rsa,
     /// `kty: EC`, `crv: P-256` — ES256.
     EcP256,
     /// `kty: EC`, `crv: P-384` — ES384.
     EcP384,
+    /// `kty: EC`, `crv: P-521` — ES512.
+    EcP521,
     /// `kty: OKP`, `crv: Ed25519` — EdDSA.
     Ed25519,
 }
@@ -61,9 +65,15 @@ impl KeyKind {
             (self, alg),
             (
                 KeyKind::Rsa,
-                Algorithm::RS256 | Algorithm::RS384 | Algorithm::PS256
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
             ) | (KeyKind::EcP256, Algorithm::ES256)
                 | (KeyKind::EcP384, Algorithm::ES384)
+                | (KeyKind::EcP521, Algorithm::ES512)
                 | (KeyKind::Ed25519, Algorithm::EdDSA)
         )
     }
@@ -74,9 +84,13 @@ pub fn alg_name(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::RS256 => "RS256",
         Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
         Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
         Algorithm::ES256 => "ES256",
         Algorithm::ES384 => "ES384",
+        Algorithm::ES512 => "ES512",
         Algorithm::EdDSA => "EdDSA",
     }
 }
@@ -90,7 +104,7 @@ pub struct VerificationKey {
     pub kind: KeyKind,
     /// The key's own `alg`, if it names one; the key then verifies only that algorithm.
     pub alg: Option<String>,
-    /// The key parsed once for each algorithm it may verify (an RSA key: up to three), so
+    /// The key parsed once for each algorithm it may verify (an RSA key: up to six), so
     /// a verification does no key parsing.
     parsed: Arc<[(Algorithm, ParsedPublicKey)]>,
 }
@@ -133,31 +147,60 @@ fn verifier(alg: Algorithm) -> Verifier {
     match alg {
         Algorithm::RS256 => Verifier::Rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
         Algorithm::RS384 => Verifier::Rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Verifier::Rsa(&signature::RSA_PKCS1_2048_8192_SHA512),
         Algorithm::PS256 => Verifier::Rsa(&signature::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Verifier::Rsa(&signature::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Verifier::Rsa(&signature::RSA_PSS_2048_8192_SHA512),
         Algorithm::ES256 => Verifier::Bytes(&signature::ECDSA_P256_SHA256_FIXED),
         Algorithm::ES384 => Verifier::Bytes(&signature::ECDSA_P384_SHA384_FIXED),
+        Algorithm::ES512 => Verifier::Bytes(&signature::ECDSA_P521_SHA512_FIXED),
         Algorithm::EdDSA => Verifier::Bytes(&signature::ED25519),
     }
 }
 
-const ALL_ALGORITHMS: [Algorithm; 6] = [
+const ALL_ALGORITHMS: [Algorithm; 10] = [
     Algorithm::RS256,
     Algorithm::RS384,
+    Algorithm::RS512,
     Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
     Algorithm::ES256,
     Algorithm::ES384,
+    Algorithm::ES512,
     Algorithm::EdDSA,
 ];
+
+/// Longest `spiffe_refresh_hint` honoured as written, in seconds (a day); the refresh period
+/// is further bounded by the issuer's `refresh_interval_seconds` ([`refresh_period`]).
+pub const MAX_REFRESH_HINT_SECONDS: u64 = 24 * 60 * 60;
+
+/// Which keys of a document are the issuer's JWT keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyUse {
+    /// An OIDC JWKS: keys with `use: sig` or no `use`.
+    Oidc,
+    /// A SPIFFE trust bundle: keys with `use: jwt-svid` and a `kid` (SPIFFE Trust Domain and
+    /// Bundle, section 4.2); `x509-svid` authorities are not JWT keys.
+    JwtSvid,
+}
 
 /// A parsed JWKS: the usable asymmetric keys of one issuer.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     keys: Vec<VerificationKey>,
+    /// A SPIFFE bundle's `spiffe_refresh_hint`, in seconds, at most
+    /// [`MAX_REFRESH_HINT_SECONDS`].
+    refresh_hint: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct JwksDocument {
     keys: Vec<serde_json::Value>,
+    #[serde(default)]
+    spiffe_refresh_hint: Option<serde_json::Value>,
+    #[serde(default)]
+    spiffe_sequence: Option<serde_json::Value>,
 }
 
 impl KeySet {
@@ -166,6 +209,31 @@ impl KeySet {
     /// skipped with a log line that names the issuer and `kid`, never key material. Fails when
     /// the document is not a JWKS, holds more than [`MAX_JWKS_KEYS`] keys, or no usable key.
     pub fn parse(bytes: &[u8], issuer: &str, origin: &str) -> Result<Self, JwksError> {
+        Self::parse_as(bytes, issuer, origin, KeyUse::Oidc)
+    }
+
+    /// Parses a SPIFFE trust bundle (SPIFFE Trust Domain and Bundle, section 4): a JWKS whose
+    /// keys carry `use`. Keeps the `use: jwt-svid` keys that have a `kid` and that the broker
+    /// can verify with (as [`KeySet::parse`]); skips `x509-svid` authorities quietly and
+    /// other keys with a log line. `spiffe_sequence` and `spiffe_refresh_hint`, when present,
+    /// must be non-negative integers; the hint is kept, capped at
+    /// [`MAX_REFRESH_HINT_SECONDS`]. Fails as [`KeySet::parse`] does, and when no
+    /// `jwt-svid` key is usable.
+    pub fn parse_bundle(bytes: &[u8], issuer: &str, origin: &str) -> Result<Self, JwksError> {
+        Self::parse_as(bytes, issuer, origin, KeyUse::JwtSvid)
+    }
+
+    /// The bundle's `spiffe_refresh_hint` in seconds (capped), if it had one.
+    pub fn refresh_hint(&self) -> Option<u64> {
+        self.refresh_hint
+    }
+
+    fn parse_as(
+        bytes: &[u8],
+        issuer: &str,
+        origin: &str,
+        usage: KeyUse,
+    ) -> Result<Self, JwksError> {
         let invalid = |reason: String| JwksError::Invalid {
             origin: origin.to_owned(),
             reason,
@@ -182,10 +250,45 @@ impl KeySet {
                 doc.keys.len()
             )));
         }
+        let mut refresh_hint = None;
+        if usage == KeyUse::JwtSvid {
+            for (name, value) in [
+                ("spiffe_refresh_hint", &doc.spiffe_refresh_hint),
+                ("spiffe_sequence", &doc.spiffe_sequence),
+            ] {
+                let Some(value) = value else { continue };
+                let Some(n) = value.as_u64() else {
+                    return Err(invalid(format!("`{name}` is not a non-negative integer")));
+                };
+                if name == "spiffe_refresh_hint" {
+                    refresh_hint = Some(n.min(MAX_REFRESH_HINT_SECONDS));
+                }
+            }
+        }
         let total = doc.keys.len();
         let mut keys = Vec::with_capacity(total);
         for raw in doc.keys {
-            match parse_key(raw) {
+            if usage == KeyUse::JwtSvid {
+                let use_ = raw.get("use").and_then(|v| v.as_str());
+                let kid = raw.get("kid").and_then(|v| v.as_str());
+                match (use_, kid) {
+                    (Some("jwt-svid"), Some(k)) if !k.is_empty() => {}
+                    (Some("x509-svid"), _) => continue,
+                    (Some("jwt-svid"), _) => {
+                        tracing::warn!(issuer, "skipping bundle key: a jwt-svid key without `kid`");
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(
+                            issuer,
+                            kid = %kid.map(short).unwrap_or("-"),
+                            "skipping bundle key: its `use` is not \"jwt-svid\" or \"x509-svid\""
+                        );
+                        continue;
+                    }
+                }
+            }
+            match parse_key(raw, usage) {
                 Ok(k) => keys.push(k),
                 Err((kid, reason)) => tracing::warn!(
                     issuer,
@@ -195,11 +298,15 @@ impl KeySet {
             }
         }
         if keys.is_empty() {
+            let what = match usage {
+                KeyUse::Oidc => "signing key",
+                KeyUse::JwtSvid => "jwt-svid key",
+            };
             return Err(invalid(format!(
-                "none of its {total} keys is a usable signing key (RSA >= {MIN_RSA_BITS} bits, EC P-256/P-384, Ed25519)"
+                "none of its {total} keys is a usable {what} (RSA >= {MIN_RSA_BITS} bits, EC P-256/P-384/P-521, Ed25519)"
             )));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, refresh_hint })
     }
 
     /// Number of usable keys.
@@ -265,7 +372,10 @@ fn bounded(text: &str, max: usize) -> String {
 }
 
 /// Parses one JWK; on refusal returns its `kid` (for the log line) and why.
-fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>, String)> {
+fn parse_key(
+    raw: serde_json::Value,
+    usage: KeyUse,
+) -> Result<VerificationKey, (Option<String>, String)> {
     let kid = raw.get("kid").and_then(|v| v.as_str()).map(str::to_owned);
     let fail = |reason: &str| (kid.clone(), reason.to_owned());
     let kty = raw.get("kty").and_then(|v| v.as_str()).unwrap_or("");
@@ -275,7 +385,12 @@ fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>,
         ));
     }
     if let Some(u) = raw.get("use")
-        && u.as_str() != Some("sig")
+        && u.as_str()
+            != Some(if usage == KeyUse::JwtSvid {
+                "jwt-svid"
+            } else {
+                "sig"
+            })
     {
         return Err(fail("not a signing key (use is not \"sig\")"));
     }
@@ -297,7 +412,8 @@ fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>,
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => KeyKind::EcP256,
             EllipticCurve::P384 => KeyKind::EcP384,
-            _ => return Err(fail("unsupported EC curve (P-256 and P-384 are)")),
+            EllipticCurve::P521 => KeyKind::EcP521,
+            _ => return Err(fail("unsupported EC curve (P-256, P-384 and P-521 are)")),
         },
         AlgorithmParameters::OctetKeyPair(p) => match p.curve {
             EllipticCurve::Ed25519 => KeyKind::Ed25519,
@@ -318,7 +434,11 @@ fn parse_key(raw: serde_json::Value) -> Result<VerificationKey, (Option<String>,
     let point = match &jwk.algorithm {
         AlgorithmParameters::EllipticCurve(p) => {
             let (x, y) = (b64(&p.x)?, b64(&p.y)?);
-            let width = if kind == KeyKind::EcP256 { 32 } else { 48 };
+            let width = match kind {
+                KeyKind::EcP256 => 32,
+                KeyKind::EcP384 => 48,
+                _ => 66,
+            };
             if x.len() != width || y.len() != width {
                 return Err(bad());
             }
@@ -457,6 +577,8 @@ struct RefreshState {
 pub struct IssuerKeys {
     issuer: String,
     source: Source,
+    /// The source is a SPIFFE trust bundle (`spiffe_trust_domain` is set).
+    bundle: bool,
     client: Option<reqwest::Client>,
     max_bytes: usize,
     refresh_interval: Duration,
@@ -487,6 +609,15 @@ impl IssuerKeys {
         if cfg.issuer.starts_with("http://") || matches!(cfg.jwks, JwksSource::Discovery) {
             check_transport(&cfg.issuer, "issuer URL").map_err(ctx)?;
         }
+        let bundle = cfg.spiffe_trust_domain.is_some();
+        if bundle && cfg.jwks == JwksSource::Discovery {
+            return Err(ctx(
+                "a SPIFFE trust domain's keys come from its trust bundle, not OIDC discovery; \
+                 set `jwks: {file: ...}` (a bundle file) or `jwks: {url: ...}` (its bundle \
+                 endpoint, https_web profile)"
+                    .into(),
+            ));
+        }
         let source = match &cfg.jwks {
             JwksSource::Discovery => {
                 let base = cfg.issuer.trim_end_matches('/');
@@ -505,6 +636,7 @@ impl IssuerKeys {
         let keys = Self {
             issuer: cfg.issuer.clone(),
             source,
+            bundle,
             client,
             max_bytes: limits.max_jwks_bytes,
             refresh_interval: Duration::from_secs(cfg.refresh_interval_seconds.max(1)),
@@ -516,11 +648,12 @@ impl IssuerKeys {
             generation: AtomicU64::new(0),
         };
         if let Source::File(path) = &keys.source {
-            let (set, digest) = load_file(path, keys.max_bytes, &keys.issuer).map_err(|e| {
-                ctx(format!(
-                    "{e}; check the `jwks.file` path and that the broker can read it"
-                ))
-            })?;
+            let (set, digest) =
+                load_file(path, keys.max_bytes, &keys.issuer, bundle).map_err(|e| {
+                    ctx(format!(
+                        "{e}; check the `jwks.file` path and that the broker can read it"
+                    ))
+                })?;
             keys.store(set);
             // `new` is synchronous and nothing else can hold the lock yet.
             if let Ok(mut st) = keys.refresh.try_lock() {
@@ -605,9 +738,9 @@ impl IssuerKeys {
         match &self.source {
             Source::File(path) => {
                 let path = path.clone();
-                let (max, issuer) = (self.max_bytes, self.issuer.clone());
+                let (max, issuer, bundle) = (self.max_bytes, self.issuer.clone(), self.bundle);
                 let (set, digest) =
-                    tokio::task::spawn_blocking(move || load_file(&path, max, &issuer))
+                    tokio::task::spawn_blocking(move || load_file(&path, max, &issuer, bundle))
                         .await
                         .map_err(|e| JwksError::File {
                             path: self.origin_name(),
@@ -621,7 +754,11 @@ impl IssuerKeys {
             }
             Source::Url(url) => {
                 let body = self.get(url).await?;
-                KeySet::parse(&body, &self.issuer, url.as_str())
+                if self.bundle {
+                    KeySet::parse_bundle(&body, &self.issuer, url.as_str())
+                } else {
+                    KeySet::parse(&body, &self.issuer, url.as_str())
+                }
             }
             Source::Discovery(url) => {
                 let body = self.get(url).await?;
@@ -686,30 +823,52 @@ impl IssuerKeys {
     }
 
     /// Runs the background refresh for this issuer until dropped: every
-    /// `refresh_interval_seconds` (JWKS files: every [`FILE_CHECK_INTERVAL`] at most), sooner
+    /// `refresh_interval_seconds` (JWKS files: every [`FILE_CHECK_INTERVAL`] at most; a SPIFFE
+    /// bundle: per its `spiffe_refresh_hint`, bounded by [`refresh_period`]), sooner
     /// (`min_refresh_interval_seconds`, at least 1 s) after a failure, and at once if no keys
     /// are cached yet.
     pub async fn run_refresh(&self) {
-        let period = match self.source {
-            Source::File(_) => self.refresh_interval.min(FILE_CHECK_INTERVAL),
-            _ => self.refresh_interval,
+        let period = || {
+            let hinted = refresh_period(
+                self.refresh_interval,
+                self.min_refresh_interval,
+                self.keys().and_then(|k| k.refresh_hint()),
+            );
+            match self.source {
+                Source::File(_) => hinted.min(FILE_CHECK_INTERVAL),
+                _ => hinted,
+            }
         };
-        let retry = self
-            .min_refresh_interval
-            .max(Duration::from_secs(1))
-            .min(period);
+        let retry = || {
+            self.min_refresh_interval
+                .max(Duration::from_secs(1))
+                .min(period())
+        };
         let mut wait = if self.keys().is_none() {
             Duration::ZERO
         } else {
-            period
+            period()
         };
         loop {
             tokio::time::sleep(wait).await;
             wait = match self.refresh().await {
-                Ok(()) => period,
-                Err(_) => retry,
+                Ok(()) => period(),
+                Err(_) => retry(),
             };
         }
+    }
+}
+
+/// The background refresh period of an issuer: `configured` (`refresh_interval_seconds`),
+/// or a SPIFFE bundle's `spiffe_refresh_hint` when it is shorter — but never below `min`
+/// (`min_refresh_interval_seconds`) or 1 s, so a bundle cannot make the broker poll its
+/// endpoint without pause, nor above `configured`, so a long hint cannot keep a revoked key
+/// trusted longer than the operator chose.
+pub fn refresh_period(configured: Duration, min: Duration, hint: Option<u64>) -> Duration {
+    let floor = min.max(Duration::from_secs(1)).min(configured);
+    match hint {
+        Some(h) => Duration::from_secs(h).clamp(floor, configured),
+        None => configured,
     }
 }
 
@@ -754,7 +913,12 @@ pub fn parse_discovery(body: &[u8], issuer: &str, origin: &str) -> Result<String
 }
 
 /// Reads a JWKS file (bounded) and returns the key set and the SHA-256 of the content.
-fn load_file(path: &Path, max: usize, issuer: &str) -> Result<(KeySet, Vec<u8>), JwksError> {
+fn load_file(
+    path: &Path,
+    max: usize,
+    issuer: &str,
+    bundle: bool,
+) -> Result<(KeySet, Vec<u8>), JwksError> {
     use std::io::Read as _;
     let origin = path.display().to_string();
     let io_err = |e: std::io::Error| JwksError::File {
@@ -772,7 +936,12 @@ fn load_file(path: &Path, max: usize, issuer: &str) -> Result<(KeySet, Vec<u8>),
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf)
         .as_ref()
         .to_vec();
-    Ok((KeySet::parse(&buf, issuer, &origin)?, digest))
+    let set = if bundle {
+        KeySet::parse_bundle(&buf, issuer, &origin)?
+    } else {
+        KeySet::parse(&buf, issuer, &origin)?
+    };
+    Ok((set, digest))
 }
 
 fn build_client(url: &Url, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
@@ -846,10 +1015,13 @@ mod tests {
             audiences: vec!["aud".into()],
             jwks,
             ca_file: None,
-            algorithms: vec![Algorithm::RS256],
+            algorithms: Some(vec![Algorithm::RS256]),
             leeway_seconds: 30,
             refresh_interval_seconds: 300,
             min_refresh_interval_seconds: 10,
+            spiffe_trust_domain: None,
+            claim_profile: None,
+            claim_types: Default::default(),
         }
     }
 
@@ -1139,5 +1311,122 @@ mod tests {
         let doc = b"{\"jwks_uri\": \"https://i.example/keys\", \"x\": \"\xa7\"}";
         assert!(parse_discovery(doc, "https://i.example", "origin").is_err());
         assert_eq!(bounded(&"\u{7f}".repeat(30), 12), "\\u{7f}\\u{7f}…");
+    }
+
+    // --- SPIFFE trust bundles (issue 16) ---
+
+    #[tokio::test]
+    async fn a_spiffe_bundle_keeps_its_jwt_svid_keys_only() {
+        let td = lanyard_test_support::SpiffeTrustDomain::start("example.org").await;
+        let mut doc = td.bundle_json();
+        // The test bundle: RSA, P-256, P-384, P-521 jwt-svid keys and an x509-svid authority.
+        let set = KeySet::parse_bundle(doc.to_string().as_bytes(), "td", "test").expect("bundle");
+        let kinds: Vec<KeyKind> = set.keys().iter().map(|k| k.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                KeyKind::Rsa,
+                KeyKind::EcP256,
+                KeyKind::EcP384,
+                KeyKind::EcP521
+            ]
+        );
+        assert_eq!(set.refresh_hint(), Some(300));
+        let rsa = &set.keys()[0];
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::RS512,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ] {
+            assert!(rsa.usable_for(alg), "{alg:?}");
+        }
+        assert!(set.keys()[3].usable_for(Algorithm::ES512));
+        // A `sig` key, a jwt-svid key without kid, a key without use: none is a bundle's
+        // JWT key.
+        let keys = doc["keys"].as_array_mut().expect("keys");
+        let mut sig = keys[1].clone();
+        sig["use"] = json!("sig");
+        sig["kid"] = json!("sig-key");
+        let mut no_kid = keys[1].clone();
+        no_kid.as_object_mut().expect("object").remove("kid");
+        let mut no_use = keys[2].clone();
+        no_use.as_object_mut().expect("object").remove("use");
+        no_use["kid"] = json!("no-use");
+        let only_bad = json!({"keys": [sig, no_kid, no_use, keys[4].clone()]});
+        let err = KeySet::parse_bundle(only_bad.to_string().as_bytes(), "td", "test")
+            .expect_err("no jwt-svid key")
+            .to_string();
+        assert!(err.contains("usable jwt-svid key"), "{err}");
+    }
+
+    #[test]
+    fn bundle_refresh_hints_are_bounded_and_typed() {
+        let td_key = || {
+            let kp = aws_lc_rs::signature::EcdsaKeyPair::generate(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            )
+            .expect("key");
+            use aws_lc_rs::signature::KeyPair as _;
+            kp.public_key().as_ref().to_vec()
+        };
+        let point = td_key();
+        let doc = |hint: serde_json::Value| {
+            let mut d = json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "use": "jwt-svid", "kid": "k",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            }], "spiffe_sequence": 7});
+            if !hint.is_null() {
+                d["spiffe_refresh_hint"] = hint;
+            }
+            KeySet::parse_bundle(d.to_string().as_bytes(), "td", "test")
+        };
+        assert_eq!(doc(json!(60)).expect("ok").refresh_hint(), Some(60));
+        assert_eq!(
+            doc(serde_json::Value::Null).expect("ok").refresh_hint(),
+            None
+        );
+        assert_eq!(
+            doc(json!(u64::MAX)).expect("ok").refresh_hint(),
+            Some(MAX_REFRESH_HINT_SECONDS)
+        );
+        for bad in [json!(-1), json!("60"), json!(1.5), json!([60])] {
+            let err = doc(bad.clone()).expect_err("refused").to_string();
+            assert!(err.contains("spiffe_refresh_hint"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_refresh_period_follows_the_hint_within_the_issuers_bounds() {
+        let s = Duration::from_secs;
+        // No hint: the configured interval.
+        assert_eq!(refresh_period(s(300), s(10), None), s(300));
+        // A shorter hint is followed...
+        assert_eq!(refresh_period(s(300), s(10), Some(60)), s(60));
+        // ...but never below the minimum interval (nor 1 s)...
+        assert_eq!(refresh_period(s(300), s(10), Some(0)), s(10));
+        assert_eq!(refresh_period(s(300), s(0), Some(0)), s(1));
+        // ...and a longer one never stretches the configured interval.
+        assert_eq!(refresh_period(s(300), s(10), Some(86_400)), s(300));
+        // A configured interval below the minimum wins over both.
+        assert_eq!(refresh_period(s(5), s(10), Some(1)), s(5));
+    }
+
+    #[test]
+    fn hostile_bundles_get_short_errors() {
+        let long = "x".repeat(100_000);
+        for body in [
+            json!({"keys": [], "spiffe_refresh_hint": long}),
+            json!({"keys": [{"use": "jwt-svid", "kid": long, "kty": "EC"}]}),
+            json!({"keys": [{"use": long, "kid": "k"}], "spiffe_sequence": 1}),
+            json!({"keys": long}),
+            json!({"keys": [], "spiffe_sequence": {"n": long}}),
+            json!(long),
+        ] {
+            let err = KeySet::parse_bundle(body.to_string().as_bytes(), "td", "test")
+                .expect_err("refused")
+                .to_string();
+            assert!(err.len() < 400, "{} bytes: {err:.300}", err.len());
+        }
     }
 }

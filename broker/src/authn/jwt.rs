@@ -25,6 +25,7 @@ use super::jwks::{IssuerKeys, VerificationKey, alg_name};
 use super::{AuthnError, Identity, IssuerConfigError, KubernetesIdentity};
 use crate::config::{
     Algorithm, IssuerConfig, LimitsConfig, MAX_LEEWAY_SECONDS, MIN_JWKS_REFRESH_FLOOR_SECONDS,
+    is_valid_trust_domain,
 };
 use crate::metrics::Metrics;
 
@@ -151,11 +152,15 @@ fn accepted_alg(name: &str) -> Result<Algorithm, AuthnError> {
     match name {
         "RS256" => Ok(Algorithm::RS256),
         "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
         "PS256" => Ok(Algorithm::PS256),
+        "PS384" => Ok(Algorithm::PS384),
+        "PS512" => Ok(Algorithm::PS512),
         "ES256" => Ok(Algorithm::ES256),
         "ES384" => Ok(Algorithm::ES384),
+        "ES512" => Ok(Algorithm::ES512),
         "EdDSA" => Ok(Algorithm::EdDSA),
-        "none" | "HS256" | "HS384" | "HS512" | "RS512" | "PS384" | "PS512" | "ES512" => {
+        "none" | "HS256" | "HS384" | "HS512" => {
             Err(AuthnError::AlgorithmNotAllowed(name.to_owned()))
         }
         _ => Err(AuthnError::AlgorithmNotAllowed(
@@ -174,6 +179,8 @@ struct IssuerState {
 struct Inner {
     issuers: Vec<IssuerState>,
     by_name: HashMap<String, usize>,
+    /// SPIFFE trust domain → its issuer, for JWT-SVIDs without `iss`.
+    by_trust_domain: HashMap<String, usize>,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
 }
@@ -230,6 +237,7 @@ impl JwtVerifier {
     ) -> Result<Self, IssuerConfigError> {
         let mut states = Vec::with_capacity(issuers.len());
         let mut by_name = HashMap::new();
+        let mut by_trust_domain = HashMap::new();
         for cfg in issuers {
             let issuer = || cfg.issuer.clone();
             if cfg.leeway_seconds > MAX_LEEWAY_SECONDS {
@@ -247,11 +255,33 @@ impl JwtVerifier {
             if cfg.audiences.is_empty() {
                 return Err(IssuerConfigError::NoAudiences { issuer: issuer() });
             }
-            if cfg.algorithms.is_empty() {
+            if cfg.algorithms().is_empty() {
                 return Err(IssuerConfigError::NoAlgorithms { issuer: issuer() });
             }
             if by_name.insert(issuer(), states.len()).is_some() {
                 return Err(IssuerConfigError::Duplicate { issuer: issuer() });
+            }
+            if let Some(td) = &cfg.spiffe_trust_domain {
+                let reason = if !is_valid_trust_domain(td) {
+                    Some(
+                        "spiffe_trust_domain is not a trust domain name (lowercase letters, \
+                         digits, `.`, `-`, `_`; without `spiffe://`)",
+                    )
+                } else if cfg.algorithms().contains(&Algorithm::EdDSA) {
+                    Some("EdDSA is not a JWT-SVID algorithm; remove it from `algorithms`")
+                } else if by_trust_domain.insert(td.clone(), states.len()).is_some() {
+                    Some(
+                        "another issuer has the same spiffe_trust_domain; one trust domain, one bundle",
+                    )
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(IssuerConfigError::KeySource {
+                        issuer: issuer(),
+                        reason: reason.to_owned(),
+                    });
+                }
             }
             let keys = IssuerKeys::new(cfg, limits, clock.clone(), metrics.clone())?;
             states.push(IssuerState {
@@ -263,6 +293,7 @@ impl JwtVerifier {
             inner: Arc::new(Inner {
                 issuers: states,
                 by_name,
+                by_trust_domain,
                 clock,
                 max_token_bytes: limits.max_token_bytes,
             }),
@@ -324,21 +355,31 @@ impl JwtVerifier {
         } = jwt;
         let alg = accepted_alg(&header.alg)?;
 
-        let iss = match claims.get("iss") {
-            Some(Value::String(s)) => s.as_str(),
-            _ => {
-                return Err(AuthnError::InvalidClaims(
-                    "`iss` missing or not a string".into(),
-                ));
+        // The issuer: named by `iss`; or, for a JWT-SVID without `iss`, the trust domain its
+        // `sub` names — only that trust domain's bundle may verify it.
+        let index = match claims.get("iss") {
+            Some(Value::String(iss)) => self.inner.by_name.get(iss.as_str()),
+            None => match claims.get("sub").and_then(Value::as_str).map(spiffe_id) {
+                Some(Ok((td, _))) => self.inner.by_trust_domain.get(td),
+                _ => {
+                    return Err(AuthnError::InvalidClaims(
+                        "`iss` missing, and `sub` is not a SPIFFE ID".into(),
+                    ));
+                }
+            },
+            Some(_) => {
+                return Err(AuthnError::InvalidClaims("`iss` is not a string".into()));
             }
         };
-        let issuer = self
-            .inner
-            .by_name
-            .get(iss)
+        let issuer = index
             .and_then(|&i| self.inner.issuers.get(i))
             .ok_or(AuthnError::UntrustedIssuer)?;
-        if !issuer.cfg.algorithms.contains(&alg) {
+        if let Some(td) = &issuer.cfg.spiffe_trust_domain {
+            // Checked before any key lookup, so a token naming another trust domain fetches
+            // nothing.
+            check_svid(&header, &claims, td)?;
+        }
+        if !issuer.cfg.algorithms().contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed(alg_name(alg).to_owned()));
         }
         if let Some(Value::Array(a)) = claims.get("aud")
@@ -355,7 +396,7 @@ impl JwtVerifier {
         }
         check_audience(&claims, &issuer.cfg.audiences)?;
         self.check_times(&claims, issuer.cfg.leeway_seconds)?;
-        identity(&issuer.cfg.issuer, &claims)
+        identity(&issuer.cfg, claims)
     }
 
     async fn find_key(
@@ -477,9 +518,77 @@ fn bounded(value: &str, name: &str, max: usize) -> Result<String, AuthnError> {
     Ok(value.to_owned())
 }
 
+/// Longest SPIFFE ID accepted, in bytes (SPIFFE ID, section 2.3: 2048); `sub` is further
+/// bounded by [`MAX_SUBJECT_BYTES`].
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
+/// Splits a SPIFFE ID (`spiffe://<trust domain>/<path>`) into its trust domain and path
+/// (with its leading `/`, possibly empty), checking the SPIFFE ID spec's syntax: scheme
+/// `spiffe` in lowercase, a valid trust domain, no port, user info, query or fragment,
+/// path segments of letters, digits, `.`, `-` and `_`, none empty, `.` or `..`, and no
+/// trailing `/`. The error names what is wrong, never the value.
+pub fn spiffe_id(id: &str) -> Result<(&str, &str), &'static str> {
+    if id.len() > MAX_SPIFFE_ID_BYTES {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = id.strip_prefix("spiffe://").ok_or("not a spiffe:// URI")?;
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !is_valid_trust_domain(td) {
+        return Err("the trust domain is empty or has characters other than a-z 0-9 . - _");
+    }
+    if !path.is_empty() {
+        for segment in path[1..].split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err("a path segment is empty, `.` or `..`");
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err("a path segment has characters other than A-Z a-z 0-9 . - _");
+            }
+        }
+    }
+    Ok((td, path))
+}
+
+/// The JWT-SVID checks of a SPIFFE trust domain's token (SPIFFE JWT-SVID, section 3): `typ`,
+/// when present, is `JWT` or `JOSE`; `sub` is a SPIFFE ID of trust domain `td`.
+fn check_svid(header: &UnverifiedHeader, claims: &Value, td: &str) -> Result<(), AuthnError> {
+    if let Some(typ) = &header.typ
+        && typ != "JWT"
+        && typ != "JOSE"
+    {
+        return Err(AuthnError::Malformed(
+            "a JWT-SVID's `typ` must be JWT or JOSE".into(),
+        ));
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AuthnError::InvalidClaims("`sub` missing, empty or not a string".into()))?;
+    match spiffe_id(sub) {
+        Ok((domain, _)) if domain == td => Ok(()),
+        Ok(_) => Err(AuthnError::InvalidClaims(
+            "`sub` is a SPIFFE ID of another trust domain than the issuer's".into(),
+        )),
+        Err(why) => Err(AuthnError::InvalidClaims(format!(
+            "`sub` is not a SPIFFE ID: {why}"
+        ))),
+    }
+}
+
 /// Builds the identity from verified claims. Each claim that becomes part of the identity is
-/// bounded ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]).
-fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
+/// bounded ([`MAX_SUBJECT_BYTES`], [`MAX_KUBERNETES_NAME_BYTES`]). A SPIFFE trust domain's
+/// token gets its SPIFFE ID and never a Kubernetes identity (a JWT-SVID is not a
+/// service-account token, whatever claims it carries); every claim is kept for the policies'
+/// claim selectors.
+fn identity(cfg: &IssuerConfig, claims: Value) -> Result<Identity, AuthnError> {
+    let issuer = cfg.issuer.as_str();
+    let spiffe = cfg.spiffe_trust_domain.is_some();
     let subject = match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => bounded(s, "sub", MAX_SUBJECT_BYTES)?,
         _ => {
@@ -489,6 +598,7 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
         }
     };
     let kubernetes = match claims.get("kubernetes.io") {
+        _ if spiffe => None,
         None => None,
         Some(k8s @ Value::Object(_)) => {
             let name = |path: &[&str], field: &str| {
@@ -523,11 +633,16 @@ fn identity(issuer: &str, claims: &Value) -> Result<Identity, AuthnError> {
             ));
         }
     };
+    let Value::Object(claims) = claims else {
+        return Err(AuthnError::Malformed("payload is not a JSON object".into()));
+    };
     Ok(Identity {
         issuer: issuer.to_owned(),
+        spiffe_id: spiffe.then(|| subject.clone()),
         subject,
         kubernetes,
         bootstrap: None,
+        claims,
     })
 }
 
@@ -559,10 +674,13 @@ mod tests {
             audiences: vec![AUD.to_owned(), "other".to_owned()],
             jwks,
             ca_file: None,
-            algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            algorithms: Some(vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]),
             leeway_seconds: 30,
             refresh_interval_seconds: 300,
             min_refresh_interval_seconds: 10,
+            spiffe_trust_domain: None,
+            claim_profile: None,
+            claim_types: Default::default(),
         }
     }
 
@@ -767,7 +885,7 @@ mod tests {
 
     #[tokio::test]
     async fn algorithm_off_the_issuer_allow_list_is_refused() {
-        let s = setup_with(|c, _| c.algorithms = vec![Algorithm::RS256]).await;
+        let s = setup_with(|c, _| c.algorithms = Some(vec![Algorithm::RS256])).await;
         let token = s.issuer.token(Jws::ES256, claims(&s.issuer.url()));
         assert_eq!(
             s.verifier.verify(&token).await,
@@ -1382,5 +1500,310 @@ mod tests {
             .await
             .expect("run_refresh returns on shutdown")
             .expect("no panic");
+    }
+
+    // --- SPIFFE trust domains: JWT-SVIDs (issue 16) ---
+
+    use lanyard_test_support::{SpiffeTrustDomain, SvidAlg};
+
+    /// A verifier trusting each `(trust domain, issuer name)`, its bundle fetched from the
+    /// bundle endpoint.
+    fn spiffe_verifier(
+        domains: &[(&SpiffeTrustDomain, &str)],
+        clock: Arc<ManualClock>,
+    ) -> JwtVerifier {
+        let cfgs: Vec<IssuerConfig> = domains
+            .iter()
+            .map(|(td, name)| spiffe_cfg(name, td, JwksSource::Url(td.bundle_url())))
+            .collect();
+        JwtVerifier::new(&cfgs, &LimitsConfig::default(), clock, Metrics::new())
+            .expect("valid SPIFFE issuers")
+    }
+
+    fn spiffe_cfg(name: &str, td: &SpiffeTrustDomain, jwks: JwksSource) -> IssuerConfig {
+        IssuerConfig {
+            spiffe_trust_domain: Some(td.trust_domain().to_owned()),
+            algorithms: None,
+            ..cfg(name, jwks)
+        }
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_of_every_allowed_algorithm_verify_with_and_without_iss() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let name = "spiffe://example.org";
+        let v = spiffe_verifier(&[(&td, name)], Arc::new(ManualClock::at_unix(T0)));
+        for alg in SvidAlg::ALL {
+            // The spec's minimal shape: sub, aud (a string), exp; no iss.
+            let minimal = td.claims("/ns/shop/sa/api", json!(AUD), T0, 300);
+            let id = v
+                .verify(&td.svid(alg, &minimal))
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?} without iss: {e}"));
+            assert_eq!(id.subject, "spiffe://example.org/ns/shop/sa/api");
+            assert_eq!(id.spiffe_id.as_deref(), Some(id.subject.as_str()));
+            assert_eq!(id.issuer, name);
+            assert_eq!(id.kubernetes, None);
+            // With iss, aud a list naming other audiences too, typ JOSE.
+            let mut full = td.claims("/billing", json!(["other-service", AUD]), T0, 300);
+            full["iss"] = json!(name);
+            let id = v
+                .verify(&td.svid_typed(alg, &full, Some("JOSE")))
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?} with iss: {e}"));
+            assert_eq!(
+                id.spiffe_id.as_deref(),
+                Some("spiffe://example.org/billing")
+            );
+            assert_eq!(id.claims.get("iss"), Some(&json!(name)));
+            // No typ at all is fine too.
+            assert!(v.verify(&td.svid_typed(alg, &minimal, None)).await.is_ok());
+        }
+        assert_eq!(td.fetches(), 1, "one bundle fetch for every algorithm");
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_signed_with_another_trust_domains_key_is_refused() {
+        let a = SpiffeTrustDomain::start("a.example").await;
+        let b = SpiffeTrustDomain::start("b.example").await;
+        let v = spiffe_verifier(
+            &[(&a, "spiffe://a.example"), (&b, "spiffe://b.example")],
+            Arc::new(ManualClock::at_unix(T0)),
+        );
+        assert!(v.refresh_all().await.is_empty());
+        let b_sub = b.claims("/payments", json!(AUD), T0, 300);
+        // Genuine: B's key for B's SPIFFE ID.
+        assert!(v.verify(&b.svid(SvidAlg::ES256, &b_sub)).await.is_ok());
+        // A's key for a SPIFFE ID of B, without iss: verified only against B's bundle,
+        // which does not have A's key.
+        for alg in [SvidAlg::ES256, SvidAlg::RS256, SvidAlg::PS512] {
+            assert_eq!(
+                v.verify(&a.svid(alg, &b_sub)).await,
+                Err(AuthnError::UnknownKey),
+                "{alg:?}"
+            );
+        }
+        // Claiming A as issuer does not help: A's bundle speaks only for A's trust domain,
+        // and that is checked before any key lookup.
+        let fetches = (a.fetches(), b.fetches());
+        let mut via_a = b_sub.clone();
+        via_a["iss"] = json!("spiffe://a.example");
+        assert!(matches!(
+            v.verify(&a.svid(SvidAlg::ES256, &via_a)).await,
+            Err(AuthnError::InvalidClaims(m)) if m.contains("another trust domain")
+        ));
+        // Claiming B as issuer: B's keys, and A's key is not among them.
+        let mut via_b = b_sub.clone();
+        via_b["iss"] = json!("spiffe://b.example");
+        assert_eq!(
+            v.verify(&a.svid(SvidAlg::ES256, &via_b)).await,
+            Err(AuthnError::UnknownKey)
+        );
+        assert_eq!(a.fetches(), fetches.0, "A's bundle is never consulted");
+        // A trust domain no issuer has: untrusted, nothing fetched.
+        let c = json!({"sub": "spiffe://c.example/x", "aud": AUD, "exp": T0 + 300});
+        assert_eq!(
+            v.verify(&a.svid(SvidAlg::ES256, &c)).await,
+            Err(AuthnError::UntrustedIssuer)
+        );
+        // No iss and a sub that is not a SPIFFE ID.
+        let k8s = json!({"sub": "system:serviceaccount:shop:api", "aud": AUD, "exp": T0 + 300});
+        assert!(matches!(
+            v.verify(&a.svid(SvidAlg::ES256, &k8s)).await,
+            Err(AuthnError::InvalidClaims(m)) if m.contains("not a SPIFFE ID")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_is_never_a_kubernetes_identity_and_needs_a_valid_spiffe_id() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let v = spiffe_verifier(
+            &[(&td, "https://oidc.example.org")],
+            Arc::new(ManualClock::at_unix(T0)),
+        );
+        let mut c = td.claims("/ns/shop/sa/api", json!(AUD), T0, 300);
+        c["kubernetes.io"] = json!({"namespace": "shop", "serviceaccount": {"name": "api"},
+            "pod": {"name": "api-1", "uid": "u"}});
+        let id = v.verify(&td.svid(SvidAlg::ES384, &c)).await.expect("valid");
+        assert_eq!(
+            id.kubernetes, None,
+            "pod claims in a JWT-SVID are not a pod identity"
+        );
+        assert!(id.claims.contains_key("kubernetes.io"));
+        for (sub, why) in [
+            ("spiffe://example.org/a//b", "segment"),
+            ("spiffe://example.org/a/../b", "segment"),
+            ("spiffe://example.org/a/", "segment"),
+            ("spiffe://example.org/a?b", "characters"),
+            (
+                "spiffe://Example.org/a",
+                "trust domain is empty or has characters",
+            ),
+            ("spiffe://other.org/a", "another trust domain"),
+            ("https://example.org/a", "not a spiffe"),
+        ] {
+            let mut c = td.claims("/x", json!(AUD), T0, 300);
+            c["sub"] = json!(sub);
+            c["iss"] = json!("https://oidc.example.org");
+            let r = v.verify(&td.svid(SvidAlg::ES256, &c)).await;
+            assert!(
+                matches!(&r, Err(AuthnError::InvalidClaims(m)) if m.contains(why)),
+                "{sub}: {r:?}"
+            );
+        }
+        let c = td.claims("/x", json!(AUD), T0, 300);
+        assert!(matches!(
+            v.verify(&td.svid_typed(SvidAlg::ES256, &c, Some("at+jwt"))).await,
+            Err(AuthnError::Malformed(m)) if m.contains("typ")
+        ));
+    }
+
+    #[test]
+    fn spiffe_ids_are_parsed_by_the_spec() {
+        assert_eq!(spiffe_id("spiffe://example.org"), Ok(("example.org", "")));
+        assert_eq!(
+            spiffe_id("spiffe://example.org/ns/shop/sa/api"),
+            Ok(("example.org", "/ns/shop/sa/api"))
+        );
+        assert_eq!(
+            spiffe_id("spiffe://td_1-x.y/A.b-c_d"),
+            Ok(("td_1-x.y", "/A.b-c_d"))
+        );
+        for bad in [
+            "SPIFFE://example.org/a",
+            "spiffe://",
+            "spiffe:///a",
+            "spiffe://example.org:8080/a",
+            "spiffe://user@example.org/a",
+            "spiffe://example.org/a#frag",
+            "spiffe://example.org/%41",
+            "spiffe://example.org/.",
+        ] {
+            assert!(spiffe_id(bad).is_err(), "{bad}");
+        }
+        assert!(spiffe_id(&format!("spiffe://e.org/{}", "a".repeat(2100))).is_err());
+    }
+
+    #[tokio::test]
+    async fn bundle_endpoint_over_tls_trusts_only_the_configured_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = lanyard_test_support::TestPki::generate(dir.path());
+        let td = SpiffeTrustDomain::start_https("example.org", &pki).await;
+        assert!(td.bundle_url().starts_with("https://"));
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let token = td.svid(SvidAlg::RS256, &td.claims("/a", json!(AUD), T0, 300));
+
+        let untrusting = spiffe_cfg(
+            "spiffe://example.org",
+            &td,
+            JwksSource::Url(td.bundle_url()),
+        );
+        let v = JwtVerifier::new(
+            &[untrusting],
+            &LimitsConfig::default(),
+            clock.clone(),
+            Metrics::new(),
+        )
+        .expect("config");
+        assert_eq!(v.verify(&token).await, Err(AuthnError::KeysUnavailable));
+        assert_eq!(
+            td.fetches(),
+            0,
+            "the TLS handshake failed before any request"
+        );
+
+        let mut trusting = spiffe_cfg(
+            "spiffe://example.org",
+            &td,
+            JwksSource::Url(td.bundle_url()),
+        );
+        trusting.ca_file = Some(pki.ca_path());
+        let v = JwtVerifier::new(&[trusting], &LimitsConfig::default(), clock, Metrics::new())
+            .expect("config");
+        assert!(v.verify(&token).await.is_ok());
+        assert_eq!(td.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_file_is_a_trust_domain_source() {
+        let td = SpiffeTrustDomain::start("example.org").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bundle.json");
+        std::fs::write(&path, td.bundle_json().to_string()).expect("write bundle");
+        let v = JwtVerifier::new(
+            &[spiffe_cfg(
+                "spiffe://example.org",
+                &td,
+                JwksSource::File(path),
+            )],
+            &LimitsConfig::default(),
+            Arc::new(ManualClock::at_unix(T0)),
+            Metrics::new(),
+        )
+        .expect("bundle file loads at new()");
+        let token = td.svid(SvidAlg::ES512, &td.claims("/a", json!(AUD), T0, 300));
+        assert!(v.verify(&token).await.is_ok());
+        assert_eq!(td.fetches(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oidc_issuer_never_takes_a_token_without_iss_nor_jwt_svid_keys() {
+        let s = setup().await;
+        let token = s.issuer.token(
+            Jws::RS256,
+            without(
+                with(claims("x"), "sub", json!("spiffe://example.org/a")),
+                "iss",
+            ),
+        );
+        assert_eq!(
+            s.verifier.verify(&token).await,
+            Err(AuthnError::UntrustedIssuer)
+        );
+        assert_eq!(s.issuer.jwks_fetches(), 0);
+        let td = SpiffeTrustDomain::start("example.org").await;
+        // A SPIFFE bundle configured as an OIDC JWKS: its jwt-svid keys are not `sig` keys.
+        let err = super::super::jwks::KeySet::parse(
+            td.bundle_json().to_string().as_bytes(),
+            "iss",
+            "test",
+        )
+        .expect_err("no sig keys");
+        assert!(err.to_string().contains("usable signing key"), "{err}");
+    }
+
+    #[test]
+    fn trust_domain_issuers_are_checked_at_new() {
+        let build = |cfgs: Vec<IssuerConfig>| {
+            JwtVerifier::new(
+                &cfgs,
+                &LimitsConfig::default(),
+                Arc::new(ManualClock::at_unix(T0)),
+                Metrics::new(),
+            )
+        };
+        let td = |name: &str, domain: &str| IssuerConfig {
+            spiffe_trust_domain: Some(domain.to_owned()),
+            algorithms: None,
+            ..cfg(
+                name,
+                JwksSource::Url("https://spire.example.org/bundle".into()),
+            )
+        };
+        let msg = |r: Result<JwtVerifier, IssuerConfigError>| r.expect_err("refused").to_string();
+        assert!(msg(build(vec![td("a", "Example.org")])).contains("not a trust domain name"));
+        assert!(
+            msg(build(vec![td("a", "example.org"), td("b", "example.org")]))
+                .contains("same spiffe_trust_domain")
+        );
+        let mut eddsa = td("a", "example.org");
+        eddsa.algorithms = Some(vec![Algorithm::ES256, Algorithm::EdDSA]);
+        assert!(msg(build(vec![eddsa])).contains("EdDSA"));
+        let mut discovery = td("https://spire.example.org", "example.org");
+        discovery.jwks = JwksSource::Discovery;
+        assert!(msg(build(vec![discovery])).contains("trust bundle"));
+        // The default algorithms of a trust domain are the JWT-SVID ones.
+        assert_eq!(td("a", "example.org").algorithms(), Algorithm::JWT_SVID);
+        build(vec![td("a", "example.org"), td("b", "other.example")]).expect("two trust domains");
     }
 }

@@ -37,6 +37,15 @@ pub struct Identity {
     /// The binding of the bootstrap token it redeemed, if it used one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapBinding>,
+    /// The SPIFFE ID, when a SPIFFE trust domain's bundle verified the token (a JWT-SVID):
+    /// then equal to `subject` and always in that issuer's trust domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// Every claim of the verified token (issuers' JWTs; empty for bootstrap and session
+    /// identities), for policies' claim selectors. Never serialized: audit records and
+    /// answers name the identity, not its claims.
+    #[serde(skip)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Identity {

@@ -187,6 +187,8 @@ pub fn verify(
                 roles,
                 image,
             }),
+            spiffe_id: None,
+            claims: Default::default(),
         },
         started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_at),
     })
@@ -243,6 +245,8 @@ mod tests {
                 roles: vec!["orders-read".into(), "db".into()],
                 image: image.map(str::to_owned),
             }),
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 

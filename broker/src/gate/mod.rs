@@ -1495,6 +1495,8 @@ mod tests {
                 admission: PodAdmission::NotLooked,
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -1601,6 +1603,73 @@ mod tests {
             Workload::NoImage
         );
         assert!(image_repositories(&id).is_empty());
+    }
+
+    /// Issue 16's audit of the gate for identities beyond pods: a JWT-SVID or a CI token
+    /// names no workload image — even when its claims copy a pod's (`kubernetes.io` with the
+    /// uid of an admitted pod), since only a Kubernetes issuer's token has a Kubernetes
+    /// identity — so it is gated only under a rule with `require_image: true`, which refuses it.
+    #[tokio::test]
+    async fn spiffe_and_ci_identities_name_no_image_and_are_gated_only_on_require_image() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let clock = Arc::new(lanyard::clock::ManualClock::at_unix(1_800_000_000));
+        let gate = Gate::new(
+            store,
+            GateConfig {
+                pod_tokens: PodTokens::Gate,
+                ..GateConfig::default()
+            },
+            Metrics::new(),
+            clock,
+        )
+        .expect("gate");
+        let img = format!("registry.example.com/shop/api@sha256:{}", "a".repeat(64));
+        gate.record_admission(
+            "u-1",
+            "shop",
+            "api",
+            std::slice::from_ref(&img),
+            true,
+            false,
+        )
+        .await
+        .expect("record")
+        .expect("written");
+        let pod_claims = serde_json::json!({"kubernetes.io": {"namespace": "shop",
+            "serviceaccount": {"name": "api"}, "pod": {"name": "api-1", "uid": "u-1"}}});
+        let svid = Identity {
+            issuer: "spiffe://example.org".into(),
+            subject: "spiffe://example.org/ns/shop/sa/api".into(),
+            kubernetes: None,
+            bootstrap: None,
+            spiffe_id: Some("spiffe://example.org/ns/shop/sa/api".into()),
+            claims: pod_claims.as_object().expect("object").clone(),
+        };
+        let ci = Identity {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            subject: "repo:acme/app:ref:refs/heads/main".into(),
+            spiffe_id: None,
+            ..svid.clone()
+        };
+        for id in [svid, ci] {
+            let id = gate.with_admission(&id).await.expect("lookup").into_owned();
+            let workload = gate.workload(&id).await.expect("workload");
+            assert_eq!(workload, Workload::NoImage, "{}", id.subject);
+            assert!(image_repositories(&id).is_empty());
+            let settings = |require_image| decide::Settings {
+                mode: crate::policy::GateMode::Enforce,
+                unknown_workload: Default::default(),
+                require_image,
+                rule: "r".into(),
+            };
+            assert_eq!(
+                decide::decide(&workload, &settings(false)).outcome,
+                decide::Outcome::Allow
+            );
+            let refused = decide::decide(&workload, &settings(true));
+            assert_eq!(refused.outcome, decide::Outcome::Deny);
+            assert_eq!(refused.reason, decide::Reason::ImageRequired);
+        }
     }
 
     #[test]

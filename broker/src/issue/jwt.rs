@@ -787,6 +787,8 @@ mod tests {
                 admission: Default::default(),
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 

@@ -385,6 +385,8 @@ mod tests {
                 admission: Default::default(),
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -507,6 +509,8 @@ mod tests {
             subject: "bootstrap:bt_1".into(),
             kubernetes: None,
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         };
         let err = plan_for(&r, &bootstrap, 900).expect_err("no namespace");
         assert!(

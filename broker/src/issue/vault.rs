@@ -1018,6 +1018,8 @@ mod tests {
             subject: "system:serviceaccount:shop:api".into(),
             kubernetes: None,
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         };
         let err = backend
             .issue(&IssueRequest {

@@ -52,6 +52,9 @@ pub struct RuleCheck {
     /// The first selector field that did not match, e.g. `namespace: wanted shop, got dev`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<String>,
+    /// The selector fields that matched, in field order (`issuer`, `claims.repository`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matched_on: Vec<String>,
 }
 
 /// Why a role was or was not granted to an identity.
@@ -118,13 +121,19 @@ pub fn explain(set: &PolicySet, identity: &Identity, role: &str) -> Explanation 
         .iter()
         .filter(|r| !listing || r.roles.iter().any(|x| x == role))
         .map(|rule| {
-            let mismatch = mismatches(&rule.selector, identity).into_iter().next();
+            let all = mismatches(&rule.selector, identity);
+            let matched_on = selector_fields(&rule.selector)
+                .into_iter()
+                .filter(|f| !all.iter().any(|m| &m.field == f))
+                .collect();
+            let mismatch = all.into_iter().next();
             RuleCheck {
                 rule: rule.name.clone(),
                 location: rule.location.clone(),
                 matched: mismatch.is_none(),
                 grants_role: rule.roles.iter().any(|x| x == role),
                 mismatch: mismatch.map(|m| m.to_string()),
+                matched_on,
             }
         })
         .collect();
@@ -225,18 +234,33 @@ fn bound(identity: &Identity, role: &str) -> bool {
 /// Whether every set field of `selector` matches `identity`. An empty selector (refused at
 /// load) matches nothing.
 fn matches(selector: &Selector, identity: &Identity) -> bool {
-    let any_set = selector.issuer.is_some()
-        || selector.namespace.is_some()
-        || selector.service_account.is_some()
-        || selector.subject.is_some()
-        || selector.bootstrap_role.is_some()
-        || selector.image_repository.is_some();
-    any_set && mismatches(selector, identity).is_empty()
+    selector.is_set() && mismatches(selector, identity).is_empty()
+}
+
+/// Every set field of `selector`, in the order [`mismatches`] checks them (claims as
+/// `claims.<name>`).
+fn selector_fields(selector: &Selector) -> Vec<String> {
+    let mut out: Vec<String> = [
+        ("issuer", selector.issuer.is_some()),
+        ("namespace", selector.namespace.is_some()),
+        ("service_account", selector.service_account.is_some()),
+        ("subject", selector.subject.is_some()),
+        ("bootstrap_role", selector.bootstrap_role.is_some()),
+        ("image_repository", selector.image_repository.is_some()),
+        ("spiffe_id", selector.spiffe_id.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(f, _)| f.to_owned())
+    .collect();
+    out.extend(selector.claims.iter().map(|c| format!("claims.{}", c.name)));
+    out
 }
 
 /// A selector field that did not match.
 struct Mismatch {
-    field: &'static str,
+    field: String,
+    /// What the selector wants, as shown (quoted strings, typed values).
     wanted: String,
     got: String,
 }
@@ -245,19 +269,42 @@ impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: wanted {:?}, got {}",
+            "{}: wanted {}, got {}",
             self.field, self.wanted, self.got
         )
+    }
+}
+
+/// Longest claim value quoted in an explanation, in characters.
+const MAX_SHOWN_CLAIM_CHARS: usize = 80;
+
+/// A claim's value as an explanation shows it: quoted and bounded, with its JSON type.
+fn shown_claim(value: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    let bounded = |s: &str| {
+        let mut out: String = s.chars().take(MAX_SHOWN_CLAIM_CHARS).collect();
+        if s.chars().count() > MAX_SHOWN_CLAIM_CHARS {
+            out.push('…');
+        }
+        out
+    };
+    match value {
+        J::String(s) => format!("{:?} (string)", bounded(s)),
+        J::Bool(b) => format!("{b} (boolean)"),
+        J::Number(n) => format!("{n} (number)"),
+        J::Null => "null".to_owned(),
+        J::Array(_) => "an array".to_owned(),
+        J::Object(_) => "an object".to_owned(),
     }
 }
 
 /// Every set selector field that does not match, in field order.
 fn mismatches(selector: &Selector, identity: &Identity) -> Vec<Mismatch> {
     let mut out = Vec::new();
-    let mut miss = |field, wanted: &str, got: String| {
+    let mut miss = |field: &str, wanted: &str, got: String| {
         out.push(Mismatch {
-            field,
-            wanted: wanted.to_owned(),
+            field: field.to_owned(),
+            wanted: format!("{wanted:?}"),
             got,
         });
     };
@@ -320,6 +367,37 @@ fn mismatches(selector: &Selector, identity: &Identity) -> Vec<Mismatch> {
             None => {}
         }
     }
+    if let Some(p) = &selector.spiffe_id {
+        match &identity.spiffe_id {
+            None => miss(
+                "spiffe_id",
+                &p.source,
+                "no SPIFFE ID (not verified by a SPIFFE trust domain's bundle)".to_owned(),
+            ),
+            Some(id) if !p.is_match(id) => miss("spiffe_id", &p.source, format!("{id:?}")),
+            Some(_) => {}
+        }
+    }
+    for sel in &selector.claims {
+        let got = match identity.claims.get(&sel.name) {
+            None => Some("no such claim".to_owned()),
+            Some(v) if !sel.values.iter().any(|want| want.is_match(v)) => Some(shown_claim(v)),
+            Some(_) => None,
+        };
+        if let Some(got) = got {
+            let wanted = sel
+                .values
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ");
+            out.push(Mismatch {
+                field: format!("claims.{}", sel.name),
+                wanted,
+                got,
+            });
+        }
+    }
     out
 }
 
@@ -366,10 +444,12 @@ impl fmt::Display for Decision {
 impl fmt::Display for RuleCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rule {} ({}): ", self.rule, self.location)?;
+        let on = self.matched_on.join(", ");
         match (&self.mismatch, self.grants_role) {
-            (Some(m), _) => write!(f, "does not match ({m})"),
-            (None, true) => write!(f, "matches"),
-            (None, false) => write!(f, "matches, but does not grant this role"),
+            (Some(m), _) if on.is_empty() => write!(f, "does not match ({m})"),
+            (Some(m), _) => write!(f, "does not match ({m}; matched on {on})"),
+            (None, true) => write!(f, "matches (on {on})"),
+            (None, false) => write!(f, "matches (on {on}), but does not grant this role"),
         }
     }
 }
@@ -463,6 +543,8 @@ rules:
                 admission: Default::default(),
             }),
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -472,6 +554,8 @@ rules:
             subject: subject.to_owned(),
             kubernetes: None,
             bootstrap: None,
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -485,6 +569,8 @@ rules:
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
                 image: None,
             }),
+            spiffe_id: None,
+            claims: Default::default(),
         }
     }
 
@@ -728,8 +814,8 @@ rules:
 role reports: allowed
 Allowed: rule \"shop-api\" (p.yaml:8) matches \"system:serviceaccount:shop:api\" and grants role \"reports\".
 rules that grant reports:
-  rule shop-api (p.yaml:8): matches
-  rule shop-any-reports (p.yaml:14): does not match (namespace: wanted \"shop-*\", got \"shop\")
+  rule shop-api (p.yaml:8): matches (on issuer, namespace, service_account)
+  rule shop-any-reports (p.yaml:14): does not match (namespace: wanted \"shop-*\", got \"shop\"; matched on issuer)
   rule dev-bootstrap (p.yaml:22): does not match (bootstrap_role: wanted \"dev-app\", got no bootstrap token)"
         );
     }
@@ -749,7 +835,7 @@ rules that grant reports:
 role orders-api: denied
 Denied to \"system:serviceaccount:dev:api\": no rule granting role \"orders-api\" matches; the closest is rule \"shop-api\" (p.yaml:8), which differs on namespace: wanted \"shop\", got \"dev\".
 rules that grant orders-api:
-  rule shop-api (p.yaml:8): does not match (namespace: wanted \"shop\", got \"dev\")"
+  rule shop-api (p.yaml:8): does not match (namespace: wanted \"shop\", got \"dev\"; matched on issuer, service_account)"
         );
     }
 
@@ -766,7 +852,10 @@ rules that grant orders-api:
             "{text}"
         );
         assert!(
-            text.contains("rule shop-api (p.yaml:8): matches, but does not grant this role"),
+            text.contains(
+                "rule shop-api (p.yaml:8): matches (on issuer, namespace, service_account), but \
+                 does not grant this role"
+            ),
             "{text}"
         );
 
@@ -799,5 +888,173 @@ rules that grant orders-api:
             .map(|c| c.rule.as_str())
             .collect();
         assert_eq!(matched, vec!["dev-bootstrap"]);
+    }
+
+    // --- claim and SPIFFE ID selectors (issue 16) ---
+
+    const CLAIMS_POLICY: &str = "\
+roles:
+  deploy: {backend: jwt, max_ttl_seconds: 300}
+  svc: {backend: jwt, max_ttl_seconds: 300}
+rules:
+  - name: protected-main
+    match:
+      issuer: https://ci.example
+      claims:
+        project_path: 'acme/*'
+        ref_protected: 'true'
+        runner_id: [7, 12]
+    roles: [deploy]
+  - name: bool-protected
+    match:
+      issuer: https://ci.example
+      claims: {protected: true}
+    roles: [deploy]
+  - name: shop-workloads
+    match: {spiffe_id: 'spiffe://example.org/ns/shop/**'}
+    roles: [svc]
+";
+
+    fn claims_set() -> PolicySet {
+        let parsed = parse_file(
+            Path::new("c.yaml"),
+            CLAIMS_POLICY,
+            &crate::policy::RoleSettings::parse,
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        PolicySet {
+            roles: parsed
+                .roles
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            rules: parsed.rules,
+            ..PolicySet::default()
+        }
+    }
+
+    fn ci(claims: serde_json::Value) -> Identity {
+        let mut id = oidc(
+            "https://ci.example",
+            "project_path:acme/app:ref_type:branch:ref:main",
+        );
+        id.claims = claims.as_object().expect("object").clone();
+        id
+    }
+
+    fn roles_for(set: &PolicySet, id: &Identity) -> Vec<String> {
+        evaluate(set, id, None)
+            .granted
+            .into_iter()
+            .map(|g| format!("{}<-{}", g.role, g.rule))
+            .collect()
+    }
+
+    #[test]
+    fn claim_selectors_match_by_json_type() {
+        let set = claims_set();
+        let good = serde_json::json!({
+            "project_path": "acme/app", "ref_protected": "true", "runner_id": 12,
+        });
+        assert_eq!(
+            roles_for(&set, &ci(good.clone())),
+            ["deploy<-protected-main"]
+        );
+        // The boolean true is not the string "true", nor the string "12" the number 12.
+        for (claim, value) in [
+            ("ref_protected", serde_json::json!(true)),
+            ("runner_id", serde_json::json!("12")),
+            ("project_path", serde_json::json!(["acme/app"])),
+            ("runner_id", serde_json::json!(8)),
+            ("project_path", serde_json::json!("other/app")),
+        ] {
+            let mut c = good.clone();
+            c[claim] = value.clone();
+            assert!(roles_for(&set, &ci(c)).is_empty(), "{claim}: {value}");
+        }
+        // A missing claim never matches; a boolean selector matches only a boolean.
+        let mut c = good.clone();
+        c.as_object_mut().expect("object").remove("runner_id");
+        assert!(roles_for(&set, &ci(c)).is_empty());
+        assert_eq!(
+            roles_for(&set, &ci(serde_json::json!({"protected": true}))),
+            ["deploy<-bool-protected"]
+        );
+        assert!(roles_for(&set, &ci(serde_json::json!({"protected": "true"}))).is_empty());
+        // The same claims from another issuer match nothing.
+        let mut other = ci(good);
+        other.issuer = "https://elsewhere.example".into();
+        assert!(roles_for(&set, &other).is_empty());
+    }
+
+    #[test]
+    fn spiffe_id_selectors_match_only_verified_spiffe_ids() {
+        let set = claims_set();
+        let svid = |id: &str| {
+            let mut i = oidc("spiffe://example.org", id);
+            i.spiffe_id = Some(id.to_owned());
+            i
+        };
+        assert_eq!(
+            roles_for(&set, &svid("spiffe://example.org/ns/shop/sa/api")),
+            ["svc<-shop-workloads"]
+        );
+        assert!(roles_for(&set, &svid("spiffe://example.org/ns/dev/sa/api")).is_empty());
+        // The same subject from an issuer that is not a trust domain has no SPIFFE ID.
+        let plain = oidc(
+            "https://issuer.example",
+            "spiffe://example.org/ns/shop/sa/api",
+        );
+        assert!(roles_for(&set, &plain).is_empty());
+        let e = explain(&set, &plain, "svc");
+        assert!(
+            e.checks[0]
+                .mismatch
+                .as_deref()
+                .is_some_and(|m| m.contains("spiffe_id") && m.contains("no SPIFFE ID")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn explain_shows_which_claim_selector_matched_or_failed() {
+        let set = claims_set();
+        let id = ci(serde_json::json!({
+            "project_path": "acme/app", "ref_protected": true, "runner_id": 7,
+        }));
+        let e = explain(&set, &id, "deploy");
+        assert!(!e.allowed);
+        let check = &e.checks[0];
+        assert_eq!(check.rule, "protected-main");
+        assert_eq!(
+            check.mismatch.as_deref(),
+            Some("claims.ref_protected: wanted \"true\", got true (boolean)")
+        );
+        assert_eq!(
+            check.matched_on,
+            ["issuer", "claims.project_path", "claims.runner_id"]
+        );
+        assert_eq!(
+            e.checks[1].mismatch.as_deref(),
+            Some("claims.protected: wanted true (boolean), got no such claim")
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "rule protected-main (c.yaml:5): does not match (claims.ref_protected: wanted \
+                 \"true\", got true (boolean); matched on issuer, claims.project_path, \
+                 claims.runner_id)"
+            ),
+            "{text}"
+        );
+        // A long claim value is shown bounded.
+        let long = ci(serde_json::json!({"project_path": "x".repeat(500)}));
+        let m = explain(&set, &long, "deploy").checks[0]
+            .mismatch
+            .clone()
+            .expect("mismatch");
+        assert!(m.len() < 200 && m.contains('…'), "{m}");
+        let json = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["checks"][0]["matched_on"][1], "claims.project_path");
     }
 }

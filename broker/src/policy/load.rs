@@ -15,8 +15,9 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+use super::{ClaimSelector, ClaimValue, Rule, Selector};
 use super::{Location, Pattern, PolicySet, Role, RoleError, RoleField, RoleSettings, RoleSpec};
-use super::{Rule, Selector};
+use crate::config::IssuerConfig;
 use yaml::{Entry, Node, Value};
 
 /// Largest policy file accepted, in bytes.
@@ -41,6 +42,29 @@ const MATCH_FIELDS: &[&str] = &[
     "subject",
     "bootstrap_role",
     "image_repository",
+    "spiffe_id",
+    "claims",
+];
+
+/// Most claim selectors in one rule's `match.claims`.
+pub const MAX_CLAIM_SELECTORS: usize = 32;
+
+/// Most accepted values in one claim selector's list.
+pub const MAX_CLAIM_VALUES: usize = 32;
+
+/// Longest claim name in a claim selector, in bytes.
+pub const MAX_CLAIM_NAME_BYTES: usize = 128;
+
+/// Claims a claim selector may not name: the verifier checks them (`aud`, times, `jti`), or
+/// another selector matches them (`iss`: `issuer`, `sub`: `subject`/`spiffe_id`).
+const RESERVED_CLAIMS: &[(&str, &str)] = &[
+    ("iss", "use `match.issuer`"),
+    ("sub", "use `match.subject` (or `match.spiffe_id`)"),
+    ("aud", "the issuer's `audiences` check it"),
+    ("exp", "the verifier checks it"),
+    ("nbf", "the verifier checks it"),
+    ("iat", "the verifier checks it"),
+    ("jti", "it differs on every token"),
 ];
 
 /// Parses a role's settings for its backend at load (for the broker:
@@ -911,6 +935,13 @@ impl FileCx<'_> {
                 ok = false;
                 continue;
             }
+            if e.key == "claims" {
+                match self.claim_selectors(e, owner) {
+                    Some(claims) => selector.claims = claims,
+                    None => ok = false,
+                }
+                continue;
+            }
             let field_owner = format!("{owner}: match");
             let Some(text) = self.string(e, &field_owner) else {
                 ok = false;
@@ -918,6 +949,13 @@ impl FileCx<'_> {
             };
             match e.key.as_str() {
                 "issuer" => selector.issuer = Some(text),
+                "spiffe_id" => match spiffe_pattern(&text) {
+                    Ok(pattern) => selector.spiffe_id = Some(pattern),
+                    Err(why) => {
+                        ok = false;
+                        self.error(e.key_line, format!("{owner}: match.spiffe_id {why}"));
+                    }
+                },
                 "bootstrap_role" => {
                     self.out.references.push(RoleReference {
                         role: text.clone(),
@@ -948,8 +986,222 @@ impl FileCx<'_> {
                 },
             }
         }
+        if ok
+            && !selector.claims.is_empty()
+            && selector.issuer.is_none()
+            && selector.spiffe_id.is_none()
+        {
+            // A claim means what its issuer says: `repository: shop/*` from an issuer that
+            // lets its users pick claims would grant to anyone.
+            self.error(
+                f.key_line,
+                format!(
+                    "{owner}: match.claims needs `match.issuer` (or `match.spiffe_id`) in the \
+                     same rule: a claim's value means something only for the issuer that set it"
+                ),
+            );
+            ok = false;
+        }
         ok.then_some(selector)
     }
+
+    /// `match.claims`: a mapping of claim name to a value or a list of accepted values, each
+    /// typed as YAML reads it (`true` a boolean, `"true"` a string, `3` a number; strings
+    /// are globs).
+    fn claim_selectors(&mut self, e: &Entry, owner: &str) -> Option<Vec<ClaimSelector>> {
+        let what = format!("{owner}: match.claims");
+        if e.value.is_null() {
+            self.error(
+                e.key_line,
+                format!("{what} is empty; map claim names to values, e.g. `claims: {{ref_type: branch}}`"),
+            );
+            return None;
+        }
+        let entries = self.mapping(&e.value, e.key_line, &what)?;
+        if entries.is_empty() {
+            self.error(
+                e.key_line,
+                format!("{what} is empty; name at least one claim"),
+            );
+            return None;
+        }
+        if entries.len() > MAX_CLAIM_SELECTORS {
+            self.error(
+                e.key_line,
+                format!(
+                    "{what} has {} claims, more than the {MAX_CLAIM_SELECTORS} accepted",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for c in entries {
+            let name = yaml::truncate(&c.key, 64);
+            if c.key.is_empty() || c.key.len() > MAX_CLAIM_NAME_BYTES {
+                self.error(
+                    c.key_line,
+                    format!("{what}: a claim name must be 1 to {MAX_CLAIM_NAME_BYTES} bytes"),
+                );
+                ok = false;
+                continue;
+            }
+            if let Some((_, why)) = RESERVED_CLAIMS.iter().find(|(n, _)| *n == c.key) {
+                self.error(
+                    c.key_line,
+                    format!("{what}: claim {name:?} cannot be selected on: {why}"),
+                );
+                ok = false;
+                continue;
+            }
+            if out.iter().any(|s: &ClaimSelector| s.name == c.key) {
+                self.error(
+                    c.key_line,
+                    format!("{what}: claim {name:?} is listed twice"),
+                );
+                ok = false;
+                continue;
+            }
+            let items: Vec<&Node> = match &c.value.value {
+                Value::Seq(items) => items.iter().collect(),
+                _ => vec![&c.value],
+            };
+            if items.is_empty() || items.len() > MAX_CLAIM_VALUES {
+                self.error(
+                    c.key_line,
+                    format!("{what}.{name}: list 1 to {MAX_CLAIM_VALUES} accepted values"),
+                );
+                ok = false;
+                continue;
+            }
+            let mut values = Vec::new();
+            for item in items {
+                match claim_value(item) {
+                    Ok(v) => values.push(v),
+                    Err(why) => {
+                        self.error(item.line, format!("{what}.{name}: {why}"));
+                        ok = false;
+                    }
+                }
+            }
+            out.push(ClaimSelector {
+                name: c.key.clone(),
+                values,
+                line: c.key_line,
+            });
+        }
+        ok.then_some(out)
+    }
+}
+
+/// One accepted value of a claim selector, typed as YAML's core schema reads it.
+fn claim_value(node: &Node) -> Result<ClaimValue, String> {
+    use serde_json::Value as J;
+    match to_json(node) {
+        J::Bool(b) => Ok(ClaimValue::Bool(b)),
+        J::Number(n) => Ok(ClaimValue::Number(n)),
+        J::String(text) if text.is_empty() => {
+            Err("an empty string matches nothing useful; give a value".to_owned())
+        }
+        J::String(text) => Pattern::new(&text).map(ClaimValue::String).map_err(|err| {
+            format!(
+                "not a valid glob: {}; globs use `*`, `?` and `[...]`, and `\\` escapes them",
+                err.kind()
+            )
+        }),
+        J::Null => Err("is empty; give a string, boolean or number".to_owned()),
+        other => Err(format!(
+            "must be a string, boolean or number (or a list of them), not {}",
+            match other {
+                J::Array(_) => "a nested list",
+                _ => "a mapping",
+            }
+        )),
+    }
+}
+
+/// `match.spiffe_id`: `spiffe://<trust domain>` with the trust domain written out, then a
+/// path glob (`*` within a segment, `**` across).
+fn spiffe_pattern(text: &str) -> Result<Pattern, String> {
+    let rest = text.strip_prefix("spiffe://").ok_or_else(|| {
+        "must start with `spiffe://`, e.g. `spiffe://example.org/ns/shop/sa/*`".to_owned()
+    })?;
+    let td = rest.split('/').next().unwrap_or_default();
+    if !crate::config::is_valid_trust_domain(td) {
+        return Err(format!(
+            "names trust domain {:?}: write it out (lowercase letters, digits, `.`, `-`, `_`; \
+             no globs), so a rule never spans trust domains",
+            yaml::truncate(td, 64)
+        ));
+    }
+    Pattern::path(text).map_err(|err| {
+        format!(
+            "is not a valid glob: {}; globs use `*`, `?` and `[...]`, and `\\` escapes them",
+            err.kind()
+        )
+    })
+}
+
+/// Warnings (not errors) for claim selectors that cannot match what their rule's issuer
+/// sends: a selector whose JSON type differs from the claim's (a boolean `true` where GitLab
+/// sends the string `"true"`), or a claim an issuer that declares its claim set
+/// (`claim_profile`, `claim_types`, a well-known issuer URL) does not send. `issuers` is the
+/// broker's issuer configuration (empty offline: only well-known issuer URLs are known).
+pub fn claim_warnings(set: &PolicySet, issuers: &[IssuerConfig]) -> Vec<PolicyError> {
+    let mut out = Vec::new();
+    for rule in &set.rules {
+        let Some(issuer) = &rule.selector.issuer else {
+            continue;
+        };
+        let configured = issuers.iter().find(|i| &i.issuer == issuer);
+        let fallback;
+        let cfg = match configured {
+            Some(c) => c,
+            None => {
+                if crate::config::ClaimProfile::for_issuer(issuer).is_none() {
+                    continue;
+                }
+                fallback = IssuerConfig::named(issuer);
+                &fallback
+            }
+        };
+        for sel in &rule.selector.claims {
+            let location = Location {
+                file: rule.location.file.clone(),
+                line: sel.line,
+            };
+            let warn = |message: String| PolicyError {
+                location: location.clone(),
+                message,
+            };
+            match cfg.claim_type(&sel.name) {
+                Some(sent) => {
+                    if let Some(v) = sel.values.iter().find(|v| v.claim_type() != sent) {
+                        out.push(warn(format!(
+                            "warning: rule {:?}: claims.{} wants {v}, but {issuer} sends it as a \
+                             {}, so it never matches{}",
+                            rule.name,
+                            sel.name,
+                            sent.as_str(),
+                            if sent == crate::config::ClaimType::String {
+                                " (quote it)"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                }
+                None if cfg.declares_claims() => out.push(warn(format!(
+                    "warning: rule {:?}: {issuer} does not send a claim named {:?}, so this \
+                     rule never matches",
+                    rule.name, sel.name
+                ))),
+                None => {}
+            }
+        }
+    }
+    out
 }
 
 /// Converts a settings value to JSON, reading plain scalars as YAML 1.2 core-schema types.

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
-pub use load::{PolicyError, PolicyErrors, load_dir};
+pub use load::{PolicyError, PolicyErrors, claim_warnings, load_dir};
 pub use request::{RequestError, check_request, check_token_roles};
 pub use settings::{RoleError, RoleField, RoleSettings, RoleSpec};
 
@@ -99,6 +99,102 @@ pub struct Selector {
     /// Image repository (`host/path`), glob: every image the workload runs, from a trusted
     /// source, must match (an identity with no image never does).
     pub image_repository: Option<Pattern>,
+    /// SPIFFE ID (`spiffe://example.org/ns/shop/*`), a glob over the path whose trust domain
+    /// is written out: `*` stays within one path segment, `**` spans segments. Matches only
+    /// identities a SPIFFE trust domain's bundle verified ([`crate::authn::Identity::spiffe_id`]).
+    pub spiffe_id: Option<Pattern>,
+    /// Claim selectors: every one must match the verified token's claim of its name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimSelector>,
+}
+
+impl Selector {
+    /// Whether any field is set (an empty selector is refused at load).
+    pub fn is_set(&self) -> bool {
+        self.issuer.is_some()
+            || self.namespace.is_some()
+            || self.service_account.is_some()
+            || self.subject.is_some()
+            || self.bootstrap_role.is_some()
+            || self.image_repository.is_some()
+            || self.spiffe_id.is_some()
+            || !self.claims.is_empty()
+    }
+}
+
+/// `match.claims.<name>`: the token's claim `name` must be one of `values`, compared by JSON
+/// type — a boolean selector matches only a JSON boolean, a number only a number, a string
+/// (a glob) only a string: GitLab's `ref_protected: "true"` is not `true`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimSelector {
+    /// The claim's name (a top-level claim of the token).
+    pub name: String,
+    /// Accepted values (any one of them).
+    pub values: Vec<ClaimValue>,
+    /// Where it is declared.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// One accepted value of a claim selector.
+#[derive(Debug, Clone)]
+pub enum ClaimValue {
+    /// A string claim matching this glob (a string without `*`, `?` or `[` matches exactly).
+    String(Pattern),
+    /// A boolean claim with this value.
+    Bool(bool),
+    /// A number claim equal to this number.
+    Number(serde_json::Number),
+}
+
+impl ClaimValue {
+    /// Whether the claim `value` matches: same JSON type, and equal (numbers, booleans) or
+    /// glob-matched (strings).
+    pub fn is_match(&self, value: &serde_json::Value) -> bool {
+        use serde_json::Value as J;
+        match (self, value) {
+            (Self::String(p), J::String(s)) => p.is_match(s),
+            (Self::Bool(b), J::Bool(v)) => b == v,
+            (Self::Number(n), J::Number(v)) => {
+                match (n.as_i64(), v.as_i64(), n.as_u64(), v.as_u64()) {
+                    (Some(a), Some(b), _, _) => a == b,
+                    (_, _, Some(a), Some(b)) => a == b,
+                    _ => n.as_f64().zip(v.as_f64()).is_some_and(|(a, b)| a == b),
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The JSON type this value matches.
+    pub fn claim_type(&self) -> crate::config::ClaimType {
+        use crate::config::ClaimType;
+        match self {
+            Self::String(_) => ClaimType::String,
+            Self::Bool(_) => ClaimType::Boolean,
+            Self::Number(_) => ClaimType::Number,
+        }
+    }
+}
+
+impl fmt::Display for ClaimValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::String(p) => write!(f, "{:?}", p.source),
+            Self::Bool(b) => write!(f, "{b} (boolean)"),
+            Self::Number(n) => write!(f, "{n} (number)"),
+        }
+    }
+}
+
+impl Serialize for ClaimValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::String(p) => s.serialize_str(&p.source),
+            Self::Bool(b) => s.serialize_bool(*b),
+            Self::Number(n) => n.serialize(s),
+        }
+    }
 }
 
 /// A compiled glob pattern that remembers its source text.
@@ -115,6 +211,18 @@ impl Pattern {
     pub fn new(source: &str) -> Result<Self, globset::Error> {
         let glob = globset::GlobBuilder::new(source)
             .literal_separator(false)
+            .build()?;
+        Ok(Self {
+            source: source.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    /// Compiles a glob over a path: `*` and `?` stay within one `/`-separated segment, `**`
+    /// spans segments (for `spiffe_id`).
+    pub fn path(source: &str) -> Result<Self, globset::Error> {
+        let glob = globset::GlobBuilder::new(source)
+            .literal_separator(true)
             .build()?;
         Ok(Self {
             source: source.to_owned(),

@@ -671,6 +671,13 @@ pub struct IdentitySpec {
     /// `namespace` and `service_account`.
     #[serde(default)]
     pub pod_images: Option<Vec<String>>,
+    /// The SPIFFE ID of a JWT-SVID verified by a trust domain's bundle, for rules that select
+    /// on `spiffe_id`.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// The token's claims, for rules that select on `claims`.
+    #[serde(default)]
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl IdentitySpec {
@@ -711,6 +718,8 @@ impl IdentitySpec {
             subject: self.subject.clone(),
             kubernetes,
             bootstrap,
+            spiffe_id: self.spiffe_id.clone(),
+            claims: self.claims.clone().unwrap_or_default(),
         }
     }
 }

@@ -707,5 +707,7 @@ pub fn k8s_pod(
             admission: Default::default(),
         }),
         bootstrap: None,
+        spiffe_id: None,
+        claims: Default::default(),
     })
 }

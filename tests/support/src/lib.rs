@@ -54,6 +54,7 @@ pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod registry;
+pub mod spiffe;
 pub mod vault;
 pub mod workload;
 
@@ -67,5 +68,6 @@ pub use pki::TestPki;
 pub use postgres::Postgres;
 pub use process::{Answer, ProcessSite, SiteBroker, assert_audit_verifies};
 pub use registry::{TokenRegistry, TokenRequest, TokenServer};
+pub use spiffe::{SpiffeTrustDomain, SvidAlg};
 pub use vault::VaultEmulator;
 pub use workload::Workload;

@@ -950,3 +950,195 @@ fn gate_fields_load_and_bad_values_point_at_their_line() {
         &["require_image", "true or false"],
     );
 }
+
+// --- claim and SPIFFE ID selectors (issue 16) ---
+
+const CI_RULE: &str = "rules:
+  - name: deploy
+    match:
+      issuer: https://gitlab.com
+      claims:
+        project_path: 'acme/*'
+        ref_protected: true
+        runner_id: [7, 12]
+        environment: [production, \"staging\"]
+    roles: [orders]
+";
+
+#[test]
+fn claim_selectors_load_typed_as_yaml_reads_them() {
+    let set = load(&[("p.yaml", &format!("{ROLE}{CI_RULE}"))]).expect("loads");
+    let claims = &set.rules[0].selector.claims;
+    let shown: Vec<(String, Vec<String>, usize)> = claims
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.values.iter().map(ToString::to_string).collect(),
+                c.line,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("project_path".into(), vec!["\"acme/*\"".into()], 10),
+            ("ref_protected".into(), vec!["true (boolean)".into()], 11),
+            (
+                "runner_id".into(),
+                vec!["7 (number)".into(), "12 (number)".into()],
+                12
+            ),
+            (
+                "environment".into(),
+                vec!["\"production\"".into(), "\"staging\"".into()],
+                13
+            ),
+        ]
+    );
+}
+
+#[test]
+fn claim_selectors_need_an_issuer_and_refuse_reserved_and_odd_values() {
+    one_error(
+        &[(
+            "p.yaml",
+            &format!(
+                "{ROLE}rules:\n  - name: r\n    match:\n      claims: {{repository: acme/app}}\n    roles: [orders]\n"
+            ),
+        )],
+        "p.yaml",
+        7,
+        &["match.claims needs `match.issuer`"],
+    );
+    for (claims, line, needle) in [
+        ("{sub: x}", 9, "use `match.subject`"),
+        ("{aud: x}", 9, "audiences"),
+        ("{exp: 1}", 9, "verifier checks it"),
+        ("{a: {b: c}}", 9, "not a mapping"),
+        ("{a: [[b]]}", 9, "nested list"),
+        ("{a: []}", 9, "list 1 to 32"),
+        ("{a: ''}", 9, "empty string"),
+        ("{a: '[z-a]'}", 9, "not a valid glob"),
+        ("{}", 9, "is empty"),
+    ] {
+        let text = format!(
+            "{ROLE}rules:\n  - name: r\n    match:\n      issuer: https://i.example\n      claims: {claims}\n    roles: [orders]\n"
+        );
+        let errs = errors(&[("p.yaml", &text)]);
+        assert!(
+            errs.iter()
+                .any(|(_, l, m)| *l == line && m.contains(needle)),
+            "{claims}: {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn spiffe_id_selectors_write_the_trust_domain_out() {
+    let rule = |id: &str| {
+        format!(
+            "{ROLE}rules:\n  - name: r\n    match:\n      spiffe_id: '{id}'\n    roles: [orders]\n"
+        )
+    };
+    let set = load(&[("p.yaml", &rule("spiffe://example.org/ns/shop/sa/*"))]).expect("loads");
+    let p = set.rules[0].selector.spiffe_id.as_ref().expect("spiffe_id");
+    assert!(p.is_match("spiffe://example.org/ns/shop/sa/api"));
+    assert!(
+        !p.is_match("spiffe://example.org/ns/shop/sa/api/extra"),
+        "* stays in a segment"
+    );
+    assert!(!p.is_match("spiffe://example.org.evil/ns/shop/sa/api"));
+    let deep = load(&[("p.yaml", &rule("spiffe://example.org/ns/**"))]).expect("loads");
+    let p = deep.rules[0]
+        .selector
+        .spiffe_id
+        .as_ref()
+        .expect("spiffe_id");
+    assert!(p.is_match("spiffe://example.org/ns/shop/sa/api"));
+    for (bad, needle) in [
+        ("spiffe://*/ns/shop", "write it out"),
+        ("spiffe://*.example.org/a", "write it out"),
+        ("https://example.org/a", "must start with `spiffe://`"),
+    ] {
+        one_error(&[("p.yaml", &rule(bad))], "p.yaml", 8, &[needle]);
+    }
+    // A spiffe_id names its trust domain, so claims may go with it without an issuer.
+    let text = format!(
+        "{ROLE}rules:\n  - name: r\n    match:\n      spiffe_id: spiffe://example.org/a\n      claims: {{team: x}}\n    roles: [orders]\n"
+    );
+    load(&[("p.yaml", &text)]).expect("loads");
+}
+
+#[test]
+fn claim_warnings_flag_selectors_the_issuer_cannot_match() {
+    use crate::config::{ClaimProfile, ClaimType, IssuerConfig};
+    let text = format!(
+        "{ROLE}rules:
+  - name: gh
+    match:
+      issuer: https://token.actions.githubusercontent.com
+      claims: {{ref_protected: true, repository: 'acme/*', run_attempt: 1, colour: red}}
+    roles: [orders]
+  - name: gl
+    match:
+      issuer: https://gitlab.example.com
+      claims: {{ref_protected: 'true', runner_id: '12'}}
+    roles: [orders]
+  - name: mine
+    match:
+      issuer: https://ci.example.com
+      claims: {{approved: 'yes', anything: x}}
+    roles: [orders]
+"
+    );
+    let set = load(&[("p.yaml", &text)]).expect("loads");
+    // Offline: GitHub is known by its URL; the self-managed GitLab and the custom issuer are not.
+    let offline: Vec<String> = claim_warnings(&set, &[])
+        .iter()
+        .map(|w| format!("{}: {}", w.location.line, w.message))
+        .collect();
+    assert_eq!(offline.len(), 3, "{offline:#?}");
+    assert!(offline[0].starts_with("9: warning: rule \"gh\": claims.ref_protected wants true (boolean), but https://token.actions.githubusercontent.com sends it as a string"), "{}", offline[0]);
+    assert!(offline[0].contains("(quote it)"));
+    assert!(
+        offline[1].contains("claims.run_attempt wants 1 (number)"),
+        "{}",
+        offline[1]
+    );
+    assert!(
+        offline[2].contains("does not send a claim named \"colour\""),
+        "{}",
+        offline[2]
+    );
+    // With the broker's issuers: a GitLab profile, and declared claim types.
+    let mut gitlab = IssuerConfig::named("https://gitlab.example.com");
+    gitlab.claim_profile = Some(ClaimProfile::Gitlab);
+    let mut mine = IssuerConfig::named("https://ci.example.com");
+    mine.claim_types
+        .insert("approved".into(), ClaimType::Boolean);
+    let warnings: Vec<String> = claim_warnings(&set, &[gitlab, mine])
+        .iter()
+        .map(|w| w.message.clone())
+        .collect();
+    assert_eq!(warnings.len(), 3 + 3, "{warnings:#?}");
+    assert!(
+        warnings[3].contains("claims.runner_id wants \"12\"")
+            && warnings[3].contains("sends it as a number"),
+        "{}",
+        warnings[3]
+    );
+    assert!(
+        warnings[4].contains("claims.approved wants \"yes\"")
+            && warnings[4].contains("sends it as a boolean"),
+        "{}",
+        warnings[4]
+    );
+    // An issuer's `claim_types` declare its claim set: a claim it does not list is one it
+    // does not send.
+    assert!(
+        warnings[5].contains("does not send a claim named \"anything\""),
+        "{}",
+        warnings[5]
+    );
+}
