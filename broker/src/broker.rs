@@ -1784,6 +1784,52 @@ impl Broker {
         })
     }
 
+    /// Revokes every session of an `aws-sts` role issued until now (admin). STS cannot revoke
+    /// one session, so the broker hands back the IAM deny policy the operator attaches to the
+    /// role (sessions issued before the cut-off are refused by AWS from then on), and drops its
+    /// own cached sessions of that IAM role at once: the next request makes a new AssumeRole,
+    /// whose session the policy does not touch. Audited.
+    pub async fn revoke_sts_role(
+        &self,
+        role_name: &str,
+        request_id: &str,
+    ) -> Result<StsRoleRevocation, ApiError> {
+        let policy = self.policy.load();
+        let Some(role) = policy.roles.get(role_name) else {
+            return Err(ApiError::NotFound(format!("no role `{role_name}`")));
+        };
+        let crate::policy::RoleSettings::AwsSts(settings) = &role.settings else {
+            return Err(ApiError::BadRequest(format!(
+                "role `{role_name}` is a {} role, not aws-sts; revoke its leases one by one",
+                role.backend
+            )));
+        };
+        let backend = self.backends.get(&role.backend).ok_or_else(|| {
+            ApiError::Internal(format!("backend {} not configured", role.backend))
+        })?;
+        let now = self.now();
+        let cutoff = crate::issue::sts::revocation_cutoff(now);
+        let dropped = backend.forget_role(role);
+        let issued_before = rfc3339(cutoff);
+        info!(role = %role_name, role_arn = %settings.role_arn(), dropped, issued_before = %issued_before, "aws-sts sessions revoked: cached sessions dropped, deny policy produced");
+        self.audit(AuditRecord::sts_role_revoke(
+            now,
+            request_id,
+            role_name,
+            settings.role_arn(),
+            &issued_before,
+            dropped,
+        ))
+        .await?;
+        Ok(StsRoleRevocation {
+            role: role_name.to_owned(),
+            role_arn: settings.role_arn().to_owned(),
+            issued_before,
+            dropped_sessions: dropped,
+            deny_policy: crate::issue::sts::deny_sessions_issued_before(cutoff),
+        })
+    }
+
     /// Periodic backend upkeep (the Vault backend renews its own token or logs in again).
     pub async fn maintain_backends(&self) {
         for backend in self.backends.iter() {
@@ -2090,6 +2136,21 @@ pub struct RevokeResult {
     pub upstream_revoked: bool,
     /// Its expiry.
     pub expires_at: String,
+}
+
+/// Outcome of revoking an `aws-sts` role's sessions ([`Broker::revoke_sts_role`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StsRoleRevocation {
+    /// The lanyard role.
+    pub role: String,
+    /// Its IAM role.
+    pub role_arn: String,
+    /// The cut-off: sessions issued before it are denied once `deny_policy` is attached.
+    pub issued_before: String,
+    /// How many cached sessions of the IAM role this broker dropped.
+    pub dropped_sessions: usize,
+    /// The IAM policy to attach to the role (inline), as JSON.
+    pub deny_policy: serde_json::Value,
 }
 
 /// The broker's CA for injected sidecars (`inject.ca_file`), read at each injection so a

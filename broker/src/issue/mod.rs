@@ -142,6 +142,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// Drops the upstream credentials cached for `role` (every session of its upstream role),
+    /// so the next request makes a new upstream call; returns how many were dropped. Default:
+    /// nothing is cached.
+    fn forget_role(&self, _role: &Role) -> usize {
+        0
+    }
+
     /// Periodic upkeep (e.g. renewing the broker's own upstream token). Default: nothing.
     async fn maintain(&self) -> Result<(), BackendError> {
         Ok(())

@@ -43,6 +43,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/tokens/{token_id}", delete(revoke_token))
         .route("/v1/admin/sessions/{session_id}", delete(revoke_session))
         .route("/v1/admin/sessions/revoke", post(revoke_session_by_token))
+        // REV (issue 16): revocation per backend.
+        .route("/v1/admin/sts-roles/{role}/revoke", post(revoke_sts_role))
         .route("/v1/admin/explain", post(explain))
         .route("/v1/admin/reload", post(reload))
         .route("/v1/admin/scans", post(scan_image))
@@ -609,6 +611,31 @@ async fn revoke_session(
         broker
             .revoke_session(SessionRef::Id(&session_id), &request_id)
             .await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn revoke_sts_role(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/sts-roles/{role}/revoke",
+            &request_id,
+        )
+        .await?;
+        broker.revoke_sts_role(&role, &request_id).await
     }
     .await;
     match result {
