@@ -125,6 +125,8 @@ pub struct Broker {
     /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
     /// start; the key ring's, which is built first): who holds a background job's claim.
     replica: String,
+    /// REV (issue 16): the broker JWTs' revocation list (`issue::status`).
+    revocation_list: crate::issue::status::RevocationList,
 }
 
 /// What one [`Broker::renew_leases`] did.
@@ -256,6 +258,7 @@ impl Broker {
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
         let replica = keys.replica_id().to_owned();
+        let revocation_config = config.revocation.clone();
         let broker = Arc::new(Self {
             auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
                 records_per_window: config.audit.auth_failures.records_per_window,
@@ -278,6 +281,10 @@ impl Broker {
             policy_ok: AtomicBool::new(true),
             gate,
             replica,
+            revocation_list: crate::issue::status::RevocationList::new(
+                Duration::from_secs(revocation_config.list_max_age_seconds),
+                revocation_config.list_max_entries,
+            ),
         });
         broker.spawn_revocation_reload();
         // Verdicts of an older ruleset serve until their re-scan has stored a new one.
@@ -355,7 +362,70 @@ impl Broker {
             "id_token_signing_alg_values_supported": [format!("{:?}", self.config.signing.algorithm)],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
+            // REV (issue 16): the revocation list (`issue::status`) and RFC 7662.
+            "revocation_list_uri": format!("{base}/v1/jwks/revoked"),
+            "introspection_endpoint": format!("{base}/v1/introspect"),
         })
+    }
+
+    /// REV (issue 16): the broker JWTs' revocation list as served (`issue::status`): this
+    /// broker's copy while it is younger than `revocation.list_max_age_seconds` and no JWT was
+    /// revoked through it since, else read again from the store. Past
+    /// `revocation.list_max_entries` it is not served (a retryable 503).
+    pub async fn revocation_list(&self) -> Result<Arc<Vec<u8>>, ApiError> {
+        let list = &self.revocation_list;
+        if let Some(body) = list.current() {
+            return Ok(body);
+        }
+        let (generation, taken) = list.begin();
+        let now = self.now();
+        let entries = self
+            .store
+            .revoked_running_leases(
+                crate::issue::jwt::KIND,
+                now,
+                list.max_entries().saturating_add(1),
+            )
+            .await?;
+        if let Err(e) = list.check_bound(entries.len()) {
+            warn!(error = %e, "the JWT revocation list is over its bound; answering 503");
+            return Err(ApiError::NotReady(e.to_string()));
+        }
+        let doc = crate::issue::status::list_document(
+            &self.config.public_url,
+            &entries,
+            now,
+            list.max_age(),
+        );
+        let body = serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(list.store(body, generation, taken))
+    }
+
+    /// How long relying parties may cache the revocation list.
+    pub fn revocation_list_max_age(&self) -> Duration {
+        self.revocation_list.max_age()
+    }
+
+    /// REV (issue 16): RFC 7662 introspection of `token` (`issue::status::introspection`): the
+    /// caller has been authenticated already. Anything but a running, unrevoked JWT this
+    /// broker signed is `{"active": false}`.
+    pub async fn introspect(&self, token: &str) -> Result<serde_json::Value, ApiError> {
+        let now = self.now();
+        let Ok(claims) = self
+            .keys
+            .verify_any_audience(token, &self.config.public_url, now)
+        else {
+            return Ok(serde_json::json!({"active": false}));
+        };
+        let lease = match claims.get("jti").and_then(serde_json::Value::as_str) {
+            Some(jti) if jti.starts_with("ls_") => self.store.get_lease(jti).await?,
+            _ => None,
+        };
+        Ok(crate::issue::status::introspection(
+            &claims,
+            lease.as_ref(),
+            now,
+        ))
     }
 
     fn now(&self) -> SystemTime {
@@ -1774,6 +1844,10 @@ impl Broker {
             .await?;
         self.renewals.release(lease_id);
         let newly = self.store.mark_lease_revoked(lease_id, self.now()).await?;
+        if lease.backend == crate::issue::jwt::KIND {
+            // REV (issue 16): in the revocation list this broker serves from now on.
+            self.revocation_list.invalidate();
+        }
         let rec = AuditRecord::lease_revoke(self.now(), request_id, &lease, upstream_revoked);
         self.audit(rec).await?;
         Ok(RevokeResult {

@@ -84,6 +84,64 @@ pub struct BrokerConfig {
     /// Sidecar injection by the mutating webhook (`docs/KUBERNETES.md`); off when absent.
     #[serde(default)]
     pub inject: Option<InjectConfig>,
+    /// REV (issue 16): the broker JWTs' revocation list and introspection
+    /// (`docs/API.md`).
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+}
+
+/// REV (issue 16): `revocation:` — the revocation list of broker-signed JWTs published beside
+/// the JWKS (`GET /v1/jwks/revoked`) and the introspection endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How long relying parties may cache the list (`Cache-Control: max-age`), and how old
+    /// the broker's own copy of it may get before it is read from the store again. A JWT
+    /// revoked through any replica is in the list every replica serves within this, and in
+    /// the copies relying parties cache within twice this.
+    #[serde(default = "default_revocation_list_max_age")]
+    pub list_max_age_seconds: u64,
+    /// The most entries the list holds. Entries drop out when their JWT expires, so the list
+    /// holds the JWTs revoked within the longest `jwt` role lifetime; past this bound the
+    /// list is not served (a retryable 503 `revocation_list_overflow`, so relying parties
+    /// fail closed rather than trust a list missing entries) until entries expire.
+    #[serde(default = "default_revocation_list_max_entries")]
+    pub list_max_entries: usize,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            list_max_age_seconds: default_revocation_list_max_age(),
+            list_max_entries: default_revocation_list_max_entries(),
+        }
+    }
+}
+
+fn default_revocation_list_max_age() -> u64 {
+    30
+}
+fn default_revocation_list_max_entries() -> usize {
+    50_000
+}
+
+impl RevocationConfig {
+    /// The bounds: a max age of 1 s to 1 h, 1 to 1,000,000 entries.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3_600).contains(&self.list_max_age_seconds) {
+            return Err(format!(
+                "field `revocation.list_max_age_seconds`: {} is not within 1 to 3600",
+                self.list_max_age_seconds
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.list_max_entries) {
+            return Err(format!(
+                "field `revocation.list_max_entries`: {} is not within 1 to 1000000",
+                self.list_max_entries
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `gate.mode` (and a policy rule's `gate_mode`), defined with the policies.
@@ -1788,6 +1846,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.store.check()?;
         self.gate.check()?;
+        self.revocation.check()?;
         if let Some(inject) = &self.inject {
             let audiences: Vec<&str> = self
                 .issuers

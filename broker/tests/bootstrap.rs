@@ -518,6 +518,14 @@ impl Store for CommitFails {
     ) -> Result<Vec<LeaseRecord>, StoreError> {
         self.inner.renewable_leases(now, limit).await
     }
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        self.inner.revoked_running_leases(backend, now, limit).await
+    }
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.inner.signing_keys().await
     }

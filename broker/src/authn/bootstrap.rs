@@ -1073,6 +1073,14 @@ mod tests {
         async fn mark_lease_revoked(&self, _: &str, _: SystemTime) -> Result<bool, StoreError> {
             unreachable!()
         }
+        async fn revoked_running_leases(
+            &self,
+            _: &str,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+            unreachable!()
+        }
         async fn signing_keys(&self) -> Result<Vec<crate::store::SigningKeyRecord>, StoreError> {
             unreachable!()
         }

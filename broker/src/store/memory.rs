@@ -297,6 +297,24 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let mut out: Vec<(String, SystemTime)> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| l.backend == backend && l.expires_at > now && l.revoked_at.is_some())
+            .map(|l| (l.lease_id.clone(), l.expires_at))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn renewable_leases(
         &self,
         now: SystemTime,

@@ -404,6 +404,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<LeaseRecord>, StoreError>;
 
+    /// REV (issue 16): up to `limit` leases of `backend` that were revoked and are still
+    /// running at `now` (`expires_at` after it), as (lease id, expiry), soonest expiry first
+    /// (then by id): the broker JWTs' revocation list, whose entries drop out at expiry.
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError>;
+
     /// Signing keys, oldest `created_at` first, each with its `active_from` as stored.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 

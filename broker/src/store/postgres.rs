@@ -1125,6 +1125,31 @@ impl Store for PostgresStore {
         rows.iter().map(decode_lease).collect()
     }
 
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let now = to_unix(now)?;
+        let rows = self
+            .query(
+                "revoked_running_leases",
+                "SELECT lease_id, expires_at FROM leases WHERE expires_at > $2 \
+                 AND backend = $1 AND revoked_at IS NOT NULL \
+                 ORDER BY expires_at, lease_id LIMIT $3",
+                &[&backend, &now, &limit_i64(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let at = from_unix(r.get(1), &format_args!("lease {id} expires_at"))?;
+                Ok((id, at))
+            })
+            .collect()
+    }
+
     async fn renewable_leases(
         &self,
         now: SystemTime,

@@ -1005,6 +1005,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let backend = backend.to_owned();
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, i64)> = self
+            .run("revoked_running_leases", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT lease_id, expires_at FROM leases WHERE expires_at > ?2 \
+                         AND backend = ?1 AND revoked_at IS NOT NULL \
+                         ORDER BY expires_at, lease_id LIMIT ?3",
+                    )
+                    .map_err(sql_error("revoked_running_leases"))?;
+                let rows = stmt
+                    .query_map(params![backend, now, limit], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .map_err(sql_error("revoked_running_leases"))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql_error("revoked_running_leases"))
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, exp)| {
+                let at = from_unix(exp, &format_args!("lease {id} expires_at"))?;
+                Ok((id, at))
+            })
+            .collect()
+    }
+
     async fn renewable_leases(
         &self,
         now: SystemTime,

@@ -533,6 +533,57 @@ pub(super) async fn a_lease_is_marked_revoked_once(s: Arc<dyn Store>) {
     assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
 }
 
+/// `revoked_running_leases` (REV, issue 16): revoked leases of one backend still running at
+/// `now`, soonest expiry first, at most `limit`; an ended one is not listed.
+pub(super) async fn revoked_running_leases_are_listed_until_they_expire(s: Arc<dyn Store>) {
+    let now = 2_500;
+    let at = |id: &str, backend: &str, expires: u64, revoked: Option<u64>| LeaseRecord {
+        backend: backend.to_owned(),
+        expires_at: t(expires),
+        revoked_at: revoked.map(t),
+        ..lease(id)
+    };
+    for l in [
+        at("ls_late", "jwt", 2_900, Some(2_400)),
+        at("ls_soon", "jwt", 2_600, Some(2_450)),
+        at("ls_b", "jwt", 2_600, Some(2_450)),
+        at("ls_live", "jwt", 2_700, None),
+        at("ls_ended", "jwt", now, Some(2_100)),
+        at("ls_vault", "vault", 2_800, Some(2_400)),
+    ] {
+        s.insert_lease(&l).await.expect("insert");
+    }
+    let got = s
+        .revoked_running_leases("jwt", t(now), 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        got,
+        vec![
+            ("ls_b".to_owned(), t(2_600)),
+            ("ls_soon".to_owned(), t(2_600)),
+            ("ls_late".to_owned(), t(2_900)),
+        ]
+    );
+    let got = s
+        .revoked_running_leases("jwt", t(now), 1)
+        .await
+        .expect("list");
+    assert_eq!(got.len(), 1);
+    // Revoking a running lease adds it; past its expiry it is gone.
+    assert!(
+        s.mark_lease_revoked("ls_live", t(2_550))
+            .await
+            .expect("revoke")
+    );
+    let got = s
+        .revoked_running_leases("jwt", t(2_650), 100)
+        .await
+        .expect("list");
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["ls_live", "ls_late"]);
+}
+
 /// `renewable_leases`: leases with a renewal step, not revoked, with an upstream lease, still
 /// running at `now` (expiry after it); soonest expiry first; at most `limit`; the step kept.
 pub(super) async fn renewable_leases_are_the_running_renewed_ones(s: Arc<dyn Store>) {
@@ -1190,6 +1241,7 @@ macro_rules! cases {
             a_lease_is_marked_revoked_once,
             expired_leases_by_backend_oldest_first,
             renewable_leases_are_the_running_renewed_ones,
+            revoked_running_leases_are_listed_until_they_expire,
             concurrent_lease_inserts_each_succeed_or_fail_alone,
             signing_keys_listed_oldest_first_and_deleted,
             audit_head_is_absent_then_overwritten,
