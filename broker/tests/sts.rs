@@ -305,7 +305,7 @@ async fn lease_revoke_sts_role_drops_cached_sessions_and_prints_the_deny_policy(
     assert_eq!(status, 200, "{again}");
     assert_eq!(key_of(&first), key_of(&again), "served from the cache");
     assert_eq!(moto.calls_of("AssumeRole").len(), 1);
-    let before = std::time::SystemTime::now();
+    let before = lanyard::clock::SystemClock.now();
 
     let cli = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard-broker"));
@@ -341,7 +341,7 @@ async fn lease_revoke_sts_role_drops_cached_sessions_and_prints_the_deny_policy(
     // After every session issued so far, by less than two seconds (the next whole second).
     assert!(cutoff > before, "{cutoff:?} {before:?}");
     assert!(
-        unix_seconds(cutoff) <= unix_seconds(std::time::SystemTime::now()) + 2,
+        unix_seconds(cutoff) <= unix_seconds(lanyard::clock::SystemClock.now()) + 2,
         "{cutoff:?}"
     );
 
