@@ -1052,6 +1052,7 @@ impl Broker {
             fingerprint: self.fingerprinter.fingerprint(&issued.data),
             revoked_at: None,
             renew_step_secs: renew.as_ref().map(|_| renew_step.as_secs().max(1)),
+            pod_uid: identity.kubernetes.as_ref().and_then(|k| k.pod_uid.clone()),
         };
         let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted)
             .with_gate(gate_decision);

@@ -917,6 +917,7 @@ mod tests {
             fingerprint: "hmac-sha256:00ff".into(),
             revoked_at: None,
             renew_step_secs: None,
+            pod_uid: None,
         }
     }
 
