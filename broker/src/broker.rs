@@ -1905,6 +1905,97 @@ impl Broker {
         })
     }
 
+    /// REV (issue 16): the broker's clock, for background jobs outside this module.
+    pub fn now_for_jobs(&self) -> SystemTime {
+        self.now()
+    }
+
+    /// REV (issue 16): pods holding running leases issued before `issued_before`
+    /// ([`Store::pods_with_running_leases`]).
+    pub async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store
+            .pods_with_running_leases(after, issued_before, self.now(), limit)
+            .await
+    }
+
+    /// REV (issue 16): revokes every running lease issued to the pod `pod_uid`, which was
+    /// deleted (`how`: seen by the watch, or found by a relist): upstream where the backend
+    /// can, recorded, in the JWT revocation list, audited one by one. Failures are logged and
+    /// left for the next relist (the lease stays unrevoked, so it is found again). Returns
+    /// how many were revoked.
+    pub async fn revoke_pod_leases(&self, pod_uid: &str, how: &str) -> usize {
+        const BATCH: usize = 100;
+        let mut revoked = 0;
+        loop {
+            let leases = match self
+                .store
+                .running_leases_of_pod(pod_uid, self.now(), BATCH)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(pod_uid, error = %e, "cannot read the leases of a deleted pod; the next relist retries");
+                    return revoked;
+                }
+            };
+            let before = revoked;
+            for lease in &leases {
+                match self.revoke_for_pod(lease, pod_uid, how).await {
+                    Ok(()) => revoked += 1,
+                    Err(e) => {
+                        warn!(pod_uid, lease_id = %lease.lease_id, error = %e, "revoking a deleted pod's lease failed; the next relist retries");
+                    }
+                }
+            }
+            if leases.len() < BATCH || revoked == before {
+                break;
+            }
+        }
+        if revoked > 0 {
+            info!(pod_uid, revoked, how, "leases of a deleted pod revoked");
+        }
+        revoked
+    }
+
+    async fn revoke_for_pod(
+        &self,
+        lease: &LeaseRecord,
+        pod_uid: &str,
+        how: &str,
+    ) -> Result<(), ApiError> {
+        let backend = self.backends.get(&lease.backend).ok_or_else(|| {
+            ApiError::Internal(format!("lease backend {} not configured", lease.backend))
+        })?;
+        let upstream_revoked = backend
+            .revoke(&LeaseRef {
+                lease_id: &lease.lease_id,
+                upstream_lease: lease.upstream_lease.as_deref(),
+                role: &lease.role,
+            })
+            .await?;
+        self.renewals.release(&lease.lease_id);
+        if !self
+            .store
+            .mark_lease_revoked(&lease.lease_id, self.now())
+            .await?
+        {
+            return Ok(());
+        }
+        if lease.backend == crate::issue::jwt::KIND {
+            self.revocation_list.invalidate();
+        }
+        self.metrics.pod_deletion_revocations.inc();
+        let mut rec =
+            AuditRecord::lease_revoke(self.now(), &new_request_id(), lease, upstream_revoked);
+        rec.reason = format!("pod {pod_uid} {how}: {}", rec.reason);
+        self.audit(rec).await
+    }
+
     /// Periodic backend upkeep (the Vault backend renews its own token or logs in again).
     pub async fn maintain_backends(&self) {
         for backend in self.backends.iter() {

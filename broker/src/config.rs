@@ -107,6 +107,15 @@ pub struct RevocationConfig {
     /// fail closed rather than trust a list missing entries) until entries expire.
     #[serde(default = "default_revocation_list_max_entries")]
     pub list_max_entries: usize,
+    /// Revoke the leases issued to a pod when it is deleted: a watch on pods through the
+    /// Kubernetes API access of `gate.pod_lookup` (required), by one replica at a time
+    /// (`docs/KUBERNETES.md`). Needs RBAC `list` and `watch` on pods.
+    #[serde(default)]
+    pub revoke_on_pod_deletion: bool,
+    /// `timeoutSeconds` of each watch request (the API server ends it then and the broker
+    /// watches again from where it was).
+    #[serde(default = "default_pod_watch_timeout")]
+    pub pod_watch_timeout_seconds: u64,
 }
 
 impl Default for RevocationConfig {
@@ -114,6 +123,8 @@ impl Default for RevocationConfig {
         Self {
             list_max_age_seconds: default_revocation_list_max_age(),
             list_max_entries: default_revocation_list_max_entries(),
+            revoke_on_pod_deletion: false,
+            pod_watch_timeout_seconds: default_pod_watch_timeout(),
         }
     }
 }
@@ -123,6 +134,9 @@ fn default_revocation_list_max_age() -> u64 {
 }
 fn default_revocation_list_max_entries() -> usize {
     50_000
+}
+fn default_pod_watch_timeout() -> u64 {
+    300
 }
 
 impl RevocationConfig {
@@ -138,6 +152,12 @@ impl RevocationConfig {
             return Err(format!(
                 "field `revocation.list_max_entries`: {} is not within 1 to 1000000",
                 self.list_max_entries
+            ));
+        }
+        if !(1..=3_600).contains(&self.pod_watch_timeout_seconds) {
+            return Err(format!(
+                "field `revocation.pod_watch_timeout_seconds`: {} is not within 1 to 3600",
+                self.pod_watch_timeout_seconds
             ));
         }
         Ok(())
@@ -1847,6 +1867,13 @@ impl BrokerConfig {
         self.store.check()?;
         self.gate.check()?;
         self.revocation.check()?;
+        if self.revocation.revoke_on_pod_deletion && self.gate.pod_lookup.is_none() {
+            return Err(
+                "field `revocation.revoke_on_pod_deletion`: needs Kubernetes API access; \
+                 configure `gate.pod_lookup` (in_cluster, or api_server and token_file)"
+                    .into(),
+            );
+        }
         if let Some(inject) = &self.inject {
             let audiences: Vec<&str> = self
                 .issuers

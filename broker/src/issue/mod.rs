@@ -7,6 +7,7 @@
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
 //! - [`lifetime`]: the TTL to ask a backend for and the lifetime handed out (role cap,
 //!   upstream expiry, `refresh_after`), as pure functions.
+//! - [`pod_watch`]: revocation of a pod's leases when it is deleted (a watch on pods).
 //! - [`status`]: the broker JWTs' revocation list and RFC 7662 introspection.
 //! - [`renewal`]: renewal of issued upstream leases (Vault dynamic secrets) while the
 //!   workload holds them, up to the broker's lease end.
@@ -25,6 +26,7 @@
 pub mod cache;
 pub mod jwt;
 pub mod lifetime;
+pub mod pod_watch;
 pub mod renewal;
 pub mod status;
 pub mod sts;
