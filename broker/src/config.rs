@@ -103,7 +103,7 @@ pub struct RevocationConfig {
     pub list_max_age_seconds: u64,
     /// The most entries the list holds. Entries drop out when their JWT expires, so the list
     /// holds the JWTs revoked within the longest `jwt` role lifetime; past this bound the
-    /// list is not served (a retryable 503 `revocation_list_overflow`, so relying parties
+    /// list is not served (a retryable 503 `not_ready`, so relying parties
     /// fail closed rather than trust a list missing entries) until entries expire.
     #[serde(default = "default_revocation_list_max_entries")]
     pub list_max_entries: usize,
@@ -116,6 +116,11 @@ pub struct RevocationConfig {
     /// watches again from where it was).
     #[serde(default = "default_pod_watch_timeout")]
     pub pod_watch_timeout_seconds: u64,
+    /// How far the clocks of the replicas sharing the store may differ. A relist checks only
+    /// leases issued more than this (plus 1 s, the stored precision) before it began, so a
+    /// lease of a pod created after the list's snapshot is never taken for a deleted pod's.
+    #[serde(default = "default_pod_watch_clock_skew")]
+    pub pod_watch_clock_skew_seconds: u64,
 }
 
 impl Default for RevocationConfig {
@@ -125,6 +130,7 @@ impl Default for RevocationConfig {
             list_max_entries: default_revocation_list_max_entries(),
             revoke_on_pod_deletion: false,
             pod_watch_timeout_seconds: default_pod_watch_timeout(),
+            pod_watch_clock_skew_seconds: default_pod_watch_clock_skew(),
         }
     }
 }
@@ -137,6 +143,9 @@ fn default_revocation_list_max_entries() -> usize {
 }
 fn default_pod_watch_timeout() -> u64 {
     300
+}
+fn default_pod_watch_clock_skew() -> u64 {
+    5
 }
 
 impl RevocationConfig {
@@ -152,6 +161,12 @@ impl RevocationConfig {
             return Err(format!(
                 "field `revocation.list_max_entries`: {} is not within 1 to 1000000",
                 self.list_max_entries
+            ));
+        }
+        if self.pod_watch_clock_skew_seconds > 300 {
+            return Err(format!(
+                "field `revocation.pod_watch_clock_skew_seconds`: {} is above 300",
+                self.pod_watch_clock_skew_seconds
             ));
         }
         if !(1..=3_600).contains(&self.pod_watch_timeout_seconds) {

@@ -258,6 +258,9 @@ pub struct PodWatch {
     client: kube::Client,
     /// `timeoutSeconds` of each watch request.
     watch_seconds: u64,
+    /// How much earlier than a list's start a lease must have been issued for the relist to
+    /// check it (`revocation.pod_watch_clock_skew_seconds` + 1 s).
+    margin: Duration,
 }
 
 impl std::fmt::Debug for PodWatch {
@@ -269,11 +272,12 @@ impl std::fmt::Debug for PodWatch {
 }
 
 impl PodWatch {
-    /// A watcher using the pod lookup's client.
-    pub fn new(client: kube::Client, watch_seconds: u64) -> Self {
+    /// A watcher using the pod lookup's client; see [`crate::config::RevocationConfig`].
+    pub fn new(client: kube::Client, watch_seconds: u64, clock_skew: Duration) -> Self {
         Self {
             client,
             watch_seconds,
+            margin: clock_skew + Duration::from_secs(1),
         }
     }
 
@@ -399,8 +403,8 @@ impl PodWatch {
         broker: &Arc<crate::broker::Broker>,
     ) -> Result<String, (Option<String>, Stop)> {
         // A lease issued after this was issued to a pod that may be newer than the list. Each
-        // replica stamps its own clock: a margin for their skew.
-        let began = broker.now_for_jobs() - Duration::from_secs(30);
+        // replica stamps its own clock, in whole seconds: a margin for both.
+        let began = broker.now_for_jobs() - self.margin;
         let (live, version) = self.list().await.map_err(|e| (None, e))?;
         broker.metrics().pod_watch_lists.inc();
         let mut after: Option<String> = None;

@@ -196,6 +196,7 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
                 let watch = crate::issue::pod_watch::PodWatch::new(
                     lookup.client(),
                     broker.config().revocation.pod_watch_timeout_seconds,
+                    Duration::from_secs(broker.config().revocation.pod_watch_clock_skew_seconds),
                 );
                 let broker = broker.clone();
                 let rx = rx.clone();
