@@ -77,8 +77,8 @@ pub struct Metrics {
     pub session_revocation_refreshes: IntCounterVec,
     /// `lanyard_revoked_sessions`: revoked sessions in this broker's set.
     pub revoked_sessions: IntGauge,
-    /// REV (issue 16): `lanyard_pod_watch_up`: 1 while this replica's pod watch is running,
-    /// 0 after it failed (it retries); absent where it is off.
+    /// REV (issue 16): `lanyard_pod_watch_up`: 1 while this replica's pod watch is running;
+    /// 0 after it failed (it retries), and where it is off or another replica holds it.
     pub pod_watch_up: IntGauge,
     /// REV (issue 16): `lanyard_pod_watch_lists_total`: full pod lists (start, 410 Gone, a
     /// replica taking the job over).

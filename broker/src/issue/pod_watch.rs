@@ -362,6 +362,7 @@ impl PodWatch {
         loop {
             if !broker.claim_job("pod_watch").await {
                 version = None;
+                broker.metrics().pod_watch_up.set(0);
                 tokio::time::sleep(every).await;
                 continue;
             }
@@ -375,12 +376,12 @@ impl PodWatch {
                     pause = Duration::from_secs(1);
                     broker.metrics().pod_watch_up.set(1);
                 }
-                Err((v, Stop::Expired)) => {
+                Err((_, Stop::Expired)) => {
                     info!("pod watch: resourceVersion expired (410 Gone); listing again");
-                    let _ = v;
                     version = None;
                 }
                 Err((_, Stop::LostClaim)) => {
+                    broker.metrics().pod_watch_up.set(0);
                     info!("pod watch: another replica holds the job now; stopping this watch");
                     version = None;
                 }
