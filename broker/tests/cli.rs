@@ -723,6 +723,25 @@ async fn lease_revoke_puts_a_jwt_on_the_revocation_list_and_introspection_turns_
     // Not a JWT of this broker: inactive, nothing more.
     let (_, other) = introspect(&broker, Some(&caller), &sa).await;
     assert_eq!(other, serde_json::json!({"active": false}));
+    // A bootstrap token is no caller credential, and is not spent by trying.
+    let boot = broker.mint(&["boot"], 300).await;
+    assert_eq!(introspect(&broker, Some(&boot), &jwt).await.0, 401);
+    assert_eq!(
+        broker.post_credentials(Some(&boot), "").await.0,
+        200,
+        "not spent"
+    );
+    // A body without a token: 400.
+    let resp = broker
+        .http()
+        .post(format!("{}/v1/introspect", broker.url))
+        .bearer_auth(&caller)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token_type_hint=access_token")
+        .send()
+        .await
+        .expect("introspect");
+    assert_eq!(resp.status().as_u16(), 400);
 
     let out = admin_cli(&broker, &["lease", "revoke", &lease_id]).await;
     assert!(out.status.success(), "{}", text(&out));
