@@ -1926,11 +1926,11 @@ impl Broker {
     /// REV (issue 16): revokes every running lease issued to the pod `pod_uid`, which was
     /// deleted (`how`: seen by the watch, or found by a relist): upstream where the backend
     /// can, recorded, in the JWT revocation list, audited one by one. Failures are logged and
-    /// left for the next relist (the lease stays unrevoked, so it is found again). Returns
-    /// how many were revoked.
-    pub async fn revoke_pod_leases(&self, pod_uid: &str, how: &str) -> usize {
+    /// counted (the lease stays unrevoked: the pod watch retries it).
+    pub async fn revoke_pod_leases(&self, pod_uid: &str, how: &str) -> PodRevocation {
         const BATCH: usize = 100;
         let mut revoked = 0;
+        let mut failed = 0;
         loop {
             let leases = match self
                 .store
@@ -1939,16 +1939,21 @@ impl Broker {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    warn!(pod_uid, error = %e, "cannot read the leases of a deleted pod; the next relist retries");
-                    return revoked;
+                    warn!(pod_uid, error = %e, "cannot read the leases of a deleted pod; will retry");
+                    return PodRevocation {
+                        revoked,
+                        failed: failed.max(1),
+                    };
                 }
             };
             let before = revoked;
+            failed = 0;
             for lease in &leases {
                 match self.revoke_for_pod(lease, pod_uid, how).await {
                     Ok(()) => revoked += 1,
                     Err(e) => {
-                        warn!(pod_uid, lease_id = %lease.lease_id, error = %e, "revoking a deleted pod's lease failed; the next relist retries");
+                        failed += 1;
+                        warn!(pod_uid, lease_id = %lease.lease_id, error = %e, "revoking a deleted pod's lease failed; will retry");
                     }
                 }
             }
@@ -1959,7 +1964,7 @@ impl Broker {
         if revoked > 0 {
             info!(pod_uid, revoked, how, "leases of a deleted pod revoked");
         }
-        revoked
+        PodRevocation { revoked, failed }
     }
 
     async fn revoke_for_pod(
@@ -2302,6 +2307,15 @@ pub struct RevokeResult {
     pub upstream_revoked: bool,
     /// Its expiry.
     pub expires_at: String,
+}
+
+/// REV (issue 16): what [`Broker::revoke_pod_leases`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodRevocation {
+    /// Leases revoked.
+    pub revoked: usize,
+    /// Leases (or the read of them) that failed, still unrevoked.
+    pub failed: usize,
 }
 
 /// Outcome of revoking an `aws-sts` role's sessions ([`Broker::revoke_sts_role`]).

@@ -1141,7 +1141,8 @@ async fn a_deleted_pods_database_users_are_dropped_upstream_and_other_pods_keep_
     let users = [user_of(&first), user_of(&second)];
     assert!(users.iter().all(|u| pg_has_role(&pg, u)));
 
-    assert_eq!(b.broker.revoke_pod_leases("uid-a", "deleted").await, 2);
+    let done = b.broker.revoke_pod_leases("uid-a", "deleted").await;
+    assert_eq!((done.revoked, done.failed), (2, 0));
     for u in &users {
         assert!(!pg_has_role(&pg, u), "{u} dropped by OpenBao");
     }
@@ -1150,7 +1151,10 @@ async fn a_deleted_pods_database_users_are_dropped_upstream_and_other_pods_keep_
         "the other pod's user stays"
     );
     // Once revoked, nothing is left to revoke; each revocation is audited with the pod.
-    assert_eq!(b.broker.revoke_pod_leases("uid-a", "deleted").await, 0);
+    assert_eq!(
+        b.broker.revoke_pod_leases("uid-a", "deleted").await.revoked,
+        0
+    );
     let log = b.audit_log();
     assert_eq!(
         log.matches("pod uid-a deleted: revoked upstream").count(),

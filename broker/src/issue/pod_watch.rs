@@ -19,9 +19,12 @@
 //!
 //! `DELETED` revokes at once (upstream where the backend can: Vault; recorded and in the JWT
 //! revocation list for broker JWTs; STS sessions cannot be revoked one by one, see
-//! `lease revoke --sts-role`). One replica watches at a time: the job `pod_watch` is claimed
-//! in the store before each list or watch and renewed while a watch runs; a replica that
-//! loses the claim stops watching, and the one that takes it over starts with a list.
+//! `lease revoke --sts-role`). A revocation that fails (Vault down) is retried before each
+//! following list or watch (at most [`MAX_RETRY_PODS`] pods held for it).
+//!
+//! One replica watches at a time: the job `pod_watch` is claimed in the store before each
+//! list or watch and renewed while a watch runs; a replica that loses the claim stops
+//! watching, and the one that takes it over starts with a list.
 //!
 //! The parsers ([`parse_pod_page`], [`parse_watch_line`]) and the decision ([`gone_pods`]) are
 //! pure and bounded; `fuzz/` has a target for the parsers.
@@ -44,6 +47,8 @@ pub const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
 /// Longest `uid` or `resourceVersion` kept, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
+/// Most deleted pods whose revocation failed kept for a retry at the next watch.
+pub const MAX_RETRY_PODS: usize = 10_000;
 
 /// One page of a pod list: the UIDs on it, the list's resourceVersion, the continue token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +261,9 @@ enum Stop {
 /// The watcher. Run by [`PodWatch::run`] until the broker stops.
 pub struct PodWatch {
     client: kube::Client,
+    /// Deleted pods some of whose leases could not be revoked (Vault down, the store
+    /// unavailable): retried before each list or watch until none is left.
+    retry: std::sync::Mutex<HashSet<String>>,
     /// `timeoutSeconds` of each watch request.
     watch_seconds: u64,
     /// How much earlier than a list's start a lease must have been issued for the relist to
@@ -276,6 +284,7 @@ impl PodWatch {
     pub fn new(client: kube::Client, watch_seconds: u64, clock_skew: Duration) -> Self {
         Self {
             client,
+            retry: std::sync::Mutex::new(HashSet::new()),
             watch_seconds,
             margin: clock_skew + Duration::from_secs(1),
         }
@@ -366,6 +375,7 @@ impl PodWatch {
                 tokio::time::sleep(every).await;
                 continue;
             }
+            self.retry_failed(broker).await;
             let outcome = match &version {
                 None => self.relist(broker).await,
                 Some(v) => self.watch(broker, v, every).await,
@@ -397,6 +407,37 @@ impl PodWatch {
         }
     }
 
+    /// Revokes the leases of deleted pod `uid`; remembers it for a retry when some failed.
+    async fn revoke(&self, broker: &crate::broker::Broker, uid: &str, how: &str) {
+        let done = broker.revoke_pod_leases(uid, how).await;
+        let mut retry = self
+            .retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done.failed > 0 {
+            // Bounded: past it a pod is left to the next relist (and Vault leases to the
+            // revoke-on-expiry sweep).
+            if retry.len() < MAX_RETRY_PODS {
+                retry.insert(uid.to_owned());
+            }
+        } else {
+            retry.remove(uid);
+        }
+    }
+
+    async fn retry_failed(&self, broker: &crate::broker::Broker) {
+        let pending: Vec<String> = self
+            .retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        for uid in pending {
+            self.revoke(broker, &uid, "deleted (retried)").await;
+        }
+    }
+
     /// Lists, then revokes the leases of pods that hold running leases (issued before the
     /// list began) and are not in the list. Returns the list's resourceVersion.
     async fn relist(
@@ -418,9 +459,7 @@ impl PodWatch {
                 break;
             };
             for uid in gone_pods(&live, &holding) {
-                broker
-                    .revoke_pod_leases(&uid, "found deleted by a relist")
-                    .await;
+                self.revoke(broker, &uid, "found deleted by a relist").await;
             }
             after = Some(last);
         }
@@ -483,7 +522,7 @@ impl PodWatch {
                         uid,
                         resource_version,
                     }) => {
-                        broker.revoke_pod_leases(&uid, "deleted").await;
+                        self.revoke(broker, &uid, "deleted").await;
                         reached = resource_version;
                     }
                     Ok(WatchLine::Error { code: 410, .. }) => {
