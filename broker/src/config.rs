@@ -33,6 +33,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "backends",
     "gate",
     "inject",
+    "revocation",
 ];
 
 /// The whole broker configuration.
