@@ -125,6 +125,8 @@ pub struct Broker {
     /// This process's id among replicas sharing the store (`rp_` + 16 hex, new at each
     /// start; the key ring's, which is built first): who holds a background job's claim.
     replica: String,
+    /// REV (issue 16): the broker JWTs' revocation list (`issue::status`).
+    revocation_list: crate::issue::status::RevocationList,
 }
 
 /// What one [`Broker::renew_leases`] did.
@@ -259,6 +261,7 @@ impl Broker {
             .session_revocation_refreshed
             .set(lanyard::clock::unix_seconds(clock.now()) as f64);
         let replica = keys.replica_id().to_owned();
+        let revocation_config = config.revocation.clone();
         let broker = Arc::new(Self {
             auth_failures: std::sync::Mutex::new(FailureLimiter::new(flood::Limits {
                 records_per_window: config.audit.auth_failures.records_per_window,
@@ -281,6 +284,10 @@ impl Broker {
             policy_ok: AtomicBool::new(true),
             gate,
             replica,
+            revocation_list: crate::issue::status::RevocationList::new(
+                Duration::from_secs(revocation_config.list_max_age_seconds),
+                revocation_config.list_max_entries,
+            ),
         });
         broker.spawn_revocation_reload();
         // Verdicts of an older ruleset serve until their re-scan has stored a new one.
@@ -358,7 +365,70 @@ impl Broker {
             "id_token_signing_alg_values_supported": [format!("{:?}", self.config.signing.algorithm)],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
+            // REV (issue 16): the revocation list (`issue::status`) and RFC 7662.
+            "revocation_list_uri": format!("{base}/v1/jwks/revoked"),
+            "introspection_endpoint": format!("{base}/v1/introspect"),
         })
+    }
+
+    /// REV (issue 16): the broker JWTs' revocation list as served (`issue::status`): this
+    /// broker's copy while it is younger than `revocation.list_max_age_seconds` and no JWT was
+    /// revoked through it since, else read again from the store. Past
+    /// `revocation.list_max_entries` it is not served (a retryable 503).
+    pub async fn revocation_list(&self) -> Result<Arc<Vec<u8>>, ApiError> {
+        let list = &self.revocation_list;
+        if let Some(body) = list.current() {
+            return Ok(body);
+        }
+        let (generation, taken) = list.begin();
+        let now = self.now();
+        let entries = self
+            .store
+            .revoked_running_leases(
+                crate::issue::jwt::KIND,
+                now,
+                list.max_entries().saturating_add(1),
+            )
+            .await?;
+        if let Err(e) = list.check_bound(entries.len()) {
+            warn!(error = %e, "the JWT revocation list is over its bound; answering 503");
+            return Err(ApiError::NotReady(e.to_string()));
+        }
+        let doc = crate::issue::status::list_document(
+            &self.config.public_url,
+            &entries,
+            now,
+            list.max_age(),
+        );
+        let body = serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(list.store(body, generation, taken))
+    }
+
+    /// How long relying parties may cache the revocation list.
+    pub fn revocation_list_max_age(&self) -> Duration {
+        self.revocation_list.max_age()
+    }
+
+    /// REV (issue 16): RFC 7662 introspection of `token` (`issue::status::introspection`): the
+    /// caller has been authenticated already. Anything but a running, unrevoked JWT this
+    /// broker signed is `{"active": false}`.
+    pub async fn introspect(&self, token: &str) -> Result<serde_json::Value, ApiError> {
+        let now = self.now();
+        let Ok(claims) = self
+            .keys
+            .verify_any_audience(token, &self.config.public_url, now)
+        else {
+            return Ok(serde_json::json!({"active": false}));
+        };
+        let lease = match claims.get("jti").and_then(serde_json::Value::as_str) {
+            Some(jti) if jti.starts_with("ls_") => self.store.get_lease(jti).await?,
+            _ => None,
+        };
+        Ok(crate::issue::status::introspection(
+            &claims,
+            lease.as_ref(),
+            now,
+        ))
     }
 
     fn now(&self) -> SystemTime {
@@ -985,6 +1055,7 @@ impl Broker {
             fingerprint: self.fingerprinter.fingerprint(&issued.data),
             revoked_at: None,
             renew_step_secs: renew.as_ref().map(|_| renew_step.as_secs().max(1)),
+            pod_uid: identity.kubernetes.as_ref().and_then(|k| k.pod_uid.clone()),
         };
         let rec = AuditRecord::issue(self.now(), request_id, identity, grant, &lease, &granted)
             .with_gate(gate_decision);
@@ -1777,6 +1848,10 @@ impl Broker {
             .await?;
         self.renewals.release(lease_id);
         let newly = self.store.mark_lease_revoked(lease_id, self.now()).await?;
+        if lease.backend == crate::issue::jwt::KIND {
+            // REV (issue 16): in the revocation list this broker serves from now on.
+            self.revocation_list.invalidate();
+        }
         let rec = AuditRecord::lease_revoke(self.now(), request_id, &lease, upstream_revoked);
         self.audit(rec).await?;
         Ok(RevokeResult {
@@ -1785,6 +1860,148 @@ impl Broker {
             upstream_revoked,
             expires_at: rfc3339(lease.expires_at),
         })
+    }
+
+    /// Revokes every session of an `aws-sts` role issued until now (admin). STS cannot revoke
+    /// one session, so the broker hands back the IAM deny policy the operator attaches to the
+    /// role (sessions issued before the cut-off are refused by AWS from then on), and drops its
+    /// own cached sessions of that IAM role at once: the next request makes a new AssumeRole,
+    /// whose session the policy does not touch. Audited.
+    pub async fn revoke_sts_role(
+        &self,
+        role_name: &str,
+        request_id: &str,
+    ) -> Result<StsRoleRevocation, ApiError> {
+        let policy = self.policy.load();
+        let Some(role) = policy.roles.get(role_name) else {
+            return Err(ApiError::NotFound(format!("no role `{role_name}`")));
+        };
+        let crate::policy::RoleSettings::AwsSts(settings) = &role.settings else {
+            return Err(ApiError::BadRequest(format!(
+                "role `{role_name}` is a {} role, not aws-sts; revoke its leases one by one",
+                role.backend
+            )));
+        };
+        let backend = self.backends.get(&role.backend).ok_or_else(|| {
+            ApiError::Internal(format!("backend {} not configured", role.backend))
+        })?;
+        let now = self.now();
+        let cutoff = crate::issue::sts::revocation_cutoff(now);
+        let dropped = backend.forget_role(role);
+        let issued_before = rfc3339(cutoff);
+        info!(role = %role_name, role_arn = %settings.role_arn(), dropped, issued_before = %issued_before, "aws-sts sessions revoked: cached sessions dropped, deny policy produced");
+        self.audit(AuditRecord::sts_role_revoke(
+            now,
+            request_id,
+            role_name,
+            settings.role_arn(),
+            &issued_before,
+            dropped,
+        ))
+        .await?;
+        Ok(StsRoleRevocation {
+            role: role_name.to_owned(),
+            role_arn: settings.role_arn().to_owned(),
+            issued_before,
+            dropped_sessions: dropped,
+            deny_policy: crate::issue::sts::deny_sessions_issued_before(cutoff),
+        })
+    }
+
+    /// REV (issue 16): the broker's clock, for background jobs outside this module.
+    pub fn now_for_jobs(&self) -> SystemTime {
+        self.now()
+    }
+
+    /// REV (issue 16): pods holding running leases issued before `issued_before`
+    /// ([`Store::pods_with_running_leases`]).
+    pub async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store
+            .pods_with_running_leases(after, issued_before, self.now(), limit)
+            .await
+    }
+
+    /// REV (issue 16): revokes every running lease issued to the pod `pod_uid`, which was
+    /// deleted (`how`: seen by the watch, or found by a relist): upstream where the backend
+    /// can, recorded, in the JWT revocation list, audited one by one. Failures are logged and
+    /// counted (the lease stays unrevoked: the pod watch retries it).
+    pub async fn revoke_pod_leases(&self, pod_uid: &str, how: &str) -> PodRevocation {
+        const BATCH: usize = 100;
+        let mut revoked = 0;
+        let mut failed = 0;
+        loop {
+            let leases = match self
+                .store
+                .running_leases_of_pod(pod_uid, self.now(), BATCH)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(pod_uid, error = %e, "cannot read the leases of a deleted pod; will retry");
+                    return PodRevocation {
+                        revoked,
+                        failed: failed.max(1),
+                    };
+                }
+            };
+            let before = revoked;
+            failed = 0;
+            for lease in &leases {
+                match self.revoke_for_pod(lease, pod_uid, how).await {
+                    Ok(()) => revoked += 1,
+                    Err(e) => {
+                        failed += 1;
+                        warn!(pod_uid, lease_id = %lease.lease_id, error = %e, "revoking a deleted pod's lease failed; will retry");
+                    }
+                }
+            }
+            if leases.len() < BATCH || revoked == before {
+                break;
+            }
+        }
+        if revoked > 0 {
+            info!(pod_uid, revoked, how, "leases of a deleted pod revoked");
+        }
+        PodRevocation { revoked, failed }
+    }
+
+    async fn revoke_for_pod(
+        &self,
+        lease: &LeaseRecord,
+        pod_uid: &str,
+        how: &str,
+    ) -> Result<(), ApiError> {
+        let backend = self.backends.get(&lease.backend).ok_or_else(|| {
+            ApiError::Internal(format!("lease backend {} not configured", lease.backend))
+        })?;
+        let upstream_revoked = backend
+            .revoke(&LeaseRef {
+                lease_id: &lease.lease_id,
+                upstream_lease: lease.upstream_lease.as_deref(),
+                role: &lease.role,
+            })
+            .await?;
+        self.renewals.release(&lease.lease_id);
+        if !self
+            .store
+            .mark_lease_revoked(&lease.lease_id, self.now())
+            .await?
+        {
+            return Ok(());
+        }
+        if lease.backend == crate::issue::jwt::KIND {
+            self.revocation_list.invalidate();
+        }
+        self.metrics.pod_deletion_revocations.inc();
+        let mut rec =
+            AuditRecord::lease_revoke(self.now(), &new_request_id(), lease, upstream_revoked);
+        rec.reason = format!("pod {pod_uid} {how}: {}", rec.reason);
+        self.audit(rec).await
     }
 
     /// Periodic backend upkeep (the Vault backend renews its own token or logs in again).
@@ -2096,6 +2313,30 @@ pub struct RevokeResult {
     pub upstream_revoked: bool,
     /// Its expiry.
     pub expires_at: String,
+}
+
+/// REV (issue 16): what [`Broker::revoke_pod_leases`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodRevocation {
+    /// Leases revoked.
+    pub revoked: usize,
+    /// Leases (or the read of them) that failed, still unrevoked.
+    pub failed: usize,
+}
+
+/// Outcome of revoking an `aws-sts` role's sessions ([`Broker::revoke_sts_role`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StsRoleRevocation {
+    /// The lanyard role.
+    pub role: String,
+    /// Its IAM role.
+    pub role_arn: String,
+    /// The cut-off: sessions issued before it are denied once `deny_policy` is attached.
+    pub issued_before: String,
+    /// How many cached sessions of the IAM role this broker dropped.
+    pub dropped_sessions: usize,
+    /// The IAM policy to attach to the role (inline), as JSON.
+    pub deny_policy: serde_json::Value,
 }
 
 /// The broker's CA for injected sidecars (`inject.ca_file`), read at each injection so a

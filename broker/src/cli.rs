@@ -319,10 +319,19 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum LeaseCommand {
-    /// Revoke a lease (upstream where the backend supports it; always recorded and audited).
+    /// Revoke a lease (upstream where the backend supports it; always recorded and audited),
+    /// or every session of an aws-sts role.
+    ///
+    /// STS sessions cannot be revoked one by one: `--sts-role ROLE` drops the broker's cached
+    /// sessions of the role's IAM role at once and prints the IAM policy to attach to that
+    /// role, which denies every session issued before now (docs/SECURITY-MODEL.md).
     Revoke {
         /// Lease id (`ls_...`).
-        lease_id: String,
+        #[arg(required_unless_present = "sts_role", conflicts_with = "sts_role")]
+        lease_id: Option<String>,
+        /// A lanyard role of the aws-sts backend: revoke all its sessions issued until now.
+        #[arg(long, value_name = "ROLE")]
+        sts_role: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -635,7 +644,38 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             revoke(&admin, id.as_deref(), session_token_file.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lease(LeaseCommand::Revoke { lease_id, admin }) => {
+        Command::Lease(LeaseCommand::Revoke {
+            sts_role: Some(role),
+            admin,
+            ..
+        }) => {
+            let body = admin_call::<()>(
+                &admin,
+                reqwest::Method::POST,
+                &format!("/v1/admin/sts-roles/{role}/revoke"),
+                None,
+            )
+            .await?;
+            let out: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| format!("the broker's answer is not JSON: {e}"))?;
+            eprintln!(
+                "dropped {} cached session(s) of {}; sessions issued before {} stay valid at \
+                 AWS until this policy is attached to that role (e.g. aws iam put-role-policy \
+                 --policy-name lanyard-revoke --policy-document file://deny.json):",
+                out["dropped_sessions"],
+                out["role_arn"].as_str().unwrap_or("?"),
+                out["issued_before"].as_str().unwrap_or("?")
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out["deny_policy"]).map_err(|e| e.to_string())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lease(LeaseCommand::Revoke {
+            lease_id, admin, ..
+        }) => {
+            let lease_id = lease_id.unwrap_or_default();
             let body = admin_call::<()>(
                 &admin,
                 reqwest::Method::POST,

@@ -33,6 +33,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "backends",
     "gate",
     "inject",
+    "revocation",
 ];
 
 /// The whole broker configuration.
@@ -84,6 +85,99 @@ pub struct BrokerConfig {
     /// Sidecar injection by the mutating webhook (`docs/KUBERNETES.md`); off when absent.
     #[serde(default)]
     pub inject: Option<InjectConfig>,
+    /// REV (issue 16): the broker JWTs' revocation list and introspection
+    /// (`docs/API.md`).
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+}
+
+/// REV (issue 16): `revocation:` — the revocation list of broker-signed JWTs published beside
+/// the JWKS (`GET /v1/jwks/revoked`) and the introspection endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How long relying parties may cache the list (`Cache-Control: max-age`), and how old
+    /// the broker's own copy of it may get before it is read from the store again. A JWT
+    /// revoked through any replica is in the list every replica serves within this, and in
+    /// the copies relying parties cache within twice this.
+    #[serde(default = "default_revocation_list_max_age")]
+    pub list_max_age_seconds: u64,
+    /// The most entries the list holds. Entries drop out when their JWT expires, so the list
+    /// holds the JWTs revoked within the longest `jwt` role lifetime; past this bound the
+    /// list is not served (a retryable 503 `not_ready`, so relying parties
+    /// fail closed rather than trust a list missing entries) until entries expire.
+    #[serde(default = "default_revocation_list_max_entries")]
+    pub list_max_entries: usize,
+    /// Revoke the leases issued to a pod when it is deleted: a watch on pods through the
+    /// Kubernetes API access of `gate.pod_lookup` (required), by one replica at a time
+    /// (`docs/KUBERNETES.md`). Needs RBAC `list` and `watch` on pods.
+    #[serde(default)]
+    pub revoke_on_pod_deletion: bool,
+    /// `timeoutSeconds` of each watch request (the API server ends it then and the broker
+    /// watches again from where it was).
+    #[serde(default = "default_pod_watch_timeout")]
+    pub pod_watch_timeout_seconds: u64,
+    /// How far the clocks of the replicas sharing the store may differ. A relist checks only
+    /// leases issued more than this (plus 1 s, the stored precision) before it began, so a
+    /// lease of a pod created after the list's snapshot is never taken for a deleted pod's.
+    #[serde(default = "default_pod_watch_clock_skew")]
+    pub pod_watch_clock_skew_seconds: u64,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            list_max_age_seconds: default_revocation_list_max_age(),
+            list_max_entries: default_revocation_list_max_entries(),
+            revoke_on_pod_deletion: false,
+            pod_watch_timeout_seconds: default_pod_watch_timeout(),
+            pod_watch_clock_skew_seconds: default_pod_watch_clock_skew(),
+        }
+    }
+}
+
+fn default_revocation_list_max_age() -> u64 {
+    30
+}
+fn default_revocation_list_max_entries() -> usize {
+    50_000
+}
+fn default_pod_watch_timeout() -> u64 {
+    300
+}
+fn default_pod_watch_clock_skew() -> u64 {
+    5
+}
+
+impl RevocationConfig {
+    /// The bounds: a max age of 1 s to 1 h, 1 to 1,000,000 entries.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3_600).contains(&self.list_max_age_seconds) {
+            return Err(format!(
+                "field `revocation.list_max_age_seconds`: {} is not within 1 to 3600",
+                self.list_max_age_seconds
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.list_max_entries) {
+            return Err(format!(
+                "field `revocation.list_max_entries`: {} is not within 1 to 1000000",
+                self.list_max_entries
+            ));
+        }
+        if self.pod_watch_clock_skew_seconds > 300 {
+            return Err(format!(
+                "field `revocation.pod_watch_clock_skew_seconds`: {} is above 300",
+                self.pod_watch_clock_skew_seconds
+            ));
+        }
+        if !(1..=3_600).contains(&self.pod_watch_timeout_seconds) {
+            return Err(format!(
+                "field `revocation.pod_watch_timeout_seconds`: {} is not within 1 to 3600",
+                self.pod_watch_timeout_seconds
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `gate.mode` (and a policy rule's `gate_mode`), defined with the policies.
@@ -2050,6 +2144,14 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.store.check()?;
         self.gate.check()?;
+        self.revocation.check()?;
+        if self.revocation.revoke_on_pod_deletion && self.gate.pod_lookup.is_none() {
+            return Err(
+                "field `revocation.revoke_on_pod_deletion`: needs Kubernetes API access; \
+                 configure `gate.pod_lookup` (in_cluster, or api_server and token_file)"
+                    .into(),
+            );
+        }
         if let Some(inject) = &self.inject {
             let audiences: Vec<&str> = self
                 .issuers

@@ -90,6 +90,15 @@ pub struct Registered {
     pub session_revocation_refreshes: IntCounterVec,
     /// `lanyard_revoked_sessions`: revoked sessions in this broker's set.
     pub revoked_sessions: IntGauge,
+    /// REV (issue 16): `lanyard_pod_watch_up`: 1 while this replica's pod watch is running;
+    /// 0 after it failed (it retries), and where it is off or another replica holds it.
+    pub pod_watch_up: IntGauge,
+    /// REV (issue 16): `lanyard_pod_watch_lists_total`: full pod lists (start, 410 Gone, a
+    /// replica taking the job over).
+    pub pod_watch_lists: prometheus::IntCounter,
+    /// REV (issue 16): `lanyard_pod_deletion_revocations_total`: leases revoked because
+    /// their pod was deleted.
+    pub pod_deletion_revocations: prometheus::IntCounter,
     /// `lanyard_session_revocation_refresh_timestamp_seconds`: when the revoked-session set
     /// was last reloaded (Unix seconds). Sessions are refused (503) once it is older than
     /// `bootstrap.session_revocation_max_stale_seconds`.
@@ -303,6 +312,29 @@ impl Metrics {
         registry
             .register(Box::new(revoked_sessions.clone()))
             .expect("unique metric");
+        // REV (issue 16): the pod watch.
+        let pod_watch_up = IntGauge::new(
+            "lanyard_pod_watch_up",
+            "1 while this replica's pod watch runs (revocation on pod deletion), 0 after a failure.",
+        )
+        .expect("valid metric");
+        let pod_watch_lists = prometheus::IntCounter::new(
+            "lanyard_pod_watch_lists_total",
+            "Full pod lists of the pod watch (start, 410 Gone, job taken over).",
+        )
+        .expect("valid metric");
+        let pod_deletion_revocations = prometheus::IntCounter::new(
+            "lanyard_pod_deletion_revocations_total",
+            "Leases revoked because the pod they were issued to was deleted.",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(pod_watch_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pod_watch_lists.clone()),
+            Box::new(pod_deletion_revocations.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
         let session_revocation_refreshed = Gauge::new(
             "lanyard_session_revocation_refresh_timestamp_seconds",
             "When the revoked-session set was last reloaded from the store (Unix seconds).",
@@ -388,6 +420,9 @@ impl Metrics {
             session_revocations,
             session_revocation_refreshes,
             revoked_sessions,
+            pod_watch_up,
+            pod_watch_lists,
+            pod_deletion_revocations,
             session_revocation_refreshed,
             open_connections,
             connection_limit_waits,

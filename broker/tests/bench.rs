@@ -756,6 +756,7 @@ async fn synchronous_round(synchronous: lanyard_broker::store::sqlite::Synchrono
             fingerprint: "hmac-sha256:00".into(),
             revoked_at: None,
             renew_step_secs: None,
+            pod_uid: None,
         };
         let head = ChainHead {
             seq: i as u64 + 1,

@@ -518,6 +518,33 @@ impl Store for CommitFails {
     ) -> Result<Vec<LeaseRecord>, StoreError> {
         self.inner.renewable_leases(now, limit).await
     }
+    async fn running_leases_of_pod(
+        &self,
+        pod_uid: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.inner.running_leases_of_pod(pod_uid, now, limit).await
+    }
+    async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner
+            .pods_with_running_leases(after, issued_before, now, limit)
+            .await
+    }
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        self.inner.revoked_running_leases(backend, now, limit).await
+    }
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.inner.signing_keys().await
     }

@@ -148,6 +148,10 @@ fn the_chart_lints_and_every_rendered_object_validates_at_1_29_and_the_latest_ku
             "inject:\n  enabled: true\n",
             "inject.enabled needs webhooks.mutating.enabled",
         ),
+        (
+            "revocation:\n  podWatch:\n    enabled: true\n",
+            "revocation.podWatch.enabled needs gate.podLookup.enabled",
+        ),
     ] {
         std::fs::write(&typo, values).expect("write");
         let out = Command::new(&helm)
@@ -516,4 +520,47 @@ async fn the_charts_annotated_example_pod_is_injected_and_validates() {
     for version in [k8s::MIN_KUBERNETES, latest.as_str()] {
         k8s::validate(&validate, version, &[&file]);
     }
+}
+
+/// Issue 16: the broker lists and watches pods only where revocation on pod deletion is on
+/// (one ClusterRole: the watch covers every namespace), and the namespaced pod readers keep
+/// `get` alone; the config turns the watch on.
+#[test]
+fn pods_are_listed_and_watched_only_where_revocation_on_pod_deletion_is_on() {
+    let Some(helm) = k8s::helm() else {
+        return;
+    };
+    let verbs = |objects: &[Value]| -> BTreeSet<String> {
+        objects
+            .iter()
+            .filter(|o| matches!(kind_of(o), "Role" | "ClusterRole"))
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, default) = render(&helm, &[]);
+    assert!(verbs(&default).is_empty(), "{:?}", verbs(&default));
+    let config = |objects: &[Value]| -> serde_yaml_ng::Value {
+        let cm = find(objects, "ConfigMap", "-config");
+        serde_yaml_ng::from_str(cm["data"]["broker.yaml"].as_str().expect("yaml")).expect("yaml")
+    };
+    assert!(config(&default).get("revocation").is_none());
+
+    let (_, full) = render(&helm, &["ci/full-values.yaml"]);
+    let watcher = find(&full, "ClusterRole", "-pod-watcher");
+    assert_eq!(
+        watcher["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+    );
+    let binding = find(&full, "ClusterRoleBinding", "-pod-watcher");
+    assert_eq!(binding["roleRef"]["name"], watcher["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
+    for role in full.iter().filter(|o| kind_of(o) == "Role") {
+        assert_eq!(role["rules"][0]["verbs"], json!(["get"]), "{role}");
+    }
+    assert_eq!(
+        config(&full)["revocation"]["revoke_on_pod_deletion"],
+        serde_yaml_ng::Value::Bool(true)
+    );
 }

@@ -638,3 +638,221 @@ fn dev_mode_serves_the_admission_webhooks_as_its_banner_shows() {
         .unwrap_or_else(|_| panic!("{}", text(&validated)));
     assert_eq!(validated["response"]["allowed"], true, "{validated}");
 }
+
+/// Runs `lanyard-broker ARGS --broker … --ca … --admin-token-file …` against `broker` off the
+/// async runtime.
+async fn admin_cli(broker: &TestBroker, args: &[&str]) -> Output {
+    let mut cmd = broker_cmd();
+    cmd.args(args)
+        .args(["--broker", &broker.url, "--ca"])
+        .arg(broker.pki.ca_path())
+        .arg("--admin-token-file")
+        .arg(broker.dir().join("admin-token"));
+    tokio::task::spawn_blocking(move || cmd.output().expect("run lanyard-broker"))
+        .await
+        .expect("join")
+}
+
+/// `GET /v1/jwks/revoked`: status, `Cache-Control`, JSON.
+async fn revocation_list(broker: &TestBroker) -> (u16, String, serde_json::Value) {
+    let resp = broker
+        .http()
+        .get(format!("{}/v1/jwks/revoked", broker.url))
+        .send()
+        .await
+        .expect("list request");
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, cache, resp.json().await.expect("list JSON"))
+}
+
+/// `POST /v1/introspect` of `token` with `bearer` as the caller's credential.
+async fn introspect(
+    broker: &TestBroker,
+    bearer: Option<&str>,
+    token: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = broker
+        .http()
+        .post(format!("{}/v1/introspect", broker.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&token_type_hint=access_token"));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await.expect("introspect request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Issue 16: `lease revoke` of a broker JWT against a running broker — recorded, audited, and
+/// published: the JWT's `jti` enters the revocation list beside the JWKS at once, and
+/// introspection answers inactive; an unknown lease is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoke_puts_a_jwt_on_the_revocation_list_and_introspection_turns_inactive() {
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start(Some(&issuer)).await;
+    let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let (status, body) = broker.post_credentials(Some(&sa), "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let cred = &body["credentials"][0];
+    let lease_id = cred["lease_id"].as_str().expect("lease id").to_owned();
+    let jwt = cred["data"]["token"].as_str().expect("a JWT").to_owned();
+
+    let (status, cache, list) = revocation_list(&broker).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(cache, "public, max-age=30");
+    assert_eq!(list["revoked"], serde_json::json!([]));
+    assert_eq!(list["iss"], broker.broker.config().public_url);
+
+    // Introspection needs a caller credential: none, or junk, is a 401.
+    assert_eq!(introspect(&broker, None, &jwt).await.0, 401);
+    assert_eq!(introspect(&broker, Some("junk"), &jwt).await.0, 401);
+    let caller = issuer.k8s_token("shop", "web", "lanyard", 600);
+    let (status, active) = introspect(&broker, Some(&caller), &jwt).await;
+    assert_eq!(status, 200, "{active}");
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(active["jti"], lease_id.as_str());
+    assert_eq!(active["sub"], "system:serviceaccount:shop:api");
+    assert_eq!(active["aud"], "app");
+    // Not a JWT of this broker: inactive, nothing more.
+    let (_, other) = introspect(&broker, Some(&caller), &sa).await;
+    assert_eq!(other, serde_json::json!({"active": false}));
+    // A bootstrap token is no caller credential, and is not spent by trying.
+    let boot = broker.mint(&["boot"], 300).await;
+    assert_eq!(introspect(&broker, Some(&boot), &jwt).await.0, 401);
+    assert_eq!(
+        broker.post_credentials(Some(&boot), "").await.0,
+        200,
+        "not spent"
+    );
+    // A body without a token: 400.
+    let resp = broker
+        .http()
+        .post(format!("{}/v1/introspect", broker.url))
+        .bearer_auth(&caller)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token_type_hint=access_token")
+        .send()
+        .await
+        .expect("introspect");
+    assert_eq!(resp.status().as_u16(), 400);
+
+    let out = admin_cli(&broker, &["lease", "revoke", &lease_id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    assert_eq!(answer["lease_id"], lease_id.as_str());
+    assert_eq!(answer["already_revoked"], false);
+    assert_eq!(
+        answer["upstream_revoked"], false,
+        "a JWT cannot be recalled"
+    );
+
+    let (status, _, list) = revocation_list(&broker).await;
+    assert_eq!(status, 200);
+    let entries = list["revoked"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["jti"], lease_id.as_str());
+    let exp = lanyard::clock::parse_rfc3339(cred["expires_at"].as_str().expect("expiry"))
+        .expect("RFC 3339");
+    assert_eq!(entries[0]["exp"], lanyard::clock::unix_seconds(exp));
+    let (status, inactive) = introspect(&broker, Some(&caller), &jwt).await;
+    assert_eq!(status, 200);
+    assert_eq!(inactive, serde_json::json!({"active": false}));
+
+    // Again: recorded once; an unknown lease: refused, named.
+    let out = admin_cli(&broker, &["lease", "revoke", &lease_id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"already_revoked\":true"));
+    let out = admin_cli(&broker, &["lease", "revoke", "ls_000000000000000000000000"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("404 not_found"), "{}", text(&out));
+    assert!(text(&out).contains("no lease"), "{}", text(&out));
+
+    let revokes: Vec<_> = broker
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "lease_revoke")
+        .collect();
+    assert_eq!(revokes.len(), 2, "{revokes:?}");
+    assert_eq!(revokes[0]["lease_id"], lease_id.as_str());
+}
+
+/// Issue 16: `token revoke` of an unredeemed bootstrap token against a running broker: the
+/// token is refused afterwards; an unknown id is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_revoke_refuses_an_unredeemed_token_afterwards() {
+    let broker = TestBroker::start(None).await;
+    let out = admin_cli(&broker, &["token", "create", "--role", "boot", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let minted: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let token = minted["token"].as_str().expect("token").to_owned();
+    let id = minted["token_id"].as_str().expect("id").to_owned();
+
+    let out = admin_cli(&broker, &["token", "revoke", &id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("revoked bootstrap token {id}")),
+        "{}",
+        text(&out)
+    );
+    let (status, body) = broker.post_credentials(Some(&token), "").await;
+    assert_eq!(status, 401, "{body}");
+
+    let out = admin_cli(&broker, &["token", "revoke", "bt_0000000000000000"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("bt_0000000000000000"), "{}", text(&out));
+    assert!(
+        broker
+            .audit_records()
+            .iter()
+            .any(|r| r["event"] == "token_revoke" && r["token_id"] == id.as_str()),
+        "audited"
+    );
+}
+
+/// Issue 16: `reload` against a running broker: a broken policy file is refused with its file
+/// and line, and the last good set keeps serving; a fixed one serves as soon as `reload`
+/// returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_broken_policy_and_applies_a_good_one() {
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start(Some(&issuer)).await;
+    let web = issuer.k8s_token("shop", "web", "lanyard", 600);
+    let (status, _) = broker.post_credentials(Some(&web), "{}").await;
+    assert_eq!(status, 403, "no rule for shop/web yet");
+
+    broker.write_policy(
+        "web.yaml",
+        "rules:\n  - name: web\n    match: {namespace: shop}\n    roles: [no-such-role]\n",
+    );
+    let out = admin_cli(&broker, &["reload"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("400 bad_request"), "{t}");
+    assert!(t.contains("web.yaml:"), "{t}");
+    assert!(t.contains("last good set kept"), "{t}");
+    let sa = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let (status, _) = broker.post_credentials(Some(&sa), "{}").await;
+    assert_eq!(status, 200, "the last good set serves");
+
+    broker.write_policy(
+        "web.yaml",
+        "rules:\n  - name: web\n    match: {namespace: shop, service_account: web}\n    roles: [app]\n",
+    );
+    let out = admin_cli(&broker, &["reload"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    // The broker's own reload tick may have loaded it a moment before.
+    assert!(
+        answer["reloaded"] == true || answer["reason"] == "unchanged",
+        "{answer}"
+    );
+    let (status, body) = broker.post_credentials(Some(&web), "{}").await;
+    assert_eq!(status, 200, "{body}");
+}

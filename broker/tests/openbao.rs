@@ -1110,3 +1110,61 @@ rules:
         .count();
     assert_eq!(in_ns, 1, "the broker logged in inside the namespace");
 }
+
+/// Issue 16: a deleted pod's Vault leases are revoked upstream — OpenBao drops the database
+/// user it made for that pod — and another pod's stay. (The pod watch that calls this is
+/// tested against the API-server emulator in `tests/pod_watch.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_database_users_are_dropped_upstream_and_other_pods_keep_theirs() {
+    let bao = OpenBao::shared().await;
+    let pg = Postgres::start();
+    bao.database_postgres("db-t16", &pg, "app", 300, 3600).await;
+    bao.policy(
+        "db-t16-broker",
+        "path \"db-t16/creds/app\" { capabilities = [\"read\"] }\n\
+         path \"sys/leases/revoke\" { capabilities = [\"update\"] }",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (auth, _) = token_auth(bao, &dir, &["db-t16-broker"]).await;
+    let policy = DB_POLICY.replace("mount: db-t2", "mount: db-t16");
+    let b = InProcessBroker::start(&policy, &vault_config(bao, &auth, ""))
+        .await
+        .expect("broker");
+    let (a, other) = (k8s_pod("shop", "api", "a"), k8s_pod("shop", "api", "b"));
+    let user_of = |r: &lanyard::wire::CredentialResponse| {
+        r.credentials[0].data["username"].expose().to_owned()
+    };
+    let first = issue(&b, &a, &["db"], None).await.expect("issued");
+    let second = issue(&b, &a, &["db"], None).await.expect("issued");
+    let kept = issue(&b, &other, &["db"], None).await.expect("issued");
+    let users = [user_of(&first), user_of(&second)];
+    assert!(users.iter().all(|u| pg_has_role(&pg, u)));
+
+    let done = b.broker.revoke_pod_leases("uid-a", "deleted").await;
+    assert_eq!((done.revoked, done.failed), (2, 0));
+    for u in &users {
+        assert!(!pg_has_role(&pg, u), "{u} dropped by OpenBao");
+    }
+    assert!(
+        pg_has_role(&pg, &user_of(&kept)),
+        "the other pod's user stays"
+    );
+    // Once revoked, nothing is left to revoke; each revocation is audited with the pod.
+    assert_eq!(
+        b.broker.revoke_pod_leases("uid-a", "deleted").await.revoked,
+        0
+    );
+    let log = b.audit_log();
+    assert_eq!(
+        log.matches("pod uid-a deleted: revoked upstream").count(),
+        2,
+        "{log}"
+    );
+    let lease = b
+        .broker
+        .revoke_lease(&kept.credentials[0].lease_id, None, "req_rv")
+        .await
+        .expect("revoke");
+    assert!(lease.upstream_revoked);
+}

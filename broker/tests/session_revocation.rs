@@ -254,3 +254,78 @@ async fn the_admin_routes_revoke_by_token_or_id_and_refuse_the_rest() {
     );
     broker.stop().await;
 }
+
+/// Issue 16: a broker JWT revoked through one replica is on the other's revocation list within
+/// `revocation.list_max_age_seconds` (each reads the store), on the revoking one at once, and
+/// introspection on either answers inactive at once (read from the store at each call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_revoked_on_one_replica_is_on_the_others_revocation_list_within_its_max_age() {
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    let site = ProcessSite::new();
+    let config = "revocation:\n  list_max_age_seconds: 2\n";
+    let a = site.spawn(Path::new(BIN), "a", "stdout", config).await;
+    let b = site.spawn(Path::new(BIN), "b", "stdout", config).await;
+    let minted = a.mint(&["boot"]).await;
+    let token = minted.body["token"].as_str().expect("token").to_owned();
+    let redeemed = a.credentials(&token).await;
+    assert_eq!(redeemed.status, 200, "{:?}", redeemed.body);
+    let cred = &redeemed.body["credentials"][0];
+    let lease_id = cred["lease_id"].as_str().expect("lease").to_owned();
+    let jwt = cred["data"]["token"].as_str().expect("JWT").to_owned();
+    let listed = |answer: &lanyard_test_support::process::Answer| -> bool {
+        answer.body["revoked"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|e| e["jti"] == lease_id.as_str())
+    };
+    let introspect = |url: String| {
+        let http = site.http();
+        let admin = site.admin_token.clone();
+        let jwt = jwt.clone();
+        async move {
+            let v: Value = http
+                .post(format!("{url}/v1/introspect"))
+                .bearer_auth(admin)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={jwt}"))
+                .send()
+                .await
+                .expect("introspect")
+                .json()
+                .await
+                .expect("JSON");
+            v["active"] == true
+        }
+    };
+    // B caches its (empty) list now.
+    assert!(!listed(&b.get("/v1/jwks/revoked").await));
+    assert!(
+        introspect(b.url.clone()).await,
+        "B verifies A's JWT (keys in the store)"
+    );
+
+    let revoked = site
+        .http()
+        .post(format!("{}/v1/leases/{lease_id}/revoke", a.url))
+        .bearer_auth(&site.admin_token)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let at = Instant::now();
+    assert!(listed(&a.get("/v1/jwks/revoked").await), "at once on A");
+    assert!(!introspect(a.url.clone()).await);
+    assert!(!introspect(b.url.clone()).await, "at once on B too");
+    let took = loop {
+        if listed(&b.get("/v1/jwks/revoked").await) {
+            break at.elapsed();
+        }
+        assert!(
+            at.elapsed() < MAX_AGE + Duration::from_secs(3),
+            "B's list still lacks the revoked JWT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(took <= MAX_AGE + Duration::from_secs(1), "{took:?}");
+}

@@ -262,3 +262,125 @@ async fn over_https_a_kubernetes_pod_gets_aws_credentials() {
         "{metrics}"
     );
 }
+
+/// `lanyard-broker lease revoke --sts-role` (issue 16): STS cannot revoke one session, so the
+/// command prints the IAM policy that denies the role's sessions issued before now, and the
+/// broker drops its cached sessions of that role at once — the next request makes a new
+/// AssumeRole instead of handing out a session the policy rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoke_sts_role_drops_cached_sessions_and_prints_the_deny_policy() {
+    require_aws_env();
+    let moto = MotoServer::start().await;
+    let issuer = OidcIssuer::start().await;
+    let broker = TestBroker::start_with(
+        Some(&issuer),
+        TestBrokerOptions {
+            policies: vec![
+                ("aws.yaml".into(), POLICY.into()),
+                (
+                    "app.yaml".into(),
+                    lanyard_test_support::moto::JWT_APP_POLICY.into(),
+                ),
+            ],
+            extra_config: sts_config(&moto, ""),
+            ..TestBrokerOptions::default()
+        },
+    )
+    .await;
+    let token = issuer.k8s_token("shop", "api", "lanyard", 600);
+    let key_of = |body: &Value| -> String {
+        body["credentials"]
+            .as_array()
+            .expect("credentials")
+            .iter()
+            .find(|c| c["kind"] == "aws-sts")
+            .expect("an aws-sts credential")["data"]["access_key_id"]
+            .as_str()
+            .expect("key")
+            .to_owned()
+    };
+    let (status, first) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(key_of(&first), key_of(&again), "served from the cache");
+    assert_eq!(moto.calls_of("AssumeRole").len(), 1);
+    let before = lanyard::clock::SystemClock.now();
+
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard-broker"));
+        cmd.args(["lease", "revoke"])
+            .args(args)
+            .args(["--broker", &broker.url, "--ca"])
+            .arg(broker.pki.ca_path())
+            .arg("--admin-token-file")
+            .arg(broker.dir().join("admin-token"))
+            .env("LANYARD_LOG", "warn");
+        cmd
+    };
+    let mut cmd = cli(&["--sts-role", "aws-read"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("dropped 1 cached session(s) of {ARN}")),
+        "{stderr}"
+    );
+    let policy: Value = serde_json::from_slice(&out.stdout).expect("the policy is JSON");
+    let statement = &policy["Statement"][0];
+    assert_eq!(policy["Version"], "2012-10-17");
+    assert_eq!(statement["Effect"], "Deny");
+    assert_eq!(statement["Action"], json!(["*"]));
+    assert_eq!(statement["Resource"], json!(["*"]));
+    let cutoff = statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
+        .as_str()
+        .expect("a cut-off");
+    let cutoff = parse_rfc3339(cutoff).expect("RFC 3339");
+    // After every session issued so far, by less than two seconds (the next whole second).
+    assert!(cutoff > before, "{cutoff:?} {before:?}");
+    assert!(
+        unix_seconds(cutoff) <= unix_seconds(lanyard::clock::SystemClock.now()) + 2,
+        "{cutoff:?}"
+    );
+
+    // The next request makes a new AssumeRole: a session the policy does not reject.
+    let (status, after) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(moto.calls_of("AssumeRole").len(), 2);
+    assert_ne!(key_of(&after), key_of(&first));
+
+    // Audited, with the role and backend.
+    let records = broker.audit_records();
+    let revoke = records
+        .iter()
+        .find(|r| r["event"] == "lease_revoke")
+        .expect("a lease_revoke record");
+    assert_eq!(revoke["role"], "aws-read");
+    assert_eq!(revoke["backend"], "aws-sts");
+    assert!(
+        revoke["reason"].as_str().expect("reason").contains(ARN),
+        "{revoke}"
+    );
+
+    // Not an aws-sts role, or no such role: refused, nothing dropped.
+    for (role, expect) in [("app", "not aws-sts"), ("nope", "no role `nope`")] {
+        let mut cmd = cli(&["--sts-role", role]);
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+            .await
+            .expect("join");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{role}: {stderr}");
+        assert!(stderr.contains(expect), "{role}: {stderr}");
+        assert!(out.stdout.is_empty(), "{role}");
+    }
+    let (status, last) = broker.post_credentials(Some(&token), "{}").await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(
+        key_of(&last),
+        key_of(&after),
+        "the new session stays cached"
+    );
+    assert_eq!(moto.calls_of("AssumeRole").len(), 2);
+}

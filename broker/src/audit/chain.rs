@@ -940,6 +940,7 @@ mod tests {
             fingerprint: "fp".into(),
             revoked_at: None,
             renew_step_secs: None,
+            pod_uid: None,
         }
     }
 

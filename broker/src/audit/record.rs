@@ -795,6 +795,29 @@ impl AuditRecord {
             .lease(lease)
     }
 
+    /// An admin revoked the sessions of the `aws-sts` role `role` (IAM role `role_arn`) issued
+    /// before `issued_before`: the broker dropped `dropped` cached sessions and produced the
+    /// deny policy to attach.
+    pub fn sts_role_revoke(
+        now: SystemTime,
+        request_id: &str,
+        role: &str,
+        role_arn: &str,
+        issued_before: &str,
+        dropped: usize,
+    ) -> Self {
+        let reason = format!(
+            "aws-sts sessions of {role_arn} issued before {issued_before} revoked by admin: \
+             {dropped} cached sessions dropped; they stay valid at AWS until the deny policy \
+             produced is attached to the role"
+        );
+        let mut out =
+            Self::at(now, Event::LeaseRevoke, Decision::Allow, reason).request(request_id);
+        out.role = Some(role.to_owned());
+        out.backend = Some(crate::issue::sts::KIND.to_owned());
+        out
+    }
+
     /// The revoke-on-expiry sweep revoked the expired `lease`.
     pub fn lease_expired(now: SystemTime, lease: &LeaseRecord, upstream_revoked: bool) -> Self {
         let reason = if upstream_revoked {
@@ -898,6 +921,7 @@ mod tests {
             fingerprint: "hmac-sha256:00ff".into(),
             revoked_at: None,
             renew_step_secs: None,
+            pod_uid: None,
         }
     }
 

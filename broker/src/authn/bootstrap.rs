@@ -1077,6 +1077,31 @@ mod tests {
         async fn mark_lease_revoked(&self, _: &str, _: SystemTime) -> Result<bool, StoreError> {
             unreachable!()
         }
+        async fn running_leases_of_pod(
+            &self,
+            _: &str,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<crate::store::LeaseRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn pods_with_running_leases(
+            &self,
+            _: Option<&str>,
+            _: SystemTime,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<String>, StoreError> {
+            unreachable!()
+        }
+        async fn revoked_running_leases(
+            &self,
+            _: &str,
+            _: SystemTime,
+            _: usize,
+        ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+            unreachable!()
+        }
         async fn signing_keys(&self) -> Result<Vec<crate::store::SigningKeyRecord>, StoreError> {
             unreachable!()
         }

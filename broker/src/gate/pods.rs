@@ -401,6 +401,11 @@ impl PodLookup {
         Ok(Self { client, timeout })
     }
 
+    /// The client (REV, issue 16: the pod watch uses it too).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// What the API server says about pod `namespace/name`, expected to have `uid`. At most
     /// `gate.pod_lookup.timeout_ms`; an error when it cannot tell.
     pub async fn lookup(

@@ -439,6 +439,16 @@ impl Upstream {
         });
     }
 
+    /// Drops every cached credential whose key starts with `prefix` (a backend's keys for one
+    /// upstream role), so the next request for any of them makes a new upstream call; returns
+    /// how many were dropped. A fetch already in flight completes into its dropped slot and is
+    /// handed to the requests waiting on it only.
+    pub fn forget_prefix(&self, prefix: &str) -> usize {
+        let before = self.slots.len();
+        self.slots.retain(|key, _| !key.starts_with(prefix));
+        before.saturating_sub(self.slots.len())
+    }
+
     /// Number of cache keys held (for tests and debugging).
     pub fn cached_keys(&self) -> usize {
         self.slots.len()

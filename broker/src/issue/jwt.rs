@@ -606,6 +606,27 @@ impl KeyRing {
         audience: &str,
         now: SystemTime,
     ) -> Result<serde_json::Value, crate::authn::AuthnError> {
+        self.verify_for(token, issuer, Some(audience), now)
+    }
+
+    /// [`KeyRing::verify`] with any audience (introspection answers for every relying
+    /// party; `aud` is still required).
+    pub fn verify_any_audience(
+        &self,
+        token: &str,
+        issuer: &str,
+        now: SystemTime,
+    ) -> Result<serde_json::Value, crate::authn::AuthnError> {
+        self.verify_for(token, issuer, None, now)
+    }
+
+    fn verify_for(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: Option<&str>,
+        now: SystemTime,
+    ) -> Result<serde_json::Value, crate::authn::AuthnError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthnError::TooLarge);
         }
@@ -632,7 +653,10 @@ impl KeyRing {
         validation.required_spec_claims =
             HashSet::from(["iss".to_owned(), "aud".to_owned(), "exp".to_owned()]);
         validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+        match audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
         let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
         let claims = data.claims;

@@ -7,6 +7,8 @@
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
 //! - [`lifetime`]: the TTL to ask a backend for and the lifetime handed out (role cap,
 //!   upstream expiry, `refresh_after`), as pure functions.
+//! - [`pod_watch`]: revocation of a pod's leases when it is deleted (a watch on pods).
+//! - [`status`]: the broker JWTs' revocation list and RFC 7662 introspection.
 //! - [`renewal`]: renewal of issued upstream leases (Vault dynamic secrets) while the
 //!   workload holds them, up to the broker's lease end.
 //!
@@ -24,7 +26,9 @@
 pub mod cache;
 pub mod jwt;
 pub mod lifetime;
+pub mod pod_watch;
 pub mod renewal;
+pub mod status;
 pub mod sts;
 pub mod vault;
 
@@ -140,6 +144,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// the credential stays valid until it expires.
     async fn revoke(&self, _lease: &LeaseRef<'_>) -> Result<bool, BackendError> {
         Ok(false)
+    }
+
+    /// Drops the upstream credentials cached for `role` (every session of its upstream role),
+    /// so the next request makes a new upstream call; returns how many were dropped. Default:
+    /// nothing is cached.
+    fn forget_role(&self, _role: &Role) -> usize {
+        0
     }
 
     /// Periodic upkeep (e.g. renewing the broker's own upstream token). Default: nothing.

@@ -39,12 +39,12 @@ use super::cache::{CacheKey, CachedCredential, Upstream};
 use super::{Backend, BackendError, IssueRequest, Issued};
 use crate::config::AwsStsConfig;
 use crate::metrics::Metrics;
-use crate::policy::RoleSettings;
 pub use crate::policy::settings::sts::{
     KIND, MAX_DURATION_SECONDS, MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS,
 };
 use crate::policy::settings::sts::{TagField, is_session_char};
 use crate::policy::settings::template::Values;
+use crate::policy::{Role, RoleSettings};
 
 /// One AssumeRole request, fully decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,21 +66,58 @@ pub struct AssumeRolePlan {
 }
 
 impl AssumeRolePlan {
-    /// The cache key: a digest of everything sent upstream.
+    /// The cache key: the role ARN ([`role_cache_prefix`], so the sessions of one IAM role
+    /// can be dropped together), then a digest of everything sent upstream.
     pub fn cache_key(&self) -> String {
         let key = CacheKey::default()
             .str(&self.role_arn)
             .str(&self.session_name)
             .opt(self.policy.as_deref())
             .u64(self.tags.len() as u64);
-        self.tags
+        let digest = self
+            .tags
             .iter()
             .fold(key, |key, (k, v)| key.str(k).str(v))
             .opt(self.source_identity.as_deref())
             .opt(self.external_id.as_deref())
             .u64(self.duration_seconds)
-            .finish()
+            .finish();
+        format!("{}{digest}", role_cache_prefix(&self.role_arn))
     }
+}
+
+/// The start of the cache keys of every session of the IAM role `role_arn`.
+pub fn role_cache_prefix(role_arn: &str) -> String {
+    format!("{role_arn}#")
+}
+
+/// The cut-off of an STS revocation made at `now`: the next whole second (IAM compares
+/// `aws:TokenIssueTime` at one-second precision), so every session issued before `now` was
+/// issued before it.
+pub fn revocation_cutoff(now: SystemTime) -> SystemTime {
+    let secs = lanyard::clock::unix_seconds(now);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs + 1)
+}
+
+/// The IAM policy that denies every action to the sessions of a role issued before `cutoff`
+/// (what AWS's "revoke active sessions" attaches): STS cannot revoke one session, so this is
+/// how the sessions already handed out are cut off. Attached to the role as an inline policy;
+/// sessions issued at or after `cutoff` are unaffected.
+pub fn deny_sessions_issued_before(cutoff: SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "LanyardRevokeOlderSessions",
+            "Effect": "Deny",
+            "Action": ["*"],
+            "Resource": ["*"],
+            "Condition": {
+                "DateLessThan": {
+                    "aws:TokenIssueTime": lanyard::clock::rfc3339(cutoff),
+                },
+            },
+        }],
+    })
 }
 
 /// A valid session-tag value (up to 256 letters, digits, spaces and `_.:/=+-@`).
@@ -342,6 +379,15 @@ impl Backend for StsBackend {
         KIND
     }
 
+    fn forget_role(&self, role: &Role) -> usize {
+        match &role.settings {
+            RoleSettings::AwsSts(s) => self
+                .upstream
+                .forget_prefix(&role_cache_prefix(s.role_arn())),
+            _ => 0,
+        }
+    }
+
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, BackendError> {
         let plan = plan(req, &self.session_prefix)?;
         let key = plan.cache_key();
@@ -581,6 +627,38 @@ mod tests {
         for v in &variants {
             assert_ne!(v.cache_key(), base.cache_key(), "{v:?}");
         }
+    }
+
+    #[test]
+    fn the_revocation_cutoff_is_after_every_earlier_session_and_denies_only_those() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_400);
+        let cutoff = revocation_cutoff(now);
+        assert_eq!(
+            cutoff,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_001)
+        );
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert!(revocation_cutoff(whole) > whole);
+        let doc = deny_sessions_issued_before(cutoff);
+        assert_eq!(
+            doc["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+            "2027-01-15T08:00:01Z"
+        );
+        assert_eq!(doc["Statement"][0]["Effect"], "Deny");
+    }
+
+    #[test]
+    fn every_cache_key_of_a_role_starts_with_its_prefix() {
+        let r = role(
+            json!({"role_arn": "arn:aws:iam::123456789012:role/a"}),
+            &[],
+            3600,
+        );
+        let key = plan_for(&r, &k8s(Some("a")), 900)
+            .expect("plan")
+            .cache_key();
+        assert!(key.starts_with(&role_cache_prefix("arn:aws:iam::123456789012:role/a")));
+        assert!(!key.starts_with(&role_cache_prefix("arn:aws:iam::123456789012:role/ab")));
     }
 
     #[test]

@@ -187,6 +187,28 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             },
         ));
     }
+    // REV (issue 16): revocation on pod deletion, by one replica at a time.
+    if broker.config().revocation.revoke_on_pod_deletion
+        && let Some(l) = &broker.config().gate.pod_lookup
+    {
+        match crate::gate::pods::PodLookup::new(l) {
+            Ok(lookup) => {
+                let watch = crate::issue::pod_watch::PodWatch::new(
+                    lookup.client(),
+                    broker.config().revocation.pod_watch_timeout_seconds,
+                    Duration::from_secs(broker.config().revocation.pod_watch_clock_skew_seconds),
+                );
+                let broker = broker.clone();
+                let rx = rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    watch.run(broker, stopped(rx)).await;
+                }));
+            }
+            Err(e) => {
+                warn!(error = %e, "the pod watch cannot start; pods deleted will not revoke their leases")
+            }
+        }
+    }
     let jwks = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.verifier().run_refresh(stopped(rx)).await })

@@ -43,6 +43,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/admin/tokens/{token_id}", delete(revoke_token))
         .route("/v1/admin/sessions/{session_id}", delete(revoke_session))
         .route("/v1/admin/sessions/revoke", post(revoke_session_by_token))
+        // REV (issue 16): revocation per backend.
+        .route("/v1/admin/sts-roles/{role}/revoke", post(revoke_sts_role))
+        .route("/v1/jwks/revoked", get(revocation_list))
+        .route("/v1/introspect", post(introspect))
         .route("/v1/admin/explain", post(explain))
         .route("/v1/admin/reload", post(reload))
         .route("/v1/admin/scans", post(scan_image))
@@ -613,6 +617,79 @@ async fn revoke_session(
     .await;
     match result {
         Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+async fn revoke_sts_role(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        require_admin(
+            &broker,
+            &conn,
+            &headers,
+            "POST /v1/admin/sts-roles/{role}/revoke",
+            &request_id,
+        )
+        .await?;
+        broker.revoke_sts_role(&role, &request_id).await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response_with_id(Some(&request_id)),
+    }
+}
+
+/// REV (issue 16): the broker JWTs' revocation list (`issue::status`).
+async fn revocation_list(State(broker): State<AppState>) -> Response {
+    match broker.revocation_list().await {
+        Ok(body) => (
+            [
+                (
+                    header::CACHE_CONTROL,
+                    format!(
+                        "public, max-age={}",
+                        broker.revocation_list_max_age().as_secs()
+                    ),
+                ),
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+            ],
+            body.as_ref().clone(),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// REV (issue 16): RFC 7662 introspection. The caller authenticates (the admin token, or any
+/// identity the broker accepts; a bootstrap token is refused, never redeemed), else 401.
+async fn introspect(
+    State(broker): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = new_request_id();
+    let result = async {
+        if admin_credential(&broker, &conn, &headers).await.is_err() {
+            broker
+                .authenticate_without_redeeming(bearer(&headers), &request_id, conn.peer.ip())
+                .await?;
+        }
+        let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let token =
+            crate::issue::status::parse_introspection_form(&body).map_err(ApiError::BadRequest)?;
+        broker.introspect(&token).await
+    }
+    .await;
+    match result {
+        Ok(v) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
         Err(e) => e.into_response_with_id(Some(&request_id)),
     }
 }

@@ -104,6 +104,7 @@ const TABLES: &[Table] = &[
             ("fingerprint", Text),
             ("revoked_at", Int),
             ("renew_step_secs", Int),
+            ("pod_uid", Text),
         ],
         filter: "expires_at > ?1 OR (revoked_at IS NULL AND upstream_lease IS NOT NULL)",
         order: "lease_id",

@@ -297,6 +297,64 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn running_leases_of_pod(
+        &self,
+        pod_uid: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let mut out: Vec<LeaseRecord> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| {
+                l.pod_uid.as_deref() == Some(pod_uid)
+                    && l.revoked_at.is_none()
+                    && l.expires_at > now
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let uids: std::collections::BTreeSet<String> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| l.revoked_at.is_none() && l.expires_at > now && l.issued_at < issued_before)
+            .filter_map(|l| l.pod_uid.clone())
+            .filter(|u| after.is_none_or(|a| u.as_str() > a))
+            .collect();
+        Ok(uids.into_iter().take(limit).collect())
+    }
+
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let mut out: Vec<(String, SystemTime)> = self
+            .lock()
+            .leases
+            .values()
+            .filter(|l| l.backend == backend && l.expires_at > now && l.revoked_at.is_some())
+            .map(|l| (l.lease_id.clone(), l.expires_at))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn renewable_leases(
         &self,
         now: SystemTime,

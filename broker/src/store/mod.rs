@@ -115,6 +115,9 @@ pub struct LeaseRecord {
     /// `expires_at` (`issue::renewal`); `None` when it is not renewed. Kept so that a broker
     /// that restarts goes on renewing what an earlier process handed out.
     pub renew_step_secs: Option<u64>,
+    /// REV (issue 16): the Kubernetes pod it was issued to (`kubernetes.io.pod.uid` of the
+    /// identity), so the pod watch revokes it when the pod is deleted.
+    pub pod_uid: Option<String>,
 }
 
 /// A JWT signing key held by the broker.
@@ -403,6 +406,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: SystemTime,
         limit: usize,
     ) -> Result<Vec<LeaseRecord>, StoreError>;
+
+    /// REV (issue 16): up to `limit` leases of `backend` that were revoked and are still
+    /// running at `now` (`expires_at` after it), as (lease id, expiry), soonest expiry first
+    /// (then by id): the broker JWTs' revocation list, whose entries drop out at expiry.
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError>;
+
+    /// REV (issue 16): up to `limit` leases issued to the pod `pod_uid`, not revoked and still
+    /// running at `now`: what its deletion revokes.
+    async fn running_leases_of_pod(
+        &self,
+        pod_uid: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError>;
+
+    /// REV (issue 16): up to `limit` distinct pod UIDs after `after` (all when `None`), in
+    /// order, that hold a lease issued before `issued_before`, not revoked and still running
+    /// at `now`: what a relist of the pods checks against the pods that exist.
+    async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Signing keys, oldest `created_at` first, each with its `active_from` as stored.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;

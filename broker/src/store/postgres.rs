@@ -154,6 +154,9 @@ pub const MIGRATIONS: &[&str] = &[
     // v3: the upstream lease length of a lease the broker renews (`issue::renewal`), so a
     // restarted broker resumes renewing it.
     "ALTER TABLE leases ADD COLUMN renew_step_secs BIGINT;",
+    // v4 (REV, issue 16): the pod a lease was issued to, for revocation when it is deleted.
+    "ALTER TABLE leases ADD COLUMN pod_uid TEXT;
+    CREATE INDEX leases_pod_uid ON leases (pod_uid) WHERE pod_uid IS NOT NULL;",
 ];
 
 /// How the connection to the database is protected (`sslmode` in the URL).
@@ -725,7 +728,7 @@ impl TokenRow {
 }
 
 const LEASE_COLUMNS: &str = "lease_id, role, backend, subject, issuer, issued_at, expires_at, \
-     upstream_lease, fingerprint, revoked_at, renew_step_secs";
+     upstream_lease, fingerprint, revoked_at, renew_step_secs, pod_uid";
 
 fn decode_lease(r: &Row) -> Result<LeaseRecord, StoreError> {
     let lease_id: String = col(r, 0, "lease")?;
@@ -742,6 +745,7 @@ fn decode_lease(r: &Row) -> Result<LeaseRecord, StoreError> {
         fingerprint: col(r, 8, &what)?,
         revoked_at: revoked_at.map(|v| from_unix(v, &what)).transpose()?,
         renew_step_secs: col::<Option<i64>>(r, 10, &what)?.map(|s| u64::try_from(s).unwrap_or(0)),
+        pod_uid: col(r, 11, &what)?,
         lease_id,
     })
 }
@@ -768,8 +772,8 @@ fn lease_params(rec: &LeaseRecord) -> Result<LeaseParams, StoreError> {
 /// Inserts a lease unless its id exists; `Duplicate` then (the transaction goes on: `ON
 /// CONFLICT DO NOTHING` raises nothing, so one duplicate does not abort a group).
 const INSERT_LEASE: &str = "INSERT INTO leases (lease_id, role, backend, subject, issuer, \
-     issued_at, expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (lease_id) DO NOTHING";
+     issued_at, expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs, pod_uid) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (lease_id) DO NOTHING";
 
 const WRITE_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
      ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
@@ -798,6 +802,7 @@ async fn insert_lease_on<C: deadpool_postgres::GenericClient>(
                 &rec.fingerprint,
                 &p.revoked_at,
                 &p.renew_step_secs,
+                &rec.pod_uid,
             ],
         )
         .await
@@ -1123,6 +1128,73 @@ impl Store for PostgresStore {
             )
             .await?;
         rows.iter().map(decode_lease).collect()
+    }
+
+    async fn running_leases_of_pod(
+        &self,
+        pod_uid: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let now = to_unix(now)?;
+        let rows = self
+            .query(
+                "running_leases_of_pod",
+                &format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases WHERE pod_uid = $1 AND revoked_at IS NULL \
+                     AND expires_at > $2 ORDER BY lease_id LIMIT $3"
+                ),
+                &[&pod_uid, &now, &limit_i64(limit)],
+            )
+            .await?;
+        rows.iter().map(decode_lease).collect()
+    }
+
+    async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let after = after.unwrap_or("");
+        let issued_before = to_unix(issued_before)?;
+        let now = to_unix(now)?;
+        let rows = self
+            .query(
+                "pods_with_running_leases",
+                "SELECT DISTINCT pod_uid FROM leases WHERE pod_uid > $1 \
+                 AND revoked_at IS NULL AND expires_at > $2 AND issued_at < $3 \
+                 ORDER BY pod_uid LIMIT $4",
+                &[&after, &now, &issued_before, &limit_i64(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let now = to_unix(now)?;
+        let rows = self
+            .query(
+                "revoked_running_leases",
+                "SELECT lease_id, expires_at FROM leases WHERE expires_at > $2 \
+                 AND backend = $1 AND revoked_at IS NOT NULL \
+                 ORDER BY expires_at, lease_id LIMIT $3",
+                &[&backend, &now, &limit_i64(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let at = from_unix(r.get(1), &format_args!("lease {id} expires_at"))?;
+                Ok((id, at))
+            })
+            .collect()
     }
 
     async fn renewable_leases(

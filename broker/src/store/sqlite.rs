@@ -127,6 +127,9 @@ pub const MIGRATIONS: &[&str] = &[
     // v7: the upstream lease length of a lease the broker renews (`issue::renewal`), so a
     // restarted broker resumes renewing it.
     "ALTER TABLE leases ADD COLUMN renew_step_secs INTEGER;",
+    // v8 (REV, issue 16): the pod a lease was issued to, for revocation when it is deleted.
+    "ALTER TABLE leases ADD COLUMN pod_uid TEXT;
+    CREATE INDEX leases_pod_uid ON leases (pod_uid) WHERE pod_uid IS NOT NULL;",
 ];
 
 /// A closure to run on the store thread.
@@ -425,8 +428,8 @@ fn insert_lease_row(conn: &Connection, rec: &LeaseRecord) -> Result<(), StoreErr
     let revoked_at = rec.revoked_at.map(to_unix).transpose()?;
     conn.prepare_cached(
         "INSERT INTO leases (lease_id, role, backend, subject, issuer, issued_at, \
-         expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         expires_at, upstream_lease, fingerprint, revoked_at, renew_step_secs, pod_uid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -441,6 +444,7 @@ fn insert_lease_row(conn: &Connection, rec: &LeaseRecord) -> Result<(), StoreErr
             rec.fingerprint,
             revoked_at,
             step,
+            rec.pod_uid,
         ])
     })
     .map_err(insert_error(
@@ -955,8 +959,8 @@ impl Store for SqliteStore {
             let row = conn
                 .query_row(
                     "SELECT lease_id, role, backend, subject, issuer, issued_at, expires_at, \
-                     upstream_lease, fingerprint, revoked_at, renew_step_secs FROM leases \
-                     WHERE lease_id = ?1",
+                     upstream_lease, fingerprint, revoked_at, renew_step_secs, pod_uid \
+                     FROM leases WHERE lease_id = ?1",
                     params![lease_id],
                     |r| {
                         Ok((
@@ -975,6 +979,7 @@ impl Store for SqliteStore {
                                 r.get::<_, Option<i64>>(9)?,
                                 r.get::<_, Option<i64>>(10)?,
                             ),
+                            r.get::<_, Option<String>>(11)?,
                         ))
                     },
                 )
@@ -983,6 +988,7 @@ impl Store for SqliteStore {
             let Some((
                 (lease_id, role, backend, subject, issuer),
                 (issued_at, expires_at, upstream_lease, fingerprint, revoked_at, step),
+                pod_uid,
             )) = row
             else {
                 return Ok(None);
@@ -1000,9 +1006,108 @@ impl Store for SqliteStore {
                 upstream_lease,
                 fingerprint,
                 renew_step_secs: step.map(|s| u64::try_from(s).unwrap_or(0)),
+                pod_uid,
             }))
         })
         .await
+    }
+
+    async fn running_leases_of_pod(
+        &self,
+        pod_uid: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LeaseRecord>, StoreError> {
+        let pod_uid = pod_uid.to_owned();
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .run("running_leases_of_pod", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT lease_id FROM leases WHERE pod_uid = ?1 AND revoked_at IS NULL \
+                         AND expires_at > ?2 ORDER BY lease_id LIMIT ?3",
+                    )
+                    .map_err(sql_error("running_leases_of_pod"))?;
+                let rows = stmt
+                    .query_map(params![pod_uid, now, limit], |r| r.get::<_, String>(0))
+                    .map_err(sql_error("running_leases_of_pod"))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql_error("running_leases_of_pod"))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = self.get_lease(&id).await? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pods_with_running_leases(
+        &self,
+        after: Option<&str>,
+        issued_before: SystemTime,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        let issued_before = to_unix(issued_before)?;
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run("pods_with_running_leases", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT DISTINCT pod_uid FROM leases WHERE pod_uid > ?1 \
+                     AND revoked_at IS NULL AND expires_at > ?2 AND issued_at < ?3 \
+                     ORDER BY pod_uid LIMIT ?4",
+                )
+                .map_err(sql_error("pods_with_running_leases"))?;
+            let rows = stmt
+                .query_map(params![after, now, issued_before, limit], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(sql_error("pods_with_running_leases"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql_error("pods_with_running_leases"))
+        })
+        .await
+    }
+
+    async fn revoked_running_leases(
+        &self,
+        backend: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let backend = backend.to_owned();
+        let now = to_unix(now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, i64)> = self
+            .run("revoked_running_leases", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT lease_id, expires_at FROM leases WHERE expires_at > ?2 \
+                         AND backend = ?1 AND revoked_at IS NOT NULL \
+                         ORDER BY expires_at, lease_id LIMIT ?3",
+                    )
+                    .map_err(sql_error("revoked_running_leases"))?;
+                let rows = stmt
+                    .query_map(params![backend, now, limit], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .map_err(sql_error("revoked_running_leases"))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql_error("revoked_running_leases"))
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, exp)| {
+                let at = from_unix(exp, &format_args!("lease {id} expires_at"))?;
+                Ok((id, at))
+            })
+            .collect()
     }
 
     async fn renewable_leases(
@@ -1762,7 +1867,7 @@ mod tests {
                  expires_at) VALUES ('bt_x','hx','not json',NULL,1,5000);
                  INSERT INTO bootstrap_tokens (token_id, token_hash, roles, image, created_at, \
                  expires_at, reserved_by) VALUES ('bt_y','hy','[]',NULL,1,5000,'r');
-                 INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL,NULL);
+                 INSERT INTO leases VALUES ('ls_x','r','jwt','s','i',-5,10,NULL,'fp',NULL,NULL,NULL);
                  INSERT INTO signing_keys VALUES ('k','ES256','p','yesterday',NULL);
                  INSERT INTO audit_head VALUES (1, -1, 'h');
                  INSERT INTO local_secrets VALUES ('n', 'not-hex!');",

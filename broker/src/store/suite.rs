@@ -117,6 +117,7 @@ pub(super) fn lease(id: &str) -> LeaseRecord {
         fingerprint: "fp:0123".to_owned(),
         revoked_at: None,
         renew_step_secs: None,
+        pod_uid: None,
     }
 }
 
@@ -531,6 +532,137 @@ pub(super) async fn a_lease_is_marked_revoked_once(s: Arc<dyn Store>) {
     // The first revocation's time stays.
     l.revoked_at = Some(t(2_500));
     assert_eq!(s.get_lease("ls_1").await.expect("get"), Some(l));
+}
+
+/// REV (issue 16): a lease's pod UID round-trips; `running_leases_of_pod` finds the running,
+/// unrevoked leases of one pod; `pods_with_running_leases` pages through the distinct pods
+/// holding such leases issued before a time.
+pub(super) async fn leases_of_a_pod_are_found_by_its_uid(s: Arc<dyn Store>) {
+    let now = 2_500;
+    let at = |id: &str, pod: Option<&str>, issued: u64, expires: u64| LeaseRecord {
+        pod_uid: pod.map(str::to_owned),
+        issued_at: t(issued),
+        expires_at: t(expires),
+        ..lease(id)
+    };
+    let mut revoked = at("ls_revoked", Some("uid-a"), 2_000, 2_900);
+    revoked.revoked_at = Some(t(2_100));
+    for l in [
+        at("ls_a1", Some("uid-a"), 2_000, 2_900),
+        at("ls_a2", Some("uid-a"), 2_400, 2_600),
+        at("ls_a_ended", Some("uid-a"), 1_000, now),
+        revoked,
+        at("ls_b", Some("uid-b"), 2_000, 2_900),
+        at("ls_c_late", Some("uid-c"), 2_450, 2_900),
+        at("ls_none", None, 2_000, 2_900),
+    ] {
+        s.insert_lease(&l).await.expect("insert");
+    }
+    assert_eq!(
+        s.get_lease("ls_a1")
+            .await
+            .expect("get")
+            .expect("there")
+            .pod_uid
+            .as_deref(),
+        Some("uid-a")
+    );
+    assert_eq!(
+        s.get_lease("ls_none")
+            .await
+            .expect("get")
+            .expect("there")
+            .pod_uid,
+        None
+    );
+    let ids = |v: Vec<LeaseRecord>| v.into_iter().map(|l| l.lease_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s
+            .running_leases_of_pod("uid-a", t(now), 100)
+            .await
+            .expect("list")),
+        ["ls_a1", "ls_a2"]
+    );
+    assert_eq!(
+        s.running_leases_of_pod("uid-a", t(now), 1)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        s.running_leases_of_pod("uid-x", t(now), 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // Issued before 2_450: uid-c's only lease is not; paged by UID.
+    let pods = s
+        .pods_with_running_leases(None, t(2_450), t(now), 100)
+        .await
+        .expect("pods");
+    assert_eq!(pods, ["uid-a", "uid-b"]);
+    let first = s
+        .pods_with_running_leases(None, t(2_451), t(now), 2)
+        .await
+        .expect("page");
+    assert_eq!(first, ["uid-a", "uid-b"]);
+    let next = s
+        .pods_with_running_leases(Some("uid-b"), t(2_451), t(now), 2)
+        .await
+        .expect("page");
+    assert_eq!(next, ["uid-c"]);
+}
+
+/// `revoked_running_leases` (REV, issue 16): revoked leases of one backend still running at
+/// `now`, soonest expiry first, at most `limit`; an ended one is not listed.
+pub(super) async fn revoked_running_leases_are_listed_until_they_expire(s: Arc<dyn Store>) {
+    let now = 2_500;
+    let at = |id: &str, backend: &str, expires: u64, revoked: Option<u64>| LeaseRecord {
+        backend: backend.to_owned(),
+        expires_at: t(expires),
+        revoked_at: revoked.map(t),
+        ..lease(id)
+    };
+    for l in [
+        at("ls_late", "jwt", 2_900, Some(2_400)),
+        at("ls_soon", "jwt", 2_600, Some(2_450)),
+        at("ls_b", "jwt", 2_600, Some(2_450)),
+        at("ls_live", "jwt", 2_700, None),
+        at("ls_ended", "jwt", now, Some(2_100)),
+        at("ls_vault", "vault", 2_800, Some(2_400)),
+    ] {
+        s.insert_lease(&l).await.expect("insert");
+    }
+    let got = s
+        .revoked_running_leases("jwt", t(now), 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        got,
+        vec![
+            ("ls_b".to_owned(), t(2_600)),
+            ("ls_soon".to_owned(), t(2_600)),
+            ("ls_late".to_owned(), t(2_900)),
+        ]
+    );
+    let got = s
+        .revoked_running_leases("jwt", t(now), 1)
+        .await
+        .expect("list");
+    assert_eq!(got.len(), 1);
+    // Revoking a running lease adds it; past its expiry it is gone.
+    assert!(
+        s.mark_lease_revoked("ls_live", t(2_550))
+            .await
+            .expect("revoke")
+    );
+    let got = s
+        .revoked_running_leases("jwt", t(2_650), 100)
+        .await
+        .expect("list");
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["ls_live", "ls_late"]);
 }
 
 /// `renewable_leases`: leases with a renewal step, not revoked, with an upstream lease, still
@@ -1190,6 +1322,8 @@ macro_rules! cases {
             a_lease_is_marked_revoked_once,
             expired_leases_by_backend_oldest_first,
             renewable_leases_are_the_running_renewed_ones,
+            revoked_running_leases_are_listed_until_they_expire,
+            leases_of_a_pod_are_found_by_its_uid,
             concurrent_lease_inserts_each_succeed_or_fail_alone,
             signing_keys_listed_oldest_first_and_deleted,
             audit_head_is_absent_then_overwritten,
