@@ -210,6 +210,7 @@ impl Broker {
             retry_interval: Duration::from_secs(1),
             clock: clock.clone(),
             metrics: Some(metrics.audit_sink()),
+            replica: keys.replica_id().to_owned(),
         };
         let audit = AuditLog::open_with(sink, store.clone(), options)
             .await

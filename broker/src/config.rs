@@ -1048,7 +1048,8 @@ impl StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `stdout`, or a file path (appended to): segment 0 of the log.
+    /// `stdout`, a file path (appended to: segment 0 of the log), or `store`: the records
+    /// in the PostgreSQL store, one chain per broker process (for replicas).
     #[serde(default = "default_audit_sink")]
     pub sink: String,
     /// A file sink starts a new segment (`<sink>.000001`, ...) once one reaches this size;
@@ -1758,7 +1759,7 @@ impl BrokerConfig {
                 fix(p);
             }
         }
-        if self.audit.sink != "stdout" {
+        if self.audit.sink != "stdout" && self.audit.sink != "store" {
             let mut p = PathBuf::from(&self.audit.sink);
             fix(&mut p);
             self.audit.sink = p.to_string_lossy().into_owned();
@@ -1888,6 +1889,13 @@ impl BrokerConfig {
                  (0 never rotates)",
                 a.segment_max_bytes
             ));
+        }
+        if a.sink == "store" && !matches!(self.store.choice(), Ok(StoreChoice::Postgres)) {
+            return Err(
+                "field `audit.sink`: `store` keeps the records in a PostgreSQL store; set \
+                 `store.postgres_url` (or `_file`), or give a file path or `stdout`"
+                    .into(),
+            );
         }
         let f = &a.auth_failures;
         for (field, value) in [
