@@ -1153,6 +1153,14 @@ pub struct SigningConfig {
     /// lives `bootstrap.session_ttl_seconds`).
     #[serde(default = "default_overlap")]
     pub overlap_seconds: u64,
+    /// A key-encryption key (base64 of 32 random bytes): the signing keys' private halves
+    /// are stored sealed under it (`issue::kek`). None: stored in the clear.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// KEKs that open keys sealed under them but never seal (a KEK rotation: see
+    /// docs/OPERATIONS.md); keys found under one are sealed again under `kek_file` at start.
+    #[serde(default)]
+    pub other_kek_files: Vec<PathBuf>,
 }
 
 fn default_signing_alg() -> Algorithm {
@@ -1175,6 +1183,8 @@ impl Default for SigningConfig {
             rotate_after_seconds: default_rotate(),
             publish_ahead_seconds: default_publish_ahead(),
             overlap_seconds: default_overlap(),
+            kek_file: None,
+            other_kek_files: Vec::new(),
         }
     }
 }
@@ -1726,6 +1736,14 @@ impl BrokerConfig {
             fix(p);
         }
         if let Some(p) = self.admin.token_file.as_mut() {
+            fix(p);
+        }
+        for p in self
+            .signing
+            .kek_file
+            .iter_mut()
+            .chain(self.signing.other_kek_files.iter_mut())
+        {
             fix(p);
         }
         if let Some(p) = self.gate.allowlist_file.as_mut() {

@@ -2,6 +2,7 @@
 //! they issue.
 //!
 //! - [`jwt`]: broker-signed JWTs, with rotating signing keys and a published JWKS.
+//! - [`kek`]: the signing keys' private halves sealed at rest under a key-encryption key.
 //! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
@@ -23,6 +24,7 @@
 
 pub mod cache;
 pub mod jwt;
+pub mod kek;
 pub mod lifetime;
 pub mod renewal;
 pub mod sts;
@@ -300,6 +302,7 @@ mod tests {
             rotate_after_seconds: 86_400,
             publish_ahead_seconds: 3_600,
             overlap_seconds: 3600,
+            ..SigningConfig::default()
         };
         let keys = KeyRing::load_or_create(store, clock.clone(), signing)
             .await

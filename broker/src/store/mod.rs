@@ -442,6 +442,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes a signing key (after it has been retired long enough).
     async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
 
+    /// Replaces the stored private key text of `kid` with `new` only if it is still
+    /// `expected` (sealing it again under another key-encryption key, `issue::kek`); false
+    /// when it was not (another replica did it first, or the key is gone).
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let _ = (kid, expected, new);
+        Err(StoreError::Backend(
+            "this store cannot seal signing keys again".into(),
+        ))
+    }
+
     /// The audit chain head, if any record was written.
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError>;
 

@@ -1225,6 +1225,22 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "reseal_signing_key",
+                "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+                &[&kid, &expected.expose(), &new.expose()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
         let row = self
             .query_opt(
