@@ -1380,15 +1380,57 @@ impl ServerConfig {
 }
 
 /// Upstream credential backends. Each is registered only when configured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
+    /// How many broker replicas share the upstreams: each applies `1/replicas` of every
+    /// backend's `max_concurrency` and `max_requests_per_second` (rounded up, at least 1), so
+    /// the replicas together stay within the configured figures. 1: one broker.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// The `aws-sts` backend.
     #[serde(default)]
     pub aws_sts: Option<AwsStsConfig>,
     /// The `vault` backend.
     #[serde(default)]
     pub vault: Option<VaultConfig>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// Most `backends.replicas`.
+pub const MAX_REPLICAS: u32 = 1000;
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            aws_sts: None,
+            vault: None,
+        }
+    }
+}
+
+impl BackendsConfig {
+    /// The backends as one of `replicas` applies them: the concurrency and rate limits
+    /// divided by [`BackendsConfig::replicas`] ([`UpstreamLimits::share`]).
+    pub fn per_replica(&self) -> Self {
+        let mut c = self.clone();
+        let n = self.replicas;
+        if let Some(s) = c.aws_sts.as_mut() {
+            let l = s.limits().share(n);
+            (s.max_concurrency, s.max_requests_per_second) =
+                (l.max_concurrency, l.max_requests_per_second);
+        }
+        if let Some(v) = c.vault.as_mut() {
+            let l = v.limits().share(n);
+            (v.max_concurrency, v.max_requests_per_second) =
+                (l.max_concurrency, l.max_requests_per_second);
+        }
+        c
+    }
 }
 
 /// Limits and caching shared by the upstream backends.
@@ -1405,6 +1447,20 @@ pub struct UpstreamLimits {
     pub cache_refresh_fraction: f64,
     /// Timeout of one upstream call.
     pub request_timeout_seconds: u64,
+}
+
+impl UpstreamLimits {
+    /// One replica's share of limits `replicas` brokers apply together: the concurrency and
+    /// the rate divided by `replicas`, rounded up and at least 1 (so the replicas together
+    /// may exceed the figure by less than one call each); the rest unchanged.
+    pub fn share(self, replicas: u32) -> Self {
+        let n = replicas.max(1);
+        Self {
+            max_concurrency: self.max_concurrency.div_ceil(n as usize).max(1),
+            max_requests_per_second: self.max_requests_per_second.div_ceil(n).max(1),
+            ..self
+        }
+    }
 }
 
 /// The `aws-sts` backend: AssumeRole with the broker's own AWS credentials (standard chain:
@@ -1932,6 +1988,13 @@ impl BrokerConfig {
             self.reload_interval_seconds,
             crate::policy::load::MAX_TTL_SECONDS.max(self.bootstrap.session_ttl_seconds),
         )?;
+        if !(1..=MAX_REPLICAS).contains(&self.backends.replicas) {
+            return Err(format!(
+                "field `backends.replicas`: {} is out of range (1 to {MAX_REPLICAS}: the number of \
+                 broker replicas sharing the upstream limits)",
+                self.backends.replicas
+            ));
+        }
         if let Some(sts) = &self.backends.aws_sts {
             check_limits("backends.aws_sts", &sts.limits())?;
             if let Some(url) = &sts.endpoint_url
@@ -2306,6 +2369,52 @@ mod tests {
             let e = load(store).expect_err(store);
             assert!(e.contains(field), "{store}: {e}");
         }
+    }
+
+    #[test]
+    fn replicas_each_apply_their_share_of_the_upstream_limits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |text: &str| {
+            let file = write(dir.path(), "b.yaml", text);
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load(&format!(
+            "{MINIMAL}backends:\n  replicas: 3\n  aws_sts: {{max_concurrency: 16, max_requests_per_second: 50}}\n  vault:\n    address: https://vault:8200\n    max_concurrency: 2\n    max_requests_per_second: 1\n    auth:\n      approle: {{role_id: r, secret_id_file: sid}}\n"
+        ))
+        .expect("config");
+        let shared = cfg.backends.per_replica();
+        let sts = shared.aws_sts.expect("sts");
+        // 16 / 3 and 50 / 3, rounded up: the three stay within 18 and 51.
+        assert_eq!((sts.max_concurrency, sts.max_requests_per_second), (6, 17));
+        let vault = shared.vault.expect("vault");
+        assert_eq!(
+            (vault.max_concurrency, vault.max_requests_per_second),
+            (1, 1)
+        );
+        // The rest is untouched, and one replica (the default) applies the whole figure.
+        assert_eq!(
+            sts.max_queue_wait_ms,
+            cfg.backends
+                .aws_sts
+                .as_ref()
+                .expect("sts")
+                .max_queue_wait_ms
+        );
+        let one = load(&format!(
+            "{MINIMAL}backends:\n  aws_sts: {{max_concurrency: 16}}\n"
+        ))
+        .expect("config");
+        assert_eq!(one.backends.replicas, 1);
+        assert_eq!(
+            one.backends
+                .per_replica()
+                .aws_sts
+                .expect("sts")
+                .max_concurrency,
+            16
+        );
+        let e = load(&format!("{MINIMAL}backends:\n  replicas: 0\n")).expect_err("zero");
+        assert!(e.contains("backends.replicas"), "{e}");
     }
 
     #[test]

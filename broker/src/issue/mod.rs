@@ -187,11 +187,13 @@ impl Backends {
     ) -> Result<Self, SetupError> {
         let mut backends = Self::default();
         backends.insert(Arc::new(JwtBackend::new(keys, config.public_url.clone())));
-        if let Some(cfg) = &config.backends.vault {
+        // Each replica applies its share of the upstream limits.
+        let shared = config.backends.per_replica();
+        if let Some(cfg) = &shared.vault {
             let backend = VaultBackend::new(cfg, clock.clone(), metrics.clone())?;
             backends.insert(Arc::new(backend));
         }
-        if let Some(cfg) = &config.backends.aws_sts {
+        if let Some(cfg) = &shared.aws_sts {
             let backend = StsBackend::from_config(cfg, clock.clone(), metrics.clone()).await;
             backends.insert(Arc::new(backend));
         }
