@@ -1576,11 +1576,11 @@ pub struct VaultConfig {
     #[serde(default = "default_true")]
     pub revoke_on_expiry: bool,
     /// Keep renewing a renewable Vault lease (dynamic secrets) that is shorter than the TTL
-    /// granted, so the credential lives that TTL (see `issue::renewal`); off (the default):
-    /// the credential lives as long as Vault's first lease. Off by default while the set of
-    /// leases renewed lives in one process's memory: a restart would stop renewals of
-    /// credentials already handed out for longer.
-    #[serde(default)]
+    /// granted, so the credential lives that TTL (see `issue::renewal`; on by default: the
+    /// leases are kept in the store, a restarted broker takes them up, and on PostgreSQL one
+    /// replica at a time renews every replica's leases); off: the credential lives as long
+    /// as Vault's first lease.
+    #[serde(default = "default_true")]
     pub renew_leases: bool,
     /// See [`UpstreamLimits::max_concurrency`].
     #[serde(default = "default_max_concurrency")]
@@ -2496,8 +2496,8 @@ mod tests {
         assert_eq!(sts.limits().cache_refresh_fraction, 0.5);
         let vault = cfg.backends.vault.expect("vault");
         assert!(vault.revoke_on_expiry);
-        // Off until the renewal set outlives a restart (CONFIG.md, "Lease renewal").
-        assert!(!vault.renew_leases);
+        // On: renewals outlive a restart and a lost replica (CONFIG.md, "Lease renewal").
+        assert!(vault.renew_leases);
         match vault.auth {
             VaultAuth::Approle {
                 secret_id_file,

@@ -578,6 +578,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Err(StoreError::Backend(NO_AUDIT_CHAINS.into()))
     }
 
+    /// Whether several broker processes may share this store at once (PostgreSQL): work
+    /// over shared rows is then claimed by one of them ([`Store::claim_job`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Claims the background job `job` (a sweep, a prune) for `holder` until `until`, so that
     /// of the replicas sharing the store one runs it per period: true when `holder` may run
     /// it now — no one holds it, the claim lapsed (its `until` at or before `now`: its holder

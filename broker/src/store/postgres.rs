@@ -1542,6 +1542,10 @@ impl Store for PostgresStore {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn open_audit_chain(&self, replica: &str, now: SystemTime) -> Result<u64, StoreError> {
         let now = to_unix(now)?;
         let row = self
