@@ -86,6 +86,41 @@ fn load(urls: &[String], script: &Path, secs: u32) -> (f64, f64, u64) {
         })
 }
 
+/// CPU seconds used so far by the processes `ps` selects with `args` (`-u postgres`, or
+/// `-p PID,PID`).
+fn cpu_seconds(args: &[&str]) -> f64 {
+    let out = std::process::Command::new("ps")
+        .args(args)
+        .args(["-o", "times="])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The pids of this build's `lanyard-broker` processes.
+fn broker_pids() -> String {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &bin().display().to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Committed transactions in database `db` so far.
+fn commits(pg: &Postgres, db: &str) -> f64 {
+    pg.psql(&format!(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'"
+    ))
+    .parse()
+    .unwrap_or(0.0)
+}
+
 async fn brokers(
     issuer: &OidcIssuer,
     n: usize,
@@ -142,10 +177,11 @@ async fn bench_replicas_postgres_vs_sqlite() {
     )
     .expect("script");
 
-    let mut scenarios: Vec<(&str, Vec<BrokerProcess>)> = Vec::new();
+    let mut scenarios: Vec<(&str, Vec<BrokerProcess>, Option<&str>)> = Vec::new();
     scenarios.push((
         "1 broker, SQLite, file audit",
         brokers(&issuer, 1, "", None).await,
+        None,
     ));
     for (name, n, db) in [
         ("1 broker, PostgreSQL, audit in the database", 1, "one"),
@@ -157,15 +193,32 @@ async fn bench_replicas_postgres_vs_sqlite() {
     ] {
         pg.psql(&format!("CREATE DATABASE {db}"));
         let store = format!("  postgres_url: \"{}\"\n", pg.url(db));
-        scenarios.push((name, brokers(&issuer, n, &store, Some("store")).await));
+        scenarios.push((
+            name,
+            brokers(&issuer, n, &store, Some("store")).await,
+            Some(db),
+        ));
     }
+    let pids = broker_pids();
     let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); scenarios.len()];
+    // Over all rounds: broker CPU s, PostgreSQL CPU s, database commits, issuances.
+    let mut costs = vec![(0.0, 0.0, 0.0, 0.0); scenarios.len()];
     for round in 0..rounds {
-        for (i, (name, procs)) in scenarios.iter().enumerate() {
+        for (i, (name, procs, db)) in scenarios.iter().enumerate() {
             let urls: Vec<String> = procs.iter().map(|b| b.url.clone()).collect();
             load(&urls, &script, 3);
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let before = (
+                cpu_seconds(&["-p", &pids]),
+                cpu_seconds(&["-u", "postgres"]),
+                db.map_or(0.0, |d| commits(&pg, d)),
+            );
             let r = load(&urls, &script, secs);
+            let c = &mut costs[i];
+            c.0 += cpu_seconds(&["-p", &pids]) - before.0;
+            c.1 += cpu_seconds(&["-u", "postgres"]) - before.1;
+            c.2 += db.map_or(0.0, |d| commits(&pg, d)) - before.2;
+            c.3 += r.0 * f64::from(secs);
             println!(
                 "round {round}: {name}: {:.0} req/s, p99 {:.2} ms, {} non-2xx",
                 r.0, r.1, r.2
@@ -173,19 +226,26 @@ async fn bench_replicas_postgres_vs_sqlite() {
             results[i].push(r);
         }
     }
-    println!("\n| scenario | req/s (median of {rounds}) | p99 ms (median) | runs req/s |");
-    println!("|---|---|---|---|");
-    for ((name, _), rs) in scenarios.iter().zip(&results) {
+    println!(
+        "\n| scenario | req/s (median of {rounds}) | p99 ms (median) | runs req/s | broker CPU µs / issuance | PostgreSQL CPU µs / issuance | commits / issuance |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (((name, _, db), rs), c) in scenarios.iter().zip(&results).zip(&costs) {
         let mut rps: Vec<f64> = rs.iter().map(|r| r.0).collect();
         let mut p99: Vec<f64> = rs.iter().map(|r| r.1).collect();
         rps.sort_by(f64::total_cmp);
         p99.sort_by(f64::total_cmp);
         let runs: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.0)).collect();
+        let per = |x: f64| x / c.3 * 1e6;
+        let db_figure = |v: String| if db.is_some() { v } else { "–".into() };
         println!(
-            "| {name} | {:.0} | {:.2} | {} |",
+            "| {name} | {:.0} | {:.2} | {} | {:.0} | {} | {} |",
             rps[rps.len() / 2],
             p99[p99.len() / 2],
-            runs.join(", ")
+            runs.join(", "),
+            per(c.0),
+            db_figure(format!("{:.0}", per(c.1))),
+            db_figure(format!("{:.3}", c.2 / c.3)),
         );
         assert!(rs.iter().all(|r| r.2 == 0), "{name}: non-2xx answers");
     }
