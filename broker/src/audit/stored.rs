@@ -5,7 +5,7 @@
 //! and the replica id, named in each of its records), each record saved in the same
 //! transaction as the chain's head row and the leases it records. Verifying the store walks
 //! every chain from seq 1 to its head row with the same checks as a file
-//! ([`super::verify`]): a record edited, dropped or reordered inside a chain, or a chain cut
+//! ([`mod@super::verify`]): a record edited, dropped or reordered inside a chain, or a chain cut
 //! short of its head row, is reported with the chain it is in.
 //!
 //! A chain is read a page at a time ([`PAGE`] lines) through a blocking reader, so a long
