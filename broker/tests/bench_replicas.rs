@@ -86,30 +86,29 @@ fn load(urls: &[String], script: &Path, secs: u32) -> (f64, f64, u64) {
         })
 }
 
-/// CPU seconds used so far by the processes `ps` selects with `args` (`-u postgres`, or
-/// `-p PID,PID`).
+/// CPU seconds used so far (user and system, with reaped children) by the processes
+/// `pgrep ARGS` lists (`-u postgres`, or `-f PATH`), from `/proc/PID/stat` in clock ticks
+/// (`ps -o times` counts whole seconds, too coarse for a database's many short backends).
 fn cpu_seconds(args: &[&str]) -> f64 {
-    let out = std::process::Command::new("ps")
-        .args(args)
-        .args(["-o", "times="])
-        .output()
-        .expect("ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .sum()
-}
-
-/// The pids of this build's `lanyard-broker` processes.
-fn broker_pids() -> String {
     let out = std::process::Command::new("pgrep")
-        .args(["-f", &bin().display().to_string()])
+        .args(args)
         .output()
         .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
+    let ticks: u64 = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(",")
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // The fields after the command (which may hold spaces) in parentheses.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            rest.split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
 }
 
 /// Committed transactions in database `db` so far.
@@ -199,7 +198,7 @@ async fn bench_replicas_postgres_vs_sqlite() {
             Some(db),
         ));
     }
-    let pids = broker_pids();
+    let broker_path = bin().display().to_string();
     let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); scenarios.len()];
     // Over all rounds: broker CPU s, PostgreSQL CPU s, database commits, issuances.
     let mut costs = vec![(0.0, 0.0, 0.0, 0.0); scenarios.len()];
@@ -209,13 +208,13 @@ async fn bench_replicas_postgres_vs_sqlite() {
             load(&urls, &script, 3);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let before = (
-                cpu_seconds(&["-p", &pids]),
+                cpu_seconds(&["-f", &broker_path]),
                 cpu_seconds(&["-u", "postgres"]),
                 db.map_or(0.0, |d| commits(&pg, d)),
             );
             let r = load(&urls, &script, secs);
             let c = &mut costs[i];
-            c.0 += cpu_seconds(&["-p", &pids]) - before.0;
+            c.0 += cpu_seconds(&["-f", &broker_path]) - before.0;
             c.1 += cpu_seconds(&["-u", "postgres"]) - before.1;
             c.2 += db.map_or(0.0, |d| commits(&pg, d)) - before.2;
             c.3 += r.0 * f64::from(secs);
