@@ -215,6 +215,7 @@ impl Broker {
             retry_interval: Duration::from_secs(1),
             clock: clock.clone(),
             metrics: Some(metrics.audit_sink()),
+            replica: keys.replica_id().to_owned(),
         };
         let audit = AuditLog::open_with(sink, store.clone(), options)
             .await
@@ -2019,10 +2020,20 @@ impl Broker {
     /// [`Broker::renew_leases`]; one whose upstream lease ended meanwhile is refused there and
     /// dropped. Returns how many are held.
     pub async fn resume_renewals(&self) -> Result<usize, StoreError> {
-        /// At most this many leases are taken up at start.
-        const MAX_RESUMED: usize = 100_000;
         let now = self.now();
         let mut held = 0;
+        for h in self.renewable_from_store(now).await? {
+            self.renewals.hold(h);
+            held += 1;
+        }
+        Ok(held)
+    }
+
+    /// The leases in the store this broker can renew, as [`Held`] entries.
+    async fn renewable_from_store(&self, now: SystemTime) -> Result<Vec<Held>, StoreError> {
+        /// At most this many leases are taken up at once.
+        const MAX_RESUMED: usize = 100_000;
+        let mut out = Vec::new();
         for lease in self.store.renewable_leases(now, MAX_RESUMED).await? {
             let (Some(upstream_lease), Some(step)) = (lease.upstream_lease, lease.renew_step_secs)
             else {
@@ -2036,20 +2047,49 @@ impl Broker {
                 continue;
             }
             let step = Duration::from_secs(step.max(1));
-            self.renewals.hold(Held {
+            out.push(Held {
                 lease_id: lease.lease_id,
                 backend: lease.backend,
                 role: lease.role,
                 upstream_lease,
                 until: lease.expires_at,
-                // Not known here: taken as ending a third of a step from now, which makes the
-                // lease due at once (and not yet past, which would drop it).
-                upstream_expires_at: now + step / 3,
+                // Not known here beyond its first period: taken as ending then, or if that
+                // is past (renewed since, by another process), a third of a step from now,
+                // which makes the lease due at once (and not yet past, which would drop it).
+                upstream_expires_at: (lease.issued_at + step).max(now + step / 3),
                 step,
             });
-            held += 1;
         }
-        Ok(held)
+        Ok(out)
+    }
+
+    /// The periodic lease renewal (every `reload_interval_seconds`). On a store replicas
+    /// share (PostgreSQL), one replica at a time renews (`claim_job("lease_renewals")`), and
+    /// it first takes up every lease in the store it does not hold — those the other
+    /// replicas handed out, and those of a replica that is gone — so no lease depends on the
+    /// replica that issued it. Elsewhere each process renews what it holds. Returns what
+    /// this replica renewed (nothing when another holds the job).
+    pub async fn renewal_tick(&self) -> LeaseRenewals {
+        if self.store.is_shared() {
+            if !self.claim_job("lease_renewals").await {
+                return LeaseRenewals::default();
+            }
+            match self.renewable_from_store(self.now()).await {
+                Ok(found) => {
+                    let taken = found
+                        .into_iter()
+                        .filter(|h| self.renewals.take_up(h.clone()))
+                        .count();
+                    if taken > 0 {
+                        info!(leases = taken, "took up renewing leases from the store");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not read the leases to renew; renewing those held here");
+                }
+            }
+        }
+        self.renew_leases().await
     }
 
     /// Renews the upstream leases that are due (`issue::renewal`): each by one step of its

@@ -1,7 +1,7 @@
 //! The `lanyard-broker` command line. `main.rs` only calls [`main`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -403,10 +403,14 @@ struct ExplainArgs {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check the hash chain; reports the first edited, dropped or reordered record.
+    ///
+    /// With `--store-url-file` and no FILE: every chain kept in that PostgreSQL store
+    /// (`audit.sink: store`, one per broker process), each against its head row.
     Verify {
         /// Audit log file: segment 0 (`audit.sink`), or a later segment when earlier ones
         /// were removed; the segments after it (`<file>.000001`, ...) are followed.
-        file: PathBuf,
+        #[arg(required_unless_present = "store_url_file")]
+        file: Option<PathBuf>,
         /// The broker's SQLite store: also checks the file ends at the recorded chain head
         /// (detects a truncated tail).
         #[arg(long, conflicts_with = "store_url_file")]
@@ -422,7 +426,18 @@ enum AuditCommand {
     /// Print the records matching every given filter (JSON lines).
     Query {
         /// Audit log file; the segments after it are read too (as for `verify`).
-        file: PathBuf,
+        #[arg(
+            required_unless_present = "store_url_file",
+            conflicts_with = "store_url_file"
+        )]
+        file: Option<PathBuf>,
+        /// Read the chains kept in this PostgreSQL store instead (`audit.sink: store`), given
+        /// as a file holding its URL (as `store.postgres_url_file`).
+        #[arg(long)]
+        store_url_file: Option<PathBuf>,
+        /// PEM CA certificates for TLS to that PostgreSQL store (`store.postgres_ca_file`).
+        #[arg(long, requires = "store_url_file")]
+        store_ca_file: Option<PathBuf>,
         /// Records at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
@@ -444,6 +459,76 @@ enum AuditCommand {
         #[arg(long, value_parser = parse_event)]
         event: Option<Event>,
     },
+    /// Write every record kept in a PostgreSQL store (`audit.sink: store`) as JSON lines:
+    /// chain after chain, each in order. Each chain verifies on its own
+    /// (`audit verify` of the lines of one `epoch`).
+    Export {
+        /// The PostgreSQL store, as a file holding its URL (as `store.postgres_url_file`).
+        #[arg(long)]
+        store_url_file: PathBuf,
+        /// PEM CA certificates for TLS to it (`store.postgres_ca_file`).
+        #[arg(long)]
+        store_ca_file: Option<PathBuf>,
+        /// Write here (created, mode 0600; must not exist) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Opens the PostgreSQL store an `audit` command names (without migrating it).
+fn audit_store(
+    url_file: &Path,
+    ca_file: Option<PathBuf>,
+) -> Result<Arc<dyn crate::store::Store>, String> {
+    let url = crate::store::read_url_file(url_file).map_err(|e| e.to_string())?;
+    let mut opts = crate::store::postgres::PostgresOptions::new(url);
+    opts.ca_file = ca_file;
+    let s = crate::store::postgres::PostgresStore::open(&opts)
+        .map_err(|e| format!("cannot open store {}: {e}", opts.shown()))?;
+    Ok(Arc::new(s))
+}
+
+/// `audit verify --store-url-file` without a file: every chain in the store.
+async fn verify_stored(store: Arc<dyn crate::store::Store>) -> Result<ExitCode, String> {
+    let outcomes = audit::stored::verify_store(store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failed = 0usize;
+    let mut records = 0u64;
+    for o in &outcomes {
+        let name = audit::stored::chain_name(&o.chain);
+        match &o.result {
+            Ok(report) => {
+                records += report.records;
+                println!(
+                    "{name}: ok, {} records, chain intact{}",
+                    report.records,
+                    report
+                        .head
+                        .as_ref()
+                        .map(|h| format!(
+                            " (head seq {} {})",
+                            h.seq,
+                            &h.hash[..12.min(h.hash.len())]
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+            Err(failure) => {
+                failed += 1;
+                println!("TAMPERED: {failure}");
+            }
+        }
+    }
+    if failed > 0 {
+        println!("{failed} of {} chain(s) broken", outcomes.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "store: ok, {} chain(s), {records} records, every chain intact and at its head",
+        outcomes.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `lanyard-broker scan --timeout` when not given: a hostile or stuck registry or archive
@@ -828,6 +913,12 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             store_ca_file,
         }) => {
             use crate::store::Store as _;
+            let Some(file) = file else {
+                let Some(url_file) = store_url_file else {
+                    return Err("give an audit log FILE or --store-url-file".into());
+                };
+                return verify_stored(audit_store(&url_file, store_ca_file)?).await;
+            };
             let expected = match (store, store_url_file) {
                 (None, None) => None,
                 (Some(path), _) => {
@@ -903,6 +994,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::Audit(AuditCommand::Query {
             file,
+            store_url_file,
+            store_ca_file,
             since,
             until,
             identity,
@@ -918,6 +1011,22 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 decision,
                 event,
             };
+            let file = match (file, store_url_file) {
+                (Some(f), _) => f,
+                (None, Some(url_file)) => {
+                    let store = audit_store(&url_file, store_ca_file)?;
+                    let print = Box::new(|line: &str| {
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stdout().lock(), "{line}");
+                    });
+                    let n = audit::stored::query_store(store, filter, print)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    eprintln!("{n} matching record(s)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                (None, None) => return Err("give an audit log FILE or --store-url-file".into()),
+            };
             let segments = audit::segment::open_from(&file)
                 .map_err(|e| format!("cannot open {}: {e}", file.display()))??;
             let mut out = std::io::stdout().lock();
@@ -928,6 +1037,31 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let n = audit::query::query_segments(segments, &filter, &mut print)
                 .map_err(|e| e.to_string())?;
             eprintln!("{n} matching record(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Export {
+            store_url_file,
+            store_ca_file,
+            out,
+        }) => {
+            let store = audit_store(&store_url_file, store_ca_file)?;
+            let sink: Box<dyn std::io::Write + Send> = match &out {
+                None => Box::new(std::io::stdout()),
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                    Box::new(std::io::BufWriter::new(f))
+                }
+            };
+            let n = audit::stored::export_store(store, sink)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("exported {n} record(s)");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1404,7 +1404,8 @@ impl StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `stdout`, or a file path (appended to): segment 0 of the log.
+    /// `stdout`, a file path (appended to: segment 0 of the log), or `store`: the records
+    /// in the PostgreSQL store, one chain per broker process (for replicas).
     #[serde(default = "default_audit_sink")]
     pub sink: String,
     /// A file sink starts a new segment (`<sink>.000001`, ...) once one reaches this size;
@@ -1508,6 +1509,14 @@ pub struct SigningConfig {
     /// lives `bootstrap.session_ttl_seconds`).
     #[serde(default = "default_overlap")]
     pub overlap_seconds: u64,
+    /// A key-encryption key (base64 of 32 random bytes): the signing keys' private halves
+    /// are stored sealed under it (`issue::kek`). None: stored in the clear.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// KEKs that open keys sealed under them but never seal (a KEK rotation: see
+    /// docs/OPERATIONS.md); keys found under one are sealed again under `kek_file` at start.
+    #[serde(default)]
+    pub other_kek_files: Vec<PathBuf>,
 }
 
 fn default_signing_alg() -> Algorithm {
@@ -1530,6 +1539,8 @@ impl Default for SigningConfig {
             rotate_after_seconds: default_rotate(),
             publish_ahead_seconds: default_publish_ahead(),
             overlap_seconds: default_overlap(),
+            kek_file: None,
+            other_kek_files: Vec::new(),
         }
     }
 }
@@ -1725,15 +1736,57 @@ impl ServerConfig {
 }
 
 /// Upstream credential backends. Each is registered only when configured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
+    /// How many broker replicas share the upstreams: each applies `1/replicas` of every
+    /// backend's `max_concurrency` and `max_requests_per_second` (rounded up, at least 1), so
+    /// the replicas together stay within the configured figures. 1: one broker.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// The `aws-sts` backend.
     #[serde(default)]
     pub aws_sts: Option<AwsStsConfig>,
     /// The `vault` backend.
     #[serde(default)]
     pub vault: Option<VaultConfig>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// Most `backends.replicas`.
+pub const MAX_REPLICAS: u32 = 1000;
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            aws_sts: None,
+            vault: None,
+        }
+    }
+}
+
+impl BackendsConfig {
+    /// The backends as one of `replicas` applies them: the concurrency and rate limits
+    /// divided by [`BackendsConfig::replicas`] ([`UpstreamLimits::share`]).
+    pub fn per_replica(&self) -> Self {
+        let mut c = self.clone();
+        let n = self.replicas;
+        if let Some(s) = c.aws_sts.as_mut() {
+            let l = s.limits().share(n);
+            (s.max_concurrency, s.max_requests_per_second) =
+                (l.max_concurrency, l.max_requests_per_second);
+        }
+        if let Some(v) = c.vault.as_mut() {
+            let l = v.limits().share(n);
+            (v.max_concurrency, v.max_requests_per_second) =
+                (l.max_concurrency, l.max_requests_per_second);
+        }
+        c
+    }
 }
 
 /// Limits and caching shared by the upstream backends.
@@ -1750,6 +1803,20 @@ pub struct UpstreamLimits {
     pub cache_refresh_fraction: f64,
     /// Timeout of one upstream call.
     pub request_timeout_seconds: u64,
+}
+
+impl UpstreamLimits {
+    /// One replica's share of limits `replicas` brokers apply together: the concurrency and
+    /// the rate divided by `replicas`, rounded up and at least 1 (so the replicas together
+    /// may exceed the figure by less than one call each); the rest unchanged.
+    pub fn share(self, replicas: u32) -> Self {
+        let n = replicas.max(1);
+        Self {
+            max_concurrency: self.max_concurrency.div_ceil(n as usize).max(1),
+            max_requests_per_second: self.max_requests_per_second.div_ceil(n).max(1),
+            ..self
+        }
+    }
 }
 
 /// The `aws-sts` backend: AssumeRole with the broker's own AWS credentials (standard chain:
@@ -1865,11 +1932,11 @@ pub struct VaultConfig {
     #[serde(default = "default_true")]
     pub revoke_on_expiry: bool,
     /// Keep renewing a renewable Vault lease (dynamic secrets) that is shorter than the TTL
-    /// granted, so the credential lives that TTL (see `issue::renewal`); off (the default):
-    /// the credential lives as long as Vault's first lease. Off by default while the set of
-    /// leases renewed lives in one process's memory: a restart would stop renewals of
-    /// credentials already handed out for longer.
-    #[serde(default)]
+    /// granted, so the credential lives that TTL (see `issue::renewal`; on by default: the
+    /// leases are kept in the store, a restarted broker takes them up, and on PostgreSQL one
+    /// replica at a time renews every replica's leases); off: the credential lives as long
+    /// as Vault's first lease.
+    #[serde(default = "default_true")]
     pub renew_leases: bool,
     /// See [`UpstreamLimits::max_concurrency`].
     #[serde(default = "default_max_concurrency")]
@@ -2083,6 +2150,14 @@ impl BrokerConfig {
         if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);
         }
+        for p in self
+            .signing
+            .kek_file
+            .iter_mut()
+            .chain(self.signing.other_kek_files.iter_mut())
+        {
+            fix(p);
+        }
         if let Some(p) = self.gate.allowlist_file.as_mut() {
             fix(p);
         }
@@ -2114,7 +2189,7 @@ impl BrokerConfig {
                 fix(p);
             }
         }
-        if self.audit.sink != "stdout" {
+        if self.audit.sink != "stdout" && self.audit.sink != "store" {
             let mut p = PathBuf::from(&self.audit.sink);
             fix(&mut p);
             self.audit.sink = p.to_string_lossy().into_owned();
@@ -2262,6 +2337,13 @@ impl BrokerConfig {
                 a.segment_max_bytes
             ));
         }
+        if a.sink == "store" && !matches!(self.store.choice(), Ok(StoreChoice::Postgres)) {
+            return Err(
+                "field `audit.sink`: `store` keeps the records in a PostgreSQL store; set \
+                 `store.postgres_url` (or `_file`), or give a file path or `stdout`"
+                    .into(),
+            );
+        }
         let f = &a.auth_failures;
         for (field, value) in [
             ("records_per_window", u64::from(f.records_per_window)),
@@ -2279,6 +2361,13 @@ impl BrokerConfig {
             self.reload_interval_seconds,
             crate::policy::load::MAX_TTL_SECONDS.max(self.bootstrap.session_ttl_seconds),
         )?;
+        if !(1..=MAX_REPLICAS).contains(&self.backends.replicas) {
+            return Err(format!(
+                "field `backends.replicas`: {} is out of range (1 to {MAX_REPLICAS}: the number of \
+                 broker replicas sharing the upstream limits)",
+                self.backends.replicas
+            ));
+        }
         if let Some(sts) = &self.backends.aws_sts {
             check_limits("backends.aws_sts", &sts.limits())?;
             if let Some(url) = &sts.endpoint_url
@@ -2656,6 +2745,52 @@ mod tests {
     }
 
     #[test]
+    fn replicas_each_apply_their_share_of_the_upstream_limits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load = |text: &str| {
+            let file = write(dir.path(), "b.yaml", text);
+            BrokerConfig::load(&file, std::iter::empty()).map_err(|e| e.to_string())
+        };
+        let cfg = load(&format!(
+            "{MINIMAL}backends:\n  replicas: 3\n  aws_sts: {{max_concurrency: 16, max_requests_per_second: 50}}\n  vault:\n    address: https://vault:8200\n    max_concurrency: 2\n    max_requests_per_second: 1\n    auth:\n      approle: {{role_id: r, secret_id_file: sid}}\n"
+        ))
+        .expect("config");
+        let shared = cfg.backends.per_replica();
+        let sts = shared.aws_sts.expect("sts");
+        // 16 / 3 and 50 / 3, rounded up: the three stay within 18 and 51.
+        assert_eq!((sts.max_concurrency, sts.max_requests_per_second), (6, 17));
+        let vault = shared.vault.expect("vault");
+        assert_eq!(
+            (vault.max_concurrency, vault.max_requests_per_second),
+            (1, 1)
+        );
+        // The rest is untouched, and one replica (the default) applies the whole figure.
+        assert_eq!(
+            sts.max_queue_wait_ms,
+            cfg.backends
+                .aws_sts
+                .as_ref()
+                .expect("sts")
+                .max_queue_wait_ms
+        );
+        let one = load(&format!(
+            "{MINIMAL}backends:\n  aws_sts: {{max_concurrency: 16}}\n"
+        ))
+        .expect("config");
+        assert_eq!(one.backends.replicas, 1);
+        assert_eq!(
+            one.backends
+                .per_replica()
+                .aws_sts
+                .expect("sts")
+                .max_concurrency,
+            16
+        );
+        let e = load(&format!("{MINIMAL}backends:\n  replicas: 0\n")).expect_err("zero");
+        assert!(e.contains("backends.replicas"), "{e}");
+    }
+
+    #[test]
     fn audit_segments_and_auth_failure_limits_are_checked() {
         let dir = tempfile::tempdir().expect("tmp");
         let load = |extra: &str| {
@@ -2734,8 +2869,8 @@ mod tests {
         assert_eq!(sts.limits().cache_refresh_fraction, 0.5);
         let vault = cfg.backends.vault.expect("vault");
         assert!(vault.revoke_on_expiry);
-        // Off until the renewal set outlives a restart (CONFIG.md, "Lease renewal").
-        assert!(!vault.renew_leases);
+        // On: renewals outlive a restart and a lost replica (CONFIG.md, "Lease renewal").
+        assert!(vault.renew_leases);
         match vault.auth {
             VaultAuth::Approle {
                 secret_id_file,

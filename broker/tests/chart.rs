@@ -428,7 +428,17 @@ fn the_policies_configmap_passes_policy_check_and_the_config_configmap_loads() {
             Ok(cfg) => {
                 if values.is_empty() {
                     assert!(cfg.inject.is_none());
+                    assert_eq!(
+                        (cfg.audit.sink.as_str(), cfg.backends.replicas),
+                        ("stdout", 1)
+                    );
                 } else {
+                    // Three replicas on PostgreSQL: audit in the database, a third of the
+                    // upstream limits each.
+                    assert_eq!(
+                        (cfg.audit.sink.as_str(), cfg.backends.replicas),
+                        ("store", 3)
+                    );
                     let inject = cfg.inject.expect("inject");
                     assert_eq!(inject.broker_url, cfg.public_url);
                     assert_eq!(inject.token_expiration_seconds, 900);

@@ -510,6 +510,100 @@ rules:
     );
 }
 
+/// Two replicas on one PostgreSQL store: the one holding the `lease_renewals` job renews
+/// every replica's leases, so when the replica that handed a lease out is lost, the other
+/// takes the job over (three reload periods later) and keeps the lease alive past its first
+/// Vault period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replicas_leases_are_renewed_by_the_replica_that_takes_the_job_over() {
+    use lanyard_broker::store::Store;
+    use lanyard_broker::store::postgres::{PostgresOptions, PostgresStore};
+    let bao = OpenBao::shared().await;
+    let pg = Postgres::start();
+    // 6 s leases, renewable for an hour; the lanyard role grants 20 s.
+    bao.database_postgres("db-t11", &pg, "short", 6, 3600).await;
+    pg.psql("CREATE DATABASE lanyard");
+    let dir = tempfile::tempdir().expect("tmp");
+    let auth = renewing_db_broker_auth(bao, "db-t11", &dir).await;
+    let policy = r#"
+roles:
+  short:
+    backend: vault
+    max_ttl_seconds: 20
+    default_ttl_seconds: 20
+    settings: {kind: dynamic, mount: db-t11, role: short}
+rules:
+  - name: shop
+    match: {namespace: shop}
+    roles: [short]
+"#;
+    // Claims last three reload periods: 3 s.
+    let config = format!(
+        "reload_interval_seconds: 1
+{}",
+        vault_config(bao, &auth, "")
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store: Arc<dyn Store> = Arc::new(
+            PostgresStore::connect(&PostgresOptions::new(pg.url("lanyard")))
+                .await
+                .expect("store"),
+        );
+        replicas.push(
+            InProcessBroker::start_with_store(policy, &config, store)
+                .await
+                .expect("broker"),
+        );
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let holder = || {
+        pg.psql_db(
+            "lanyard",
+            "SELECT holder FROM job_claims WHERE job = 'lease_renewals'",
+        )
+    };
+    let me = k8s_pod("shop", "api", "a");
+    let resp = issue(a, &me, &["short"], None).await.expect("issued");
+    let cred = &resp.credentials[0];
+    assert_eq!(cred.ttl_seconds, 20);
+    let user = cred.data["username"].expose().to_owned();
+    let password = cred.data["password"].expose().to_owned();
+    // Both clocks follow the real time (OpenBao's leases do).
+    let real0 = std::time::Instant::now();
+    let (ta, tb) = (a.clock.now(), b.clock.now());
+    let sync = || {
+        a.clock.set(ta + real0.elapsed());
+        b.clock.set(tb + real0.elapsed());
+    };
+    // The issuing replica holds the job; the other renews nothing meanwhile.
+    a.broker.renewal_tick().await;
+    assert_eq!(holder(), a.broker.replica_id());
+    assert_eq!(b.broker.renewal_tick().await, Default::default());
+    assert_eq!(holder(), a.broker.replica_id());
+    // The first replica is lost (it never runs again). Ten seconds, looked at four times a
+    // second by the second replica: past the 6 s OpenBao gave at issue.
+    let mut renewed = 0;
+    while real0.elapsed() < Duration::from_secs(10) {
+        sync();
+        let r = b.broker.renewal_tick().await;
+        assert_eq!(r.failed, 0, "{r:?}");
+        renewed += r.renewed;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(holder(), b.broker.replica_id(), "the job was taken over");
+    assert!(
+        renewed >= 2,
+        "renewed before the first period ended, then two thirds into the next: {renewed}"
+    );
+    assert_eq!(
+        pg.psql_as(&user, &password, "postgres", "SELECT 1")
+            .as_deref(),
+        Ok("1"),
+        "the credential outlives its first lease under the replica that took over"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pki_certificates_verify_against_the_mounts_ca_and_child_tokens_carry_policy_and_ttl() {
     use x509_parser::prelude::*;

@@ -3,7 +3,10 @@
 //! unready and its requests retryable 503s with nothing half-written, and it recovers without
 //! a restart; three brokers started together on one empty database migrate it once, share
 //! bootstrap tokens, each redeemed exactly once across them, and run the sweeps on one of
-//! them; `store migrate` moves a used SQLite broker to PostgreSQL.
+//! them; `store migrate` moves a used SQLite broker to PostgreSQL. With the audit records in
+//! the database (`audit.sink: store`, one chain per broker process): a broker killed with
+//! `SIGKILL` mid-burst, or the database restarted under load, loses no acknowledged issuance
+//! (its lease row and its audit record are there) and `audit verify` passes over every chain.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -324,4 +327,234 @@ async fn store_migrate_moves_a_used_sqlite_broker_to_postgres() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A broker on PostgreSQL keeping its audit records there (`audit.sink: store`).
+fn on_postgres_audited(url: &str) -> TestBrokerOptions {
+    TestBrokerOptions {
+        // The sink's config value: `store` (not a path).
+        audit_file: Some("store".into()),
+        ..on_postgres(url)
+    }
+}
+
+/// Redeems `token` at the broker at `base` with `http`: (status, body).
+async fn redeem_at(http: reqwest::Client, base: String, token: String) -> (u16, Value) {
+    match http
+        .post(format!("{base}/v1/credentials"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+    {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        }
+        // A broker killed mid-request answers nothing: not acknowledged.
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Runs `lanyard-broker audit ARGS --store-url-file FILE`: (success, stdout).
+fn audit_cli(args: &[&str], url_file: &Path) -> (bool, String) {
+    let out = std::process::Command::new(bin())
+        .arg("audit")
+        .args(args)
+        .arg("--store-url-file")
+        .arg(url_file)
+        .env("LANYARD_LOG", "warn")
+        .output()
+        .expect("run lanyard-broker audit");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains(lanyard_test_support::postgres::SUPERUSER_PASSWORD)
+            && !stderr.contains(lanyard_test_support::postgres::SUPERUSER_PASSWORD)
+    );
+    (out.status.success(), format!("{stdout}{stderr}"))
+}
+
+/// Every acknowledged issuance (a 200 with its `lease_id`) has its lease row and its `issue`
+/// record in the chains the store keeps, and `audit verify` passes over every chain.
+fn assert_acknowledged_are_audited(pg: &Postgres, url_file: &Path, answers: &[(u16, Value)]) {
+    let acked: Vec<&str> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| {
+            b["credentials"][0]["lease_id"]
+                .as_str()
+                .expect("lease_id in a 200")
+        })
+        .collect();
+    assert!(!acked.is_empty(), "no issuance was acknowledged");
+    let (ok, out) = audit_cli(&["verify"], url_file);
+    assert!(ok, "{out}");
+    assert!(out.contains("every chain intact"), "{out}");
+    let (ok, export) = audit_cli(&["export"], url_file);
+    assert!(ok, "{export}");
+    let issued: std::collections::HashSet<String> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "issue" && r["decision"] == "allow")
+        .filter_map(|r| r["lease_id"].as_str().map(str::to_owned))
+        .collect();
+    let (ok, queried) = audit_cli(
+        &["query", "--event", "issue", "--decision", "allow"],
+        url_file,
+    );
+    assert!(ok, "{queried}");
+    for id in &acked {
+        assert!(queried.contains(id), "audit query finds {id}");
+    }
+    let leases = pg.psql_db("lanyard", "SELECT lease_id FROM leases");
+    let leases: std::collections::HashSet<&str> = leases.lines().collect();
+    for id in &acked {
+        assert!(
+            issued.contains(*id),
+            "acknowledged {id} has no audit record"
+        );
+        assert!(leases.contains(id), "acknowledged {id} has no lease row");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_burst_loses_no_acknowledged_record_and_every_chain_verifies() {
+    let pg = Postgres::start();
+    pg.psql("CREATE DATABASE lanyard");
+    let url = pg.url("lanyard");
+    let (a, b, mut c) = tokio::join!(
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+    );
+    let url_file = a.dir().join("pg-url");
+    std::fs::write(&url_file, format!("{url}\n")).expect("url file");
+    let tokens: Vec<String> = futures_util::future::join_all((0..240).map(|_| mint(&a)))
+        .await
+        .iter()
+        .map(|(s, _, body)| {
+            assert_eq!(*s, 201, "{body}");
+            token_of(body)
+        })
+        .collect();
+    let targets = [
+        (a.http(), a.url.clone()),
+        (b.http(), b.url.clone()),
+        (c.http(), c.url.clone()),
+    ];
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let burst: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (http, base) = targets[i % 3].clone();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let a = redeem_at(http, base, t).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                a
+            })
+        })
+        .collect();
+    // Mid-burst (a sixth answered): the third broker is killed with SIGKILL.
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.kill();
+    let mut answers = Vec::new();
+    for h in burst {
+        answers.push(h.await.expect("redeem task"));
+    }
+    let from_c: Vec<u16> = answers.iter().skip(2).step_by(3).map(|(s, _)| *s).collect();
+    assert!(
+        from_c.contains(&0),
+        "some requests to the killed broker went unanswered: {from_c:?}"
+    );
+    assert!(
+        answers.iter().step_by(3).all(|(s, _)| *s == 200),
+        "the brokers left running answered all"
+    );
+    assert_acknowledged_are_audited(&pg, &url_file, &answers);
+    let chains = pg.psql_db("lanyard", "SELECT count(*) FROM audit_chains");
+    assert_eq!(chains, "3", "one chain per broker process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_brokers_recover_and_nothing_acknowledged_is_lost() {
+    let pg = Postgres::start();
+    pg.psql("CREATE DATABASE lanyard");
+    let url = pg.url("lanyard");
+    let (a, b, c) = tokio::join!(
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+        BrokerProcess::start(bin(), None, on_postgres_audited(&url)),
+    );
+    let url_file = a.dir().join("pg-url");
+    std::fs::write(&url_file, format!("{url}\n")).expect("url file");
+    let tokens: Vec<String> = futures_util::future::join_all((0..300).map(|_| mint(&a)))
+        .await
+        .iter()
+        .map(|(s, _, body)| {
+            assert_eq!(*s, 201, "{body}");
+            token_of(body)
+        })
+        .collect();
+    let targets = [
+        (a.http(), a.url.clone()),
+        (b.http(), b.url.clone()),
+        (c.http(), c.url.clone()),
+    ];
+    // Load: redemptions spread over the three, a few at a time, while the database restarts.
+    let load = {
+        let targets = targets.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for (n, chunk) in tokens.chunks(6).enumerate() {
+                let round = chunk.iter().enumerate().map(|(i, t)| {
+                    let (http, base) = targets[(n + i) % 3].clone();
+                    redeem_at(http, base, t.clone())
+                });
+                answers.extend(futures_util::future::join_all(round).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.restart();
+    let answers = load.await.expect("load");
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(
+        statuses.contains(&503),
+        "some requests met the restart: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "only successes and retryable refusals: {statuses:?}"
+    );
+    for (s, body) in &answers {
+        if *s == 503 {
+            assert_eq!(body["error"]["retryable"], true, "{body}");
+        }
+    }
+    // Every broker is ready again by itself, and issues again.
+    for broker in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = readyz(broker).await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready within 20 s: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (status, _, body) = mint(broker).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, _, body) = redeem(broker, &token_of(&body)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_acknowledged_are_audited(&pg, &url_file, &answers);
 }

@@ -199,6 +199,51 @@ async fn a_thousand_concurrent_pod_starts_make_one_assume_role_call() {
     assert_eq!(moto.calls_of("AssumeRole").len(), 2);
 }
 
+/// Three replicas sharing one PostgreSQL database, each applying a third of the upstream
+/// limits (`backends.replicas: 3`): 1,000 concurrent requests for one role spread over them
+/// make at most one AssumeRole call per replica (cache and coalescing are per replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_over_three_replicas_make_at_most_three_assume_role_calls() {
+    use lanyard_broker::store::postgres::{PostgresOptions, PostgresStore};
+    require_aws_env();
+    let moto = MotoServer::start().await;
+    let url = lanyard_test_support::Postgres::shared().create_database("sts_replicas");
+    let config = sts_config(&moto, "").replace("backends:\n", "backends:\n  replicas: 3\n");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = PostgresStore::connect(&PostgresOptions::new(url.clone()))
+            .await
+            .expect("store");
+        replicas.push(Arc::new(
+            InProcessBroker::start_with_store(POLICY, &config, Arc::new(store))
+                .await
+                .expect("broker"),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let h = replicas[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            access_key(
+                &issue(&h, &pod(&format!("api-{i}")), None)
+                    .await
+                    .expect("issued"),
+            )
+        }));
+    }
+    let mut keys = std::collections::HashSet::new();
+    for t in tasks {
+        keys.insert(t.await.expect("join"));
+    }
+    let calls = moto.calls_of("AssumeRole").len();
+    assert!((1..=3).contains(&calls), "{calls} AssumeRole calls");
+    assert_eq!(keys.len(), calls, "one session per upstream call");
+    for h in &replicas {
+        let m = h.broker.metrics();
+        assert!(m.upstream_calls.with_label_values(&["aws-sts", "ok"]).get() <= 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sts_outage_serves_cached_credentials_until_they_expire_then_503() {
     let mut moto = MotoServer::start().await;

@@ -39,6 +39,7 @@ fn keys() -> &'static KeyRing {
                     rotate_after_seconds: 86_400,
                     publish_ahead_seconds: 3_600,
                     overlap_seconds: 3_600,
+                    ..SigningConfig::default()
                 },
             ))
             .expect("key ring")

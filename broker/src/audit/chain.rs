@@ -35,7 +35,7 @@ use super::error::AuditError;
 use super::line::{BuildError, GENESIS_PREV, build_line};
 use super::resume::{self, Opened};
 use super::segment;
-use crate::store::{ChainHead, LeaseRecord, Store, StoreError};
+use crate::store::{ChainHead, LeaseRecord, Store, StoreError, StoredLine};
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +44,19 @@ pub enum AuditSink {
     Stdout,
     /// A file, appended to (created with mode 0600): segment 0 of the log.
     File(PathBuf),
+    /// The store (PostgreSQL): each process writes a chain of its own, its records saved in
+    /// the same transaction as their leases and the chain's head, so replicas never
+    /// contend for one head ([`Store::open_audit_chain`]).
+    Store,
 }
 
 impl AuditSink {
-    /// Parses the config value: `stdout` or a path.
+    /// Parses the config value: `stdout`, `store` or a path.
     pub fn from_config(s: &str) -> Self {
         if s == "stdout" {
             Self::Stdout
+        } else if s == "store" {
+            Self::Store
         } else {
             Self::File(PathBuf::from(s))
         }
@@ -71,6 +77,9 @@ pub struct AuditOptions {
     pub clock: Arc<dyn Clock>,
     /// Metrics of the sink's health.
     pub metrics: Option<SinkMetrics>,
+    /// This process's replica id, which a [`AuditSink::Store`] chain is opened for and
+    /// every record of it names.
+    pub replica: String,
 }
 
 impl Default for AuditOptions {
@@ -80,6 +89,7 @@ impl Default for AuditOptions {
             retry_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             metrics: None,
+            replica: "rp_unnamed".to_owned(),
         }
     }
 }
@@ -146,6 +156,11 @@ struct SegmentOut {
 enum Output {
     Stdout,
     File(SegmentOut),
+    /// A chain kept in the store: its epoch and replica.
+    Store {
+        epoch: u64,
+        replica: String,
+    },
 }
 
 /// Why a write failed, and whether the file is back at the end of its last complete group.
@@ -248,6 +263,15 @@ impl AuditLog {
         let mut internal = Vec::new();
         let (out, head) = match sink {
             AuditSink::Stdout => (Output::Stdout, store_head),
+            AuditSink::Store => {
+                // A new chain for this process: nothing to resume, no one else writes it.
+                let epoch = store
+                    .open_audit_chain(&options.replica, options.clock.now())
+                    .await?;
+                tracing::info!(epoch, replica = %options.replica, "audit chain opened in the store");
+                let replica = options.replica.clone();
+                (Output::Store { epoch, replica }, None)
+            }
             AuditSink::File(base) => {
                 let opened: Opened = {
                     let base = base.clone();
@@ -291,6 +315,7 @@ impl AuditLog {
             m.writable.set(1);
         }
         let mut writer = Writer {
+            store: store.clone(),
             out: Some(out),
             head,
             shared: shared.clone(),
@@ -405,6 +430,8 @@ struct Failure {
 /// saves each written group's leases and head in the store and answers its callers, so the
 /// next group's `write` + `fsync` overlaps the previous group's store transaction.
 struct Writer {
+    /// Where a [`Output::Store`] group is saved.
+    store: Arc<dyn Store>,
     /// `None` only while a blocking write holds it.
     out: Option<Output>,
     head: Option<ChainHead>,
@@ -495,15 +522,34 @@ impl Writer {
         let mut buf = String::new();
         let mut head = self.head.clone();
         let mut callers = Vec::with_capacity(batch.len() + own.len());
+        // A chain in the store keeps each line apart, and every record names its chain.
+        let in_store = match &self.out {
+            Some(Output::Store { epoch, replica }) => Some((*epoch, replica.clone())),
+            _ => None,
+        };
+        let mut stored: Vec<StoredLine> = Vec::new();
         let mut chain = |rec: &AuditRecord| -> Result<ChainHead, BuildError> {
             let (seq, prev) = match &head {
                 Some(h) => (h.seq + 1, h.hash.clone()),
                 None => (1, GENESIS_PREV.to_owned()),
             };
-            let (line, hash) = build_line(seq, &prev, rec)?;
-            buf.push_str(&line);
-            buf.push('\n');
-            let h = ChainHead { seq, hash };
+            let h = if let Some((epoch, replica)) = &in_store {
+                let mut rec = rec.clone();
+                rec.replica = Some(replica.clone());
+                rec.epoch = Some(*epoch);
+                let (line, hash) = build_line(seq, &prev, &rec)?;
+                let h = ChainHead { seq, hash };
+                stored.push(StoredLine {
+                    head: h.clone(),
+                    line,
+                });
+                h
+            } else {
+                let (line, hash) = build_line(seq, &prev, rec)?;
+                buf.push_str(&line);
+                buf.push('\n');
+                ChainHead { seq, hash }
+            };
             head = Some(h.clone());
             Ok(h)
         };
@@ -529,19 +575,26 @@ impl Writer {
         let Some(last) = head.filter(|_| !callers.is_empty()) else {
             return;
         };
-        if let Err(failed) = self.write(buf.into_bytes()).await {
-            // Every record of the group is refused (the log's own are written again later).
-            self.fail(failed, refused);
-            let error = self
-                .failure
-                .as_ref()
-                .map(|f| f.error.clone())
-                .unwrap_or_default();
-            for (done, _, _) in callers {
-                let _ = done.send(Err(AuditError::Unavailable(error.clone())));
+        let written = match in_store {
+            Some((epoch, _)) => self.save(epoch, &stored, &callers).await.map(Some),
+            None => self.write(buf.into_bytes()).await.map(|()| None),
+        };
+        let saved = match written {
+            Ok(saved) => saved,
+            Err(failed) => {
+                // Every record of the group is refused (the log's own are written again later).
+                self.fail(failed, refused);
+                let error = self
+                    .failure
+                    .as_ref()
+                    .map(|f| f.error.clone())
+                    .unwrap_or_default();
+                for (done, _, _) in callers {
+                    let _ = done.send(Err(AuditError::Unavailable(error.clone())));
+                }
+                return;
             }
-            return;
-        }
+        };
         self.internal.clear();
         if let Some(f) = self.failure.take() {
             tracing::warn!(
@@ -560,6 +613,11 @@ impl Writer {
             .shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last);
+        if let Some(results) = saved {
+            // Saved with their leases already: answer now.
+            answer(callers, results);
+            return;
+        }
         if let Err(tokio::sync::mpsc::error::SendError(callers)) = self.recorder.send(callers) {
             for (done, _, _) in callers {
                 let _ = done.send(Err(AuditError::Io(io::Error::other(
@@ -608,6 +666,25 @@ impl Writer {
         self.health.failing.store(true, Ordering::Release);
     }
 
+    /// Saves a group of a chain kept in the store: its lines, their leases and the new head
+    /// in one transaction. Nothing is saved on failure, so the chain stays where it was.
+    async fn save(
+        &self,
+        epoch: u64,
+        lines: &[StoredLine],
+        callers: &[Caller],
+    ) -> Result<Vec<Result<(), StoreError>>, WriteFailure> {
+        let leases: Vec<LeaseRecord> = callers.iter().filter_map(|(_, _, l)| l.clone()).collect();
+        self.store
+            .record_audit_lines(epoch, self.head.as_ref(), lines, &leases)
+            .await
+            .map_err(|e| WriteFailure {
+                error: io::Error::other(e.to_string()),
+                cut: 0,
+                dirty: false,
+            })
+    }
+
     /// Writes `buf` to the output, off the async threads.
     async fn write(&mut self, buf: Vec<u8>) -> Result<(), WriteFailure> {
         let Some(out) = self.out.take() else {
@@ -622,6 +699,7 @@ impl Writer {
             let r = match &out {
                 Output::Stdout => write_stdout(&buf),
                 Output::File(s) => append_file(&s.file, s.len, &buf),
+                Output::Store { .. } => Ok(()),
             };
             (out, r)
         })
@@ -733,22 +811,25 @@ async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRecei
         // whose lease was not saved get the error.
         let leases: Vec<LeaseRecord> = callers.iter().filter_map(|(_, _, l)| l.clone()).collect();
         match store.record_group(&leases, &head).await {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                for (done, h, lease) in callers {
-                    let saved = match lease {
-                        Some(_) => results.next().unwrap_or(Ok(())),
-                        None => Ok(()),
-                    };
-                    let _ = done.send(saved.map(|()| h).map_err(AuditError::Store));
-                }
-            }
+            Ok(results) => answer(callers, results),
             Err(e) => {
                 for (done, _, _) in callers {
                     let _ = done.send(Err(AuditError::Store(e.clone())));
                 }
             }
         }
+    }
+}
+
+/// Answers each caller of a saved group: its lease's own outcome (in order), if it had one.
+fn answer(callers: Vec<Caller>, results: Vec<Result<(), StoreError>>) {
+    let mut results = results.into_iter();
+    for (done, h, lease) in callers {
+        let saved = match lease {
+            Some(_) => results.next().unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        let _ = done.send(saved.map(|()| h).map_err(AuditError::Store));
     }
 }
 

@@ -25,6 +25,8 @@
 //!   would be longer has its longest fields cut, visibly: [`cut_marker`]).
 //! - [`mod@verify`]: `audit verify FILE`, across segments.
 //! - [`mod@query`]: `audit query FILE` filters, across segments.
+//! - [`stored`]: the chains kept in a PostgreSQL store (`audit.sink: store`, one per broker
+//!   process), read back for `audit verify`, `audit query` and `audit export`.
 
 pub mod chain;
 pub mod error;
@@ -34,6 +36,7 @@ pub mod query;
 pub mod record;
 pub mod resume;
 pub mod segment;
+pub mod stored;
 pub mod verify;
 
 pub use chain::{AuditLog, AuditOptions, AuditSink, Fingerprinter, SinkMetrics};

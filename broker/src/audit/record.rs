@@ -194,6 +194,13 @@ pub struct AuditRecord {
     /// `admission_record`, `pod_status`), when it learnt them from a trusted source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_source: Option<String>,
+    /// The replica that wrote the record, when records are kept in the store (`audit.sink:
+    /// store`): each broker process writes a chain of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// The number of that chain in the store (unique, increasing with each process start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl AuditRecord {
@@ -223,6 +230,8 @@ impl AuditRecord {
             cut_bytes: None,
             gate: None,
             gate_source: None,
+            replica: None,
+            epoch: None,
         }
     }
 
@@ -253,6 +262,8 @@ impl AuditRecord {
             cut_bytes: _,
             gate,
             gate_source,
+            replica: _,
+            epoch: _,
         } = self;
         let optional = [
             request_id,

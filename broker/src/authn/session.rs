@@ -219,6 +219,7 @@ mod tests {
                 rotate_after_seconds: 86_400,
                 publish_ahead_seconds: 3_600,
                 overlap_seconds: 3600,
+                ..SigningConfig::default()
             },
         )
         .await

@@ -43,6 +43,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::kek::Keks;
 use super::{Backend, BackendError, IssueRequest, Issued};
 use crate::authn::AuthnError;
 use crate::config::{Algorithm, SigningConfig};
@@ -64,6 +65,9 @@ pub enum KeyError {
     /// names its `kid`, never its content).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A key-encryption key file cannot be used (`signing.kek_file`, `other_kek_files`).
+    #[error(transparent)]
+    Kek(#[from] super::kek::KekError),
 }
 
 /// A signing algorithm the key ring can generate.
@@ -392,6 +396,9 @@ pub struct KeyRing {
     /// This process's id among replicas sharing the store (`rp_` + 16 hex): who claims a
     /// rotation ([`Store::claim_job`]), so that one replica creates each new key.
     replica: String,
+    /// The key-encryption keys the private halves are sealed under at rest (none: stored
+    /// in the clear).
+    keks: Keks,
 }
 
 /// How long a replica's claim on creating the next key lasts: others skip creating one
@@ -430,7 +437,9 @@ impl KeyRing {
             Algorithm::EdDSA => KeyAlg::EdDsa,
             other => return Err(KeyError::Algorithm(other)),
         };
+        let keks = Keks::from_config(&config).await?;
         let ring = Self {
+            keks,
             store,
             clock,
             schedule: Schedule::new(&config),
@@ -476,24 +485,60 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// Re-reads the keys from the store (another replica may have rotated).
+    /// Re-reads the keys from the store (another replica may have rotated), opening each
+    /// new one under the key-encryption keys, and seals again under the current KEK any key
+    /// stored in the clear or under another KEK.
     async fn reload(&self) -> Result<(), StoreError> {
         let records = self.store.signing_keys().await?;
         let current = self.keys.load_full();
         let mut keys: Keys = Vec::with_capacity(records.len());
         for rec in &records {
-            match current.iter().find(|k| {
+            let known = current.iter().find(|k| {
                 k.kid == rec.kid
                     && k.created_at == rec.created_at
                     && k.active_from == rec.active_from
-            }) {
-                Some(k) => keys.push(k.clone()),
-                None => keys.push(Arc::new(SigningKey::from_record(rec)?)),
+            });
+            // A key already loaded was opened and resealed when first seen.
+            if let Some(k) = known {
+                keys.push(k.clone());
+                continue;
+            }
+            let opened = self
+                .keks
+                .open(&rec.kid, &rec.pkcs8)
+                .map_err(|e| StoreError::Backend(format!("signing key {}: {e}", rec.kid)))?;
+            let clear = SigningKeyRecord {
+                pkcs8: opened.pkcs8.clone(),
+                ..rec.clone()
+            };
+            keys.push(Arc::new(SigningKey::from_record(&clear)?));
+            if opened.reseal {
+                self.reseal(&rec.kid, &rec.pkcs8, &opened.pkcs8).await;
             }
         }
         sort_keys(&mut keys);
         self.keys.store(Arc::new(keys));
         Ok(())
+    }
+
+    /// Seals key `kid` again under the current KEK, if its stored text is still `stored`. A
+    /// failure is logged and tried again at the next start (the key keeps working).
+    async fn reseal(&self, kid: &str, stored: &Secret, pkcs8: &Secret) {
+        let sealed = match self.keks.seal(kid, pkcs8) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%kid, error = %e, "cannot seal a signing key under the current key-encryption key");
+                return;
+            }
+        };
+        match self.store.reseal_signing_key(kid, stored, &sealed).await {
+            Ok(true) => {
+                tracing::info!(%kid, "sealed a signing key under the current key-encryption key")
+            }
+            // Another replica did it first, or the key is gone.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%kid, error = %e, "cannot store a signing key sealed again"),
+        }
     }
 
     /// Creates and stores a key that signs from `active_from`. Both times are whole seconds,
@@ -506,7 +551,14 @@ impl KeyRing {
             signs_from += Duration::from_secs(1);
         }
         let (key, rec) = SigningKey::generate(self.alg, created_at, signs_from)?;
-        self.store.insert_signing_key(&rec).await?;
+        let sealed = SigningKeyRecord {
+            pkcs8: self
+                .keks
+                .seal(&rec.kid, &rec.pkcs8)
+                .map_err(|e| StoreError::Backend(format!("signing key {}: {e}", rec.kid)))?,
+            ..rec
+        };
+        self.store.insert_signing_key(&sealed).await?;
         tracing::info!(
             kid = %key.kid,
             alg = key.alg.name(),
@@ -785,6 +837,7 @@ mod tests {
             rotate_after_seconds: 1_000,
             publish_ahead_seconds: 300,
             overlap_seconds: 500,
+            ..SigningConfig::default()
         }
     }
 
@@ -1256,6 +1309,180 @@ mod tests {
         for r in &rings[1..] {
             assert_eq!(r.jwks(), rings[0].jwks());
         }
+    }
+
+    /// `config(ES256)` sealing under `kek` and opening under `others` too (KEK files in `dir`).
+    fn sealed_config(dir: &std::path::Path, kek: u8, others: &[u8]) -> SigningConfig {
+        let file = |b: u8| {
+            let p = dir.join(format!("kek-{b}"));
+            std::fs::write(&p, STANDARD.encode([b; 32])).expect("kek file");
+            p
+        };
+        SigningConfig {
+            kek_file: Some(file(kek)),
+            other_kek_files: others.iter().map(|b| file(*b)).collect(),
+            ..config(Algorithm::ES256)
+        }
+    }
+
+    fn kek_id(b: u8) -> String {
+        super::super::kek::Kek::from_bytes(&[b; 32])
+            .expect("kek")
+            .id()
+            .to_owned()
+    }
+
+    /// Three replicas on one PostgreSQL database, their keys sealed under one KEK: a JWT
+    /// minted by any verifies at the others, before and across a rotation (each re-reads the
+    /// keys at its periodic `rotate_if_due`, well within `publish_ahead_seconds`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_verify_each_others_jwts_across_a_rotation_with_sealed_keys_on_postgres() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = lanyard_test_support::Postgres::shared().create_database("sealed_rotation");
+        let opts = crate::store::postgres::PostgresOptions::new(url);
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::postgres::PostgresStore::connect(&opts)
+                .await
+                .expect("connect"),
+        );
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        let mut rings = Vec::new();
+        for _ in 0..3 {
+            let own: Arc<dyn Store> =
+                Arc::new(crate::store::postgres::PostgresStore::open(&opts).expect("open"));
+            rings.push(
+                KeyRing::load_or_create(own, clock.clone(), sealed_config(dir.path(), 1, &[]))
+                    .await
+                    .expect("ring"),
+            );
+        }
+        let token = |r: &KeyRing| {
+            r.sign(&json!({"iss": ISS, "aud": "app", "exp": T0 + 5_000}))
+                .expect("sign")
+        };
+        let verifies = |r: &KeyRing, t: &str| {
+            r.verify(t, ISS, "app", clock.now())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let first = token(&rings[0]);
+        for r in &rings[1..] {
+            verifies(r, &first).expect("minted at the first, verified here");
+        }
+        // Rotation due: one creates the next key; every replica re-reads it.
+        clock.set(at(700));
+        for r in &rings {
+            r.rotate_if_due().await.expect("rotate");
+        }
+        let stored = store.signing_keys().await.expect("keys");
+        assert_eq!(stored.len(), 2);
+        for k in &stored {
+            let text = k.pkcs8.expose();
+            assert!(
+                text.starts_with(&format!("lk1.{}.", kek_id(1))),
+                "sealed at rest: {}",
+                &text[..20.min(text.len())]
+            );
+        }
+        for r in &rings[1..] {
+            assert_eq!(r.jwks(), rings[0].jwks());
+        }
+        // The new key signs; tokens of either key verify everywhere.
+        clock.set(at(1_001));
+        let second = token(&rings[2]);
+        assert_ne!(
+            jsonwebtoken::decode_header(&first).expect("h").kid,
+            jsonwebtoken::decode_header(&second).expect("h").kid,
+            "the new key signs"
+        );
+        for r in &rings {
+            verifies(r, &first).expect("the previous key still verifies");
+            verifies(r, &second).expect("the new key verifies at every replica");
+        }
+    }
+
+    /// A KEK rotation: keys sealed under the old KEK open under a configuration naming the
+    /// new one and the old one as `other_kek_files`, and are sealed again under the new one;
+    /// then the old KEK is no longer needed; a broker with no KEK cannot open them.
+    #[tokio::test]
+    async fn keys_are_sealed_again_under_a_new_kek_and_need_a_kek_to_load() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::at_unix(T0));
+        // Keys stored in the clear by a broker without a KEK are sealed once one has one.
+        let clear = ring_with(store.clone(), clock.clone(), Algorithm::ES256).await;
+        let jwks = clear.jwks();
+        let sealed_under = |store: Arc<dyn Store>| async move {
+            store
+                .signing_keys()
+                .await
+                .expect("keys")
+                .iter()
+                .map(|k| {
+                    k.pkcs8
+                        .expose()
+                        .split('.')
+                        .nth(1)
+                        .unwrap_or("clear")
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sealed_under(store.clone()).await, ["clear"]);
+        let old = KeyRing::load_or_create(
+            store.clone(),
+            clock.clone(),
+            sealed_config(dir.path(), 1, &[]),
+        )
+        .await
+        .expect("ring with a KEK");
+        assert_eq!(old.jwks(), jwks);
+        assert_eq!(sealed_under(store.clone()).await, [kek_id(1)]);
+        // Rotation: the new KEK seals, the old one opens.
+        let rotating = KeyRing::load_or_create(
+            store.clone(),
+            clock.clone(),
+            sealed_config(dir.path(), 2, &[1]),
+        )
+        .await
+        .expect("ring during the rotation");
+        assert_eq!(rotating.jwks(), jwks);
+        assert_eq!(sealed_under(store.clone()).await, [kek_id(2)]);
+        let done = KeyRing::load_or_create(
+            store.clone(),
+            clock.clone(),
+            sealed_config(dir.path(), 2, &[]),
+        )
+        .await
+        .expect("ring after the rotation");
+        assert_eq!(done.jwks(), jwks);
+        // Without its KEK, or with another one, a broker does not start, and says why.
+        let e = ring_with_err(store.clone(), clock.clone(), config(Algorithm::ES256)).await;
+        assert!(
+            e.contains("signing.kek_file") && e.contains(&kek_id(2)),
+            "{e}"
+        );
+        let e = ring_with_err(
+            store.clone(),
+            clock.clone(),
+            sealed_config(dir.path(), 3, &[]),
+        )
+        .await;
+        assert!(
+            e.contains("other_kek_files") && e.contains(&kek_id(2)),
+            "{e}"
+        );
+    }
+
+    async fn ring_with_err(
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        c: SigningConfig,
+    ) -> String {
+        KeyRing::load_or_create(store, clock, c)
+            .await
+            .expect_err("no ring")
+            .to_string()
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! they issue.
 //!
 //! - [`jwt`]: broker-signed JWTs, with rotating signing keys and a published JWKS.
+//! - [`kek`]: the signing keys' private halves sealed at rest under a key-encryption key.
 //! - [`sts`]: AWS STS AssumeRole with a scoped-down session policy, tags, SourceIdentity.
 //! - [`vault`]: HashiCorp Vault — KV v2, dynamic secrets with leases, PKI, child tokens.
 //! - [`cache`]: the upstream cache, single-flight coalescing and per-backend limits.
@@ -25,6 +26,7 @@
 
 pub mod cache;
 pub mod jwt;
+pub mod kek;
 pub mod lifetime;
 pub mod pod_watch;
 pub mod renewal;
@@ -196,11 +198,13 @@ impl Backends {
     ) -> Result<Self, SetupError> {
         let mut backends = Self::default();
         backends.insert(Arc::new(JwtBackend::new(keys, config.public_url.clone())));
-        if let Some(cfg) = &config.backends.vault {
+        // Each replica applies its share of the upstream limits.
+        let shared = config.backends.per_replica();
+        if let Some(cfg) = &shared.vault {
             let backend = VaultBackend::new(cfg, clock.clone(), metrics.clone())?;
             backends.insert(Arc::new(backend));
         }
-        if let Some(cfg) = &config.backends.aws_sts {
+        if let Some(cfg) = &shared.aws_sts {
             let backend = StsBackend::from_config(cfg, clock.clone(), metrics.clone()).await;
             backends.insert(Arc::new(backend));
         }
@@ -311,6 +315,7 @@ mod tests {
             rotate_after_seconds: 86_400,
             publish_ahead_seconds: 3_600,
             overlap_seconds: 3600,
+            ..SigningConfig::default()
         };
         let keys = KeyRing::load_or_create(store, clock.clone(), signing)
             .await

@@ -17,8 +17,11 @@
 //!
 //! The set of held leases lives in memory, and each lease renewed is marked in the store
 //! (`LeaseRecord::renew_step_secs`): a starting broker takes them up
-//! (`Broker::resume_renewals`), so a restart does not end them early. Replicas each renew
-//! what they issued or took up at their start (see CONFIG.md, "Lease renewal").
+//! (`Broker::resume_renewals`), so a restart does not end them early. Replicas sharing a
+//! PostgreSQL store renew one at a time (`Broker::renewal_tick`): the one holding the
+//! `lease_renewals` job takes up every replica's leases from the store at each period
+//! ([`Renewals::take_up`]), so a lost replica's leases go on being renewed (see CONFIG.md,
+//! "Lease renewal").
 //!
 //! The decisions ([`Held::due`], [`Held::increment`], [`Held::after`]) are pure and tested
 //! with plain times; [`Renewals`] holds the set.
@@ -93,14 +96,35 @@ impl Held {
     }
 }
 
-/// The leases being renewed, by broker lease id.
+/// The leases being renewed, by broker lease id, and those this process stopped renewing
+/// (so taking the store's leases up again, [`Renewals::take_up`], does not bring them back).
 #[derive(Debug, Default)]
 pub struct Renewals {
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<Sets>,
+}
+
+#[derive(Debug, Default)]
+struct Sets {
+    held: HashMap<String, Held>,
+    /// Leases no longer renewed here (released, capped, done, upstream ended), until the
+    /// broker's lease end.
+    ended: HashMap<String, SystemTime>,
+}
+
+impl Sets {
+    fn end(&mut self, lease_id: &str) -> bool {
+        match self.held.remove(lease_id) {
+            Some(h) => {
+                self.ended.insert(h.lease_id, h.until);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Renewals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn sets(&self) -> std::sync::MutexGuard<'_, Sets> {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -108,20 +132,42 @@ impl Renewals {
 
     /// Starts renewing a lease.
     pub fn hold(&self, lease: Held) {
-        self.lock().insert(lease.lease_id.clone(), lease);
+        let mut sets = self.sets();
+        sets.ended.remove(&lease.lease_id);
+        sets.held.insert(lease.lease_id.clone(), lease);
+    }
+
+    /// Starts renewing a lease found in the store, unless it is held already (its schedule
+    /// is then known better here) or this process stopped renewing it; whether it did.
+    pub fn take_up(&self, lease: Held) -> bool {
+        let mut sets = self.sets();
+        if sets.held.contains_key(&lease.lease_id) || sets.ended.contains_key(&lease.lease_id) {
+            return false;
+        }
+        sets.held.insert(lease.lease_id.clone(), lease);
+        true
     }
 
     /// Stops renewing a lease (revoked, expired); whether it was held.
     pub fn release(&self, lease_id: &str) -> bool {
-        self.lock().remove(lease_id).is_some()
+        self.sets().end(lease_id)
     }
 
     /// The leases due at `now` (copies: the caller renews without holding the lock). Leases
     /// past the broker's end or their upstream expiry are dropped.
     pub fn due(&self, now: SystemTime) -> Vec<Held> {
-        let mut held = self.lock();
-        held.retain(|_, h| now < h.until && now < h.upstream_expires_at);
-        held.values().filter(|h| h.due(now)).cloned().collect()
+        let mut sets = self.sets();
+        let gone: Vec<String> = sets
+            .held
+            .values()
+            .filter(|h| now >= h.until || now >= h.upstream_expires_at)
+            .map(|h| h.lease_id.clone())
+            .collect();
+        for id in &gone {
+            sets.end(id);
+        }
+        sets.ended.retain(|_, until| now < *until);
+        sets.held.values().filter(|h| h.due(now)).cloned().collect()
     }
 
     /// Records a renewal's answer; returns what it means (and drops the lease when nothing
@@ -133,18 +179,18 @@ impl Renewals {
         increment: Duration,
         granted_until: SystemTime,
     ) -> Option<Renewed> {
-        let mut held = self.lock();
-        let h = held.get_mut(lease_id)?;
+        let mut sets = self.sets();
+        let h = sets.held.get_mut(lease_id)?;
         let outcome = h.after(now, increment, granted_until);
         if outcome != Renewed::Extended {
-            held.remove(lease_id);
+            sets.end(lease_id);
         }
         Some(outcome)
     }
 
     /// How many leases are held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.sets().held.len()
     }
 
     /// Whether none is held.
@@ -171,6 +217,33 @@ mod tests {
             upstream_expires_at: at(step),
             step: Duration::from_secs(step),
         }
+    }
+
+    #[test]
+    fn taking_up_the_stores_leases_adds_only_those_neither_held_nor_ended_here() {
+        let r = Renewals::default();
+        assert!(r.take_up(held(300, 1000)));
+        // Held already: its schedule here is kept.
+        let mut again = held(300, 1000);
+        again.upstream_expires_at = at(1);
+        assert!(!r.take_up(again));
+        assert_eq!(r.due(at(100)), Vec::new());
+        // Released (revoked, refused): not taken up again while the broker's lease lasts.
+        assert!(r.release("ls_1"));
+        assert!(!r.take_up(held(300, 1000)));
+        assert_eq!(r.len(), 0);
+        // Renewed to its end: likewise.
+        let mut other = held(300, 1000);
+        other.lease_id = "ls_2".into();
+        assert!(r.take_up(other.clone()));
+        assert_eq!(
+            r.renewed("ls_2", at(200), Duration::from_secs(800), at(1000)),
+            Some(Renewed::Done)
+        );
+        assert!(!r.take_up(other));
+        // Past the broker's lease end the memory of it goes (and the store no longer lists it).
+        r.due(at(1000));
+        assert!(r.take_up(held(300, 2000)));
     }
 
     #[test]

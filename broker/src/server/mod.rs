@@ -133,8 +133,9 @@ fn spawn_background(broker: &Arc<Broker>, cert: Arc<tls::ReloadingCert>) -> Back
             let broker = broker.clone();
             async move {
                 broker.maintain_backends().await;
-                // Each replica renews the leases it holds (handed out, or taken up at start).
-                broker.renew_leases().await;
+                // Lease renewal: on PostgreSQL one replica at a time, taking up every
+                // replica's leases; elsewhere each process renews what it holds.
+                broker.renewal_tick().await;
                 // Sweeps over shared rows: one replica at a time (each replica's own Vault
                 // token, above, is its own).
                 if !broker.claim_job("expiry_sweeps").await {

@@ -397,6 +397,26 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner
+            .signing_keys
+            .iter_mut()
+            .find(|k| k.kid == kid && k.pkcs8.expose() == expected.expose())
+        {
+            Some(k) => {
+                k.pkcs8 = new.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
         Ok(self.lock().audit_head.clone())
     }

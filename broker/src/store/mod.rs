@@ -146,6 +146,35 @@ pub struct ChainHead {
     pub hash: String,
 }
 
+/// One audit chain kept in the store (`audit.sink: store`): every broker process writes its
+/// own, so replicas never contend for one head. `epoch` is the chain's number, unique in the
+/// store and increasing with each process start; every record of the chain names it and the
+/// `replica` that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditChain {
+    /// The chain's number (unique in the store).
+    pub epoch: u64,
+    /// The replica id of the process that writes it.
+    pub replica: String,
+    /// When the process opened it.
+    pub started_at: SystemTime,
+    /// Its last record (`None` before the first).
+    pub head: Option<ChainHead>,
+}
+
+/// One record's line in a chain kept in the store, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLine {
+    /// The record's seq and hash.
+    pub head: ChainHead,
+    /// The exact line (the hash covers it).
+    pub line: String,
+}
+
+/// The message a store without audit chains answers `audit.sink: store` with.
+pub const NO_AUDIT_CHAINS: &str =
+    "this store keeps no audit records: `audit.sink: store` needs a PostgreSQL store";
+
 /// The verdict of one image scan, keyed by (manifest digest, ruleset version). For an image
 /// index it is the worst verdict over the platforms scanned. Holds a findings summary only:
 /// never a secret value, never a preview of one.
@@ -446,6 +475,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes a signing key (after it has been retired long enough).
     async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
 
+    /// Replaces the stored private key text of `kid` with `new` only if it is still
+    /// `expected` (sealing it again under another key-encryption key, `issue::kek`); false
+    /// when it was not (another replica did it first, or the key is gone).
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let _ = (kid, expected, new);
+        Err(StoreError::Backend(
+            "this store cannot seal signing keys again".into(),
+        ))
+    }
+
     /// The audit chain head, if any record was written.
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError>;
 
@@ -528,6 +572,50 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes the records whose `expires_at` is at or before `now`; returns how many.
     async fn prune_admission_records(&self, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// Opens a new audit chain for `replica` (`audit.sink: store`) and returns its epoch.
+    async fn open_audit_chain(&self, replica: &str, now: SystemTime) -> Result<u64, StoreError> {
+        let _ = (replica, now);
+        Err(StoreError::Backend(NO_AUDIT_CHAINS.into()))
+    }
+
+    /// Saves one group of chain `epoch`'s lines (following `prev`, the chain's head before
+    /// them), the leases they record, and the new head, in one transaction: all or nothing,
+    /// except that a lease whose id exists already fails alone (as in
+    /// [`Store::record_group`]). An `Err` saved nothing; a head that moved meanwhile is
+    /// [`StoreError::Corrupt`].
+    async fn record_audit_lines(
+        &self,
+        epoch: u64,
+        prev: Option<&ChainHead>,
+        lines: &[StoredLine],
+        leases: &[LeaseRecord],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let _ = (epoch, prev, lines, leases);
+        Err(StoreError::Backend(NO_AUDIT_CHAINS.into()))
+    }
+
+    /// Every audit chain kept in the store, oldest first.
+    async fn audit_chains(&self) -> Result<Vec<AuditChain>, StoreError> {
+        Err(StoreError::Backend(NO_AUDIT_CHAINS.into()))
+    }
+
+    /// Up to `limit` lines of chain `epoch` after `after_seq`, in order.
+    async fn audit_lines(
+        &self,
+        epoch: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredLine>, StoreError> {
+        let _ = (epoch, after_seq, limit);
+        Err(StoreError::Backend(NO_AUDIT_CHAINS.into()))
+    }
+
+    /// Whether several broker processes may share this store at once (PostgreSQL): work
+    /// over shared rows is then claimed by one of them ([`Store::claim_job`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Claims the background job `job` (a sweep, a prune) for `holder` until `until`, so that
     /// of the replicas sharing the store one runs it per period: true when `holder` may run

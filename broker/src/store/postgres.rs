@@ -52,9 +52,10 @@ use tokio_postgres::{NoTls, Row};
 use zeroize::Zeroizing;
 
 use super::{
-    AdmissionRecord, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
+    AdmissionRecord, AuditChain, BootstrapTokenRecord, ChainHead, ExemptionRecord, LeaseRecord,
     MAX_LOCAL_SECRET_BYTES, RedeemedToken, ReserveOutcome, SessionRevocation, SigningKeyRecord,
-    Store, StoreError, VerdictRecord, from_unix, from_unix_millis, to_unix, to_unix_millis,
+    Store, StoreError, StoredLine, VerdictRecord, from_unix, from_unix_millis, to_unix,
+    to_unix_millis,
 };
 
 /// The advisory lock key migrations hold (`pg_advisory_xact_lock`): "lanyard" in ASCII.
@@ -154,7 +155,23 @@ pub const MIGRATIONS: &[&str] = &[
     // v3: the upstream lease length of a lease the broker renews (`issue::renewal`), so a
     // restarted broker resumes renewing it.
     "ALTER TABLE leases ADD COLUMN renew_step_secs BIGINT;",
-    // v4 (REV, issue 16): the pod a lease was issued to, for revocation when it is deleted.
+    // v4: audit records kept in the database (`audit.sink: store`), one chain per broker
+    // process: its head row is written in the same transaction as its records and leases.
+    "CREATE TABLE audit_chains (
+        epoch      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        replica    TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        seq        BIGINT NOT NULL DEFAULT 0,
+        hash       TEXT
+    );
+    CREATE TABLE audit_records (
+        epoch BIGINT NOT NULL REFERENCES audit_chains (epoch),
+        seq   BIGINT NOT NULL,
+        hash  TEXT NOT NULL,
+        line  TEXT NOT NULL,
+        PRIMARY KEY (epoch, seq)
+    );",
+    // v5 (issue 16): the pod a lease was issued to, for revocation when it is deleted.
     "ALTER TABLE leases ADD COLUMN pod_uid TEXT;
     CREATE INDEX leases_pod_uid ON leases (pod_uid) WHERE pod_uid IS NOT NULL;",
 ];
@@ -813,6 +830,11 @@ async fn insert_lease_on<C: deadpool_postgres::GenericClient>(
     Ok(())
 }
 
+fn epoch_i64(epoch: u64) -> Result<i64, StoreError> {
+    i64::try_from(epoch)
+        .map_err(|_| StoreError::Backend(format!("audit chain epoch {epoch} out of range")))
+}
+
 fn head_seq(head: &ChainHead) -> Result<i64, StoreError> {
     i64::try_from(head.seq).map_err(|_| {
         StoreError::Backend(format!(
@@ -1275,6 +1297,22 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "reseal_signing_key",
+                "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+                &[&kid, &expected.expose(), &new.expose()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
         let row = self
             .query_opt(
@@ -1576,6 +1614,156 @@ impl Store for PostgresStore {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn open_audit_chain(&self, replica: &str, now: SystemTime) -> Result<u64, StoreError> {
+        let now = to_unix(now)?;
+        let row = self
+            .query_opt(
+                "open_audit_chain",
+                "INSERT INTO audit_chains (replica, started_at) VALUES ($1, $2) RETURNING epoch",
+                &[&replica, &now],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Backend("open_audit_chain: no row came back".into()))?;
+        let epoch: i64 = col(&row, 0, "audit chain")?;
+        u64::try_from(epoch)
+            .map_err(|_| StoreError::Corrupt(format!("audit chain: negative epoch {epoch}")))
+    }
+
+    async fn record_audit_lines(
+        &self,
+        epoch: u64,
+        prev: Option<&ChainHead>,
+        lines: &[StoredLine],
+        leases: &[LeaseRecord],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        for l in leases {
+            lease_params(l)?;
+        }
+        let Some(last) = lines.last() else {
+            return Ok(Vec::new());
+        };
+        let epoch = epoch_i64(epoch)?;
+        let prev_seq = prev.map(head_seq).transpose()?.unwrap_or(0);
+        let new_seq = head_seq(&last.head)?;
+        let seqs = lines
+            .iter()
+            .map(|l| head_seq(&l.head))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let hashes: Vec<&str> = lines.iter().map(|l| l.head.hash.as_str()).collect();
+        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        let mut conn = self.conn("record_audit_lines").await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(pg_error("record_audit_lines: begin"))?;
+        // The head moves only from where this writer left it: a second writer on one chain
+        // (a bug) fails instead of forking it.
+        let moved = tx
+            .execute(
+                "UPDATE audit_chains SET seq = $2, hash = $3 WHERE epoch = $1 AND seq = $4",
+                &[&epoch, &new_seq, &last.head.hash, &prev_seq],
+            )
+            .await
+            .map_err(pg_error("record_audit_lines: head"))?;
+        if moved != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "audit chain {epoch}: its head is not at seq {prev_seq} (another writer?)"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO audit_records (epoch, seq, hash, line) \
+             SELECT $1, s, h, l FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[]) AS t (s, h, l)",
+            &[&epoch, &seqs, &hashes, &texts],
+        )
+        .await
+        .map_err(pg_error("record_audit_lines: records"))?;
+        let mut results = Vec::with_capacity(leases.len());
+        for l in leases {
+            match insert_lease_on(&tx, l).await {
+                Err(e @ StoreError::Duplicate(_)) => results.push(Err(e)),
+                Err(e) => return Err(e),
+                Ok(()) => results.push(Ok(())),
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(pg_error("record_audit_lines: commit"))?;
+        Ok(results)
+    }
+
+    async fn audit_chains(&self) -> Result<Vec<AuditChain>, StoreError> {
+        let rows = self
+            .query(
+                "audit_chains",
+                "SELECT epoch, replica, started_at, seq, hash FROM audit_chains ORDER BY epoch",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let epoch: i64 = col(r, 0, "audit chain")?;
+                let what = format!("audit chain {epoch}");
+                let seq: i64 = col(r, 3, &what)?;
+                let hash: Option<String> = col(r, 4, &what)?;
+                let head = match (seq, hash) {
+                    (0, None) => None,
+                    (seq, Some(hash)) if seq > 0 => Some(ChainHead {
+                        seq: seq.unsigned_abs(),
+                        hash,
+                    }),
+                    (seq, _) => {
+                        return Err(StoreError::Corrupt(format!("{what}: head seq {seq}")));
+                    }
+                };
+                Ok(AuditChain {
+                    epoch: u64::try_from(epoch)
+                        .map_err(|_| StoreError::Corrupt(format!("{what}: negative epoch")))?,
+                    replica: col(r, 1, &what)?,
+                    started_at: from_unix(col(r, 2, &what)?, &what)?,
+                    head,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_lines(
+        &self,
+        epoch: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredLine>, StoreError> {
+        let epoch = epoch_i64(epoch)?;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "audit_lines",
+                "SELECT seq, hash, line FROM audit_records WHERE epoch = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3",
+                &[&epoch, &after, &limit_i64(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = col(r, 0, "audit record")?;
+                let hash: String = col(r, 1, "audit record")?;
+                let line: String = col(r, 2, "audit record")?;
+                Ok(StoredLine {
+                    head: ChainHead {
+                        seq: u64::try_from(seq).map_err(|_| {
+                            StoreError::Corrupt(format!("audit record: negative seq {seq}"))
+                        })?,
+                        hash,
+                    },
+                    line,
+                })
+            })
+            .collect()
+    }
+
     async fn claim_job(
         &self,
         job: &str,
@@ -1639,6 +1827,115 @@ mod tests {
         // The schema works after both runs.
         store.insert_lease(&lease("ls_1")).await.expect("insert");
         assert!(store.get_lease("ls_1").await.expect("get").is_some());
+    }
+
+    /// Two replicas write their own audit chains into one database at once, with leases:
+    /// every record is saved with its lease, each chain verifies against its head row, and
+    /// an edited or deleted record is found with the chain it is in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_write_one_audit_chain_each_and_every_chain_verifies() {
+        use crate::audit::{AuditLog, AuditOptions, AuditRecord, AuditSink, Decision, Event};
+        let (url, store) = fresh("audit_chains").await;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let mut logs = Vec::new();
+        for replica in ["rp_a", "rp_b"] {
+            let options = AuditOptions {
+                replica: replica.to_owned(),
+                ..AuditOptions::default()
+            };
+            logs.push(
+                AuditLog::open_with(AuditSink::Store, store.clone(), options)
+                    .await
+                    .expect("open"),
+            );
+        }
+        let mut waits = Vec::new();
+        for i in 0..200 {
+            let rec = AuditRecord::new(
+                "2026-12-06T10:00:00Z".into(),
+                Event::Issue,
+                Decision::Allow,
+                format!("rule {i}"),
+            );
+            let log = &logs[i % 2];
+            waits.push(if i % 4 == 0 {
+                futures_util::FutureExt::boxed(
+                    log.append_with_lease(rec, lease(&format!("ls_{i}"))),
+                )
+            } else {
+                futures_util::FutureExt::boxed(log.append(rec))
+            });
+        }
+        let heads = futures_util::future::join_all(waits).await;
+        assert!(heads.iter().all(Result::is_ok), "{heads:?}");
+        for i in (0..200).step_by(4) {
+            assert!(
+                store
+                    .get_lease(&format!("ls_{i}"))
+                    .await
+                    .expect("get")
+                    .is_some(),
+                "lease {i} was saved with its record"
+            );
+        }
+        let chains = store.audit_chains().await.expect("chains");
+        assert_eq!(chains.len(), 2);
+        assert_eq!(
+            chains
+                .iter()
+                .map(|c| c.replica.as_str())
+                .collect::<Vec<_>>(),
+            ["rp_a", "rp_b"]
+        );
+        let outcomes = crate::audit::stored::verify_store(store.clone())
+            .await
+            .expect("verify");
+        for o in &outcomes {
+            let report = o.result.as_ref().expect("intact");
+            assert_eq!(report.records, 100);
+            assert_eq!(report.head, o.chain.head);
+        }
+        // Each record names its chain.
+        let line = &store
+            .audit_lines(chains[1].epoch, 0, 1)
+            .await
+            .expect("lines")[0]
+            .line;
+        let parsed = crate::audit::parse_line(line).expect("parse");
+        assert_eq!(parsed.record.replica.as_deref(), Some("rp_b"));
+        assert_eq!(parsed.record.epoch, Some(chains[1].epoch));
+
+        // Edit one record of the second chain, and delete the last one of the first.
+        let db = url.rsplit('/').next().expect("db name");
+        let (a, b) = (chains[0].epoch, chains[1].epoch);
+        Postgres::shared().psql_db(
+            db,
+            &format!(
+                "UPDATE audit_records SET line = replace(line, 'rule 3\"', 'rule 4\"') \
+                 WHERE epoch = {b} AND seq = 2"
+            ),
+        );
+        Postgres::shared().psql_db(
+            db,
+            &format!("DELETE FROM audit_records WHERE epoch = {a} AND seq = 100"),
+        );
+        let outcomes = crate::audit::stored::verify_store(store.clone())
+            .await
+            .expect("verify");
+        let failures: Vec<String> = outcomes
+            .iter()
+            .map(|o| o.result.as_ref().expect_err("broken").to_string())
+            .collect();
+        assert!(
+            failures[0].contains(&format!("chain {a} (replica rp_a)"))
+                && failures[0].contains("100"),
+            "{failures:?}"
+        );
+        assert!(
+            failures[1].contains(&format!("chain {b} (replica rp_b)"))
+                && failures[1].contains("seq 2"),
+            "{failures:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1268,6 +1268,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        expected: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let (kid, expected, new) = (kid.to_owned(), expected.clone(), new.clone());
+        self.run("reseal_signing_key", move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE signing_keys SET pkcs8 = ?3 WHERE kid = ?1 AND pkcs8 = ?2",
+                    params![kid, expected.expose(), new.expose()],
+                )
+                .map_err(sql_error("reseal_signing_key"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
         self.run("audit_head", |conn| {
             let row = conn

@@ -849,6 +849,40 @@ pub(super) async fn signing_keys_listed_oldest_first_and_deleted(s: Arc<dyn Stor
     assert_eq!(kids, ["k-old", "k-new"]);
 }
 
+pub(super) async fn a_signing_key_is_resealed_only_from_the_text_expected(s: Arc<dyn Store>) {
+    let k = key("k-1", 100);
+    s.insert_signing_key(&k).await.expect("ins");
+    let sealed = Secret::new("lk1.sealed-text");
+    let stale = Secret::new("not what is stored");
+    assert!(
+        !s.reseal_signing_key("k-1", &stale, &sealed)
+            .await
+            .expect("reseal")
+    );
+    assert!(
+        s.reseal_signing_key("k-1", &k.pkcs8, &sealed)
+            .await
+            .expect("reseal")
+    );
+    // A second replica doing the same finds it done.
+    assert!(
+        !s.reseal_signing_key("k-1", &k.pkcs8, &sealed)
+            .await
+            .expect("reseal")
+    );
+    assert!(
+        !s.reseal_signing_key("k-absent", &k.pkcs8, &sealed)
+            .await
+            .expect("reseal")
+    );
+    let keys = s.signing_keys().await.expect("list");
+    assert_eq!(keys[0].pkcs8.expose(), sealed.expose());
+    assert_eq!(
+        keys[0].active_from, k.active_from,
+        "only the key text changed"
+    );
+}
+
 pub(super) async fn audit_head_is_absent_then_overwritten(s: Arc<dyn Store>) {
     assert_eq!(s.audit_head().await.expect("head"), None);
     let h1 = ChainHead {
@@ -1326,6 +1360,7 @@ macro_rules! cases {
             leases_of_a_pod_are_found_by_its_uid,
             concurrent_lease_inserts_each_succeed_or_fail_alone,
             signing_keys_listed_oldest_first_and_deleted,
+            a_signing_key_is_resealed_only_from_the_text_expected,
             audit_head_is_absent_then_overwritten,
             record_group_saves_each_lease_and_the_head,
             local_secret_is_created_once_per_name,
