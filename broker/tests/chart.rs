@@ -432,6 +432,7 @@ fn the_policies_configmap_passes_policy_check_and_the_config_configmap_loads() {
                         (cfg.audit.sink.as_str(), cfg.backends.replicas),
                         ("stdout", 1)
                     );
+                    assert!(cfg.signing.kek_file.is_none());
                 } else {
                     // Three replicas on PostgreSQL: audit in the database, a third of the
                     // upstream limits each.
@@ -439,19 +440,15 @@ fn the_policies_configmap_passes_policy_check_and_the_config_configmap_loads() {
                         (cfg.audit.sink.as_str(), cfg.backends.replicas),
                         ("store", 3)
                     );
+                    // The signing keys sealed under the KEK Secret the chart mounts.
+                    assert_eq!(
+                        cfg.signing.kek_file.as_deref(),
+                        Some(std::path::Path::new("/etc/lanyard/kek/kek"))
+                    );
                     let inject = cfg.inject.expect("inject");
                     assert_eq!(inject.broker_url, cfg.public_url);
                     assert_eq!(inject.token_expiration_seconds, 900);
                 }
-            }
-            // The PostgreSQL store (issue 14) lands on another branch; until it is merged
-            // this broker does not know `store.postgres_url_file`. Once docs/CONFIG.md
-            // documents it, the full values must load too.
-            Err(e)
-                if e.to_string().contains("postgres_url_file")
-                    && !include_str!("../../docs/CONFIG.md").contains("postgres_url_file") =>
-            {
-                eprintln!("note: full values use the PostgreSQL store, not in this build: {e}");
             }
             Err(e) => panic!("the chart's broker config ({values:?}) does not load: {e}"),
         }
