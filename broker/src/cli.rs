@@ -18,6 +18,15 @@ use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::server::routes::{ExplainRequest, IdentitySpec};
 
+/// `println!` for the commands' output: when stdout is closed (`lanyard-broker audit query … |
+/// head`) the command ends quietly instead of panicking, and another write error (a full disk)
+/// is one clear line on stderr.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 const EXAMPLES: &str = "\
 Examples:
   lanyard-broker dev                                  # everything embedded, on https://127.0.0.1:8443
@@ -500,7 +509,7 @@ async fn verify_stored(store: Arc<dyn crate::store::Store>) -> Result<ExitCode, 
         match &o.result {
             Ok(report) => {
                 records += report.records;
-                println!(
+                out!(
                     "{name}: ok, {} records, chain intact{}",
                     report.records,
                     report
@@ -516,15 +525,15 @@ async fn verify_stored(store: Arc<dyn crate::store::Store>) -> Result<ExitCode, 
             }
             Err(failure) => {
                 failed += 1;
-                println!("TAMPERED: {failure}");
+                out!("TAMPERED: {failure}");
             }
         }
     }
     if failed > 0 {
-        println!("{failed} of {} chain(s) broken", outcomes.len());
+        out!("{failed} of {} chain(s) broken", outcomes.len());
         return Ok(ExitCode::FAILURE);
     }
-    println!(
+    out!(
         "store: ok, {} chain(s), {records} records, every chain intact and at its head",
         outcomes.len()
     );
@@ -708,7 +717,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let resp: MintTokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| format!("unexpected answer from the broker: {e}"))?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?
                 );
@@ -717,7 +726,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     "minted bootstrap token {} (single use, redeemable until {})",
                     resp.token_id, resp.expires_at
                 );
-                println!("{}", resp.token.expose());
+                out!("{}", resp.token.expose());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -751,7 +760,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 out["role_arn"].as_str().unwrap_or("?"),
                 out["issued_before"].as_str().unwrap_or("?")
             );
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&out["deny_policy"]).map_err(|e| e.to_string())?
             );
@@ -768,14 +777,14 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 None,
             )
             .await?;
-            println!("{}", String::from_utf8_lossy(&body));
+            out!("{}", String::from_utf8_lossy(&body));
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image_command(cmd).await,
         Command::Reload { admin } => {
             let body =
                 admin_call::<()>(&admin, reqwest::Method::POST, "/v1/admin/reload", None).await?;
-            println!("{}", String::from_utf8_lossy(&body));
+            out!("{}", String::from_utf8_lossy(&body));
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check { dir, config }) => {
@@ -791,9 +800,9 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             match crate::policy::load_dir(&dir, &|r| backends.validate_role(r)) {
                 Ok(set) => {
                     for w in crate::policy::claim_warnings(&set, &issuers) {
-                        println!("{w}");
+                        out!("{w}");
                     }
-                    println!(
+                    out!(
                         "{}: ok ({} files, {} roles, {} rules, digest {})",
                         dir.display(),
                         set.files.len(),
@@ -805,7 +814,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 }
                 Err(errors) => {
                     for e in &errors.0 {
-                        println!("{e}");
+                        out!("{e}");
                     }
                     eprintln!("{}: {} problem(s)", dir.display(), errors.0.len());
                     Ok(ExitCode::FAILURE)
@@ -865,12 +874,12 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             };
             let explanation = crate::policy::explain(&set, &req.identity.to_identity(), &req.role);
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&explanation).map_err(|e| e.to_string())?
                 );
             } else {
-                println!("{explanation}");
+                out!("{explanation}");
             }
             Ok(if explanation.allowed {
                 ExitCode::SUCCESS
@@ -903,7 +912,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let report = crate::store::copy::sqlite_to_postgres(&from, &to, SystemClock.now())
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("copied {} into {}: {report}", from.display(), opts.shown());
+            out!("copied {} into {}: {report}", from.display(), opts.shown());
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify {
@@ -942,7 +951,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             {
                 Ok(s) => s,
                 Err(missing) => {
-                    println!("{}: TAMPERED: {missing}", file.display());
+                    out!("{}: TAMPERED: {missing}", file.display());
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -959,7 +968,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                         ),
                         _ => String::new(),
                     };
-                    println!(
+                    out!(
                         "{}: ok, {} records{segments}, chain intact{}{from}",
                         file.display(),
                         report.records,
@@ -973,13 +982,13 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                             .unwrap_or_default()
                     );
                     if report.incomplete_tail_bytes > 0 {
-                        println!(
+                        out!(
                             "note: the newest segment ends in {} bytes of an incomplete record (a write cut short by a crash or a full disk, never acknowledged); the broker cuts it, and records the cut, at its next start",
                             report.incomplete_tail_bytes
                         );
                     }
                     if report.unwritten_bytes > 0 {
-                        println!(
+                        out!(
                             "note: the newest segment ends in {} bytes of unwritten (NUL) space",
                             report.unwritten_bytes
                         );
@@ -987,7 +996,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(failure) => {
-                    println!("{}: TAMPERED: {failure}", file.display());
+                    out!("{}: TAMPERED: {failure}", file.display());
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -1270,12 +1279,12 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
     use lanyard::wire::{ExemptionRequest, ScanRequest, VerdictResponse};
     let show = |v: &VerdictResponse, json: bool| -> Result<ExitCode, String> {
         if json {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
             );
         } else {
-            println!(
+            out!(
                 "{}: {}{}",
                 v.image.as_deref().unwrap_or(&v.digest),
                 v.verdict,
@@ -1286,19 +1295,19 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
                 }
             );
             for f in &v.findings {
-                println!(
+                out!(
                     "  {}",
                     crate::gate::decide::describe_finding(f) + &format!("  {}", f.fingerprint)
                 );
             }
             for i in &v.incomplete {
-                println!("  incomplete: {i}");
+                out!("  incomplete: {i}");
             }
             if let Some(e) = &v.exemption {
-                println!("  exempted: {e}");
+                out!("  exempted: {e}");
             }
             if let Some(r) = &v.ruleset_version {
-                println!(
+                out!(
                     "  ruleset {r}, scanned {}",
                     v.scanned_at.as_deref().unwrap_or("-")
                 );
@@ -1365,7 +1374,7 @@ async fn image_command(cmd: ImageCommand) -> Result<ExitCode, String> {
                 Some(&req),
             )
             .await?;
-            println!(
+            out!(
                 "exempted {} from the image gate (every use is audited)",
                 req.digest
             );
@@ -1432,6 +1441,21 @@ async fn admin_request<T: serde::Serialize>(
         Err(_) => format!("broker answered {status}"),
     };
     Err((Some(status.as_u16()), message))
+}
+
+/// Writes one line of a command's output (see `out!`). Blocking, as `println!` is.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{args}") {
+        Ok(()) => {}
+        // The reader went away: nothing more can be delivered, which is no error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("lanyard-broker: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,44 @@ fn policy_check_points_at_file_and_line_of_a_typo() {
     assert!(t.contains("max_ttl_secnds"), "{t}");
 }
 
+/// `lanyard-broker policy explain … | head` once panicked ("failed printing to stdout: Broken
+/// pipe"). With nobody reading its output a command ends quietly, and its exit says so.
+#[test]
+fn a_command_whose_reader_went_away_ends_quietly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for args in [
+        vec!["policy", "check", dir.to_str().expect("utf8")],
+        vec![
+            "policy",
+            "explain",
+            "--dir",
+            dir.to_str().expect("utf8"),
+            "--issuer",
+            "https://kubernetes.default.svc.cluster.local",
+            "--subject",
+            "system:serviceaccount:shop:api",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "api",
+            "--role",
+            "orders-api",
+        ],
+    ] {
+        // A pipe whose read end is closed before the command starts: its first write fails.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = broker_cmd()
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run lanyard-broker");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn policy_explain_names_the_rule() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
