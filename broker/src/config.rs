@@ -181,7 +181,29 @@ impl RevocationConfig {
 }
 
 /// `gate.mode` (and a policy rule's `gate_mode`), defined with the policies.
-pub use crate::policy::GateMode;
+/// Upper bound on any role's `max_ttl_seconds` (12 hours).
+pub const MAX_TTL_SECONDS: u64 = 12 * 60 * 60;
+
+/// `gate.mode` globally, `gate_mode` on a rule: refuse, or only record what would be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMode {
+    /// Refuse credentials to a workload whose images are not clean.
+    #[default]
+    Enforce,
+    /// Issue, and audit and count what enforce mode would have refused (the rollout path).
+    Audit,
+}
+
+impl GateMode {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
 
 /// `gate.unscanned`: what an image without a verdict gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1505,7 +1527,7 @@ pub struct SigningConfig {
     pub publish_ahead_seconds: u64,
     /// Old keys stay published (for verification) this long after a newer key takes over.
     /// At least the longest lifetime of a token the broker signs (a role's
-    /// `max_ttl_seconds` can reach [`crate::policy::load::MAX_TTL_SECONDS`]; a session token
+    /// `max_ttl_seconds` can reach [`MAX_TTL_SECONDS`]; a session token
     /// lives `bootstrap.session_ttl_seconds`).
     #[serde(default = "default_overlap")]
     pub overlap_seconds: u64,
@@ -2359,7 +2381,7 @@ impl BrokerConfig {
         self.server.check()?;
         self.signing.validate(
             self.reload_interval_seconds,
-            crate::policy::load::MAX_TTL_SECONDS.max(self.bootstrap.session_ttl_seconds),
+            MAX_TTL_SECONDS.max(self.bootstrap.session_ttl_seconds),
         )?;
         if !(1..=MAX_REPLICAS).contains(&self.backends.replicas) {
             return Err(format!(

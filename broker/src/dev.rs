@@ -430,7 +430,7 @@ pub async fn run(
     } else {
         None
     };
-    crate::cli::write_out(format_args!("{}", banner(&env, &opts.role, opts.sidecar)));
+    crate::output::write_out(format_args!("{}", banner(&env, &opts.role, opts.sidecar)));
     shutdown.await;
     let _ = stop_tx.send(true);
     if let Some(s) = sidecar {
@@ -440,7 +440,7 @@ pub async fn run(
         Ok(r) => r?,
         Err(e) => tracing::error!(error = %e, "server task failed"),
     }
-    crate::cli::write_out(format_args!(
+    crate::output::write_out(format_args!(
         "lanyard dev stopped; state kept in {}",
         env.dir.display()
     ));

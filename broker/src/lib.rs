@@ -40,6 +40,7 @@ pub mod error;
 pub mod gate;
 pub mod issue;
 pub mod metrics;
+mod output;
 pub mod policy;
 pub mod secret_file;
 pub mod server;

@@ -23,8 +23,7 @@ use yaml::{Entry, Node, Value};
 /// Largest policy file accepted, in bytes.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Upper bound on any role's `max_ttl_seconds` (12 hours).
-pub const MAX_TTL_SECONDS: u64 = 12 * 60 * 60;
+pub use crate::config::MAX_TTL_SECONDS;
 
 const TOP_FIELDS: &[&str] = &["roles", "rules"];
 const ROLE_FIELDS: &[&str] = &[

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use eval::{Decision, Denial, Explanation, Grant, RuleCheck, evaluate, explain};
 pub use load::{PolicyError, PolicyErrors, claim_warnings, load_dir};
@@ -255,23 +255,4 @@ pub struct PolicySet {
     pub digest: String,
 }
 
-/// `gate.mode` globally, `gate_mode` on a rule: refuse, or only record what would be refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GateMode {
-    /// Refuse credentials to a workload whose images are not clean.
-    #[default]
-    Enforce,
-    /// Issue, and audit and count what enforce mode would have refused (the rollout path).
-    Audit,
-}
-
-impl GateMode {
-    /// Stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::Audit => "audit",
-        }
-    }
-}
+pub use crate::config::GateMode;
