@@ -294,14 +294,19 @@ impl Keks {
         );
         let sealed = encrypt(&dek, pkcs8.expose().as_bytes(), kid.as_bytes())?;
         let wrapped_key = encrypt(&kek.key, &data_key[..], &wrap_aad(kid))?;
-        Ok(Secret::new(
-            Envelope {
-                kek_id: kek.id.clone(),
-                wrapped_key,
-                sealed,
-            }
-            .text(),
-        ))
+        let text = Envelope {
+            kek_id: kek.id.clone(),
+            wrapped_key,
+            sealed,
+        }
+        .text();
+        // What `open` would refuse is never stored: the broker could not start again.
+        if text.len() > MAX_ENVELOPE_BYTES {
+            return Err(KekError::Seal(
+                "the key is too long to seal (its envelope would be over the limit)",
+            ));
+        }
+        Ok(Secret::new(text))
     }
 
     /// Opens the stored text of key `kid`: an envelope under a KEK this broker has, or a key
@@ -397,6 +402,10 @@ mod tests {
 
     #[test]
     fn envelopes_are_bounded_and_malformed_ones_refused() {
+        // Sealing refuses what opening would: a key whose envelope would be over the limit.
+        let keks = Keks::new(Some(Kek::from_bytes(&[7; 32]).expect("kek")), Vec::new());
+        let huge = Secret::new("A".repeat(MAX_ENVELOPE_BYTES));
+        assert!(matches!(keks.seal("kid", &huge), Err(KekError::Seal(_))));
         let long = format!("{PREFIX}{}", "a".repeat(MAX_ENVELOPE_BYTES));
         assert!(matches!(
             Envelope::parse(&long),
