@@ -72,6 +72,27 @@ fn policy_check_points_at_file_and_line_of_a_typo() {
     assert!(t.contains("max_ttl_secnds"), "{t}");
 }
 
+/// `policy explain` of the shipped policies in `d` for `shop/api` asking for `orders-api`
+/// (a rule grants it).
+fn explain_orders_api(d: &str) -> [&str; 14] {
+    [
+        "policy",
+        "explain",
+        "--dir",
+        d,
+        "--issuer",
+        "https://kubernetes.default.svc.cluster.local",
+        "--subject",
+        "system:serviceaccount:shop:api",
+        "--namespace",
+        "shop",
+        "--service-account",
+        "api",
+        "--role",
+        "orders-api",
+    ]
+}
+
 /// `lanyard-broker policy explain … | head` once panicked ("failed printing to stdout: Broken
 /// pipe"). With nobody reading its output a command ends quietly, and its exit says so.
 #[test]
@@ -79,22 +100,7 @@ fn a_command_whose_reader_went_away_ends_quietly() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     for args in [
         vec!["policy", "check", dir.to_str().expect("utf8")],
-        vec![
-            "policy",
-            "explain",
-            "--dir",
-            dir.to_str().expect("utf8"),
-            "--issuer",
-            "https://kubernetes.default.svc.cluster.local",
-            "--subject",
-            "system:serviceaccount:shop:api",
-            "--namespace",
-            "shop",
-            "--service-account",
-            "api",
-            "--role",
-            "orders-api",
-        ],
+        explain_orders_api(dir.to_str().expect("utf8")).to_vec(),
     ] {
         // A pipe whose read end is closed before the command starts: its first write fails.
         let (reader, writer) = std::io::pipe().expect("pipe");
@@ -114,22 +120,7 @@ fn a_command_whose_reader_went_away_ends_quietly() {
 fn policy_explain_names_the_rule() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let d = dir.to_str().expect("utf8");
-    let allowed = run(&[
-        "policy",
-        "explain",
-        "--dir",
-        d,
-        "--issuer",
-        "https://kubernetes.default.svc.cluster.local",
-        "--subject",
-        "system:serviceaccount:shop:api",
-        "--namespace",
-        "shop",
-        "--service-account",
-        "api",
-        "--role",
-        "orders-api",
-    ]);
+    let allowed = run(&explain_orders_api(d));
     assert!(allowed.status.success(), "{}", text(&allowed));
     let denied = run(&[
         "policy",
