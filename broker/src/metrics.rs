@@ -3,8 +3,8 @@
 //! from fixed enums — never identities or request data).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// All broker metrics, registered in one registry: a shared handle (cloning it, as every
@@ -79,6 +79,15 @@ pub struct Registered {
     pub audit_write_failures: IntCounter,
     /// `lanyard_audit_segment`: the number of the audit segment being written.
     pub audit_segment: IntGauge,
+    /// `lanyard_audit_group_records`: records per durable group (one write and sync).
+    pub audit_group_records: Histogram,
+    /// `lanyard_audit_stage_seconds{stage}`: per group, `write` (write + sync of the file, or
+    /// the store transaction of a chain kept in the store) and `save` (the store transaction
+    /// with the group's leases and chain head, after a file write).
+    pub audit_stage_duration: HistogramVec,
+    /// `lanyard_audit_wait_seconds`: from a record's append to its answer (durable and saved):
+    /// what each audited request waits for the audit.
+    pub audit_wait: Histogram,
     /// `lanyard_errors_total{code}`: error answers by their stable code (`store_unavailable`,
     /// `unauthenticated`, ...).
     pub errors: IntCounterVec,
@@ -293,6 +302,48 @@ impl Metrics {
             "lanyard_audit_segment",
             "Number of the audit log segment being written.",
         );
+        // The audit path's own steps take tens of microseconds to milliseconds: finer buckets.
+        let fine = vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+        ];
+        let audit_group_records = Histogram::with_opts(
+            HistogramOpts::new(
+                "lanyard_audit_group_records",
+                "Audit records per durable group (one write and sync).",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_group_records.clone()))
+            .expect("unique metric");
+        let audit_stage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lanyard_audit_stage_seconds",
+                "Per audit group: write (write + sync of the file, or the store transaction of \
+                 a chain kept in the store) and save (the store transaction with the group's \
+                 leases and chain head).",
+            )
+            .buckets(fine.clone()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_stage_duration.clone()))
+            .expect("unique metric");
+        let audit_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "lanyard_audit_wait_seconds",
+                "From an audit record's append to its answer (durable and saved).",
+            )
+            .buckets(fine),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_wait.clone()))
+            .expect("unique metric");
         let errors = counter("lanyard_errors_total", "Error answers by code.", &["code"]);
         let session_revocations = counter(
             "lanyard_session_revocations_total",
@@ -416,6 +467,9 @@ impl Metrics {
             audit_sink_writable,
             audit_write_failures,
             audit_segment,
+            audit_group_records,
+            audit_stage_duration,
+            audit_wait,
             errors,
             session_revocations,
             session_revocation_refreshes,
@@ -451,6 +505,10 @@ impl Metrics {
             writable: self.audit_sink_writable.clone(),
             write_failures: self.audit_write_failures.clone(),
             segment: self.audit_segment.clone(),
+            group_records: self.audit_group_records.clone(),
+            write: self.audit_stage_duration.with_label_values(&["write"]),
+            save: self.audit_stage_duration.with_label_values(&["save"]),
+            wait: self.audit_wait.clone(),
         }
     }
 

@@ -480,6 +480,125 @@ fn wrk(
     )
 }
 
+/// What a load run cost: this process's CPU per request (the broker or the floor server runs
+/// in it; wrk does not) and the share of the machine's CPU time left idle or in iowait.
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    cpu_us: f64,
+    idle: f64,
+    iowait: f64,
+}
+
+impl Spent {
+    /// Runs `load`, which returns requests/s over `secs` seconds, and measures it.
+    async fn measure<T>(
+        secs: u32,
+        load: impl std::future::Future<Output = T>,
+        rps: impl Fn(&T) -> f64,
+    ) -> (T, Self) {
+        use lanyard_test_support::process::{MachineCpu, cpu_seconds};
+        let (cpu, machine) = (cpu_seconds(std::process::id()), MachineCpu::now());
+        let out = load.await;
+        let used = cpu_seconds(std::process::id()) - cpu;
+        let (idle, iowait) = MachineCpu::now().shares_since(&machine);
+        let requests = (rps(&out) * f64::from(secs)).max(1.0);
+        let spent = Self {
+            cpu_us: used * 1e6 / requests,
+            idle,
+            iowait,
+        };
+        (out, spent)
+    }
+}
+
+/// The audit path's own timings from the broker's histograms (sum and count of each).
+#[derive(Debug, Clone, Copy, Default)]
+struct AuditSteps {
+    wait: (f64, u64),
+    write: (f64, u64),
+    save: (f64, u64),
+    group: (f64, u64),
+    /// Writes and saves that took over 5 ms.
+    slow: (u64, u64),
+}
+
+impl AuditSteps {
+    fn now(broker: &TestBroker) -> Self {
+        let m = broker.broker.metrics();
+        let of = |h: prometheus::Histogram| (h.get_sample_sum(), h.get_sample_count());
+        // Observations over 5 ms: the count less the 5 ms bucket's cumulative count.
+        let over_5ms = |h: prometheus::Histogram| {
+            use prometheus::core::Collector as _;
+            let families = h.collect();
+            let Some(m) = families.first().and_then(|f| f.get_metric().first()) else {
+                return 0;
+            };
+            let hist = m.get_histogram();
+            let within = hist
+                .get_bucket()
+                .iter()
+                .find(|b| (b.upper_bound() - 0.005).abs() < 1e-9)
+                .map_or(0, prometheus::proto::Bucket::cumulative_count);
+            hist.get_sample_count().saturating_sub(within)
+        };
+        let (write, save) = (
+            m.audit_stage_duration.with_label_values(&["write"]),
+            m.audit_stage_duration.with_label_values(&["save"]),
+        );
+        Self {
+            wait: of(m.audit_wait.clone()),
+            slow: (over_5ms(write.clone()), over_5ms(save.clone())),
+            write: of(write),
+            save: of(save),
+            group: of(m.audit_group_records.clone()),
+        }
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        let d = |a: (f64, u64), b: (f64, u64)| (a.0 - b.0, a.1.saturating_sub(b.1));
+        Self {
+            wait: d(self.wait, earlier.wait),
+            write: d(self.write, earlier.write),
+            save: d(self.save, earlier.save),
+            group: d(self.group, earlier.group),
+            slow: (
+                self.slow.0.saturating_sub(earlier.slow.0),
+                self.slow.1.saturating_sub(earlier.slow.1),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for AuditSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mean = |(sum, n): (f64, u64)| sum / (n.max(1) as f64);
+        write!(
+            f,
+            "wait {:.3} ms per record; per group: {:.1} records, write + sync {:.3} ms, \
+             store transaction {:.3} ms ({} groups; over 5 ms: {} writes, {} store transactions)",
+            1e3 * mean(self.wait),
+            mean(self.group),
+            1e3 * mean(self.write),
+            1e3 * mean(self.save),
+            self.group.1,
+            self.slow.0,
+            self.slow.1
+        )
+    }
+}
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} µs of CPU per request, CPUs idle {:.0}%, iowait {:.0}%",
+            self.cpu_us,
+            100.0 * self.idle,
+            100.0 * self.iowait
+        )
+    }
+}
+
 /// The issue-2 figure: `POST /v1/credentials` over TLS keep-alive (JWT auth, `jwt`
 /// backend, SQLite store, file audit log with fsync) with `wrk`, 64 connections, next to
 /// the crypto-only figure measured in the same run. Build with `--release`.
@@ -532,7 +651,11 @@ async fn bench_https_issuance_vs_crypto_only() {
         tokio::task::spawn_blocking(move || wrk(&u, &s, connections, secs))
     };
     run(&url, 64, 3).await.expect("join"); // warm up
-    let (rps, p50, p99, non2xx) = run(&url, 64, 20).await.expect("join");
+    let audit_before = AuditSteps::now(&broker);
+    let (issuing, spent) =
+        Spent::measure(20, run(&url, 64, 20), |r| r.as_ref().map_or(0.0, |r| r.0)).await;
+    let audit_steps = AuditSteps::now(&broker).since(&audit_before);
+    let (rps, p50, p99, non2xx) = issuing.expect("join");
     for c in extra {
         let (r, p50, p99, bad) = run(&url, c, 10).await.expect("join");
         println!("BENCH   {c} connections: {r:.0} req/s, p50 {p50}, p99 {p99}, non-2xx {bad}");
@@ -555,9 +678,13 @@ async fn bench_https_issuance_vs_crypto_only() {
         )
         .await;
         run(&floor_url, 64, 2).await.expect("join"); // warm up
-        let (r, p50, p99, bad) = run(&floor_url, 64, 10).await.expect("join");
+        let (floor_run, floor_spent) = Spent::measure(10, run(&floor_url, 64, 10), |r| {
+            r.as_ref().map_or(0.0, |r| r.0)
+        })
+        .await;
+        let (r, p50, p99, bad) = floor_run.expect("join");
         assert_eq!(bad, 0, "the floor server answers every request");
-        floors.push((r, p50, p99));
+        floors.push((r, p50, p99, floor_spent));
     }
     let crypto_2 = crypto_only_per_second(&crypto, &token, Verify::Parsed, 2, 5.0);
     let crypto_rate = f64::midpoint(crypto_1, crypto_2);
@@ -569,7 +696,10 @@ async fn bench_https_issuance_vs_crypto_only() {
          crypto-only with jsonwebtoken::decode (2 threads): {crypto_jwt:.0}/s\n  \
          issuance / crypto-only (2 threads): {:.0}%\n  \
          floor, TLS + HTTP only: {:.0} req/s (p50 {}, p99 {}); floor + crypto: {:.0} req/s (p50 {}, p99 {}) = {:.0}% of crypto-only\n  \
-         issuance / (floor + crypto): {:.0}%",
+         issuance / (floor + crypto): {:.0}%\n  \
+         cost: issuance {spent}; floor {}; floor + crypto {}\n  \
+         CPU per issuance / per floor + crypto request: {:.2}\n  \
+         audit, means over the run: {audit_steps}",
         100.0 * rps / crypto_rate,
         floors[0].0,
         floors[0].1,
@@ -578,7 +708,10 @@ async fn bench_https_issuance_vs_crypto_only() {
         floors[1].1,
         floors[1].2,
         100.0 * floors[1].0 / crypto_rate,
-        100.0 * rps / floors[1].0
+        100.0 * rps / floors[1].0,
+        floors[0].3,
+        floors[1].3,
+        spent.cpu_us / floors[1].3.cpu_us
     );
     if let Some((bao_rps, bao_p50, bao_p99)) = openbao {
         println!(
@@ -933,10 +1066,12 @@ async fn bench_https_half_load_tail() {
     println!(
         "BENCH half-load tail: peak {peak_rps:.0} req/s (oha -c 64, 20 s); rate {rate} req/s for {secs} s each"
     );
+    let audit_before = AuditSteps::now(&broker);
     let mut rows = vec![(
         "issuance",
         load(&url, Some(rate), secs).await.expect("join"),
     )];
+    let audit_steps = AuditSteps::now(&broker).since(&audit_before);
     let crypto = Arc::new(Crypto::new(&issuer));
     for (name, with_crypto) in [("floor", false), ("floor + crypto", true)] {
         let floor_url = floor_server(
@@ -958,6 +1093,7 @@ async fn bench_https_half_load_tail() {
             d["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0)
         );
     }
+    println!("  issuance's audit, means over the run: {audit_steps}");
     let p999 = |i: usize| latencies(&rows[i].1).2;
     println!(
         "  issuance p99.9 / floor p99.9: {:.2}; / floor + crypto p99.9: {:.2}",

@@ -87,28 +87,17 @@ fn load(urls: &[String], script: &Path, secs: u32) -> (f64, f64, u64) {
 }
 
 /// CPU seconds used so far (user and system, with reaped children) by the processes
-/// `pgrep ARGS` lists (`-u postgres`, or `-f PATH`), from `/proc/PID/stat` in clock ticks
-/// (`ps -o times` counts whole seconds, too coarse for a database's many short backends).
+/// `pgrep ARGS` lists (`-u postgres`, or `-f PATH`).
 fn cpu_seconds(args: &[&str]) -> f64 {
     let out = std::process::Command::new("pgrep")
         .args(args)
         .output()
         .expect("pgrep");
-    let ticks: u64 = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|stat| {
-            // The fields after the command (which may hold spaces) in parentheses.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            rest.split_whitespace()
-                .skip(11)
-                .take(4)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum();
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
+        .filter_map(|pid| pid.parse().ok())
+        .map(lanyard_test_support::process::cpu_seconds)
+        .sum()
 }
 
 /// Committed transactions in database `db` so far.

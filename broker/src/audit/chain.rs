@@ -103,6 +103,14 @@ pub struct SinkMetrics {
     pub write_failures: prometheus::IntCounter,
     /// `lanyard_audit_segment`: the number of the segment being written.
     pub segment: prometheus::IntGauge,
+    /// `lanyard_audit_group_records`: records per durable group.
+    pub group_records: prometheus::Histogram,
+    /// `lanyard_audit_stage_seconds{stage="write"}`: a group's write + sync.
+    pub write: prometheus::Histogram,
+    /// `lanyard_audit_stage_seconds{stage="save"}`: a group's store transaction.
+    pub save: prometheus::Histogram,
+    /// `lanyard_audit_wait_seconds`: from append to answer.
+    pub wait: prometheus::Histogram,
 }
 
 /// Whether the sink can write, shared by the writer (which changes it only when it fails or
@@ -123,6 +131,8 @@ struct Health {
 #[derive(Debug)]
 pub struct AuditLog {
     tx: tokio::sync::mpsc::UnboundedSender<Pending>,
+    /// `lanyard_audit_wait_seconds`, when metrics are kept.
+    wait: Option<prometheus::Histogram>,
     head: Arc<std::sync::Mutex<Option<ChainHead>>>,
     health: Arc<Health>,
 }
@@ -275,12 +285,14 @@ impl AuditLog {
             AuditSink::File(base) => {
                 let opened: Opened = {
                     let base = base.clone();
-                    tokio::task::spawn_blocking(move || resume::open(&base, store_head))
+                    let now = options.clock.now();
+                    let store_head = store_head.clone();
+                    tokio::task::spawn_blocking(move || resume::open(&base, store_head, now))
                         .await
                         .map_err(|e| io::Error::other(format!("audit open task failed: {e}")))??
                 };
                 if let Some(h) = &opened.adopt {
-                    store.set_audit_head(h).await?;
+                    adopt(store.as_ref(), store_head.as_ref(), h, &opened).await?;
                 }
                 let now = options.clock.now();
                 if let Some(previous) = &opened.needs_header {
@@ -311,6 +323,11 @@ impl AuditLog {
         let shared = Arc::new(std::sync::Mutex::new(head.clone()));
         let health = Arc::new(Health::default());
         let (recorder, written) = tokio::sync::mpsc::unbounded_channel();
+        let wait = options.metrics.as_ref().map(|m| m.wait.clone());
+        let save = options.metrics.as_ref().map(|m| m.save.clone());
+        // A file replays the leases of its records at start: its groups may be saved
+        // without the store's own sync (`Store::record_replayable_group`).
+        let replayable = matches!(out, Output::File(_));
         if let Some(m) = &options.metrics {
             m.writable.set(1);
         }
@@ -325,7 +342,7 @@ impl AuditLog {
             health: health.clone(),
             options,
         };
-        tokio::spawn(record(store, written));
+        tokio::spawn(record(store, written, save, replayable));
         if !writer.internal.is_empty() {
             // The log's own records (a segment's header, a cut) before anything else.
             writer.commit(&mut Vec::new()).await;
@@ -333,6 +350,7 @@ impl AuditLog {
         tokio::spawn(writer.run(rx));
         Ok(Self {
             tx,
+            wait,
             head: shared,
             health,
         })
@@ -390,6 +408,7 @@ impl AuditLog {
     ) -> impl std::future::Future<Output = Result<ChainHead, AuditError>> + Send + 'static {
         let (done, answer) = tokio::sync::oneshot::channel();
         let queued = self.tx.send(Pending { rec, lease, done }).is_ok();
+        let waiting = self.wait.clone().map(|h| (h, std::time::Instant::now()));
         async move {
             let ended = || {
                 AuditError::Io(io::Error::other(
@@ -399,7 +418,11 @@ impl AuditLog {
             if !queued {
                 return Err(ended());
             }
-            answer.await.unwrap_or_else(|_| Err(ended()))
+            let answered = answer.await.unwrap_or_else(|_| Err(ended()));
+            if let Some((h, since)) = waiting {
+                h.observe(since.elapsed().as_secs_f64());
+            }
+            answered
         }
     }
 }
@@ -575,10 +598,15 @@ impl Writer {
         let Some(last) = head.filter(|_| !callers.is_empty()) else {
             return;
         };
+        let started = std::time::Instant::now();
         let written = match in_store {
             Some((epoch, _)) => self.save(epoch, &stored, &callers).await.map(Some),
             None => self.write(buf.into_bytes()).await.map(|()| None),
         };
+        if let Some(m) = &self.options.metrics {
+            m.write.observe(started.elapsed().as_secs_f64());
+            m.group_records.observe(callers.len() as f64);
+        }
         let saved = match written {
             Ok(saved) => saved,
             Err(failed) => {
@@ -797,7 +825,12 @@ impl Writer {
 
 /// The recorder task: saves written groups in order. Groups that queued up while the store
 /// was busy are saved together, in one transaction with the newest head.
-async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Caller>>) {
+async fn record(
+    store: Arc<dyn Store>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Caller>>,
+    save: Option<prometheus::Histogram>,
+    replayable: bool,
+) {
     let mut groups = Vec::new();
     while rx.recv_many(&mut groups, MAX_BATCH).await > 0 {
         let callers: Vec<Caller> = groups.drain(..).flatten().collect();
@@ -810,7 +843,16 @@ async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRecei
         // tolerates (the records after the store's head chain on from it); the callers
         // whose lease was not saved get the error.
         let leases: Vec<LeaseRecord> = callers.iter().filter_map(|(_, _, l)| l.clone()).collect();
-        match store.record_group(&leases, &head).await {
+        let started = std::time::Instant::now();
+        let saved = if replayable {
+            store.record_replayable_group(&leases, &head).await
+        } else {
+            store.record_group(&leases, &head).await
+        };
+        if let Some(h) = &save {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        match saved {
             Ok(results) => answer(callers, results),
             Err(e) => {
                 for (done, _, _) in callers {
@@ -819,6 +861,50 @@ async fn record(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRecei
             }
         }
     }
+}
+
+/// Leases replayed per store transaction at start.
+const REPLAY_CHUNK: usize = 1024;
+
+/// Saves the head the store adopts at start (the file's last record: the store was empty or
+/// behind), with the running leases of the records after the store's old head — the rows
+/// of issuance groups whose commit a power cut undid. The head moves with the last chunk
+/// only, so a stop midway replays again at the next start; a lease already saved is a
+/// duplicate and left as it is.
+async fn adopt(
+    store: &dyn Store,
+    old: Option<&ChainHead>,
+    head: &ChainHead,
+    opened: &Opened,
+) -> Result<(), AuditError> {
+    if opened.replay.is_empty() {
+        store.set_audit_head(head).await?;
+        return Ok(());
+    }
+    let chunks = opened.replay.chunks(REPLAY_CHUNK).count();
+    let (mut replayed, mut present, mut refused) = (0u64, 0u64, Vec::new());
+    for (i, chunk) in opened.replay.chunks(REPLAY_CHUNK).enumerate() {
+        let at = if i + 1 == chunks {
+            head
+        } else {
+            old.unwrap_or(head)
+        };
+        for result in store.record_group(chunk, at).await? {
+            match result {
+                Ok(()) => replayed += 1,
+                Err(StoreError::Duplicate(_)) => present += 1,
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+    }
+    tracing::warn!(
+        replayed,
+        already_saved = present,
+        not_replayed = opened.replay_dropped + refused.len() as u64,
+        first_refusal = refused.first().map(String::as_str).unwrap_or("-"),
+        "saved the running leases of the audit records after the store's chain head (the store lost its last commits, or was restored from a backup)"
+    );
+    Ok(())
 }
 
 /// Answers each caller of a saved group: its lease's own outcome (in order), if it had one.
@@ -1100,6 +1186,85 @@ mod tests {
             .await
             .expect_err("must refuse");
         assert!(matches!(err, AuditError::ChainMismatch(_)), "{err}");
+    }
+
+    /// An `issue` record as the broker writes it for `lease`.
+    fn issue_record(lease: &LeaseRecord) -> AuditRecord {
+        let mut rec = AuditRecord::new(
+            lanyard::clock::rfc3339(lease.issued_at),
+            Event::Issue,
+            Decision::Allow,
+            "granted by rule shop",
+        );
+        rec.identity = Some(lease.subject.clone());
+        rec.issuer = Some(lease.issuer.clone());
+        rec.role = Some(lease.role.clone());
+        rec.backend = Some(lease.backend.clone());
+        rec.lease_id = Some(lease.lease_id.clone());
+        rec.fingerprint = Some(lease.fingerprint.clone());
+        rec.expires_at = Some(lanyard::clock::rfc3339(lease.expires_at));
+        rec.pod_uid = lease.pod_uid.clone();
+        rec.renew_step_secs = lease.renew_step_secs;
+        rec
+    }
+
+    #[tokio::test]
+    async fn running_leases_after_the_store_head_are_replayed_at_start() {
+        // A power cut after issuance groups reached the file but before the store's commits
+        // reached its disk: the store comes back at an older head without their leases.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let now = crate::issue::lifetime::whole_seconds(SystemClock.now());
+        let running = |id: &str| LeaseRecord {
+            issued_at: now,
+            expires_at: now + Duration::from_secs(600),
+            pod_uid: Some("pod-1".into()),
+            renew_step_secs: Some(60),
+            ..lease(id)
+        };
+        let (a, b, c) = (running("ls_a"), running("ls_b"), running("ls_c"));
+        let expired = LeaseRecord {
+            issued_at: now - Duration::from_secs(1_200),
+            expires_at: now - Duration::from_secs(600),
+            ..lease("ls_old")
+        };
+        let before: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(AuditSink::File(path.clone()), before.clone())
+            .await
+            .expect("open");
+        let older_head = log.append(record(1)).await.expect("append");
+        for l in [&a, &expired, &b, &c] {
+            log.append_with_lease(issue_record(l), l.clone())
+                .await
+                .expect("append");
+        }
+        let file_head = log.head().await.expect("head");
+        drop(log);
+
+        let after: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        after.set_audit_head(&older_head).await.expect("head");
+        after.insert_lease(&b).await.expect("one commit survived");
+        let log = AuditLog::open(AuditSink::File(path.clone()), after.clone())
+            .await
+            .expect("reopen");
+        assert_eq!(after.audit_head().await.expect("head"), Some(file_head));
+        for l in [&a, &b, &c] {
+            let saved = after.get_lease(&l.lease_id).await.expect("get");
+            assert_eq!(
+                saved.as_ref(),
+                Some(l),
+                "{} replayed as it was saved",
+                l.lease_id
+            );
+        }
+        assert_eq!(
+            after.get_lease("ls_old").await.expect("get"),
+            None,
+            "an expired lease is not brought back"
+        );
+        // And the chain goes on from the file's head.
+        let next = log.append(record(9)).await.expect("append");
+        assert_eq!(next.seq, 6);
     }
 
     #[tokio::test]

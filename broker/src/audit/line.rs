@@ -130,8 +130,11 @@ fn chained_line(
 
 /// What ends a cut field: ` …[cut by the audit writer: N bytes in all]`.
 pub fn cut_marker(original_bytes: usize) -> String {
-    format!(" …[cut by the audit writer: {original_bytes} bytes in all]")
+    format!("{CUT_MARK}: {original_bytes} bytes in all]")
 }
+
+/// How every [`cut_marker`] begins.
+pub const CUT_MARK: &str = " …[cut by the audit writer";
 
 /// Bytes `c` takes inside a JSON string as serde_json writes it.
 fn escaped_len(c: char) -> usize {

@@ -40,6 +40,7 @@ use lanyard::wire::MintTokenRequest;
 use serde::{Deserialize, Serialize};
 
 use super::flood::Summary;
+use super::line::CUT_MARK;
 use crate::authn::bootstrap::MintedToken;
 use crate::authn::{AuthnError, Identity};
 use crate::issue::lifetime::Granted;
@@ -201,6 +202,14 @@ pub struct AuditRecord {
     /// The number of that chain in the store (unique, increasing with each process start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// The Kubernetes pod an `issue` record's credential went to (its `pod_uid`), so the pod
+    /// watch can revoke a lease replayed from the log (see [`AuditRecord::replayed_lease`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The upstream lease's own length in seconds when the broker renews it up to
+    /// `expires_at` (an `issue` record of a renewed lease), for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_step_secs: Option<u64>,
 }
 
 impl AuditRecord {
@@ -232,6 +241,8 @@ impl AuditRecord {
             gate_source: None,
             replica: None,
             epoch: None,
+            pod_uid: None,
+            renew_step_secs: None,
         }
     }
 
@@ -264,6 +275,8 @@ impl AuditRecord {
             gate_source,
             replica: _,
             epoch: _,
+            pod_uid,
+            renew_step_secs: _,
         } = self;
         let optional = [
             request_id,
@@ -280,6 +293,7 @@ impl AuditRecord {
             source,
             gate,
             gate_source,
+            pod_uid,
         ];
         let mut fields = vec![time, reason];
         fields.extend(optional.into_iter().flatten());
@@ -310,7 +324,53 @@ impl AuditRecord {
         self.lease_id = Some(lease.lease_id.clone());
         self.fingerprint = Some(lease.fingerprint.clone());
         self.upstream_lease = lease.upstream_lease.clone();
+        self.pod_uid = lease.pod_uid.clone();
+        self.renew_step_secs = lease.renew_step_secs;
         self
+    }
+
+    /// The lease row an `issue` record stands for: what the broker saved with it (`issued_at`
+    /// to the second, as saved). Replayed into the store at start when the record is after
+    /// the store's chain head (`audit::resume`): issuance groups commit without waiting for
+    /// the store's disk sync, because the log already holds them durably. `None` for any
+    /// other record, or one that lacks a field the row needs.
+    pub fn replayed_lease(&self) -> Option<LeaseRecord> {
+        if self.event != Event::Issue || self.decision != Decision::Allow {
+            return None;
+        }
+        // A field the line builder cut (`line::cut_marker`) is not the row's value.
+        let cut = |f: &Option<String>| f.as_deref().is_some_and(|v| v.contains(CUT_MARK));
+        if [
+            &self.identity,
+            &self.issuer,
+            &self.role,
+            &self.backend,
+            &self.lease_id,
+            &self.fingerprint,
+            &self.upstream_lease,
+            &self.pod_uid,
+        ]
+        .into_iter()
+        .any(cut)
+        {
+            return None;
+        }
+        let issued_at = lanyard::clock::parse_rfc3339(&self.time)?;
+        let issued_at = crate::issue::lifetime::whole_seconds(issued_at);
+        Some(LeaseRecord {
+            lease_id: self.lease_id.clone()?,
+            role: self.role.clone()?,
+            backend: self.backend.clone()?,
+            subject: self.identity.clone()?,
+            issuer: self.issuer.clone()?,
+            issued_at,
+            expires_at: lanyard::clock::parse_rfc3339(self.expires_at.as_deref()?)?,
+            upstream_lease: self.upstream_lease.clone(),
+            fingerprint: self.fingerprint.clone()?,
+            revoked_at: None,
+            renew_step_secs: self.renew_step_secs,
+            pod_uid: self.pod_uid.clone(),
+        })
     }
 
     /// A credential was issued to `identity` under `grant`, stored as `lease`, with the
@@ -1027,6 +1087,31 @@ mod tests {
             "granted by rule shop-db (policies/shop.yaml:7); ttl clamped to role cap"
         );
         assert_eq!((clamped.image, clamped.upstream_lease), (None, None));
+    }
+
+    #[test]
+    fn an_issue_record_gives_back_the_lease_row_saved_with_it() {
+        let granted = Granted {
+            expires_at: at(T0 + 600),
+            lifetime: Duration::from_secs(600),
+            refresh_after: at(T0 + 420),
+            clamped: false,
+        };
+        let lease = LeaseRecord {
+            pod_uid: Some("9f1c-pod".into()),
+            renew_step_secs: Some(120),
+            ..lease(Some("database/creds/db/abc"))
+        };
+        let rec = AuditRecord::issue(at(T0), "req_1", &workload(), &grant(), &lease, &granted);
+        assert_eq!(rec.replayed_lease(), Some(lease.clone()));
+        // Through the line the log writes, as the start-up replay reads it.
+        let (line, _) = super::super::line::build_line(7, super::super::line::GENESIS_PREV, &rec)
+            .expect("line");
+        let parsed = super::super::line::parse_line(&line).expect("parse");
+        assert_eq!(parsed.record.replayed_lease(), Some(lease));
+        // Nothing else stands for a lease.
+        let denial = AuditRecord::no_roles_granted(at(T0), "req_2", &workload());
+        assert_eq!(denial.replayed_lease(), None);
     }
 
     #[test]

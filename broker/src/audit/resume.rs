@@ -32,6 +32,13 @@ use crate::store::ChainHead;
 /// How many of the newest segments are searched for the store's head.
 pub const MAX_SEGMENTS_SEARCHED: usize = 8;
 
+/// Most lease rows replayed at start from records after the store's head (the newest are
+/// kept). Issuance groups reach the store within a checkpoint interval of their records, so
+/// a store that lost its last commits to a power cut is a few thousand records behind at
+/// most; more means a store restored from an older backup, whose older leases are mostly
+/// expired (and skipped) anyway.
+pub const MAX_REPLAYED: usize = 100_000;
+
 /// What opening found and did.
 #[derive(Debug)]
 pub(super) struct Opened {
@@ -47,6 +54,11 @@ pub(super) struct Opened {
     pub adopt: Option<ChainHead>,
     /// What was cut from the end, to be recorded.
     pub cut: Option<Cut>,
+    /// The running leases of `issue` records after the store's head, oldest first: saved
+    /// with the adopted head (the store lost its last issuance groups, or is a backup).
+    pub replay: Vec<crate::store::LeaseRecord>,
+    /// Running leases after the store's head beyond [`MAX_REPLAYED`], not replayed.
+    pub replay_dropped: u64,
     /// The segment holds no record yet: write its header first (the previous segment's
     /// file name, for the header's reason).
     pub needs_header: Option<String>,
@@ -90,7 +102,11 @@ fn corrupt(path: &Path, what: &str) -> AuditError {
 /// Opens the log whose segment 0 is `base`: its newest segment, resumed against the store's
 /// head (see the module doc). Changes the file (a cut, a missing newline) only once it is
 /// known the broker can go on.
-pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened, AuditError> {
+pub(super) fn open(
+    base: &Path,
+    store_head: Option<ChainHead>,
+    now: std::time::SystemTime,
+) -> Result<Opened, AuditError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 
     if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -163,23 +179,26 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
         last = t.last.as_ref().map(ParsedLine::head);
     }
 
+    let mut replay = Replay::new(now);
     let (head, adopt) = match (last, store_head) {
         (None, None) => (None, None),
         (Some(f), None) => (Some(f.clone()), Some(f)),
         (Some(f), Some(s)) if f == s => (Some(f), None),
-        (file_head, Some(s)) => match follow_from(base, &segments, number, &path, keep_end, &s)? {
-            Some(end) => {
-                tracing::warn!(
-                    file = %path.display(),
-                    store_seq = s.seq,
-                    file_seq = end.seq,
-                    "the audit log holds complete records after the store's chain head that chain on from it (a stop between a write and the head update); keeping them"
-                );
-                let adopt = (end != s).then(|| end.clone());
-                (Some(end), adopt)
+        (file_head, Some(s)) => {
+            match follow_from(base, &segments, (number, &path, keep_end), &s, &mut replay)? {
+                Some(end) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        store_seq = s.seq,
+                        file_seq = end.seq,
+                        "the audit log holds complete records after the store's chain head that chain on from it (a stop between a write and the head update); keeping them"
+                    );
+                    let adopt = (end != s).then(|| end.clone());
+                    (Some(end), adopt)
+                }
+                None => return Err(mismatch(&path, file_head.as_ref(), &s)),
             }
-            None => return Err(mismatch(&path, file_head.as_ref(), &s)),
-        },
+        }
     };
 
     // Only now change the file.
@@ -216,8 +235,40 @@ pub(super) fn open(base: &Path, store_head: Option<ChainHead>) -> Result<Opened,
         head,
         adopt,
         cut,
+        replay: replay.leases.into(),
+        replay_dropped: replay.dropped,
         needs_header,
     })
+}
+
+/// The running leases of the records after the store's head, newest [`MAX_REPLAYED`] kept.
+#[derive(Debug)]
+struct Replay {
+    now: std::time::SystemTime,
+    leases: std::collections::VecDeque<crate::store::LeaseRecord>,
+    dropped: u64,
+}
+
+impl Replay {
+    fn new(now: std::time::SystemTime) -> Self {
+        Self {
+            now,
+            leases: std::collections::VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Keeps `rec`'s lease if it is an issuance still running.
+    fn add(&mut self, rec: &super::AuditRecord) {
+        let Some(lease) = rec.replayed_lease().filter(|l| l.expires_at > self.now) else {
+            return;
+        };
+        if self.leases.len() >= MAX_REPLAYED {
+            self.leases.pop_front();
+            self.dropped += 1;
+        }
+        self.leases.push_back(lease);
+    }
 }
 
 /// NUL bytes among the cut ones: everything after the logical end.
@@ -359,10 +410,9 @@ fn scan_tail(file: &std::fs::File, len: u64, path: &Path) -> Result<Tail, AuditE
 fn follow_from(
     base: &Path,
     segments: &[(u64, PathBuf)],
-    newest: u64,
-    newest_path: &Path,
-    newest_end: u64,
+    (newest, newest_path, newest_end): (u64, &Path, u64),
     s: &ChainHead,
+    replay: &mut Replay,
 ) -> Result<Option<ChainHead>, AuditError> {
     let mut all = segments.to_vec();
     if all.is_empty() {
@@ -435,6 +485,7 @@ fn follow_from(
                         "segment header out of place (segments renamed or joined)".into(),
                     ));
                 }
+                replay.add(&p.record);
                 head = p.head();
             }
             if i + 1 >= all.len() {

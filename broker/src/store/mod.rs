@@ -512,6 +512,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(out)
     }
 
+    /// [`Store::record_group`] for a group whose records are already durable in an audit log
+    /// file, which replays the leases of the records after the store's chain head at start
+    /// (`audit::resume`). A store may commit it without waiting for its own disk sync: a power
+    /// cut can then lose the commit, never the leases. SQLite does (`synchronous = NORMAL` for
+    /// this transaction only); the others save it as `record_group` does.
+    async fn record_replayable_group(
+        &self,
+        leases: &[LeaseRecord],
+        head: &ChainHead,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.record_group(leases, head).await
+    }
+
     /// A named random secret of `len` bytes, as lowercase hex, created on first use and
     /// stable afterwards (e.g. the key for credential fingerprints). `len` must be 1 to
     /// [`MAX_LOCAL_SECRET_BYTES`]; asking for an existing secret with another length is

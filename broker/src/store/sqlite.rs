@@ -149,6 +149,10 @@ pub struct SqliteStore {
     path: Option<PathBuf>,
     /// Admission records waiting for their group's commit (see `put_admission_record`).
     pending_records: Arc<std::sync::Mutex<Vec<PendingRecord>>>,
+    /// How commits wait for the disk (see [`Synchronous`]).
+    synchronous: Synchronous,
+    /// Held only to stop the checkpointer thread (on a file) when the last handle goes.
+    _checkpointer: Option<Arc<mpsc::Sender<()>>>,
 }
 
 /// An admission record's row and who waits for its commit.
@@ -321,11 +325,28 @@ impl SqliteStore {
             }
             None => None,
         };
+        let checkpointer = match &path {
+            Some(p) => {
+                // The writer never checkpoints below this many pages of log: the
+                // checkpointer thread does, so a commit does not wait for one (the far tail of
+                // issuance, `docs/benchmarks.md`). The limit only bounds the log should that
+                // thread fall behind.
+                conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)
+                    .map_err(|e| fail("setting wal_autocheckpoint", e))?;
+                let ckpt = Connection::open(p)
+                    .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+                    .map_err(|e| fail("opening the checkpointer connection", e))?;
+                Some(Arc::new(spawn_checkpointer(ckpt, &whence)?))
+            }
+            None => None,
+        };
         Ok(Self {
             jobs: Arc::new(spawn_thread("lanyard-sqlite", conn, &whence)?),
             reads: reader,
             path,
             pending_records: Arc::default(),
+            synchronous,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -375,6 +396,53 @@ fn spawn_thread(
             StoreError::Backend(format!("database {whence}: cannot start its thread: {e}"))
         })?;
     Ok(tx)
+}
+
+/// How often the checkpointer thread copies the write-ahead log into the database.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Pages of write-ahead log past which the writer checkpoints itself (the checkpointer fell
+/// behind): 64 MiB of 4 KiB pages. SQLite's own default is 1,000.
+const CHECKPOINT_FALLBACK_PAGES: i64 = 16_384;
+
+/// Starts the checkpointer: every [`CHECKPOINT_INTERVAL`] a passive checkpoint on a
+/// connection of its own (it never waits for the writer, and the writer never waits for
+/// it), which syncs the log and the database. It ends when the store's last handle drops
+/// the returned sender.
+fn spawn_checkpointer(conn: Connection, whence: &str) -> Result<mpsc::Sender<()>, StoreError> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let db = whence.to_owned();
+    std::thread::Builder::new()
+        .name("lanyard-sqlite-ckpt".into())
+        .spawn(move || {
+            let mut failing = false;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_INTERVAL)
+            {
+                let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    r.get::<_, i64>(0)
+                });
+                match (done, failing) {
+                    (Err(e), false) => {
+                        tracing::warn!(database = %db, error = %e, "checkpoint failed; the writer checkpoints itself past its limit meanwhile");
+                        failing = true;
+                    }
+                    (Ok(_), true) => failing = false,
+                    _ => {}
+                }
+            }
+        })
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "database {whence}: cannot start its checkpointer thread: {e}"
+            ))
+        })?;
+    Ok(tx)
+}
+
+/// Sets the connection's `PRAGMA synchronous` (it applies to the commits after it).
+fn set_synchronous(conn: &Connection, to: Synchronous) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", to.pragma())
+        .map_err(sql_error("setting synchronous"))
 }
 
 fn stopped(op: &str) -> StoreError {
@@ -1334,6 +1402,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_replayable_group(
+        &self,
+        leases: &[LeaseRecord],
+        head: &ChainHead,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if self.synchronous == Synchronous::Normal {
+            return self.record_group(leases, head).await;
+        }
+        for l in leases {
+            check_lease_times(l)?;
+        }
+        let (seq, hash) = head_row(head)?;
+        let leases = leases.to_vec();
+        self.run("record_group", move |conn| {
+            // This transaction alone commits without syncing the log (the audit file holds
+            // its records durably and replays their leases at start); the setting is back to
+            // FULL before anything else runs on this connection.
+            set_synchronous(conn, Synchronous::Normal)?;
+            let saved = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql_error("record_group: begin"))?;
+                let results = leases.iter().map(|l| insert_lease_row(&tx, l)).collect();
+                write_head(&tx, seq, &hash)?;
+                tx.commit().map_err(sql_error("record_group: commit"))?;
+                Ok(results)
+            })();
+            set_synchronous(conn, Synchronous::Full)?;
+            saved
+        })
+        .await
+    }
+
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError> {
         if len == 0 || len > MAX_LOCAL_SECRET_BYTES {
             return Err(StoreError::Backend(format!(
@@ -2071,6 +2172,65 @@ mod tests {
         );
         let normal = SqliteStore::open_with(&path, Synchronous::Normal).expect("open");
         assert_eq!(synchronous(normal).await, 1);
+    }
+
+    /// A replayable group (issuances whose records the audit file holds) commits without the
+    /// log's sync, and the connection is back at FULL for whatever runs next; its leases are
+    /// saved like any group's, a duplicate failing alone.
+    #[tokio::test]
+    async fn a_replayable_group_leaves_the_connection_at_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("lanyard.db")).expect("open");
+        s.insert_lease(&lease("ls_taken")).await.expect("seed");
+        let head = ChainHead {
+            seq: 3,
+            hash: "beef".to_owned(),
+        };
+        let results = s
+            .record_replayable_group(&[lease("ls_1"), lease("ls_taken"), lease("ls_2")], &head)
+            .await
+            .expect("group");
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(StoreError::Duplicate(_))));
+        assert_eq!(s.audit_head().await.expect("head"), Some(head));
+        assert!(s.get_lease("ls_2").await.expect("get").is_some());
+        let level = s
+            .run("test check", |conn| {
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .map_err(sql_error("test check"))
+            })
+            .await
+            .expect("pragma");
+        assert_eq!(level, 2, "FULL again after the group");
+    }
+
+    /// Commits do not checkpoint (the writer's limit is far off): the checkpointer thread
+    /// copies the log into the database file within a few of its intervals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_checkpointed_off_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lanyard.db");
+        let s = SqliteStore::open(&path).expect("open");
+        // Let the checkpointer take in what the migrations wrote.
+        tokio::time::sleep(CHECKPOINT_INTERVAL * 3).await;
+        let size = || std::fs::metadata(&path).expect("db file").len();
+        let before = size();
+        let leases: Vec<_> = (0..500).map(|i| lease(&format!("ls_{i}"))).collect();
+        let head = ChainHead {
+            seq: 1,
+            hash: "cafe".to_owned(),
+        };
+        s.record_replayable_group(&leases, &head)
+            .await
+            .expect("group");
+        let deadline = std::time::Instant::now() + CHECKPOINT_INTERVAL * 50;
+        while size() <= before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(CHECKPOINT_INTERVAL / 2).await;
+        }
+        assert!(
+            size() > before,
+            "the database file grew from {before} bytes: the rows were checkpointed into it"
+        );
     }
 
     /// Another process holding the write lock (here another connection, as `sqlite3 FILE

@@ -285,3 +285,64 @@ pub fn assert_audit_verifies(bin: &Path, audit: &Path, store: Option<&Path>) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// CPU seconds used so far by process `pid` (user and system, with its reaped children), from
+/// `/proc/PID/stat` in clock ticks; 0 when the process is gone. (`ps -o times` counts whole
+/// seconds, too coarse for a database's many short backends or a 10 s benchmark phase.)
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command (which may hold spaces) in parentheses: utime, stime,
+    // cutime and cstime are the 12th to 15th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+/// The machine's CPU time so far by state, from the first line of `/proc/stat` (clock ticks,
+/// all CPUs): what [`MachineCpu::shares_since`] turns into the share of a period each CPU was
+/// idle or waiting for the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    total: u64,
+    idle: u64,
+    iowait: u64,
+}
+
+impl MachineCpu {
+    /// Now.
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        Self {
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            total: fields.iter().take(8).sum(),
+            idle: at(3),
+            iowait: at(4),
+        }
+    }
+
+    /// The shares (0–1) of the CPUs' time since `earlier` spent idle and in iowait.
+    pub fn shares_since(&self, earlier: &Self) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        (
+            self.idle.saturating_sub(earlier.idle) as f64 / total,
+            self.iowait.saturating_sub(earlier.iowait) as f64 / total,
+        )
+    }
+}
