@@ -30,7 +30,8 @@ for i in $(seq 1 "$RUNS"); do
     echo "run $i failed; see $OUT/run-$i.log" >&2
     exit 1
   }
-  grep -E '^\s+(issuance:|floor|issuance /|openbao)' "$OUT/run-$i.log" | sed "s/^/run $i: /"
+  grep -E '^\s+(issuance:|floor|issuance /|openbao|cost:|CPU per|audit, means)' "$OUT/run-$i.log" |
+    sed "s/^/run $i: /"
 done
 python3 - "$OUT" "$RUNS" <<'PY'
 import re, statistics, sys
