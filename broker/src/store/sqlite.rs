@@ -273,6 +273,42 @@ impl SqliteStore {
         .await
     }
 
+    /// Saves an audit group's leases and chain head in one transaction, committed as
+    /// `synchronous` says; the connection is back at its own setting before anything else
+    /// runs on it.
+    async fn save_group(
+        &self,
+        leases: &[LeaseRecord],
+        head: &ChainHead,
+        synchronous: Synchronous,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        for l in leases {
+            check_lease_times(l)?;
+        }
+        let (seq, hash) = head_row(head)?;
+        let leases = leases.to_vec();
+        let own = self.synchronous;
+        self.run("record_group", move |conn| {
+            if synchronous != own {
+                set_synchronous(conn, synchronous)?;
+            }
+            let saved = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql_error("record_group: begin"))?;
+                let results = leases.iter().map(|l| insert_lease_row(&tx, l)).collect();
+                write_head(&tx, seq, &hash)?;
+                tx.commit().map_err(sql_error("record_group: commit"))?;
+                Ok(results)
+            })();
+            if synchronous != own {
+                set_synchronous(conn, own)?;
+            }
+            saved
+        })
+        .await
+    }
+
     fn init(
         mut conn: Connection,
         path: Option<PathBuf>,
@@ -1388,21 +1424,7 @@ impl Store for SqliteStore {
         leases: &[LeaseRecord],
         head: &ChainHead,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        for l in leases {
-            check_lease_times(l)?;
-        }
-        let (seq, hash) = head_row(head)?;
-        let leases = leases.to_vec();
-        self.run("record_group", move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_error("record_group: begin"))?;
-            let results = leases.iter().map(|l| insert_lease_row(&tx, l)).collect();
-            write_head(&tx, seq, &hash)?;
-            tx.commit().map_err(sql_error("record_group: commit"))?;
-            Ok(results)
-        })
-        .await
+        self.save_group(leases, head, self.synchronous).await
     }
 
     async fn record_replayable_group(
@@ -1410,32 +1432,9 @@ impl Store for SqliteStore {
         leases: &[LeaseRecord],
         head: &ChainHead,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        if self.synchronous == Synchronous::Normal {
-            return self.record_group(leases, head).await;
-        }
-        for l in leases {
-            check_lease_times(l)?;
-        }
-        let (seq, hash) = head_row(head)?;
-        let leases = leases.to_vec();
-        self.run("record_group", move |conn| {
-            // This transaction alone commits without syncing the log (the audit file holds
-            // its records durably and replays their leases at start); the setting is back to
-            // FULL before anything else runs on this connection.
-            set_synchronous(conn, Synchronous::Normal)?;
-            let saved = (|| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql_error("record_group: begin"))?;
-                let results = leases.iter().map(|l| insert_lease_row(&tx, l)).collect();
-                write_head(&tx, seq, &hash)?;
-                tx.commit().map_err(sql_error("record_group: commit"))?;
-                Ok(results)
-            })();
-            set_synchronous(conn, Synchronous::Full)?;
-            saved
-        })
-        .await
+        // This transaction alone commits without syncing the log: the audit file holds its
+        // records durably and replays their leases at start.
+        self.save_group(leases, head, Synchronous::Normal).await
     }
 
     async fn local_secret(&self, name: &str, len: usize) -> Result<Secret, StoreError> {
