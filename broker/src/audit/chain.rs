@@ -1195,16 +1195,9 @@ mod tests {
             Event::Issue,
             Decision::Allow,
             "granted by rule shop",
-        );
-        rec.identity = Some(lease.subject.clone());
-        rec.issuer = Some(lease.issuer.clone());
-        rec.role = Some(lease.role.clone());
-        rec.backend = Some(lease.backend.clone());
-        rec.lease_id = Some(lease.lease_id.clone());
-        rec.fingerprint = Some(lease.fingerprint.clone());
+        )
+        .lease(lease);
         rec.expires_at = Some(lanyard::clock::rfc3339(lease.expires_at));
-        rec.pod_uid = lease.pod_uid.clone();
-        rec.renew_step_secs = lease.renew_step_secs;
         rec
     }
 

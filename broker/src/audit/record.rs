@@ -316,7 +316,7 @@ impl AuditRecord {
     }
 
     /// The lease's identity, role, backend, ids and fingerprint.
-    fn lease(mut self, lease: &LeaseRecord) -> Self {
+    pub(crate) fn lease(mut self, lease: &LeaseRecord) -> Self {
         self.identity = Some(lease.subject.clone());
         self.issuer = Some(lease.issuer.clone());
         self.role = Some(lease.role.clone());
