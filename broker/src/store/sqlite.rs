@@ -436,9 +436,11 @@ fn spawn_thread(
 
 /// How often the checkpointer thread copies the write-ahead log into the database. Each
 /// checkpoint syncs the log and the database file, and those syncs queue with the audit
-/// file's on the same disk: every 100 ms made audit writes over 5 ms about 2.5× as frequent as
-/// every second did (`docs/benchmarks.md`, issue 18).
-pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// file's on the same disk, so a checkpoint that has more to copy stalls the audit longer: at
+/// half of peak issuance for 2 minutes, every second gave an issuance p99 of 27.7–28.6 ms
+/// (195–200 audit writes over 5 ms), every 100 ms 5.91–6.05 ms (52–87), alternating runs
+/// (`docs/benchmarks.md`, issue 18; 20 s runs had suggested the opposite).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Pages of write-ahead log past which the writer checkpoints itself (the checkpointer fell
 /// behind): 64 MiB of 4 KiB pages. SQLite's own default is 1,000.
