@@ -408,26 +408,30 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
     let secrets = work.path().join("secrets");
     std::fs::create_dir(&secrets).expect("mkdir");
 
-    // The "application": counts SIGHUPs in a file.
+    // The "application": counts SIGHUPs in a file. A shell cannot trap a signal it started
+    // with ignored (as under `nohup`), so `env` sets SIGHUP back to its default first; the
+    // guard kills the app however the test ends, so no leftover holds the output open.
     let hups = work.path().join("hups");
-    let mut app = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "trap 'echo hup >> {}' HUP; echo ready; while :; do sleep 0.05; done",
-            hups.display()
-        ))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn app");
+    let mut app = KillOnDrop(
+        std::process::Command::new("env")
+            .args(["--default-signal=HUP", "/bin/sh", "-c"])
+            .arg(format!(
+                "trap 'echo hup >> {}' HUP; echo ready; while :; do sleep 0.05; done",
+                hups.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn app"),
+    );
     {
         use std::io::BufRead as _;
         let mut line = String::new();
-        std::io::BufReader::new(app.stdout.take().expect("stdout"))
+        std::io::BufReader::new(app.0.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("trap installed");
     }
     let pid_file = work.path().join("app.pid");
-    std::fs::write(&pid_file, app.id().to_string()).expect("pid");
+    std::fs::write(&pid_file, app.0.id().to_string()).expect("pid");
 
     // An app that only reads files watches the directory.
     let files = lanyard::files::FileSource::new(&secrets);
@@ -516,9 +520,18 @@ async fn a_rotation_signals_the_app_and_reaches_watch_streams() {
 
     let _ = sc.stop.send(true);
     sc.task.await.expect("join").expect("run ok");
-    let _ = app.kill();
-    let _ = app.wait();
+    drop(app);
     broker.stop().await;
+}
+
+/// A child process killed (and reaped) when the test lets go of it, panicking or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
