@@ -13,7 +13,7 @@ same disk.
 --sqlite     a second process does what the broker's SQLite store does at half load meanwhile:
              lease rows (four per transaction, 7,344 a second) into a WAL database with
              `synchronous = NORMAL`, checkpointed by a thread of its own every CKPT seconds
-             (environment, default 1, as the broker does).
+             (environment, default 0.1, as the broker does).
 --overwrite  the audit file is written with zeros first and then overwritten in place (a
              pre-allocated segment: the sync needs no metadata change) instead of appended to.
 """
@@ -34,7 +34,7 @@ if unknown:
 rate = int(args[0]) if len(args) > 0 else 2000
 seconds = int(args[1]) if len(args) > 1 else 60
 where = args[2] if len(args) > 2 else "."
-checkpoint_every = float(os.environ.get("CKPT", "1"))
+checkpoint_every = float(os.environ.get("CKPT", "0.1"))
 group = b'{"seq":1,"prev":"' + b"0" * 64 + b'","event":"issue"' + b"x" * 700 + b"}\n"
 group *= 4  # about four records per group, as the audit writer makes them at half load
 
