@@ -10,8 +10,9 @@ same disk.
 
     python3 tests/bench/fsync-tail.py [RATE] [SECONDS] [DIR] [--sqlite] [--overwrite]
 
---sqlite     a second process does what the broker's SQLite store does at half load meanwhile:
-             lease rows (four per transaction, 7,344 a second) into a WAL database with
+--sqlite     a second process writes like the broker's SQLite store at half load meanwhile:
+             rows of a table shaped like its `leases` (without the pod index; no chain-head
+             row), four per transaction, 7,344 a second, into a WAL database with
              `synchronous = NORMAL`, checkpointed by a thread of its own every CKPT seconds
              (environment, default 0.1, as the broker does).
 --overwrite  the audit file is written with zeros first and then overwritten in place (a
@@ -40,7 +41,7 @@ group *= 4  # about four records per group, as the audit writer makes them at ha
 
 
 def store_load(path, until):
-    """Lease rows as the broker's SQLite store writes them, until the wall clock says so."""
+    """Lease-like rows, written the way the broker's SQLite store writes them, until `until`."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
