@@ -14,7 +14,8 @@ same disk.
              rows of a table shaped like its `leases` (without the pod index; no chain-head
              row), four per transaction, 7,344 a second, into a WAL database with
              `synchronous = NORMAL`, checkpointed by a thread of its own every CKPT seconds
-             (environment, default 0.1, as the broker does).
+             (environment, default 0.1, as the broker does), with pages of PAGE bytes
+             (environment, default 1024, as the broker creates them; SQLite's own is 4096).
 --overwrite  the audit file is written with zeros first and then overwritten in place (a
              pre-allocated segment: the sync needs no metadata change) instead of appended to.
 """
@@ -36,6 +37,7 @@ rate = int(args[0]) if len(args) > 0 else 2000
 seconds = int(args[1]) if len(args) > 1 else 60
 where = args[2] if len(args) > 2 else "."
 checkpoint_every = float(os.environ.get("CKPT", "0.1"))
+page_size = int(os.environ.get("PAGE", "1024"))
 group = b'{"seq":1,"prev":"' + b"0" * 64 + b'","event":"issue"' + b"x" * 700 + b"}\n"
 group *= 4  # about four records per group, as the audit writer makes them at half load
 
@@ -43,6 +45,7 @@ group *= 4  # about four records per group, as the audit writer makes them at ha
 def store_load(path, until):
     """Lease-like rows, written the way the broker's SQLite store writes them, until `until`."""
     db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA page_size = {page_size}")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("PRAGMA wal_autocheckpoint = 16384")
@@ -120,7 +123,11 @@ with tempfile.TemporaryDirectory(dir=where) as d:
 lat.sort()
 q = lambda p: 1e3 * lat[min(len(lat) - 1, int(p * len(lat)))]
 how = "overwritten in place" if "--overwrite" in flags else "appended"
-beside = f", SQLite lease rows beside it (checkpoint every {checkpoint_every:g} s)" if load else ""
+beside = (
+    f", SQLite lease rows beside it ({page_size}-byte pages, checkpoint every {checkpoint_every:g} s)"
+    if load
+    else ""
+)
 print(
     f"fdatasync of {len(group)} bytes {how}{beside}, {len(lat)} groups at up to {rate}/s: "
     f"p50 {q(0.5):.3f} ms, p99 {q(0.99):.3f} ms, p99.9 {q(0.999):.3f} ms, "

@@ -323,6 +323,10 @@ impl SqliteStore {
         };
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| fail("setting busy_timeout", e))?;
+        // Only a database being created takes it (before WAL mode writes its first page); one
+        // that exists keeps its own.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(|e| fail("setting page_size", e))?;
         // In memory the journal mode stays `memory`; on a file this answers `wal`.
         // Switching to WAL takes an exclusive lock, and SQLite answers SQLITE_BUSY at once
         // (without calling the busy handler) when another connection is doing the same, so
@@ -348,6 +352,18 @@ impl SqliteStore {
             StoreError::Backend(m) => StoreError::Backend(format!("database {whence}: {m}")),
             other => other,
         })?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| fail("reading page_size", e))?;
+        if path.is_some() && page_size != PAGE_SIZE {
+            tracing::info!(
+                database = %whence,
+                page_size,
+                "the database was created with larger pages than the broker now creates; each \
+                 issuance writes more to its log (docs/OPERATIONS.md, \"SQLite page size\", \
+                 says how to convert it)"
+            );
+        }
         let reader = match &path {
             Some(p) => {
                 let reader = Connection::open(p)
@@ -442,8 +458,20 @@ fn spawn_thread(
 /// (`docs/benchmarks.md`, issue 18; 20 s runs had suggested the opposite).
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The page size of a database the store creates (SQLite's default is 4,096; a database keeps
+/// the size it was created with). A commit copies every page it changed, whole, into the
+/// write-ahead log, and each checkpoint syncs that log: an issuance group changes about five
+/// pages (the lease's row, its index entries, the chain head), so the page size is what the
+/// store writes per group, and those writes queue with the audit file's syncs on the same
+/// disk. At half of peak issuance for 2 minutes, alternating runs: 4 KiB pages gave an
+/// issuance p99 of 6.84–10.76 ms (93–257 audit writes over 5 ms), 1 KiB pages 4.21–4.59 ms
+/// (1–3) (`docs/benchmarks.md`, issue 18). Rows are a few hundred bytes, so a page still holds
+/// several; a larger value (an image verdict's record) spills into overflow pages.
+pub const PAGE_SIZE: i64 = 1024;
+
 /// Pages of write-ahead log past which the writer checkpoints itself (the checkpointer fell
-/// behind): 64 MiB of 4 KiB pages. SQLite's own default is 1,000.
+/// behind): 16 MiB of 1 KiB pages (64 MiB in a database of 4 KiB pages). SQLite's own
+/// default is 1,000.
 const CHECKPOINT_FALLBACK_PAGES: i64 = 16_384;
 
 /// Starts the checkpointer: every [`CHECKPOINT_INTERVAL`] a passive checkpoint on a
@@ -2176,6 +2204,44 @@ mod tests {
         );
         let normal = SqliteStore::open_with(&path, Synchronous::Normal).expect("open");
         assert_eq!(synchronous(normal).await, 1);
+    }
+
+    /// A database the store creates has small pages (what each commit writes to the log); one
+    /// created elsewhere with SQLite's default keeps it, and the store works on it as on any.
+    #[tokio::test]
+    async fn a_new_database_has_small_pages_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page_size = |s: SqliteStore| async move {
+            s.run("test check", |conn| {
+                conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                    .map_err(sql_error("test check"))
+            })
+            .await
+            .expect("pragma")
+        };
+        let new = dir.path().join("new.db");
+        assert_eq!(
+            page_size(SqliteStore::open(&new).expect("open")).await,
+            PAGE_SIZE
+        );
+
+        let old = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&old).expect("sqlite");
+            conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before_lanyard (x);")
+                .expect("an existing database");
+        }
+        let s = SqliteStore::open(&old).expect("open existing");
+        assert_eq!(page_size(s.clone()).await, 4096);
+        let head = ChainHead {
+            seq: 1,
+            hash: "abcd".to_owned(),
+        };
+        s.record_replayable_group(&[lease("ls_1"), lease("ls_2")], &head)
+            .await
+            .expect("group");
+        assert!(s.get_lease("ls_2").await.expect("get").is_some());
+        assert_eq!(s.audit_head().await.expect("head"), Some(head));
     }
 
     /// A replayable group (issuances whose records the audit file holds) commits without the
