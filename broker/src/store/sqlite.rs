@@ -359,9 +359,10 @@ impl SqliteStore {
             tracing::info!(
                 database = %whence,
                 page_size,
-                "the database was created with larger pages than the broker now creates; each \
-                 issuance writes more to its log (docs/OPERATIONS.md, \"SQLite page size\", \
-                 says how to convert it)"
+                created_with = PAGE_SIZE,
+                "the database's pages are not the size the broker creates them with; larger \
+                 ones make each issuance write more to the store's log (docs/OPERATIONS.md, \
+                 \"SQLite page size\", says how to convert it)"
             );
         }
         let reader = match &path {
@@ -2185,25 +2186,23 @@ mod tests {
     #[tokio::test]
     async fn commits_are_synchronous_full() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let synchronous = |s: SqliteStore| async move {
-            s.run("test check", |conn| {
-                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
-                    .map_err(sql_error("test check"))
-            })
-            .await
-            .expect("pragma")
-        };
         let path = dir.path().join("lanyard.db");
-        assert_eq!(
-            synchronous(SqliteStore::open(&path).expect("open")).await,
-            2
-        );
-        assert_eq!(
-            synchronous(SqliteStore::open_in_memory().expect("open")).await,
-            2
-        );
+        let file = SqliteStore::open(&path).expect("open");
+        assert_eq!(pragma(&file, "synchronous").await, 2);
+        let memory = SqliteStore::open_in_memory().expect("open");
+        assert_eq!(pragma(&memory, "synchronous").await, 2);
         let normal = SqliteStore::open_with(&path, Synchronous::Normal).expect("open");
-        assert_eq!(synchronous(normal).await, 1);
+        assert_eq!(pragma(&normal, "synchronous").await, 1);
+    }
+
+    /// A `PRAGMA`'s value as the store's own connection sees it.
+    async fn pragma(s: &SqliteStore, name: &'static str) -> i64 {
+        s.run("test check", move |conn| {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))
+                .map_err(sql_error("test check"))
+        })
+        .await
+        .expect("pragma")
     }
 
     /// A database the store creates has small pages (what each commit writes to the log); one
@@ -2211,28 +2210,19 @@ mod tests {
     #[tokio::test]
     async fn a_new_database_has_small_pages_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let page_size = |s: SqliteStore| async move {
-            s.run("test check", |conn| {
-                conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
-                    .map_err(sql_error("test check"))
-            })
-            .await
-            .expect("pragma")
-        };
-        let new = dir.path().join("new.db");
-        assert_eq!(
-            page_size(SqliteStore::open(&new).expect("open")).await,
-            PAGE_SIZE
-        );
+        let new = SqliteStore::open(&dir.path().join("new.db")).expect("open");
+        assert_eq!(pragma(&new, "page_size").await, PAGE_SIZE);
 
         let old = dir.path().join("old.db");
         {
             let conn = Connection::open(&old).expect("sqlite");
-            conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before_lanyard (x);")
-                .expect("an existing database");
+            conn.execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before (x);",
+            )
+            .expect("an existing database");
         }
         let s = SqliteStore::open(&old).expect("open existing");
-        assert_eq!(page_size(s.clone()).await, 4096);
+        assert_eq!(pragma(&s, "page_size").await, 4096);
         let head = ChainHead {
             seq: 1,
             hash: "abcd".to_owned(),
@@ -2264,14 +2254,11 @@ mod tests {
         assert!(matches!(results[1], Err(StoreError::Duplicate(_))));
         assert_eq!(s.audit_head().await.expect("head"), Some(head));
         assert!(s.get_lease("ls_2").await.expect("get").is_some());
-        let level = s
-            .run("test check", |conn| {
-                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
-                    .map_err(sql_error("test check"))
-            })
-            .await
-            .expect("pragma");
-        assert_eq!(level, 2, "FULL again after the group");
+        assert_eq!(
+            pragma(&s, "synchronous").await,
+            2,
+            "FULL again after the group"
+        );
     }
 
     /// Commits do not checkpoint (the writer's limit is far off): the checkpointer thread
