@@ -461,12 +461,12 @@ pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_m
 
 /// The page size of a database the store creates (SQLite's default is 4,096; a database keeps
 /// the size it was created with). A commit copies every page it changed, whole, into the
-/// write-ahead log, and each checkpoint syncs that log: an issuance group changes about five
-/// pages (the lease's row, its index entries, the chain head), so the page size is what the
-/// store writes per group, and those writes queue with the audit file's syncs on the same
-/// disk. At half of peak issuance for 2 minutes, alternating runs: 4 KiB pages gave an
-/// issuance p99 of 6.84–10.76 ms (93–257 audit writes over 5 ms), 1 KiB pages 4.21–4.59 ms
-/// (1–3) (`docs/benchmarks.md`, issue 18). Rows are a few hundred bytes, so a page still holds
+/// write-ahead log, and each checkpoint syncs that log: a group of three issuances (lease
+/// rows, their index entries, the chain head) writes 27.8 KB of log with 4 KiB pages and
+/// 11.6 KB with 1 KiB pages (`tests/bench/store-wal-bytes.py`), and those writes queue with
+/// the audit file's syncs on the same disk. At half of peak issuance for 2 minutes,
+/// alternating runs: 4 KiB pages gave an issuance p99 of 6.84–10.76 ms (93–257 audit writes
+/// over 5 ms), 1 KiB pages 4.21–4.59 ms (1–3) (`docs/benchmarks.md`, issue 18). Rows are a few hundred bytes, so a page still holds
 /// several; a larger value (an image verdict's record) spills into overflow pages.
 pub const PAGE_SIZE: i64 = 1024;
 
